@@ -1,0 +1,181 @@
+"""The Distribution base class and the argument checks shared by every family.
+
+A distribution draws images deterministically from a seed. Randomness is addressed by
+image index: the stream of a seed is cut into blocks of ``block_size`` images, and block
+``b`` is drawn from its own generator seeded by ``SeedSequence([seed, b])``. Image ``k``
+of a seed is therefore the same whatever the batch split (``sample(n, seed, offset)``
+returns images ``offset … offset + n − 1`` of the stream), and no global random state is
+touched.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+Latents = dict[str, torch.Tensor]
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as an int, or raise ValueError naming the valid range."""
+    valid = _range_text(low, high)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer {valid}, got {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer {valid}, got {value}")
+    return value
+
+
+def check_float(
+    name: str, value: Any, low: float | None = None, high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite float in the range, or raise ValueError naming it."""
+    lo = "(" if low_open else "["
+    valid = f"in {lo}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number {valid}, got {value!r}")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        raise ValueError(f"{name} must be a finite number {valid}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise ValueError listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_seed(seed: Any) -> int:
+    """A seed is a non-negative integer (numpy's SeedSequence accepts no less)."""
+    return check_int("seed", seed, low=0)
+
+
+def _range_text(low, high) -> str:
+    if low is not None and high is not None:
+        return f"in [{low}, {high}]"
+    if low is not None:
+        return f">= {low}"
+    if high is not None:
+        return f"<= {high}"
+    return ""
+
+
+def block_generator(seed: int, block: int, stream: int = 0) -> torch.Generator:
+    """A CPU torch generator for block ``block`` of ``seed`` (``stream`` separates uses)."""
+    state = np.random.SeedSequence([seed, stream, block]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class Distribution:
+    """A family of images ``(c, h, w)`` drawn deterministically from a seed.
+
+    Subclasses set ``name``, ``shape``, ``intrinsic_dim`` and ``value_range`` and implement
+    ``_draw(generator, count) -> (images (count, c, h, w) float32, latents)``, where
+    ``latents`` maps names to tensors with first dimension ``count`` (the side information
+    that oracle denoisers may use: contours, disk geometry, ...). Finite data sets set
+    ``num_images`` and override ``_take``.
+
+    Attributes
+    ----------
+    name : str            registry name.
+    shape : (c, h, w)     image shape; ``d = c*h*w`` values per image.
+    intrinsic_dim : int or None   manifold dimension, None when unknown or infinite.
+    value_range : (lo, hi)        every value of every sample lies in it (may be infinite).
+    params : dict                 the validated parameters the instance was built with.
+    num_images : int or None      size of a finite data set, None for an endless generator.
+    """
+
+    name: str = "distribution"
+    shape: tuple[int, int, int]
+    intrinsic_dim: int | None = None
+    value_range: tuple[float, float] = (-math.inf, math.inf)
+    num_images: int | None = None
+    block_size: int = 256
+
+    def __init__(self, **params: Any) -> None:
+        self.params: dict[str, Any] = dict(params)
+
+    # -- public API ------------------------------------------------------------------
+    @property
+    def d(self) -> int:
+        """Values per image, ``c*h*w``."""
+        c, h, w = self.shape
+        return c * h * w
+
+    def sample(self, n: int, seed: int, offset: int = 0) -> torch.Tensor:
+        """Images ``offset … offset+n−1`` of the stream of ``seed``: tensor (n, c, h, w) float32."""
+        return self.sample_with_latents(n, seed, offset)[0]
+
+    def sample_with_latents(self, n: int, seed: int, offset: int = 0) -> tuple[torch.Tensor, Latents]:
+        """Like :meth:`sample`, also returning the latent parameters of each image."""
+        n = check_int("n", n, low=0)
+        seed = check_seed(seed)
+        offset = check_int("offset", offset, low=0)
+        return self._take(n, seed, offset)
+
+    def reference_denoisers(self) -> Mapping[str, Any]:
+        """Reference denoisers of this distribution by name (see ``theorybench.denoisers``).
+
+        Each has a ``kind``: ``exact`` (the posterior mean), ``lower`` (an oracle using
+        side information: MSE ≤ MMSE) or ``upper`` (uses y alone: MSE ≥ MMSE).
+        The base class knows none; families and plugins override this.
+        """
+        return {}
+
+    def describe(self) -> str:
+        """One line: name, shape, intrinsic dimension and parameters."""
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        dim = "?" if self.intrinsic_dim is None else self.intrinsic_dim
+        shape = "x".join(str(s) for s in self.shape)
+        return f"{self.name:14s} shape={shape:9s} intrinsic_dim={dim!s:4s} {params}"
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({params})"
+
+    # -- implementation --------------------------------------------------------------
+    def _draw(self, generator: torch.Generator, count: int) -> tuple[torch.Tensor, Latents]:
+        raise NotImplementedError
+
+    def _take(self, n: int, seed: int, offset: int) -> tuple[torch.Tensor, Latents]:
+        """Cut images ``offset … offset+n−1`` out of the blocks that cover them."""
+        if n == 0:
+            images, latents = self._draw(block_generator(seed, 0), 1)
+            return images[:0], {k: v[:0] for k, v in latents.items()}
+        first, last = offset // self.block_size, (offset + n - 1) // self.block_size
+        parts = [self._draw(block_generator(seed, b), self.block_size) for b in range(first, last + 1)]
+        start = offset - first * self.block_size
+        images = torch.cat([p[0] for p in parts])[start:start + n]
+        latents = {k: torch.cat([p[1][k] for p in parts])[start:start + n] for k in parts[0][1]}
+        return images.contiguous(), latents
+
+
+class FiniteDistribution(Distribution):
+    """A fixed set of images; the stream of a seed is a seeded permutation of them.
+
+    ``sample(n, seed)`` draws without replacement, so asking for more than
+    ``num_images`` is a ValueError. Subclasses provide ``images`` (N, c, h, w).
+    """
+
+    images: torch.Tensor
+
+    def _take(self, n: int, seed: int, offset: int) -> tuple[torch.Tensor, Latents]:
+        total = self.num_images
+        if offset + n > total:
+            raise ValueError(
+                f"{self.name} holds {total} images: offset + n must be <= {total}, "
+                f"got offset={offset}, n={n}"
+            )
+        perm = torch.randperm(total, generator=block_generator(seed, 0, stream=1))
+        index = perm[offset:offset + n]
+        return self.images[index].clone(), {"index": index}

@@ -1,0 +1,69 @@
+"""``gaussian``: a stationary Gaussian field with power spectrum ∝ 1/|ω|^γ (exact MMSE known).
+
+Construction (periodic boundary, unitary 2-D DFT ``F``): with white noise ``w ~ N(0, I)``,
+
+    x = mean + F⁻¹ diag(√λ) F w,     λ(ω) = c · |ω|^{−γ},   ω ∈ {−s/2 … s/2−1}² cycles/image,
+
+so ``x ~ N(mean, C)`` with ``C = F⁻¹ diag(λ) F``: the Fourier variances ``λ`` are the
+eigenvalues of the covariance (exposed as ``eigenvalues``). ``λ(0)`` would be infinite;
+it is set to ``λ`` at ``|ω| = 1``. ``c`` makes the per-pixel variance ``mean(λ) = std²``.
+The optimal denoiser is the Wiener filter and ``MMSE(σ) = Σ λσ²/(λ+σ²)`` (SCIENCE.md §4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Distribution, check_float, check_int
+
+
+def power_law_spectrum(size: int, gamma: float, std: float) -> torch.Tensor:
+    """Fourier variances λ (size, size), float64, ∝ |ω|^−γ, ``mean(λ) = std²``."""
+    freq = torch.fft.fftfreq(size, d=1.0 / size, dtype=torch.float64)
+    radius = torch.sqrt(freq[:, None] ** 2 + freq[None, :] ** 2)
+    radius[0, 0] = 1.0  # the DC variance is set to that of the lowest frequency
+    lam = radius ** (-gamma)
+    return lam * (std ** 2 / lam.mean())
+
+
+class GaussianField(Distribution):
+    """Stationary Gaussian field, spectrum ∝ 1/|ω|^γ, shape (1, size, size).
+
+    Parameters
+    ----------
+    size : int >= 8      image side in pixels (default 32).
+    gamma : float >= 0   spectral exponent γ (0: white noise; 2: "1/f²" natural-image-like).
+    std : float > 0      per-pixel standard deviation (default 0.2).
+    mean : float         mean intensity (default 0.5).
+    """
+
+    name = "gaussian"
+    block_size = 512
+
+    def __init__(self, size: int = 32, gamma: float = 2.0, std: float = 0.2, mean: float = 0.5):
+        size = check_int("size", size, low=8)
+        gamma = check_float("gamma", gamma, low=0.0)
+        std = check_float("std", std, low=0.0, low_open=True)
+        mean = check_float("mean", mean)
+        super().__init__(size=size, gamma=gamma, std=std, mean=mean)
+        self.shape = (1, size, size)
+        self.intrinsic_dim = None
+        self.mean = mean
+        self.eigenvalues = power_law_spectrum(size, gamma, std)  # (size, size) float64
+        self._amplitude = self.eigenvalues.sqrt().float()
+
+    def _draw(self, generator, count):
+        s = self.shape[-1]
+        w = torch.randn(count, 1, s, s, generator=generator)
+        x = torch.fft.ifft2(self._amplitude * torch.fft.fft2(w, norm="ortho"), norm="ortho").real
+        return (x + self.mean).float(), {}
+
+    def mmse(self, sigma: float) -> float:
+        """Exact per-pixel MMSE at noise level σ: ``mean_k λ_k σ² / (λ_k + σ²)``."""
+        lam = self.eigenvalues
+        return float((lam * sigma**2 / (lam + sigma**2)).mean())
+
+    def reference_denoisers(self):
+        from theorybench.denoisers.wiener import WienerFilter
+
+        return {"wiener": WienerFilter(self.eigenvalues, self.mean, kind="exact")}

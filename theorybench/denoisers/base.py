@@ -1,0 +1,66 @@
+"""The one Denoiser interface, and what reference denoisers declare on top of it.
+
+A denoiser is any callable ``denoiser(y, sigma) -> x_hat``:
+
+* ``y``: tensor (n, c, h, w), noisy images ``x + σ z`` in pixel units;
+* ``sigma``: a float, or a tensor of n values (one per image), in pixel units;
+* ``x_hat``: tensor (n, c, h, w) on ``y``'s device.
+
+Reference denoisers (optimal, oracle, baselines) subclass :class:`ReferenceDenoiser`
+and declare a ``kind`` (SCIENCE.md §5):
+
+* ``exact``: the posterior mean E[x|y]; its MSE *is* the MMSE;
+* ``lower``: an oracle that also sees side information (the latents the distribution
+  sampled with the image); computed exactly, its MSE is ≤ MMSE;
+* ``upper``: an estimator that sees y alone; its MSE is ≥ MMSE.
+
+Oracles set ``oracle = True`` and take ``latents=`` (a dict of per-image tensors). Only
+the evaluator hands latents over, and only to oracles; ``upper`` denoisers have no way
+to receive them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+KINDS = ("exact", "lower", "upper")
+
+
+def sigma_column(sigma, y: torch.Tensor) -> torch.Tensor:
+    """σ as a tensor of shape (n, 1, 1, 1) on y's device and dtype (float or n values)."""
+    if isinstance(sigma, torch.Tensor):
+        s = sigma.to(device=y.device, dtype=y.dtype).reshape(-1)
+        if s.numel() == 1:
+            s = s.expand(y.shape[0])
+        if s.numel() != y.shape[0]:
+            raise ValueError(f"sigma must be a float or hold one value per image "
+                             f"({y.shape[0]}), got {s.numel()} values")
+    else:
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+            raise ValueError(f"sigma must be a finite positive number, got {sigma!r}")
+        s = torch.full((y.shape[0],), float(sigma), device=y.device, dtype=y.dtype)
+    if not bool(torch.all(s > 0)) or not bool(torch.all(torch.isfinite(s))):
+        raise ValueError("sigma must be finite and > 0")
+    return s.view(-1, *([1] * (y.dim() - 1)))
+
+
+class ReferenceDenoiser:
+    """Base class of reference denoisers: a callable with a ``kind`` and a description."""
+
+    kind: str = "upper"
+    oracle: bool = False
+    description: str = ""
+
+    def __init__(self, kind: str | None = None):
+        if kind is not None:
+            if kind not in KINDS:
+                raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            self.kind = kind
+
+    def __call__(self, y: torch.Tensor, sigma, latents=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r})"
