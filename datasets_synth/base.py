@@ -116,12 +116,19 @@ class Distribution:
         """Images ``offset … offset+n−1`` of the stream of ``seed``: tensor (n, c, h, w) float32."""
         return self.sample_with_latents(n, seed, offset)[0]
 
-    def sample_with_latents(self, n: int, seed: int, offset: int = 0) -> tuple[torch.Tensor, Latents]:
+    def sample_with_latents(
+        self, n: int, seed: int, offset: int = 0
+    ) -> tuple[torch.Tensor, Latents]:
         """Like :meth:`sample`, also returning the latent parameters of each image."""
         n = check_int("n", n, low=0)
         seed = check_seed(seed)
         offset = check_int("offset", offset, low=0)
         return self._take(n, seed, offset)
+
+    def train_images(self) -> torch.Tensor | None:
+        """The fixed training set (N, c, h, w) of a finite data set, None for a generator
+        (networks then train on fresh samples every step)."""
+        return None
 
     def reference_denoisers(self) -> Mapping[str, Any]:
         """Reference denoisers of this distribution by name (see ``theorybench.denoisers``).
@@ -153,7 +160,8 @@ class Distribution:
             images, latents = self._draw(block_generator(seed, 0), 1)
             return images[:0], {k: v[:0] for k, v in latents.items()}
         first, last = offset // self.block_size, (offset + n - 1) // self.block_size
-        parts = [self._draw(block_generator(seed, b), self.block_size) for b in range(first, last + 1)]
+        parts = [self._draw(block_generator(seed, b), self.block_size)
+                 for b in range(first, last + 1)]
         start = offset - first * self.block_size
         images = torch.cat([p[0] for p in parts])[start:start + n]
         latents = {k: torch.cat([p[1][k] for p in parts])[start:start + n] for k in parts[0][1]}

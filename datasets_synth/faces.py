@@ -83,7 +83,8 @@ def load_folder(path: str | Path, size: int) -> torch.Tensor:
 
     folder = Path(path)
     if not folder.is_dir():
-        raise ValueError(f"faces-folder path must be an existing folder of images, got {str(path)!r}")
+        raise ValueError(
+            f"faces-folder path must be an existing folder of images, got {str(path)!r}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"faces-folder path {str(path)!r} holds no images "

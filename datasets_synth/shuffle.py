@@ -41,7 +41,8 @@ class Shuffled(Distribution):
         self.intrinsic_dim = self.base.intrinsic_dim
         self.value_range = self.base.value_range
         self.num_images = self.base.num_images
-        self.permutation = torch.randperm(self.base.d, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        self.permutation = torch.randperm(self.base.d, generator=generator)
         self.inverse = torch.argsort(self.permutation)
 
     def shuffle(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,6 +53,10 @@ class Shuffled(Distribution):
         """Apply P⁻¹ to images (n, c, h, w)."""
         return x.flatten(1)[:, self.inverse.to(x.device)].view_as(x)
 
+    def train_images(self):
+        base = self.base.train_images()
+        return None if base is None else self.shuffle(base)
+
     def _take(self, n, seed, offset):
         x, latents = self.base._take(n, seed, offset)
         return self.shuffle(x), latents
@@ -59,4 +64,5 @@ class Shuffled(Distribution):
     def reference_denoisers(self):
         from theorybench.denoisers.conjugate import Conjugated
 
-        return {name: Conjugated(den, self) for name, den in self.base.reference_denoisers().items()}
+        base_refs = self.base.reference_denoisers()
+        return {name: Conjugated(den, self) for name, den in base_refs.items()}

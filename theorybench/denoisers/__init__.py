@@ -19,8 +19,9 @@ __all__ = [
 def calibration_images(dist, n: int = 64):
     """Images for tuning baselines, disjoint from any test draw: a finite distribution's
     training split, else a reserved seed."""
-    if hasattr(dist, "train_images"):
-        return dist.train_images()[:n]
+    train = dist.train_images()
+    if train is not None:
+        return train[:n]
     if dist.num_images is not None:
         return dist.sample(min(n, dist.num_images), 0)
     return dist.sample(n, CALIBRATION_SEED)

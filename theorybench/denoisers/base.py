@@ -22,6 +22,7 @@ to receive them.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -38,7 +39,8 @@ def sigma_column(sigma, y: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"sigma must be a float or hold one value per image "
                              f"({y.shape[0]}), got {s.numel()} values")
     else:
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+        real = isinstance(sigma, numbers.Real) and not isinstance(sigma, bool)
+        if not real or not math.isfinite(sigma):
             raise ValueError(f"sigma must be a finite positive number, got {sigma!r}")
         s = torch.full((y.shape[0],), float(sigma), device=y.device, dtype=y.dtype)
     if not bool(torch.all(s > 0)) or not bool(torch.all(torch.isfinite(s))):

@@ -12,6 +12,7 @@ import torch
 from .base import ReferenceDenoiser, sigma_column
 
 CALIBRATION_SEED = 2**40 + 17  # images used to pick thresholds, disjoint from test seeds
+THRESHOLD_FACTORS = tuple(float(f) for f in np.arange(0.0, 4.01, 0.25))  # τ/σ grid
 
 
 class Identity(ReferenceDenoiser):
@@ -36,7 +37,7 @@ class WaveletSoftThreshold(ReferenceDenoiser):
     description = "wavelet soft-thresholding (best threshold per σ)"
 
     def __init__(self, calibration: torch.Tensor, wavelet: str = "db4", levels: int | None = None,
-                 factors=tuple(np.arange(0.0, 4.01, 0.25))):
+                 factors=THRESHOLD_FACTORS):
         super().__init__("upper")
         self.calibration = calibration.double().cpu()
         self.wavelet = wavelet

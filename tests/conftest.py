@@ -1,0 +1,30 @@
+"""Shared fixtures: a small folder of face-like images for ``faces-folder``."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """Six small PNG/JPEG images of mixed sizes and modes (gray, RGB, RGBA)."""
+    from skimage.io import imsave
+
+    folder = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    shapes = [(40, 30), (30, 40, 3), (36, 36, 4), (50, 20), (33, 33, 3), (64, 48)]
+    for i, shape in enumerate(shapes):
+        img = (rng.random(shape) * 255).astype(np.uint8)
+        if len(shape) == 3 and shape[2] == 4:
+            img[..., 3] = 255
+        imsave(folder / f"img{i}.{'jpg' if i == 4 else 'png'}", img, check_contrast=False)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def build(name, image_folder):
+    """A distribution with default parameters (faces-folder gets the test folder)."""
+    import datasets_synth
+
+    if name == "faces-folder":
+        return datasets_synth.get(name, path=str(image_folder), size=16)
+    return datasets_synth.get(name)
