@@ -1,0 +1,143 @@
+"""``python run_all.py``: options → study cells → executor → cache → reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets_synth
+
+from .cache import Cache, atomic_write_bytes
+from .executors import EXECUTORS, run_cells
+from .experiments.cells import build_cells, cell_key
+from .experiments.presets import PRESETS
+from .training import resolve_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_all.py",
+        description="Reproduce theorybench's tables and figures: MMSE brackets, networks "
+                    "trained at each σ, KL bounds, rates.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="study size: smoke (<1 min), default (2-core CPU, <30 min), "
+                             "paper (one GPU)")
+    parser.add_argument("--datasets", default=None,
+                        help="comma-separated distribution names (default: every built-in "
+                             "entry of the preset and every plugin)")
+    parser.add_argument("--out", default="reports", help="report folder (default: reports)")
+    parser.add_argument("--cache", default=".cache/theorybench",
+                        help="result cache folder (default: .cache/theorybench)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the reports from stored results, compute nothing")
+    parser.add_argument("--list", action="store_true",
+                        help="print every registered distribution and exit")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    parser.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def list_distributions() -> str:
+    lines = []
+    for name in datasets_synth.names():
+        try:
+            lines.append(datasets_synth.get(name).describe())
+        except ValueError as exc:
+            lines.append(f"{name:14s} ({exc})")
+    return "\n".join(lines)
+
+
+def study_entries(preset, datasets: str | None) -> list[tuple[str, dict]]:
+    """(name, params) entries: the preset's built-ins (filtered) and plugins with defaults."""
+    builtin = set(datasets_synth.builtin_names())
+    plugins = [n for n in datasets_synth.names() if n not in builtin]
+    entries = list(preset.datasets) + [(n, {}) for n in plugins]
+    if datasets is None:
+        return entries
+    wanted = [w.strip() for w in datasets.split(",") if w.strip()]
+    if not wanted:
+        raise ValueError("--datasets needs at least one name")
+    valid = datasets_synth.names()
+    for w in wanted:
+        if w not in valid:
+            raise ValueError(f"unknown distribution {w!r}; valid names: {', '.join(valid)}")
+    chosen = [e for e in entries if e[0] in wanted]
+    chosen += [(w, {}) for w in wanted if w not in {e[0] for e in chosen}]
+    return chosen
+
+
+def check_entries(entries) -> None:
+    """Build and conformance-check every entry before computing anything."""
+    for name, params in entries:
+        try:
+            datasets_synth.check_distribution(datasets_synth.get(name, **params))
+        except ValueError as exc:
+            raise ValueError(f"distribution {name!r}: {exc}") from exc
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "theorybench",
+                                "datasets_synth"], cwd=root, text=True, capture_output=True
+                               ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print(list_distributions())
+        return 0
+    start = time.perf_counter()
+    preset = PRESETS[args.preset]
+    try:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+        device = resolve_device(args.device)
+        entries = study_entries(preset, args.datasets)
+        check_entries(entries)
+        cells = build_cells(preset, entries, args.seed)
+        cache = Cache(args.cache)
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = Path(args.out)
+    meta_path = out / "run.json"
+    if args.report_only:
+        records = [r for r in (cache.load(c["kind"], cell_key(c)) for c in cells) if r]
+        if not records:
+            parser.error(f"--report-only: nothing stored in {args.cache} for preset "
+                         f"{preset.name!r}; run without --report-only first")
+        run_meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    else:
+        records = run_cells(cells, args.cache, executor=args.executor, device=device,
+                            quiet=args.quiet)
+        run_meta = {"preset": preset.name, "commit": git_commit(), "device": str(device),
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "wall_seconds": time.perf_counter() - start,
+                    "cells": len(cells), "computed": sum(not r.get("cached", True)
+                                                         for r in records)}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(meta_path, json.dumps(run_meta, indent=1).encode())
+    from .report import build_report
+
+    readme = build_report(preset, entries, records, out, run_meta)
+    failed = [r["failed"] for r in records if "failed" in r]
+    print(f"wrote {readme} ({len(records)} cells, {len(failed)} failed) in "
+          f"{time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
