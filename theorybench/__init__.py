@@ -4,17 +4,30 @@ Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``denois
 
 * :func:`mse_curve`, :func:`paired_difference`: per-pixel MSE against σ, paired across denoisers;
 * :func:`empirical_denoiser`: the memorizing optimum of a training set;
-* :func:`reference_denoisers`: a distribution's exact / lower / upper references + baselines.
+* :func:`reference_denoisers`: a distribution's exact / lower / upper references + baselines;
+* :func:`kl_bound`: the σ⁻³-weighted MSE gap integrated into a smoothed-KL interval;
+* :func:`sample`: stochastic ascent and probability-flow ODE samplers for any denoiser;
+* :func:`memorization_measures`, :func:`summarize`: nearest-training similarity, d1/d2;
+* :func:`jacobian`, :func:`jacobian_spectrum`: the adaptive basis of a denoiser.
 """
 
 from .denoisers import EmpiricalDenoiser, ReferenceDenoiser, empirical_denoiser, reference_denoisers
 from .evaluation import mse_curve, paired_difference
+from .kl import kl_bound
+from .memorization import memorization_measures, summarize
+from .sampling import SampleResult, SamplingDiverged, sample
 
 __all__ = [
     "EmpiricalDenoiser",
     "ReferenceDenoiser",
+    "SampleResult",
+    "SamplingDiverged",
     "empirical_denoiser",
+    "kl_bound",
+    "memorization_measures",
     "mse_curve",
     "paired_difference",
     "reference_denoisers",
+    "sample",
+    "summarize",
 ]

@@ -1,0 +1,1 @@
+"""Study definitions: presets and the cells they expand into."""
