@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 import datasets_synth
 
 from .cache import Cache, atomic_write_bytes
@@ -106,6 +108,9 @@ def main(argv=None) -> int:
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
         device = resolve_device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but CUDA is not available; "
+                             "valid: auto, cpu")
         entries = study_entries(preset, args.datasets)
         check_entries(entries)
         cells = build_cells(preset, entries, args.seed)

@@ -117,10 +117,9 @@ class StudyData:
                                and "result" in r), None)
         nets = [r for r in records if r["spec"]["kind"] == "network" and "result" in r]
         self.failed = [r["failed"] for r in records if "failed" in r]
-        self.networks = {
-            "per-sigma": network_curve([r for r in nets if r["spec"]["train"]["mode"] == "per-sigma"]),
-            "universal": network_curve([r for r in nets if r["spec"]["train"]["mode"] == "universal"]),
-        }
+        self.networks = {mode: network_curve([r for r in nets
+                                               if r["spec"]["train"]["mode"] == mode])
+                         for mode in NETWORKS}
         self.examples = [r["result"]["examples"] for r in nets
                          if r["spec"]["train"]["mode"] == "per-sigma"]
         self.seconds = sum(r.get("meta", {}).get("seconds", 0.0) for r in records)
@@ -255,7 +254,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
     sns.set_theme(style="whitegrid", context="paper")
     studies = []
     for name, params in entries:
-        mine = [r for r in records if r["spec"]["dataset"] == name and r["spec"]["params"] == params]
+        mine = [r for r in records
+                if r["spec"]["dataset"] == name and r["spec"]["params"] == params]
         studies.append(StudyData(name, params, mine))
     lines = [
         "# theorybench report",

@@ -29,8 +29,8 @@ from datasets_synth.registry import get_factory
 from ..cache import Cache, digest
 from ..denoisers import reference_denoisers
 from ..evaluation import mse_curve
-from ..training import TrainConfig, TrainingDiverged, resolve_device, train
 from ..networks import NetConfig
+from ..training import TrainConfig, TrainingDiverged, resolve_device, train
 
 EXAMPLES = 4  # test images kept per cell for the report's image rows
 COMPONENTS = {

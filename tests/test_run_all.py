@@ -1,0 +1,117 @@
+"""``run_all.py`` end to end on the smoke preset: real values, cache hits, refusals."""
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import datasets_synth
+from theorybench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke run shared by the tests of this module: (out, cache, seconds)."""
+    base = tmp_path_factory.mktemp("smoke")
+    out, cache = base / "reports", base / "cache"
+    start = time.perf_counter()
+    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
+    return out, cache, time.perf_counter() - start
+
+
+def test_report_files(smoke):
+    out, _, _ = smoke
+    readme = (out / "README.md").read_text()
+    for label in ("gaussian", "calpha(alpha=2.0)", "calpha(alpha=4.0)", "disks", "faces",
+                  "shuffled(base=faces)"):
+        assert f"## {label}" in readme
+    for name in ("kl.csv", "rates.csv", "mse.csv", "shuffled.csv", "mse_gaussian.png",
+                 "kl_disks.png", "examples_calpha-alpha-2-0.png"):
+        assert (out / name).stat().st_size > 0, name
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["preset"] == "smoke" and meta["computed"] == meta["cells"]
+
+
+def test_gaussian_reference_is_the_exact_mmse(smoke):
+    out, _, _ = smoke
+    mse = pd.read_csv(out / "mse.csv")
+    wiener = mse[(mse.entry == "gaussian") & (mse.denoiser == "wiener")]
+    dist = datasets_synth.get("gaussian", size=16)
+    for row in wiener.itertuples():
+        assert abs(row.mse - dist.mmse(row.sigma)) < 3 * row.se + 1e-9
+
+
+def test_gaussian_kl_equals_integral_of_stored_gap(smoke):
+    """The KL table is the trapezoid integral in ln σ of d·(MSE_θ − MMSE)/σ² (SCIENCE.md §4)."""
+    out, _, _ = smoke
+    mse, kl = pd.read_csv(out / "mse.csv"), pd.read_csv(out / "kl.csv")
+    g = mse[mse.entry == "gaussian"]
+    net = g[g.denoiser == "network (universal)"].sort_values("sigma")
+    ref = g[g.denoiser == "wiener"].sort_values("sigma")
+    sig = net.sigma.to_numpy()
+    h = 256 * (net.mse.to_numpy() - ref.mse.to_numpy()) / sig**2
+    u = np.log(sig)
+    keep = sig >= 0.02 - 1e-12
+    expected = np.trapezoid(h[keep], u[keep])
+    row = kl[(kl.entry == "gaussian") & (kl.network == "universal") & np.isclose(kl.sigma0, 0.02)]
+    assert math.isclose(row.kl_low.iloc[0], expected, rel_tol=1e-4)
+    assert row.kl_low.iloc[0] == row.kl_high.iloc[0]
+
+
+def test_brackets_are_ordered(smoke):
+    out, _, _ = smoke
+    mse = pd.read_csv(out / "mse.csv")
+    for entry in ("calpha(alpha=2.0)", "calpha(alpha=4.0)", "disks"):
+        m = mse[mse.entry == entry]
+        lower = m[m.kind == "lower"].groupby("sigma")[["mse", "se"]].max()
+        upper = m[m.kind == "upper"].groupby("sigma")[["mse", "se"]].min()
+        assert len(lower) == len(upper) == 4
+        assert (lower.mse <= upper.mse + 3 * (lower.se + upper.se)).all(), entry
+        identity = m[m.denoiser == "identity"].set_index("sigma").mse
+        assert np.allclose(identity.index.to_numpy() ** 2, identity.to_numpy(), rtol=0.5)
+
+
+def test_second_run_hits_the_cache_and_changes_nothing(smoke):
+    out, cache, first = smoke
+    before = {p.name: p.read_bytes() for p in out.glob("*.csv")}
+    start = time.perf_counter()
+    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
+    assert time.perf_counter() - start < 30
+    assert json.loads((out / "run.json").read_text())["computed"] == 0
+    assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == before
+
+
+def test_report_only_rebuilds_from_cache(smoke, tmp_path):
+    _, cache, _ = smoke
+    out = tmp_path / "again"
+    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache),
+                 "--report-only", "--quiet"]) == 0
+    assert (out / "kl.csv").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["--preset", "huge"],
+    ["--datasets", "nope"],
+    ["--datasets", ","],
+    ["--seed", "-1"],
+    ["--seed", "x"],
+    ["--device", "tpu:9"],
+    ["--report-only", "--cache", "{empty}"],
+    ["--datasets", "faces-folder"],
+])
+def test_bad_options_exit_2_with_one_line(args, tmp_path):
+    args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args, "--out", str(out),
+                           "--quiet"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("run_all.py: error:")
+    assert not out.exists()
