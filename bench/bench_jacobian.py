@@ -89,7 +89,8 @@ def main(device: str = "cpu", size: int = 32, channels: int = 16, sigma: float =
     print(f"per-pixel loop (1 forward + {d} backward): {t_loop:.3f} s")
     print(f"jacobian (batched, best of {repeats}): {t_fast:.3f} s")
     print(f"ratio: {t_loop / t_fast:.1f}x (goal >= 10)")
-    print(f"max |J_fast - J_loop|: {diff:.2e} (goal <= 1e-5); max |J| {float(J_loop.abs().max()):.2f}")
+    print(f"max |J_fast - J_loop|: {diff:.2e} (goal <= 1e-5); "
+          f"max |J| {float(J_loop.abs().max()):.2f}")
     print(f"homogeneity ||J y - f(y)|| / ||f(y)||: {homogeneity:.2e}")
     return t_loop / t_fast
 

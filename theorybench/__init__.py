@@ -13,6 +13,7 @@ Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``denois
 
 from .denoisers import EmpiricalDenoiser, ReferenceDenoiser, empirical_denoiser, reference_denoisers
 from .evaluation import mse_curve, paired_difference
+from .jacobian import jacobian, jacobian_spectrum, subspace_angles, sure_mse
 from .kl import kl_bound
 from .memorization import memorization_measures, summarize
 from .sampling import SampleResult, SamplingDiverged, sample
@@ -23,11 +24,15 @@ __all__ = [
     "SampleResult",
     "SamplingDiverged",
     "empirical_denoiser",
+    "jacobian",
+    "jacobian_spectrum",
     "kl_bound",
     "memorization_measures",
     "mse_curve",
     "paired_difference",
     "reference_denoisers",
     "sample",
+    "subspace_angles",
+    "sure_mse",
     "summarize",
 ]
