@@ -1,0 +1,307 @@
+"""The ``disks`` family (datasets_synth.manifolds) and its MMSE bracket (denoisers.disks)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import datasets_synth
+from datasets_synth.conformance import check_distribution
+from datasets_synth.manifolds import Disks, disk_coverage, disk_coverage_jacobian
+from theorybench.denoisers.baselines import Identity
+from theorybench.denoisers.disks import DisksOracle, DisksPosterior, _LinearGaussian
+from theorybench.evaluation import mse_curve, paired_difference
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Intra-op threads stall when other processes share the 2 cores; restore afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def disks():
+    return Disks()
+
+
+def supersampled(geometry, size, sub=64):
+    """Brute-force coverage: mean of sub×sub point samples per pixel, float64."""
+    coords = (torch.arange(size * sub, dtype=torch.float64) + 0.5) / sub
+    out = []
+    for cx, cy, r in geometry.tolist():
+        inside = ((coords[:, None] - cy) ** 2 + (coords[None, :] - cx) ** 2 <= r * r).double()
+        out.append(inside.view(size, sub, size, sub).mean((1, 3)))
+    return torch.stack(out)
+
+
+# -- the distribution ---------------------------------------------------------------------
+@pytest.mark.parametrize("params", [{}, {"size": 8}, {"size": 24, "r_min": 2.0, "r_max": 5.0}])
+def test_conformance(params):
+    dist = Disks(**params)
+    check_distribution(dist)
+    assert dist.intrinsic_dim == 5 and dist.value_range == (-math.inf, math.inf)
+
+
+def test_registry_and_references(disks):
+    dist = datasets_synth.get("disks", size=16)
+    assert isinstance(dist, Disks) and dist.shape == (1, 16, 16)
+    refs = disks.reference_denoisers()
+    assert set(refs) == {"oracle-geometry", "posterior"}
+    assert refs["oracle-geometry"].kind == "lower" and refs["oracle-geometry"].oracle
+    assert refs["posterior"].kind == "upper" and not refs["posterior"].oracle
+
+
+def test_images_are_rendered_latents(disks):
+    x, latents = disks.sample_with_latents(300, seed=3)
+    params = latents["params"]
+    assert params.shape == (300, 5) and params.dtype == torch.float64
+    torch.testing.assert_close(x, disks.render(params.float()), atol=1e-6, rtol=0)
+    torch.testing.assert_close(x.double(), disks.render(params), atol=2e-6, rtol=0)
+
+
+def test_prior_moments(disks):
+    """Geometry uniform on the box, intensities N(0.5, 0.2²) independent."""
+    params = disks.sample_with_latents(20_000, seed=11)[1]["params"]
+    lo, hi = disks.geometry_low, disks.geometry_high
+    g = params[:, :3]
+    assert bool(((g >= lo) & (g <= hi)).all())
+    u = (g - lo) / (hi - lo)  # uniform on [0, 1]: mean 1/2, variance 1/12
+    se = math.sqrt(1 / 12 / len(u))
+    assert (u.mean(0) - 0.5).abs().max() < 4 * se
+    assert (u.var(0) - 1 / 12).abs().max() < 0.004
+    a = params[:, 3:]
+    assert (a.mean(0) - 0.5).abs().max() < 4 * 0.2 / math.sqrt(len(a))
+    assert (a.std(0) - 0.2).abs().max() < 0.006  # se of a std ≈ 0.2/√(2n) = 0.001
+    assert abs(float(torch.corrcoef(a.T)[0, 1])) < 4 / math.sqrt(len(a))
+
+
+def test_custom_intensity_prior():
+    dist = Disks(size=16, fg_mean=0.8, fg_std=0.05, bg_mean=0.1, bg_std=0.1)
+    a = dist.sample_with_latents(4000, seed=2)[1]["params"][:, 3:]
+    assert torch.allclose(a.mean(0), torch.tensor([0.8, 0.1], dtype=torch.float64), atol=0.01)
+    assert torch.allclose(a.std(0), torch.tensor([0.05, 0.1], dtype=torch.float64), atol=0.005)
+
+
+@pytest.mark.parametrize("radius", [1.5, 4.0, 8.0])
+def test_coverage_against_supersampling(radius):
+    """Tangent half-plane rule + sagitta shift: max error ≤ 0.06/r; disk area unbiased
+    (mean error < 0.03 px², per disk < 0.1 px², against 2^12 point samples per pixel)."""
+    dist = Disks(size=24, r_min=1.0, r_max=9.0)
+    u = torch.rand(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    geometry = dist.geometry_from_unit(u)
+    geometry[:, 2] = radius
+    exact = supersampled(geometry, 24)
+    m = disk_coverage(geometry, 24)
+    assert m.shape == (6, 24, 24) and float(m.min()) >= 0 and float(m.max()) <= 1
+    assert float((m - exact).abs().max()) <= 0.06 / radius
+    area_error = (m - exact).sum((1, 2))
+    assert float(area_error.abs().max()) < 0.1 and abs(float(area_error.mean())) < 0.03
+
+
+def test_coverage_edge_cases():
+    """Disks touching or leaving the image, a disk larger than the window, axis-aligned
+    centres (zero normal component): finite, in [0, 1], and close to supersampling."""
+    geometry = torch.tensor([[0.0, 0.0, 5.0], [15.5, 2.5, 3.0], [8.0, 8.0, 12.0],
+                             [-3.0, 20.0, 6.0], [8.5, 8.5, 4.0]], dtype=torch.float64)
+    m = disk_coverage(geometry, 16)
+    assert torch.isfinite(m).all() and float(m.min()) >= 0 and float(m.max()) <= 1
+    assert float((m - supersampled(geometry, 16, sub=32)).abs().max()) < 0.06 / 3
+    assert float(m[2].min()) == 1.0  # r = 12 at the centre covers the whole 16×16 image
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        disk_coverage(torch.zeros(2, 4), 16)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.func's internal jit use
+def test_render_jacobian_rank_5(disks):
+    """render is differentiable (forward and reverse mode agree); ∂x/∂θ (d × 5) has rank 5."""
+    params = disks.sample_with_latents(4, seed=5)[1]["params"]
+    params[:, 3] = params[:, 4] + 0.3  # a contrast of 0.3: the geometry is visible
+    basis = torch.eye(5, dtype=torch.float64)
+    for p in params:
+        jac = torch.stack([torch.func.jvp(lambda q: disks.render(q[None]).flatten(), (p,), (e,))[1]
+                           for e in basis], 1)  # forward mode, (d, 5)
+        v = torch.randn(disks.d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        q = p.clone().requires_grad_(True)
+        (vjp,) = torch.autograd.grad((disks.render(q[None]).flatten() * v).sum(), q)
+        torch.testing.assert_close(vjp, v @ jac)  # reverse mode vᵀJ
+        sv = torch.linalg.svdvals(jac)
+        assert sv.shape == (5,) and float(sv[-1] / sv[0]) > 1e-2
+    # the per-pixel Jacobian of the mask agrees with autograd and central differences
+    g = params[:, :3]
+    m, jm = disk_coverage_jacobian(g, 32)
+    torch.testing.assert_close(m, disk_coverage(g, 32), atol=0, rtol=0)
+    w = torch.randn(m.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    q = g.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((disk_coverage(q, 32) * w).sum(), q)
+    torch.testing.assert_close(grad, torch.einsum("nkij,nij->nk", jm, w))
+    fd = torch.stack([(disk_coverage(g + 1e-6 * e, 32) - disk_coverage(g - 1e-6 * e, 32)) / 2e-6
+                      for e in torch.eye(3, dtype=torch.float64)], 1)
+    assert float((jm - fd).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"size": 7}, "size"), ({"size": 32.0}, "size"), ({"r_min": 0.5}, "r_min"),
+    ({"r_min": 5.0, "r_max": 5.0}, "r_max"), ({"r_max": 16.0}, "r_max"),
+    ({"r_min": 17.0}, "r_min"), ({"fg_std": 0.0}, "fg_std"), ({"bg_std": -1.0}, "bg_std"),
+    ({"fg_mean": float("nan")}, "fg_mean"), ({"bg_mean": "0.5"}, "bg_mean"),
+])
+def test_bad_parameters(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Disks(**bad)
+
+
+def test_bad_denoiser_inputs(disks):
+    with pytest.raises(ValueError, match=r"\(n, 5\)"):
+        disks.render(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="latents"):
+        DisksOracle()(torch.zeros(2, 1, 32, 32), 0.1)
+    with pytest.raises(ValueError, match="std"):
+        DisksOracle(std=(0.2, 0.0))
+    with pytest.raises(ValueError, match="Disks"):
+        DisksPosterior(datasets_synth.get("gaussian"))
+    with pytest.raises(ValueError, match="bank_size"):
+        DisksPosterior(disks, bank_size=0)
+    with pytest.raises(ValueError, match="inflation"):
+        DisksPosterior(disks, inflation=0.5)
+    with pytest.raises(ValueError, match="sigma"):
+        DisksPosterior(disks)(torch.zeros(2, 1, 32, 32), -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        DisksPosterior(disks, bank_size=16, n_local=4)(torch.zeros(2, 1, 16, 16), 0.1)
+
+
+# -- the oracle (lower bound) --------------------------------------------------------------
+def brute_force_posterior_mean(x_mask, y, mean, std, sigma):
+    """E[x | y, g] from the dense d×d Gaussian: x ~ N(Aμ, AΛAᵀ), y = x + σz (float64)."""
+    a = torch.stack([x_mask, 1 - x_mask], 1)  # (d, 2)
+    mu = a @ torch.tensor(mean, dtype=torch.float64)
+    cov = a @ torch.diag(torch.tensor(std, dtype=torch.float64) ** 2) @ a.T
+    gain = cov @ torch.linalg.inv(cov + sigma**2 * torch.eye(len(mu), dtype=torch.float64))
+    return mu + gain @ (y - mu)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.3, 2.0])
+def test_oracle_against_dense_gaussian(sigma):
+    mean, std = (0.7, 0.2), (0.1, 0.25)
+    dist = Disks(size=16, fg_mean=mean[0], fg_std=std[0], bg_mean=mean[1], bg_std=std[1])
+    x, latents = dist.sample_with_latents(3, seed=4)
+    y = x.double() + sigma * torch.randn(x.shape, dtype=torch.float64,
+                                         generator=torch.Generator().manual_seed(1))
+    out = DisksOracle(mean, std)(y, sigma, latents=latents)
+    masks = disk_coverage(latents["params"][:, :3], 16).flatten(1)
+    for i in range(3):
+        ref = brute_force_posterior_mean(masks[i], y[i].flatten(), mean, std, sigma)
+        torch.testing.assert_close(out[i].flatten(), ref, atol=1e-9, rtol=1e-9)
+
+
+def test_marginal_likelihood_against_dense_gaussian():
+    """log p(y|g) of the Woodbury closed form = the dense N(Aμ, AΛAᵀ + σ²I) up to a constant."""
+    mean, std, sigma = (0.6, 0.4), (0.15, 0.25), 0.2
+    dist = Disks(size=12, r_min=1.5, r_max=3.0)
+    x = dist.sample(1, seed=9)[0].double().flatten()
+    y = x + sigma * torch.randn(x.shape, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(2))
+    geometry = dist.geometry_from_unit(torch.rand(5, 3, dtype=torch.float64,
+                                                  generator=torch.Generator().manual_seed(3)))
+    masks = disk_coverage(geometry, 12).flatten(1)
+    _, _, closed, _ = _LinearGaussian(mean, std).solve(
+        masks @ y, masks.sum(1), masks.square().sum(1), y.sum(), y.square().sum(),
+        torch.tensor(sigma**2, dtype=torch.float64), y.numel())
+    dense = []
+    for m in masks:
+        a = torch.stack([m, 1 - m], 1)
+        cov = a @ torch.diag(torch.tensor(std, dtype=torch.float64) ** 2) @ a.T
+        cov = cov + sigma**2 * torch.eye(len(m), dtype=torch.float64)
+        mvn = torch.distributions.MultivariateNormal(
+            a @ torch.tensor(mean, dtype=torch.float64), cov)
+        dense.append(mvn.log_prob(y))
+    dense = torch.stack(dense)
+    torch.testing.assert_close(closed - closed[0], dense - dense[0], atol=1e-8, rtol=0)
+
+
+def test_oracle_small_sigma_two_dimensions(disks):
+    """Only the two intensities are unknown given g: total MSE/σ² → 2 (not 5)."""
+    oracle = disks.reference_denoisers()["oracle-geometry"]
+    sigma, n = 0.01, 192
+    g = disks.sample_with_latents(n, seed=0)[1]["params"][:, :3]
+    expected = oracle.expected_total_mse(g, sigma, 32) / sigma**2  # σ² tr(M⁻¹AᵀA) per image
+    assert float(expected.max()) <= 2 and float(expected.min()) > 1.99
+    curve = mse_curve(oracle, disks, [sigma], n=n, seed=0)
+    total = curve.attrs["errors"][0] * disks.d / sigma**2
+    se = total.std(ddof=1) / math.sqrt(n)
+    assert abs(total.mean() - float(expected.mean())) < 3 * se
+    assert abs(total.mean() - 2) < 0.15 * 2
+
+
+# -- the posterior (upper bound) ------------------------------------------------------------
+@pytest.mark.parametrize("sigma", [0.3, 0.1])
+def test_posterior_against_brute_force_importance_sampling(sigma):
+    """Same E[x|y] as 2^17 prior draws weighted by the closed-form likelihood (size 16)."""
+    dist = Disks(size=16)
+    x = dist.sample(6, seed=3).double()
+    y = x + sigma * torch.randn(x.shape, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(5))
+    flat = y.flatten(1)
+    model = _LinearGaussian(dist.intensity_mean, dist.intensity_std)
+    sobol = torch.quasirandom.SobolEngine(3, scramble=True, seed=123)
+    num = torch.zeros_like(flat)
+    lse = torch.full((len(flat), 1), -math.inf, dtype=torch.float64)
+    for _ in range(16):  # 16 × 8192 prior draws, online self-normalised weights
+        m = disk_coverage(dist.geometry_from_unit(sobol.draw(8192, dtype=torch.float64)),
+                          16).flatten(1)
+        a_f, a_b, loglik, _ = model.solve(flat @ m.T, m.sum(1), m.square().sum(1),
+                                          flat.sum(1, keepdim=True),
+                                          flat.square().sum(1, keepdim=True), sigma**2, 256)
+        new = torch.logaddexp(lse, torch.logsumexp(loglik, 1, keepdim=True))
+        w = torch.exp(loglik - new)
+        num = num * torch.exp(lse - new) + (w * a_b).sum(1, keepdim=True) + (w * (a_f - a_b)) @ m
+        lse = new
+    out = DisksPosterior(dist)(y, sigma).flatten(1)
+    gap = (out - num).square().sum(1) / sigma**2  # total squared distance in units of σ²
+    assert float(gap.max()) < 0.02  # vs an MMSE of ≈ 4–5 σ²
+
+
+def test_posterior_batch_invariant_and_sigma_vector(disks):
+    post = DisksPosterior(disks, bank_size=1024, n_local=64, chunk=3)
+    x = disks.sample(5, seed=1)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    sig = torch.tensor([0.02, 0.05, 0.1, 0.3, 1.0])
+    together = post(x + sig.view(-1, 1, 1, 1) * z, sig)
+    alone = torch.cat([post(x[i:i + 1] + sig[i] * z[i:i + 1], float(sig[i])) for i in range(5)])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    assert set(post.last_diagnostics) == {"ess", "local_mass"}
+
+
+def test_bracket_ordered_and_beats_identity(disks):
+    """L ≤ U within 3 paired standard errors on a σ grid 0.01 … 2; both beat f(y) = y."""
+    sigmas = [0.01, 0.03, 0.1, 0.3, 1.0, 2.0]
+    refs = disks.reference_denoisers()
+    lower = mse_curve(refs["oracle-geometry"], disks, sigmas, n=32, seed=1)
+    upper = mse_curve(refs["posterior"], disks, sigmas, n=32, seed=1)
+    identity = mse_curve(Identity(), disks, sigmas, n=32, seed=1)
+    diff = paired_difference(upper, lower)
+    assert np.all(diff["diff"] > -3 * diff["se"])
+    assert np.all(upper["mse"] < identity["mse"]) and np.all(lower["mse"] < identity["mse"])
+    np.testing.assert_allclose(identity["mse"], np.array(sigmas) ** 2, rtol=0.05)
+    assert np.all(diff["diff"] > 0)  # knowing the geometry helps at every σ
+
+
+def test_posterior_small_sigma_five_dimensions(disks):
+    """On the 5-manifold at small σ, total MSE/σ² of E[x|y] → 5 (SCIENCE.md §5)."""
+    sigmas, n = [0.01, 0.02], 192
+    curve = mse_curve(disks.reference_denoisers()["posterior"], disks, sigmas, n=n, seed=2)
+    total = curve.attrs["errors"] * disks.d / np.array(sigmas)[:, None] ** 2
+    assert np.all(np.abs(total.mean(1) - 5) < 0.15 * 5), total.mean(1)
+
+
+@pytest.mark.heavy
+def test_posterior_converged(disks):
+    """Growing the bank and the local sample changes the MSE by < 2% (and < 3 paired SE)."""
+    post = disks.reference_denoisers()["posterior"]
+    for sigma in (0.02, 0.1, 0.5):
+        table = post.convergence(sigma, settings=((8192, 256), (32768, 1024)), n=64)
+        first = table.iloc[0]
+        assert abs(first["diff_to_last"]) < max(3 * first["diff_se"], 0.02 * first["mse"])
