@@ -8,6 +8,7 @@ Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``denois
 * :func:`kl_bound`: the σ⁻³-weighted MSE gap integrated into a smoothed-KL interval;
 * :func:`sample`: stochastic ascent and probability-flow ODE samplers for any denoiser;
 * :func:`memorization_measures`, :func:`summarize`: nearest-training similarity, d1/d2;
+* :func:`train`, :class:`NetworkDenoiser`: bias-free networks (per-σ or universal);
 * :func:`jacobian`, :func:`jacobian_spectrum`: the adaptive basis of a denoiser.
 """
 
@@ -16,9 +17,17 @@ from .evaluation import mse_curve, paired_difference
 from .jacobian import jacobian, jacobian_spectrum, subspace_angles, sure_mse
 from .kl import kl_bound
 from .memorization import memorization_measures, summarize
+from .networks import NetConfig, build_network
 from .sampling import SampleResult, SamplingDiverged, sample
+from .training import NetworkDenoiser, TrainConfig, TrainingDiverged, train
 
 __all__ = [
+    "NetConfig",
+    "NetworkDenoiser",
+    "TrainConfig",
+    "TrainingDiverged",
+    "build_network",
+    "train",
     "EmpiricalDenoiser",
     "ReferenceDenoiser",
     "SampleResult",

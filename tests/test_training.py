@@ -1,0 +1,201 @@
+"""Training: approach to the exact MMSE, determinism, checkpoints, divergence, interface."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from datasets_synth.base import Distribution
+from datasets_synth.gaussian import GaussianField
+from theorybench.evaluation import mse_curve
+from theorybench.networks import NetConfig
+from theorybench.training import (
+    CHUNK_STEPS,
+    NetworkDenoiser,
+    TrainConfig,
+    TrainingDiverged,
+    _minibatch_images,
+    resolve_device,
+    train,
+)
+
+TINY = NetConfig(arch="bfcnn", channels=4, depth=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: much faster than two on cores shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    return GaussianField(size=16)
+
+
+@pytest.fixture(scope="module")
+def small_unet(gaussian):
+    cfg = TrainConfig(mode="universal", steps=2 * CHUNK_STEPS, batch_size=8, seed=4)
+    return train(gaussian, NetConfig(arch="unet", channels=4, blocks=2), cfg)
+
+
+def test_per_sigma_training_approaches_the_wiener_filter(gaussian):
+    sigma = 0.1
+    den = train(gaussian, NetConfig(channels=16, depth=5),
+                TrainConfig(sigma=sigma, steps=300, batch_size=32, lr=3e-3))
+    net = mse_curve(den, gaussian, [sigma], n=512, seed=1)
+    wiener = mse_curve(gaussian.reference_denoisers()["wiener"], gaussian, [sigma], n=512, seed=1)
+    mmse = gaussian.mmse(sigma)  # SCIENCE.md §4: Σ λσ²/(λ+σ²) / d = 0.622 σ² here
+    mse, se = float(net.mse[0]), float(net.se[0])
+    assert abs(float(wiener.mse[0]) - mmse) < 3 * float(wiener.se[0])
+    assert mse < 0.70 * sigma**2  # far below the identity's σ²
+    assert mse < 1.06 * mmse  # measured: about 1.02 × MMSE after 300 steps
+    assert mse > mmse - 4 * se  # nothing beats the posterior mean
+
+
+def test_universal_training_denoises_a_range_of_sigmas(gaussian):
+    den = train(gaussian, NetConfig(channels=16, depth=5),
+                TrainConfig(mode="universal", sigma_max=1.0, steps=200, batch_size=32, lr=3e-3))
+    curve = mse_curve(den, gaussian, [0.2, 0.5], n=256, seed=1)
+    for sigma, mse in zip(curve.sigma, curve.mse, strict=True):
+        assert gaussian.mmse(sigma) * 0.95 < mse < 0.6 * sigma**2
+
+
+def test_same_seed_same_weights_and_global_rng_untouched(gaussian):
+    cfg = TrainConfig(mode="universal", steps=CHUNK_STEPS + 3, batch_size=4, seed=7)
+    state = torch.random.get_rng_state()
+    a, b = (train(gaussian, TINY, cfg).net.state_dict() for _ in range(2))
+    c = train(gaussian, TINY, TrainConfig.from_dict({**cfg.to_dict(), "seed": 8})).net.state_dict()
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_fixed_training_set(gaussian):
+    images = gaussian.sample(6, 3)
+    den = train(gaussian, TINY, TrainConfig(steps=5, batch_size=4), train_images=images)
+    assert den.meta["n_train"] == 6 and len(den.history["loss"]) == 1
+    # minibatches run through seeded random permutations: each epoch sees every image once
+    stream = _minibatch_images(torch.arange(6.0), seed=0, chunk=12)
+    epochs = torch.cat([next(stream) for _ in range(3)]).view(6, 6)
+    assert all(torch.equal(e.sort().values, torch.arange(6.0)) for e in epochs)
+    assert not all(torch.equal(e, epochs[0]) for e in epochs)
+    with pytest.raises(ValueError, match="finite"):
+        train(gaussian, TINY, TrainConfig(steps=1), train_images=images * math.nan)
+    with pytest.raises(ValueError, match="in_channels"):
+        train(gaussian, NetConfig(in_channels=3, channels=4, depth=3), TrainConfig(steps=1))
+
+
+def test_finite_distribution_trains_on_its_training_split():
+    from datasets_synth.faces import Faces
+
+    den = train(Faces(split="test"), NetConfig(arch="unet", channels=4, blocks=2),
+                TrainConfig(steps=2, batch_size=4))
+    assert den.meta["n_train"] == 80 and den.meta["distribution"] == "faces"
+
+
+def test_checkpoint_round_trip(small_unet, tmp_path):
+    path = tmp_path / "net.pt"
+    small_unet.save(path)
+    assert os.listdir(tmp_path) == ["net.pt"]  # the temporary file was renamed away
+    loaded = NetworkDenoiser.load(path)
+    y = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded(y, 0.1), small_unet(y, 0.1))
+    assert not torch.equal(loaded(y, 0.1), y)  # a trained network, not the identity
+    assert loaded.net_config == small_unet.net_config
+    assert loaded.train_config == small_unet.train_config
+    assert loaded.history == small_unet.history and loaded.meta == small_unet.meta
+    assert not loaded.net.training and loaded.kind == "network"
+
+
+def test_checkpoint_with_mismatched_config_is_refused(small_unet, tmp_path):
+    path = tmp_path / "net.pt"
+    small_unet.save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["net_config"]["channels"] = 8
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="do not fit"):
+        NetworkDenoiser.load(tmp_path / "bad.pt")
+    payload["net_config"] = {**small_unet.net_config.to_dict(), "blocks": 3}
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="do not fit"):
+        NetworkDenoiser.load(tmp_path / "bad.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="checkpoint"):
+        NetworkDenoiser.load(tmp_path / "other.pt")
+
+
+class NaNAfter(Distribution):
+    """Gaussian-field images, NaN from stream index ``start`` on (to force divergence)."""
+
+    name = "nan-after"
+
+    def __init__(self, start: int):
+        super().__init__(start=start)
+        self.base = GaussianField(size=8)
+        self.shape = self.base.shape
+        self.start = start
+
+    def _take(self, n, seed, offset):
+        images, latents = self.base._take(n, seed, offset)
+        index = torch.arange(offset, offset + n)
+        images[index >= self.start] = math.nan
+        return images, latents
+
+
+def test_nan_loss_raises_training_diverged_at_its_step():
+    cfg = TrainConfig(steps=2 * CHUNK_STEPS, batch_size=4)
+    with pytest.raises(TrainingDiverged, match=r"at step 5 of 32"):
+        train(NaNAfter(start=5 * 4 + 2), TINY, cfg)  # step 5 holds the first NaN image
+    assert issubclass(TrainingDiverged, RuntimeError)
+
+
+def test_denoiser_interface(small_unet):
+    y = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    x_hat = small_unet(y, 0.3)
+    torch.testing.assert_close(x_hat, y - small_unet.net(y))  # f(y) = y − r(y)
+    assert torch.equal(small_unet(y, torch.tensor([0.1, 0.9])), x_hat)  # blind: σ unused
+    assert not x_hat.requires_grad  # parameters are frozen
+    assert small_unet(y.double(), 0.3).dtype == torch.float64
+    for bad in (0.0, -1.0, math.nan, torch.tensor([0.1, 0.2, 0.3])):
+        with pytest.raises(ValueError, match="sigma"):
+            small_unet(y, bad)
+    with pytest.raises(ValueError, match=r"\(n, 1, h, w\)"):
+        small_unet(torch.rand(2, 3, 16, 16), 0.1)
+
+
+def test_jacobian_through_the_denoiser(small_unet):
+    # SCIENCE.md §6: a bias-free network is homogeneous, so f(y) = ∇f(y) y
+    y = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.enable_grad():
+        jac = torch.autograd.functional.jacobian(lambda v: small_unet(v, 0.2), y)
+    jac = jac.reshape(256, 256)
+    f_y = small_unet(y, 0.2).reshape(256)
+    assert torch.linalg.norm(jac @ y.reshape(256) - f_y) / torch.linalg.norm(f_y) < 1e-5
+    assert torch.linalg.norm(jac - torch.eye(256, dtype=jac.dtype)) > 1e-3  # not identity
+
+
+def test_train_config_round_trip_schedule_and_validation():
+    cfg = TrainConfig(mode="universal", steps=100, warmup=10, schedule="cosine")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.lr_factor(0) == pytest.approx(0.1)  # warm-up 1/10
+    assert cfg.lr_factor(50) == pytest.approx(0.5)  # cosine half way
+    step = TrainConfig(steps=100, warmup=0, schedule="step")
+    assert [step.lr_factor(k) for k in (0, 49, 50, 74, 75, 99)] == \
+        pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    for bad in ({"mode": "per_sigma"}, {"sigma": 0.0}, {"steps": 0}, {"lr": -1.0},
+                {"schedule": "linear"}, {"seed": -1}, {"warmup": 1.5}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+    with pytest.raises(ValueError, match="valid fields"):
+        TrainConfig.from_dict({"sigmas": 0.1})
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("gpu0")
