@@ -16,6 +16,7 @@ import datasets_synth
 from .cache import Cache, atomic_write_bytes
 from .executors import EXECUTORS, run_cells
 from .experiments.cells import build_cells, cell_key
+from .experiments.jacobian_analysis import build_jacobian_cells, jacobian_sigmas
 from .experiments.presets import PRESETS
 from .training import resolve_device
 
@@ -114,6 +115,8 @@ def main(argv=None) -> int:
         entries = study_entries(preset, args.datasets)
         check_entries(entries)
         cells = build_cells(preset, entries, args.seed)
+        cells += build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
+                                      preset.jacobian_images, args.seed)
         cache = Cache(args.cache)
     except ValueError as exc:
         parser.error(str(exc))

@@ -325,13 +325,17 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                   "smallest σ; manifold theory 5.", "", markdown_table(pd.DataFrame(rates)), ""]
     if shuffled:
         lines += ["## Shuffled against base", "", markdown_table(pd.DataFrame(shuffled)), ""]
+    from .report_jacobian import jacobian_section  # it builds on this module's helpers
+
+    lines += jacobian_section(records, out)
     for name, rows in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                        ("mse", mse_rows)):
         if rows:
             _write_csv(pd.DataFrame(rows), out / f"{name}.csv")
     lines += ["## Files", "", "Tables as CSV: " + ", ".join(
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
-                                   ("mse", mse_rows)) if r) + ".", ""]
+                                   ("mse", mse_rows)) if r)
+              + ", `jacobian.csv`, `jacobian_pairs.csv` (when computed).", ""]
     readme = out / "README.md"
     atomic_write_bytes(readme, "\n".join(lines).encode())
     return readme

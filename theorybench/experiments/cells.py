@@ -30,12 +30,24 @@ from ..cache import Cache, digest
 from ..denoisers import reference_denoisers
 from ..evaluation import mse_curve
 from ..networks import NetConfig
+from ..sampling import SamplingDiverged
 from ..training import TrainConfig, TrainingDiverged, resolve_device, train
 
 EXAMPLES = 4  # test images kept per cell for the report's image rows
+
+
+class MissingCheckpoint(RuntimeError):
+    """A cell needs the checkpoint of another cell, which is not stored (not run, or failed)."""
+
+
+# a cell that fails this way is reported and not cached; a later run retries it
+CELL_FAILURES = (TrainingDiverged, SamplingDiverged, MissingCheckpoint)
 COMPONENTS = {
     "reference": ("theorybench.evaluation", "theorybench.denoisers"),
     "network": ("theorybench.evaluation", "theorybench.networks", "theorybench.training"),
+    "jacobian": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis",
+                 "theorybench.denoisers"),
+    "jacobian-pair": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis"),
 }
 
 
@@ -119,6 +131,22 @@ def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=Fa
             "loss": denoiser.history["loss"][-1] if denoiser.history["loss"] else None}
 
 
+def _compute(spec: dict, cache: Cache, key: str, device, progress: bool) -> dict:
+    """Dispatch a cell to the function computing its kind."""
+    kind = spec["kind"]
+    if kind == "reference":
+        return compute_reference(spec)
+    if kind == "network":
+        return compute_network(spec, cache, key, device=device, progress=progress)
+    from . import jacobian_analysis  # imports this module: loaded on first use
+
+    if kind == "jacobian":
+        return jacobian_analysis.compute_jacobian_cell(spec, cache, key, device=device)
+    if kind == "jacobian-pair":
+        return jacobian_analysis.compute_pair_cell(spec, cache, key, device=device)
+    raise ValueError(f"unknown cell kind {kind!r}; valid: {sorted(COMPONENTS)}")
+
+
 def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
     """Compute one cell unless cached; store and return its record.
 
@@ -132,11 +160,8 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
         return {**record, "cached": True}
     start = time.perf_counter()
     try:
-        if spec["kind"] == "reference":
-            result = compute_reference(spec)
-        else:
-            result = compute_network(spec, cache, key, device=device, progress=progress)
-    except TrainingDiverged as exc:
+        result = _compute(spec, cache, key, device, progress)
+    except CELL_FAILURES as exc:
         return {"key": key, "spec": spec, "failed": f"{describe(spec)}: {exc}"}
     meta = {"seconds": time.perf_counter() - start, "device": str(resolve_device(device)),
             "torch": torch.__version__, "host": platform.node(),
@@ -151,6 +176,12 @@ def describe(spec: dict) -> str:
     label = entry_label(spec["dataset"], spec["params"])
     if spec["kind"] == "reference":
         return f"references of {label}"
+    if spec["kind"] == "jacobian":
+        from .jacobian_analysis import describe_jacobian
+
+        return describe_jacobian(spec)
+    if spec["kind"] == "jacobian-pair":
+        return f"Jacobian pair on {label}, N={spec['N']}"
     t = spec["train"]
     where = f"σ={t['sigma']:g}" if t["mode"] == "per-sigma" else f"σ≤{t['sigma_max']:g}"
     return f"{t['mode']} network on {label} ({where})"

@@ -50,6 +50,7 @@ class Preset:
     sigma_max : float           universal networks: σ = σ_max·u², u ~ U(0, 1).
     sigma0s : tuple of float    smoothing levels at which KL intervals are tabulated.
     rate_range : (lo, hi)       σ range of the C^α slope fit (SCIENCE.md §5: mid-range).
+    jacobian_images : int       noisy images per Jacobian-analysis cell (d×d Jacobian each).
     datasets : entries          (name, params) studied; plugins are added with {}.
     """
 
@@ -65,6 +66,7 @@ class Preset:
     sigma_max: float = 2.0
     sigma0s: tuple[float, ...] = (0.01, 0.05, 0.2)
     rate_range: tuple[float, float] = (0.02, 0.25)
+    jacobian_images: int = 2
     datasets: tuple[DatasetEntry, ...] = field(default=())
 
     def to_dict(self) -> dict:
@@ -76,6 +78,7 @@ PRESETS: dict[str, Preset] = {
         name="smoke", size=16, sigmas=_grid(0.02, 1.0, 4), n_eval=16,
         net={"arch": "bfcnn", "channels": 8, "depth": 3}, per_sigma_steps=12,
         universal_steps=16, batch_size=8, sigma0s=(0.02, 0.2), rate_range=(0.02, 0.4),
+        jacobian_images=1,
         datasets=builtin_entries(16),
     ),
     "default": Preset(
@@ -86,7 +89,7 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper", size=80, sigmas=_grid(0.005, 2.0, 14), n_eval=1024,
         net={"arch": "unet", "channels": 64, "blocks": 3}, per_sigma_steps=40_000,
-        universal_steps=200_000, batch_size=128, sigma0s=(0.01, 0.05, 0.2),
+        universal_steps=200_000, batch_size=128, sigma0s=(0.01, 0.05, 0.2), jacobian_images=8,
         datasets=builtin_entries(80),
     ),
 }

@@ -1,0 +1,699 @@
+"""Jacobian cells: eigen-analysis of trained networks next to the optimal denoiser (SCIENCE.md §6).
+
+A ``jacobian`` cell takes one stored ``network`` cell (its checkpoint, a per-σ network at
+σ or the universal network evaluated at σ), draws ``n_images`` clean images of the
+cell's distribution with their latents and the evaluation noise of ``mse_curve``
+(image k and noise k are those of ``mse_curve(…, seed)``), and computes at each noisy
+image ``y = x + σ z``, for the network and for the distribution's reference denoiser:
+
+* the Jacobian ``J = ∇f(y)`` (``theorybench.jacobian``; networks in float32 and eval
+  mode, references in float64) and the eigenvalues of its symmetric part (all ``d``),
+  the trace ``tr J`` (effective dimension), the number of eigenvalues above 0.5, the
+  asymmetry ``‖J − Jᵀ‖/‖J‖`` and the homogeneity error ``‖J y − f(y)‖/‖f(y)‖``;
+* SURE's per-pixel MSE ``(‖f(y) − y‖² − dσ² + 2σ² tr J)/d`` next to the measured
+  ``‖f(y) − x‖²/d`` (SCIENCE.md §6);
+* ``disks``: the principal angles between the span of the top-5 eigenvectors and the true
+  5-d tangent space ``∂x/∂θ`` (autograd of ``Disks.render`` at the true parameters);
+* ``calpha``: the fraction of the energy of each top eigenvector lying within ``band``
+  pixels of the true contour, against the fraction of pixels there (chance level);
+* the top eigenvectors of the first image (for figures).
+
+References (the optimum, or the best available stand-in):
+
+* ``gaussian`` (any distribution with an ``exact`` reference, differentiable in torch):
+  the exact posterior mean (Wiener filter, ``J = C (C + σ²I)⁻¹``), by autograd;
+* ``disks``: the posterior mean ``E[x|y]`` and its Jacobian ``Cov[x|y]/σ²`` (SCIENCE.md
+  §6, Tweedie) from a posterior mixture over the disk geometry computed here
+  (:func:`disks_posterior_moments`: importance sampling over ``(cx, cy, r)``, intensities
+  integrated in closed form, the model of ``theorybench.denoisers.disks``). Its mean is
+  checked against the ``posterior`` (upper) denoiser in the record;
+* ``calpha``: the *oracle* given the true contour (mask), ``J = C(m)(C(m) + σ²I)⁻¹``
+  exactly (linear in y); an oracle, not a function of y alone;
+* other distributions (faces, shuffled, plugins without an exact reference): none.
+
+:func:`compute_pair_similarity` compares two networks trained on disjoint sets (the
+memorization sweep): overlap of their top-k eigenvector spans at the same noisy input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import datasets_synth
+from datasets_synth.base import check_int, check_seed
+
+from ..evaluation import NOISE_BLOCK, check_sigmas, evaluation_noise
+from ..jacobian import jacobian_spectrum, subspace_angles, sure_mse
+from ..training import NetworkDenoiser, resolve_device
+from .cells import MissingCheckpoint, cell_key, entry_label
+
+KIND = "jacobian"
+TOP_K = 8  # eigenvectors kept for figures (first image), and scored on the contour
+TANGENT_DIM = 5  # disks: (cx, cy, r, a_f, a_b) (SCIENCE.md §5)
+SHRINKAGE_LEVEL = 0.5  # eigenvalues above this count as kept dimensions
+CONTOUR_BAND = 2.0  # calpha: pixels whose centre lies within this distance of the contour
+SIGMA_TARGETS = (0.04, 0.15, 0.5)  # small (the paper's disks figure), middle, large
+DIGITS = 6  # significant digits of stored floats
+NEWTON_STEP = 1e-3  # pixels: central-difference step of the disks posterior's Newton search
+_PAIRS = ((0, 1), (0, 2), (1, 2))
+# finite-difference stencil: 0, +e_i, −e_i, then (±e_i ± e_j) as ++, +−, −+, −− per pair
+_STENCIL = torch.tensor(
+    [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+    + [[(si if k == i else sj if k == j else 0) for k in range(3)]
+       for i, j in _PAIRS for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1))],
+    dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def jacobian_sigmas(grid, targets=SIGMA_TARGETS) -> list[float]:
+    """The grid values nearest (in log σ) to each target, without repeats, ascending.
+
+    With the default targets: a small σ (≈ 0.04, the paper's disks figure), a middle and a
+    large one. ``grid`` is the preset's σ grid (the per-σ networks are trained there).
+    """
+    grid = check_sigmas(grid)
+    targets = check_sigmas(targets)
+    log_grid = np.log(grid)
+    chosen = {grid[int(np.argmin(np.abs(log_grid - math.log(t))))] for t in targets}
+    return sorted(chosen)
+
+
+def build_jacobian_cells(network_cells: list[dict], sigmas, n_images: int, seed: int,
+                         top_k: int = TOP_K) -> list[dict]:
+    """Jacobian cells for each network cell at each analysed σ.
+
+    Parameters
+    ----------
+    network_cells : list of cell specs (those of kind ``network`` are used; others are
+        ignored), as built by ``cells.build_cells``.
+    sigmas : sequence of float > 0   σ values analysed (pixel units). A per-σ network is
+        analysed at its own σ when that σ is listed; the universal network at every listed
+        σ up to its ``sigma_max``.
+    n_images : int in [1, 256]   noisy images per cell (the first images of ``mse_curve``
+        with the same seed).
+    seed : int >= 0   selects images and noise.
+    top_k : int >= 5  eigenvectors kept (first image) and scored against the contour.
+
+    Returns
+    -------
+    list of JSON-serializable specs ``{"kind": "jacobian", "dataset", "params", "sigma",
+    "mode", "n_images", "seed", "top_k", "band", "network": <network spec>,
+    "network_key": cell_key(network spec)}``, per-σ cells before universal ones for each
+    entry. Run them after the network cells (they read their checkpoints).
+    """
+    sigmas = check_sigmas(sigmas)
+    n_images = check_int("n_images", n_images, low=1, high=NOISE_BLOCK)
+    seed = check_seed(seed)
+    top_k = check_int("top_k", top_k, low=TANGENT_DIM)
+    nets = [c for c in network_cells if c.get("kind") == "network"]
+    trained: dict[str, list[float]] = {}  # per-σ networks of each entry
+    for net in nets:
+        if net["train"]["mode"] == "per-sigma":
+            label = entry_label(net["dataset"], net["params"])
+            trained.setdefault(label, []).append(net["train"]["sigma"])
+    for label, grid in trained.items():
+        missing = [s for s in sigmas if not any(math.isclose(s, g, rel_tol=1e-6) for g in grid)]
+        if missing:
+            raise ValueError(f"sigmas must be σ values of the per-σ networks of {label} "
+                             f"({', '.join(f'{g:g}' for g in sorted(grid))}), got {missing[0]:g}")
+    cells = []
+    for net in nets:
+        train = net["train"]
+        if train["mode"] == "per-sigma":
+            chosen = [s for s in sigmas if math.isclose(s, train["sigma"], rel_tol=1e-6)]
+        else:
+            chosen = [s for s in sigmas if s <= train["sigma_max"]]
+        for sigma in chosen:
+            cells.append({"kind": KIND, "dataset": net["dataset"], "params": net["params"],
+                          "sigma": sigma, "mode": train["mode"], "n_images": n_images,
+                          "seed": seed, "top_k": top_k, "band": CONTOUR_BAND,
+                          "network": net, "network_key": cell_key(net)})
+    cells.sort(key=lambda c: (entry_label(c["dataset"], c["params"]), c["mode"] != "per-sigma",
+                              c["sigma"]))
+    return cells
+
+
+def describe_jacobian(spec: dict) -> str:
+    """One line naming a Jacobian cell (progress bars, error messages)."""
+    label = entry_label(spec["dataset"], spec["params"])
+    return f"Jacobian of the {spec['mode']} network on {label} at σ={spec['sigma']:g}"
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def disks_tangent_space(dist, params: torch.Tensor) -> torch.Tensor:
+    """Tangent vectors ``∂x/∂θ`` (d, 5) float64 of the disk image at ``params`` (5,).
+
+    Autograd of ``Disks.render`` at ``θ = (cx, cy, r, a_f, a_b)``: columns span the
+    tangent space of the 5-d image manifold (SCIENCE.md §5–6).
+    """
+    theta = params.detach().reshape(1, TANGENT_DIM).double()
+    T = torch.autograd.functional.jacobian(lambda p: dist.render(p).reshape(-1), theta)
+    return T.reshape(-1, TANGENT_DIM)
+
+
+def contour_band(mask, width: float = CONTOUR_BAND) -> np.ndarray:
+    """Pixels whose centre lies within ``width`` pixels of a pixel the contour crosses.
+
+    Parameters
+    ----------
+    mask : array (h, w) (or (1, h, w)) in [0, 1]   region-1 coverage of each pixel.
+    width : float >= 0   distance between pixel centres, in pixels.
+
+    Returns
+    -------
+    bool array (h, w). Crossed pixels: partly covered (``0 < m < 1``) or, for hard masks,
+    on either side of a jump of ``m`` across ½ between 4-neighbours.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    m = np.asarray(mask, dtype=float).reshape(np.shape(mask)[-2:])
+    if not width >= 0:
+        raise ValueError(f"width must be >= 0 pixels, got {width!r}")
+    eps = 1e-6
+    crossed = (m > eps) & (m < 1 - eps)
+    side = m >= 0.5
+    jump_v = side[1:] != side[:-1]
+    jump_h = side[:, 1:] != side[:, :-1]
+    crossed[1:] |= jump_v
+    crossed[:-1] |= jump_v
+    crossed[:, 1:] |= jump_h
+    crossed[:, :-1] |= jump_h
+    if not crossed.any():
+        return np.zeros_like(crossed)
+    return distance_transform_edt(~crossed) <= width
+
+
+def contour_concentration(vectors, band) -> np.ndarray:
+    """Fraction of each vector's energy inside ``band``: ``Σ_band v² / Σ v²``.
+
+    vectors : array (k, d) or (k, c, h, w); band : bool (h, w) (the same for each channel).
+    Returns (k,) floats in [0, 1]; a vector spread evenly gets ``band.mean()`` (chance).
+    """
+    v = np.asarray(vectors, dtype=float)
+    band = np.asarray(band, dtype=bool)
+    v = v.reshape(v.shape[0], -1, band.size)  # (k, c, h·w)
+    energy = (v ** 2).sum(axis=(1, 2))
+    inside = (v[:, :, band.reshape(-1)] ** 2).sum(axis=(1, 2))
+    return inside / np.maximum(energy, 1e-300)
+
+
+def subspace_overlap(U, V) -> float:
+    """Mean ``cos²`` of the principal angles between the spans of U and V (1: same span)."""
+    return float(torch.cos(subspace_angles(U, V)).square().mean())
+
+
+# ----------------------------------------------------------------------------- references
+
+
+class _LocalLinear:
+    """``f(y') = f(y) + J (y' − y)``: a denoiser whose Jacobian is the given J (d × d)."""
+
+    def __init__(self, J: torch.Tensor, y: torch.Tensor, fy: torch.Tensor):
+        self.J, self.y, self.fy = J, y.reshape(1, -1), fy.reshape(1, -1)
+
+    def __call__(self, y, sigma):
+        flat = y.reshape(y.shape[0], -1).to(self.J.dtype)
+        return (self.fy + (flat - self.y) @ self.J.T).reshape(y.shape).to(y.dtype)
+
+
+class _OracleAtMask:
+    """The calpha oracle for one mask: ``μ + V diag(ν/(ν+σ²)) Vᵀ (y − μ)`` on any batch."""
+
+    def __init__(self, oracle, mask: torch.Tensor):
+        nu, V = oracle.decomposition(mask)
+        self.nu, self.V = nu[0], V[0]
+        self.mu = oracle.dist.mean_vector(mask)[0]
+
+    def __call__(self, y, sigma):
+        s2 = float(sigma) ** 2
+        r = y.reshape(y.shape[0], -1).double() - self.mu
+        gain = self.nu / (self.nu + s2)  # ν/(ν+σ²): x̂ = μ + C(C+σ²I)⁻¹(y − μ)
+        x = self.mu + ((r @ self.V) * gain) @ self.V.T
+        return x.reshape(y.shape).to(y.dtype)
+
+
+def disks_posterior_moments(dist, y: torch.Tensor, sigma: float, bank_size: int = 4096,
+                            n_local: int = 1024, n_starts: int = 3, newton_steps: int = 25,
+                            seed: int = 0) -> dict:
+    """Posterior mean ``E[x|y]`` and ``Cov[x|y]/σ²`` for ``Disks`` (the MMSE Jacobian).
+
+    Model (``theorybench.denoisers.disks``): geometry ``g = (cx, cy, r)`` uniform on the
+    prior box, ``x = A α``, ``A = [m(g), 1 − m(g)]``, ``α ~ N(μ, Λ)``. Given g the
+    posterior of α is Gaussian: ``M = σ²Λ⁻¹ + AᵀA``, ``E[α|y,g] = μ + M⁻¹Aᵀ(y − Aμ)``,
+    ``Cov[x|y,g] = σ² A M⁻¹ Aᵀ``. Over g, self-normalised importance sampling: a scrambled
+    Sobol bank from the prior, plus draws from Laplace approximations (Newton on
+    ``log p(y|g)`` from the best bank points, autograd Hessians), weights
+    ``prior·likelihood / proposal`` with the proposal the mixture of both (balance
+    heuristic). Then (law of total covariance; Tweedie: ``∇E[x|y] = Cov[x|y]/σ²``)
+
+        J = Σ_k w_k A_k M_k⁻¹ A_kᵀ + Σ_k w_k (x̂_k − x̂)(x̂_k − x̂)ᵀ / σ²,
+
+    which is also the exact Jacobian of the weighted estimate with the samples held fixed.
+
+    Parameters
+    ----------
+    dist : Disks;  y : tensor (d,) or (1, 1, s, s), pixel units;  sigma : float > 0.
+    bank_size, n_local : prior and local draws;  n_starts : modes refined;
+    newton_steps : damped Newton iterations;  seed : Sobol scrambling and local draws.
+
+    Returns
+    -------
+    dict: ``mean`` (d,) float64, ``jacobian`` (d, d) float64 (symmetric, PSD),
+    ``ess`` (effective sample size of the weights), ``local_mass`` (weight on local draws).
+    """
+    from datasets_synth.manifolds import disk_coverage
+
+    size, s2 = dist.size, float(sigma) ** 2
+    y = y.detach().reshape(-1).double()
+    mu = torch.tensor(dist.intensity_mean, dtype=torch.float64)
+    prec = torch.tensor(dist.intensity_std, dtype=torch.float64) ** -2  # Λ⁻¹
+    low, high = dist.geometry_low, dist.geometry_high
+    log_volume = float(torch.log(high - low).sum())  # uniform prior: density 1/V in the box
+
+    def components(g):
+        """A (K, d, 2), M (K, 2, 2), E[α|y,g] (K, 2), log p(y|g) + const (K,)."""
+        m = disk_coverage(g, size).reshape(len(g), -1)
+        A = torch.stack([m, 1 - m], -1)  # x = A α
+        M = s2 * torch.diag(prec) + A.mT @ A  # M = σ²Λ⁻¹ + AᵀA
+        e = y - A @ mu  # y − Aμ
+        v = (A.mT @ e[:, :, None])[..., 0]  # Aᵀe
+        w = torch.linalg.solve(M, v)  # M⁻¹Aᵀe
+        # log p(y|g) = −(‖e‖² − eᵀA M⁻¹ Aᵀe)/(2σ²) − ½ log det M + c (Woodbury)
+        loglik = -((e * e).sum(1) - (v * w).sum(1)) / (2 * s2) - 0.5 * torch.logdet(M)
+        return A, M, mu + w, loglik
+
+    def inside(g):
+        return ((g >= low) & (g <= high)).all(-1)
+
+    # 1. prior bank (scrambled Sobol points of the box)
+    sobol = torch.quasirandom.SobolEngine(3, scramble=True, seed=seed)
+    g_bank = low + (high - low) * sobol.draw(bank_size, dtype=torch.float64)
+    with torch.no_grad():
+        bank = components(g_bank)
+    bank_ll = bank[3]
+    # 2. damped Newton on −log p(y|g) from the best bank points (central differences: m is
+    # C¹ and piecewise quadratic in g), all starts together; Laplace covariances
+    prior_precision = 12 / (high - low) ** 2  # 1/Var of the uniform prior: keeps H > 0
+    stencil = _STENCIL * NEWTON_STEP  # (19, 3) offsets
+
+    def newton_terms(g):
+        """−log p(y|g), its gradient (B, 3) and Hessian (B, 3, 3) + prior precision."""
+        with torch.no_grad():
+            f = -components((g[:, None] + stencil).reshape(-1, 3))[3].view(len(g), -1)
+        grad = (f[:, 1:4] - f[:, 4:7]) / (2 * NEWTON_STEP)
+        H = torch.empty(len(g), 3, 3, dtype=g.dtype)
+        H[:, range(3), range(3)] = (f[:, 1:4] - 2 * f[:, :1] + f[:, 4:7]) / NEWTON_STEP ** 2
+        for (i, j), c in zip(_PAIRS, range(7, 19, 4), strict=True):
+            H[:, i, j] = H[:, j, i] = (f[:, c] - f[:, c + 1] - f[:, c + 2] + f[:, c + 3]) \
+                / (4 * NEWTON_STEP ** 2)
+        return f[:, 0], grad, H + torch.diag(prior_precision)
+
+    g = g_bank[bank_ll.topk(min(n_starts, bank_size)).indices]
+    lam = torch.full((len(g),), 1e-2, dtype=torch.float64)
+    value, grad, H = newton_terms(g)
+    for _ in range(newton_steps):
+        damp = lam[:, None] * H.diagonal(dim1=1, dim2=2).abs().clamp_min(1e-12)
+        step = torch.linalg.solve(H + torch.diag_embed(damp), grad[:, :, None])[..., 0]
+        g_new = (g - step).clamp(low, high)
+        value_new, grad_new, H_new = newton_terms(g_new)
+        better = value_new < value
+        g = torch.where(better[:, None], g_new, g)
+        value = torch.where(better, value_new, value)
+        grad = torch.where(better[:, None], grad_new, grad)
+        H = torch.where(better[:, None, None], H_new, H)
+        lam = torch.where(better, lam / 3, lam * 5).clamp(1e-8, 1e8)
+    evals, evecs = torch.linalg.eigh(0.5 * (H + H.mT))
+    evals = evals.clamp_min(1e-9 * evals.abs().amax(1, keepdim=True))
+    cov = (evecs / evals[:, None, :]) @ evecs.mT  # H⁻¹, positive definite
+    modes, chols = g, torch.linalg.cholesky(cov)
+    evidence = -value + 0.5 * torch.logdet(cov)  # Laplace evidence of each mode
+    # 3. local proposal: each mode at scales 1.5 and 4.5, modes weighted by Laplace evidence
+    mode_w = 0.8 * torch.softmax(evidence, 0) + 0.2 / len(modes)
+    means = modes.repeat_interleave(2, 0)
+    scales = torch.tensor([1.5, 4.5], dtype=torch.float64).repeat(len(modes))
+    scale_tril = chols.repeat_interleave(2, 0) * scales[:, None, None]
+    comp_w = mode_w.repeat_interleave(2) * torch.tensor([0.8, 0.2]).double().repeat(len(modes))
+    local = torch.distributions.MultivariateNormal(means, scale_tril=scale_tril)
+    gen = torch.Generator().manual_seed(seed)
+    which = torch.multinomial(comp_w, n_local, replacement=True, generator=gen)
+    normals = torch.randn(n_local, 3, 1, generator=gen, dtype=torch.float64)
+    g_loc = means[which] + (scale_tril[which] @ normals)[..., 0]
+    # 4. weights prior·likelihood/proposal, proposal = (K_b prior + K_l local)/(K_b + K_l)
+    g_all = torch.cat([g_bank, g_loc])
+    with torch.no_grad():
+        A, M, alpha, loglik = (torch.cat(pair) for pair in zip(bank, components(g_loc),
+                                                                 strict=True))
+    log_prior = torch.where(inside(g_all), -log_volume, -math.inf)
+    log_local = torch.logsumexp(torch.log(comp_w) + local.log_prob(g_all[:, None]), 1)
+    total = bank_size + n_local
+    log_q = torch.logaddexp(math.log(bank_size / total) + log_prior,
+                            math.log(n_local / total) + log_local)
+    log_w = torch.where(torch.isfinite(log_prior), log_prior + loglik - log_q, -math.inf)
+    w = torch.softmax(log_w, 0)
+    ess, local_mass = float(1 / w.square().sum()), float(w[bank_size:].sum())
+    keep = w > 1e-12 * w.max()  # negligible components do not change the moments
+    w, A, M, alpha = w[keep] / w[keep].sum(), A[keep], M[keep], alpha[keep]
+    # 5. moments: E[x|y] = Σ w x̂_k; Cov[x|y]/σ² = Σ w A M⁻¹Aᵀ + Σ w (x̂_k − x̂)(x̂_k − x̂)ᵀ/σ²
+    x_k = (A @ alpha[:, :, None])[..., 0]
+    mean = w @ x_k
+    # A M⁻¹ Aᵀ = c₁ m mᵀ + c₂ (m 1ᵀ + 1 mᵀ) + c₃ 1 1ᵀ with A = [m, 1 − m] and a = M⁻¹
+    a = torch.linalg.inv(M)
+    c1 = a[:, 0, 0] - 2 * a[:, 0, 1] + a[:, 1, 1]
+    c2, c3 = a[:, 0, 1] - a[:, 1, 1], a[:, 1, 1]
+    m = A[:, :, 0]
+    side = (w * c2) @ m  # Σ w c₂ m (d,)
+    within = (m * (w * c1)[:, None]).T @ m + side[:, None] + side[None, :] + (w * c3).sum()
+    spread = (x_k - mean) * w.sqrt()[:, None]
+    J = within + spread.T @ spread / s2
+    J = 0.5 * (J + J.T)
+    return {"mean": mean, "jacobian": J, "ess": ess, "local_mass": local_mass}
+
+
+def _reference(dist):
+    """(name, kind, description, how) and a builder ``(x_i, y_i, latents_i, σ) -> (denoiser
+    whose Jacobian is the reference's, extra record fields)``; None when there is none."""
+    refs = dict(dist.reference_denoisers())
+    if dist.name == "disks":
+        posterior = refs.get("posterior")
+
+        def build(x, y, lat, sigma):
+            mom = disks_posterior_moments(dist, y, sigma)
+            extra = {"ess": mom["ess"]}
+            if posterior is not None:  # agreement with the `posterior` (upper) denoiser
+                with torch.no_grad():
+                    f_post = posterior(y.double(), sigma).reshape(-1)
+                extra["gap_to_posterior_mse"] = float((f_post - mom["mean"]).square().mean())
+            return _LocalLinear(mom["jacobian"], y.reshape(-1).double(), mom["mean"]), extra
+
+        info = ("posterior", "upper", "posterior mean over disk geometry (importance "
+                "sampling, intensities in closed form)", "posterior mixture: Cov[x|y]/σ²")
+        return info, build
+    if dist.name == "calpha" and "oracle-contour" in refs:
+        oracle = refs["oracle-contour"]
+
+        def build(x, y, lat, sigma):
+            return _OracleAtMask(oracle, lat["mask"]), {}
+
+        info = ("oracle-contour", "lower", oracle.description,
+                "autograd of the oracle given the true mask: C(m)(C(m)+σ²I)⁻¹ (an oracle)")
+        return info, build
+    exact = [(name, den) for name, den in refs.items() if getattr(den, "kind", "") == "exact"
+             and not getattr(den, "oracle", False)]
+    if exact:
+        name, den = exact[0]
+
+        def build(x, y, lat, sigma):
+            return den, {}
+
+        return (name, "exact", getattr(den, "description", ""), "autograd"), build
+    return None
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def _round(values, digits: int = DIGITS):
+    """A float array as nested lists of floats rounded to ``digits`` significant digits."""
+    a = np.asarray(values, dtype=float)
+    return np.vectorize(lambda v: float(f"{v:.{digits}g}"), otypes=[float])(a).tolist()
+
+
+@contextlib.contextmanager
+def _exact_float32(device: torch.device):
+    """On CUDA, switch TF32 off (it rounds convolutions to ~1e-3); restore afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def analyse(denoiser, x: torch.Tensor, y: torch.Tensor, sigma: float, dist=None,
+            latents: dict | None = None, top_k: int = TOP_K, band: float = CONTOUR_BAND) -> dict:
+    """Every Jacobian measure of one denoiser at one noisy image.
+
+    Parameters
+    ----------
+    denoiser : callable ``(y, σ) -> x̂``, differentiable in y (eval mode for networks).
+    x, y : tensors (c, h, w) (or (1, c, h, w)): clean and noisy image, pixel units; the
+        computation runs in y's dtype and device.
+    sigma : float > 0;  dist : the distribution (for disks tangents / calpha contours).
+    latents : this image's latents (``params`` for disks, ``mask`` for calpha), each with
+        a leading dimension 1.
+
+    Returns
+    -------
+    dict: ``eigenvalues`` (d,) numpy descending, ``eigenvectors`` (top_k, c, h, w),
+    ``output`` f(y) (c, h, w), ``trace``, ``count_above`` (eigenvalues > 0.5),
+    ``asymmetry``, ``homogeneity_error``, ``sure_mse`` and ``mse`` (per pixel), and
+    ``tangent_angles_deg`` (5,) for disks, ``contour_concentration`` (top_k,) and
+    ``contour_chance`` for calpha.
+    """
+    y1 = y.reshape(1, *y.shape[-3:])
+    spec = jacobian_spectrum(denoiser, y1, sigma)
+    d = spec.eigenvalues.numel()
+    vectors = spec.eigenvectors[:, :top_k].T.reshape(top_k, *spec.shape).cpu()
+    out = {
+        "eigenvalues": spec.eigenvalues.cpu().numpy(),
+        "eigenvectors": vectors.numpy(),
+        "output": spec.output.double().cpu().numpy(),
+        "trace": spec.trace,
+        "count_above": int((spec.eigenvalues > SHRINKAGE_LEVEL).sum()),
+        "asymmetry": spec.asymmetry,
+        "homogeneity_error": spec.homogeneity_error,
+        # SURE (SCIENCE.md §6) against the measured per-pixel error ‖f(y) − x‖²/d
+        "sure_mse": float(sure_mse(denoiser, y1, sigma, trace=spec.trace)[0]),
+        "mse": float((spec.output.double().cpu() - x.reshape(spec.shape).double().cpu())
+                     .square().sum() / d),
+    }
+    latents = latents or {}
+    if dist is not None and dist.name == "disks" and "params" in latents:
+        T = disks_tangent_space(dist, latents["params"][0])
+        angles = subspace_angles(spec.eigenvectors[:, :TANGENT_DIM].cpu(), T)
+        out["tangent_angles_deg"] = torch.rad2deg(angles).numpy()
+    if dist is not None and dist.name == "calpha" and "mask" in latents:
+        region = contour_band(latents["mask"][0].cpu().numpy(), band)
+        out["contour_concentration"] = contour_concentration(vectors.numpy(), region)
+        out["contour_chance"] = float(region.mean())
+    return out
+
+
+_PER_IMAGE = ("trace", "count_above", "asymmetry", "homogeneity_error", "sure_mse", "mse",
+              "tangent_angles_deg", "contour_concentration", "contour_chance")
+
+
+def _summarize(results: list[dict], extras: list[dict]) -> dict:
+    """Per-image lists of every measure; full spectra; image 0's eigenvectors and output."""
+    rec = {"eigenvalues": _round(np.stack([r["eigenvalues"] for r in results]))}
+    for name in _PER_IMAGE:
+        if name in results[0]:
+            rec[name] = _round(np.asarray([r[name] for r in results], dtype=float))
+    rec["eigenvectors0"] = _round(results[0]["eigenvectors"], 5)
+    rec["output0"] = _round(results[0]["output"], 5)
+    for name in (extras[0] if extras else {}):
+        rec[name] = [e[name] for e in extras]
+    return rec
+
+
+def _noisy_images(dist, sigma: float, n: int, seed: int):
+    """Images 0 … n−1 of ``mse_curve(…, seed)`` with their latents and noisy versions."""
+    x, latents = dist.sample_with_latents(n, seed)
+    z = evaluation_noise(dist.shape, seed, 0)[:n]
+    return x, latents, x + sigma * z
+
+
+def compute_jacobian_cell(spec: dict, cache, key: str, device=None) -> dict:
+    """Analyse the cell's network and the reference at ``spec["sigma"]`` (module doc).
+
+    Parameters
+    ----------
+    spec : a spec from :func:`build_jacobian_cells`.
+    cache : theorybench.cache.Cache holding the network cell's checkpoint
+        (``cache.artifact_path(spec["network_key"], ".pt")``).
+    key : this cell's key (unused: nothing is stored beside the record).
+    device : where the network's Jacobian is computed (None: CUDA if available); the
+        references run on the CPU in float64.
+
+    Returns
+    -------
+    JSON-serializable dict: ``sigma``, ``d``, ``shape``, ``clean0``/``noisy0`` (first
+    image), ``denoisers`` {``network``: …, ``reference``: … or absent}, each with
+    ``name``, ``kind``, ``description``, ``method``, ``seconds`` and the per-image
+    measures of :func:`analyse` (lists over images), full spectra and image 0's top
+    eigenvectors.
+
+    Raises
+    ------
+    MissingCheckpoint  when the network cell has no checkpoint (not run, or diverged).
+    """
+    del key
+    path = Path(cache.artifact_path(spec["network_key"], ".pt"))
+    if not path.exists():
+        raise MissingCheckpoint(f"{describe_jacobian(spec)}: no checkpoint {path.name} "
+                                f"(run the network cell first; it may have diverged)")
+    device = resolve_device(device)
+    dist = datasets_synth.get(spec["dataset"], **spec["params"])
+    sigma, n, top_k = float(spec["sigma"]), int(spec["n_images"]), int(spec["top_k"])
+    band = float(spec.get("band", CONTOUR_BAND))
+    x, latents, y = _noisy_images(dist, sigma, n, int(spec["seed"]))
+    per_image = [{k: v[i:i + 1] for k, v in latents.items()} for i in range(n)]
+    result = {"sigma": sigma, "d": dist.d, "shape": list(dist.shape),
+              "clean0": _round(x[0].numpy(), 5), "noisy0": _round(y[0].numpy(), 5),
+              "denoisers": {}}
+
+    network = NetworkDenoiser.load(path, map_location=device)
+    start = time.perf_counter()
+    with _exact_float32(device):
+        results = [analyse(network, x[i], y[i].to(device), sigma, dist, per_image[i], top_k,
+                           band) for i in range(n)]
+    result["denoisers"]["network"] = {
+        "name": f"network ({spec['mode']})", "kind": "network",
+        "description": network.description, "method": "autograd (float32, eval mode)",
+        "seconds": time.perf_counter() - start, **_summarize(results, [])}
+
+    reference = _reference(dist)
+    if reference is not None:
+        (name, kind, description, method), build = reference
+        start = time.perf_counter()
+        results, extras = [], []
+        for i in range(n):
+            den, extra = build(x[i], y[i:i + 1].double(), per_image[i], sigma)
+            results.append(analyse(den, x[i], y[i].double(), sigma, dist, per_image[i],
+                                   top_k, band))
+            extras.append(extra)
+        result["denoisers"]["reference"] = {
+            "name": name, "kind": kind, "description": description, "method": method,
+            "seconds": time.perf_counter() - start, **_summarize(results, extras)}
+    return result
+
+
+# ----------------------------------------------------------------------------- two networks
+
+
+def compute_pair_similarity(path_a, path_b, dataset: str, params: dict, sigmas, n_images: int,
+                            seed: int, k: int = TOP_K, device=None) -> dict:
+    """Similarity of the Jacobians of two networks at the same noisy inputs (SCIENCE.md §8).
+
+    For networks trained on disjoint sets of the same size N (the memorization sweep,
+    checkpoints ``<key>-s1.pt`` and ``<key>-s2.pt``): at each σ and image, the overlap
+    of the spans of their top-k eigenvectors (mean ``cos²`` of the principal angles: 1
+    for the same span, about k/d for unrelated spans) and the relative distance
+    ``‖J_a − J_b‖_F / ‖J_a‖_F``. Strong generalization shows as overlap → 1 as N grows.
+
+    Parameters
+    ----------
+    path_a, path_b : checkpoint paths (``NetworkDenoiser.save``).
+    dataset, params : the distribution the inputs are drawn from.
+    sigmas : σ values (pixel units);  n_images : images per σ (the first of ``mse_curve``);
+    seed : images and noise;  k : eigenvectors compared;  device : for the networks.
+
+    Returns
+    -------
+    dict ``sigma`` (list), ``overlap`` and ``jacobian_distance`` (lists (σ, image)),
+    ``chance`` (k/d), ``k``.
+    """
+    sigmas = check_sigmas(sigmas)
+    n_images = check_int("n_images", n_images, low=1, high=NOISE_BLOCK)
+    device = resolve_device(device)
+    dist = datasets_synth.get(dataset, **params)
+    k = check_int("k", k, low=1, high=dist.d)
+    nets = [NetworkDenoiser.load(p, map_location=device) for p in (path_a, path_b)]
+    overlap, distance = [], []
+    with _exact_float32(device):
+        for sigma in sigmas:
+            _, _, y = _noisy_images(dist, sigma, n_images, check_seed(seed))
+            row_o, row_d = [], []
+            for i in range(n_images):
+                sa, sb = (jacobian_spectrum(net, y[i:i + 1].to(device), sigma) for net in nets)
+                row_o.append(subspace_overlap(sa.eigenvectors[:, :k].cpu(),
+                                              sb.eigenvectors[:, :k].cpu()))
+                Ja, Jb = sa.jacobian.double(), sb.jacobian.double()
+                row_d.append(float((Ja - Jb).norm() / Ja.norm().clamp_min(1e-300)))
+            overlap.append(row_o)
+            distance.append(row_d)
+    return {"sigma": sigmas, "overlap": _round(overlap), "jacobian_distance": _round(distance),
+            "chance": k / dist.d, "k": k}
+
+
+PAIR_KIND = "jacobian-pair"
+
+
+def build_pair_cells(memorization_cells: list[dict], sigmas, n_images: int, seed: int,
+                     k: int = TOP_K) -> list[dict]:
+    """One ``jacobian-pair`` cell per memorization cell (two networks on disjoint sets).
+
+    Parameters
+    ----------
+    memorization_cells : specs of kind ``memorization`` (``memorization_sweep``); others
+        are ignored. Their checkpoints are ``<key>-s1.pt`` and ``<key>-s2.pt``.
+    sigmas : σ values (pixel units);  n_images : images per σ;  seed : images and noise;
+    k : eigenvectors compared.
+
+    Returns
+    -------
+    list of JSON-serializable specs ``{"kind": "jacobian-pair", "dataset", "params", "N",
+    "sigmas", "n_images", "seed", "k", "memorization": <spec>, "memorization_key": key}``.
+    Run them after the memorization cells.
+    """
+    from .memorization_sweep import memorization_cell_key
+
+    sigmas = check_sigmas(sigmas)
+    n_images = check_int("n_images", n_images, low=1, high=NOISE_BLOCK)
+    seed = check_seed(seed)
+    k = check_int("k", k, low=1)
+    return [{"kind": PAIR_KIND, "dataset": m["dataset"], "params": m["params"], "N": m["N"],
+             "sigmas": sigmas, "n_images": n_images, "seed": seed, "k": k,
+             "memorization": m, "memorization_key": memorization_cell_key(m)}
+            for m in memorization_cells if m.get("kind") == "memorization"]
+
+
+def compute_pair_cell(spec: dict, cache, key: str, device=None) -> dict:
+    """:func:`compute_pair_similarity` of the memorization cell's two networks.
+
+    Returns its dict plus ``N`` and ``label``; MissingCheckpoint when a checkpoint is absent.
+    """
+    del key
+    paths = [Path(cache.artifact_path(spec["memorization_key"], f"-s{i}.pt")) for i in (1, 2)]
+    label = entry_label(spec["dataset"], spec["params"])
+    for path in paths:
+        if not path.exists():
+            raise MissingCheckpoint(f"Jacobian pair on {label}, N={spec['N']}: no checkpoint "
+                                    f"{path.name} (run the memorization cell first)")
+    result = compute_pair_similarity(*paths, spec["dataset"], spec["params"], spec["sigmas"],
+                                     spec["n_images"], spec["seed"], k=spec["k"], device=device)
+    return {**result, "N": spec["N"], "label": label}
+
+
+__all__ = [
+    "CONTOUR_BAND",
+    "KIND",
+    "MissingCheckpoint",
+    "PAIR_KIND",
+    "analyse",
+    "build_jacobian_cells",
+    "build_pair_cells",
+    "compute_jacobian_cell",
+    "compute_pair_cell",
+    "compute_pair_similarity",
+    "contour_band",
+    "contour_concentration",
+    "describe_jacobian",
+    "disks_posterior_moments",
+    "disks_tangent_space",
+    "jacobian_sigmas",
+    "subspace_overlap",
+]

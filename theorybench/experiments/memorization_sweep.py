@@ -1,0 +1,431 @@
+"""Memorization → generalization sweep: two networks on disjoint training sets (SCIENCE.md §8).
+
+For each distribution and training-set size N, a ``memorization`` cell
+
+1. draws two disjoint training sets S1, S2 of N images (synthetic: images ``[0, N)`` and
+   ``[N, 2N)`` of one seeded stream; finite data sets: a seeded permutation of the training
+   split, so ``2N`` may not exceed its size);
+2. trains two universal blind networks (same architecture and schedule, one on each set,
+   each from its own initialization seed) and saves both checkpoints;
+3. samples both networks and the empirical denoiser of S1 (the pure-memorization
+   baseline, SCIENCE.md §3) from the same K initial noises with the same sampler (by
+   default the deterministic Heun probability-flow ODE, SCIENCE.md §7, so the same noise
+   gives comparable images);
+4. measures each sample against its generator's training set (nearest-training cosine,
+   plain and mean-subtracted; d1/d2 and the memorized fraction with a bootstrap interval)
+   and the two networks' samples against each other (cross cosine), and the S1 network's
+   train and test MSE per σ (the generalization gap). Besides the plain d1/d2, the ratio
+   between unit-norm images is recorded: a bias-free network is homogeneous
+   (``f(ay) = a f(y)``), so when it memorizes it reproduces a training image only up to a
+   scale that the initial noise sets, which the plain d1/d2 counts against it.
+
+The initial noises depend on the study seed only, not on N, so the report's image grids
+show the same noise at every N. At N = 1 the ratio d1/d2 needs a second training image;
+there ``d2`` is the distance to the nearest held-out image (recorded as ``ratio_note``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import platform
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+import datasets_synth
+from datasets_synth.base import FiniteDistribution, block_generator, check_int, check_seed
+from datasets_synth.registry import get_factory
+
+from ..cache import Cache, digest
+from ..denoisers.empirical import EmpiricalDenoiser
+from ..evaluation import check_sigmas, mse_curve
+from ..memorization import (
+    MEMORIZED_RATIO,
+    cosine,
+    memorization_measures,
+    nearest_neighbours,
+    summarize,
+)
+from ..networks import NetConfig
+from ..sampling import SAMPLERS, SamplingDiverged, sample
+from ..training import TrainConfig, TrainingDiverged, resolve_device, train
+from .cells import _curve_record, _source_hash, entry_label
+
+KIND = "memorization"
+# the modules a memorization cell runs (for its content address; see cells.COMPONENTS)
+COMPONENTS = ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
+              "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
+              "theorybench.experiments.memorization_sweep")
+STREAM_TRAINSET, STREAM_NOISE, STREAM_NETS, STREAM_TRAIN_EVAL = 31, 32, 33, 34
+EXAMPLES = 6  # initial noises whose images are kept for the report's grids
+DEFAULT_SAMPLER = {"method": "heun", "sigma_min": 0.01, "steps": 40, "mean": "auto"}
+ROLES = ("s1", "s2", "empirical")  # S1 network, S2 network, empirical denoiser of S1
+PER_SAMPLE = ("ratio", "memorized", "ratio_unit", "memorized_unit", "nn_index", "cos_nn",
+              "cos_nn_centered", "max_cos", "max_cos_centered", "cross_cos",
+              "cross_cos_centered")
+
+
+def derived_seed(seed: int, stream: int, index: int = 0) -> int:
+    """A seed in [0, 2^32) for one use (``stream``, ``index``) of the study seed."""
+    state = np.random.SeedSequence([check_seed(seed), stream, index]).generate_state(1)
+    return int(state[0])
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def resolve_sampler(sampler: dict | None, sigma_max: float) -> dict:
+    """The sampler options of a cell: defaults (Heun ODE from the training σ_max) + overrides.
+
+    ``mean="auto"`` stands for the scalar pixel mean of the held-out images, resolved when
+    the cell runs. Unknown methods or options raise ValueError naming the valid ones.
+    """
+    options = {**DEFAULT_SAMPLER, **(sampler or {})}
+    method = options.pop("method")
+    if method not in SAMPLERS:
+        raise ValueError(f"sampler method must be one of {sorted(SAMPLERS)}, got {method!r}")
+    valid = [p for p, v in inspect.signature(SAMPLERS[method]).parameters.items()
+             if v.kind is inspect.Parameter.KEYWORD_ONLY]
+    if method == "stochastic":  # the ODE defaults do not apply to the stochastic ascent
+        for key in ("sigma_min", "steps"):
+            if key not in (sampler or {}):
+                options.pop(key)
+        options.setdefault("sigma0", sigma_max)
+    else:
+        options.setdefault("sigma_max", sigma_max)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown sampler option(s) {unknown} for method {method!r}; "
+                         f"valid: {valid}")
+    if not (options.get("mean") == "auto" or isinstance(options.get("mean"), (int, float))):
+        raise ValueError(f"sampler mean must be 'auto' or a number, got {options.get('mean')!r}")
+    return {"method": method, **options}
+
+
+def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: int, lr: float,
+                             sigma_max: float, n_samples: int, sigmas, n_eval: int,
+                             sampler: dict | None, seed: int) -> list[dict]:
+    """One ``memorization`` cell spec per (entry, N).
+
+    Parameters
+    ----------
+    entries : sequence of (name, params)   distributions, as ``presets.builtin_entries``.
+    sizes : sequence of int >= 1   training-set sizes N. For a finite data set only N with
+        ``2N <= len(dist.train_images())`` are kept (the report states the largest N reached).
+    net : dict              NetConfig fields of both networks.
+    steps, batch_size : int   optimizer steps and images per step of each training.
+    lr : float              Adam learning rate (cosine decay).
+    sigma_max : float       universal training: σ = σ_max·u² (pixel units); also the
+                            sampler's starting level unless ``sampler`` says otherwise.
+    n_samples : int >= 1    K, initial noises shared by both networks and the baseline.
+    sigmas : sequence of float   σ grid of the train/test MSE curves (pixel units).
+    n_eval : int >= 2       images per MSE curve (test: held-out images, paired with the
+                            reference cells of the same seed; train: images of S1).
+    sampler : dict or None  ``{"method": ..., **options}`` (default: Heun ODE, 40 σ values
+                            from σ_max to 0.01, mean = held-out pixel mean).
+    seed : int >= 0         study seed: training sets, noises, initializations.
+
+    Returns
+    -------
+    list of JSON-serializable dicts with ``kind``, ``dataset``, ``params``, ``N``, ``net``,
+    ``train``, ``n_samples``, ``sigmas``, ``n_eval``, ``sampler``, ``seed``.
+    """
+    seed = check_seed(seed)
+    n_samples = check_int("n_samples", n_samples, low=1)
+    n_eval = check_int("n_eval", n_eval, low=2)
+    sizes = sorted({check_int("N", n, low=1) for n in sizes})
+    if not sizes:
+        raise ValueError("sizes must hold at least one training-set size N >= 1")
+    sigmas = check_sigmas(sigmas)
+    train_cfg = TrainConfig(mode="universal", sigma_max=sigma_max, steps=steps,
+                            batch_size=batch_size, lr=lr, seed=seed)
+    sampler = resolve_sampler(sampler, train_cfg.sigma_max)
+    cells = []
+    for name, params in entries:
+        dist = datasets_synth.get(name, **params)
+        net_cfg = NetConfig.from_dict({**net, "in_channels": dist.shape[0]})
+        limit = math.inf
+        if dist.num_images is not None:
+            limit = len(dist.train_images()) // 2  # S1 and S2 must be disjoint
+        for n in sizes:
+            if n > limit:
+                continue
+            cells.append({"kind": KIND, "dataset": name, "params": dict(params), "N": n,
+                          "net": net_cfg.to_dict(), "train": train_cfg.to_dict(),
+                          "n_samples": n_samples, "sigmas": list(sigmas), "n_eval": n_eval,
+                          "sampler": dict(sampler), "seed": seed})
+    return cells
+
+
+def memorization_cell_key(spec: dict) -> str:
+    """Content address of a memorization cell: its spec and the code that computes it.
+
+    ``cells.cell_key(spec)`` once ``cells.COMPONENTS`` knows the kind; until then the same
+    digest computed here from :data:`COMPONENTS`.
+    """
+    from . import cells
+
+    if KIND in cells.COMPONENTS:
+        return cells.cell_key(spec)
+    factory = get_factory(spec["dataset"])
+    modules = [*COMPONENTS, "datasets_synth.base", factory.__module__]
+    return digest({"spec": spec, "code": {m: _source_hash(m) for m in modules}})
+
+
+def describe_memorization(spec: dict) -> str:
+    """One line naming a memorization cell."""
+    return (f"memorization sweep on {entry_label(spec['dataset'], spec['params'])}, "
+            f"N={spec['N']}")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class TensorImages(FiniteDistribution):
+    """A tensor of images as a finite Distribution (sampled without replacement).
+
+    Parameters
+    ----------
+    images : tensor (N, c, h, w)
+    count : int   the set is tiled (image k = ``images[k mod N]``) to at least ``count``
+        images, so that ``mse_curve(..., n=count)`` runs even when N < count: each copy
+        then gets its own noise.
+    """
+
+    name = "tensor-images"
+
+    def __init__(self, images: torch.Tensor, count: int = 0):
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
+            raise ValueError("images must be a non-empty tensor (N, c, h, w)")
+        count = check_int("count", count, low=0)
+        super().__init__(n_images=len(images), count=count)
+        reps = math.ceil(max(count, len(images)) / len(images))
+        self.images = images.float().cpu().repeat(reps, 1, 1, 1)[:max(count, len(images))]
+        self.num_images = len(self.images)
+        self.shape = tuple(self.images.shape[1:])
+
+
+def training_sets(dist, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Disjoint training sets S1, S2 of ``n`` images each, and the rest of a finite set.
+
+    Synthetic (``dist.num_images is None``): images ``[0, n)`` and ``[n, 2n)`` of
+    ``dist.sample(2n, seed=derived_seed(seed, STREAM_TRAINSET))``; rest is empty.
+    Finite: a seeded permutation of ``dist.train_images()``; ``2n`` must not exceed its size.
+
+    Returns
+    -------
+    s1, s2 : tensors (n, c, h, w) float32 on the CPU; rest : tensor (m, c, h, w).
+    """
+    n = check_int("N", n, low=1)
+    set_seed = derived_seed(seed, STREAM_TRAINSET)
+    if dist.num_images is None:
+        images = dist.sample(2 * n, set_seed)
+        return images[:n], images[n:], images[:0]
+    pool = dist.train_images()
+    if 2 * n > len(pool):
+        raise ValueError(f"N must be <= {len(pool) // 2} for {dist.name} (two disjoint sets "
+                         f"from its {len(pool)} training images), got {n}")
+    perm = torch.randperm(len(pool), generator=block_generator(set_seed, 0, STREAM_TRAINSET))
+    return pool[perm[:n]].float(), pool[perm[n:2 * n]].float(), pool[perm[2 * n:]].float()
+
+
+def held_out(dist, name: str, params: dict, rest: torch.Tensor):
+    """Images the networks never saw: the distribution itself (synthetic, or a finite set
+    sampling its test split), the test split of a finite set, else the unused training
+    images (at least 2), else None."""
+    if dist.num_images is None or params.get("split") == "test":
+        return dist
+    if "split" in params:
+        return datasets_synth.get(name, **{**params, "split": "test"})
+    return TensorImages(rest) if len(rest) >= 2 else None
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def _frame(samples, train_images, other, fallback) -> tuple[pd.DataFrame, str | None]:
+    """``memorization_measures`` of ``samples`` against their training set.
+
+    With a single training image d2 is undefined; it is then the distance to the nearest
+    image of ``fallback`` (held-out images), and the note says so.
+    """
+    if len(train_images) >= 2:
+        return memorization_measures(samples, train_images, other_samples=other), None
+    if fallback is None or len(fallback) < 2:
+        raise ValueError("N = 1 needs at least 2 held-out images for the d1/d2 ratio")
+    x1 = train_images[:1].to(samples.device).expand_as(samples)
+    d1 = (samples.double() - x1.double()).flatten(1).norm(dim=1)
+    d2 = nearest_neighbours(samples, fallback.to(samples.device))["d1"]
+    ratio = torch.where(d2 > 0, d1 / d2.clamp_min(1e-300), torch.ones_like(d1))  # d1/d2
+    cos, cos_c = cosine(samples, x1), cosine(samples, x1, centered=True)
+    zeros = torch.zeros(len(samples), dtype=torch.int64)
+    columns = {"d1": d1, "d2": d2, "ratio": ratio, "memorized": ratio < MEMORIZED_RATIO,
+               "nn_index": zeros, "cos_nn": cos, "cos_nn_centered": cos_c, "max_cos": cos,
+               "max_cos_index": zeros, "max_cos_centered": cos_c,
+               "max_cos_centered_index": zeros}
+    if other is not None:
+        columns["cross_cos"] = cosine(samples, other.to(samples.device))
+        columns["cross_cos_centered"] = cosine(samples, other.to(samples.device), centered=True)
+    frame = pd.DataFrame({k: v.cpu().numpy() for k, v in columns.items()})
+    return frame, "N = 1: d2 is the distance to the nearest held-out image"
+
+
+def _unit(images: torch.Tensor | None) -> torch.Tensor | None:
+    """Each image divided by its Euclidean norm (float64)."""
+    if images is None:
+        return None
+    flat = images.flatten(1).double()
+    return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)).view(images.shape)
+
+
+def _measures(samples, train_images, other, fallback) -> tuple[pd.DataFrame, str | None]:
+    """:func:`_frame`, plus ``ratio_unit``/``memorized_unit``: d1/d2 between unit-norm images.
+
+    A bias-free (homogeneous) network that memorizes reproduces a training image up to a
+    scale set by the initial noise; the unit-norm ratio, ``√(1 − c1)/√(1 − c2)`` with c1,
+    c2 the two largest cosines, ignores that scale, as the cosine measures do.
+    """
+    frame, note = _frame(samples, train_images, other, fallback)
+    unit, _ = _frame(_unit(samples), _unit(train_images), None, _unit(fallback))
+    frame["ratio_unit"] = unit["ratio"].to_numpy()
+    frame["memorized_unit"] = unit["memorized"].to_numpy()
+    return frame, note
+
+
+def _json_summary(summary: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary.items()}
+
+
+def _rounded(images: torch.Tensor) -> list:
+    return np.round(images.detach().float().cpu().numpy().astype(np.float64), 4).tolist()
+
+
+# ----------------------------------------------------------------------------- compute
+
+
+def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
+                         progress: bool = False) -> dict:
+    """Run one memorization cell (module docstring); return a JSON-serializable result.
+
+    Returns
+    -------
+    dict with ``N``; ``train_seeds``, ``sampler`` (the options used, ``mean`` resolved);
+    ``loss_s1``/``loss_s2`` (final training loss); ``mse_train``/``mse_test`` (curves of
+    the S1 network: per-pixel MSE on S1 images and on held-out images, per σ of
+    ``spec["sigmas"]``); ``summary`` ``{role: summarize(...)}`` and ``per_sample``
+    ``{role: {column: K values}}`` for roles ``s1`` (S1 network vs S1, cross vs S2
+    network), ``s2`` (S2 network vs S2, cross vs S1 network), ``empirical`` (empirical
+    denoiser of S1 vs S1, cross vs the S1 network); ``examples`` (the first noises'
+    images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``, ``empirical``, each
+    (E, c, h, w) lists); ``seconds``; ``ratio_note`` at N = 1. A diverging training or
+    sampler gives ``failed`` (the message) and whatever was computed before.
+    """
+    device = resolve_device(device)
+    dist = datasets_synth.get(spec["dataset"], **spec["params"])
+    n, seed, k = spec["N"], spec["seed"], spec["n_samples"]
+    net_cfg = NetConfig.from_dict({**spec["net"], "in_channels": dist.shape[0]})
+    s1, s2, rest = training_sets(dist, n, seed)
+    test_dist = held_out(dist, spec["dataset"], spec["params"], rest)
+    n_test = None if test_dist is None else min(spec["n_eval"], test_dist.num_images or
+                                               spec["n_eval"])
+    held = None if test_dist is None else test_dist.sample(n_test, seed)
+    options = dict(spec["sampler"])
+    method = options.pop("method")
+    if options.get("mean") == "auto":  # the distribution's mean, from held-out images
+        options["mean"] = float(held.mean()) if held is not None else 0.5
+    train_seeds = [derived_seed(spec["train"]["seed"], STREAM_NETS, i) for i in (1, 2)]
+    result = {"N": n, "train_seeds": train_seeds, "sampler": {"method": method, **options},
+              "n_test": n_test, "seconds": {}}
+    try:
+        nets = []
+        for i, (images, tseed) in enumerate(zip((s1, s2), train_seeds, strict=True), 1):
+            start = time.perf_counter()
+            cfg = TrainConfig.from_dict({**spec["train"], "seed": tseed})
+            den = train(dist, net_cfg, cfg, train_images=images, device=device,
+                        progress=progress)
+            den.save(cache.artifact_path(key, f"-s{i}.pt"))
+            nets.append(den)
+            result[f"loss_s{i}"] = den.history["loss"][-1] if den.history["loss"] else None
+            result["seconds"][f"train_s{i}"] = time.perf_counter() - start
+
+        # generalization gap: the S1 network on its training images vs held-out images
+        start = time.perf_counter()
+        train_seed = derived_seed(seed, STREAM_TRAIN_EVAL)
+        frame = mse_curve(nets[0], TensorImages(s1, spec["n_eval"]), spec["sigmas"],
+                          n=spec["n_eval"], seed=train_seed, device=device)
+        result["mse_train"] = _curve_record(frame)
+        if test_dist is not None:
+            frame = mse_curve(nets[0], test_dist, spec["sigmas"], n=n_test, seed=seed,
+                              device=device)
+            result["mse_test"] = _curve_record(frame)
+        result["seconds"]["mse"] = time.perf_counter() - start
+
+        # the same K initial noises for every denoiser (independent of N)
+        start = time.perf_counter()
+        gen = block_generator(derived_seed(seed, STREAM_NOISE), 0, STREAM_NOISE)
+        noise = torch.randn((k, *dist.shape), generator=gen).to(device)
+        denoisers = {"s1": nets[0], "s2": nets[1], "empirical": EmpiricalDenoiser(s1.to(device))}
+        samples = {role: sample(den, noise, method=method, **options).images.cpu()
+                   for role, den in denoisers.items()}
+        result["seconds"]["sampling"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        versus = {"s1": (s1, samples["s2"]), "s2": (s2, samples["s1"]),
+                  "empirical": (s1, samples["s1"])}
+        result["summary"], result["per_sample"], frames = {}, {}, {}
+        for role in ROLES:
+            train_images, other = versus[role]
+            frame, note = _measures(samples[role], train_images, other, held)
+            if note:
+                result["ratio_note"] = note
+            frames[role] = frame
+            summary = summarize(frame, seed=seed)
+            unit = summarize(frame.assign(memorized=frame["memorized_unit"]), seed=seed)
+            summary["memorized_unit_fraction"] = unit["memorized_fraction"]
+            summary["memorized_unit_ci"] = unit["memorized_ci"]
+            summary["median_ratio_unit"] = float(frame["ratio_unit"].median())
+            result["summary"][role] = _json_summary(summary)
+            result["per_sample"][role] = {c: frame[c].tolist() for c in PER_SAMPLE
+                                          if c in frame}
+        e = min(EXAMPLES, k)
+        nn1 = torch.tensor(frames["s1"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
+        nn2 = torch.tensor(frames["s2"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
+        result["examples"] = {"s1": _rounded(samples["s1"][:e]), "s1_nearest": _rounded(s1[nn1]),
+                              "s2": _rounded(samples["s2"][:e]), "s2_nearest": _rounded(s2[nn2]),
+                              "empirical": _rounded(samples["empirical"][:e])}
+        result["seconds"]["measures"] = time.perf_counter() - start
+    except (TrainingDiverged, SamplingDiverged) as exc:
+        result["failed"] = f"{describe_memorization(spec)}: {exc}"
+    return result
+
+
+def run_memorization_cell(spec: dict, cache_root, device=None, progress: bool = False) -> dict:
+    """Compute one memorization cell unless cached; store and return its record.
+
+    Mirrors ``cells.run_cell``: the record ``{"key", "spec", "result", "meta"}`` lives under
+    kind ``memorization`` of the cache at ``cache_root``; the returned dict adds ``cached``.
+    A failure (diverged training or sampler) is deterministic and stored in the result.
+    """
+    if spec.get("kind") != KIND:
+        raise ValueError(f"spec kind must be {KIND!r}, got {spec.get('kind')!r}")
+    cache = Cache(cache_root)
+    key = memorization_cell_key(spec)
+    record = cache.load(KIND, key)
+    if record is not None:
+        return {**record, "cached": True}
+    start = time.perf_counter()
+    result = compute_memorization(spec, cache, key, device=device, progress=progress)
+    meta = {"seconds": time.perf_counter() - start, "device": str(resolve_device(device)),
+            "torch": torch.__version__, "host": platform.node(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = cache.store(KIND, key, {"key": key, "spec": spec, "result": result, "meta": meta})
+    return {**record, "cached": False}
+
+
+__all__ = ["COMPONENTS", "KIND", "TensorImages", "build_memorization_cells",
+           "compute_memorization", "derived_seed", "describe_memorization", "held_out",
+           "memorization_cell_key", "resolve_sampler", "run_memorization_cell",
+           "training_sets"]

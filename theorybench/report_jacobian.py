@@ -1,0 +1,284 @@
+"""The Jacobian section of the report: spectra, adaptive bases, effective dimension, SURE.
+
+Built from stored ``jacobian`` cell records only (``experiments.jacobian_analysis``). Per
+study entry: the eigenvalue spectra of the per-σ and universal networks next to the
+reference (log y, one panel per σ), the top eigenvectors as images for the first clean
+image and its noisy version (one figure per σ), and the effective dimension ``tr J``
+against σ with SURE's MSE next to the measured one (SCIENCE.md §6). One table per entry
+(trace, eigenvalues above 0.5, tangent-space angles for disks, contour concentration for
+C^α), all rows also in ``jacobian.csv``; optionally the Jacobian overlap of two networks
+trained on disjoint sets against their training-set size (``jacobian_pairs.csv``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .experiments.cells import entry_label
+from .experiments.jacobian_analysis import KIND, PAIR_KIND, SHRINKAGE_LEVEL
+from .report import _save, _write_csv, markdown_table, plt, slug, sns
+
+PAPER_DISKS = {"sigma": 0.04, "first5": (1.18, 0.95), "next5": (0.67, 0.28)}  # paper's network
+ROWS = (("per-sigma", "network (per-σ)"), ("universal", "network (universal)"))
+EIG_FLOOR = 1e-4  # eigenvalues below this are drawn at this value on the log axis
+
+
+def _mean_se(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan
+    se = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else math.nan
+    return float(v.mean()), float(se)
+
+
+def _span(values, lo: int, hi: int) -> str:
+    """Eigenvalues ``lo+1 … hi`` of a mean spectrum as 'first–last'."""
+    part = values[lo:hi]
+    return f"{part[0]:.3g}–{part[-1]:.3g}" if len(part) else ""
+
+
+class _Entry:
+    """The Jacobian records of one study entry, by σ: network per mode, and the reference."""
+
+    def __init__(self, label: str, name: str, records: list[dict]):
+        self.label, self.name = label, name
+        self.sigmas = sorted({float(r["result"]["sigma"]) for r in records})
+        self.nets: dict[tuple[str, float], dict] = {}
+        self.refs: dict[float, dict] = {}
+        self.images: dict[float, dict] = {}
+        for r in sorted(records, key=lambda r: r["spec"]["mode"] != "per-sigma"):
+            res, sigma = r["result"], float(r["result"]["sigma"])
+            self.nets[(r["spec"]["mode"], sigma)] = res["denoisers"]["network"]
+            if "reference" in res["denoisers"]:
+                self.refs.setdefault(sigma, res["denoisers"]["reference"])
+            self.images.setdefault(sigma, {"clean": np.asarray(res["clean0"]),
+                                           "noisy": np.asarray(res["noisy0"]),
+                                           "shape": res["shape"]})
+
+    def denoisers(self, sigma: float) -> list[tuple[str, dict]]:
+        """(label, record) of each denoiser analysed at σ: networks, then the reference."""
+        out = [(name, self.nets[(mode, sigma)]) for mode, name in ROWS
+               if (mode, sigma) in self.nets]
+        if sigma in self.refs:
+            ref = self.refs[sigma]
+            out.append((f"reference: {ref['name']} ({ref['kind']})", ref))
+        return out
+
+
+def _row(entry: _Entry, sigma: float, label: str, rec: dict) -> dict:
+    """One table row: means over the analysed images."""
+    spectrum = np.asarray(rec["eigenvalues"], dtype=float).mean(0)
+    trace, trace_se = _mean_se(rec["trace"])
+    mse, mse_se = _mean_se(rec["mse"])
+    sure, sure_se = _mean_se(rec["sure_mse"])
+    row = {"entry": entry.label, "sigma": sigma, "denoiser": label,
+           "images": len(rec["trace"]), "trace": trace, "trace_se": trace_se,
+           f"count>{SHRINKAGE_LEVEL:g}": float(np.mean(rec["count_above"])),
+           "λ1–5": _span(spectrum, 0, 5), "λ6–10": _span(spectrum, 5, 10),
+           "asymmetry": float(np.mean(rec["asymmetry"])),
+           "homogeneity_error": float(np.mean(rec["homogeneity_error"])),
+           "mse": mse, "mse_se": mse_se, "sure_mse": sure, "sure_se": sure_se}
+    if "tangent_angles_deg" in rec:
+        angles = np.asarray(rec["tangent_angles_deg"], dtype=float)
+        row["tangent_max_angle_deg"] = float(angles.max(1).mean())
+        row["tangent_mean_angle_deg"] = float(angles.mean())
+    if "contour_concentration" in rec:
+        row["contour_top_k"] = float(np.mean(rec["contour_concentration"]))
+        row["contour_chance"] = float(np.mean(rec["contour_chance"]))
+    return row
+
+
+def _figure_spectra(entry: _Entry, path: Path) -> None:
+    palette = sns.color_palette("deep")
+    fig, axes = plt.subplots(1, len(entry.sigmas), figsize=(3.4 * len(entry.sigmas), 3.0),
+                             squeeze=False)
+    for ax, sigma in zip(axes[0], entry.sigmas, strict=True):
+        for i, (label, rec) in enumerate(entry.denoisers(sigma)):
+            spectrum = np.asarray(rec["eigenvalues"], dtype=float).mean(0)
+            color = "k" if label.startswith("reference") else palette[i]
+            ax.plot(np.arange(1, len(spectrum) + 1), np.maximum(spectrum, EIG_FLOOR), "-",
+                    color=color, lw=1.3, label=label)
+        ax.axhline(SHRINKAGE_LEVEL, color="0.6", lw=0.6, ls=":")
+        ax.set(yscale="log", xscale="log", xlabel="index", title=f"σ = {sigma:.3g}",
+               ylim=(EIG_FLOOR / 2, None))
+    axes[0, 0].set_ylabel("eigenvalue of (J + Jᵀ)/2")
+    axes[0, -1].legend(fontsize=6)
+    fig.suptitle(f"Jacobian spectra — {entry.label}", fontsize=9)
+    _save(fig, path)
+
+
+def _figure_vectors(entry: _Entry, sigma: float, path: Path) -> None:
+    rows = entry.denoisers(sigma)
+    k = max(len(np.asarray(rec["eigenvectors0"])) for _, rec in rows)
+    image = entry.images[sigma]
+    fig, axes = plt.subplots(len(rows), 3 + k, figsize=(1.05 * (3 + k), 1.25 * len(rows)),
+                             squeeze=False)
+    clean = image["clean"][0]
+    lo, hi = np.percentile(clean, [1, 99]) if clean.std() > 0 else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1
+    for r, (label, rec) in enumerate(rows):
+        gray = ("gray", (lo, hi))
+        panels = [(clean, "clean", *gray), (image["noisy"][0], "noisy", *gray),
+                  (np.asarray(rec["output0"])[0], "f(y)", *gray)]
+        vectors = np.asarray(rec["eigenvectors0"])
+        values = np.asarray(rec["eigenvalues"][0])
+        for j, v in enumerate(vectors):
+            a = np.abs(v).max() or 1.0
+            panels.append((v[0], f"λ{j + 1}={values[j]:.2f}", "RdBu_r", (-a, a)))
+        for c, ax in enumerate(axes[r]):
+            ax.set(xticks=[], yticks=[])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(panels):
+                img, title, cmap, (vmin, vmax) = panels[c]
+                ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
+                ax.set_title(title, fontsize=6)
+        axes[r, 0].set_ylabel(label.replace(": ", ":\n"), fontsize=6)
+    fig.suptitle(f"Top eigenvectors at σ = {sigma:.3g} (first image) — {entry.label}",
+                 fontsize=8)
+    _save(fig, path)
+
+
+def _figure_trace(entry: _Entry, rows: list[dict], path: Path) -> None:
+    palette = sns.color_palette("deep")
+    frame = pd.DataFrame(rows)
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    for i, (label, part) in enumerate(frame.groupby("denoiser", sort=False)):
+        color = "k" if label.startswith("reference") else palette[i]
+        ax_t.errorbar(part.sigma, part.trace, yerr=2 * part.trace_se.fillna(0), marker="o",
+                      ms=3, color=color, label=label)
+        ax_s.errorbar(part.sigma, part.mse, yerr=2 * part.mse_se.fillna(0), marker="o", ms=3,
+                      color=color, label=f"{label}: measured")
+        positive = part[part.sure_mse > 0]  # a noisy SURE mean can be ≤ 0: not drawn
+        ax_s.plot(positive.sigma, positive.sure_mse, marker="x", ms=5, ls="--", color=color,
+                  label=f"{label}: SURE")
+    ax_t.set(xscale="log", yscale="log", xlabel="σ", ylabel="tr J (effective dimension)")
+    ax_s.set(xscale="log", yscale="log", xlabel="σ", ylabel="MSE per pixel (SURE ≤ 0 not shown)",
+             ylim=(frame.mse.min() / 10, None))
+    ax_t.legend(fontsize=6)
+    ax_s.legend(fontsize=5)
+    fig.suptitle(f"Effective dimension and SURE — {entry.label}", fontsize=9)
+    _save(fig, path)
+
+
+TABLE_COLUMNS = ("sigma", "denoiser", "trace", f"count>{SHRINKAGE_LEVEL:g}", "λ1–5", "λ6–10",
+                 "asymmetry", "mse", "sure_mse")
+
+
+def _pair_section(pairs: list[dict], out_dir: Path) -> tuple[list[str], list[dict]]:
+    """Overlap of the top eigenvectors of two networks trained on disjoint sets, against N."""
+    rows = []
+    for p in pairs:
+        for i, sigma in enumerate(p["sigma"]):
+            overlap, overlap_se = _mean_se(p["overlap"][i])
+            distance, _ = _mean_se(p["jacobian_distance"][i])
+            rows.append({"entry": p["label"], "n_train": p["N"], "sigma": sigma,
+                         "k": p["k"], "overlap": overlap, "overlap_se": overlap_se,
+                         "chance": p["chance"], "jacobian_distance": distance})
+    if not rows:
+        return [], []
+    frame = pd.DataFrame(rows).sort_values(["entry", "sigma", "n_train"])
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for (entry, sigma), part in frame.groupby(["entry", "sigma"]):
+        ax.errorbar(part.n_train, part.overlap, yerr=2 * part.overlap_se.fillna(0), marker="o",
+                    ms=3, label=f"{entry} σ={sigma:.3g}")
+    ax.axhline(frame.chance.iloc[0], color="0.5", ls=":", lw=0.8, label="chance (k/d)")
+    ax.set(xscale="log", ylim=(0, 1.02), xlabel="training-set size N",
+           ylabel="top-k eigenvector overlap (mean cos²)")
+    ax.legend(fontsize=6)
+    _save(fig, out_dir / "jacobian_pairs.png")
+    lines = ["### Two networks trained on disjoint sets", "",
+             "Overlap of the spans of the top-k eigenvectors of their Jacobians at the same "
+             "noisy input (mean cos² of the principal angles; 1 = same span).", "",
+             "![Jacobian overlap against N](jacobian_pairs.png)", "",
+             markdown_table(frame[["entry", "n_train", "sigma", "k", "overlap", "chance",
+                                   "jacobian_distance"]]), ""]
+    return lines, frame.to_dict("records")
+
+
+def jacobian_section(records: list[dict], out_dir) -> list[str]:
+    """Markdown lines of the Jacobian section; figures and CSV written into ``out_dir``.
+
+    Parameters
+    ----------
+    records : stored cell records (``{"spec", "result", …}``); those of kind ``jacobian``
+        and ``jacobian-pair`` with a result are used, failed ones are listed; other kinds
+        are ignored.
+    out_dir : folder of the report (created if needed).
+
+    Returns
+    -------
+    list of markdown lines (empty when there is nothing to show).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mine = [r for r in records if r.get("spec", {}).get("kind") in (KIND, PAIR_KIND)]
+    failed = [r["failed"] for r in mine if "failed" in r]
+    done = [r for r in mine if "result" in r and r["spec"]["kind"] == KIND]
+    pairs = [r["result"] for r in mine if "result" in r and r["spec"]["kind"] == PAIR_KIND]
+    if not done and not pairs and not failed:
+        return []
+    sns.set_theme(style="whitegrid", context="paper")
+    lines = ["## Jacobian eigen-analysis", "",
+             "At a noisy image y the denoiser acts as the linear map J = ∇f(y) (exactly, "
+             "f(y) = J y, for a bias-free network); the eigenvectors of its symmetric part are "
+             "the adaptive basis, the eigenvalues the shrinkage, tr J the effective dimension "
+             "(SCIENCE.md §6). SURE estimates the MSE from y alone: "
+             "(‖f(y) − y‖² − dσ² + 2σ² tr J)/d. Means over the analysed images; references: "
+             "exact posterior mean (Gaussian), posterior mixture Cov[x|y]/σ² (disks), oracle "
+             "given the true contour (C^α, an oracle: lower bound).", ""]
+    lines += [f"- **failed cell**: {msg}" for msg in failed] + ([""] if failed else [])
+    groups: dict[str, list[dict]] = {}
+    names: dict[str, str] = {}
+    for r in done:
+        label = entry_label(r["spec"]["dataset"], r["spec"]["params"])
+        groups.setdefault(label, []).append(r)
+        names[label] = r["spec"]["dataset"]
+    all_rows = []
+    for label, recs in groups.items():
+        entry = _Entry(label, names[label], recs)
+        s = slug(label)
+        rows = [_row(entry, sigma, name, rec) for sigma in entry.sigmas
+                for name, rec in entry.denoisers(sigma)]
+        all_rows += rows
+        _figure_spectra(entry, out_dir / f"jacobian_spectra_{s}.png")
+        _figure_trace(entry, rows, out_dir / f"jacobian_trace_{s}.png")
+        lines += [f"### {label}", "", f"![Jacobian spectra](jacobian_spectra_{s}.png)", ""]
+        for i, sigma in enumerate(entry.sigmas):
+            _figure_vectors(entry, sigma, out_dir / f"jacobian_vectors_{s}_{i}.png")
+            lines += [f"![Top eigenvectors, σ={sigma:.3g}](jacobian_vectors_{s}_{i}.png)"]
+        lines += ["", f"![tr J and SURE](jacobian_trace_{s}.png)", ""]
+        frame = pd.DataFrame(rows)
+        columns = list(TABLE_COLUMNS)
+        if "tangent_max_angle_deg" in frame:
+            columns += ["tangent_max_angle_deg", "tangent_mean_angle_deg"]
+        if "contour_top_k" in frame:
+            columns += ["contour_top_k", "contour_chance"]
+        lines += [markdown_table(frame[columns]), ""]
+        if entry.name == "disks":
+            p = PAPER_DISKS
+            lines += [f"Paper (network on disks, σ = {p['sigma']}): λ1–5 = "
+                      f"{p['first5'][0]}–{p['first5'][1]}, λ6–10 = {p['next5'][0]}–"
+                      f"{p['next5'][1]}; the optimum keeps 5 eigenvalues near 1 (the tangent "
+                      "space). Angles: principal angles between the top-5 eigenvectors and the "
+                      "true tangent space ∂x/∂θ, max over the 5, mean over images.", ""]
+        if entry.name == "calpha":
+            lines += ["Contour concentration: fraction of the energy of each top eigenvector "
+                      "within 2 pixels of the true contour (mean over the top eigenvectors and "
+                      "images), against the fraction of pixels there (chance).", ""]
+    if all_rows:
+        _write_csv(pd.DataFrame(all_rows), out_dir / "jacobian.csv")
+        lines += ["Jacobian table as CSV: `jacobian.csv`.", ""]
+    if pairs:
+        pair_lines, pair_rows = _pair_section(pairs, out_dir)
+        lines += pair_lines
+        if pair_rows:
+            _write_csv(pd.DataFrame(pair_rows), out_dir / "jacobian_pairs.csv")
+    return lines
+
+
+__all__ = ["jacobian_section"]
