@@ -37,6 +37,11 @@ def register(name: str, factory: Callable[..., Distribution]) -> None:
     _REGISTERED[name] = factory
 
 
+def registered_in_process(name: str) -> bool:
+    """True if ``name`` comes from :func:`register` (unknown to other processes)."""
+    return name in _REGISTERED
+
+
 def _plugins() -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 

@@ -78,9 +78,11 @@ def test_plugin_appears_in_run_all_list(plugin_path):
     assert "stripes" in out.stdout and "1x16x16" in out.stdout
 
 
-def test_register_in_process():
+def test_register_in_process(monkeypatch):
     from datasets_synth.gaussian import GaussianField
+    from datasets_synth.registry import _REGISTERED
 
+    monkeypatch.setattr("datasets_synth.registry._REGISTERED", dict(_REGISTERED))
     datasets_synth.register("white", lambda **p: GaussianField(gamma=0.0, **p))
     assert "white" in datasets_synth.names()
     assert datasets_synth.get("white", size=8).params["gamma"] == 0.0

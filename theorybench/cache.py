@@ -69,26 +69,41 @@ class Cache:
         """The stored record, or None if absent; a damaged record is warned about and removed."""
         path = self.path(kind, key)
         try:
-            record = json.loads(path.read_text())
+            with open(path, "rb") as handle:
+                seen = os.fstat(handle.fileno())
+                data = handle.read()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            return self._discard(path, f"unreadable ({exc})")
+        except OSError as exc:
+            warnings.warn(f"cache entry {path} is unreadable ({exc}): it will be recomputed",
+                          stacklevel=2)
+            return None
+        try:
+            record = json.loads(data)
+        except ValueError as exc:
+            return self._discard(path, seen, f"unreadable ({exc})")
+        if not isinstance(record, dict):
+            return self._discard(path, seen, f"a JSON {type(record).__name__}, not a record")
         body = {k: v for k, v in record.items() if k != "checksum"}
-        if not isinstance(record, dict) or record.get("checksum") != digest(body):
-            return self._discard(path, "checksum mismatch (truncated or altered)")
+        if record.get("checksum") != digest(body) or record.get("key", key) != key:
+            return self._discard(path, seen, "checksum mismatch (truncated or altered)")
         return record
 
     def store(self, kind: str, key: str, record: dict) -> dict:
         """Write ``record`` (with its checksum) atomically; return what was written."""
         body = dict(record)
         body.pop("checksum", None)
-        full = {**body, "checksum": digest(body)}
-        atomic_write_bytes(self.path(kind, key), canonical_json(full).encode())
-        return full
+        text = canonical_json({**body, "checksum": digest(body)})
+        atomic_write_bytes(self.path(kind, key), text.encode())
+        return json.loads(text)  # exactly what a later load returns (key order, lists)
 
-    def _discard(self, path: Path, why: str) -> None:
+    def _discard(self, path: Path, seen: os.stat_result, why: str) -> None:
         warnings.warn(f"cache entry {path} is {why}: discarded, it will be recomputed",
                       stacklevel=3)
-        path.unlink(missing_ok=True)
+        try:  # remove it unless another process has just renamed a new record into place
+            now = path.stat()
+            if (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
+                path.unlink()
+        except FileNotFoundError:
+            pass
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ from pathlib import Path
 import torch
 
 import datasets_synth
+from datasets_synth.registry import registered_in_process
 
 from .cache import Cache, atomic_write_bytes
-from .executors import EXECUTORS, run_cells
+from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
 from .experiments.cells import build_cells, cell_key
 from .experiments.jacobian_analysis import build_jacobian_cells, jacobian_sigmas
 from .experiments.presets import PRESETS
@@ -41,7 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print every registered distribution and exit")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     parser.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
-    parser.add_argument("--executor", choices=EXECUTORS, default="local")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="local (this process) or ray (one Ray task per cell; needs the "
+                             "extra 'ray')")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray "
+                             "instance); --executor ray only")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="local worker processes, one cell each (default: CPU count)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -108,15 +117,26 @@ def main(argv=None) -> int:
     try:
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be an integer >= 1, got {args.jobs}")
+        check_executor(args.executor, args.ray_address)
         device = resolve_device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if args.executor == "local" and device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but CUDA is not available; "
                              "valid: auto, cpu")
         entries = study_entries(preset, args.datasets)
         check_entries(entries)
+        if any(registered_in_process(name) for name, _ in entries):
+            if args.executor == "ray":
+                raise ValueError("distributions added with register() exist only in this "
+                                 "process; Ray workers need an installed entry-point plugin")
+            args.jobs = 1  # register()ed factories exist only in this process
         cells = build_cells(preset, entries, args.seed)
         cells += build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
                                       preset.jacobian_images, args.seed)
+        if args.report_only and not Path(args.cache).is_dir():
+            raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
+                             f"--report-only first")
         cache = Cache(args.cache)
     except ValueError as exc:
         parser.error(str(exc))
@@ -129,9 +149,15 @@ def main(argv=None) -> int:
                          f"{preset.name!r}; run without --report-only first")
         run_meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     else:
-        records = run_cells(cells, args.cache, executor=args.executor, device=device,
-                            quiet=args.quiet)
+        try:
+            records = run_cells(cells, args.cache, executor=args.executor,
+                                device=device if args.executor == "local" else args.device,
+                                quiet=args.quiet, ray_address=args.ray_address,
+                                jobs=args.jobs)
+        except ExecutorUnavailable as exc:
+            parser.error(str(exc))
         run_meta = {"preset": preset.name, "commit": git_commit(), "device": str(device),
+                    "executor": args.executor, "failed": sum("failed" in r for r in records),
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "wall_seconds": time.perf_counter() - start,
                     "cells": len(cells), "computed": sum(not r.get("cached", True)

@@ -1,29 +1,300 @@
-"""Executors run independent cells: in this process (default) or as Ray tasks."""
+"""Executors run independent cells: in this process (default) or as Ray tasks.
+
+Every executor goes through :func:`~theorybench.experiments.cells.run_cell`, which loads a
+cell's record from the cache or computes and stores it (atomically, with a checksum), so
+the records, hence the tables, do not depend on the executor, and a run killed at any
+moment loses at most the cells in flight.
+
+``ray``: each missing cell is one Ray task (``num_gpus=1`` when the cell trains on CUDA),
+on the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else on a local Ray instance
+started for the run and shut down after it. Workers write into the cache directory, which
+must be the same path on every node (shared storage); the driver gathers the records.
+When this module starts the Ray session itself, it ships the driver's ``theorybench`` and
+``datasets_synth`` sources to the workers (``runtime_env`` ``py_modules``), so workers run
+exactly the driver's code; other packages (torch, plugins) must be installed on every
+node. Ray is optional: it is imported only when ``executor="ray"`` is asked for.
+
+Threads: both executors run each cell with the same number of torch intra-op CPU threads
+(``threads``, default 1; a Ray task reserves as many CPUs). CPU reductions split their
+work by thread count, so this number changes results in the last bits (about 1e-8
+relative); fixing it makes the tables byte-identical whatever the executor. One thread
+per cell is also the fast choice for these small networks: cells run in parallel on Ray,
+and on a busy 2-core machine two threads per training step were measured 10-70x slower
+than one (OpenMP threads waiting on each other).
+"""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
 from tqdm.auto import tqdm
 
-from .experiments.cells import describe, run_cell
+from datasets_synth.base import check_int
 
-EXECUTORS = ("local",)
+from .cache import Cache
+from .experiments.cells import cell_key, describe, run_cell
+from .training import resolve_device
+
+EXECUTORS = ("local", "ray")
+RAY_INSTALL = "pip install 'theorybench[ray]' (or: pip install ray)"
+CELL_THREADS = 1  # torch intra-op threads per cell (see the module docstring)
+# "auto", "local", host:port (IPv4, name or [IPv6]) or a Ray Client URL ray://host:port
+RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?([\w.\-]+|\[[0-9a-fA-F:]+\]):\d{1,5})$")
 
 
-def run_local(cells: list[dict], cache_root: str, device=None, quiet: bool = False) -> list[dict]:
-    """Run every cell in turn (cached cells are loaded); records in the order of ``cells``."""
-    records = []
-    bar = tqdm(cells, disable=quiet, desc="cells", unit="cell")
-    for spec in bar:
-        bar.set_postfix_str(describe(spec)[:60])
-        record = run_cell(spec, cache_root, device=device, progress=not quiet)
+class ExecutorUnavailable(ValueError):
+    """The executor cannot start (Ray missing, cluster unreachable, no GPU); nothing ran."""
+
+
+def check_executor(executor: str, ray_address: str | None = None) -> None:
+    """Refuse an executor that cannot run here, before anything is computed or written.
+
+    Raises
+    ------
+    ExecutorUnavailable (a ValueError)   unknown executor, Ray not installed, a malformed
+        ``ray_address``, or ``ray_address`` given to the local executor.
+    """
+    if executor not in EXECUTORS:
+        raise ExecutorUnavailable(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if executor == "local":
+        if ray_address is not None:
+            raise ExecutorUnavailable("--ray-address is only used with --executor ray")
+        return
+    _import_ray()
+    if ray_address is not None and not RAY_ADDRESS.match(ray_address):
+        raise ExecutorUnavailable(f"--ray-address must be 'auto', 'local', host:port or "
+                                  f"ray://host:port, got {ray_address!r}")
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _local_cell(spec: dict, cache_root, device, threads: int, progress: bool) -> dict:
+    """Body of one local cell (also the target of the worker processes)."""
+    with torch_threads(threads):
+        return run_cell(spec, cache_root, device=device, progress=progress)
+
+
+def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
+              threads: int = CELL_THREADS, jobs: int = 1) -> list[dict]:
+    """Run the cells on this machine; records in the order of ``cells``.
+
+    ``jobs == 1``: one cell after another in this process (with per-training progress
+    bars). ``jobs > 1``: that many worker processes (``spawn``), each cell in one of them
+    with ``threads`` torch threads; results are the same bits as with ``jobs == 1``.
+    """
+    records: list[dict | None] = [None] * len(cells)
+    bar = tqdm(total=len(cells), disable=quiet, desc="cells", unit="cell")
+
+    def finish(i: int, record: dict) -> None:
         if "failed" in record:
             tqdm.write(f"FAILED {record['failed']}")
-        records.append(record)
+        records[i] = record
+        bar.update(1)
+
+    if jobs == 1:
+        for i, spec in enumerate(cells):
+            bar.set_postfix_str(describe(spec)[:60])
+            finish(i, _local_cell(spec, cache_root, device, threads, not quiet))
+    else:
+        cache, missing = Cache(cache_root), []
+        for i, spec in enumerate(cells):  # stored cells are loaded (and checked) right here
+            stored = cache.load(spec["kind"], cell_key(spec))
+            if stored is None:
+                missing.append(i)
+            else:
+                finish(i, {**stored, "cached": True})
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(_local_cell, cells[i], cache_root, device, threads, False): i
+                       for i in missing}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    bar.close()
     return records
 
 
-def run_cells(cells, cache_root, executor: str = "local", device=None, quiet=False):
-    """Dispatch to the chosen executor."""
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ExecutorUnavailable(f"--executor ray needs Ray, which is not installed: "
+                                  f"{RAY_INSTALL}") from exc
+    return ray
+
+
+def ray_runtime_env() -> dict:
+    """The job ``runtime_env`` that ships this checkout's packages to the Ray workers."""
+    import datasets_synth
+    import theorybench
+
+    return {"py_modules": [datasets_synth, theorybench]}
+
+
+def _ray_device(ray, device, threads: int) -> tuple[str, int]:
+    """(device of the network cells on the workers, GPUs each of them requests).
+
+    ``None``/"auto": CUDA when a node has a GPU, else CPU; "cuda[:i]": one GPU per cell (a
+    task sees its GPU as ``cuda``), refused when no node has one; "cpu". Refuses
+    ``threads`` larger than every node's CPUs (such tasks would wait forever).
+    """
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    if cpus < threads:
+        raise ExecutorUnavailable(f"threads per cell must be <= the CPUs of a Ray node "
+                                  f"({cpus:g}), got {threads}")
+    name = "auto" if device is None else str(device)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    if name == "auto":
+        return ("cuda", 1) if gpus >= 1 else ("cpu", 0)
+    kind = resolve_device(name).type
+    if kind == "cuda":
+        if gpus < 1:
+            raise ExecutorUnavailable("--device cuda was asked for but the Ray cluster has no "
+                                      "GPU; valid: auto, cpu")
+        return "cuda", 1
+    if kind != "cpu":
+        raise ExecutorUnavailable(f"--executor ray runs cells on auto, cpu or cuda, got {name!r}")
+    return "cpu", 0
+
+
+def _ray_cell(spec: dict, cache_root: str, device: str, threads: int) -> dict:
+    """Body of one Ray task: load or compute the cell, store it in the shared cache."""
+    with torch_threads(threads):
+        return run_cell(spec, cache_root, device=device, progress=False)
+
+
+def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
+            ray_address: str | None = None, threads: int = CELL_THREADS) -> list[dict]:
+    """Run the missing cells as Ray tasks; records in the order of ``cells``.
+
+    Parameters
+    ----------
+    cells : list of cell specs (``build_cells``).
+    cache_root : path of the cache, shared by the driver and every worker.
+    device : "auto"/None, "cpu", "cuda" or a torch.device: where network cells train.
+    quiet : bool   no progress bar and no worker logs on the driver's terminal.
+    ray_address : cluster address; None uses ``RAY_ADDRESS``, else a local Ray instance.
+        An already initialized Ray session (``ray.init`` by the caller) is used as it is.
+    threads : torch CPU threads per cell; each task reserves as many Ray CPUs.
+
+    Cells already in the cache are loaded by the driver and not submitted. The first task
+    that raises cancels the others and re-raises (the cells finished so far are stored).
+    """
+    ray = _import_ray()
+    root = str(Path(cache_root).resolve())  # workers do not share the driver's cwd
+    cache = Cache(root)
+    records: list[dict | None] = []
+    for spec in cells:
+        stored = cache.load(spec["kind"], cell_key(spec))
+        records.append(None if stored is None else {**stored, "cached": True})
+    missing = [i for i, r in enumerate(records) if r is None]
+    if not missing:
+        return records
+    started = not ray.is_initialized()
+    if started:
+        address = ray_address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            ray.init(address=address, runtime_env=ray_runtime_env(), include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=not quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ExecutorUnavailable(f"cannot start or reach Ray at "
+                                      f"{address or 'a new local instance'}: {exc}") from exc
+    bar = None
+    pending: dict = {}
+    try:
+        device_name, gpus = _ray_device(ray, device, threads)
+        task = ray.remote(_ray_cell)
+        for i in missing:
+            spec = cells[i]
+            on_gpu = spec["kind"] == "network" and gpus
+            ref = task.options(num_cpus=threads, num_gpus=1 if on_gpu else 0,
+                               name=describe(spec)[:120]).remote(
+                spec, root, device_name if spec["kind"] == "network" else "cpu", threads)
+            pending[ref] = i
+        bar = tqdm(total=len(cells), initial=len(cells) - len(missing), disable=quiet,
+                   desc="cells (ray)", unit="cell")
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    record = ray.get(ref)
+                except Exception as exc:
+                    if hasattr(exc, "add_note"):
+                        exc.add_note(f"in Ray task: {describe(cells[i])}")
+                    raise
+                if "failed" in record:
+                    tqdm.write(f"FAILED {record['failed']}")
+                records[i] = record
+                bar.update(1)
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+        if bar is not None:
+            bar.close()
+        if started:
+            ray.shutdown()
+    return records
+
+
+DEPENDENT_KINDS = ("jacobian", "jacobian-pair")  # read checkpoints of other cells
+
+
+def run_cells(cells, cache_root, executor: str = "local", device=None, quiet: bool = False,
+              ray_address: str | None = None, threads: int = CELL_THREADS,
+              jobs: int = 1) -> list[dict]:
+    """Run ``cells`` with the chosen executor; one record per cell, in order.
+
+    Cells that analyse other cells' checkpoints (``DEPENDENT_KINDS``) run in a second
+    wave, after every cell they may depend on.
+
+    Parameters
+    ----------
+    executor : "local" (this machine) or "ray".
+    device : where network cells train: None/"auto", "cpu", "cuda" or a torch.device.
+    ray_address : the Ray cluster (executor "ray" only).
+    threads : int >= 1, torch CPU threads per cell (same value → same bits on any executor).
+    jobs : int >= 1, local worker processes (executor "local" only).
+    """
+    check_executor(executor, ray_address)
+    threads = check_int("threads", threads, low=1)
+    jobs = check_int("jobs", jobs, low=1)
     if executor == "local":
-        return run_local(cells, cache_root, device=device, quiet=quiet)
-    raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+        if isinstance(device, str):
+            device = resolve_device(device)
+        if isinstance(device, torch.device) and device.type == "cuda" and \
+                not torch.cuda.is_available():
+            raise ExecutorUnavailable("device cuda was asked for but CUDA is not available; "
+                                      "valid: auto, cpu")
+    records: list[dict | None] = [None] * len(cells)
+    for wave in (False, True):
+        index = [i for i, c in enumerate(cells) if (c["kind"] in DEPENDENT_KINDS) == wave]
+        if not index:
+            continue
+        subset = [cells[i] for i in index]
+        if executor == "ray":
+            done = run_ray(subset, cache_root, device=device, quiet=quiet,
+                           ray_address=ray_address, threads=threads)
+        else:
+            done = run_local(subset, cache_root, device=device, quiet=quiet, threads=threads,
+                             jobs=jobs)
+        for i, record in zip(index, done, strict=True):
+            records[i] = record
+    return records

@@ -116,7 +116,8 @@ class StudyData:
         self.reference = next((r for r in records if r["spec"]["kind"] == "reference"
                                and "result" in r), None)
         nets = [r for r in records if r["spec"]["kind"] == "network" and "result" in r]
-        self.failed = [r["failed"] for r in records if "failed" in r]
+        self.failed = [r["failed"] for r in records  # analyses list theirs in their sections
+                       if "failed" in r and r["spec"]["kind"] in ("reference", "network")]
         self.networks = {mode: network_curve([r for r in nets
                                                if r["spec"]["train"]["mode"] == mode])
                          for mode in NETWORKS}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Iterator
@@ -224,7 +225,11 @@ class NetworkDenoiser:
         Raises ValueError when the file is not such a checkpoint or its configuration
         does not build a network whose state-dict keys and shapes match the stored ones.
         """
-        payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        try:
+            payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # not a safe state dict
+            raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint loadable with "
+                             f"weights_only=True ({type(exc).__name__})") from exc
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
         net_config = NetConfig.from_dict(payload["net_config"])

@@ -191,7 +191,9 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
     """Every cell of a study: references and networks for each (name, params) entry."""
     cells = []
     for name, params in entries:
-        common = {"dataset": name, "params": params, "n_eval": preset.n_eval, "seed": seed}
+        size = datasets_synth.get(name, **params).num_images  # finite sets: no more test images
+        n_eval = preset.n_eval if size is None else min(preset.n_eval, size)
+        common = {"dataset": name, "params": params, "n_eval": n_eval, "seed": seed}
         cells.append({"kind": "reference", "sigmas": list(preset.sigmas), **common})
         trainings = [({"mode": "per-sigma", "sigma": s, "steps": preset.per_sigma_steps},
                       [s]) for s in preset.sigmas]

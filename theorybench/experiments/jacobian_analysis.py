@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -532,7 +531,7 @@ def compute_jacobian_cell(spec: dict, cache, key: str, device=None) -> dict:
     -------
     JSON-serializable dict: ``sigma``, ``d``, ``shape``, ``clean0``/``noisy0`` (first
     image), ``denoisers`` {``network``: …, ``reference``: … or absent}, each with
-    ``name``, ``kind``, ``description``, ``method``, ``seconds`` and the per-image
+    ``name``, ``kind``, ``description``, ``method`` and the per-image
     measures of :func:`analyse` (lists over images), full spectra and image 0's top
     eigenvectors.
 
@@ -556,19 +555,17 @@ def compute_jacobian_cell(spec: dict, cache, key: str, device=None) -> dict:
               "denoisers": {}}
 
     network = NetworkDenoiser.load(path, map_location=device)
-    start = time.perf_counter()
     with _exact_float32(device):
         results = [analyse(network, x[i], y[i].to(device), sigma, dist, per_image[i], top_k,
                            band) for i in range(n)]
     result["denoisers"]["network"] = {
         "name": f"network ({spec['mode']})", "kind": "network",
         "description": network.description, "method": "autograd (float32, eval mode)",
-        "seconds": time.perf_counter() - start, **_summarize(results, [])}
+        **_summarize(results, [])}
 
     reference = _reference(dist)
     if reference is not None:
         (name, kind, description, method), build = reference
-        start = time.perf_counter()
         results, extras = [], []
         for i in range(n):
             den, extra = build(x[i], y[i:i + 1].double(), per_image[i], sigma)
@@ -577,7 +574,7 @@ def compute_jacobian_cell(spec: dict, cache, key: str, device=None) -> dict:
             extras.append(extra)
         result["denoisers"]["reference"] = {
             "name": name, "kind": kind, "description": description, "method": method,
-            "seconds": time.perf_counter() - start, **_summarize(results, extras)}
+            **_summarize(results, extras)}
     return result
 
 

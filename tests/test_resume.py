@@ -1,0 +1,187 @@
+"""Crash safety: kill and resume, damaged records, two runs on one cache, diverging cells.
+
+Every run here is the smoke preset on a subset of its entries, checked against one
+uninterrupted reference run: the CSV tables must be byte-identical.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import datasets_synth
+from datasets_synth.registry import _REGISTERED
+from theorybench.cache import Cache
+from theorybench.cli import main
+from theorybench.training import TRAIN_DATA_SEED
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = "gaussian,faces"  # per entry: 1 reference + 5 networks + 4 Jacobian analyses
+CELLS = 20
+TABLES = ("mse.csv", "kl.csv")
+
+
+def command(out: Path, cache: Path, datasets: str = DATASETS) -> list[str]:
+    return ["--preset", "smoke", "--datasets", datasets, "--out", str(out), "--cache", str(cache),
+            "--quiet"]
+
+
+def script(out: Path, cache: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "run_all.py"), *command(out, cache)]
+
+
+def env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def meta(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def records(cache: Path) -> list[Path]:
+    return sorted(cache.glob("*/*.json"))
+
+
+def assert_same_tables(out: Path, reference: Path) -> None:
+    for name in TABLES:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def assert_all_records_valid(cache: Path) -> None:
+    store = Cache(cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a damaged record would warn
+        for path in records(cache):
+            assert store.load(path.parent.name, path.stem) is not None, path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run: (out, cache)."""
+    base = tmp_path_factory.mktemp("reference")
+    assert main(command(base / "out", base / "cache")) == 0
+    assert meta(base / "out")["computed"] == CELLS
+    return base / "out", base / "cache"
+
+
+def test_sigkill_mid_run_then_resume(reference, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen(script(out, cache), env=env(), cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while len(records(cache)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    log.close()
+    assert proc.returncode == -signal.SIGKILL
+    done = len(records(cache))
+    assert 2 <= done < CELLS
+    assert not out.exists() or not (out / "mse.csv").exists()
+    assert_all_records_valid(cache)  # whatever the kill interrupted left no damaged record
+
+    assert main(command(out, cache)) == 0
+    resumed = meta(out)
+    assert resumed["cells"] == CELLS
+    assert 0 < resumed["computed"] <= CELLS - done  # only the unfinished cells
+    assert_same_tables(out, reference[0])
+
+
+def test_damaged_records_are_discarded_and_recomputed(reference, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    shutil.copytree(reference[1], cache)
+    truncated, altered, replaced = records(cache)[:3]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    record = json.loads(altered.read_text())
+    record["result"]["curve" if "curve" in record["result"] else "curves"] = {}
+    altered.write_text(json.dumps(record))  # valid JSON, stale checksum
+    replaced.write_text("[1, 2, 3]")  # valid JSON, not a record
+    with pytest.warns(UserWarning, match="discarded, it will be recomputed") as caught:
+        assert main(command(out, cache)) == 0
+    damaged = {str(p) for p in (truncated, altered, replaced)}
+    warned = {m for w in caught for m in damaged if m in str(w.message)}
+    assert warned == damaged
+    assert meta(out)["computed"] == 3
+    assert_all_records_valid(cache)
+    assert_same_tables(out, reference[0])
+
+
+def test_two_runs_share_one_cache(reference, tmp_path):
+    cache = tmp_path / "cache"
+    outs = [tmp_path / "out1", tmp_path / "out2"]
+    logs = [tmp_path / "run1.log", tmp_path / "run2.log"]
+    procs = []
+    for out, log in zip(outs, logs, strict=True):
+        with log.open("w") as handle:
+            procs.append(subprocess.Popen(script(out, cache), env=env(), cwd=tmp_path,
+                                          stdout=handle, stderr=subprocess.STDOUT))
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    for out in outs:
+        assert_same_tables(out, reference[0])
+    assert len(records(cache)) == CELLS
+    assert_all_records_valid(cache)
+    leftovers = [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+class Boom(datasets_synth.Distribution):
+    """Noise-free test images, but one infinite pixel in every training image
+    (the training stream uses seeds >= TRAIN_DATA_SEED): training loss is NaN at step 0."""
+
+    name, value_range = "boom", (0.0, 1.0)
+
+    def __init__(self):
+        super().__init__()
+        self.shape = (1, 16, 16)
+
+    def _draw(self, generator, count):
+        return torch.rand(count, 1, 16, 16, generator=generator), {}
+
+    def _take(self, n, seed, offset):
+        images, latents = super()._take(n, seed, offset)
+        if seed >= TRAIN_DATA_SEED:
+            images[:, 0, 0, 0] = float("inf")
+        return images, latents
+
+
+def test_diverging_cells_fail_alone(tmp_path, monkeypatch, capsys):
+    from datasets_synth.gaussian import GaussianField
+
+    monkeypatch.setitem(_REGISTERED, "boom", Boom)
+    monkeypatch.setitem(_REGISTERED, "calm", lambda: GaussianField(size=16))  # runs after boom
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert main(command(out, cache, "boom,calm")) == 0
+    printed = capsys.readouterr()
+    # 5 trainings fail, and so do the 4 Jacobian analyses of their (missing) checkpoints
+    assert "(20 cells, 9 failed)" in printed.out
+    lines = (out / "README.md").read_text().splitlines()
+    assert sum(line.startswith("- **failed cell**") for line in lines) == 9
+    assert sum("no checkpoint" in line for line in lines) == 4
+    failed = [line for line in lines
+              if line.startswith("- **failed cell**") and "no checkpoint" not in line]
+    assert len(failed) == 5
+    for sigma in ("σ=0.02", "σ=0.07368", "σ=0.2714", "σ=1", "σ≤2"):
+        line = next(line for line in failed if sigma + ")" in line)
+        assert "network on boom" in line and "training loss is nan" in line
+    assert printed.out.count("FAILED per-sigma network on boom") == 4
+    assert printed.out.count("FAILED universal network on boom") == 1
+    stored = [json.loads(p.read_text())["spec"] for p in records(cache)]
+    assert sorted((s["kind"], s["dataset"]) for s in stored) == sorted(
+        [("reference", "boom"), ("reference", "calm")] + [("network", "calm")] * 5
+        + [("jacobian", "calm")] * 4)
+    assert meta(out)["computed"] == 11  # 2 references + 5 calm networks + 4 analyses
+    # nothing poisoned was stored: the next run tries the failed cells again (and only them)
+    assert main(command(tmp_path / "out2", cache, "boom,calm")) == 0
+    assert meta(tmp_path / "out2")["computed"] == 0
+    assert "(20 cells, 9 failed)" in capsys.readouterr().out
