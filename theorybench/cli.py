@@ -18,7 +18,12 @@ from datasets_synth.registry import registered_in_process
 from .cache import Cache, atomic_write_bytes
 from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
 from .experiments.cells import build_cells, cell_key
-from .experiments.jacobian_analysis import build_jacobian_cells, jacobian_sigmas
+from .experiments.jacobian_analysis import (
+    build_jacobian_cells,
+    build_pair_cells,
+    jacobian_sigmas,
+)
+from .experiments.memorization_sweep import build_memorization_cells
 from .experiments.presets import PRESETS
 from .training import resolve_device
 
@@ -93,6 +98,21 @@ def check_entries(entries) -> None:
             raise ValueError(f"distribution {name!r}: {exc}") from exc
 
 
+def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
+    """The memorization sweep's cells and the Jacobian comparison of each network pair."""
+    m = preset.memorization
+    wanted = None if datasets is None else {w.strip() for w in datasets.split(",")}
+    entries = [e for e in m.get("entries", ()) if wanted is None or e[0] in wanted]
+    if not entries:
+        return []
+    cells = build_memorization_cells(
+        entries, m["sizes"], m["net"], m["steps"], m["batch_size"], preset.lr,
+        sigma_max=1.0, n_samples=m["n_samples"], sigmas=preset.sigmas, n_eval=m["n_eval"],
+        sampler=m["sampler"], seed=seed)
+    middle = [preset.sigmas[len(preset.sigmas) // 2]]
+    return cells + build_pair_cells(cells, middle, preset.jacobian_images, seed)
+
+
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
@@ -134,6 +154,7 @@ def main(argv=None) -> int:
         cells = build_cells(preset, entries, args.seed)
         cells += build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
                                       preset.jacobian_images, args.seed)
+        cells += sweep_cells(preset, args.datasets, args.seed)
         if args.report_only and not Path(args.cache).is_dir():
             raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
                              f"--report-only first")

@@ -326,9 +326,11 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                   "smallest σ; manifold theory 5.", "", markdown_table(pd.DataFrame(rates)), ""]
     if shuffled:
         lines += ["## Shuffled against base", "", markdown_table(pd.DataFrame(shuffled)), ""]
-    from .report_jacobian import jacobian_section  # it builds on this module's helpers
+    from .report_jacobian import jacobian_section  # they build on this module's helpers
+    from .report_memorization import memorization_section
 
     lines += jacobian_section(records, out)
+    lines += memorization_section(records, out)
     for name, rows in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                        ("mse", mse_rows)):
         if rows:
@@ -336,7 +338,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
     lines += ["## Files", "", "Tables as CSV: " + ", ".join(
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows)) if r)
-              + ", `jacobian.csv`, `jacobian_pairs.csv` (when computed).", ""]
+              + ", `jacobian.csv`, `jacobian_pairs.csv`, `memorization.csv`, "
+                "`memorization_mse.csv` (when computed).", ""]
     readme = out / "README.md"
     atomic_write_bytes(readme, "\n".join(lines).encode())
     return readme

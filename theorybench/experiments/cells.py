@@ -48,6 +48,9 @@ COMPONENTS = {
     "jacobian": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis",
                  "theorybench.denoisers"),
     "jacobian-pair": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis"),
+    "memorization": ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
+                     "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
+                     "theorybench.experiments.memorization_sweep"),
 }
 
 
@@ -138,7 +141,11 @@ def _compute(spec: dict, cache: Cache, key: str, device, progress: bool) -> dict
         return compute_reference(spec)
     if kind == "network":
         return compute_network(spec, cache, key, device=device, progress=progress)
-    from . import jacobian_analysis  # imports this module: loaded on first use
+    from . import jacobian_analysis, memorization_sweep  # import this module: loaded here
+
+    if kind == "memorization":
+        return memorization_sweep.compute_memorization(spec, cache, key, device=device,
+                                                       progress=progress)
 
     if kind == "jacobian":
         return jacobian_analysis.compute_jacobian_cell(spec, cache, key, device=device)
@@ -163,6 +170,8 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
         result = _compute(spec, cache, key, device, progress)
     except CELL_FAILURES as exc:
         return {"key": key, "spec": spec, "failed": f"{describe(spec)}: {exc}"}
+    if "failed" in result:  # a cell that records its own failure: not cached either
+        return {"key": key, "spec": spec, "failed": result["failed"]}
     meta = {"seconds": time.perf_counter() - start, "device": str(resolve_device(device)),
             "torch": torch.__version__, "host": platform.node(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -182,6 +191,8 @@ def describe(spec: dict) -> str:
         return describe_jacobian(spec)
     if spec["kind"] == "jacobian-pair":
         return f"Jacobian pair on {label}, N={spec['N']}"
+    if spec["kind"] == "memorization":
+        return f"memorization sweep on {label}, N={spec['N']}"
     t = spec["train"]
     where = f"σ={t['sigma']:g}" if t["mode"] == "per-sigma" else f"σ≤{t['sigma_max']:g}"
     return f"{t['mode']} network on {label} ({where})"

@@ -646,7 +646,6 @@ def build_pair_cells(memorization_cells: list[dict], sigmas, n_images: int, seed
     "sigmas", "n_images", "seed", "k", "memorization": <spec>, "memorization_key": key}``.
     Run them after the memorization cells.
     """
-    from .memorization_sweep import memorization_cell_key
 
     sigmas = check_sigmas(sigmas)
     n_images = check_int("n_images", n_images, low=1, high=NOISE_BLOCK)
@@ -654,7 +653,7 @@ def build_pair_cells(memorization_cells: list[dict], sigmas, n_images: int, seed
     k = check_int("k", k, low=1)
     return [{"kind": PAIR_KIND, "dataset": m["dataset"], "params": m["params"], "N": m["N"],
              "sigmas": sigmas, "n_images": n_images, "seed": seed, "k": k,
-             "memorization": m, "memorization_key": memorization_cell_key(m)}
+             "memorization": m, "memorization_key": cell_key(m)}
             for m in memorization_cells if m.get("kind") == "memorization"]
 
 

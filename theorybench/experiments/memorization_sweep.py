@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import platform
-import time
 
 import numpy as np
 import pandas as pd
@@ -37,9 +35,8 @@ import torch
 
 import datasets_synth
 from datasets_synth.base import FiniteDistribution, block_generator, check_int, check_seed
-from datasets_synth.registry import get_factory
 
-from ..cache import Cache, digest
+from ..cache import Cache
 from ..denoisers.empirical import EmpiricalDenoiser
 from ..evaluation import check_sigmas, mse_curve
 from ..memorization import (
@@ -52,13 +49,9 @@ from ..memorization import (
 from ..networks import NetConfig
 from ..sampling import SAMPLERS, SamplingDiverged, sample
 from ..training import TrainConfig, TrainingDiverged, resolve_device, train
-from .cells import _curve_record, _source_hash, entry_label
+from .cells import _curve_record, entry_label
 
 KIND = "memorization"
-# the modules a memorization cell runs (for its content address; see cells.COMPONENTS)
-COMPONENTS = ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
-              "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
-              "theorybench.experiments.memorization_sweep")
 STREAM_TRAINSET, STREAM_NOISE, STREAM_NETS, STREAM_TRAIN_EVAL = 31, 32, 33, 34
 EXAMPLES = 6  # initial noises whose images are kept for the report's grids
 DEFAULT_SAMPLER = {"method": "heun", "sigma_min": 0.01, "steps": 40, "mean": "auto"}
@@ -158,21 +151,6 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
                           "n_samples": n_samples, "sigmas": list(sigmas), "n_eval": n_eval,
                           "sampler": dict(sampler), "seed": seed})
     return cells
-
-
-def memorization_cell_key(spec: dict) -> str:
-    """Content address of a memorization cell: its spec and the code that computes it.
-
-    ``cells.cell_key(spec)`` once ``cells.COMPONENTS`` knows the kind; until then the same
-    digest computed here from :data:`COMPONENTS`.
-    """
-    from . import cells
-
-    if KIND in cells.COMPONENTS:
-        return cells.cell_key(spec)
-    factory = get_factory(spec["dataset"])
-    modules = [*COMPONENTS, "datasets_synth.base", factory.__module__]
-    return digest({"spec": spec, "code": {m: _source_hash(m) for m in modules}})
 
 
 def describe_memorization(spec: dict) -> str:
@@ -320,7 +298,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     network), ``s2`` (S2 network vs S2, cross vs S1 network), ``empirical`` (empirical
     denoiser of S1 vs S1, cross vs the S1 network); ``examples`` (the first noises'
     images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``, ``empirical``, each
-    (E, c, h, w) lists); ``seconds``; ``ratio_note`` at N = 1. A diverging training or
+    (E, c, h, w) lists); ``ratio_note`` at N = 1. A diverging training or
     sampler gives ``failed`` (the message) and whatever was computed before.
     """
     device = resolve_device(device)
@@ -338,21 +316,18 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         options["mean"] = float(held.mean()) if held is not None else 0.5
     train_seeds = [derived_seed(spec["train"]["seed"], STREAM_NETS, i) for i in (1, 2)]
     result = {"N": n, "train_seeds": train_seeds, "sampler": {"method": method, **options},
-              "n_test": n_test, "seconds": {}}
+              "n_test": n_test}
     try:
         nets = []
         for i, (images, tseed) in enumerate(zip((s1, s2), train_seeds, strict=True), 1):
-            start = time.perf_counter()
             cfg = TrainConfig.from_dict({**spec["train"], "seed": tseed})
             den = train(dist, net_cfg, cfg, train_images=images, device=device,
                         progress=progress)
             den.save(cache.artifact_path(key, f"-s{i}.pt"))
             nets.append(den)
             result[f"loss_s{i}"] = den.history["loss"][-1] if den.history["loss"] else None
-            result["seconds"][f"train_s{i}"] = time.perf_counter() - start
 
         # generalization gap: the S1 network on its training images vs held-out images
-        start = time.perf_counter()
         train_seed = derived_seed(seed, STREAM_TRAIN_EVAL)
         frame = mse_curve(nets[0], TensorImages(s1, spec["n_eval"]), spec["sigmas"],
                           n=spec["n_eval"], seed=train_seed, device=device)
@@ -361,18 +336,14 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             frame = mse_curve(nets[0], test_dist, spec["sigmas"], n=n_test, seed=seed,
                               device=device)
             result["mse_test"] = _curve_record(frame)
-        result["seconds"]["mse"] = time.perf_counter() - start
 
         # the same K initial noises for every denoiser (independent of N)
-        start = time.perf_counter()
         gen = block_generator(derived_seed(seed, STREAM_NOISE), 0, STREAM_NOISE)
         noise = torch.randn((k, *dist.shape), generator=gen).to(device)
         denoisers = {"s1": nets[0], "s2": nets[1], "empirical": EmpiricalDenoiser(s1.to(device))}
         samples = {role: sample(den, noise, method=method, **options).images.cpu()
                    for role, den in denoisers.items()}
-        result["seconds"]["sampling"] = time.perf_counter() - start
 
-        start = time.perf_counter()
         versus = {"s1": (s1, samples["s2"]), "s2": (s2, samples["s1"]),
                   "empirical": (s1, samples["s1"])}
         result["summary"], result["per_sample"], frames = {}, {}, {}
@@ -396,36 +367,11 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         result["examples"] = {"s1": _rounded(samples["s1"][:e]), "s1_nearest": _rounded(s1[nn1]),
                               "s2": _rounded(samples["s2"][:e]), "s2_nearest": _rounded(s2[nn2]),
                               "empirical": _rounded(samples["empirical"][:e])}
-        result["seconds"]["measures"] = time.perf_counter() - start
     except (TrainingDiverged, SamplingDiverged) as exc:
         result["failed"] = f"{describe_memorization(spec)}: {exc}"
     return result
 
 
-def run_memorization_cell(spec: dict, cache_root, device=None, progress: bool = False) -> dict:
-    """Compute one memorization cell unless cached; store and return its record.
-
-    Mirrors ``cells.run_cell``: the record ``{"key", "spec", "result", "meta"}`` lives under
-    kind ``memorization`` of the cache at ``cache_root``; the returned dict adds ``cached``.
-    A failure (diverged training or sampler) is deterministic and stored in the result.
-    """
-    if spec.get("kind") != KIND:
-        raise ValueError(f"spec kind must be {KIND!r}, got {spec.get('kind')!r}")
-    cache = Cache(cache_root)
-    key = memorization_cell_key(spec)
-    record = cache.load(KIND, key)
-    if record is not None:
-        return {**record, "cached": True}
-    start = time.perf_counter()
-    result = compute_memorization(spec, cache, key, device=device, progress=progress)
-    meta = {"seconds": time.perf_counter() - start, "device": str(resolve_device(device)),
-            "torch": torch.__version__, "host": platform.node(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    record = cache.store(KIND, key, {"key": key, "spec": spec, "result": result, "meta": meta})
-    return {**record, "cached": False}
-
-
-__all__ = ["COMPONENTS", "KIND", "TensorImages", "build_memorization_cells",
+__all__ = ["KIND", "TensorImages", "build_memorization_cells",
            "compute_memorization", "derived_seed", "describe_memorization", "held_out",
-           "memorization_cell_key", "resolve_sampler", "run_memorization_cell",
-           "training_sets"]
+           "resolve_sampler", "training_sets"]

@@ -51,6 +51,10 @@ class Preset:
     sigma0s : tuple of float    smoothing levels at which KL intervals are tabulated.
     rate_range : (lo, hi)       σ range of the C^α slope fit (SCIENCE.md §5: mid-range).
     jacobian_images : int       noisy images per Jacobian-analysis cell (d×d Jacobian each).
+    memorization : dict         the training-set sweep (SCIENCE.md §8): ``entries``, ``sizes``
+                                (N), ``net``, ``steps``, ``batch_size``, ``n_samples`` (K
+                                noises), ``n_eval``, ``sampler``; two universal networks on
+                                disjoint sets of each size N.
     datasets : entries          (name, params) studied; plugins are added with {}.
     """
 
@@ -68,6 +72,7 @@ class Preset:
     rate_range: tuple[float, float] = (0.02, 0.25)
     jacobian_images: int = 2
     datasets: tuple[DatasetEntry, ...] = field(default=())
+    memorization: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,16 +85,32 @@ PRESETS: dict[str, Preset] = {
         universal_steps=16, batch_size=8, sigma0s=(0.02, 0.2), rate_range=(0.02, 0.4),
         jacobian_images=1,
         datasets=builtin_entries(16),
+        memorization={"entries": (("disks", {"size": 16}),), "sizes": (1, 4),
+                      "net": {"arch": "bfcnn", "channels": 8, "depth": 3}, "steps": 20,
+                      "batch_size": 8, "n_samples": 8, "n_eval": 16,
+                      "sampler": {"method": "heun", "steps": 10}},
     ),
     "default": Preset(
         name="default", size=32, sigmas=_grid(0.01, 2.0, 9), n_eval=128,
         net={"arch": "bfcnn", "channels": 24, "depth": 7}, per_sigma_steps=300,
         universal_steps=900, batch_size=32, datasets=builtin_entries(32),
+        memorization={"entries": (("disks", {"size": 16}), ("calpha", {"size": 16, "alpha": 2.0})),
+                      "sizes": (1, 10, 100, 1000),
+                      "net": {"arch": "unet", "channels": 16, "blocks": 2,
+                              "convs_per_block": 1},
+                      "steps": 2000, "batch_size": 32, "n_samples": 64, "n_eval": 64,
+                      "sampler": {"method": "heun", "steps": 30}},
     ),
     "paper": Preset(
         name="paper", size=80, sigmas=_grid(0.005, 2.0, 14), n_eval=1024,
         net={"arch": "unet", "channels": 64, "blocks": 3}, per_sigma_steps=40_000,
         universal_steps=200_000, batch_size=128, sigma0s=(0.01, 0.05, 0.2), jacobian_images=8,
         datasets=builtin_entries(80),
+        memorization={"entries": (("calpha", {"size": 80, "alpha": 2.0}), ("disks", {"size": 80}),
+                                  ("faces", {"split": "test"})),
+                      "sizes": (1, 10, 100, 1000, 10_000, 100_000),
+                      "net": {"arch": "unet", "channels": 64, "blocks": 3}, "steps": 200_000,
+                      "batch_size": 128, "n_samples": 256, "n_eval": 512,
+                      "sampler": {"method": "stochastic"}},
     ),
 }

@@ -1,0 +1,207 @@
+"""The memorization → generalization sweep end to end on a tiny study, and its report."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import datasets_synth
+from theorybench.cache import Cache
+from theorybench.evaluation import mse_curve
+from theorybench.experiments import memorization_sweep as ms
+from theorybench.experiments.cells import cell_key, run_cell
+from theorybench.memorization import cosine
+from theorybench.report_memorization import memorization_section, verdict
+from theorybench.sampling import SamplingDiverged
+from theorybench.training import NetworkDenoiser, TrainingDiverged
+
+NET = {"arch": "bfcnn", "channels": 8, "depth": 3}
+SAMPLER = {"sigma_min": 1e-3, "steps": 10}  # tiny σ_min: the empirical samples land on S1
+K = 8
+
+
+def tiny_cells(entries=(("disks", {"size": 16}),), sizes=(1, 4), sampler=SAMPLER):
+    return ms.build_memorization_cells(list(entries), sizes, NET, 30, 8, 1e-3, 2.0, K,
+                                       [0.05, 0.2, 1.0], 16, sampler, 0)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memcache")
+    torch.set_num_threads(2)
+    records = [run_cell(spec, root) for spec in tiny_cells()]
+    return root, records
+
+
+def test_cells_are_plain_specs_and_finite_sets_are_capped():
+    cells = tiny_cells(entries=(("disks", {"size": 16}), ("faces", {"split": "test"})),
+                       sizes=(4, 1, 40, 41))
+    found = [(c["dataset"], c["N"]) for c in cells]
+    # faces holds 80 training images: two disjoint sets allow N <= 40
+    assert found == [("disks", 1), ("disks", 4), ("disks", 40), ("disks", 41),
+                     ("faces", 1), ("faces", 4), ("faces", 40)]
+    assert json.loads(json.dumps(cells)) == cells
+    spec = cells[0]
+    assert spec["kind"] == "memorization" and spec["train"]["mode"] == "universal"
+    assert spec["sampler"] == {"method": "heun", "sigma_min": 1e-3, "steps": 10,
+                               "mean": "auto", "sigma_max": 2.0}
+    assert cell_key(spec) != cell_key(cells[1])
+
+
+@pytest.mark.parametrize("sampler, match", [({"method": "ddim"}, "method must be one of"),
+                                            ({"sigma0": 1.0}, "unknown sampler option"),
+                                            ({"mean": "data"}, "mean must be")])
+def test_bad_sampler_raises(sampler, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_cells(sampler=sampler)
+
+
+def test_bad_sizes_raise():
+    with pytest.raises(ValueError, match="N must be an integer >= 1"):
+        tiny_cells(sizes=(0, 4))
+
+
+def test_training_sets_are_disjoint_and_seeded():
+    dist = datasets_synth.get("disks", size=16)
+    s1, s2, rest = ms.training_sets(dist, 5, seed=3)
+    assert s1.shape == s2.shape == (5, 1, 16, 16) and len(rest) == 0
+    assert torch.cdist(s1.flatten(1).double(), s2.flatten(1).double()).min() > 0.1
+    again = ms.training_sets(dist, 5, seed=3)
+    assert torch.equal(s1, again[0]) and torch.equal(s2, again[1])
+    assert torch.equal(torch.cat([s1, s2]), dist.sample(10, ms.derived_seed(3, 31)))
+    faces = datasets_synth.get("faces", split="test")
+    f1, f2, frest = ms.training_sets(faces, 40, seed=0)
+    pool = faces.train_images()
+    assert len(f1) == len(f2) == 40 and len(frest) == 0
+    same = (f1.flatten(1)[:, None] == f2.flatten(1)[None]).all(-1)
+    assert not same.any()  # no shared image
+    # together they are exactly the training split, each image once
+    match = (torch.cat([f1, f2]).flatten(1)[:, None] == pool.flatten(1)[None]).all(-1)
+    assert (match.sum(0) == 1).all() and (match.sum(1) == 1).all()
+    with pytest.raises(ValueError, match="N must be <= 40"):
+        ms.training_sets(faces, 41, seed=0)
+
+
+def test_held_out_uses_the_test_split():
+    train_faces = datasets_synth.get("faces", split="train")
+    held = ms.held_out(train_faces, "faces", {"split": "train"}, torch.zeros(0, 1, 25, 25))
+    assert held.params["split"] == "test" and held.num_images == 20
+
+
+def test_tensor_images_tiles_a_small_set():
+    images = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 1, 2, 2)
+    dist = ms.TensorImages(images, count=8)
+    drawn = dist.sample(8, seed=0)
+    counts = np.bincount(drawn[:, 0, 0, 0].long().numpy(), minlength=3)
+    assert dist.num_images == 8 and counts.tolist() == [3, 3, 2]
+
+
+def test_single_image_ratio_uses_held_out_images():
+    x1 = torch.zeros(1, 1, 2, 2)
+    held = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)])
+    samples = torch.cat([x1 + 0.1, held[:1]])
+    frame, note = ms._measures(samples, x1, None, held)
+    # sample 0: d1 = ‖0.1‖ = 0.2, d2 = ‖0.9‖ = 1.8 → 1/9; sample 1: d1 = 2, d2 = 0 → ratio 1
+    assert frame["ratio"].tolist() == pytest.approx([1 / 9, 1.0])
+    assert frame["memorized"].tolist() == [True, False] and "held-out" in note
+
+
+def test_sweep_results(sweep):
+    root, records = sweep
+    for record in records:
+        res = record["result"]
+        assert "failed" not in res and not record["cached"]
+        assert set(res["summary"]) == {"s1", "s2", "empirical"}
+        assert all(len(v["cos_nn"]) == K for v in res["per_sample"].values())
+        # the empirical denoiser of S1 with a tiny σ_min reproduces training images
+        emp = res["summary"]["empirical"]
+        assert emp["memorized_fraction"] == 1.0 and emp["median_cos_nn"] > 0.9999
+        # cross similarity pairs the two networks' samples drawn from the same noise
+        ex = {k: torch.tensor(v) for k, v in res["examples"].items()}
+        assert ex["s1"].shape == (6, 1, 16, 16)
+        assert cosine(ex["s1"], ex["s2"]).numpy() == pytest.approx(
+            res["per_sample"]["s1"]["cross_cos"][:6], abs=1e-3)
+        assert res["per_sample"]["s1"]["cross_cos"] == pytest.approx(
+            res["per_sample"]["s2"]["cross_cos"])
+        # the stored test curve is the checkpoint's curve on the reference cells' images
+        key = record["key"]
+        net = NetworkDenoiser.load(Cache(root).artifact_path(key, "-s1.pt"))
+        assert (Cache(root).artifact_path(key, "-s2.pt")).exists()
+        dist = datasets_synth.get("disks", size=16)
+        curve = mse_curve(net, dist, record["spec"]["sigmas"], n=16, seed=0)
+        assert curve["mse"].tolist() == pytest.approx(res["mse_test"]["mse"], rel=1e-6)
+    assert records[0]["result"]["ratio_note"].startswith("N = 1")
+    assert "ratio_note" not in records[1]["result"]
+
+
+def test_recomputing_gives_identical_numbers(sweep, tmp_path):
+    _, records = sweep
+    spec = records[1]["spec"]
+    again = ms.compute_memorization(spec, Cache(tmp_path), "k")
+    first = {k: v for k, v in records[1]["result"].items() if k != "seconds"}
+    assert json.dumps({k: v for k, v in again.items() if k != "seconds"},
+                      sort_keys=True) == json.dumps(first, sort_keys=True)
+
+
+def test_cached_call_computes_nothing(sweep, monkeypatch):
+    root, records = sweep
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed a cached cell")
+
+    monkeypatch.setattr(ms, "compute_memorization", boom)
+    again = run_cell(records[0]["spec"], root)
+    assert again["cached"] and again["result"] == records[0]["result"]
+
+
+def test_divergence_is_recorded(monkeypatch, tmp_path):
+    spec = tiny_cells(sizes=(4,))[0]
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("training loss is nan at step 3")
+
+    monkeypatch.setattr(ms, "train", diverge)
+    res = ms.compute_memorization(spec, Cache(tmp_path), "k")
+    assert "loss is nan" in res["failed"] and "summary" not in res
+
+    def blow_up(*args, **kwargs):
+        raise SamplingDiverged("heun sampler diverged", [0], 2, None)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(ms, "sample", blow_up)
+    res = ms.compute_memorization(spec, Cache(tmp_path), "k")
+    assert "sampler diverged" in res["failed"] and "mse_test" in res
+
+
+def test_section_writes_table_figures_and_csv(sweep, tmp_path):
+    _, records = sweep
+    lines = memorization_section(records, tmp_path)
+    text = "\n".join(lines)
+    assert "### disks" in text and "| N | memorized S1 net [95% CI]" in text
+    assert "Memorization at N ≤ 10" in text and "largest N reached, N = 4" in text
+    table = pd.read_csv(tmp_path / "memorization.csv")
+    assert table["N"].tolist() == [1, 4] and (table["mem emp"] == 1.0).all()
+    for name in ("mem-disks-vs-n.png", "mem-disks-hist.png", "mem-disks-n1.png",
+                 "mem-disks-n4.png", "memorization_mse.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert memorization_section([], tmp_path) == []
+
+
+def _row(n, mem, cos, cross, test=0.001):
+    return {"N": n, "mem S1": mem, "mem S2": mem, "cos_nn S1": cos, "cos_nn S2": cos,
+            "cos_nn_c S1": cos, "cos_nn_c S2": cos, "cross": cross, "cross_c": cross,
+            "mem emp": 1.0, "test mse": test, "sigma_mid": 0.2, "failed": ""}
+
+
+def test_verdict_states_both_criteria():
+    good = verdict(pd.DataFrame([_row(1, 1.0, 0.99, 0.5), _row(10, 0.95, 0.97, 0.6),
+                                 _row(1000, 0.0, 0.8, 0.9)]))
+    assert good.count("**met**") == 2 and "Caveat" not in good
+    bad = verdict(pd.DataFrame([_row(1, 0.5, 0.99, 0.5), _row(100, 0.0, 0.8, 0.7)]))
+    assert bad.count("**not met**") == 2 and "N = 100" in bad and "rising" in bad
+    # agreeing networks that do not denoise: flagged
+    flat = verdict(pd.DataFrame([_row(100, 0.0, 0.3, 0.95, test=math.inf)]))
+    assert "Caveat" in flat

@@ -1,0 +1,361 @@
+"""The memorization → generalization section of ``reports/README.md`` (SCIENCE.md §8).
+
+Built from stored ``memorization`` cell records only (see
+``theorybench.experiments.memorization_sweep``). Per distribution: a table with one row per
+training-set size N, a figure of the measures against N, an image grid per N (S1 sample,
+its nearest training image, S2 sample and empirical-denoiser sample from the same noise),
+histograms of the nearest-training and cross-network similarities per N (as the paper's
+figure 2) and a sentence checking the expected behaviour. All rows also go to
+``memorization.csv``, the train/test MSE curves to ``memorization_mse.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .cache import atomic_write_bytes, canonical_json  # noqa: E402
+from .experiments.cells import entry_label  # noqa: E402
+from .kl import kl_bound  # noqa: E402
+from .memorization import MEMORIZED_RATIO  # noqa: E402
+from .report import _save, bracket, curve_frame, markdown_table, slug  # noqa: E402
+
+SMALL_N = 10  # "N ≤ 10": the memorization regime checked by the sentence
+MEMORIZED_MIN, COSINE_MIN = 0.9, 0.95  # ≥ 90% memorized, nearest-training cosine ≥ 0.95
+IDENTITY_FRACTION = 0.5  # a network with test MSE ≥ this × σ² barely denoises
+GRID_ROWS = 4  # noises shown per image grid
+COLUMNS = (("s1", "S1 network"), ("s1_nearest", "nearest in S1"), ("s2", "S2 network"),
+           ("empirical", "empirical (S1)"))
+
+
+def _middle(sigmas) -> int:
+    return len(sigmas) // 2
+
+
+def _reference_for(spec: dict, records: list[dict]) -> dict | None:
+    """The reference cell of the same distribution, σ grid, n and seed (paired images)."""
+    for r in records:
+        s = r.get("spec", {})
+        if (s.get("kind") == "reference" and "result" in r and s["dataset"] == spec["dataset"]
+                and s["params"] == spec["params"] and list(s["sigmas"]) == list(spec["sigmas"])
+                and s["n_eval"] == spec["n_eval"] and s["seed"] == spec["seed"]):
+            return r
+    return None
+
+
+def _kl_interval(result: dict, reference: dict | None, sigma0: float):
+    """KL interval (nats) of the S1 network at ``sigma0`` against the reference bracket."""
+    if reference is None or "mse_test" not in result:
+        return math.nan, math.nan
+    test = curve_frame(result["mse_test"])
+    refs, _ = bracket(reference["result"]["curves"])
+    if any(len(f) != len(test) for f in refs.values()):
+        return math.nan, math.nan
+    row = kl_bound(test, refs, sigma0=[sigma0]).table.iloc[0]
+    return float(row["kl_low"]), float(row["kl_high"])
+
+
+def summary_row(record: dict, reference: dict | None = None) -> dict:
+    """One table row (dict) of a memorization record; NaN where a part failed."""
+    spec, res = record["spec"], record["result"]
+    sigmas = spec["sigmas"]
+    mid = _middle(sigmas)
+    row = {"entry": entry_label(spec["dataset"], spec["params"]), "N": spec["N"],
+           "K": spec["n_samples"]}
+    for role, name in (("s1", "S1"), ("s2", "S2"), ("empirical", "emp")):
+        s = res.get("summary", {}).get(role)
+        row[f"mem {name}"] = s["memorized_fraction"] if s else math.nan
+        row[f"mem {name} lo"] = s["memorized_ci"][0] if s else math.nan
+        row[f"mem {name} hi"] = s["memorized_ci"][1] if s else math.nan
+        row[f"memu {name}"] = s.get("memorized_unit_fraction", math.nan) if s else math.nan
+        row[f"cos_nn {name}"] = s["median_cos_nn"] if s else math.nan
+        row[f"cos_nn_c {name}"] = s["median_cos_nn_centered"] if s else math.nan
+    s1 = res.get("summary", {}).get("s1", {})
+    row["cross"] = s1.get("median_cross_cos", math.nan)
+    row["cross_c"] = s1.get("median_cross_cos_centered", math.nan)
+    emp = res.get("summary", {}).get("empirical", {})
+    row["cos emp–S1 net"] = emp.get("median_cross_cos", math.nan)
+    row["sigma_mid"] = sigmas[mid]
+    row["train mse"] = res["mse_train"]["mse"][mid] if "mse_train" in res else math.nan
+    row["test mse"] = res["mse_test"]["mse"][mid] if "mse_test" in res else math.nan
+    row["test/train"] = row["test mse"] / row["train mse"] if row["train mse"] > 0 else math.nan
+    row["kl low"], row["kl high"] = _kl_interval(res, reference, min(sigmas))
+    row["sigma0"] = min(sigmas)
+    row["failed"] = res.get("failed", "")
+    return row
+
+
+def _ci(p, lo, hi) -> str:
+    return "—" if math.isnan(p) else f"{p:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    sigma_mid, sigma0 = frame["sigma_mid"].iloc[0], frame["sigma0"].iloc[0]
+    shown = pd.DataFrame({
+        "N": frame["N"],
+        "memorized S1 net [95% CI]": [_ci(r["mem S1"], r["mem S1 lo"], r["mem S1 hi"])
+                                      for _, r in frame.iterrows()],
+        "memorized S2 net": frame["mem S2"],
+        "memorized S1, unit norm": frame["memu S1"],
+        "cos nearest (S1)": frame["cos_nn S1"],
+        "cos nearest, centred": frame["cos_nn_c S1"],
+        "cos S1–S2": frame["cross"],
+        "cos S1–S2, centred": frame["cross_c"],
+        f"train MSE σ={sigma_mid:g}": frame["train mse"],
+        f"test MSE σ={sigma_mid:g}": frame["test mse"],
+        "test/train": frame["test/train"],
+        "memorized empirical": frame["mem emp"],
+    })
+    if frame["kl high"].notna().any():
+        shown[f"KL σ0={sigma0:g} [low, high] nats"] = [
+            f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(frame["kl low"], frame["kl high"],
+                                                        strict=True)]
+    return markdown_table(shown, floatfmt=".4g")
+
+
+def _figure_vs_n(frame: pd.DataFrame, label: str, path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    palette = sns.color_palette("deep")
+    n = frame["N"].to_numpy()
+    for i, (name, text) in enumerate((("S1", "S1 network"), ("S2", "S2 network"),
+                                      ("emp", "empirical denoiser"))):
+        p = frame[f"mem {name}"].to_numpy()
+        err = np.abs(np.stack([p - frame[f"mem {name} lo"], frame[f"mem {name} hi"] - p]))
+        axes[0].errorbar(n, p, yerr=err, marker="o", ms=4, capsize=3, color=palette[i],
+                         label=text)
+        if name != "emp":
+            axes[0].plot(n, frame[f"memu {name}"], ls=":", marker="x", color=palette[i],
+                         label=f"{text}, unit-norm d1/d2")
+    axes[0].set(ylabel=f"memorized fraction (d1/d2 < {MEMORIZED_RATIO:.2g})", ylim=(-0.03, 1.03))
+    for col, text, color, style in (("cos_nn S1", "nearest training (S1 net)", 0, "-"),
+                                    ("cos_nn S2", "nearest training (S2 net)", 1, "-"),
+                                    ("cross", "S1 net vs S2 net", 2, "-"),
+                                    ("cos_nn_c S1", "nearest training, centred", 0, "--"),
+                                    ("cross_c", "S1 vs S2, centred", 2, "--")):
+        axes[1].plot(n, frame[col], marker="o", ms=4, ls=style, color=palette[color],
+                     label=text)
+    axes[1].set(ylabel="median cosine similarity")
+    sigma_mid = frame["sigma_mid"].iloc[0]
+    axes[2].plot(n, frame["train mse"], "o-", color=palette[0], label="train (S1 images)")
+    axes[2].plot(n, frame["test mse"], "s-", color=palette[3], label="test (held out)")
+    axes[2].set(yscale="log", ylabel=f"MSE per pixel of the S1 network at σ={sigma_mid:g}")
+    for ax in axes:
+        ax.set(xscale="log", xlabel="training-set size N")
+        ax.legend(fontsize=7)
+    fig.suptitle(label, fontsize=9)
+    _save(fig, path)
+
+
+def _figure_grid(record: dict, label: str, path: Path) -> bool:
+    examples = record["result"].get("examples")
+    if not examples:
+        return False
+    images = {k: np.asarray(v) for k, v in examples.items()}
+    rows = min(GRID_ROWS, len(images["s1"]))
+    per = record["result"]["per_sample"]
+    stack = np.concatenate([images[c][:rows].ravel() for c, _ in COLUMNS])
+    lo, hi = np.percentile(stack, [1, 99])
+    hi = hi if hi > lo else lo + 1
+    fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(1.7 * len(COLUMNS), 1.75 * rows),
+                             squeeze=False)
+    for r in range(rows):
+        notes = {"s1": f"cos nn {per['s1']['cos_nn'][r]:.2f}/c "
+                       f"{per['s1']['cos_nn_centered'][r]:.2f}",
+                 "s1_nearest": f"d1/d2 {per['s1']['ratio'][r]:.2f}",
+                 "s2": f"cos S1–S2 {per['s1']['cross_cos'][r]:.2f}/c "
+                       f"{per['s1']['cross_cos_centered'][r]:.2f}",
+                 "empirical": f"cos nn {per['empirical']['cos_nn'][r]:.2f}"}
+        for c, (key, title) in enumerate(COLUMNS):
+            ax = axes[r, c]
+            img = images[key][r]
+            if img.shape[0] == 1:
+                ax.imshow(img[0], cmap="gray", vmin=lo, vmax=hi)
+            else:  # colour: the same window, mapped to [0, 1]
+                ax.imshow(((np.moveaxis(img, 0, -1) - lo) / (hi - lo)).clip(0, 1))
+            ax.set_title((f"{title}\n" if r == 0 else "") + notes[key], fontsize=6)
+            ax.axis("off")
+    fig.suptitle(f"{label}, N = {record['spec']['N']}", fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def _figure_histograms(records: list[dict], label: str, path: Path) -> bool:
+    """Per N, histograms of nearest-training and cross-network cosines (plain, centred)."""
+    usable = [r for r in records if "per_sample" in r["result"]]
+    if not usable:
+        return False
+    fig, axes = plt.subplots(2, len(usable), figsize=(2.6 * len(usable), 4.6), squeeze=False,
+                             sharey="row")
+    palette = sns.color_palette("deep")
+    for row, (suffix, name) in enumerate((("", "cosine"), ("_centered", "centred cosine"))):
+        values = [np.asarray(r["result"]["per_sample"]["s1"][c + suffix]) for r in usable
+                  for c in ("cos_nn", "cross_cos")]
+        low = float(min(v.min() for v in values))
+        bins = np.linspace(min(low, 0.9), 1.0, 30)
+        for ax, r in zip(axes[row], usable, strict=True):
+            per = r["result"]["per_sample"]["s1"]
+            ax.hist(per["cos_nn" + suffix], bins=bins, alpha=0.6, color=palette[0],
+                    label="S1 sample vs nearest S1 image")
+            ax.hist(per["cross_cos" + suffix], bins=bins, alpha=0.6, color=palette[2],
+                    label="S1 sample vs S2 sample")
+            ax.set(title=f"N = {r['spec']['N']}", xlabel=name)
+        axes[row, 0].set_ylabel("samples")
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle(label, fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def verdict(frame: pd.DataFrame) -> str:
+    """The honest sentence: memorization at N ≤ 10, generalization at the largest N."""
+    ok = frame[frame["failed"] == ""].sort_values("N")
+    if ok.empty:
+        return "No memorization cell finished; nothing to conclude."
+    parts = []
+    small = ok[ok["N"] <= SMALL_N]
+    if small.empty:
+        parts.append(f"No N ≤ {SMALL_N} was run, so the memorization regime is not checked.")
+    else:
+        mem = small[["mem S1", "mem S2"]].min(axis=1)
+        cos = small[["cos_nn S1", "cos_nn S2"]].min(axis=1)
+        met = bool(((mem >= MEMORIZED_MIN) & (cos >= COSINE_MIN)).all())
+        unit = (small[["memu S1", "memu S2"]].min(axis=1) if "memu S1" in small
+                else pd.Series(math.nan, index=small.index))
+        listing = "; ".join(f"N = {n}: {m:.0%} memorized ({u:.0%} between unit-norm images), "
+                            f"median cosine {c:.4f}"
+                            for n, m, u, c in zip(small["N"], mem, unit, cos, strict=True))
+        parts.append(f"Memorization at N ≤ {SMALL_N} (both networks: ≥ {MEMORIZED_MIN:.0%} of "
+                     f"samples with d1/d2 < 1/3 and median nearest-training cosine ≥ "
+                     f"{COSINE_MIN}): **{'met' if met else 'not met'}** ({listing}).")
+        if not met and "memu S1" in small:
+            if bool(((unit >= MEMORIZED_MIN) & (cos >= COSINE_MIN)).all()):
+                parts.append("Between unit-norm images (d1/d2 ignoring each image's scale, "
+                             "which a bias-free network cannot pin down) it is met: "
+                             + ", ".join(f"{u:.0%}" for u in unit) + " memorized.")
+    last = ok.iloc[-1]
+    gen = bool(last["cross"] > last["cos_nn S1"])
+    gen_c = bool(last["cross_c"] > last["cos_nn_c S1"])
+    parts.append(f"At the largest N reached, N = {last['N']}, the median cross-network cosine "
+                 f"is {last['cross']:.4f} against a median nearest-training cosine of "
+                 f"{last['cos_nn S1']:.4f}: the generalization criterion is "
+                 f"**{'met' if gen else 'not met'}** (centred cosines, which ignore the "
+                 f"shared mean intensity: {last['cross_c']:.3f} against "
+                 f"{last['cos_nn_c S1']:.3f}, {'met' if gen_c else 'not met'}).")
+    denoises = last["test mse"] < IDENTITY_FRACTION * last["sigma_mid"] ** 2
+    if gen and not denoises:
+        parts.append(f"Caveat: at N = {last['N']} the S1 network's test MSE at σ = "
+                     f"{last['sigma_mid']:g} is {last['test mse']:.3g}, not below "
+                     f"{IDENTITY_FRACTION:g}σ² (the identity's MSE is σ²): the networks barely "
+                     f"denoise, so their agreement reflects the shared noise more than a "
+                     f"learned density.")
+    if not gen:
+        diff = (ok["cross"] - ok["cos_nn S1"]).to_numpy()
+        trend = ("rising" if len(diff) > 1 and diff[-1] > diff[0] else
+                 "falling" if len(diff) > 1 and diff[-1] < diff[0] else "flat")
+        steps = ", ".join(f"{d:+.3f} (N = {n})" for n, d in zip(ok["N"], diff, strict=True))
+        parts.append(f"Cross minus nearest-training cosine over N: {steps}, {trend}. Larger N "
+                     f"and longer training (the paper preset) are the documented path to the "
+                     f"transition.")
+    if (ok["mem emp"] < 1).any():
+        parts.append("Note: the empirical denoiser's samples are not all memorized; the sampler "
+                     "stops at a σ_min too large to resolve the training images.")
+    return " ".join(parts)
+
+
+def memorization_section(records: list[dict], out_dir) -> list[str]:
+    """Markdown lines of the memorization section; writes its figures and CSVs in out_dir.
+
+    Parameters
+    ----------
+    records : list of cell records (any kinds; ``memorization`` ones are used, and a
+        ``reference`` record on the same σ grid, n and seed adds a KL interval per N).
+    out_dir : folder of the report (created if needed).
+
+    Returns
+    -------
+    list of str: the section's lines (a level-2 title, then one level-3 part per
+    distribution); empty when there is no memorization record.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="paper")
+    mine = [r for r in records if r.get("spec", {}).get("kind") == "memorization"
+            and "result" in r]
+    if not mine:
+        return []
+    groups: dict[str, dict[int, dict]] = {}
+    for r in sorted(mine, key=lambda r: r.get("meta", {}).get("date", "")):
+        # one record per (distribution, N): the latest when code changes left several
+        groups.setdefault(canonical_json([r["spec"]["dataset"], r["spec"]["params"]]),
+                          {})[r["spec"]["N"]] = r
+    first = mine[0]["spec"]
+    sampler = first["sampler"]
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in sampler.items() if k != "method")
+    lines = ["## Memorization → generalization", "",
+             f"Two universal networks ({first['net']['arch']}, {first['train']['steps']} steps, "
+             f"batch {first['train']['batch_size']}, σ = {first['train']['sigma_max']:g}·u²) "
+             f"per training-set size N, trained on disjoint sets S1 and S2, sampled from the "
+             f"same {first['n_samples']} noises with the {sampler['method']} sampler "
+             f"({shown}; an auto mean is the pixel mean of held-out images); "
+             f"the empirical denoiser of S1 is the pure-memorization baseline. A sample is "
+             f"memorized when d1/d2 < 1/3 (distances to its nearest and second-nearest "
+             f"training image). Cosines are medians over samples; centred = each image minus "
+             f"its mean. Train/test MSE: the S1 network on S1 images and on held-out images.",
+             ""]
+    rows, curves = [], []
+    for by_n in groups.values():
+        group = [by_n[n] for n in sorted(by_n)]
+        spec = group[0]["spec"]
+        label = entry_label(spec["dataset"], spec["params"])
+        s = "mem-" + slug(label)
+        reference = _reference_for(spec, records)
+        frame = pd.DataFrame([summary_row(r, reference) for r in group])
+        rows.append(frame)
+        for r in group:
+            for which in ("mse_train", "mse_test"):
+                c = r["result"].get(which)
+                if c:
+                    curves += [{"entry": label, "N": r["spec"]["N"], "curve": which[4:],
+                                "sigma": sig, "mse": m, "se": e}
+                               for sig, m, e in zip(c["sigma"], c["mse"], c["se"], strict=True)]
+        lines += [f"### {label}", "", _table(frame), ""]
+        failed = [f for f in frame["failed"] if f]
+        lines += [f"- **failed cell**: {msg}" for msg in failed] + ([""] if failed else [])
+        notes = {r["result"].get("ratio_note") for r in group} - {None}
+        lines += [f"({note}.)" for note in sorted(notes)] + ([""] if notes else [])
+        means = sorted({round(r["result"]["sampler"]["mean"], 4) for r in group
+                        if "sampler" in r["result"]})
+        lines += [verdict(frame) + (f" Sampler start mean: {means[0]:g}." if len(means) == 1
+                                    else ""), ""]
+        if len(frame) > 0:
+            _figure_vs_n(frame, label, out / f"{s}-vs-n.png")
+            lines += [f"![measures against N]({s}-vs-n.png)", ""]
+        if _figure_histograms(group, label, out / f"{s}-hist.png"):
+            lines += [f"![similarity histograms]({s}-hist.png)", ""]
+        grids = [f"![N = {r['spec']['N']}]({s}-n{r['spec']['N']}.png)" for r in group
+                 if _figure_grid(r, label, out / f"{s}-n{r['spec']['N']}.png")]
+        if grids:
+            lines += ["Same noise per row; columns: " + ", ".join(t for _, t in COLUMNS) + " "
+                  "(cosines: plain/c centred).",
+                      "", " ".join(grids), ""]
+    table = pd.concat(rows, ignore_index=True)
+    atomic_write_bytes(out / "memorization.csv",
+                       table.to_csv(index=False, float_format="%.6g").encode())
+    if curves:
+        atomic_write_bytes(out / "memorization_mse.csv",
+                           pd.DataFrame(curves).to_csv(index=False, float_format="%.6g").encode())
+    lines += ["Tables as CSV: `memorization.csv` (one row per distribution and N)"
+              + (", `memorization_mse.csv` (train/test MSE per σ)" if curves else "") + ".", ""]
+    return lines
+
+
+__all__ = ["memorization_section", "summary_row", "verdict"]
