@@ -91,14 +91,14 @@ PRESETS: dict[str, Preset] = {
                       "sampler": {"method": "heun", "steps": 10}},
     ),
     "default": Preset(
-        name="default", size=32, sigmas=_grid(0.01, 2.0, 9), n_eval=128,
-        net={"arch": "bfcnn", "channels": 24, "depth": 7}, per_sigma_steps=300,
-        universal_steps=900, batch_size=32, datasets=builtin_entries(32),
+        name="default", size=32, sigmas=_grid(0.01, 2.0, 8), n_eval=64,
+        net={"arch": "bfcnn", "channels": 24, "depth": 7}, per_sigma_steps=250,
+        universal_steps=800, batch_size=32, datasets=builtin_entries(32),
         memorization={"entries": (("disks", {"size": 16}), ("calpha", {"size": 16, "alpha": 2.0})),
                       "sizes": (1, 10, 100, 1000),
                       "net": {"arch": "unet", "channels": 16, "blocks": 2,
                               "convs_per_block": 1},
-                      "steps": 2000, "batch_size": 32, "n_samples": 64, "n_eval": 64,
+                      "steps": 1500, "batch_size": 32, "n_samples": 64, "n_eval": 64,
                       "sampler": {"method": "heun", "steps": 30}},
     ),
     "paper": Preset(
