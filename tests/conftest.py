@@ -1,7 +1,17 @@
-"""Shared fixtures: a small folder of face-like images for ``faces-folder``."""
+"""Shared fixtures: one torch thread, a small folder of images for ``faces-folder``."""
 
 import numpy as np
 import pytest
+
+from theorybench.executors import torch_threads
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One torch thread for every test, as the executors give every cell: the same bits
+    as a run, and no OpenMP contention when the 2 cores are shared with other jobs."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -14,15 +14,6 @@ from theorybench.denoisers.disks import DisksOracle, DisksPosterior, _LinearGaus
 from theorybench.evaluation import mse_curve, paired_difference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Intra-op threads stall when other processes share the 2 cores; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def disks():
     return Disks()

@@ -270,12 +270,3 @@ def test_pair_similarity_of_two_networks(tmp_path):
     assert subspace_overlap(eye[:, :2], eye[:, [1, 0]]) == pytest.approx(1.0)
     assert subspace_overlap(eye[:, :2], eye[:, 2:4]) == pytest.approx(0.0, abs=1e-12)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads make a
-    1024 × 1024 eigh 30× slower under load; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -16,15 +16,6 @@ from theorybench.memorization import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only contend on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def vecs(rows):
     """Tiny explicit images: rows of length 3 as tensors (n, 1, 1, 3)."""
     return torch.tensor(rows, dtype=torch.float32).view(len(rows), 1, 1, -1)

@@ -31,7 +31,6 @@ def tiny_cells(entries=(("disks", {"size": 16}),), sizes=(1, 4), sampler=SAMPLER
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("memcache")
-    torch.set_num_threads(2)
     records = [run_cell(spec, root) for spec in tiny_cells()]
     return root, records
 

@@ -15,15 +15,6 @@ from theorybench.networks import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: much faster than two on cores shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def exercised(cfg: NetConfig, size: int) -> nn.Module:
     """A network whose output layer is not zero and whose running σ's were updated."""
     gen = torch.Generator().manual_seed(3)

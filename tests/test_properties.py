@@ -60,13 +60,6 @@ def shuffled(draw):
     return "shuffled", {"base": base, "seed": draw(st.integers(0, 2**31)), **params}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    from theorybench.executors import torch_threads
-
-    with torch_threads(1):
-        yield
-
 
 FAMILIES = {"gaussian": gaussian(), "calpha": calpha(), "disks": disks(), "faces": faces(),
             "shuffled": shuffled()}

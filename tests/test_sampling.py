@@ -16,15 +16,6 @@ from theorybench.sampling import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only contend on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def normal(n, size=16, seed=0):
     return torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
