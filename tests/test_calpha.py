@@ -18,15 +18,6 @@ from theorybench.evaluation import mse_curve, paired_difference
 SIGMAS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batched linear algebra: a second OpenMP thread only adds contention on a
-    shared 2-core machine (10× slower there); restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("params", [{}, {"size": 16, "antialias": False},
                                     {"alpha": 4.0, "beta": 1.0, "size": 8}])
