@@ -20,13 +20,14 @@ from explicit generators: on one machine the same seed gives the same weights.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import pickle
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from datasets_synth.base import block_generator, check_choice, check_float, check_int, check_seed
 
+from .cache import atomic_write_bytes
 from .denoisers.base import sigma_column
 from .networks import NetConfig, _from_dict, build_network, count_parameters
 
@@ -204,19 +206,9 @@ class NetworkDenoiser:
             "meta": self.meta,
             "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
         }
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(Path(os.fspath(path)), buffer.getvalue())
 
     @classmethod
     def load(cls, path, map_location=None) -> NetworkDenoiser:
