@@ -47,7 +47,7 @@ def denoiser_costs(dist: Disks, n: int = 64, repeats: int = 3) -> None:
     refs = dist.reference_denoisers()
     oracle, posterior = refs["oracle-geometry"], refs["posterior"]
     x, latents = dist.sample_with_latents(n, seed=0)
-    z = evaluation_noise(dist.shape, 0, 0)[:n]
+    z = evaluation_noise(dist, 0, 0)[:n]
     build = best_time(posterior._build, repeats=1, warmup=0)
     print(f"posterior bank ({posterior.bank_size} masks) built in {build:.2f} s")
     for sigma in (0.01, 0.1, 1.0):

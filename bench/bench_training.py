@@ -1,15 +1,16 @@
 """Training-loop overhead and FLOP rate of ``theorybench.training.train``.
 
-Prints (a) the time of one ``train()`` step (data generation, noise, schedule and
-divergence checks included) over that of a bare PyTorch loop on pre-generated tensors
-with the same network and optimizer, measured alternately in the same process (goal:
-<= 1.10); (b) the training step's achieved FLOP rate (convolutions counted analytically,
+Prints (a) the time of one ``train()`` step (data generation, noise, σ draws, mean-image
+centring, schedule, divergence checks and the held-out monitor included; universal mode,
+``kl`` objective, held-out error every 75 steps, as in the default preset) over that of a bare PyTorch loop on
+pre-generated tensors computing the same loss with the same network and optimizer,
+measured alternately in the same process (goal: <= 1.10); (b) the training step's achieved FLOP rate (convolutions counted analytically,
 forward + 2 × forward for the backward pass) against a square ``torch.matmul`` of about
 the same FLOP count.
 
-    python bench/bench_training.py [--steps 32] [--repeats 3] [--device auto]
-                                   [--depth 6] [--channels 32] [--size 32] [--batch 64]
-                                   [--arch bfcnn] [--threads 0]
+    python bench/bench_training.py [--steps 64] [--repeats 3] [--device auto]
+                                   [--arch unet] [--channels 16] [--blocks 2] [--depth 6]
+                                   [--size 32] [--batch 32] [--threads 0]
 """
 
 from __future__ import annotations
@@ -53,17 +54,21 @@ def time_train(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
 
 
 def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
-    """(wall, CPU) seconds per step of a plain loop: pre-generated x and z, same net and
-    Adam."""
-    B, steps, sigma = train_cfg.batch_size, train_cfg.steps, train_cfg.sigma
+    """(wall, CPU) seconds per step of a plain loop: pre-generated x, z and log-uniform σ,
+    the same net, loss ``mean(((r − σz)/σ)²)`` and Adam."""
+    B, steps = train_cfg.batch_size, train_cfg.steps
+    gen = torch.Generator().manual_seed(5)
     x = dist.sample(B * steps, 5).to(device).view(steps, B, *dist.shape)
-    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)).to(device)
+    z = torch.randn(x.shape, generator=gen).to(device)
+    lo, hi = train_cfg.sigma_min, train_cfg.sigma_max
+    sigma = (lo * (hi / lo) ** torch.rand(steps, B, 1, 1, 1, generator=gen)).to(device)
     net = build_network(net_cfg, device=device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr)
     sync(device)
     start = clocks()
     for k in range(steps):
-        loss = torch.mean((net(x[k] + sigma * z[k]) - sigma * z[k]) ** 2)
+        noise = sigma[k] * z[k]
+        loss = torch.mean(((net(x[k] + noise) - noise) / sigma[k]) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,14 +93,15 @@ def matmul_rate(n: int, device: torch.device, repeats: int = 5) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--arch", default="bfcnn", choices=["bfcnn", "unet"])
+    parser.add_argument("--arch", default="unet", choices=["bfcnn", "unet"])
     parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep)")
     args = parser.parse_args(argv)
     if args.threads > 0:
@@ -103,8 +109,12 @@ def main(argv=None) -> None:
 
     device = resolve_device(args.device)
     dist = GaussianField(size=args.size)
-    net_cfg = NetConfig(arch=args.arch, depth=args.depth, channels=args.channels)
-    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=1e-3)
+    net_cfg = NetConfig(arch=args.arch, depth=args.depth, channels=args.channels,
+                        blocks=args.blocks, convs_per_block=1)
+    train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=0.01, sigma_max=2.0,
+                            center=True, monitor_sigmas=(0.01, 0.1, 1.0), monitor_every=75,
+                            steps=args.steps,
+                            batch_size=args.batch, lr=1e-3)
     time_bare(dist, net_cfg, TrainConfig(steps=4, batch_size=args.batch), device)  # warm-up
     train_times, bare_times = [], []
     for r in range(args.repeats):  # alternate (and swap the order), so load hits both alike

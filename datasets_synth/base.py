@@ -139,6 +139,17 @@ class Distribution:
         """
         return {}
 
+    def reference_base(self) -> Distribution | None:
+        """The distribution whose references this one inherits by conjugation, or None.
+
+        A family that is a fixed pixel permutation ``P`` of another (``shuffled``) returns
+        that base and provides ``shuffle`` (P) / ``unshuffle`` (P⁻¹): every reference of
+        the base, its own and the baselines alike, is then used as ``P f P⁻¹`` (same kind,
+        same MSE; SCIENCE.md §5) instead of references rebuilt on the permuted pixels.
+        The default, None, means the distribution's references are its own.
+        """
+        return None
+
     def describe(self) -> str:
         """One line: name, shape, intrinsic dimension and parameters."""
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())

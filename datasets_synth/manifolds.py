@@ -246,9 +246,17 @@ class Disks(Distribution):
         return images.unsqueeze(1), {"params": params.double()}  # exactly what was drawn
 
     def reference_denoisers(self):
-        from theorybench.denoisers.disks import DisksOracle, DisksPosterior
+        from theorybench.denoisers.disks import (
+            DisksCentreOracle,
+            DisksOracle,
+            DisksPosterior,
+            DisksRadiusOracle,
+        )
 
+        # three lower bounds (2σ², 3σ², 4σ² at small σ; the report keeps the highest per σ)
         return {
             "oracle-geometry": DisksOracle(self.intensity_mean, self.intensity_std),
+            "oracle-centre": DisksCentreOracle(self),
+            "oracle-radius": DisksRadiusOracle(self),
             "posterior": DisksPosterior(self),
         }

@@ -61,7 +61,14 @@ class Shuffled(Distribution):
         x, latents = self.base._take(n, seed, offset)
         return self.shuffle(x), latents
 
+    def reference_base(self):
+        """The base: ``theorybench.denoisers.reference_denoisers`` conjugates all of its
+        references (own, identity, wavelet, empirical), so ``U_shuffled = U_base``."""
+        return self.base
+
     def reference_denoisers(self):
+        """The base's own references as ``P f P⁻¹`` (the baselines are added, conjugated
+        too, by ``theorybench.denoisers.reference_denoisers``)."""
         from theorybench.denoisers.conjugate import Conjugated
 
         base_refs = self.base.reference_denoisers()

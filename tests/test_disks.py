@@ -10,7 +10,13 @@ import datasets_synth
 from datasets_synth.conformance import check_distribution
 from datasets_synth.manifolds import Disks, disk_coverage, disk_coverage_jacobian
 from theorybench.denoisers.baselines import Identity
-from theorybench.denoisers.disks import DisksOracle, DisksPosterior, _LinearGaussian
+from theorybench.denoisers.disks import (
+    DisksCentreOracle,
+    DisksOracle,
+    DisksPosterior,
+    DisksRadiusOracle,
+    _LinearGaussian,
+)
 from theorybench.evaluation import mse_curve, paired_difference
 
 
@@ -41,8 +47,9 @@ def test_registry_and_references(disks):
     dist = datasets_synth.get("disks", size=16)
     assert isinstance(dist, Disks) and dist.shape == (1, 16, 16)
     refs = disks.reference_denoisers()
-    assert set(refs) == {"oracle-geometry", "posterior"}
-    assert refs["oracle-geometry"].kind == "lower" and refs["oracle-geometry"].oracle
+    assert set(refs) == {"oracle-geometry", "oracle-centre", "oracle-radius", "posterior"}
+    for name in ("oracle-geometry", "oracle-centre", "oracle-radius"):
+        assert refs[name].kind == "lower" and refs[name].oracle
     assert refs["posterior"].kind == "upper" and not refs["posterior"].oracle
 
 
@@ -162,6 +169,22 @@ def test_bad_denoiser_inputs(disks):
         DisksPosterior(disks)(torch.zeros(2, 1, 32, 32), -1.0)
     with pytest.raises(ValueError, match="shape"):
         DisksPosterior(disks, bank_size=16, n_local=4)(torch.zeros(2, 1, 16, 16), 0.1)
+    for cls in (DisksCentreOracle, DisksRadiusOracle):
+        with pytest.raises(ValueError, match="Disks"):
+            cls(datasets_synth.get("gaussian"))
+        with pytest.raises(ValueError, match="latents"):
+            cls(disks)(torch.zeros(2, 1, 32, 32), 0.1)
+        with pytest.raises(ValueError, match="points"):
+            cls(disks, points=2)
+        with pytest.raises(ValueError, match="threshold"):
+            cls(disks, threshold=1.0)
+        with pytest.raises(ValueError, match="shape"):
+            cls(disks)(torch.zeros(2, 1, 16, 16), 0.1,
+                       latents={"params": torch.zeros(2, 5, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="coarse"):
+        DisksCentreOracle(disks, coarse=2)
+    with pytest.raises(ValueError, match="subdivisions"):
+        DisksRadiusOracle(disks, subdivisions=0)
 
 
 # -- the oracle (lower bound) --------------------------------------------------------------
@@ -227,6 +250,152 @@ def test_oracle_small_sigma_two_dimensions(disks):
     assert abs(total.mean() - 2) < 0.15 * 2
 
 
+# -- the partial oracles (tighter lower bounds) ----------------------------------------------
+def dense_partial_mean(dist, y, sigma, g, free, lo, hi, nodes):
+    """Brute-force E[x | y, known] on a dense uniform grid of the free coordinates
+    (trapezoid rule, intensities in closed form), one image at a time. y (n, d), g (n, 3)."""
+    model = _LinearGaussian(dist.intensity_mean, dist.intensity_std)
+    t = torch.linspace(0, 1, nodes, dtype=torch.float64)
+    w1 = torch.ones(nodes, dtype=torch.float64)
+    w1[[0, -1]] = 0.5
+    out = []
+    for i in range(len(y)):
+        axes = [lo[i, a] + (hi[i, a] - lo[i, a]) * t for a in range(len(free))]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        geometry = g[i].repeat(mesh[0].numel(), 1)
+        for a, coord in enumerate(free):
+            geometry[:, coord] = mesh[a].reshape(-1)
+        m = disk_coverage(geometry, dist.size).flatten(1)
+        a_f, a_b, loglik, _ = model.solve(m @ y[i], m.sum(1), m.square().sum(1), y[i].sum(),
+                                          y[i].square().sum(), sigma**2, dist.d)
+        log_w = w1.log() if len(free) == 1 else (w1.log()[:, None] + w1.log()).reshape(-1)
+        w = torch.softmax(loglik + log_w, 0)
+        out.append((w * a_b).sum() + (w * (a_f - a_b)) @ m)
+    return torch.stack(out)
+
+
+def noisy(dist, n, sigma, seed=0):
+    x, latents = dist.sample_with_latents(n, seed)
+    z = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return x.double(), x.double() + sigma * z, latents
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.1])
+def test_centre_oracle_against_dense_radius_grid(sigma):
+    """Adaptive quadrature = a uniform grid of 8001 radii (spacing 2.5e-4 px) over the prior."""
+    dist = Disks(size=16)
+    _, y, latents = noisy(dist, 4, sigma, seed=3)
+    g = latents["params"][:, :3]
+    flat = y.flatten(1)
+    lo, hi = dist.geometry_low[2].expand(4, 1), dist.geometry_high[2].expand(4, 1)
+    ref = dense_partial_mean(dist, flat, sigma, g, (2,), lo, hi, 8001)
+    out = DisksCentreOracle(dist)(y, sigma, latents=latents).flatten(1)
+    assert float((out - ref).square().sum(1).max()) / sigma**2 < 1e-3
+
+
+def test_radius_oracle_against_dense_centre_grid():
+    """Adaptive quadrature = dense uniform grids of centres: the whole box at σ = 0.3
+    (spacing 1/32 px), ±0.2 px around the true centre at σ = 0.02 (contrast ≥ 0.25, where
+    that window holds all the mass; spacing 0.002 px)."""
+    dist = Disks(size=16)
+    oracle = DisksRadiusOracle(dist)
+    _, y, latents = noisy(dist, 3, 0.3, seed=4)
+    g = latents["params"][:, :3]
+    lo, hi = dist.geometry_low[:2].expand(3, 2), dist.geometry_high[:2].expand(3, 2)
+    ref = dense_partial_mean(dist, y.flatten(1), 0.3, g, (0, 1), lo, hi, 257)
+    out = oracle(y, 0.3, latents=latents).flatten(1)
+    assert float((out - ref).square().sum(1).max()) / 0.3**2 < 1e-3
+    x, y, latents = noisy(dist, 12, 0.02, seed=5)
+    params = latents["params"]
+    keep = ((params[:, 3] - params[:, 4]).abs() >= 0.25).nonzero().squeeze(1)[:2]
+    assert len(keep) == 2
+    g = params[keep, :3]
+    ref = dense_partial_mean(dist, y[keep].flatten(1), 0.02, g, (0, 1), g[:, :2] - 0.2,
+                             g[:, :2] + 0.2, 201)
+    out = oracle(y[keep], 0.02, latents={"params": params[keep]}).flatten(1)
+    assert float((out - ref).square().sum(1).max()) / 0.02**2 < 1e-3
+
+
+def test_radius_oracle_centre_in_the_lattice_sliver():
+    """A box (width 5.998 px) that is not a multiple of the lattice step: a disk centred in
+    the sliver past the last lattice node (cx = 6.97 > 6.751) is integrated correctly."""
+    dist = Disks(size=8, r_min=1.0, r_max=1.001)
+    _, y, latents = noisy(dist, 4, 0.005, seed=0)
+    params = latents["params"]
+    keep = ((params[:, 3] - params[:, 4]).abs() >= 0.3).nonzero().squeeze(1)
+    assert 2 in keep.tolist() and float(params[2, 0]) > 6.751 + 0.15
+    g = params[keep, :3]
+    low, high = dist.geometry_low[:2], dist.geometry_high[:2]
+    ref = dense_partial_mean(dist, y[keep].flatten(1), 0.005, g, (0, 1),
+                             (g[:, :2] - 0.12).maximum(low), (g[:, :2] + 0.12).minimum(high),
+                             121)
+    out = DisksRadiusOracle(dist)(y[keep], 0.005, latents={"params": params[keep]})
+    assert float((out.flatten(1) - ref).square().sum(1).max()) / 0.005**2 < 1e-3
+
+
+@pytest.mark.parametrize("params", [{"size": 16}, {"size": 21, "r_min": 2.0, "r_max": 5.3}])
+def test_radius_oracle_lattice_is_the_explicit_grid(params):
+    """The coarse lattice (grouped correlations with sub-pixel templates) gives the same
+    log-likelihoods and posterior mean as rendering every node's mask; a box whose width is
+    not a multiple of 1/K leaves a sliver (weight ½ + sliver·K on the last node)."""
+    dist = Disks(**params)
+    oracle = DisksRadiusOracle(dist, subdivisions=3)
+    _, y, latents = noisy(dist, 5, 0.1, seed=1)
+    flat, g = y.flatten(1), latents["params"][:, :3]
+    s2 = torch.full((5, 1), 0.01, dtype=torch.float64)
+    axes, loglik, log_w, mean = oracle._coarse(flat, s2, g)
+    nodes = oracle._nodes
+    width = float(dist.geometry_high[0] - dist.geometry_low[0])
+    assert axes.shape == (5, 2, nodes) and nodes == math.floor(3 * width + 1e-9) + 1
+    assert oracle._sliver == pytest.approx(3 * width - (nodes - 1))
+    axes2, loglik2, a_f, a_b, masks, _ = oracle._grid(flat, s2, g, axes[:, :, 0],
+                                                     axes[:, :, -1], nodes)
+    torch.testing.assert_close(axes, axes2, atol=1e-12, rtol=0)
+    torch.testing.assert_close(loglik, loglik2, atol=1e-9, rtol=0)
+    w = torch.softmax(loglik + log_w, 1)
+    ref = (w * a_b).sum(1, keepdim=True) + ((w * (a_f - a_b))[:, None, :] @ masks).squeeze(1)
+    idx = torch.tensor([3, 0])
+    torch.testing.assert_close(mean(w[idx], idx), ref[idx], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cls, doubled", [
+    (DisksCentreOracle, {"coarse": 65, "points": 64, "levels": 5}),
+    (DisksRadiusOracle, {"subdivisions": 8, "points": 32, "levels": 6}),
+])
+def test_partial_oracles_quadrature_converged(disks, cls, doubled):
+    """Doubling every grid moves E[x | y, known] by < 0.01σ² (total squared distance; the
+    bracket U − L is ≈ 1σ² at small σ) on every image; observed ≲ 5e-3σ²."""
+    base, fine = cls(disks), cls(disks, **doubled)
+    for sigma in (0.005, 0.01, 0.045, 0.3):
+        _, y, latents = noisy(disks, 8, sigma, seed=7)
+        gap = (base(y, sigma, latents=latents) - fine(y, sigma, latents=latents))
+        assert float(gap.flatten(1).square().sum(1).max()) / sigma**2 < 0.01, sigma
+        assert set(base.last_diagnostics) == {"path"}
+
+
+def test_partial_oracles_batch_invariant_and_sigma_vector(disks):
+    x, latents = disks.sample_with_latents(5, seed=1)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    sig = torch.tensor([0.01, 0.03, 0.1, 0.3, 1.0])
+    y = x + sig.view(-1, 1, 1, 1) * z
+    for cls in (DisksCentreOracle, DisksRadiusOracle):
+        together = cls(disks)(y, sig, latents=latents)
+        alone = cls(disks, max_elements=1)(y, sig, latents=latents)  # one image per chunk
+        torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+        assert together.dtype == y.dtype and together.shape == y.shape
+
+
+def test_partial_oracles_small_sigma(disks):
+    """Total MSE/σ² → 3 knowing the centre (radius + 2 intensities unknown), → 4 knowing
+    the radius (centre + intensities): within 15% at σ = 0.005, 0.01 (SCIENCE.md §5)."""
+    sigmas, n = [0.005, 0.01], 192
+    refs = disks.reference_denoisers()
+    for name, dim in (("oracle-centre", 3), ("oracle-radius", 4)):
+        curve = mse_curve(refs[name], disks, sigmas, n=n, seed=0)
+        total = curve.attrs["errors"] * disks.d / np.array(sigmas)[:, None] ** 2
+        assert np.all(np.abs(total.mean(1) - dim) < 0.15 * dim), (name, total.mean(1))
+
+
 # -- the posterior (upper bound) ------------------------------------------------------------
 @pytest.mark.parametrize("sigma", [0.3, 0.1])
 def test_posterior_against_brute_force_importance_sampling(sigma):
@@ -278,6 +447,14 @@ def test_bracket_ordered_and_beats_identity(disks):
     assert np.all(upper["mse"] < identity["mse"]) and np.all(lower["mse"] < identity["mse"])
     np.testing.assert_allclose(identity["mse"], np.array(sigmas) ** 2, rtol=0.05)
     assert np.all(diff["diff"] > 0)  # knowing the geometry helps at every σ
+    # partial oracles (same images and noise): full ≤ partial ≤ U, within 3 paired SE
+    for name in ("oracle-centre", "oracle-radius"):
+        partial = mse_curve(refs[name], disks, sigmas, n=32, seed=1)
+        below_u = paired_difference(upper, partial)
+        assert np.all(below_u["diff"] > -3 * below_u["se"]), (name, below_u)
+        above_full = paired_difference(partial, lower)
+        assert np.all(above_full["diff"] > -3 * above_full["se"]), (name, above_full)
+        assert np.all(above_full["diff"][:3] > 0), name  # less side information, larger MSE
 
 
 def test_posterior_small_sigma_five_dimensions(disks):

@@ -1,15 +1,17 @@
-"""kl_bound against the closed-form Gaussian KL (SCIENCE.md §4) and its interval logic."""
+"""kl_bound against the closed-form Gaussian KL (SCIENCE.md §4), the bound B of §4b and its
+interval logic."""
 
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import datasets_synth
 from theorybench import mse_curve
 from theorybench.denoisers.wiener import WienerFilter
-from theorybench.kl import gaussian_kl, kl_bound, trapezoid_weights
+from theorybench.kl import closing_term, gaussian_kl, kl_bound, trapezoid_weights
 
 
 def exact_curve(filter_, sigmas, data_eigenvalues=None):
@@ -25,13 +27,88 @@ def test_gaussian_identity_matches_closed_form(gammas):
     sigmas = np.geomspace(1e-3, 1e3, 600)
     mmse = exact_curve(WienerFilter(p.eigenvalues, p.mean), sigmas)
     model = exact_curve(WienerFilter(q.eigenvalues, q.mean, kind="upper"), sigmas, p.eigenvalues)
-    result = kl_bound(model, {"exact": mmse}, sigma0=[0.01, 0.05, 0.2, 1.0])
+    data_variance = float(p.eigenvalues.sum())  # E‖x − mean‖², μ̂ = the data's mean
+    result = kl_bound(model, {"exact": mmse}, sigma0=[0.01, 0.05, 0.2, 1.0],
+                      data_variance=data_variance)
     for row in result.table.itertuples():
         closed = gaussian_kl(p.eigenvalues, q.eigenvalues, row.sigma0)
         assert closed > 0
-        assert row.kl_low == row.kl_high
+        assert not row.clipped and row.clipped_nats == 0
+        # grid up to σ_max = 1e3: the closing term is negligible, B_high ≈ B_low ≈ the KL
+        assert row.closing == data_variance / (2 * 1e3**2) and row.closing < 1e-3 * closed
+        assert math.isclose(row.kl_high, row.kl_low + row.closing, rel_tol=1e-12)
         assert abs(row.kl_low - closed) / closed < 0.01, (row.sigma0, row.kl_low, closed)
-        assert row.tail < 1e-3 * closed
+    no_closing = kl_bound(model, {"exact": mmse}, sigma0=[0.05]).table.iloc[0]
+    assert math.isnan(no_closing.closing) and no_closing.kl_high == no_closing.kl_low
+
+
+def sde_gaussian_kl(lam_p, lam_q, sigma0, sigma_max, offset):
+    """KL(p_σ0 ‖ q_σ0) in nats, p = N(m, C_p), q = the law at σ0 of the reverse VE SDE driven
+    by the score of N(m, C_q + σ²I) and started at π = N(m + offset, σ_max² I) (same
+    eigenvectors; offset a scalar added to every pixel, i.e. to the DC eigenvector only).
+
+    Per eigenvector, with τ = σ²: the variance obeys dv/dτ = 2v/(λ_q + τ) − 1, so
+    v(τ0) = λ_q + τ0 − λ_q (λ_q + τ0)²/(λ_q + τmax)², and the mean offset shrinks by
+    (λ_q + τ0)/(λ_q + τmax).
+    """
+    lp, lq = lam_p.double().flatten(), lam_q.double().flatten()
+    t0, tm = sigma0**2, sigma_max**2
+    v = lq + t0 - lq * (lq + t0) ** 2 / (lq + tm) ** 2
+    r = (lp + t0) / v
+    mean = torch.zeros_like(lp)
+    mean[0] = offset * math.sqrt(lp.numel()) * (lq[0] + t0) / (lq[0] + tm)  # DC coefficient
+    return float((0.5 * (r - 1 - torch.log(r)) + mean**2 / (2 * v)).sum())
+
+
+@pytest.mark.parametrize("sigma_max", [0.3, 1.0, 5.0])
+@pytest.mark.parametrize("offset", [0.0, 0.1])
+def test_closing_term_bounds_the_gaussian_start_kl(sigma_max, offset):
+    """KL(p_σmax ‖ N(μ̂, σ_max² I)) in closed form ≤ closing = E‖x − μ̂‖²/(2σ_max²) (§4b)."""
+    p = datasets_synth.get("gaussian", size=16, gamma=2.0)
+    lam = p.eigenvalues.double()
+    data_variance = float(lam.sum()) + lam.numel() * offset**2  # E‖x − μ̂‖², μ̂ = m + offset
+    zero = torch.zeros_like(lam)
+    # with the mean matched the start KL is gaussian_kl against λ' = 0: Σ ½(r − 1 − ln r)
+    exact = gaussian_kl(lam, zero, sigma_max) + lam.numel() * offset**2 / (2 * sigma_max**2)
+    assert math.isclose(exact, sde_gaussian_kl(lam, zero, sigma_max, sigma_max, -offset),
+                        rel_tol=1e-9)
+    closing = closing_term(data_variance, sigma_max)
+    assert math.isclose(closing, data_variance / (2 * sigma_max**2), rel_tol=1e-12)
+    assert 0 < exact <= closing
+    # equality for a point mass at m (all variance is the mean offset): the bound is tight
+    if offset:
+        point = sde_gaussian_kl(zero, zero, sigma_max, sigma_max, -offset)
+        assert math.isclose(point, closing_term(lam.numel() * offset**2, sigma_max),
+                            rel_tol=1e-9)
+    with pytest.raises(ValueError, match="data_variance"):
+        closing_term(-1.0, 1.0)
+
+
+@pytest.mark.parametrize("gammas", [(2.0, 1.0), (1.0, 3.0), (0.5, 2.5)])
+@pytest.mark.parametrize("sigma_max", [0.5, 2.0])
+def test_b_high_bounds_the_gaussian_kl_of_a_mismatched_wiener_filter(gammas, sigma_max):
+    """B_high ≥ KL(p_σ0 ‖ q_σ0) for q = the reverse SDE driven by the Wiener filter of a
+    mismatched Gaussian, started at N(μ̂, σ_max² I) (Song et al. 2021 Thm 1, §4b)."""
+    p = datasets_synth.get("gaussian", size=16, gamma=gammas[0])
+    q = datasets_synth.get("gaussian", size=16, gamma=gammas[1])
+    sigmas = np.geomspace(1e-3, sigma_max, 600)
+    mmse = exact_curve(WienerFilter(p.eigenvalues, p.mean), sigmas)
+    model = exact_curve(WienerFilter(q.eigenvalues, q.mean, kind="upper"), sigmas, p.eigenvalues)
+    offset = 0.05  # the samplers' μ̂ = mean + 0.05 on every pixel
+    data_variance = float(p.eigenvalues.sum()) + p.eigenvalues.numel() * offset**2
+    table = kl_bound(model, {"exact": mmse}, sigma0=[0.01, 0.05, 0.2],
+                     data_variance=data_variance).table
+    for row in table.itertuples():
+        kl_sde = sde_gaussian_kl(p.eigenvalues, q.eigenvalues, row.sigma0, sigma_max, offset)
+        assert 0 < kl_sde <= row.kl_high, (row.sigma0, kl_sde, row.kl_high)
+        # the grid integral is the identity's KL(σ0) − KL(σ_max) (§4); the closing term
+        # is what makes B_high exceed the stationary KL here
+        integral = row.kl_high - row.closing
+        expected = (gaussian_kl(p.eigenvalues, q.eigenvalues, row.sigma0)
+                    - gaussian_kl(p.eigenvalues, q.eigenvalues, sigma_max))
+        assert abs(integral - expected) < 0.01 * expected + 1e-9
+        assert row.kl_high >= gaussian_kl(p.eigenvalues, q.eigenvalues, row.sigma0)
+        assert math.isclose(row.kl_low, integral, rel_tol=1e-12) and row.kl_low <= row.kl_high
 
 
 def test_model_equal_to_data_gives_zero():
@@ -50,20 +127,62 @@ def test_trapezoid_weights_integrate_linear_functions_exactly():
         assert math.isclose(trapezoid_weights(u, u0) @ h, exact, rel_tol=1e-12)
 
 
-def test_bracket_interval_and_negative_gap_flag():
+def test_bracket_interval_and_clipped_flag():
     sigmas = np.geomspace(0.1, 10, 20)
     base = pd.DataFrame({"sigma": sigmas, "se": 1e-4, "d": 100})
     net = base.assign(mse=0.5 * sigmas**2 / (1 + sigmas**2))
     lower = base.assign(mse=0.2 * sigmas**2 / (1 + sigmas**2))
     upper = base.assign(mse=0.6 * sigmas**2 / (1 + sigmas**2))  # above the network
-    table = kl_bound(net, {"lower": lower, "upper": upper}, sigma0=[0.1, 1.0]).table
-    assert (table.kl_low < 0).all() and (table.kl_high > 0).all()  # kept, not clipped
-    assert table.negative_gap.all()
+    table = kl_bound(net, {"lower": lower, "upper": upper}, sigma0=[0.1, 1.0],
+                     data_variance=5.0).table
+    assert (table.kl_low == 0).all() and (table.kl_high > 0).all()  # clipped, never < 0
+    assert table.clipped.all()
     assert (table.kl_low <= table.kl_high).all()
     # analytic: ∫ c σ²/(1+σ²) σ^-3 dσ from 1 to 10 = c/2 ln((1+σ²)/σ²)|... with c = 0.3·100
     exact_high = 0.3 * 100 * 0.5 * (math.log(2.0) - math.log(1.01))
-    assert abs(table.kl_high.iloc[1] - exact_high) / exact_high < 0.01
+    closing = 5.0 / (2 * 10.0**2)
+    assert (table.closing == closing).all()
+    assert abs(table.kl_high.iloc[1] - closing - exact_high) / exact_high < 0.01
     assert math.isclose(table.bits_high.iloc[1], table.kl_high.iloc[1] / (100 * math.log(2)))
+    # the clipped part is the integral of U − MSE (c = 0.1·100) and its largest value
+    exact_clipped = 0.1 * 100 * 0.5 * (math.log(2.0) - math.log(1.01))
+    assert abs(table.clipped_nats.iloc[1] - exact_clipped) / exact_clipped < 0.01
+    assert math.isclose(table.clipped_max.iloc[1], 0.1 * 100 * 100 / 101)
+
+
+def test_network_beating_the_upper_bound_at_some_sigma_is_clipped_there_only():
+    sigmas = np.geomspace(0.1, 10, 40)
+    base = pd.DataFrame({"sigma": sigmas, "se": 0.0, "d": 10})
+    net = base.assign(mse=np.full(40, 0.5))
+    lower = base.assign(mse=np.full(40, 0.1))
+    upper = base.assign(mse=np.where(sigmas < 1, 0.3, 0.7))  # below the net, then above
+    result = kl_bound(net, {"lower": lower, "upper": upper}, sigma0=[0.1, 2.0])
+    low, high = result.table.iloc[0], result.table.iloc[1]
+    assert low.clipped and high.clipped and low.kl_low > 0 and high.kl_low == 0
+    assert math.isclose(low.clipped_max, 2.0) and math.isclose(high.clipped_max, 2.0)
+    assert (result.table[["kl_low", "clipped_nats"]].to_numpy() >= 0).all()
+    assert math.isnan(low.closing)
+    # B_low = ∫ max(0, MSE − U): only the σ < 1 part, 2·∫ σ^-3 dσ ≈ 2·(1/0.01 − 1)/2 = 99
+    grid = result.integrand
+    assert (grid.integrand_low >= 0).all() and (grid.gap_low < 0).any()
+    assert np.allclose(grid.clipped, np.maximum(-grid.gap_low, 0))
+    assert abs(low.kl_low - 99.0) / 99.0 < 0.1
+    unclipped = kl_bound(net, {"lower": lower, "upper": base.assign(mse=0.3)},
+                         sigma0=[0.1]).table.iloc[0]
+    assert low.kl_low < unclipped.kl_low and not unclipped.clipped
+
+
+def test_swapped_bounds_are_refused():
+    sigmas = np.geomspace(0.1, 10, 10)
+    base = pd.DataFrame({"sigma": sigmas, "se": 1e-3, "d": 10})
+    net = base.assign(mse=0.5)
+    lower, upper = base.assign(mse=0.2), base.assign(mse=0.6)
+    kl_bound(net, {"lower": lower, "upper": upper})  # the right way round: accepted
+    with pytest.raises(ValueError, match="swapped") as info:
+        kl_bound(net, {"lower": upper, "upper": lower})
+    assert "\n" not in str(info.value)
+    # within 3 standard errors: noise, accepted
+    kl_bound(net, {"lower": base.assign(mse=0.605), "upper": upper})
 
 
 def test_paired_standard_errors_from_mse_curves():
@@ -92,3 +211,7 @@ def test_bad_inputs():
         kl_bound(curve, {"exact": curve}, sigma0=[5.0])
     with pytest.raises(ValueError, match="grid"):
         kl_bound(curve, {"exact": curve.assign(sigma=sigmas * 2)})
+    with pytest.raises(ValueError, match="grid"):
+        kl_bound(curve, {"exact": curve.iloc[:3]})
+    with pytest.raises(ValueError, match="data_variance"):
+        kl_bound(curve, {"exact": curve}, data_variance=float("nan"))

@@ -53,7 +53,8 @@ def test_per_sigma_training_approaches_the_wiener_filter(gaussian):
 
 def test_universal_training_denoises_a_range_of_sigmas(gaussian):
     den = train(gaussian, NetConfig(channels=16, depth=5),
-                TrainConfig(mode="universal", sigma_max=1.0, steps=200, batch_size=32, lr=3e-3))
+                TrainConfig(mode="universal", objective="paper", sigma_max=1.0, steps=200,
+                            batch_size=32, lr=3e-3))
     curve = mse_curve(den, gaussian, [0.2, 0.5], n=256, seed=1)
     for sigma, mse in zip(curve.sigma, curve.mse, strict=True):
         assert gaussian.mmse(sigma) * 0.95 < mse < 0.6 * sigma**2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "trained at each σ, KL bounds, rates.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="study size: smoke (<1 min), default (2-core CPU, <30 min), "
-                             "paper (one GPU)")
+                             "gpu (one GPU, ~8 min), paper (one GPU, days)")
+    parser.add_argument("--override", action="append", default=[], metavar="FIELD=JSON",
+                        help="replace one preset field, e.g. universal_steps=50 or "
+                             "'net={\"arch\": \"unet\", \"channels\": 8}' (repeatable)")
     parser.add_argument("--datasets", default=None,
                         help="comma-separated distribution names (default: every built-in "
                              "entry of the preset and every plugin)")
@@ -58,6 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local worker processes, one cell each (default: CPU count)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def apply_overrides(preset, overrides: list[str]):
+    """The preset with ``FIELD=JSON`` replacements (JSON lists become tuples)."""
+    fields = [f.name for f in dataclasses.fields(preset)]
+    changes = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields or key == "name":
+            raise ValueError(f"--override needs FIELD=JSON with FIELD one of "
+                             f"{', '.join(f for f in fields if f != 'name')}; got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--override {key}: {raw!r} is not JSON ({exc.msg})") from exc
+        changes[key] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(preset, **changes) if changes else preset
 
 
 def list_distributions() -> str:
@@ -108,7 +129,8 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
     cells = build_memorization_cells(
         entries, m["sizes"], m["net"], m["steps"], m["batch_size"], preset.lr,
         sigma_max=1.0, n_samples=m["n_samples"], sigmas=preset.sigmas, n_eval=m["n_eval"],
-        sampler=m["sampler"], seed=seed)
+        sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
+        center=m.get("center", False))
     middle = [preset.sigmas[len(preset.sigmas) // 2]]
     return cells + build_pair_cells(cells, middle, preset.jacobian_images, seed)
 
@@ -133,8 +155,8 @@ def main(argv=None) -> int:
         print(list_distributions())
         return 0
     start = time.perf_counter()
-    preset = PRESETS[args.preset]
     try:
+        preset = apply_overrides(PRESETS[args.preset], args.override)
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
         if args.jobs < 1:
@@ -177,7 +199,8 @@ def main(argv=None) -> int:
                                 jobs=args.jobs)
         except ExecutorUnavailable as exc:
             parser.error(str(exc))
-        run_meta = {"preset": preset.name, "commit": git_commit(), "device": str(device),
+        run_meta = {"preset": preset.name, "overrides": args.override,
+                    "commit": git_commit(), "device": str(device),
                     "executor": args.executor, "failed": sum("failed" in r for r in records),
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "wall_seconds": time.perf_counter() - start,

@@ -36,9 +36,15 @@ def check_sigmas(sigmas) -> list[float]:
     return values
 
 
-def evaluation_noise(shape: tuple[int, ...], seed: int, block: int) -> torch.Tensor:
-    """Standard normal noise (NOISE_BLOCK, *shape) of evaluation block ``block``."""
-    return torch.randn(NOISE_BLOCK, *shape, generator=block_generator(seed, block, NOISE_STREAM))
+def evaluation_noise(dist, seed: int, block: int) -> torch.Tensor:
+    """Standard normal noise (NOISE_BLOCK, *dist.shape) of evaluation block ``block``.
+
+    A family that conjugates a base (``dist.reference_base()``, e.g. shuffled pixels) gets
+    the base's noise permuted like its images, ``P z``: then ``y_shuffled = P y_base``
+    exactly, the conjugated references have bit-identical errors on both families, and
+    networks on the two are compared on the same noise (paired)."""
+    z = torch.randn(NOISE_BLOCK, *dist.shape, generator=block_generator(seed, block, NOISE_STREAM))
+    return z if dist.reference_base() is None else dist.shuffle(z)
 
 
 def mse_curve(
@@ -76,7 +82,7 @@ def mse_curve(
             start = block * NOISE_BLOCK
             count = min(NOISE_BLOCK, n - start)
             x, latents = dist.sample_with_latents(count, seed, offset=start)
-            z = evaluation_noise(dist.shape, seed, block)[:count]
+            z = evaluation_noise(dist, seed, block)[:count]
             x, z = x.to(device), z.to(device)
             latents = {k: v.to(device) for k, v in latents.items()}
             for i, sigma in enumerate(sigmas):

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from datasets_synth.base import check_int
 
 from .cache import Cache
-from .experiments.cells import cell_key, describe, run_cell
+from .experiments.cells import cell_key, cell_wave, describe, run_cell
 from .training import resolve_device
 
 EXECUTORS = ("local", "ray")
@@ -254,16 +254,13 @@ def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
     return records
 
 
-DEPENDENT_KINDS = ("jacobian", "jacobian-pair")  # read checkpoints of other cells
-
-
 def run_cells(cells, cache_root, executor: str = "local", device=None, quiet: bool = False,
               ray_address: str | None = None, threads: int = CELL_THREADS,
               jobs: int = 1) -> list[dict]:
     """Run ``cells`` with the chosen executor; one record per cell, in order.
 
-    Cells that analyse other cells' checkpoints (``DEPENDENT_KINDS``) run in a second
-    wave, after every cell they may depend on.
+    Cells run in waves (``cells.cell_wave``): a cell that reads another cell's checkpoint
+    runs after every cell it may depend on.
 
     Parameters
     ----------
@@ -284,8 +281,9 @@ def run_cells(cells, cache_root, executor: str = "local", device=None, quiet: bo
             raise ExecutorUnavailable("device cuda was asked for but CUDA is not available; "
                                       "valid: auto, cpu")
     records: list[dict | None] = [None] * len(cells)
-    for wave in (False, True):
-        index = [i for i, c in enumerate(cells) if (c["kind"] in DEPENDENT_KINDS) == wave]
+    waves = [cell_wave(c) for c in cells]
+    for wave in sorted(set(waves)):
+        index = [i for i, w in enumerate(waves) if w == wave]
         if not index:
             continue
         subset = [cells[i] for i in index]

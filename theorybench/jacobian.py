@@ -247,7 +247,9 @@ class JacobianSpectrum:
     eigenvectors : tensor (d, d) float64   matching orthonormal eigenvectors, as columns.
     asymmetry : float   ``‖J − Jᵀ‖_F / ‖J‖_F`` (0 for an MMSE denoiser).
     trace : float       ``tr J``, the effective dimension.
-    homogeneity : float   ``‖J y‖ / ‖f(y)‖`` (1 for a bias-free network).
+    homogeneity : float   ``‖J y‖ / ‖f(y)‖`` (1 for a bias-free network); for a network
+                          centred on a mean image μ̂ (``denoiser.center``) y and f(y) are
+                          taken relative to μ̂.
     homogeneity_error : float   ``‖J y − f(y)‖ / ‖f(y)‖`` (0 for a bias-free network).
     jacobian : tensor (d, d)   J itself (dtype of the computation).
     output : tensor (c, h, w)  f(y).
@@ -287,8 +289,12 @@ def jacobian_spectrum(denoiser, y, sigma, **kw) -> JacobianSpectrum:
     J64 = J.double()
     f_flat = fy.reshape(-1).double()
     evals, evecs = torch.linalg.eigh(0.5 * (J64 + J64.T))  # symmetric part (SCIENCE.md §6)
+    center = getattr(denoiser, "center", None)  # a network homogeneous about its mean image
+    if center is not None:
+        c = center.reshape(-1).to(device=J.device, dtype=torch.float64)
+        y_flat, f_flat = y_flat - c, f_flat - c
     f_norm = f_flat.norm().clamp_min(torch.finfo(torch.float64).tiny)
-    Jy = J64 @ y_flat  # bias-free ⇒ J y = f(y) (SCIENCE.md §6)
+    Jy = J64 @ y_flat  # bias-free ⇒ J y = f(y) (about μ̂ when centred; SCIENCE.md §6)
     return JacobianSpectrum(
         eigenvalues=evals.flip(0),
         eigenvectors=evecs.flip(1),

@@ -1,16 +1,35 @@
-"""``kl_bound``: the σ⁻³-weighted MSE gap integrated into a smoothed KL (SCIENCE.md §4).
+"""``kl_bound``: the σ⁻³-weighted MSE gap integrated into a bound on the smoothed KL
+(SCIENCE.md §4, §4b).
 
-    KL(p_σ0 ‖ q_σ0) = ∫_{σ0}^{∞} ( MSE(f_θ, σ) − MMSE(σ) ) σ^{-3} dσ      (total MSE, nats)
-                    = ∫_{ln σ0}^{∞} gap(σ) σ^{-2} d(ln σ).
+For any network f_θ, let q be the law of the reverse SDE driven by f_θ and started at the
+samplers' Gaussian ``π = N(μ̂, σ_max² I)``. The score-matching bound (Song, Durkan, Murray,
+Ermon 2021, "Maximum likelihood training of score-based diffusion models", Thm 1), with
+Tweedie turning the score error into ``E‖f_θ − f*‖² = MSE − MMSE``, gives (total MSE, nats)
 
-The integrand ``h(u) = gap(e^u) e^{−2u}`` is integrated in ``u = ln σ`` over the stored grid
-with the trapezoid rule (the piecewise-linear interpolant of h, so σ0 may fall between grid
-points). Beyond the largest σ of the grid the gap is bounded by its value there, held
-constant (``∫_{σmax}^∞ g σ^{-3} dσ = g / (2 σmax²)``); that bound is reported, not hidden.
+    KL(p_σ0 ‖ q_σ0) ≤ B = KL(p_σmax ‖ π) + ∫_{σ0}^{σmax} (MSE(f_θ, σ) − MMSE(σ)) σ^{-3} dσ,
 
-With a bracket ``L ≤ MMSE ≤ U`` the gap lies in ``[MSE_θ − U, MSE_θ − L]`` and so does the
-KL. Gaps are kept with their sign: a network below an upper bound gives a negative lower
-gap, which is flagged, never clipped.
+and by joint convexity of KL (``p_σmax`` is a mixture of ``N(x, σ_max² I)``, ``π`` the
+same mixture of ``N(μ̂, σ_max² I)``)
+
+    KL(p_σmax ‖ π) ≤ closing = E‖x − μ̂‖² / (2 σ_max²).
+
+σ_max is the largest σ of the grid the curves are on. With a bracket ``L ≤ MMSE ≤ U``:
+
+    B_low  = ∫_{σ0}^{σmax} max(0, MSE − U) σ^{-3} dσ            ≤ B ≤
+    B_high = ∫_{σ0}^{σmax} (MSE − L) σ^{-3} dσ + closing.
+
+``B_high`` is a certified upper bound on the smoothed KL (up to the Monte Carlo error of
+the curves and of E‖x − μ̂‖²). ``B_low`` is the lower end of the bound B, not a lower bound
+on the KL. The true gap ``MSE − MMSE`` is ≥ 0 at every σ, so a negative ``MSE − U`` only
+says U is loose there (or is noise): it is clipped to 0 per σ and flagged with its size;
+no negative KL is ever reported. An exact MMSE is the bracket L = U.
+
+Integrals are ``∫ gap(σ) σ^{-2} d(ln σ)``: the integrand ``h(u) = gap(e^u) e^{−2u}`` is
+integrated in ``u = ln σ`` over the curves' grid with the trapezoid rule (the
+piecewise-linear interpolant of h, so σ0 may fall between grid points). For a model that
+is the exact posterior mean of a density q at every σ and is started from q_σmax, the
+integral up to ∞ is the KL itself (§4); beyond the grid that identity needs the gap up to
+∞, which is not measured, hence the closing term instead.
 """
 
 from __future__ import annotations
@@ -25,19 +44,37 @@ import torch
 
 @dataclass
 class KLResult:
-    """Output of :func:`kl_bound`.
+    """Output of :func:`kl_bound` (SCIENCE.md §4b).
 
-    table : one row per σ0: ``sigma0``, ``kl_low``, ``kl_high`` (nats, integral over the
-        grid), ``tail`` (bound on the part beyond the grid, nats), ``se_low``, ``se_high``
-        (standard errors, nats), ``bits_low``, ``bits_high`` (bits per pixel value:
-        nats / (d ln 2)), ``negative_gap`` (the lower gap is < 0 somewhere above σ0).
-    integrand : one row per grid σ: ``sigma``, ``gap_low``, ``gap_high`` (total squared
-        error, i.e. per-pixel × d), ``integrand_low``, ``integrand_high`` (gap·σ⁻², the
-        density in ln σ).
+    table : one row per σ0: ``sigma0``; ``kl_low`` = B_low (nats, ≥ 0: the lower end of the
+        bound B, gaps clipped at 0); ``kl_high`` = B_high (nats: the certified upper bound on
+        the smoothed KL, grid integral + ``closing``; the grid integral alone when
+        ``closing`` is NaN, i.e. no data variance was given, and then not certified);
+        ``closing`` (``E‖x − μ̂‖²/(2σ_max²)``, nats, NaN when unknown); ``se_low``,
+        ``se_high`` (standard errors of the grid integrals, nats); ``bits_low``,
+        ``bits_high`` (bits per pixel value: nats / (d ln 2)); ``clipped`` (bool: MSE − U < 0
+        was clipped to 0 at some σ of the integral); ``clipped_nats`` (what the clipping
+        added to ``kl_low``, nats); ``clipped_max`` (largest clipped ``U − MSE``, total
+        squared error; 0 when nothing was clipped).
+    integrand : one row per grid σ: ``sigma``, ``gap_low`` (MSE − U, unclipped), ``gap_high``
+        (MSE − L), ``clipped`` (``max(0, U − MSE)``), all total squared error (per-pixel ×
+        d); ``integrand_low`` (``max(0, gap_low)·σ⁻²``), ``integrand_high`` (``gap_high·σ⁻²``),
+        the densities in ln σ that are integrated.
     """
 
     table: pd.DataFrame
     integrand: pd.DataFrame
+
+
+def closing_term(data_variance: float, sigma_max: float) -> float:
+    """Bound ``E‖x − μ̂‖² / (2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I))`` in nats (SCIENCE.md §4b).
+
+    ``data_variance`` is ``E‖x − μ̂‖²`` summed over the pixels of one image.
+    """
+    data_variance = float(data_variance)
+    if not (math.isfinite(data_variance) and data_variance >= 0):
+        raise ValueError(f"data_variance must be a finite number >= 0, got {data_variance}")
+    return data_variance / (2.0 * float(sigma_max) ** 2)
 
 
 def trapezoid_weights(u: np.ndarray, u0: float) -> np.ndarray:
@@ -57,14 +94,16 @@ def trapezoid_weights(u: np.ndarray, u0: float) -> np.ndarray:
 
 
 def _checked(curve: pd.DataFrame, sigmas: np.ndarray, label: str) -> pd.DataFrame:
-    if not np.allclose(curve["sigma"].to_numpy(), sigmas):
+    grid = curve["sigma"].to_numpy()
+    if grid.shape != sigmas.shape or not np.allclose(grid, sigmas):
         raise ValueError(f"kl_bound: the {label} curve is not on the network's σ grid")
     return curve
 
 
-def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=None
-             ) -> KLResult:
-    """Smoothed KL between the data and the network's model, as an interval.
+def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=None,
+             data_variance: float | None = None) -> KLResult:
+    """Bound on the smoothed KL between the data and the network's model, as
+    ``[B_low, B_high]`` (module docstring, SCIENCE.md §4b).
 
     Parameters
     ----------
@@ -73,12 +112,23 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     references : ``{"exact": curve}`` or ``{"lower": curve, "upper": curve}`` on the same
         σ grid (same images and noise for paired standard errors).
     sigma0 : float or sequence, smoothing levels within the grid (default: every grid σ).
+    data_variance : float or None, ``E‖x − μ̂‖²`` (summed over the pixels of one image)
+        around the mean image μ̂ of the samplers' start ``N(μ̂, σ_max² I)``, σ_max = the
+        grid's largest σ. It gives the closing term ``data_variance / (2σ_max²)`` of
+        ``kl_high``; None leaves ``closing`` NaN and ``kl_high`` without it (not certified).
 
     Returns
     -------
     KLResult. With paired per-image errors the standard errors are those of the per-image
-    integrals (exact for the linear estimator); otherwise the curves' standard errors are
-    combined assuming full correlation across σ (conservative).
+    integrals (exact for the linear estimator; clipped σ contribute a constant 0);
+    otherwise the curves' standard errors are combined assuming full correlation across σ
+    (conservative). They do not include the sampling error of ``data_variance``.
+
+    Raises
+    ------
+    ValueError (one line) for missing references, curves on different σ grids, σ0 outside
+    the grid, a bad ``data_variance``, or a lower curve above the upper curve by more than
+    3 standard errors (``3·(se_L + se_U)``, valid for any correlation) at some σ.
     """
     if "exact" in references:
         low_ref = high_ref = references["exact"]
@@ -92,15 +142,25 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     if len(sig) < 2 or np.any(np.diff(sig) <= 0):
         raise ValueError("kl_bound needs at least two distinct σ values")
     d = int(network["d"].iloc[0])
-    curves = {"net": network, "low": low_ref, "high": high_ref}
-    for label, curve in curves.items():
-        curves[label] = _checked(curve.iloc[np.argsort(curve["sigma"].to_numpy())], sig, label)
+    raw = {"net": network, "low": low_ref, "high": high_ref}
+    orders = {k: np.argsort(c["sigma"].to_numpy(), kind="stable") for k, c in raw.items()}
+    names = {"net": "network", "low": "upper" if "upper" in references else "exact",
+             "high": "lower" if "lower" in references else "exact"}
+    curves = {k: _checked(c.iloc[orders[k]], sig, names[k]) for k, c in raw.items()}
     mse = {k: c["mse"].to_numpy() * d for k, c in curves.items()}  # total squared error
     se = {k: c["se"].to_numpy() * d for k, c in curves.items()}
+    excess = mse["high"] - mse["low"]  # L − U, > 0 where the bracket is inverted
+    bad = excess > 3 * (se["high"] + se["low"]) + 1e-12 * np.abs(mse["low"]).max()
+    if np.any(bad):
+        raise ValueError(f"kl_bound: the lower curve exceeds the upper curve by more than 3 "
+                         f"standard errors at σ = {sig[bad][0]:.4g} (swapped 'lower'/'upper'?)")
+    closing = math.nan if data_variance is None else closing_term(data_variance, sig[-1])
     gap_low, gap_high = mse["net"] - mse["low"], mse["net"] - mse["high"]
+    kept_low = np.maximum(gap_low, 0.0)  # the true gap is >= 0 (§4b): clip MSE − U
+    clipped = np.maximum(-gap_low, 0.0)
     u = np.log(sig)
     inv_s2 = sig ** -2.0
-    errors = {k: c.attrs.get("errors") for k, c in curves.items()}
+    errors = {k: c.attrs.get("errors") for k, c in raw.items()}
     paired = all(e is not None for e in errors.values()) and len(
         {e.shape for e in errors.values()}) == 1
 
@@ -110,24 +170,31 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         if not (sig[0] * (1 - 1e-9) <= s0 <= sig[-1] * (1 + 1e-9)):
             raise ValueError(f"sigma0 must lie in the grid [{sig[0]:.4g}, {sig[-1]:.4g}], got {s0}")
         c = trapezoid_weights(u, math.log(s0)) * inv_s2
-        row = {"sigma0": float(s0), "kl_low": float(c @ gap_low), "kl_high": float(c @ gap_high)}
+        weights = {"low": np.where(gap_low >= 0, c, 0.0), "high": c}  # clipped σ add 0
+        integral_high = float(c @ gap_high)
+        row = {"sigma0": float(s0), "kl_low": float(c @ kept_low),
+               "kl_high": integral_high + (closing if math.isfinite(closing) else 0.0),
+               "closing": closing}
         if paired:  # per-image integrals, then their standard error
-            e_net = errors["net"][order] * d
+            e_net = errors["net"][orders["net"]] * d
             for side in ("low", "high"):
-                per_image = c @ (e_net - errors[side][np.argsort(curves[side]["sigma"])] * d)
+                per_image = weights[side] @ (e_net - errors[side][orders[side]] * d)
                 row[f"se_{side}"] = float(per_image.std(ddof=1) / math.sqrt(per_image.size))
         else:
             for side in ("low", "high"):
-                row[f"se_{side}"] = float(c @ np.sqrt(se["net"] ** 2 + se[side] ** 2))
-        row["tail"] = float(max(abs(gap_low[-1]), abs(gap_high[-1])) / (2 * sig[-1] ** 2))
+                row[f"se_{side}"] = float(weights[side] @ np.sqrt(se["net"] ** 2 + se[side] ** 2))
         row["bits_low"] = row["kl_low"] / (d * math.log(2))
         row["bits_high"] = row["kl_high"] / (d * math.log(2))
-        row["negative_gap"] = bool(np.any(gap_low[sig >= s0] < 0))
+        used = c > 0
+        row["clipped_nats"] = float(c @ clipped)
+        row["clipped"] = bool(row["clipped_nats"] > 0)
+        row["clipped_max"] = float(clipped[used].max()) if used.any() else 0.0
         rows.append(row)
-    table = pd.DataFrame(rows)[["sigma0", "kl_low", "kl_high", "tail", "se_low", "se_high",
-                                "bits_low", "bits_high", "negative_gap"]]
+    table = pd.DataFrame(rows)[["sigma0", "kl_low", "kl_high", "closing", "se_low", "se_high",
+                                "bits_low", "bits_high", "clipped", "clipped_nats",
+                                "clipped_max"]]
     integrand = pd.DataFrame({"sigma": sig, "gap_low": gap_low, "gap_high": gap_high,
-                              "integrand_low": gap_low * inv_s2,
+                              "clipped": clipped, "integrand_low": kept_low * inv_s2,
                               "integrand_high": gap_high * inv_s2})
     return KLResult(table=table, integrand=integrand)
 

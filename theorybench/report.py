@@ -22,7 +22,7 @@ import seaborn as sns  # noqa: E402
 
 from .cache import atomic_write_bytes  # noqa: E402
 from .experiments.cells import entry_label  # noqa: E402
-from .kl import kl_bound  # noqa: E402
+from .kl import kl_bound, trapezoid_weights  # noqa: E402
 
 NETWORKS = ("per-sigma", "universal")
 
@@ -64,15 +64,63 @@ def _pick(curves: list[pd.DataFrame], best) -> pd.DataFrame:
     return out
 
 
+def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
+    """A bound stored on a coarser grid, extended to ``sigmas`` by monotonicity of the MMSE.
+
+    The MMSE is non-decreasing in σ (y at σ' > σ is y at σ plus independent noise), so an
+    upper bound at σ' ≥ σ bounds MMSE(σ) and a lower bound at σ' ≤ σ bounds it too:
+    ``side="upper"`` takes the nearest stored σ' ≥ σ, ``"lower"`` the nearest σ' ≤ σ
+    (MSE 0 below the grid: the trivial lower bound; +inf above it). Per-image errors follow
+    the chosen σ'.
+    """
+    stored = frame["sigma"].to_numpy()
+    sigmas = np.asarray(sigmas, dtype=float)
+    if len(stored) == len(sigmas) and np.allclose(stored, sigmas):
+        return frame
+    tol = 1e-9 * sigmas
+    if side == "upper":
+        index = np.searchsorted(stored, sigmas - tol, side="left")
+        valid = index < len(stored)
+        fill = np.inf
+    else:
+        index = np.searchsorted(stored, sigmas + tol, side="right") - 1
+        valid = index >= 0
+        fill = 0.0
+    index = np.clip(index, 0, len(stored) - 1)
+    errors = np.asarray(frame.attrs["errors"])[index]
+    errors[~valid] = fill
+    out = pd.DataFrame({"sigma": sigmas,
+                        "mse": np.where(valid, frame["mse"].to_numpy()[index], fill),
+                        "se": np.where(valid, frame["se"].to_numpy()[index], 0.0),
+                        "d": frame["d"].iloc[0]})
+    out.attrs["errors"] = errors
+    return out
+
+
+def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
+    """The rows of a curve at ``sigmas`` (each must be on the curve's grid), errors kept."""
+    stored = frame["sigma"].to_numpy()
+    index = [int(np.argmin(np.abs(np.log(stored / s)))) for s in sigmas]
+    if not np.allclose(stored[index], sigmas, rtol=1e-6):
+        raise ValueError("on_grid: a σ is not on the curve's grid")
+    out = frame.iloc[index].reset_index(drop=True)
+    out.attrs["errors"] = np.asarray(frame.attrs["errors"])[index]
+    return out
+
+
 def bracket(ref_curves: dict) -> tuple[dict, str]:
     """The tightest MMSE reference: ``{"exact": …}`` or ``{"lower": …, "upper": …}``.
 
     Lower = the highest lower bound per σ, upper = the lowest upper bound per σ (each is
     a valid bound, so their pointwise max/min are too). Without any lower bound, L = 0
-    (the trivial bound MMSE ≥ 0) and the KL's upper end is correspondingly weak.
+    (the trivial bound MMSE ≥ 0) and the KL's upper end is correspondingly weak. Curves
+    stored on a coarser grid (costly references) are first extended to the densest grid
+    by :func:`extend_monotone`.
     """
-    frames = {name: curve_frame(c) for name, c in ref_curves.items()}
     kinds = {name: c["kind"] for name, c in ref_curves.items()}
+    grid = max((c["sigma"] for c in ref_curves.values()), key=len)  # the dense grid
+    frames = {name: extend_monotone(curve_frame(c), grid, "lower" if kinds[name] == "lower"
+                                    else "upper") for name, c in ref_curves.items()}
     exact = [frames[n] for n in frames if kinds[n] == "exact"]
     if exact:
         return {"exact": exact[0]}, "exact"
@@ -123,6 +171,10 @@ class StudyData:
                          for mode in NETWORKS}
         self.examples = [r["result"]["examples"] for r in nets
                          if r["spec"]["train"]["mode"] == "per-sigma"]
+        flags = {mode: [r["result"].get("converged") for r in nets
+                        if r["spec"]["train"]["mode"] == mode] for mode in NETWORKS}
+        self.converged = {mode: None if not f or None in f else all(f)
+                          for mode, f in flags.items()}
         self.seconds = sum(r.get("meta", {}).get("seconds", 0.0) for r in records)
 
 
@@ -162,7 +214,7 @@ def _figure_kl(study: StudyData, integrands: dict, path: Path) -> None:
         ax.plot(frame.sigma, frame.integrand_high, "-o", ms=3, color=palette[i],
                 label=f"{net}: (MSE_θ − L)/σ²")
         ax.plot(frame.sigma, frame.integrand_low, "--", color=palette[i],
-                label=f"{net}: (MSE_θ − U)/σ²")
+                label=f"{net}: max(0, MSE_θ − U)/σ²")
     ax.axhline(0, color="k", lw=0.5)
     ax.set(xscale="log", xlabel="σ", ylabel="KL density in ln σ (nats)",
            title=f"KL integrand — {study.label}")
@@ -227,25 +279,106 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
 
 
 def shuffled_rows(studies: list[StudyData]) -> list[dict]:
-    """Network on shuffled images against its base: same MMSE, different inductive fit."""
+    """Network on shuffled images against its base: same MMSE, different inductive fit.
+
+    ``U`` is a family's best reference per σ (the exact MMSE when known, else its lowest
+    upper bound). Every reference of the shuffled family is ``P f P⁻¹`` of one of the
+    base's, so ``U shuffled`` = ``U base`` up to the Monte Carlo error of the noise
+    (drawn in shuffled pixel coordinates); the networks' ratio is the inductive-bias cost.
+    One row per σ of the shuffled network, matched by σ value (NaN where the base network
+    or a reference lacks that σ).
+    """
+    def best(study):
+        if study is None or study.reference is None:
+            return {}
+        ref, _ = bracket(study.reference["result"]["curves"])
+        frame = ref.get("exact", ref["upper"])
+        return dict(zip(frame["sigma"].round(12), frame["mse"], strict=True))
+
+    def by_sigma(frame):
+        return {} if frame is None else dict(zip(frame["sigma"].round(12), frame["mse"],
+                                                 strict=True))
+
     rows = []
     by_label = {s.label: s for s in studies}
     for s in studies:
-        if s.name != "shuffled" or s.reference is None:
+        if s.name != "shuffled" or s.reference is None or s.networks["per-sigma"] is None:
             continue
         base_params = {k: v for k, v in s.params.items() if k not in ("base", "seed")}
         base = by_label.get(entry_label(s.params.get("base", "faces"), base_params))
-        net, base_net = s.networks["per-sigma"], base.networks["per-sigma"] if base else None
-        ref, _ = bracket(s.reference["result"]["curves"])
-        best = ref.get("exact", ref["upper"])
-        if net is None:
+        net = by_sigma(s.networks["per-sigma"])
+        base_net = by_sigma(base.networks["per-sigma"] if base else None)
+        u_shuffled, u_base = best(s), best(base)
+        for sigma, mse in net.items():
+            other = base_net.get(sigma, math.nan)
+            rows.append({"entry": s.label, "sigma": sigma, "network shuffled": mse,
+                         "network base": other, "ratio shuffled/base": mse / other,
+                         "U shuffled": u_shuffled.get(sigma, math.nan),
+                         "U base": u_base.get(sigma, math.nan)})
+    return rows
+
+
+def study_header(records: list[dict]) -> list[str]:
+    """What the stored cells were run with (grids, test images, networks, objectives)."""
+    refs = [r["spec"] for r in records if r["spec"]["kind"] == "reference" and "result" in r]
+    nets = [r["spec"] for r in records if r["spec"]["kind"] == "network" and "result" in r]
+    lines = []
+    if refs:
+        dense = max((r["sigmas"] for r in refs), key=len)
+        coarse = sorted({t["train"]["sigma"] for t in nets if t["train"]["mode"] == "per-sigma"})
+        n_eval = sorted({(r["dataset"], r["n_eval"]) for r in refs})
+        lines.append(
+            f"MSE curves of references and universal networks on {len(dense)} σ from "
+            f"{dense[0]:g} to {dense[-1]:g} (pixel units, images in about [0, 1]); per-σ "
+            f"networks at {', '.join(f'{s:g}' for s in coarse)}. Test images per curve "
+            f"(the same images and noise for every denoiser of an entry): "
+            + ", ".join(f"{name} {n}" for name, n in dict(n_eval).items()) + ".")
+    for mode in NETWORKS:
+        mine = [t for t in nets if t["train"]["mode"] == mode]
+        if not mine:
             continue
-        for i, sigma in enumerate(net.sigma):
-            rows.append({"entry": s.label, "sigma": sigma, "network shuffled": net.mse[i],
-                         "network base": base_net.mse[i] if base_net is not None else math.nan,
-                         "best reference (P f P⁻¹)": best.mse[i],
-                         "ratio shuffled/base": net.mse[i] / base_net.mse[i]
-                         if base_net is not None else math.nan})
+        t = mine[0]["train"]
+        objective = t.get("objective", "paper")
+        law = (f"ln σ uniform on [{t.get('sigma_min', 0):g}, {t['sigma_max']:g}], loss "
+               f"‖f(y) − x‖²/σ² (the KL bound, SCIENCE.md §4c)" if objective == "kl" else
+               f"σ = {t['sigma_max']:g}·u², unweighted loss (the paper's)")
+        lines.append(
+            f"{mode} networks: {mine[0]['net']}, {t['steps']} steps, batch {t['batch_size']}, "
+            f"lr {t['lr']:g}, objective `{objective}`"
+            + (f" ({law})" if mode == "universal" else "")
+            + (", mean image subtracted" if t.get("center") else "")
+            + (", started from the universal network" if mine[0].get("init_key") else "")
+            + ".")
+    return lines
+
+
+def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
+    """KL(shuffled) − KL(base) of the networks: ``∫ (MSE_shuffled − MSE_base) σ⁻³ dσ``.
+
+    The MMSE of the two families is identical (SCIENCE.md §5), so it cancels: the difference
+    of the two networks' KL gaps is exact, with no bracket. Image k and noise k of the
+    shuffled family are ``P x_k`` and ``P z_k`` (``evaluation_noise``), so the per-image
+    errors are paired and the standard error is that of the per-image integrals.
+    """
+    rows = []
+    by_label = {s.label: s for s in studies}
+    for s in studies:
+        base_label = entry_label(s.params.get("base", ""), {k: v for k, v in s.params.items()
+                                                             if k not in ("base", "seed")})
+        base = by_label.get(base_label) if s.name == "shuffled" else None
+        for mode in NETWORKS if base else ():
+            a, b = s.networks[mode], base.networks[mode]
+            if a is None or b is None or len(a) != len(b) or not np.allclose(a.sigma, b.sigma):
+                continue
+            sig, d = a.sigma.to_numpy(), int(a.d.iloc[0])
+            diff = (a.attrs["errors"] - b.attrs["errors"]) * d  # (σ, n) total squared error
+            if diff.shape[1] < 2:
+                continue
+            for s0 in [x for x in sigma0s if sig[0] <= x <= sig[-1]]:
+                per_image = (trapezoid_weights(np.log(sig), math.log(s0)) * sig**-2.0) @ diff
+                rows.append({"entry": s.label, "network": mode, "sigma0": s0,
+                             "KL shuffled − KL base (nats)": float(per_image.mean()),
+                             "se": float(per_image.std(ddof=1) / math.sqrt(per_image.size))})
     return rows
 
 
@@ -268,11 +401,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         "",
         "Regenerate with `python run_all.py --preset " + preset.name + "`; the numbers below "
         "come only from the stored cell results of that run.",
-        f"σ grid: {', '.join(f'{s:g}' for s in preset.sigmas)} (pixel units, images in "
-        f"about [0, 1]); {preset.n_eval} test images per curve, the same images and noise for "
-        f"every denoiser. Networks: {preset.net}, {preset.per_sigma_steps} steps per σ, "
-        f"{preset.universal_steps} steps for the universal one (σ = {preset.sigma_max}·u²), "
-        f"batch {preset.batch_size}.",
+        *study_header(records),
         "",
     ]
     kl_rows, rates, mse_rows = [], [], []
@@ -297,25 +426,58 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                                      "se": row.se})
         _figure_mse(study, refs, out / f"mse_{s}.png")
         lines += [f"MMSE reference: {how}.", "", f"![MSE against σ](mse_{s}.png)", ""]
-        integrands = {}
+        integrands, kl_errors = {}, []
+        data_variance = study.reference["result"].get("data_variance")  # absent: old record
         for net, frame in study.networks.items():
-            if frame is None or len(frame) != len(preset.sigmas):
+            if frame is None or len(frame) < 2:
                 continue
-            result = kl_bound(frame, refs, sigma0=[x for x in preset.sigma0s
-                                                   if preset.sigmas[0] <= x <= preset.sigmas[-1]])
+            grid = frame["sigma"].to_numpy()  # per-σ: the coarse grid; universal: the dense
+            try:
+                result = kl_bound(frame, {k: on_grid(f, grid) for k, f in refs.items()},
+                                  sigma0=[x for x in preset.sigma0s if grid[0] <= x <= grid[-1]],
+                                  data_variance=data_variance)
+            except ValueError as exc:  # e.g. an inverted bracket: say so, keep the report
+                kl_errors.append(f"- **KL not computed** for network {net}: {exc}")
+                continue
             integrands[net] = result.integrand
             for row in result.table.to_dict("records"):
-                kl_rows.append({"entry": study.label, "network": net, "reference": how, **row})
+                kl_rows.append({"entry": study.label, "network": net, "reference": how,
+                                "grid": len(grid), **row,
+                                "converged": study.converged.get(net)})
+        lines += [*kl_errors, ""] if kl_errors else []
         if integrands:
             _figure_kl(study, integrands, out / f"kl_{s}.png")
             lines += [f"![KL integrand](kl_{s}.png)", ""]
             mine = pd.DataFrame([r for r in kl_rows if r["entry"] == study.label])
-            lines += [markdown_table(mine[["network", "sigma0", "kl_low", "kl_high", "se_low",
-                                           "se_high", "tail", "bits_low", "bits_high",
-                                           "negative_gap"]]), ""]
-            if mine["negative_gap"].any():
+            lines += [
+                "KL bound (SCIENCE.md §4b; Song et al. 2021, Thm 1), nats, at smoothing level "
+                "σ0, for the reverse SDE driven by the network from N(μ̂, σ_max² I), σ_max = "
+                "the top of the row's σ grid ("
+                + ", ".join(f"{n}: {float(f.sigma.max()):g}" for n, f in integrands.items())
+                + "): `kl_low` = B_low = ∫ max(0, MSE − U) "
+                "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` "
+                "= B_high = ∫ (MSE − L) σ⁻³ dσ + `closing`, a certified upper bound on the "
+                "smoothed KL; `closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)); "
+                "`se_*` standard errors of the integrals; `bits_*` per pixel value; `clipped` "
+                "(`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added to kl_low).",
+                "`grid`: σ values integrated (trapezoid in ln σ; the per-σ networks' coarse "
+                "grid interpolates between networks, so its KL is an estimate, not certified: "
+                "compare the universal network's rows, integrated on the dense grid). "
+                "`converged`: every network behind the row passed the convergence check "
+                "(section Training).",
+                "", markdown_table(mine[["network", "grid", "sigma0", "kl_low", "kl_high",
+                                          "closing", "se_low", "se_high", "bits_low",
+                                          "bits_high", "clipped", "clipped_nats",
+                                          "converged"]]), ""]
+            if mine["clipped"].any():
                 lines += ["Flag: the network's MSE falls below the reference upper bound U at "
-                          "some σ (negative lower gap, kept unclipped): U is loose there.", ""]
+                          "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all): "
+                          "the true gap is ≥ 0, so U is loose there (or it is noise).", ""]
+            if mine["closing"].isna().any():
+                lines += ["Flag: the reference record stores no data variance (computed before "
+                          "it was recorded): the closing term is missing, so `kl_high` is the "
+                          "grid integral only and not a certified bound. Recompute the "
+                          "reference cell to add it.", ""]
         rates += rate_rows(study, refs, preset)
         if _figure_examples(study, out / f"examples_{s}.png"):
             lines += [f"![clean, noisy, denoised](examples_{s}.png)", ""]
@@ -326,18 +488,28 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                   "smallest σ; manifold theory 5.", "", markdown_table(pd.DataFrame(rates)), ""]
     if shuffled:
         lines += ["## Shuffled against base", "", markdown_table(pd.DataFrame(shuffled)), ""]
+        shuffled_kl = shuffled_kl_rows(studies, preset.sigma0s)
+        if shuffled_kl:
+            lines += ["The same MMSE on both families cancels in the difference of the "
+                      "networks' KL gaps: ∫ (MSE_shuffled − MSE_base) σ⁻³ dσ from σ0 is exact, "
+                      "paired image by image (same images and noise, permuted).", "",
+                      markdown_table(pd.DataFrame(shuffled_kl)), ""]
     from .report_jacobian import jacobian_section  # they build on this module's helpers
     from .report_memorization import memorization_section
 
+    from .report_training import training_section
+
+    training_lines, training = training_section(records, out)
+    lines += training_lines
     lines += jacobian_section(records, out)
     lines += memorization_section(records, out)
     for name, rows in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
-                       ("mse", mse_rows)):
+                       ("mse", mse_rows), ("training", training)):
         if rows:
             _write_csv(pd.DataFrame(rows), out / f"{name}.csv")
     lines += ["## Files", "", "Tables as CSV: " + ", ".join(
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
-                                   ("mse", mse_rows)) if r)
+                                   ("mse", mse_rows), ("training", training)) if r)
               + ", `jacobian.csv`, `jacobian_pairs.csv`, `memorization.csv`, "
                 "`memorization_mse.csv` (when computed).", ""]
     readme = out / "README.md"

@@ -52,15 +52,18 @@ def _reference_for(spec: dict, records: list[dict]) -> dict | None:
 
 
 def _kl_interval(result: dict, reference: dict | None, sigma0: float):
-    """KL interval (nats) of the S1 network at ``sigma0`` against the reference bracket."""
+    """``[B_low, B_high]`` (nats, SCIENCE.md §4b) of the S1 network at ``sigma0`` against the
+    reference bracket; B_high includes the closing term when the reference stores the data
+    variance."""
     if reference is None or "mse_test" not in result:
         return math.nan, math.nan
     test = curve_frame(result["mse_test"])
     refs, _ = bracket(reference["result"]["curves"])
     if any(len(f) != len(test) for f in refs.values()):
         return math.nan, math.nan
-    row = kl_bound(test, refs, sigma0=[sigma0]).table.iloc[0]
-    return float(row["kl_low"]), float(row["kl_high"])
+    row = kl_bound(test, refs, sigma0=[sigma0],
+                   data_variance=reference["result"].get("data_variance")).table.iloc[0]
+    return float(row["kl_low"]), float(row["kl_high"])  # [B_low, B_high] of SCIENCE.md §4b
 
 
 def summary_row(record: dict, reference: dict | None = None) -> dict:

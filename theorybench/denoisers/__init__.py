@@ -28,7 +28,19 @@ def calibration_images(dist, n: int = 64):
 
 
 def reference_denoisers(dist) -> dict:
-    """The distribution's own reference denoisers plus the baselines every family gets."""
+    """The distribution's own reference denoisers plus the baselines every family gets.
+
+    A distribution with a ``reference_base()`` (a pixel permutation ``P`` of it, e.g.
+    ``shuffled``) gets every reference of that base, baselines and empirical included,
+    as ``P f P⁻¹`` (same names and kinds): the same MSE as on the base, rather than
+    baselines rebuilt on permuted pixels, which would loosen ``U`` (SCIENCE.md §5).
+    """
+    base_of = getattr(dist, "reference_base", None)
+    base = base_of() if callable(base_of) else None
+    if base is not None:
+        from .conjugate import Conjugated
+
+        return {name: Conjugated(den, dist) for name, den in reference_denoisers(base).items()}
     refs = dict(dist.reference_denoisers())
     refs["identity"] = Identity()
     refs["wavelet"] = WaveletSoftThreshold(calibration_images(dist))

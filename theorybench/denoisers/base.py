@@ -17,6 +17,11 @@ and declare a ``kind`` (SCIENCE.md §5):
 Oracles set ``oracle = True`` and take ``latents=`` (a dict of per-image tensors). Only
 the evaluator hands latents over, and only to oracles; ``upper`` denoisers have no way
 to receive them.
+
+A reference that is expensive per σ sets ``costly = True``: the study evaluates it on the
+coarse σ grid only, and the report extends its bound to the dense grid by monotonicity
+(the MMSE is non-decreasing in σ, so ``U(σ) ≤ U(σ')`` bounds it for every σ ≤ σ' and
+``L(σ')`` for every σ ≥ σ').
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class ReferenceDenoiser:
 
     kind: str = "upper"
     oracle: bool = False
+    costly: bool = False
     description: str = ""
 
     def __init__(self, kind: str | None = None):

@@ -475,6 +475,7 @@ class CAlphaContourEstimator(ReferenceDenoiser):
     """
 
     kind = "upper"
+    costly = True  # seconds per image and σ: evaluated on the coarse grid only
     description = "posterior mean over contours estimated from y (modes + importance sampling)"
 
     def __init__(self, dist, samples: int = 64, lowrank_samples: int = 512,

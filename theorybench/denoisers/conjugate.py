@@ -16,6 +16,7 @@ class Conjugated(ReferenceDenoiser):
         self.denoiser = denoiser
         self.shuffler = shuffler
         self.oracle = getattr(denoiser, "oracle", False)
+        self.costly = getattr(denoiser, "costly", False)
         self.description = f"P f P^-1 of {getattr(denoiser, 'description', denoiser)!s}"
 
     def __call__(self, y, sigma, latents=None):

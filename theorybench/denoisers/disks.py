@@ -17,6 +17,12 @@ Given ``g`` this is a Gaussian linear model (SCIENCE.md §5, conditioning). With
 Everything needs only ``m·y``, ``m·1``, ``m·m``, ``1·y`` and ``‖y‖²``.
 
 * :class:`DisksOracle` (``lower``) knows ``g`` and returns ``E[x | y, g]``: MSE ≤ MMSE.
+* :class:`DisksCentreOracle` / :class:`DisksRadiusOracle` (``lower``, partial oracles,
+  SCIENCE.md §5) know only the centre, resp. only the radius. The rest of the geometry has
+  a 1-D (radius) resp. 2-D (centre) posterior, integrated by adaptive quadrature with the
+  intensities analytic: ``E[x | y, known] = Σ_j w_j E[x | y, g_j]``, ``w_j ∝ ω_j p(y | g_j)``
+  (ω_j trapezoid weights; the prior is uniform). Exact conditioning on less information,
+  so ``MSE(full oracle) ≤ MSE(partial oracle) ≤ MMSE``; total MSE → 3σ² resp. 4σ².
 * :class:`DisksPosterior` (``upper``) sees ``y`` only and approximates
   ``E[x | y] = Σ_k w_k E[x | y, g_k]`` by self-normalised importance sampling over ``g``
   (intensities integrated analytically). Any function of ``y`` is an upper bound on the
@@ -78,6 +84,17 @@ class _LinearGaussian:
         return self.mu_f + w1, self.mu_b + w2, loglik, trace
 
 
+def _true_geometry(oracle, latents, n) -> torch.Tensor:
+    """The geometry columns ``(cx, cy, r)`` (n, 3) float64 of ``latents["params"]``."""
+    if latents is None or "params" not in latents:
+        raise ValueError(f"{type(oracle).__name__} needs latents={{'params': (n, 5)}} from Disks")
+    params = latents["params"]
+    if params.dim() != 2 or params.shape[0] != n or params.shape[1] < 3:
+        raise ValueError(f"latents['params'] must have shape ({n}, 5), got "
+                         f"{tuple(params.shape)}")
+    return params[:, :3].double()
+
+
 class DisksOracle(ReferenceDenoiser):
     """``E[x | y, g]`` given the true disk geometry: a lower bound on the MMSE.
 
@@ -100,13 +117,7 @@ class DisksOracle(ReferenceDenoiser):
         self._model = _LinearGaussian(self.mean, self.std)
 
     def _geometry(self, latents, n):
-        if latents is None or "params" not in latents:
-            raise ValueError("DisksOracle needs latents={'params': (n, 5)} from Disks")
-        params = latents["params"]
-        if params.dim() != 2 or params.shape[0] != n or params.shape[1] < 3:
-            raise ValueError(f"latents['params'] must have shape ({n}, 5), got "
-                             f"{tuple(params.shape)}")
-        return params[:, :3].double()
+        return _true_geometry(self, latents, n)
 
     def __call__(self, y, sigma, latents=None):
         s2 = sigma_column(sigma, y).double().view(-1, 1) ** 2
@@ -127,6 +138,408 @@ class DisksOracle(ReferenceDenoiser):
         *_, trace = self._model.solve(zero, m.sum(1, keepdim=True), m.square().sum(1, keepdim=True),
                                       zero, zero, s2, m.shape[1])
         return (s2 * trace).squeeze(1)
+
+
+class _PartialDisksOracle(ReferenceDenoiser):
+    """``E[x | y, known geometry coordinates]`` by adaptive quadrature over the free ones.
+
+    The free coordinates (``free``: indices into ``(cx, cy, r)``, D = 1 or 2) are uniform
+    on the prior box and independent of the known ones, so their posterior density is
+    ``∝ p(y | g)`` on the box, with the intensities integrated analytically
+    (``_LinearGaussian``). The posterior mean ``Σ_j w_j E[x | y, g_j]``, ``w_j ∝ ω_j p(y | g_j)``
+    (trapezoid weights ``ω_j``, log-sum-exp) is computed per image on one of three grids:
+
+    1. *coarse*: a uniform tensor grid over the whole box (``_coarse``). Its nodes within
+       ``threshold`` nats of the best one, widened by one node per side, give a window
+       holding all but ≲ e^(−threshold) of the mass. If ≥ ¾·``points`` retained nodes
+       per axis span the peak, it is resolved (broad posterior, large σ or low contrast;
+       spacing ≲ 1.3 posterior standard deviations for a Gaussian peak) and the coarse
+       trapezoid rule is the answer.
+    2. *Laplace*: otherwise (a sharp peak) Levenberg–Marquardt from the best node gives the
+       mode and the Gauss–Newton curvature ``H`` of ``−log p(y | g)``; a grid of ``points``
+       per axis on ``mode ± κ √diag(H⁻¹)`` (κ = √(2·threshold) + 2), cut to the coarse
+       window, spaced ≲ 1.3 posterior standard deviations. It is accepted if
+       the log-likelihood on its faces inside the box is ``threshold`` below its maximum
+       and every retained coarse node lies within one coarse spacing of it.
+    3. *fallback*, for the rest: successive uniform grids of ``points`` per axis, each on
+       the thresholded window of the previous one, ``levels`` times from the coarse window
+       (windows shrink by about (points − 1)/2 per level until the peak is resolved).
+
+    ``last_diagnostics["path"]`` holds 0/1/2 per image (coarse, Laplace, fallback).
+    Accuracy is checked by doubling every grid (``tests/test_disks.py``).
+    """
+
+    kind = "lower"
+    oracle = True
+    free: tuple[int, ...] = ()
+
+    def __init__(self, dist, points: int, levels: int, threshold: float, lm_steps: int,
+                 max_elements: int):
+        super().__init__("lower")
+        for name, value, low in (("points", points, 3), ("levels", levels, 1),
+                                 ("lm_steps", lm_steps, 1), ("max_elements", max_elements, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(threshold, (int, float)) and 10 <= threshold <= 300):
+            raise ValueError(f"threshold must be a number in [10, 300], got {threshold!r}")
+        if getattr(dist, "name", None) != "disks":
+            raise ValueError(f"{type(self).__name__} needs a Disks distribution, got {dist!r}")
+        self.dist = dist
+        self.points, self.levels, self.lm_steps = points, levels, lm_steps
+        self.threshold, self.max_elements = float(threshold), max_elements
+        self.kappa = math.sqrt(2 * self.threshold) + 2
+        # a grid resolves the peak when ≥ this many nodes per axis are within `threshold`
+        # (spacing ≲ 1.3 posterior standard deviations for a Gaussian peak)
+        self.resolved = max(3, math.ceil(0.75 * points))
+        self._model = _LinearGaussian(dist.intensity_mean, dist.intensity_std)
+        idx = list(self.free)
+        self.low, self.high = dist.geometry_low[idx], dist.geometry_high[idx]  # (D,)
+        self.prior_precision = 12 / (self.high - self.low) ** 2  # LM damping floor
+        self.last_diagnostics: dict[str, torch.Tensor] = {}
+
+    # -- the estimator ---------------------------------------------------------------------
+    def __call__(self, y, sigma, latents=None):
+        s2 = sigma_column(sigma, y).double().view(-1, 1).cpu() ** 2
+        flat = y.detach().flatten(1).double().cpu()
+        if flat.shape[1] != self.dist.d:
+            raise ValueError(f"y must have shape (n, 1, {self.dist.size}, {self.dist.size}), "
+                             f"got {tuple(y.shape)}")
+        g = _true_geometry(self, latents, len(flat)).cpu()
+        chunk = max(1, self.max_elements // (self._grid_nodes() * flat.shape[1]))
+        parts = [self._estimate(flat[i:i + chunk], s2[i:i + chunk], g[i:i + chunk])
+                 for i in range(0, len(flat), chunk)]
+        self.last_diagnostics = {"path": torch.cat([p[1] for p in parts])}
+        x_hat = torch.cat([p[0] for p in parts])
+        return x_hat.view_as(y).to(device=y.device, dtype=y.dtype)
+
+    def _estimate(self, y, s2, g):
+        """Posterior mean for a chunk: y (n, d), s2 (n, 1), true geometry g (n, 3)."""
+        n, dims = len(y), len(self.free)
+        axes, loglik, log_w, mean = self._coarse(y, s2, g)  # axes (n, D, R), loglik (n, R^D)
+        r = axes.shape[2]
+        box_lo, box_hi = self.low.expand(n, dims), self.high.expand(n, dims)
+        first, last, lo, hi = self._window(axes, loglik, box_lo, box_hi)
+        path = torch.full((n,), 2, dtype=torch.long)
+        out = torch.zeros_like(y)
+        # resolved, and (if the last node is short of the box) clear of the box's end
+        coarse = ((last - first + 1) >= self.resolved).all(1) & (
+            (last < r - 1) | (axes[:, :, -1] >= box_hi - 1e-9)).all(1)
+        if bool(coarse.any()):  # 1. resolved on the coarse grid
+            idx = coarse.nonzero().squeeze(1)
+            out[idx] = mean(torch.softmax(loglik[idx] + log_w, 1), idx)
+            path[idx] = 0
+        rest = (~coarse).nonzero().squeeze(1)
+        if len(rest):  # 2. Laplace window around the mode
+            best = loglik[rest].argmax(1)
+            start = torch.stack([axes[rest, a, i] for a, i in enumerate(_unravel(best, r, dims))],
+                                1)
+            mode, sd = self._levenberg_marquardt(y[rest], s2[rest], g[rest], start)
+            w_lo = torch.maximum(mode - self.kappa * sd, lo[rest])
+            w_hi = torch.minimum(mode + self.kappa * sd, hi[rest])
+            step = axes[rest, :, 1] - axes[rest, :, 0]  # coarse spacing (n', D)
+            kept_lo = axes[rest].gather(2, first[rest, :, None]).squeeze(2)
+            kept_hi = axes[rest].gather(2, last[rest, :, None]).squeeze(2)
+            inside = ((kept_lo >= w_lo - step) & (kept_hi <= w_hi + step)
+                      & (w_hi > w_lo)).all(1)
+            fine = self._grid(y[rest], s2[rest], g[rest], w_lo, w_hi, self.points)
+            ok = inside & ~self._open_faces(fine[1], w_lo, w_hi)
+            done = rest[ok]
+            out[done] = self._mean(*[t[ok] for t in fine[1:-1]], fine[-1])
+            path[done] = 1
+            rest = rest[~ok]
+        # 3. successive thresholded windows from the coarse one, until resolved
+        lo, hi = lo[rest], hi[rest]
+        for level in range(self.levels):
+            if not len(rest):
+                break
+            fine = self._grid(y[rest], s2[rest], g[rest], lo, hi, self.points)
+            first, last, lo, hi = self._window(fine[0], fine[1])
+            done = ((last - first + 1) >= self.resolved).all(1) | (level == self.levels - 1)
+            out[rest[done]] = self._mean(*[t[done] for t in fine[1:-1]], fine[-1])
+            rest, lo, hi = rest[~done], lo[~done], hi[~done]
+        return out, path
+
+    # -- pieces --------------------------------------------------------------------------
+    def _grid_nodes(self) -> int:
+        """Nodes of the largest grid whose masks are held at once (memory ∝ nodes·d)."""
+        raise NotImplementedError
+
+    def _coarse(self, y, s2, g):
+        """Coarse grid over the whole box: ``(axes (n, D, R), loglik (n, R^D),
+        log trapezoid weights (R^D,), mean(w (n', R^D), idx) -> (n', d))``."""
+        raise NotImplementedError
+
+    def _explicit_coarse(self, y, s2, g, r):
+        """``_coarse`` from rendered masks: r nodes per axis over the prior box."""
+        n, dims = len(y), len(self.free)
+        axes, loglik, a_f, a_b, masks, log_w = self._grid(
+            y, s2, g, self.low.expand(n, dims), self.high.expand(n, dims), r)
+
+        def mean(w, idx):
+            return ((w * a_b[idx]).sum(1, keepdim=True)
+                    + ((w * (a_f - a_b)[idx])[:, None, :] @ masks[idx]).squeeze(1))
+
+        return axes, loglik, log_w, mean
+
+    def _window(self, axes, loglik, low=None, high=None):
+        """Nodes within ``threshold`` of the maximum: first / last index per axis (n, D),
+        and the window one node wider on each side, lo / hi (n, D) in pixel units; where
+        the retained nodes reach the grid's first / last node the window reaches ``low`` /
+        ``high`` (n, D) (default: that node)."""
+        n, dims, r = axes.shape
+        kept = (loglik >= loglik.amax(1, keepdim=True) - self.threshold).view(n, *[r] * dims)
+        first, last = [], []
+        for a in range(dims):
+            along = kept.any(dim=[1 + b for b in range(dims) if b != a]) if dims > 1 else kept
+            first.append(along.int().argmax(1))
+            last.append(r - 1 - along.flip(1).int().argmax(1))
+        first, last = torch.stack(first, 1), torch.stack(last, 1)
+        lo = axes.gather(2, (first - 1).clamp(min=0)[:, :, None]).squeeze(2)
+        hi = axes.gather(2, (last + 1).clamp(max=r - 1)[:, :, None]).squeeze(2)
+        if low is not None:
+            lo = torch.where(first == 0, low, lo)
+        if high is not None:
+            hi = torch.where(last == r - 1, high, hi)
+        return first, last, lo, hi
+
+    def _grid(self, y, s2, g, lo, hi, r):
+        """Explicit uniform grid of r nodes per axis on [lo, hi] (n, D): ``(axes (n, D, r),
+        loglik (n, r^D), α̂_f, α̂_b (n, r^D), masks (n, r^D, d), log weights (r^D,))``."""
+        n, d = y.shape
+        dims = len(self.free)
+        axes = lo[:, :, None] + (hi - lo)[:, :, None] * torch.linspace(0, 1, r, dtype=y.dtype)
+        index = _unravel(torch.arange(r ** dims), r, dims)
+        geometry = g[:, None, :].repeat(1, r ** dims, 1)
+        for a, coord in enumerate(self.free):
+            geometry[:, :, coord] = axes[:, a, index[a]]
+        masks = disk_coverage(geometry.view(-1, 3), self.dist.size).view(n, -1, d)
+        a_f, a_b, loglik, _ = self._model.solve(
+            (masks @ y[:, :, None]).squeeze(2), masks.sum(2), masks.square().sum(2),
+            y.sum(1, keepdim=True), y.square().sum(1, keepdim=True), s2, d)
+        return axes, loglik, a_f, a_b, masks, _trapezoid([r] * dims, 0.0)
+
+    @staticmethod
+    def _mean(loglik, a_f, a_b, masks, log_w):
+        """``Σ_j w_j (α̂_b,j + (α̂_f,j − α̂_b,j) m_j)`` with ``w = softmax(loglik + log ω)``."""
+        w = torch.softmax(loglik + log_w, 1)
+        return (w * a_b).sum(1, keepdim=True) + ((w * (a_f - a_b))[:, None, :] @ masks).squeeze(1)
+
+    def _open_faces(self, loglik, lo, hi):
+        """True where a face of the grid inside the prior box is within ``threshold`` of the
+        maximum (mass may lie outside the window), per image (n,)."""
+        n, dims = lo.shape
+        r = round(loglik.shape[1] ** (1 / dims))
+        grid = loglik.view(n, *[r] * dims) - loglik.amax(1).view(n, *[1] * dims)
+        bad = torch.zeros(n, dtype=torch.bool)
+        tol = 1e-9
+        for a in range(dims):
+            for face, inner in ((0, lo[:, a] > self.low[a] + tol),
+                                (r - 1, hi[:, a] < self.high[a] - tol)):
+                top = grid.select(1 + a, face).reshape(n, -1).amax(1)
+                bad |= inner & (top > -self.threshold)
+        return bad
+
+    def _levenberg_marquardt(self, y, s2, g, start):
+        """Mode of ``log p(y | g)`` over the free coordinates (α profiled out), from
+        ``start`` (n, D), and the posterior standard deviations ``√diag(H⁻¹)`` (n, D), with
+        ``H`` the Gauss–Newton curvature (Schur complement over the intensities)."""
+        free, dims, d = list(self.free), len(self.free), y.shape[1]
+        sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
+
+        def evaluate(x):
+            full = g.clone()
+            full[:, free] = x
+            m, jm = disk_coverage_jacobian(full, self.dist.size)
+            m, jm = m.flatten(1), jm.flatten(2)[:, free]
+            a_f, a_b, loglik, _ = self._model.solve(
+                (m * y).sum(1, keepdim=True), m.sum(1, keepdim=True),
+                m.square().sum(1, keepdim=True), sy, yy, s2, d)
+            return [m, jm, a_f, a_b, loglik.squeeze(1)]
+
+        def curvature(m, jm, a_f, a_b, loglik):
+            jx = torch.cat([(a_f - a_b)[:, :, None] * jm, m[:, None], (1 - m)[:, None]], 1)
+            hess = jx @ jx.transpose(1, 2) / s2[:, :, None]  # Gauss–Newton JᵀJ/σ²
+            hess[:, dims, dims] += self._model.prec_f
+            hess[:, dims + 1, dims + 1] += self._model.prec_b
+            resid = y - (a_b + (a_f - a_b) * m)
+            grad = -(jx[:, :dims] @ resid[:, :, None]).squeeze(2) / s2
+            h_marg = hess[:, :dims, :dims] - hess[:, :dims, dims:] @ torch.linalg.solve(
+                hess[:, dims:, dims:], hess[:, dims:, :dims])
+            return h_marg, grad
+
+        x, state = start, evaluate(start)
+        lam = torch.full((len(x),), 1e-3, dtype=x.dtype)
+        eye = torch.eye(dims, dtype=x.dtype)
+        for _ in range(self.lm_steps):
+            h_marg, grad = curvature(*state)
+            damp = h_marg.diagonal(dim1=1, dim2=2) + self.prior_precision
+            system = h_marg + lam[:, None, None] * damp[:, :, None] * eye
+            x_new = (x - torch.linalg.solve(system, grad)).clamp(self.low, self.high)
+            trial = evaluate(x_new)
+            better = trial[-1] > state[-1]
+            x = torch.where(better[:, None], x_new, x)
+            state = [torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)
+                     for new, old in zip(trial, state, strict=True)]
+            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-9, 1e6)
+        h_marg, _ = curvature(*state)
+        cov = torch.linalg.inv(h_marg + 1e-12 * eye)
+        return x, cov.diagonal(dim1=1, dim2=2).clamp(min=0).sqrt()
+
+
+def _unravel(flat_index, r, dims):
+    """Per-axis node indices of flat indices into an r^D tensor grid ('ij' order), D ≤ 2."""
+    return [flat_index] if dims == 1 else [flat_index // r, flat_index % r]
+
+
+def _trapezoid(sizes, end_extra: float):
+    """log trapezoid weights ``[½, 1, …, 1, ½ + end_extra]`` per axis, summed over a tensor
+    grid of ``sizes`` nodes per axis, flattened ('ij')."""
+    logs = []
+    for r in sizes:
+        w = torch.ones(int(r), dtype=torch.float64)
+        w[0], w[-1] = 0.5, 0.5 + end_extra
+        logs.append(w.log())
+    out = logs[0]
+    for extra in logs[1:]:
+        out = (out[:, None] + extra[None, :]).reshape(-1)
+    return out
+
+
+class DisksCentreOracle(_PartialDisksOracle):
+    """``E[x | y, centre]``: knows ``(cx, cy)``, integrates the radius (1-D quadrature).
+
+    A lower bound on the MMSE (exact conditioning on part of the geometry, SCIENCE.md §5),
+    above :class:`DisksOracle`; total MSE → 3σ² at small σ.
+
+    Parameters
+    ----------
+    dist : Disks          the distribution (size, radius range, intensity prior).
+    coarse : int          nodes of the coarse radius grid over [r_min, r_max].
+    points : int          nodes of the Laplace and fallback grids.
+    levels : int          fallback levels.
+    threshold : float     nats below the maximum at which nodes are dropped (mass ≲ e^−t).
+    lm_steps : int        Levenberg–Marquardt iterations.
+    max_elements : int    bound on chunk·nodes·d (memory, float64 elements).
+
+    Called as ``oracle(y, sigma, latents={"params": (n, 5)})``; uses ``cx, cy`` only.
+    """
+
+    description = "posterior mean given the true disk centre (1-D quadrature over the radius)"
+    free = (2,)
+
+    def __init__(self, dist, coarse: int = 33, points: int = 32, levels: int = 4,
+                 threshold: float = 30.0, lm_steps: int = 8, max_elements: int = 1 << 22):
+        if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 3:
+            raise ValueError(f"coarse must be an integer >= 3, got {coarse!r}")
+        self.coarse = coarse
+        super().__init__(dist, points, levels, threshold, lm_steps, max_elements)
+
+    def _grid_nodes(self):
+        return max(self.coarse, self.points)
+
+    def _coarse(self, y, s2, g):
+        return self._explicit_coarse(y, s2, g, self.coarse)
+
+
+class DisksRadiusOracle(_PartialDisksOracle):
+    """``E[x | y, radius]``: knows ``r``, integrates the centre (2-D quadrature).
+
+    A lower bound on the MMSE, above :class:`DisksOracle`; total MSE → 4σ² at small σ.
+
+    The coarse grid is the lattice of centres ``low + (a, b)/K`` over the whole box: the
+    masks of centres one pixel apart are translates of each other, so ``m·y``, ``m·1`` and
+    ``m·m`` at every node are K² cross-correlations of the image with the K² sub-pixel
+    templates (one grouped ``conv2d``), and ``Σ_j c_j m_j`` one transposed convolution.
+    If the box width is not a multiple of 1/K the last sliver (< 1/K) is integrated with
+    the last node's value (weight ``½ + sliver·K``).
+
+    Parameters as :class:`DisksCentreOracle`, with ``subdivisions`` (K) instead of
+    ``coarse`` and ``points`` per axis. Uses ``r`` only.
+    """
+
+    description = "posterior mean given the true disk radius (2-D quadrature over the centre)"
+    free = (0, 1)
+
+    def __init__(self, dist, subdivisions: int = 4, points: int = 16, levels: int = 5,
+                 threshold: float = 30.0, lm_steps: int = 8, max_elements: int = 1 << 22):
+        if isinstance(subdivisions, bool) or not isinstance(subdivisions, int) \
+                or subdivisions < 1:
+            raise ValueError(f"subdivisions must be an integer >= 1, got {subdivisions!r}")
+        self.subdivisions = subdivisions
+        super().__init__(dist, points, levels, threshold, lm_steps, max_elements)
+        lo, hi, k = float(self.low[0]), float(self.high[0]), subdivisions
+        self._nodes = math.floor(k * (hi - lo) + 1e-9) + 1  # lattice nodes per axis
+        self._sliver = (hi - lo) * k - (self._nodes - 1)  # box beyond the last node, in steps
+        self._pad = math.ceil(self.dist.r_max) + 2  # template canvas: centre at pad + frac
+        self._canvas = 2 * self._pad + 2
+
+    def _grid_nodes(self):  # the lattice holds K² templates, not one mask per node
+        return max(self.points ** 2, self.subdivisions ** 2)
+
+    def _coarse(self, y, s2, g):
+        import torch.nn.functional as F
+
+        if self._nodes < 3:  # a box narrower than two lattice steps: render the nodes
+            return self._explicit_coarse(y, s2, g, 3)
+        n, d = y.shape
+        size, k, pad, canvas, nodes = (self.dist.size, self.subdivisions, self._pad,
+                                       self._canvas, self._nodes)
+        lo = float(self.low[0])
+        # node a sits at lo + a/K = base + (a // K), base = lo + (a % K)/K = floor + frac
+        phase = torch.arange(nodes) % k
+        base = lo + torch.arange(k, dtype=torch.float64) / k
+        whole = base.floor()
+        frac = base - whole
+        shift = whole[phase].long() + torch.arange(nodes) // k - pad  # template offset t
+        t_min, t_max = int(shift.min()), int(shift.max())
+        span = t_max - t_min + 1  # correlation outputs per axis
+        start = min(t_min, 0)  # padded frame: rows start … start + extent − 1
+        extent = max(t_max + canvas, size) - start
+        # templates: disk of radius r at (pad + frac_x, pad + frac_y) on the canvas (n, K, K)
+        geometry = torch.empty(n, k, k, 3, dtype=torch.float64)
+        geometry[..., 0] = pad + frac[None, None, :]  # cx varies along the last phase axis
+        geometry[..., 1] = pad + frac[None, :, None]
+        geometry[..., 2] = g[:, 2, None, None]
+        templates = disk_coverage(geometry.view(-1, 3), canvas).view(n * k * k, 1, canvas,
+                                                                      canvas)
+        frame = torch.zeros(n, extent, extent, dtype=torch.float64)
+        frame[:, -start:-start + size, -start:-start + size] = y.view(n, size, size)
+        inside = torch.zeros(1, 1, extent, extent, dtype=torch.float64)
+        inside[..., -start:-start + size, -start:-start + size] = 1
+        o = t_min - start  # output index of offset t_min
+
+        def correlate(image, weight):  # (n, K, K, span, span): rows = cy offset, cols = cx
+            out = F.conv2d(image, weight, groups=n)[0]
+            return out.view(n, k, k, *out.shape[1:])[..., o:o + span, o:o + span]
+
+        my = correlate(frame[None], templates)
+        ones = inside.expand(1, n, extent, extent)
+        p, q = correlate(ones, templates), correlate(ones, templates.square())
+        rel = shift - t_min
+        # node (a, b) = (cx index, cy index) ↔ [phase[b], phase[a], rel[b], rel[a]]
+        pick = (phase[None, :], phase[:, None], rel[None, :], rel[:, None])  # (a, b) → 'ij'
+
+        def at_nodes(t):
+            return t[(slice(None),) + pick].reshape(n, nodes * nodes)
+
+        sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
+        a_f, a_b, loglik, _ = self._model.solve(at_nodes(my), at_nodes(p), at_nodes(q),
+                                                sy, yy, s2, d)
+        positions = lo + torch.arange(nodes, dtype=torch.float64) / k
+        axes = positions.expand(n, 2, nodes)
+        log_w = _trapezoid([nodes, nodes], self._sliver)
+
+        def mean(w, idx):
+            m = len(idx)
+            coef = torch.zeros(m, k, k, span, span, dtype=torch.float64)
+            coef[(slice(None),) + pick] = (w * (a_f - a_b)[idx]).view(m, nodes, nodes)
+            sel = templates.view(n, k * k, 1, canvas, canvas)[idx].reshape(-1, 1, canvas,
+                                                                           canvas)
+            img = F.conv_transpose2d(coef.view(1, m * k * k, span, span), sel, groups=m)[0]
+            img = img[:, -start - o:-start - o + size, -start - o:-start - o + size]
+            return (w * a_b[idx]).sum(1, keepdim=True) + img.reshape(m, d)
+
+        return axes, loglik, log_w, mean
 
 
 class DisksPosterior(ReferenceDenoiser):

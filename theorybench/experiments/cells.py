@@ -6,7 +6,9 @@ A cell is a plain spec dict (JSON-serializable, so any executor can ship it) wit
 * ``reference``: the MSE curves of every reference denoiser of a distribution (exact,
   lower, upper and the baselines) on the σ grid;
 * ``network``: train one network (``per-sigma`` at one σ, or ``universal`` over a σ
-  range), store its checkpoint, evaluate its MSE curve on the same images and noise.
+  range), store its checkpoint, evaluate its MSE curve on the same images and noise. A
+  per-σ network may start from the universal network's weights (``init_key``: the key of
+  that cell, whose checkpoint it reads; such cells run after the cells they start from).
 
 ``cell_key(spec)`` hashes the spec together with the source code of the components the
 cell runs, so editing a component recomputes exactly the cells that depend on it.
@@ -31,7 +33,14 @@ from ..denoisers import reference_denoisers
 from ..evaluation import mse_curve
 from ..networks import NetConfig
 from ..sampling import SamplingDiverged
-from ..training import TrainConfig, TrainingDiverged, resolve_device, train
+from ..training import (
+    NetworkDenoiser,
+    TrainConfig,
+    TrainingDiverged,
+    converged,
+    resolve_device,
+    train,
+)
 
 EXAMPLES = 4  # test images kept per cell for the report's image rows
 
@@ -70,7 +79,8 @@ def _source_hash(module: str) -> str:
 def code_version(spec: dict) -> dict:
     """Source hashes of the components a cell runs, its distribution's module included."""
     factory = get_factory(spec["dataset"])
-    modules = [*COMPONENTS[spec["kind"]], "datasets_synth.base", factory.__module__]
+    modules = [*COMPONENTS[spec["kind"]], "theorybench.experiments.cells", "datasets_synth.base",
+               factory.__module__]
     return {m: _source_hash(m) for m in modules}
 
 
@@ -97,7 +107,7 @@ def _examples(dist, denoiser, sigmas, seed: int) -> dict:
     from ..evaluation import evaluation_noise
 
     x = dist.sample(EXAMPLES, seed)
-    z = evaluation_noise(dist.shape, seed, 0)[:EXAMPLES]
+    z = evaluation_noise(dist, seed, 0)[:EXAMPLES]
     out = {"clean": x.tolist(), "sigma": list(sigmas), "noisy": [], "denoised": []}
     with torch.no_grad():
         for s in sigmas:
@@ -108,14 +118,34 @@ def _examples(dist, denoiser, sigmas, seed: int) -> dict:
 
 
 def compute_reference(spec: dict) -> dict:
-    """MSE curves of every reference denoiser of the cell's distribution."""
+    """MSE curves of every reference denoiser of the cell's distribution, and the input of
+    the KL bound's closing term (SCIENCE.md §4b).
+
+    ``data_mean`` is μ̂, the scalar pixel mean of the cell's ``n_eval`` test images (the
+    images of the curves): what the samplers' ``mean="auto"`` computes on held-out images.
+    ``data_variance`` estimates ``E‖x − μ̂‖²`` (summed over pixels) for that fixed μ̂: the
+    mean of ``‖x_i − μ̂‖²`` over the same images plus ``2d·Var(μ̂)`` (Var from the spread of
+    the per-image means), which removes the in-sample bias (fitting μ̂ on the images lowers
+    the mean by ``d·Var(μ̂)`` in expectation; a fixed μ̂ raises the population value by as
+    much); ``data_variance_se`` is the standard error of the mean. ``sigma_max`` is the
+    top of the σ grid: the start ``N(μ̂, σ_max² I)`` of the bound's reverse SDE.
+    """
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
     curves = {}
     for name, den in reference_denoisers(dist).items():
-        frame = mse_curve(den, dist, spec["sigmas"], n=spec["n_eval"], seed=spec["seed"])
+        costly = getattr(den, "costly", False)
+        sigmas = spec.get("coarse_sigmas", spec["sigmas"]) if costly else spec["sigmas"]
+        frame = mse_curve(den, dist, sigmas, n=spec["n_eval"], seed=spec["seed"])
         curves[name] = {"kind": den.kind, "description": getattr(den, "description", ""),
                         **_curve_record(frame)}
-    return {"curves": curves, "intrinsic_dim": dist.intrinsic_dim}
+    x = dist.sample(spec["n_eval"], spec["seed"]).double().flatten(1)  # the curves' images
+    mu = float(x.mean())
+    dev = (x - mu).pow(2).sum(1)
+    var_mu = float(x.mean(1).var()) / x.shape[0]
+    return {"curves": curves, "intrinsic_dim": dist.intrinsic_dim,
+            "data_mean": mu, "data_variance": float(dev.mean()) + 2 * x.shape[1] * var_mu,
+            "data_variance_se": float(dev.std() / np.sqrt(x.shape[0])),
+            "sigma_max": float(max(spec["sigmas"]))}
 
 
 def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=False) -> dict:
@@ -123,15 +153,25 @@ def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=Fa
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
     net_cfg = NetConfig.from_dict({**spec["net"], "in_channels": dist.shape[0]})
     train_cfg = TrainConfig.from_dict(spec["train"])
+    init = None
+    if spec.get("init_key"):
+        path = Path(cache.artifact_path(spec["init_key"], ".pt"))
+        if not path.exists():
+            raise MissingCheckpoint(f"{describe(spec)}: no checkpoint {path.name} of the "
+                                    f"network it starts from (not run, or failed)")
+        init = NetworkDenoiser.load(path, map_location=resolve_device(device))
     denoiser = train(dist, net_cfg, train_cfg, train_images=dist.train_images(),
-                     device=device, progress=progress)
+                     device=device, progress=progress, init=init)
     denoiser.save(cache.artifact_path(key, ".pt"))
     sigmas = spec["eval_sigmas"]
     frame = mse_curve(denoiser, dist, sigmas, n=spec["n_eval"], seed=spec["seed"],
                       device=resolve_device(device))
+    monitor = denoiser.history.get("monitor", {})
     return {"curve": _curve_record(frame),
             "examples": _examples(dist, denoiser, sigmas, spec["seed"]),
-            "loss": denoiser.history["loss"][-1] if denoiser.history["loss"] else None}
+            "loss": denoiser.history["loss"][-1] if denoiser.history["loss"] else None,
+            "history": {"step": denoiser.history["step"], "loss": denoiser.history["loss"]},
+            "monitor": monitor, "converged": converged(monitor)}
 
 
 def _compute(spec: dict, cache: Cache, key: str, device, progress: bool) -> dict:
@@ -198,23 +238,46 @@ def describe(spec: dict) -> str:
     return f"{t['mode']} network on {label} ({where})"
 
 
+def cell_wave(spec: dict) -> int:
+    """Order of execution: cells of wave k read only checkpoints of cells of earlier waves
+    (0: references, universal and memorization networks; 1: networks started from another
+    network; 2: analyses of stored networks)."""
+    if spec["kind"] in ("jacobian", "jacobian-pair"):
+        return 2
+    return 1 if spec.get("init_key") else 0
+
+
 def build_cells(preset, entries, seed: int) -> list[dict]:
-    """Every cell of a study: references and networks for each (name, params) entry."""
+    """Every cell of a study: references and networks for each (name, params) entry.
+
+    References and the universal network are evaluated on the dense grid
+    ``preset.curve_sigmas``; one per-σ network is trained at each σ of ``preset.sigmas``
+    (a subset of it), from the universal network's weights when ``preset.warm_start``.
+    """
     cells = []
+    net = NetConfig.from_dict(preset.net).to_dict()
     for name, params in entries:
         size = datasets_synth.get(name, **params).num_images  # finite sets: no more test images
         n_eval = preset.n_eval if size is None else min(preset.n_eval, size)
         common = {"dataset": name, "params": params, "n_eval": n_eval, "seed": seed}
-        cells.append({"kind": "reference", "sigmas": list(preset.sigmas), **common})
-        trainings = [({"mode": "per-sigma", "sigma": s, "steps": preset.per_sigma_steps},
-                      [s]) for s in preset.sigmas]
-        trainings.append(({"mode": "universal", "sigma_max": preset.sigma_max,
-                           "steps": preset.universal_steps}, list(preset.sigmas)))
-        for train_fields, eval_sigmas in trainings:
-            train_cfg = TrainConfig(batch_size=preset.batch_size, lr=preset.lr, seed=seed,
-                                    **train_fields)
-            cells.append({"kind": "network", "net": NetConfig.from_dict(preset.net).to_dict(),
-                          "train": train_cfg.to_dict(), "eval_sigmas": eval_sigmas, **common})
+        cells.append({"kind": "reference", "sigmas": list(preset.curve_sigmas),
+                      "coarse_sigmas": list(preset.sigmas), **common})
+        universal_cfg = TrainConfig(
+            mode="universal", objective=preset.objective, sigma_min=preset.sigmas[0],
+            sigma_max=preset.sigmas[-1], center=preset.center, steps=preset.universal_steps,
+            batch_size=preset.batch_size, lr=preset.lr, seed=seed,
+            monitor_sigmas=preset.monitor_sigmas)
+        universal = {"kind": "network", "net": net, "train": universal_cfg.to_dict(),
+                     "eval_sigmas": list(preset.curve_sigmas), **common}
+        cells.append(universal)
+        init = {"init_key": cell_key(universal)} if preset.warm_start else {}
+        for s in preset.sigmas:
+            train_cfg = TrainConfig(mode="per-sigma", objective=preset.objective, sigma=s,
+                                    center=preset.center, steps=preset.per_sigma_steps,
+                                    batch_size=preset.batch_size, lr=preset.per_sigma_lr,
+                                    warmup=0 if preset.warm_start else 50, seed=seed)
+            cells.append({"kind": "network", "net": net, "train": train_cfg.to_dict(),
+                          "eval_sigmas": [s], **init, **common})
     return cells
 
 

@@ -511,7 +511,7 @@ def _summarize(results: list[dict], extras: list[dict]) -> dict:
 def _noisy_images(dist, sigma: float, n: int, seed: int):
     """Images 0 … n−1 of ``mse_curve(…, seed)`` with their latents and noisy versions."""
     x, latents = dist.sample_with_latents(n, seed)
-    z = evaluation_noise(dist.shape, seed, 0)[:n]
+    z = evaluation_noise(dist, seed, 0)[:n]
     return x, latents, x + sigma * z
 
 

@@ -100,7 +100,8 @@ def resolve_sampler(sampler: dict | None, sigma_max: float) -> dict:
 
 def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: int, lr: float,
                              sigma_max: float, n_samples: int, sigmas, n_eval: int,
-                             sampler: dict | None, seed: int) -> list[dict]:
+                             sampler: dict | None, seed: int, objective: str = "paper",
+                             center: bool = False) -> list[dict]:
     """One ``memorization`` cell spec per (entry, N).
 
     Parameters
@@ -111,7 +112,7 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     net : dict              NetConfig fields of both networks.
     steps, batch_size : int   optimizer steps and images per step of each training.
     lr : float              Adam learning rate (cosine decay).
-    sigma_max : float       universal training: σ = σ_max·u² (pixel units); also the
+    sigma_max : float       universal training: the largest σ (pixel units); also the
                             sampler's starting level unless ``sampler`` says otherwise.
     n_samples : int >= 1    K, initial noises shared by both networks and the baseline.
     sigmas : sequence of float   σ grid of the train/test MSE curves (pixel units).
@@ -120,6 +121,9 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     sampler : dict or None  ``{"method": ..., **options}`` (default: Heun ODE, 40 σ values
                             from σ_max to 0.01, mean = held-out pixel mean).
     seed : int >= 0         study seed: training sets, noises, initializations.
+    objective : "paper" (σ = σ_max·u², unweighted: serves the sampler's large σ) or "kl"
+                            (``training.TrainConfig``; the report says which was used).
+    center : bool           subtract the training set's mean image (``TrainConfig.center``).
 
     Returns
     -------
@@ -133,7 +137,8 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     if not sizes:
         raise ValueError("sizes must hold at least one training-set size N >= 1")
     sigmas = check_sigmas(sigmas)
-    train_cfg = TrainConfig(mode="universal", sigma_max=sigma_max, steps=steps,
+    train_cfg = TrainConfig(mode="universal", objective=objective, sigma_min=min(sigmas),
+                            sigma_max=sigma_max, center=center, steps=steps,
                             batch_size=batch_size, lr=lr, seed=seed)
     sampler = resolve_sampler(sampler, train_cfg.sigma_max)
     cells = []

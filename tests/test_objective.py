@@ -1,0 +1,123 @@
+"""Training objectives (SCIENCE.md §4c), mean-image centring, warm starts, convergence flag."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from datasets_synth.gaussian import GaussianField
+from theorybench.evaluation import mse_curve
+from theorybench.jacobian import jacobian
+from theorybench.networks import NetConfig
+from theorybench.training import (
+    CHUNK_STEPS,
+    NetworkDenoiser,
+    TrainConfig,
+    converged,
+    draw_sigma,
+    objective_loss,
+    train,
+)
+
+TINY = NetConfig(arch="bfcnn", channels=4, depth=3)
+
+
+def test_kl_objective_equals_the_kl_integral_on_the_gaussian_family():
+    """d·ln(σ_hi/σ_lo)·E[loss] = ∫ MSE σ⁻³ dσ for the Wiener filter, whose total MSE is
+    Σ λσ²/(λ+σ²): the integral is Σ ½ ln(σ_hi²(λ+σ_lo²) / (σ_lo²(λ+σ_hi²)))."""
+    dist = GaussianField(size=16)
+    wiener = dist.reference_denoisers()["wiener"]
+    cfg = TrainConfig(mode="universal", objective="kl", sigma_min=0.01, sigma_max=2.0)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for block in range(10):  # 20,000 (image, σ, noise) draws
+        x = dist.sample(2000, seed=block)
+        sigma = draw_sigma(cfg, len(x), gen, "cpu")
+        noise = sigma * torch.randn(x.shape, generator=gen)
+        y = x + noise
+        residual = y - wiener(y, sigma.flatten())
+        losses.append(float(objective_loss(residual, noise, sigma, "kl")))
+    estimate = dist.d * math.log(cfg.sigma_max / cfg.sigma_min) * sum(losses) / len(losses)
+    lam = dist.eigenvalues.double().flatten()
+    lo, hi = cfg.sigma_min ** 2, cfg.sigma_max ** 2
+    closed = float((0.5 * torch.log(hi * (lam + lo) / (lo * (lam + hi)))).sum())
+    assert abs(estimate / closed - 1) < 0.01, (estimate, closed)
+
+
+def test_sigma_laws_of_the_objectives():
+    gen = torch.Generator().manual_seed(1)
+    kl = TrainConfig(mode="universal", objective="kl", sigma_min=0.01, sigma_max=1.0)
+    s = draw_sigma(kl, 40_000, gen, "cpu").flatten()
+    assert s.min() >= 0.01 and s.max() <= 1.0
+    u = torch.log(s / 0.01) / math.log(100)  # uniform on [0, 1] under the log-uniform law
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
+    paper = TrainConfig(mode="universal", objective="paper", sigma_max=2.0)
+    s = draw_sigma(paper, 40_000, gen, "cpu").flatten()
+    assert abs(float(s.median()) - 0.5) < 0.02  # σ = 2u²: median 2·(1/2)² = 0.5
+    per = TrainConfig(sigma=0.3)
+    assert torch.all(draw_sigma(per, 5, gen, "cpu") == 0.3)
+
+
+def test_losses_are_the_weighted_squared_errors():
+    r, n = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    s = torch.tensor([0.1, 1.0, 2.0]).view(3, 1, 1, 1)
+    assert torch.allclose(objective_loss(r, n, s, "paper"), ((r - n) ** 2).mean())
+    assert torch.allclose(objective_loss(r, n, s, "kl"), (((r - n) / s) ** 2).mean())
+
+
+def test_centred_network_is_homogeneous_about_the_mean_image(tmp_path):
+    dist = GaussianField(size=8, mean=0.5)
+    cfg = TrainConfig(mode="universal", center=True, steps=CHUNK_STEPS, batch_size=8)
+    den = train(dist, TINY, cfg)
+    assert den.center is not None and abs(float(den.center.mean()) - 0.5) < 0.02
+    with torch.no_grad():  # a far-from-identity residual, to make the check sharp
+        den.net.layers[-1].weight.normal_(generator=torch.Generator().manual_seed(2))
+    y = dist.sample(1, 3) + 0.2 * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    J = jacobian(den, y, 0.2)
+    centred = (y - den.center).flatten()
+    # f(y) − μ̂ = ∇f(y)(y − μ̂) (bias-free about μ̂), while f(y) ≠ ∇f(y) y
+    assert torch.allclose(J @ centred + den.center.flatten(), den(y, 0.2).flatten(), atol=1e-4)
+    assert not torch.allclose(J @ y.flatten(), den(y, 0.2).flatten(), atol=1e-2)
+    den.save(tmp_path / "c.pt")
+    back = NetworkDenoiser.load(tmp_path / "c.pt")
+    assert torch.equal(back.center, den.center)
+    assert torch.equal(back(y, 0.2), den(y, 0.2))
+
+
+def test_warm_start_begins_at_the_initial_network_and_keeps_its_mean():
+    dist = GaussianField(size=8)
+    base = train(dist, TINY, TrainConfig(mode="universal", center=True, steps=2 * CHUNK_STEPS,
+                                         batch_size=8, lr=3e-3))
+    cfg = TrainConfig(sigma=0.2, steps=CHUNK_STEPS, batch_size=8, lr=1e-3, warmup=0)
+    tuned = train(dist, TINY, cfg, init=base)
+    monitor = tuned.history["monitor"]
+    start = mse_curve(base, dist, [0.2], n=cfg.monitor_images, seed=0)  # other images
+    assert monitor["sigma"] == [0.2] and monitor["step"][0] == 0
+    assert math.isclose(monitor["mse"][0][0], float(start.mse[0]), rel_tol=0.3)
+    assert torch.equal(tuned.center, base.center)
+    assert tuned.meta["warm_start"] is True
+    with pytest.raises(ValueError, match="same NetConfig"):
+        train(dist, NetConfig(arch="bfcnn", channels=5, depth=3), cfg, init=base)
+
+
+def test_convergence_flag():
+    flat = {"step": [0, 50, 80, 90, 100], "sigma": [0.1], "mse": [[1.0, 0.5, 0.50, 0.49, 0.49]]}
+    falling = {"step": [0, 50, 80, 90, 100], "sigma": [0.1], "mse": [[1.0, 0.5, 0.40, 0.35, 0.3]]}
+    assert converged(flat) is True and converged(falling) is False
+    assert converged({"step": [], "sigma": [], "mse": []}) is None
+    # a deliberately short training is still improving at its end: flagged
+    dist = GaussianField(size=8)
+    short = train(dist, TINY, TrainConfig(sigma=0.5, steps=20, batch_size=8, lr=3e-3,
+                                          schedule="constant", warmup=0, monitor_every=2))
+    mse = short.history["monitor"]["mse"][0]
+    assert len(mse) == 11 and mse[-1] < 0.9 * mse[-3]  # measured: 0.148 → 0.130
+    assert converged(short.history["monitor"]) is False
+
+
+def test_bad_objective_and_range_are_refused():
+    with pytest.raises(ValueError, match="objective must be one of"):
+        TrainConfig(objective="l2")
+    with pytest.raises(ValueError, match="sigma_min must be < sigma_max"):
+        TrainConfig(mode="universal", sigma_min=1.0, sigma_max=0.5)
