@@ -223,7 +223,14 @@ def test_section_writes_figures_and_csv(study, tmp_path):
         assert name in text
     table = pd.read_csv(tmp_path / "jacobian.csv")
     assert len(table) == 6  # 2 entries × (per-σ, universal, reference)
-    assert {"trace", "count>0.5", "contour_top_k", "contour_chance", "sure_mse"} <= set(table)
+    assert {"trace", "count>0.5", "contour_top_k", "contour_chance", "sure_mse", "sure_se",
+            "sure_shown"} <= set(table)
+    # SURE is shown (± SE) only where its SE is below 10 % of the MSE, else said why
+    for row in table.itertuples():
+        assert row.sure_shown == (row.sure_se < 0.1 * row.mse)
+    hidden = table[~table.sure_shown]
+    assert all(f"SE {r.sure_se:.2g} vs MSE {r.mse:.2g}" in text for r in hidden.itertuples())
+    assert text.count("not shown (") == len(hidden)
     assert jacobian_section([], tmp_path / "empty") == []
     pair = {"sigma": [0.1], "overlap": [[0.5, 0.6]], "jacobian_distance": [[0.2, 0.3]],
             "chance": 0.0625, "k": 4, "label": "gaussian(size=8)"}

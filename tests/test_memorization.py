@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from theorybench.memorization import (
+    COPY_COSINE,
+    COPY_THRESHOLD,
     bootstrap_fraction,
     cosine,
     memorization_measures,
     nearest_neighbours,
+    reference_direction,
     summarize,
     wilson_interval,
 )
@@ -30,10 +33,10 @@ def test_distances_ratio_and_flag_by_hand():
     assert frame.loc[0, "d1"] == pytest.approx(0.1, rel=1e-6)
     assert frame.loc[0, "d2"] == pytest.approx(math.sqrt(1.81), rel=1e-6)
     assert frame.loc[0, "ratio"] == pytest.approx(0.1 / math.sqrt(1.81), rel=1e-6)
-    assert frame.loc[0, "nn_index"] == 0 and bool(frame.loc[0, "memorized"])
+    assert frame.loc[0, "nn_index"] == 0 and bool(frame.loc[0, "memorized_ratio"])
     # sample 1 = (0,1,0): distances √2, 1, √2, √101 → d1/d2 = 1/√2: not memorized
     assert frame.loc[1, "ratio"] == pytest.approx(1 / math.sqrt(2), rel=1e-6)
-    assert frame.loc[1, "nn_index"] == 1 and not bool(frame.loc[1, "memorized"])
+    assert frame.loc[1, "nn_index"] == 1 and not bool(frame.loc[1, "memorized_ratio"])
     assert frame.loc[1, "cos_nn"] == pytest.approx(1.0)
     assert frame.loc[0, "cos_nn"] == pytest.approx(1 / math.sqrt(1.01), rel=1e-6)
 
@@ -73,10 +76,11 @@ def test_cross_similarity_and_zero_vector():
     assert constant.item() == 0.0  # a zero vector has cosine 0, not NaN
 
 
-def test_duplicates_are_not_memorized():
+def test_duplicates_defeat_the_ratio_not_the_copy_criterion():
     frame = memorization_measures(vecs([[1, 0, 0]]), vecs([[1, 0, 0], [1, 0, 0], [0, 1, 0]]))
     assert frame.loc[0, "d1"] == 0 and frame.loc[0, "d2"] == 0 and frame.loc[0, "ratio"] == 1
-    assert not bool(frame.loc[0, "memorized"])
+    assert not bool(frame.loc[0, "memorized_ratio"])
+    assert bool(frame.loc[0, "memorized"]) and frame.loc[0, "copy_cos"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 4096])
@@ -96,7 +100,16 @@ def test_chunked_matches_brute_force(chunk):
     cos_c = (sc @ xc.T) / (sc.norm(dim=1)[:, None] * xc.norm(dim=1)[None])
     assert torch.allclose(found["max_cos_centered"], cos_c.max(1).values)
     frame = memorization_measures(samples, train, chunk=chunk)
-    assert frame["memorized"].tolist() == [k == 2 for k in range(7)]
+    assert frame["memorized_ratio"].tolist() == [k == 2 for k in range(7)]
+    # copy criterion (per-image centring): brute force over centred unit directions
+    u = s / s.norm(dim=1, keepdim=True)
+    v = x / x.norm(dim=1, keepdim=True)
+    uc, vc = u - u.mean(1, keepdim=True), v - v.mean(1, keepdim=True)
+    cc = (uc @ vc.T) / (uc.norm(dim=1)[:, None] * vc.norm(dim=1)[None])
+    assert frame["copy_cos"].to_numpy() == pytest.approx(cc.max(1).values.numpy())
+    assert frame["copy_index"].tolist() == cc.argmax(1).tolist()
+    assert frame["memorized"].tolist() == (cc.max(1).values > COPY_COSINE).tolist()
+    assert bool(frame.loc[2, "memorized"])
 
 
 def test_float64_resolves_tiny_distances():
@@ -130,9 +143,14 @@ def test_summarize():
     samples = vecs([[1, 0.01, 0], [0.5, 0.5, 0], [0, 0, 0.99], [0.4, 0.3, 0.3]])
     frame = memorization_measures(samples, train, other_samples=samples)
     out = summarize(frame, seed=3)
-    assert out["n"] == 4 and out["memorized_fraction"] == pytest.approx(0.5)
+    assert out["n"] == 4 and out["memorized_ratio_fraction"] == pytest.approx(0.5)
+    p = float(frame["memorized"].mean())
+    assert out["memorized_fraction"] == pytest.approx(p)
     low, high = out["memorized_ci"]
-    assert low <= 0.5 <= high
+    assert low <= p <= high
+    assert out["median_copy_cos"] == pytest.approx(float(np.median(frame["copy_cos"])))
+    assert out["median_cross_copy_cos"] == pytest.approx(1.0)
+    assert out["copy_threshold"] == COPY_THRESHOLD
     assert out["median_cross_cos"] == pytest.approx(1.0)
     assert out["median_ratio"] == pytest.approx(float(np.median(frame["ratio"])))
     with pytest.raises(ValueError, match="frame must be"):
@@ -140,11 +158,81 @@ def test_summarize():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="at least 2"):
-        memorization_measures(vecs([[1, 0, 0]]), vecs([[1, 0, 0]]))
+    with pytest.raises(ValueError, match="at least 1"):
+        memorization_measures(vecs([[1, 0, 0]]), vecs([[1, 0, 0]])[:0])
+    with pytest.raises(ValueError, match="reference must have"):
+        memorization_measures(vecs([[1, 0, 0]]), TRAIN, reference=torch.zeros(4))
     with pytest.raises(ValueError, match="same image size"):
         memorization_measures(vecs([[1, 0, 0]]), torch.zeros(3, 1, 1, 4))
     with pytest.raises(ValueError, match="other_samples"):
         memorization_measures(vecs([[1, 0, 0]]), TRAIN, other_samples=vecs([[1, 0, 0]] * 2))
     with pytest.raises(ValueError, match="finite"):
         memorization_measures(vecs([[math.nan, 0, 0]]), TRAIN)
+
+
+# ------------------------------------------------------------------ copy criterion
+
+
+def _blobs(n, size=12, seed=0):
+    """Images with a strong shared mean: a bright background plus one random bump."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centres = torch.rand(n, 2, generator=g) * (size - 4) + 2
+    bump = torch.exp(-((yy[None] - centres[:, :1, None]) ** 2
+                       + (xx[None] - centres[:, 1:, None]) ** 2) / 4.0)
+    return (1.0 + 0.5 * bump).unsqueeze(1).double()
+
+
+HELD = _blobs(64, seed=1)
+REF = reference_direction(HELD)
+
+
+def test_threshold_is_stated_and_consistent():
+    assert COPY_THRESHOLD == 0.2 and COPY_COSINE == pytest.approx(1 - 0.2 ** 2 / 2)
+
+
+def test_single_training_image_exact_copy_is_memorized():
+    """N = 1: the old criterion had no d2 (it raised, then borrowed held-out images)."""
+    x1 = _blobs(1, seed=2)
+    frame = memorization_measures(x1.clone(), x1, reference=REF)
+    assert bool(frame.loc[0, "memorized"]) and frame.loc[0, "copy_distance"] < 1e-6
+    assert math.isinf(frame.loc[0, "d2"]) and math.isnan(frame.loc[0, "ratio"])
+    assert not bool(frame.loc[0, "memorized_ratio"])  # d1/d2 is undefined at N = 1
+    out = summarize(frame)
+    assert out["memorized_fraction"] == 1.0 and out["memorized_ratio_fraction"] is None
+    assert out["median_ratio"] is None
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.8, 1.7])
+def test_scaled_copy_is_memorized(scale):
+    """A homogeneous network reproduces a training image up to a scale: still a copy, while
+    d1/d2 (the old criterion) calls it novel."""
+    train = _blobs(5, seed=3)
+    frame = memorization_measures(scale * train[2:3], train, reference=REF)
+    assert bool(frame.loc[0, "memorized"]) and frame.loc[0, "copy_index"] == 2
+    assert frame.loc[0, "copy_cos"] == pytest.approx(1.0, abs=1e-12)
+    assert not bool(frame.loc[0, "memorized_ratio"])  # the old flag misses it
+    # and at N = 1 too
+    one = memorization_measures(scale * train[2:3], train[2:3], reference=REF)
+    assert bool(one.loc[0, "memorized"])
+
+
+def test_different_image_is_not_memorized_though_raw_cosine_is_high():
+    """Two different images of a strong-mean family: raw cosine near 1, centred far."""
+    train, other = _blobs(1, seed=4), _blobs(1, seed=5)
+    frame = memorization_measures(other, train, reference=REF)
+    assert frame.loc[0, "cos_nn"] > COPY_COSINE  # a raw-cosine criterion would call it a copy
+    assert not bool(frame.loc[0, "memorized"]) and frame.loc[0, "copy_cos"] < 0.9
+    # without a reference (each image's own pixel mean) it is not a copy either
+    assert not bool(memorization_measures(other, train).loc[0, "memorized"])
+
+
+def test_reference_centring_by_hand():
+    """reference = mean of unit-normalized held-out images; directions re-normalized."""
+    held = vecs([[1, 0, 0], [0, 2, 0]])
+    ref = reference_direction(held)
+    assert ref.tolist() == pytest.approx([0.5, 0.5, 0.0])
+    # sample (1,0,0) → (0.5,−0.5,0)/‖·‖; training (0,0,3) → (−0.5,−0.5,1)/‖·‖: cosine 0
+    frame = memorization_measures(vecs([[1, 0, 0]]), vecs([[0, 0, 3]]), reference=ref)
+    assert frame.loc[0, "copy_cos"] == pytest.approx(0.0, abs=1e-12)
+    assert frame.loc[0, "copy_distance"] == pytest.approx(math.sqrt(2))

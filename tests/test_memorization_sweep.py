@@ -98,14 +98,19 @@ def test_tensor_images_tiles_a_small_set():
     assert dist.num_images == 8 and counts.tolist() == [3, 3, 2]
 
 
-def test_single_image_ratio_uses_held_out_images():
-    x1 = torch.zeros(1, 1, 2, 2)
-    held = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)])
-    samples = torch.cat([x1 + 0.1, held[:1]])
-    frame, note = ms._measures(samples, x1, None, held)
-    # sample 0: d1 = ‖0.1‖ = 0.2, d2 = ‖0.9‖ = 1.8 → 1/9; sample 1: d1 = 2, d2 = 0 → ratio 1
-    assert frame["ratio"].tolist() == pytest.approx([1 / 9, 1.0])
-    assert frame["memorized"].tolist() == [True, False] and "held-out" in note
+def test_single_image_copy_criterion():
+    """N = 1: an exact and a scaled copy are memorized, a different image is not; d1/d2 is
+    undefined (the old criterion borrowed d2 from held-out images)."""
+    dist = datasets_synth.get("disks", size=16)
+    held = dist.sample(64, seed=5)
+    x1 = dist.sample(1, seed=6)
+    ref = ms.reference_direction(held)
+    samples = torch.cat([x1, 0.7 * x1, held[:1]])
+    frame = ms._measures(samples, x1, None, ref)
+    assert frame["memorized"].tolist() == [True, True, False]
+    assert frame["cos_nn"].iloc[2] > 0.9  # raw cosine of two different disks images
+    assert frame["ratio"].isna().all() and frame["ratio_unit"].isna().all()
+    assert not frame["memorized_ratio"].any()
 
 
 def test_sweep_results(sweep):
@@ -118,6 +123,13 @@ def test_sweep_results(sweep):
         # the empirical denoiser of S1 with a tiny σ_min reproduces training images
         emp = res["summary"]["empirical"]
         assert emp["memorized_fraction"] == 1.0 and emp["median_cos_nn"] > 0.9999
+        assert emp["median_copy_cos"] > 0.999 and res["copy_threshold"] == 0.2
+        assert "held-out" in res["centring"]
+        # baseline: the cell's real held-out images against S1 are not copies
+        base = res["baseline"]
+        assert base["summary"]["n"] == 16 and len(base["per_sample"]["copy_cos"]) == 16
+        assert base["summary"]["memorized_fraction"] == 0.0
+        assert base["summary"]["median_copy_cos"] < 0.9
         # cross similarity pairs the two networks' samples drawn from the same noise
         ex = {k: torch.tensor(v) for k, v in res["examples"].items()}
         assert ex["s1"].shape == (6, 1, 16, 16)
@@ -132,8 +144,11 @@ def test_sweep_results(sweep):
         dist = datasets_synth.get("disks", size=16)
         curve = mse_curve(net, dist, record["spec"]["sigmas"], n=16, seed=0)
         assert curve["mse"].tolist() == pytest.approx(res["mse_test"]["mse"], rel=1e-6)
-    assert records[0]["result"]["ratio_note"].startswith("N = 1")
-    assert "ratio_note" not in records[1]["result"]
+    one, four = records[0]["result"], records[1]["result"]
+    assert one["summary"]["s1"]["memorized_ratio_fraction"] is None  # no d2 at N = 1
+    assert one["summary"]["s1"]["memorized_unit_fraction"] is None
+    assert four["summary"]["s1"]["memorized_ratio_fraction"] is not None
+    assert json.loads(json.dumps(one)) is not None
 
 
 def test_recomputing_gives_identical_numbers(sweep, tmp_path):
@@ -181,18 +196,40 @@ def test_section_writes_table_figures_and_csv(sweep, tmp_path):
     text = "\n".join(lines)
     assert "### disks" in text and "| N | memorized S1 net [95% CI]" in text
     assert "Memorization at N ≤ 10" in text and "largest N reached, N = 4" in text
+    assert "t = 0.2" in text and "0.98" in text and "memorized held-out (baseline)" in text
     table = pd.read_csv(tmp_path / "memorization.csv")
     assert table["N"].tolist() == [1, 4] and (table["mem emp"] == 1.0).all()
+    # a baseline per N, and the headline fraction is defined at N = 1
+    assert (table["mem held"] == 0.0).all() and table["cos_c held"].notna().all()
+    assert table["mem S1"].notna().all() and math.isnan(table["memr S1"].iloc[0])
     for name in ("mem-disks-vs-n.png", "mem-disks-hist.png", "mem-disks-n1.png",
                  "mem-disks-n4.png", "memorization_mse.csv"):
         assert (tmp_path / name).stat().st_size > 0
     assert memorization_section([], tmp_path) == []
 
 
+def test_section_reads_old_records(sweep, tmp_path):
+    """Records cached before the copy criterion: no crash, no mislabelled fraction."""
+    _, records = sweep
+    old = json.loads(json.dumps(records))
+    for r in old:
+        r["result"].pop("baseline")
+        for s in r["result"]["summary"].values():
+            for key in [k for k in s if "copy" in k or "ratio_fraction" in k]:
+                s.pop(key)
+        for p in r["result"]["per_sample"].values():
+            for key in [k for k in p if "copy" in k]:
+                p.pop(key)
+    memorization_section(old, tmp_path)
+    table = pd.read_csv(tmp_path / "memorization.csv")
+    assert table["mem S1"].isna().all() and table["memr S1"].notna().all()
+
+
 def _row(n, mem, cos, cross, test=0.001):
     return {"N": n, "mem S1": mem, "mem S2": mem, "cos_nn S1": cos, "cos_nn S2": cos,
-            "cos_nn_c S1": cos, "cos_nn_c S2": cos, "cross": cross, "cross_c": cross,
-            "mem emp": 1.0, "test mse": test, "sigma_mid": 0.2, "failed": ""}
+            "cos_c S1": cos, "cos_c S2": cos, "cross": cross, "cross_cc": cross,
+            "mem held": 0.0, "cos_c held": 0.5, "mem emp": 1.0, "test mse": test,
+            "sigma_mid": 0.2, "failed": ""}
 
 
 def test_verdict_states_both_criteria():

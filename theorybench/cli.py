@@ -127,7 +127,7 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
     if not entries:
         return []
     cells = build_memorization_cells(
-        entries, m["sizes"], m["net"], m["steps"], m["batch_size"], preset.lr,
+        entries, m["sizes"], m["net"], m["steps"], m["batch_size"], m.get("lr", preset.lr),
         sigma_max=1.0, n_samples=m["n_samples"], sigmas=preset.sigmas, n_eval=m["n_eval"],
         sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
         center=m.get("center", False))

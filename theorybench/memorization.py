@@ -2,8 +2,19 @@
 
 For each generated image ``s`` and a training set ``{x_i}``:
 
+* the copy criterion (the headline "memorized" flag, defined at every N including N = 1):
+  each image is unit-normalized, centred by subtracting a *reference direction* — the
+  mean of the unit-normalized held-out images (a mean image), or, without held-out
+  images, each image's own pixel mean — and unit-normalized again. The sample is a copy
+  when the distance between its centred direction and the nearest centred training
+  direction is below ``COPY_THRESHOLD`` = 0.2, i.e. when the largest *centred cosine*
+  over the training set is at least ``1 − 0.2²/2 = 0.98`` (``copy_cos``). Scale-free: a
+  homogeneous (bias-free) network's scaled copy ``a·x`` (a > 0) counts, which the plain
+  d1/d2 missed. Raw cosines carry no information on families with a strong mean (two
+  random disks images already score ≈ 0.98), hence the centring;
 * ``d1``, ``d2``: Euclidean distances to the nearest and second-nearest training image;
-  the sample counts as memorized when ``d1/d2 < 1/3`` (Yoon et al. 2023; Gu et al. 2023);
+  ``memorized_ratio`` when ``d1/d2 < 1/3`` (Yoon et al. 2023; Gu et al. 2023), defined for
+  N >= 2 only (``d2 = inf``, ratio NaN at N = 1);
 * cosine similarity ``⟨s, x⟩/(‖s‖‖x‖)`` to the nearest training image (by distance), and
   the largest cosine over the training set with its index; each also *mean-subtracted*
   (each image minus its own mean intensity), as the paper reports both;
@@ -28,6 +39,12 @@ import torch
 from datasets_synth.base import check_float, check_int, check_seed
 
 MEMORIZED_RATIO = 1.0 / 3.0  # d1/d2 below this: memorized (Yoon et al. 2023; Gu et al. 2023)
+# copy criterion: distance between centred unit directions below this, i.e. centred cosine
+# >= 1 − t²/2 = 0.98. On disks (16² and 32²), held-out images against N <= 10 training
+# images never reach it (max 0.978 over 256 images); at N = 1000 many do: read the
+# samples' fraction next to the held-out baseline.
+COPY_THRESHOLD = 0.2
+COPY_COSINE = 1.0 - COPY_THRESHOLD ** 2 / 2
 _TINY = 1e-300  # denominators of cosines: a zero vector gets cosine 0
 
 
@@ -43,6 +60,56 @@ def _flat64(images: torch.Tensor, name: str) -> torch.Tensor:
 def _centered(flat: torch.Tensor) -> torch.Tensor:
     """Each row minus its own mean (the paper's mean-subtracted similarity)."""
     return flat - flat.mean(1, keepdim=True)
+
+
+def _unit_rows(flat: torch.Tensor) -> torch.Tensor:
+    return flat / flat.norm(dim=1, keepdim=True).clamp_min(_TINY)
+
+
+def reference_direction(held_out: torch.Tensor) -> torch.Tensor:
+    """The centring of the copy criterion: the mean of the unit-normalized held-out images
+    (a mean image, flattened, float64)."""
+    return _unit_rows(_flat64(held_out, "held_out")).mean(0)
+
+
+def copy_directions(images: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Centred unit directions (n, d) float64: unit-normalize, subtract ``reference`` (a
+    flattened direction from :func:`reference_direction`; None: each image's own pixel
+    mean), unit-normalize again. Invariant to a positive scale of the image."""
+    u = _unit_rows(_flat64(images, "images"))
+    if reference is None:
+        u = _centered(u)
+    else:
+        ref = torch.as_tensor(reference).to(device=u.device, dtype=torch.float64).flatten()
+        if ref.numel() != u.shape[1]:
+            raise ValueError(f"reference must have {u.shape[1]} values, got {ref.numel()}")
+        u = u - ref[None]
+    return _unit_rows(u)
+
+
+def nearest_copy(samples: torch.Tensor, train_images: torch.Tensor,
+                 reference: torch.Tensor | None = None, chunk: int = 4096
+                 ) -> dict[str, torch.Tensor]:
+    """Largest centred cosine of each sample over the training set (N >= 1).
+
+    Returns (n,) tensors ``copy_cos`` (centred cosine to the nearest centred training
+    direction), ``copy_distance`` (``√(2 − 2·copy_cos)``, the distance between the two
+    centred unit directions) and ``copy_index``.
+    """
+    s = copy_directions(samples, reference)
+    chunk = check_int("chunk", chunk, low=1)
+    best = torch.full((len(s),), -math.inf, dtype=torch.float64, device=s.device)
+    best_i = torch.zeros(len(s), dtype=torch.int64, device=s.device)
+    flat = train_images.detach()
+    for start in range(0, len(flat), chunk):
+        x = copy_directions(flat[start:start + chunk].to(s.device), reference)
+        c_max, c_arg = (s @ x.T).max(1)
+        better = c_max > best
+        best, best_i = torch.where(better, c_max, best), torch.where(better, c_arg + start,
+                                                                      best_i)
+    best = best.clamp(-1.0, 1.0)
+    return {"copy_cos": best, "copy_distance": (2 - 2 * best).clamp_min(0).sqrt(),
+            "copy_index": best_i}
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor, centered: bool = False) -> torch.Tensor:
@@ -66,8 +133,9 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor,
     Parameters
     ----------
     samples : tensor (n, c, h, w)
-    train_images : tensor (N, c, h, w), N >= 2; may live on any device and dtype: it is
-        moved to ``samples``' device and converted to float64 one chunk at a time.
+    train_images : tensor (N, c, h, w), N >= 1 (``d2 = inf`` when N = 1); may live on any
+        device and dtype: it is moved to ``samples``' device and converted to float64 one
+        chunk at a time.
     chunk : int   training images per chunk (default 4096).
 
     Returns
@@ -81,9 +149,8 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor,
     s = _flat64(samples, "samples")
     if not isinstance(train_images, torch.Tensor) or train_images.dim() < 2:
         raise ValueError("train_images must be a tensor (N, c, h, w)")
-    if len(train_images) < 2:
-        raise ValueError(f"train_images must hold at least 2 images (d1/d2 needs a second "
-                         f"neighbour), got {len(train_images)}")
+    if len(train_images) < 1:
+        raise ValueError("train_images must hold at least 1 image")
     if train_images[0].numel() != s.shape[1]:
         raise ValueError(f"samples and train_images must have the same image size, got "
                          f"{tuple(samples.shape[1:])} and {tuple(train_images.shape[1:])}")
@@ -123,6 +190,8 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor,
     pair = train_flat[top_i.flatten().to(train_flat.device)].to(device=device,
                                                                  dtype=torch.float64)
     d = (s.repeat_interleave(2, 0) - pair).norm(dim=1).view(n, 2)
+    if len(train_flat) == 1:  # no second neighbour
+        d[:, 1] = math.inf
     d, order = d.sort(1)
     top_i = torch.gather(top_i, 1, order)
     nn_index = top_i[:, 0]
@@ -138,30 +207,43 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor,
 
 def memorization_measures(samples: torch.Tensor, train_images: torch.Tensor,
                           other_samples: torch.Tensor | None = None,
-                          chunk: int = 4096) -> pd.DataFrame:
-    """One row per sample: nearest-neighbour distances, ratio, memorized flag, similarities.
+                          reference: torch.Tensor | None = None, chunk: int = 4096,
+                          threshold: float = COPY_THRESHOLD) -> pd.DataFrame:
+    """One row per sample: copy criterion, nearest-neighbour distances, similarities.
 
     Parameters
     ----------
     samples : tensor (n, c, h, w)   generated images.
-    train_images : tensor (N, c, h, w)   the generating network's training set, N >= 2.
+    train_images : tensor (N, c, h, w)   the generating network's training set, N >= 1.
     other_samples : tensor (n, c, h, w) or None   images of a second network from the same
         noise, paired row by row with ``samples`` (adds the cross columns).
+    reference : tensor or None   centring of the copy criterion, from
+        :func:`reference_direction` of held-out images (None: each image's pixel mean).
     chunk : int   training images per chunk of the distance computation.
+    threshold : float   copy threshold on the centred-direction distance.
 
     Returns
     -------
-    DataFrame with columns ``d1``, ``d2`` (Euclidean, pixel units, total over the d values),
-    ``ratio`` (``d1/d2``; 1 when ``d2 = 0``), ``memorized`` (``ratio < 1/3``), ``nn_index``,
+    DataFrame with columns ``copy_cos``, ``copy_distance``, ``copy_index``, ``memorized``
+    (``copy_distance < threshold``: the headline flag, defined at every N), ``d1``, ``d2``
+    (Euclidean, pixel units; ``d2 = inf`` at N = 1), ``ratio`` (``d1/d2``; 1 when
+    ``d2 = 0``, NaN at N = 1), ``memorized_ratio`` (``ratio < 1/3``), ``nn_index``,
     ``cos_nn``, ``cos_nn_centered``, ``max_cos``, ``max_cos_index``, ``max_cos_centered``,
-    ``max_cos_centered_index``, and with ``other_samples`` ``cross_cos``,
-    ``cross_cos_centered``.
+    ``max_cos_centered_index`` (``_centered``: each image minus its own mean), and with
+    ``other_samples`` ``cross_cos``, ``cross_cos_centered`` and ``cross_copy_cos`` (the
+    centred cosine of the copy criterion between the paired samples).
     """
+    threshold = check_float("threshold", threshold, low=0.0, low_open=True)
     found = nearest_neighbours(samples, train_images, chunk=chunk)
+    copies = nearest_copy(samples, train_images, reference=reference, chunk=chunk)
     d1, d2 = found["d1"], found["d2"]
-    # d1/d2 (Yoon et al. 2023); d2 = 0 only with duplicates at the sample: not memorized
+    # d1/d2 (Yoon et al. 2023); d2 = 0 only with duplicates at the sample: not memorized;
+    # undefined (NaN) with a single training image
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(_TINY), torch.ones_like(d1))
-    columns = {"d1": d1, "d2": d2, "ratio": ratio, "memorized": ratio < MEMORIZED_RATIO}
+    ratio = torch.where(torch.isinf(d2), torch.full_like(d1, math.nan), ratio)
+    columns = {**copies, "memorized": copies["copy_distance"] < threshold,
+               "d1": d1, "d2": d2, "ratio": ratio,
+               "memorized_ratio": torch.nan_to_num(ratio, nan=math.inf) < MEMORIZED_RATIO}
     columns.update({k: v for k, v in found.items() if k not in ("d1", "d2")})
     if other_samples is not None:
         if tuple(other_samples.shape) != tuple(samples.shape):
@@ -170,6 +252,8 @@ def memorization_measures(samples: torch.Tensor, train_images: torch.Tensor,
         other = other_samples.to(samples.device)
         columns["cross_cos"] = cosine(samples, other)
         columns["cross_cos_centered"] = cosine(samples, other, centered=True)
+        columns["cross_copy_cos"] = (copy_directions(samples, reference)
+                                     * copy_directions(other, reference)).sum(1)
     return pd.DataFrame({k: v.cpu().numpy() for k, v in columns.items()})
 
 
@@ -213,24 +297,35 @@ def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,
               level: float = 0.95) -> dict:
     """Summary of :func:`memorization_measures`' frame.
 
-    Returns a dict: ``n``, ``memorized_fraction`` with its bootstrap interval
-    ``memorized_ci`` (low, high) and Wilson interval ``memorized_ci_wilson``, and the
-    medians ``median_ratio``, ``median_cos_nn``, ``median_cos_nn_centered``,
-    ``median_max_cos``, ``median_max_cos_centered`` (and ``median_cross_cos``,
-    ``median_cross_cos_centered`` when the frame has the cross columns).
+    Returns a dict: ``n``, ``memorized_fraction`` (the copy criterion, column
+    ``memorized``) with its bootstrap interval ``memorized_ci`` (low, high) and Wilson
+    interval ``memorized_ci_wilson``; ``memorized_ratio_fraction`` (d1/d2 < 1/3; None when
+    the ratio is undefined, N = 1) when the frame has ``memorized_ratio``; the medians
+    ``median_copy_cos``, ``median_copy_distance``, ``median_ratio`` (None at N = 1),
+    ``median_cos_nn``, ``median_cos_nn_centered``, ``median_max_cos``,
+    ``median_max_cos_centered`` (and ``median_cross_cos``, ``median_cross_cos_centered``,
+    ``median_cross_copy_cos`` when the frame has the cross columns); ``copy_threshold``.
     """
     if not isinstance(frame, pd.DataFrame) or "memorized" not in frame or len(frame) == 0:
         raise ValueError("frame must be a non-empty DataFrame from memorization_measures")
     flags = frame["memorized"].to_numpy(dtype=bool)
     p, low, high = bootstrap_fraction(flags, seed=seed, n_boot=n_boot, level=level)
     out = {"n": len(frame), "memorized_fraction": p, "memorized_ci": (low, high),
-           "memorized_ci_wilson": wilson_interval(int(flags.sum()), len(flags), level)}
-    for column in ("ratio", "cos_nn", "cos_nn_centered", "max_cos", "max_cos_centered",
-                   "cross_cos", "cross_cos_centered"):
+           "memorized_ci_wilson": wilson_interval(int(flags.sum()), len(flags), level),
+           "copy_threshold": COPY_THRESHOLD}
+    ratio_defined = "ratio" in frame and bool(np.isfinite(frame["ratio"].to_numpy()).all())
+    if "memorized_ratio" in frame:
+        out["memorized_ratio_fraction"] = (float(frame["memorized_ratio"].mean())
+                                           if ratio_defined else None)
+    for column in ("copy_cos", "copy_distance", "ratio", "cos_nn", "cos_nn_centered",
+                   "max_cos", "max_cos_centered", "cross_cos", "cross_cos_centered",
+                   "cross_copy_cos"):
         if column in frame:
-            out[f"median_{column}"] = float(frame[column].median())
+            out[f"median_{column}"] = (None if column == "ratio" and not ratio_defined
+                                       else float(frame[column].median()))
     return out
 
 
-__all__ = ["MEMORIZED_RATIO", "bootstrap_fraction", "cosine", "memorization_measures",
-           "nearest_neighbours", "summarize", "wilson_interval"]
+__all__ = ["COPY_COSINE", "COPY_THRESHOLD", "MEMORIZED_RATIO", "bootstrap_fraction",
+           "copy_directions", "cosine", "memorization_measures", "nearest_copy",
+           "nearest_neighbours", "reference_direction", "summarize", "wilson_interval"]

@@ -35,6 +35,43 @@ def _mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(se)
 
 
+SURE_MAX_REL_SE = 0.1  # SURE is shown only where its SE is below this fraction of the MSE
+
+
+def sure_se(rec: dict, sigma: float) -> float:
+    """SE of the mean SURE over the analysed images, as an estimate of their MSE.
+
+    Per image, linearizing f at y (Jacobian with symmetric-part eigenvalues λ), SURE minus
+    the measured error ``‖f(y) − x‖²/d`` is ``(σ²(zᵀ(I − 2J)z − tr(I − 2J)) − 2σ⟨b, z⟩)/d``
+    with b the bias ``(J − I)x + c``, so its variance over the noise is
+    ``(2σ⁴ Σ(1 − 2λ)² + 4σ² ‖b‖²)/d²``, ``‖b‖² ≈ max(0, d·mse − σ² Σλ²)`` (for f ≈ 0:
+    σ²√(2/d), the familiar value). The SE of the mean over n images is √Σvar/n; with
+    n ≥ 2 the larger of that and the empirical SE of (SURE − measured error) is returned.
+    """
+    lam = np.atleast_2d(np.asarray(rec["eigenvalues"], dtype=float))
+    mse = np.asarray(rec["mse"], dtype=float).reshape(-1)
+    n, d = lam.shape
+    if n == 0 or mse.size != n:
+        return math.nan
+    s2 = float(sigma) ** 2
+    bias2 = np.maximum(0.0, d * mse - s2 * (lam**2).sum(1))
+    var = (2 * s2**2 * ((1 - 2 * lam) ** 2).sum(1) + 4 * s2 * bias2) / d**2
+    se = math.sqrt(var.sum()) / n
+    if n >= 2:
+        diff = np.asarray(rec["sure_mse"], dtype=float).reshape(-1) - mse
+        se = max(se, float(diff.std(ddof=1) / math.sqrt(n)))
+    return float(se)
+
+
+def sure_cell(row: dict) -> str:
+    """The table's SURE cell: the value ± SE, or why it is not shown (SE ≥ 10 % of MSE)."""
+    n, se, mse = row["images"], row["sure_se"], row["mse"]
+    if row["sure_shown"]:
+        return f"{row['sure_mse']:.3g} ± {se:.2g}"
+    return (f"not shown ({n} image{'s' if n != 1 else ''} too few: SE {se:.2g} vs MSE "
+            f"{mse:.2g})")
+
+
 def _span(values, lo: int, hi: int) -> str:
     """Eigenvalues ``lo+1 … hi`` of a mean spectrum as 'first–last'."""
     part = values[lo:hi]
@@ -74,14 +111,16 @@ def _row(entry: _Entry, sigma: float, label: str, rec: dict) -> dict:
     spectrum = np.asarray(rec["eigenvalues"], dtype=float).mean(0)
     trace, trace_se = _mean_se(rec["trace"])
     mse, mse_se = _mean_se(rec["mse"])
-    sure, sure_se = _mean_se(rec["sure_mse"])
+    sure, _ = _mean_se(rec["sure_mse"])
+    se_sure = sure_se(rec, sigma)
     row = {"entry": entry.label, "sigma": sigma, "denoiser": label,
            "images": len(rec["trace"]), "trace": trace, "trace_se": trace_se,
            f"count>{SHRINKAGE_LEVEL:g}": float(np.mean(rec["count_above"])),
            "λ1–5": _span(spectrum, 0, 5), "λ6–10": _span(spectrum, 5, 10),
            "asymmetry": float(np.mean(rec["asymmetry"])),
            "homogeneity_error": float(np.mean(rec["homogeneity_error"])),
-           "mse": mse, "mse_se": mse_se, "sure_mse": sure, "sure_se": sure_se}
+           "mse": mse, "mse_se": mse_se, "sure_mse": sure, "sure_se": se_sure,
+           "sure_shown": bool(se_sure < SURE_MAX_REL_SE * mse)}  # False when se is NaN
     if "tangent_angles_deg" in rec:
         angles = np.asarray(rec["tangent_angles_deg"], dtype=float)
         row["tangent_max_angle_deg"] = float(angles.max(1).mean())
@@ -153,11 +192,11 @@ def _figure_trace(entry: _Entry, rows: list[dict], path: Path) -> None:
                       ms=3, color=color, label=label)
         ax_s.errorbar(part.sigma, part.mse, yerr=2 * part.mse_se.fillna(0), marker="o", ms=3,
                       color=color, label=f"{label}: measured")
-        positive = part[part.sure_mse > 0]  # a noisy SURE mean can be ≤ 0: not drawn
+        positive = part[part.sure_shown & (part.sure_mse > 0)]  # too noisy: not drawn
         ax_s.plot(positive.sigma, positive.sure_mse, marker="x", ms=5, ls="--", color=color,
                   label=f"{label}: SURE")
     ax_t.set(xscale="log", yscale="log", xlabel="σ", ylabel="tr J (effective dimension)")
-    ax_s.set(xscale="log", yscale="log", xlabel="σ", ylabel="MSE per pixel (SURE ≤ 0 not shown)",
+    ax_s.set(xscale="log", yscale="log", xlabel="σ", ylabel="MSE per pixel (noisy SURE not shown)",
              ylim=(frame.mse.min() / 10, None))
     ax_t.legend(fontsize=6)
     ax_s.legend(fontsize=5)
@@ -166,7 +205,7 @@ def _figure_trace(entry: _Entry, rows: list[dict], path: Path) -> None:
 
 
 TABLE_COLUMNS = ("sigma", "denoiser", "trace", f"count>{SHRINKAGE_LEVEL:g}", "λ1–5", "λ6–10",
-                 "asymmetry", "mse", "sure_mse")
+                 "asymmetry", "mse", "SURE")
 
 
 def _pair_section(pairs: list[dict], out_dir: Path) -> tuple[list[str], list[dict]]:
@@ -228,7 +267,12 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
              "f(y) = J y, for a bias-free network); the eigenvectors of its symmetric part are "
              "the adaptive basis, the eigenvalues the shrinkage, tr J the effective dimension "
              "(SCIENCE.md §6). SURE estimates the MSE from y alone: "
-             "(‖f(y) − y‖² − dσ² + 2σ² tr J)/d. Means over the analysed images; references: "
+             "(‖f(y) − y‖² − dσ² + 2σ² tr J)/d, shown ± the SE of SURE − measured error "
+             "only where that SE (over the noise, from the linearized f; over images too "
+             "when there are several) is "
+             f"below {SURE_MAX_REL_SE:.0%} of the measured MSE: one image of d pixels gives "
+             "an SE near σ²√(2/d), too large where f shrinks strongly. "
+             "Means over the analysed images; references: "
              "exact posterior mean (Gaussian), posterior mixture Cov[x|y]/σ² (disks), oracle "
              "given the true contour (C^α, an oracle: lower bound).", ""]
     lines += [f"- **failed cell**: {msg}" for msg in failed] + ([""] if failed else [])
@@ -253,6 +297,7 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
             lines += [f"![Top eigenvectors, σ={sigma:.3g}](jacobian_vectors_{s}_{i}.png)"]
         lines += ["", f"![tr J and SURE](jacobian_trace_{s}.png)", ""]
         frame = pd.DataFrame(rows)
+        frame["SURE"] = [sure_cell(r) for r in rows]
         columns = list(TABLE_COLUMNS)
         if "tangent_max_angle_deg" in frame:
             columns += ["tangent_max_angle_deg", "tangent_mean_angle_deg"]

@@ -25,11 +25,11 @@ import seaborn as sns  # noqa: E402
 from .cache import atomic_write_bytes, canonical_json  # noqa: E402
 from .experiments.cells import entry_label  # noqa: E402
 from .kl import kl_bound  # noqa: E402
-from .memorization import MEMORIZED_RATIO  # noqa: E402
+from .memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO  # noqa: E402
 from .report import _save, bracket, curve_frame, markdown_table, slug  # noqa: E402
 
 SMALL_N = 10  # "N ≤ 10": the memorization regime checked by the sentence
-MEMORIZED_MIN, COSINE_MIN = 0.9, 0.95  # ≥ 90% memorized, nearest-training cosine ≥ 0.95
+MEMORIZED_MIN = 0.9  # ≥ 90% of samples memorized (copy criterion) at N ≤ SMALL_N
 IDENTITY_FRACTION = 0.5  # a network with test MSE ≥ this × σ² barely denoises
 GRID_ROWS = 4  # noises shown per image grid
 COLUMNS = (("s1", "S1 network"), ("s1_nearest", "nearest in S1"), ("s2", "S2 network"),
@@ -66,23 +66,38 @@ def _kl_interval(result: dict, reference: dict | None, sigma0: float):
     return float(row["kl_low"]), float(row["kl_high"])  # [B_low, B_high] of SCIENCE.md §4b
 
 
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
 def summary_row(record: dict, reference: dict | None = None) -> dict:
-    """One table row (dict) of a memorization record; NaN where a part failed."""
+    """One table row (dict) of a memorization record; NaN where a part failed or where an
+    old record lacks a measure (records before the copy criterion: ``mem`` is NaN and their
+    d1/d2 fraction goes to ``memr``)."""
     spec, res = record["spec"], record["result"]
     sigmas = spec["sigmas"]
     mid = _middle(sigmas)
     row = {"entry": entry_label(spec["dataset"], spec["params"]), "N": spec["N"],
            "K": spec["n_samples"]}
     for role, name in (("s1", "S1"), ("s2", "S2"), ("empirical", "emp")):
-        s = res.get("summary", {}).get(role)
-        row[f"mem {name}"] = s["memorized_fraction"] if s else math.nan
-        row[f"mem {name} lo"] = s["memorized_ci"][0] if s else math.nan
-        row[f"mem {name} hi"] = s["memorized_ci"][1] if s else math.nan
-        row[f"memu {name}"] = s.get("memorized_unit_fraction", math.nan) if s else math.nan
-        row[f"cos_nn {name}"] = s["median_cos_nn"] if s else math.nan
-        row[f"cos_nn_c {name}"] = s["median_cos_nn_centered"] if s else math.nan
+        s = res.get("summary", {}).get(role) or {}
+        new = "median_copy_cos" in s  # the copy criterion (defined at every N)
+        row[f"mem {name}"] = s["memorized_fraction"] if new else math.nan
+        row[f"mem {name} lo"] = s["memorized_ci"][0] if new else math.nan
+        row[f"mem {name} hi"] = s["memorized_ci"][1] if new else math.nan
+        row[f"memr {name}"] = _num(s.get("memorized_ratio_fraction") if new
+                                   else s.get("memorized_fraction"))
+        row[f"memu {name}"] = _num(s.get("memorized_unit_fraction"))
+        row[f"cos_c {name}"] = _num(s.get("median_copy_cos"))
+        row[f"cos_nn {name}"] = _num(s.get("median_cos_nn"))
+        row[f"cos_nn_c {name}"] = _num(s.get("median_cos_nn_centered"))
+    base = (res.get("baseline") or {}).get("summary", {})
+    row["mem held"] = _num(base.get("memorized_fraction"))
+    row["cos_c held"] = _num(base.get("median_copy_cos"))
+    row["cos_nn held"] = _num(base.get("median_cos_nn"))
     s1 = res.get("summary", {}).get("s1", {})
     row["cross"] = s1.get("median_cross_cos", math.nan)
+    row["cross_cc"] = _num(s1.get("median_cross_copy_cos"))
     row["cross_c"] = s1.get("median_cross_cos_centered", math.nan)
     emp = res.get("summary", {}).get("empirical", {})
     row["cos emp–S1 net"] = emp.get("median_cross_cos", math.nan)
@@ -107,11 +122,14 @@ def _table(frame: pd.DataFrame) -> str:
         "memorized S1 net [95% CI]": [_ci(r["mem S1"], r["mem S1 lo"], r["mem S1 hi"])
                                       for _, r in frame.iterrows()],
         "memorized S2 net": frame["mem S2"],
-        "memorized S1, unit norm": frame["memu S1"],
-        "cos nearest (S1)": frame["cos_nn S1"],
-        "cos nearest, centred": frame["cos_nn_c S1"],
-        "cos S1–S2": frame["cross"],
-        "cos S1–S2, centred": frame["cross_c"],
+        "memorized held-out (baseline)": frame["mem held"],
+        "centred cos nearest (S1 net)": frame["cos_c S1"],
+        "centred cos nearest (held-out)": frame["cos_c held"],
+        "centred cos S1–S2": frame["cross_cc"],
+        "raw cos nearest (S1 net)": frame["cos_nn S1"],
+        "raw cos nearest (held-out)": frame["cos_nn held"],
+        "d1/d2 < 1/3 (S1 net)": ["— (N = 1)" if n == 1 and math.isnan(v) else f"{v:.4g}"
+                                 for n, v in zip(frame["N"], frame["memr S1"], strict=True)],
         f"train MSE σ={sigma_mid:g}": frame["train mse"],
         f"test MSE σ={sigma_mid:g}": frame["test mse"],
         "test/train": frame["test/train"],
@@ -135,17 +153,22 @@ def _figure_vs_n(frame: pd.DataFrame, label: str, path: Path) -> None:
         axes[0].errorbar(n, p, yerr=err, marker="o", ms=4, capsize=3, color=palette[i],
                          label=text)
         if name != "emp":
-            axes[0].plot(n, frame[f"memu {name}"], ls=":", marker="x", color=palette[i],
-                         label=f"{text}, unit-norm d1/d2")
-    axes[0].set(ylabel=f"memorized fraction (d1/d2 < {MEMORIZED_RATIO:.2g})", ylim=(-0.03, 1.03))
-    for col, text, color, style in (("cos_nn S1", "nearest training (S1 net)", 0, "-"),
-                                    ("cos_nn S2", "nearest training (S2 net)", 1, "-"),
-                                    ("cross", "S1 net vs S2 net", 2, "-"),
-                                    ("cos_nn_c S1", "nearest training, centred", 0, "--"),
-                                    ("cross_c", "S1 vs S2, centred", 2, "--")):
+            axes[0].plot(n, frame[f"memr {name}"], ls=":", marker="x", color=palette[i],
+                         label=f"{text}, d1/d2 < {MEMORIZED_RATIO:.2g} (N ≥ 2)")
+    axes[0].plot(n, frame["mem held"], ls="--", marker="s", ms=4, color="black",
+                 label="real held-out images (baseline)")
+    axes[0].set(ylabel=f"memorized fraction (centred cos ≥ {COPY_COSINE:.3g})",
+                ylim=(-0.03, 1.03))
+    for col, text, color, style in (("cos_c S1", "nearest training (S1 net)", 0, "-"),
+                                    ("cos_c S2", "nearest training (S2 net)", 1, "-"),
+                                    ("cross_cc", "S1 net vs S2 net", 2, "-"),
+                                    ("cos_c held", "held-out vs nearest S1 image", 7, "--"),
+                                    ("cos_nn S1", "raw cosine, nearest (S1 net)", 0, ":"),
+                                    ("cross", "raw cosine, S1 vs S2", 2, ":")):
         axes[1].plot(n, frame[col], marker="o", ms=4, ls=style, color=palette[color],
                      label=text)
-    axes[1].set(ylabel="median cosine similarity")
+    axes[1].axhline(COPY_COSINE, color="grey", lw=0.8, ls="-.", label="copy threshold")
+    axes[1].set(ylabel="median centred cosine (dotted: raw)")
     sigma_mid = frame["sigma_mid"].iloc[0]
     axes[2].plot(n, frame["train mse"], "o-", color=palette[0], label="train (S1 images)")
     axes[2].plot(n, frame["test mse"], "s-", color=palette[3], label="test (held out)")
@@ -170,12 +193,13 @@ def _figure_grid(record: dict, label: str, path: Path) -> bool:
     fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(1.7 * len(COLUMNS), 1.75 * rows),
                              squeeze=False)
     for r in range(rows):
-        notes = {"s1": f"cos nn {per['s1']['cos_nn'][r]:.2f}/c "
-                       f"{per['s1']['cos_nn_centered'][r]:.2f}",
+        c, cross = ("copy_cos", "cross_copy_cos") if "copy_cos" in per["s1"] else (
+            "cos_nn_centered", "cross_cos_centered")
+        notes = {"s1": f"cos nn {per['s1']['cos_nn'][r]:.2f}/c {per['s1'][c][r]:.3f}",
                  "s1_nearest": f"d1/d2 {per['s1']['ratio'][r]:.2f}",
                  "s2": f"cos S1–S2 {per['s1']['cross_cos'][r]:.2f}/c "
-                       f"{per['s1']['cross_cos_centered'][r]:.2f}",
-                 "empirical": f"cos nn {per['empirical']['cos_nn'][r]:.2f}"}
+                       f"{per['s1'][cross][r]:.3f}",
+                 "empirical": f"c nn {per['empirical'].get(c, [math.nan] * (r + 1))[r]:.3f}"}
         for c, (key, title) in enumerate(COLUMNS):
             ax = axes[r, c]
             img = images[key][r]
@@ -191,30 +215,48 @@ def _figure_grid(record: dict, label: str, path: Path) -> bool:
 
 
 def _figure_histograms(records: list[dict], label: str, path: Path) -> bool:
-    """Per N, histograms of nearest-training and cross-network cosines (plain, centred)."""
-    usable = [r for r in records if "per_sample" in r["result"]]
+    """Per N, histograms of nearest-training and cross-network cosines (centred, raw), with
+    the held-out images' nearest-training cosines as the baseline."""
+    usable = [r for r in records if "per_sample" in r["result"]
+              and "copy_cos" in r["result"]["per_sample"].get("s1", {})]
     if not usable:
         return False
     fig, axes = plt.subplots(2, len(usable), figsize=(2.6 * len(usable), 4.6), squeeze=False,
                              sharey="row")
     palette = sns.color_palette("deep")
-    for row, (suffix, name) in enumerate((("", "cosine"), ("_centered", "centred cosine"))):
-        values = [np.asarray(r["result"]["per_sample"]["s1"][c + suffix]) for r in usable
-                  for c in ("cos_nn", "cross_cos")]
+    for row, (near, cross, held, name) in enumerate(
+            (("copy_cos", "cross_copy_cos", "copy_cos", "centred cosine"),
+             ("cos_nn", "cross_cos", "cos_nn", "raw cosine"))):
+        values = [np.asarray(r["result"]["per_sample"]["s1"][c]) for r in usable
+                  for c in (near, cross)]
+        values += [np.asarray(r["result"]["baseline"]["per_sample"][held]) for r in usable
+                   if held in (r["result"].get("baseline") or {}).get("per_sample", {})]
         low = float(min(v.min() for v in values))
         bins = np.linspace(min(low, 0.9), 1.0, 30)
         for ax, r in zip(axes[row], usable, strict=True):
             per = r["result"]["per_sample"]["s1"]
-            ax.hist(per["cos_nn" + suffix], bins=bins, alpha=0.6, color=palette[0],
+            base = (r["result"].get("baseline") or {}).get("per_sample", {}).get(held)
+            weights = None
+            if base is not None:  # scaled to the samples' count
+                weights = np.full(len(base), len(per[near]) / len(base))
+                ax.hist(np.clip(base, bins[0], 1.0), bins=bins, weights=weights,
+                        histtype="step", color="black", label="held-out vs nearest S1 image")
+            ax.hist(np.clip(per[near], bins[0], 1.0), bins=bins, alpha=0.6, color=palette[0],
                     label="S1 sample vs nearest S1 image")
-            ax.hist(per["cross_cos" + suffix], bins=bins, alpha=0.6, color=palette[2],
+            ax.hist(np.clip(per[cross], bins[0], 1.0), bins=bins, alpha=0.6, color=palette[2],
                     label="S1 sample vs S2 sample")
+            if row == 0:
+                ax.axvline(COPY_COSINE, color="grey", lw=0.8, ls="-.")
             ax.set(title=f"N = {r['spec']['N']}", xlabel=name)
         axes[row, 0].set_ylabel("samples")
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(label, fontsize=8)
     _save(fig, path)
     return True
+
+
+def _pct(value) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.0%}"
 
 
 def verdict(frame: pd.DataFrame) -> str:
@@ -228,30 +270,26 @@ def verdict(frame: pd.DataFrame) -> str:
         parts.append(f"No N ≤ {SMALL_N} was run, so the memorization regime is not checked.")
     else:
         mem = small[["mem S1", "mem S2"]].min(axis=1)
-        cos = small[["cos_nn S1", "cos_nn S2"]].min(axis=1)
-        met = bool(((mem >= MEMORIZED_MIN) & (cos >= COSINE_MIN)).all())
-        unit = (small[["memu S1", "memu S2"]].min(axis=1) if "memu S1" in small
-                else pd.Series(math.nan, index=small.index))
-        listing = "; ".join(f"N = {n}: {m:.0%} memorized ({u:.0%} between unit-norm images), "
-                            f"median cosine {c:.4f}"
-                            for n, m, u, c in zip(small["N"], mem, unit, cos, strict=True))
+        cos = small[["cos_c S1", "cos_c S2"]].min(axis=1)
+        held = small["mem held"] if "mem held" in small else pd.Series(math.nan, small.index)
+        met = bool((mem >= MEMORIZED_MIN).all())
+        listing = "; ".join(f"N = {n}: {_pct(m)} memorized (held-out images: {_pct(h)}), "
+                            f"median centred cosine {c:.3f}"
+                            for n, m, h, c in zip(small["N"], mem, held, cos, strict=True))
         parts.append(f"Memorization at N ≤ {SMALL_N} (both networks: ≥ {MEMORIZED_MIN:.0%} of "
-                     f"samples with d1/d2 < 1/3 and median nearest-training cosine ≥ "
-                     f"{COSINE_MIN}): **{'met' if met else 'not met'}** ({listing}).")
-        if not met and "memu S1" in small:
-            if bool(((unit >= MEMORIZED_MIN) & (cos >= COSINE_MIN)).all()):
-                parts.append("Between unit-norm images (d1/d2 ignoring each image's scale, "
-                             "which a bias-free network cannot pin down) it is met: "
-                             + ", ".join(f"{u:.0%}" for u in unit) + " memorized.")
+                     f"samples copies, i.e. centred cosine to the nearest training image ≥ "
+                     f"{COPY_COSINE:.3g}): **{'met' if met else 'not met'}** ({listing}).")
     last = ok.iloc[-1]
-    gen = bool(last["cross"] > last["cos_nn S1"])
-    gen_c = bool(last["cross_c"] > last["cos_nn_c S1"])
-    parts.append(f"At the largest N reached, N = {last['N']}, the median cross-network cosine "
-                 f"is {last['cross']:.4f} against a median nearest-training cosine of "
-                 f"{last['cos_nn S1']:.4f}: the generalization criterion is "
-                 f"**{'met' if gen else 'not met'}** (centred cosines, which ignore the "
-                 f"shared mean intensity: {last['cross_c']:.3f} against "
-                 f"{last['cos_nn_c S1']:.3f}, {'met' if gen_c else 'not met'}).")
+    gen = bool(last["cross_cc"] > last["cos_c S1"])
+    gen_raw = bool(last["cross"] > last["cos_nn S1"])
+    parts.append(f"At the largest N reached, N = {last['N']}, the median centred cosine "
+                 f"between the two networks' samples is {last['cross_cc']:.3f} against "
+                 f"{last['cos_c S1']:.3f} to the nearest training image (real held-out "
+                 f"images: {last['cos_c held']:.3f}): the generalization criterion is "
+                 f"**{'met' if gen else 'not met'}** (raw cosines, dominated by the shared "
+                 f"mean: {last['cross']:.4f} against {last['cos_nn S1']:.4f}, "
+                 f"{'met' if gen_raw else 'not met'}). Memorized: {_pct(last['mem S1'])} of "
+                 f"S1 samples against {_pct(last['mem held'])} of real held-out images.")
     denoises = last["test mse"] < IDENTITY_FRACTION * last["sigma_mid"] ** 2
     if gen and not denoises:
         parts.append(f"Caveat: at N = {last['N']} the S1 network's test MSE at σ = "
@@ -260,13 +298,13 @@ def verdict(frame: pd.DataFrame) -> str:
                      f"denoise, so their agreement reflects the shared noise more than a "
                      f"learned density.")
     if not gen:
-        diff = (ok["cross"] - ok["cos_nn S1"]).to_numpy()
+        diff = (ok["cross_cc"] - ok["cos_c S1"]).to_numpy()
         trend = ("rising" if len(diff) > 1 and diff[-1] > diff[0] else
                  "falling" if len(diff) > 1 and diff[-1] < diff[0] else "flat")
         steps = ", ".join(f"{d:+.3f} (N = {n})" for n, d in zip(ok["N"], diff, strict=True))
-        parts.append(f"Cross minus nearest-training cosine over N: {steps}, {trend}. Larger N "
-                     f"and longer training (the paper preset) are the documented path to the "
-                     f"transition.")
+        parts.append(f"Cross minus nearest-training centred cosine over N: {steps}, "
+                     f"{trend}. Larger N and longer training (the paper preset) are the "
+                     f"documented path to the transition.")
     if (ok["mem emp"] < 1).any():
         parts.append("Note: the empirical denoiser's samples are not all memorized; the sampler "
                      "stops at a σ_min too large to resolve the training images.")
@@ -310,9 +348,18 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
              f"same {first['n_samples']} noises with the {sampler['method']} sampler "
              f"({shown}; an auto mean is the pixel mean of held-out images); "
              f"the empirical denoiser of S1 is the pure-memorization baseline. A sample is "
-             f"memorized when d1/d2 < 1/3 (distances to its nearest and second-nearest "
-             f"training image). Cosines are medians over samples; centred = each image minus "
-             f"its mean. Train/test MSE: the S1 network on S1 images and on held-out images.",
+             f"**memorized** (a copy) when the distance between its centred unit direction "
+             f"and the nearest centred unit direction of a training image is below "
+             f"t = {COPY_THRESHOLD:g}, i.e. centred cosine ≥ 1 − t²/2 = {COPY_COSINE:.3g}; "
+             f"centred = unit-normalized, minus the mean of the cell's unit-normalized "
+             f"held-out images (a mean image), unit-normalized again. The criterion is "
+             f"defined at every N, N = 1 included, and ignores the image's scale (a "
+             f"bias-free network reproduces a training image only up to a scale). Baseline: "
+             f"the same measures for the cell's real held-out images against S1 (their "
+             f"novelty is the data's own). d1/d2 < 1/3 (nearest over second-nearest training "
+             f"image) is shown for N ≥ 2 only. Cosines are medians over samples; raw "
+             f"cosines carry little information on families with a strong mean. Train/test "
+             f"MSE: the S1 network on S1 images and on held-out images.",
              ""]
     rows, curves = [], []
     for by_n in groups.values():

@@ -39,7 +39,6 @@ def training_rows(records: list[dict]) -> list[dict]:
             "center": t.get("center", False),
             "warm start": bool(r["spec"].get("init_key")),
             "steps": t["steps"],
-            "seconds": r.get("meta", {}).get("seconds", float("nan")),
             "held-out drop, last 20 %": drop,
             "converged": res.get("converged"),
         })

@@ -11,17 +11,22 @@ For each distribution and training-set size N, a ``memorization`` cell
    baseline, SCIENCE.md §3) from the same K initial noises with the same sampler (by
    default the deterministic Heun probability-flow ODE, SCIENCE.md §7, so the same noise
    gives comparable images);
-4. measures each sample against its generator's training set (nearest-training cosine,
-   plain and mean-subtracted; d1/d2 and the memorized fraction with a bootstrap interval)
-   and the two networks' samples against each other (cross cosine), and the S1 network's
-   train and test MSE per σ (the generalization gap). Besides the plain d1/d2, the ratio
+4. measures each sample against its generator's training set: the copy criterion
+   (``memorization.COPY_THRESHOLD``: centred cosine >= 0.98 to the nearest training image,
+   centred on the mean of the cell's unit-normalized held-out images; defined at every N,
+   N = 1 included) gives the memorized fraction with a bootstrap interval; also the
+   nearest-training cosines, plain and mean-subtracted, and d1/d2 (N >= 2); the two
+   networks' samples against each other (cross cosine), and the S1 network's train and
+   test MSE per σ (the generalization gap);
+5. the baseline: the same measures for the cell's real held-out images against S1, so that
+   a sample's novelty reads against the data's own. Besides the plain d1/d2, the ratio
    between unit-norm images is recorded: a bias-free network is homogeneous
    (``f(ay) = a f(y)``), so when it memorizes it reproduces a training image only up to a
    scale that the initial noise sets, which the plain d1/d2 counts against it.
 
 The initial noises depend on the study seed only, not on N, so the report's image grids
-show the same noise at every N. At N = 1 the ratio d1/d2 needs a second training image;
-there ``d2`` is the distance to the nearest held-out image (recorded as ``ratio_note``).
+show the same noise at every N. At N = 1 the ratio d1/d2 is undefined (no second training
+image): its columns are NaN and its fractions None.
 """
 
 from __future__ import annotations
@@ -40,10 +45,9 @@ from ..cache import Cache
 from ..denoisers.empirical import EmpiricalDenoiser
 from ..evaluation import check_sigmas, mse_curve
 from ..memorization import (
-    MEMORIZED_RATIO,
-    cosine,
+    COPY_THRESHOLD,
     memorization_measures,
-    nearest_neighbours,
+    reference_direction,
     summarize,
 )
 from ..networks import NetConfig
@@ -56,9 +60,11 @@ STREAM_TRAINSET, STREAM_NOISE, STREAM_NETS, STREAM_TRAIN_EVAL = 31, 32, 33, 34
 EXAMPLES = 6  # initial noises whose images are kept for the report's grids
 DEFAULT_SAMPLER = {"method": "heun", "sigma_min": 0.01, "steps": 40, "mean": "auto"}
 ROLES = ("s1", "s2", "empirical")  # S1 network, S2 network, empirical denoiser of S1
-PER_SAMPLE = ("ratio", "memorized", "ratio_unit", "memorized_unit", "nn_index", "cos_nn",
-              "cos_nn_centered", "max_cos", "max_cos_centered", "cross_cos",
-              "cross_cos_centered")
+PER_SAMPLE = ("memorized", "copy_cos", "copy_index", "ratio", "memorized_ratio",
+              "ratio_unit", "memorized_unit", "nn_index", "cos_nn", "cos_nn_centered",
+              "max_cos", "max_cos_centered", "cross_cos", "cross_cos_centered",
+              "cross_copy_cos")
+BASELINE_PER_SAMPLE = ("memorized", "copy_cos", "cos_nn", "cos_nn_centered")
 
 
 def derived_seed(seed: int, stream: int, index: int = 0) -> int:
@@ -229,33 +235,6 @@ def held_out(dist, name: str, params: dict, rest: torch.Tensor):
 # ----------------------------------------------------------------------------- measures
 
 
-def _frame(samples, train_images, other, fallback) -> tuple[pd.DataFrame, str | None]:
-    """``memorization_measures`` of ``samples`` against their training set.
-
-    With a single training image d2 is undefined; it is then the distance to the nearest
-    image of ``fallback`` (held-out images), and the note says so.
-    """
-    if len(train_images) >= 2:
-        return memorization_measures(samples, train_images, other_samples=other), None
-    if fallback is None or len(fallback) < 2:
-        raise ValueError("N = 1 needs at least 2 held-out images for the d1/d2 ratio")
-    x1 = train_images[:1].to(samples.device).expand_as(samples)
-    d1 = (samples.double() - x1.double()).flatten(1).norm(dim=1)
-    d2 = nearest_neighbours(samples, fallback.to(samples.device))["d1"]
-    ratio = torch.where(d2 > 0, d1 / d2.clamp_min(1e-300), torch.ones_like(d1))  # d1/d2
-    cos, cos_c = cosine(samples, x1), cosine(samples, x1, centered=True)
-    zeros = torch.zeros(len(samples), dtype=torch.int64)
-    columns = {"d1": d1, "d2": d2, "ratio": ratio, "memorized": ratio < MEMORIZED_RATIO,
-               "nn_index": zeros, "cos_nn": cos, "cos_nn_centered": cos_c, "max_cos": cos,
-               "max_cos_index": zeros, "max_cos_centered": cos_c,
-               "max_cos_centered_index": zeros}
-    if other is not None:
-        columns["cross_cos"] = cosine(samples, other.to(samples.device))
-        columns["cross_cos_centered"] = cosine(samples, other.to(samples.device), centered=True)
-    frame = pd.DataFrame({k: v.cpu().numpy() for k, v in columns.items()})
-    return frame, "N = 1: d2 is the distance to the nearest held-out image"
-
-
 def _unit(images: torch.Tensor | None) -> torch.Tensor | None:
     """Each image divided by its Euclidean norm (float64)."""
     if images is None:
@@ -264,18 +243,20 @@ def _unit(images: torch.Tensor | None) -> torch.Tensor | None:
     return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)).view(images.shape)
 
 
-def _measures(samples, train_images, other, fallback) -> tuple[pd.DataFrame, str | None]:
-    """:func:`_frame`, plus ``ratio_unit``/``memorized_unit``: d1/d2 between unit-norm images.
+def _measures(samples, train_images, other, reference=None) -> pd.DataFrame:
+    """``memorization_measures`` (copy criterion centred on ``reference``), plus
+    ``ratio_unit``/``memorized_unit``: d1/d2 between unit-norm images (NaN/False at N = 1).
 
     A bias-free (homogeneous) network that memorizes reproduces a training image up to a
     scale set by the initial noise; the unit-norm ratio, ``√(1 − c1)/√(1 − c2)`` with c1,
     c2 the two largest cosines, ignores that scale, as the cosine measures do.
     """
-    frame, note = _frame(samples, train_images, other, fallback)
-    unit, _ = _frame(_unit(samples), _unit(train_images), None, _unit(fallback))
+    frame = memorization_measures(samples, train_images, other_samples=other,
+                                  reference=reference)
+    unit = memorization_measures(_unit(samples), _unit(train_images))
     frame["ratio_unit"] = unit["ratio"].to_numpy()
-    frame["memorized_unit"] = unit["memorized"].to_numpy()
-    return frame, note
+    frame["memorized_unit"] = unit["memorized_ratio"].to_numpy()
+    return frame
 
 
 def _json_summary(summary: dict) -> dict:
@@ -299,11 +280,14 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     ``loss_s1``/``loss_s2`` (final training loss); ``mse_train``/``mse_test`` (curves of
     the S1 network: per-pixel MSE on S1 images and on held-out images, per σ of
     ``spec["sigmas"]``); ``summary`` ``{role: summarize(...)}`` and ``per_sample``
-    ``{role: {column: K values}}`` for roles ``s1`` (S1 network vs S1, cross vs S2
-    network), ``s2`` (S2 network vs S2, cross vs S1 network), ``empirical`` (empirical
-    denoiser of S1 vs S1, cross vs the S1 network); ``examples`` (the first noises'
-    images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``, ``empirical``, each
-    (E, c, h, w) lists); ``ratio_note`` at N = 1. A diverging training or
+    ``{role: {column: K values}}`` (``memorized``: the copy criterion) for roles ``s1``
+    (S1 network vs S1, cross vs S2 network), ``s2`` (S2 network vs S2, cross vs S1
+    network), ``empirical`` (empirical denoiser of S1 vs S1, cross vs the S1 network);
+    ``examples`` (the first noises' images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``,
+    ``empirical``, each (E, c, h, w) lists); ``centring`` (the copy criterion's, in words)
+    and ``copy_threshold``; ``baseline`` (the cell's held-out images against S1:
+    ``summary`` and ``per_sample`` as for a role; absent without held-out images). A
+    diverging training or
     sampler gives ``failed`` (the message) and whatever was computed before.
     """
     device = resolve_device(device)
@@ -351,21 +335,32 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
 
         versus = {"s1": (s1, samples["s2"]), "s2": (s2, samples["s1"]),
                   "empirical": (s1, samples["s1"])}
+        # copy criterion centred on the mean of the unit-normalized held-out images
+        reference = None if held is None else reference_direction(held)
+        result["centring"] = ("mean of the unit-normalized held-out images" if held is not None
+                              else "each image's own pixel mean (no held-out images)")
+        result["copy_threshold"] = COPY_THRESHOLD
         result["summary"], result["per_sample"], frames = {}, {}, {}
         for role in ROLES:
             train_images, other = versus[role]
-            frame, note = _measures(samples[role], train_images, other, held)
-            if note:
-                result["ratio_note"] = note
+            frame = _measures(samples[role], train_images, other, reference)
             frames[role] = frame
             summary = summarize(frame, seed=seed)
-            unit = summarize(frame.assign(memorized=frame["memorized_unit"]), seed=seed)
-            summary["memorized_unit_fraction"] = unit["memorized_fraction"]
-            summary["memorized_unit_ci"] = unit["memorized_ci"]
-            summary["median_ratio_unit"] = float(frame["ratio_unit"].median())
+            if n >= 2:  # the unit-norm d1/d2 needs a second training image
+                unit = summarize(frame.assign(memorized=frame["memorized_unit"]), seed=seed)
+                summary["memorized_unit_fraction"] = unit["memorized_fraction"]
+                summary["memorized_unit_ci"] = unit["memorized_ci"]
+                summary["median_ratio_unit"] = float(frame["ratio_unit"].median())
+            else:
+                summary["memorized_unit_fraction"] = summary["median_ratio_unit"] = None
             result["summary"][role] = _json_summary(summary)
             result["per_sample"][role] = {c: frame[c].tolist() for c in PER_SAMPLE
                                           if c in frame}
+        if held is not None:  # the data's own novelty: real held-out images against S1
+            frame = memorization_measures(held, s1, reference=reference)
+            result["baseline"] = {
+                "summary": _json_summary(summarize(frame, seed=seed)),
+                "per_sample": {c: frame[c].tolist() for c in BASELINE_PER_SAMPLE}}
         e = min(EXAMPLES, k)
         nn1 = torch.tensor(frames["s1"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
         nn2 = torch.tensor(frames["s2"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
