@@ -506,9 +506,11 @@ def study_header(records: list[dict]) -> list[str]:
             continue
         t = mine[0]["train"]
         objective = t.get("objective", "paper")
-        law = (f"ln σ uniform on [{t.get('sigma_min', 0):g}, {t['sigma_max']:g}], loss "
-               f"‖f(y) − x‖²/σ² (the KL bound, SCIENCE.md §4c)" if objective == "kl" else
-               f"σ = {t['sigma_max']:g}·u², unweighted loss (the paper's)")
+        log_uniform = f"ln σ uniform on [{t.get('sigma_min', 0):g}, {t['sigma_max']:g}]"
+        law = {"kl": f"{log_uniform}, loss ‖f(y) − x‖²/σ² (the KL bound, SCIENCE.md §4c)",
+               "balanced": f"{log_uniform}, loss ‖f(y) − x‖²·(σ⁻² + σ_data⁻²), σ_data = "
+                           f"{t.get('sigma_data', 0.25):g} (the KL weight with a floor)",
+               "paper": f"σ = {t['sigma_max']:g}·u², unweighted loss (the paper's)"}[objective]
         lines.append(
             f"{mode} networks: {mine[0]['net']}, {t['steps']} steps, batch {t['batch_size']}, "
             f"lr {t['lr']:g}, objective `{objective}`"
