@@ -12,17 +12,13 @@ import math
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from .cache import atomic_write_bytes  # noqa: E402
-from .experiments.cells import entry_label  # noqa: E402
-from .kl import kl_bound, trapezoid_weights  # noqa: E402
+from .cache import atomic_write_bytes
+from .experiments.cells import entry_label
+from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
+from .kl import kl_bound, trapezoid_weights
 
 NETWORKS = ("per-sigma", "universal")
 
@@ -242,9 +238,10 @@ class StudyData:
         self.seconds = sum(r.get("meta", {}).get("seconds", 0.0) for r in records)
 
 
-def _figure_mse(study: StudyData, refs: dict, path: Path) -> None:
+@cached_figure
+def _figure_mse(study: StudyData, refs: dict):
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    palette = sns.color_palette("deep")
+    palette = PALETTE
     if "exact" in refs:
         e = refs["exact"]
         ax.plot(e.sigma, e.mse, "k-", lw=2, label="MMSE (exact)")
@@ -266,12 +263,13 @@ def _figure_mse(study: StudyData, refs: dict, path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="σ (pixel units)", ylabel="MSE per pixel",
            title=study.label)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    return fig
 
 
-def _figure_kl(study: StudyData, integrands: dict, path: Path) -> None:
+@cached_figure
+def _figure_kl(study: StudyData, integrands: dict):
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    palette = sns.color_palette("deep")
+    palette = PALETTE
     for i, (net, frame) in enumerate(integrands.items()):
         ax.fill_between(frame.sigma, frame.integrand_low, frame.integrand_high, alpha=0.3,
                         color=palette[i])
@@ -284,37 +282,24 @@ def _figure_kl(study: StudyData, integrands: dict, path: Path) -> None:
            title=f"KL integrand — {study.label}")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    return fig
 
 
-def _figure_examples(study: StudyData, path: Path) -> bool:
-    if not study.examples:
-        return False
-    chosen = sorted(study.examples, key=lambda e: e["sigma"][0])
+@cached_figure
+def _figure_examples(examples: list[dict]):
+    if not examples:
+        return None
+    chosen = sorted(examples, key=lambda e: e["sigma"][0])
     chosen = [chosen[i] for i in sorted({0, len(chosen) // 2, len(chosen) - 1})]
-    fig, axes = plt.subplots(1, 1 + 2 * len(chosen), figsize=(1.6 * (1 + 2 * len(chosen)), 1.9))
     clean = np.asarray(chosen[0]["clean"])[0, 0]
-    panels = [(clean, "clean")]
-    for e in chosen:
-        panels += [(np.asarray(e["noisy"][0])[0, 0], f"noisy σ={e['sigma'][0]:.3g}"),
-                   (np.asarray(e["denoised"][0])[0, 0], "denoised")]
     lo, hi = np.percentile(clean, [1, 99]) if clean.std() > 0 else (0, 1)
-    for ax, (img, title) in zip(axes, panels, strict=True):
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-        ax.set_title(title, fontsize=7)
-        ax.axis("off")
-    _save(fig, path)
-    return True
-
-
-def _save(fig, path: Path) -> None:
-    from io import BytesIO
-
-    buffer = BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    hi = hi if hi > lo else lo + 1
+    panels = [Panel(clean, "clean", "gray", lo, hi)]
+    for e in chosen:
+        panels += [Panel(np.asarray(e["noisy"][0])[0, 0], f"noisy σ={e['sigma'][0]:.3g}",
+                         "gray", lo, hi),
+                   Panel(np.asarray(e["denoised"][0])[0, 0], "denoised", "gray", lo, hi)]
+    return image_mosaic([panels], inches=1.3)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -554,7 +539,6 @@ def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
 def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict) -> Path:
     """Write ``out/README.md`` with every table and figure; return its path."""
     out.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(style="whitegrid", context="paper")
     studies = []
     for name, params in entries:
         mine = [r for r in records
@@ -648,7 +632,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                           "grid integral only and not a certified bound. Recompute the "
                           "reference cell to add it.", ""]
         rates += rate_rows(study, refs, preset)
-        if _figure_examples(study, out / f"examples_{s}.png"):
+        if _figure_examples(study.examples, out / f"examples_{s}.png"):
             lines += [f"![clean, noisy, denoised](examples_{s}.png)", ""]
     shuffled = shuffled_rows(studies)
     if rates:
@@ -682,7 +666,6 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                       markdown_table(pd.DataFrame(shuffled_kl)), ""]
     from .report_jacobian import jacobian_section  # they build on this module's helpers
     from .report_memorization import memorization_section
-
     from .report_training import training_section
 
     training_lines, training = training_section(records, out)

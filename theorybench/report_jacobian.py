@@ -20,7 +20,8 @@ import pandas as pd
 
 from .experiments.cells import entry_label
 from .experiments.jacobian_analysis import KIND, PAIR_KIND, SHRINKAGE_LEVEL
-from .report import _save, _write_csv, markdown_table, plt, slug, sns
+from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
+from .report import _write_csv, markdown_table, slug
 
 PAPER_DISKS = {"sigma": 0.04, "first5": (1.18, 0.95), "next5": (0.67, 0.28)}  # paper's network
 ROWS = (("per-sigma", "network (per-σ)"), ("universal", "network (universal)"))
@@ -131,8 +132,9 @@ def _row(entry: _Entry, sigma: float, label: str, rec: dict) -> dict:
     return row
 
 
-def _figure_spectra(entry: _Entry, path: Path) -> None:
-    palette = sns.color_palette("deep")
+@cached_figure
+def _figure_spectra(entry: _Entry):
+    palette = PALETTE
     fig, axes = plt.subplots(1, len(entry.sigmas), figsize=(3.4 * len(entry.sigmas), 3.0),
                              squeeze=False)
     for ax, sigma in zip(axes[0], entry.sigmas, strict=True):
@@ -147,43 +149,33 @@ def _figure_spectra(entry: _Entry, path: Path) -> None:
     axes[0, 0].set_ylabel("eigenvalue of (J + Jᵀ)/2")
     axes[0, -1].legend(fontsize=6)
     fig.suptitle(f"Jacobian spectra — {entry.label}", fontsize=9)
-    _save(fig, path)
+    return fig
 
 
-def _figure_vectors(entry: _Entry, sigma: float, path: Path) -> None:
-    rows = entry.denoisers(sigma)
-    k = max(len(np.asarray(rec["eigenvectors0"])) for _, rec in rows)
+@cached_figure
+def _figure_vectors(entry: _Entry, sigma: float):
     image = entry.images[sigma]
-    fig, axes = plt.subplots(len(rows), 3 + k, figsize=(1.05 * (3 + k), 1.25 * len(rows)),
-                             squeeze=False)
     clean = image["clean"][0]
     lo, hi = np.percentile(clean, [1, 99]) if clean.std() > 0 else (0.0, 1.0)
     hi = hi if hi > lo else lo + 1
-    for r, (label, rec) in enumerate(rows):
-        gray = ("gray", (lo, hi))
-        panels = [(clean, "clean", *gray), (image["noisy"][0], "noisy", *gray),
-                  (np.asarray(rec["output0"])[0], "f(y)", *gray)]
-        vectors = np.asarray(rec["eigenvectors0"])
+    rows, labels = [], []
+    for label, rec in entry.denoisers(sigma):
+        row = [Panel(clean, "clean", "gray", lo, hi),
+               Panel(image["noisy"][0], "noisy", "gray", lo, hi),
+               Panel(np.asarray(rec["output0"])[0], "f(y)", "gray", lo, hi)]
         values = np.asarray(rec["eigenvalues"][0])
-        for j, v in enumerate(vectors):
+        for j, v in enumerate(np.asarray(rec["eigenvectors0"])):
             a = np.abs(v).max() or 1.0
-            panels.append((v[0], f"λ{j + 1}={values[j]:.2f}", "RdBu_r", (-a, a)))
-        for c, ax in enumerate(axes[r]):
-            ax.set(xticks=[], yticks=[])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if c < len(panels):
-                img, title, cmap, (vmin, vmax) = panels[c]
-                ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
-                ax.set_title(title, fontsize=6)
-        axes[r, 0].set_ylabel(label.replace(": ", ":\n"), fontsize=6)
-    fig.suptitle(f"Top eigenvectors at σ = {sigma:.3g} (first image) — {entry.label}",
-                 fontsize=8)
-    _save(fig, path)
+            row.append(Panel(v[0], f"λ{j + 1}={values[j]:.2f}", "RdBu_r", -a, a))
+        rows.append(row)
+        labels.append(label.replace(": ", ":\n"))
+    return image_mosaic(rows, labels, f"Top eigenvectors at σ = {sigma:.3g} (first image) — "
+                                      f"{entry.label}")
 
 
-def _figure_trace(entry: _Entry, rows: list[dict], path: Path) -> None:
-    palette = sns.color_palette("deep")
+@cached_figure
+def _figure_trace(entry: _Entry, rows: list[dict]):
+    palette = PALETTE
     frame = pd.DataFrame(rows)
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     for i, (label, part) in enumerate(frame.groupby("denoiser", sort=False)):
@@ -201,11 +193,24 @@ def _figure_trace(entry: _Entry, rows: list[dict], path: Path) -> None:
     ax_t.legend(fontsize=6)
     ax_s.legend(fontsize=5)
     fig.suptitle(f"Effective dimension and SURE — {entry.label}", fontsize=9)
-    _save(fig, path)
+    return fig
 
 
 TABLE_COLUMNS = ("sigma", "denoiser", "trace", f"count>{SHRINKAGE_LEVEL:g}", "λ1–5", "λ6–10",
                  "asymmetry", "mse", "SURE")
+
+
+@cached_figure
+def _figure_pairs(frame: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for (entry, sigma), part in frame.groupby(["entry", "sigma"]):
+        ax.errorbar(part.n_train, part.overlap, yerr=2 * part.overlap_se.fillna(0), marker="o",
+                    ms=3, label=f"{entry} σ={sigma:.3g}")
+    ax.axhline(frame.chance.iloc[0], color="0.5", ls=":", lw=0.8, label="chance (k/d)")
+    ax.set(xscale="log", ylim=(0, 1.02), xlabel="training-set size N",
+           ylabel="top-k eigenvector overlap (mean cos²)")
+    ax.legend(fontsize=6)
+    return fig
 
 
 def _pair_section(pairs: list[dict], out_dir: Path) -> tuple[list[str], list[dict]]:
@@ -221,15 +226,7 @@ def _pair_section(pairs: list[dict], out_dir: Path) -> tuple[list[str], list[dic
     if not rows:
         return [], []
     frame = pd.DataFrame(rows).sort_values(["entry", "sigma", "n_train"])
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for (entry, sigma), part in frame.groupby(["entry", "sigma"]):
-        ax.errorbar(part.n_train, part.overlap, yerr=2 * part.overlap_se.fillna(0), marker="o",
-                    ms=3, label=f"{entry} σ={sigma:.3g}")
-    ax.axhline(frame.chance.iloc[0], color="0.5", ls=":", lw=0.8, label="chance (k/d)")
-    ax.set(xscale="log", ylim=(0, 1.02), xlabel="training-set size N",
-           ylabel="top-k eigenvector overlap (mean cos²)")
-    ax.legend(fontsize=6)
-    _save(fig, out_dir / "jacobian_pairs.png")
+    _figure_pairs(frame, out_dir / "jacobian_pairs.png")
     lines = ["### Two networks trained on disjoint sets", "",
              "Overlap of the spans of the top-k eigenvectors of their Jacobians at the same "
              "noisy input (mean cos² of the principal angles; 1 = same span).", "",
@@ -261,7 +258,6 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
     pairs = [r["result"] for r in mine if "result" in r and r["spec"]["kind"] == PAIR_KIND]
     if not done and not pairs and not failed:
         return []
-    sns.set_theme(style="whitegrid", context="paper")
     lines = ["## Jacobian eigen-analysis", "",
              "At a noisy image y the denoiser acts as the linear map J = ∇f(y) (exactly, "
              "f(y) = J y, for a bias-free network); the eigenvectors of its symmetric part are "

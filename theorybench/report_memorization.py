@@ -14,19 +14,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from .cache import atomic_write_bytes, canonical_json  # noqa: E402
-from .experiments.cells import entry_label  # noqa: E402
-from .kl import kl_bound  # noqa: E402
-from .memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO  # noqa: E402
-from .report import _save, bracket, curve_frame, markdown_table, slug  # noqa: E402
+from .cache import atomic_write_bytes, canonical_json
+from .experiments.cells import entry_label
+from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
+from .kl import kl_bound
+from .memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO
+from .report import bracket, curve_frame, markdown_table, slug
 
 SMALL_N = 10  # "N ≤ 10": the memorization regime checked by the sentence
 MEMORIZED_MIN = 0.9  # ≥ 90% of samples memorized (copy criterion) at N ≤ SMALL_N
@@ -142,9 +138,10 @@ def _table(frame: pd.DataFrame) -> str:
     return markdown_table(shown, floatfmt=".4g")
 
 
-def _figure_vs_n(frame: pd.DataFrame, label: str, path: Path) -> None:
+@cached_figure
+def _figure_vs_n(frame: pd.DataFrame, label: str):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    palette = sns.color_palette("deep")
+    palette = PALETTE
     n = frame["N"].to_numpy()
     for i, (name, text) in enumerate((("S1", "S1 network"), ("S2", "S2 network"),
                                       ("emp", "empirical denoiser"))):
@@ -177,21 +174,21 @@ def _figure_vs_n(frame: pd.DataFrame, label: str, path: Path) -> None:
         ax.set(xscale="log", xlabel="training-set size N")
         ax.legend(fontsize=7)
     fig.suptitle(label, fontsize=9)
-    _save(fig, path)
+    return fig
 
 
-def _figure_grid(record: dict, label: str, path: Path) -> bool:
+@cached_figure
+def _figure_grid(record: dict, label: str):
     examples = record["result"].get("examples")
     if not examples:
-        return False
+        return None
     images = {k: np.asarray(v) for k, v in examples.items()}
     rows = min(GRID_ROWS, len(images["s1"]))
     per = record["result"]["per_sample"]
     stack = np.concatenate([images[c][:rows].ravel() for c, _ in COLUMNS])
     lo, hi = np.percentile(stack, [1, 99])
     hi = hi if hi > lo else lo + 1
-    fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(1.7 * len(COLUMNS), 1.75 * rows),
-                             squeeze=False)
+    grid = []
     for r in range(rows):
         c, cross = ("copy_cos", "cross_copy_cos") if "copy_cos" in per["s1"] else (
             "cos_nn_centered", "cross_cos_centered")
@@ -200,30 +197,28 @@ def _figure_grid(record: dict, label: str, path: Path) -> bool:
                  "s2": f"cos S1–S2 {per['s1']['cross_cos'][r]:.2f}/c "
                        f"{per['s1'][cross][r]:.3f}",
                  "empirical": f"c nn {per['empirical'].get(c, [math.nan] * (r + 1))[r]:.3f}"}
-        for c, (key, title) in enumerate(COLUMNS):
-            ax = axes[r, c]
+        row = []
+        for key, title in COLUMNS:
             img = images[key][r]
-            if img.shape[0] == 1:
-                ax.imshow(img[0], cmap="gray", vmin=lo, vmax=hi)
-            else:  # colour: the same window, mapped to [0, 1]
-                ax.imshow(((np.moveaxis(img, 0, -1) - lo) / (hi - lo)).clip(0, 1))
-            ax.set_title((f"{title}\n" if r == 0 else "") + notes[key], fontsize=6)
-            ax.axis("off")
-    fig.suptitle(f"{label}, N = {record['spec']['N']}", fontsize=8)
-    _save(fig, path)
-    return True
+            text = (f"{title}\n" if r == 0 else "\n") + notes[key]
+            row.append(Panel(img[0], text, "gray", lo, hi) if img.shape[0] == 1 else
+                       Panel(((np.moveaxis(img, 0, -1) - lo) / (hi - lo)), text))  # colour
+        grid.append(row)
+    return image_mosaic(grid, title=f"{label}, N = {record['spec']['N']}", inches=1.5,
+                        title_lines=2)
 
 
-def _figure_histograms(records: list[dict], label: str, path: Path) -> bool:
+@cached_figure
+def _figure_histograms(records: list[dict], label: str):
     """Per N, histograms of nearest-training and cross-network cosines (centred, raw), with
     the held-out images' nearest-training cosines as the baseline."""
     usable = [r for r in records if "per_sample" in r["result"]
               and "copy_cos" in r["result"]["per_sample"].get("s1", {})]
     if not usable:
-        return False
+        return None
     fig, axes = plt.subplots(2, len(usable), figsize=(2.6 * len(usable), 4.6), squeeze=False,
                              sharey="row")
-    palette = sns.color_palette("deep")
+    palette = PALETTE
     for row, (near, cross, held, name) in enumerate(
             (("copy_cos", "cross_copy_cos", "copy_cos", "centred cosine"),
              ("cos_nn", "cross_cos", "cos_nn", "raw cosine"))):
@@ -251,8 +246,7 @@ def _figure_histograms(records: list[dict], label: str, path: Path) -> bool:
         axes[row, 0].set_ylabel("samples")
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(label, fontsize=8)
-    _save(fig, path)
-    return True
+    return fig
 
 
 def _pct(value) -> str:
@@ -327,7 +321,6 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(style="whitegrid", context="paper")
     mine = [r for r in records if r.get("spec", {}).get("kind") == "memorization"
             and "result" in r]
     if not mine:

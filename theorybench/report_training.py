@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .experiments.cells import entry_label
+from .figures import cached_figure, plt
 
 
 def training_rows(records: list[dict]) -> list[dict]:
@@ -45,9 +46,8 @@ def training_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _figure(label: str, nets: list[dict], path: Path) -> None:
-    from .report import _save, plt
-
+@cached_figure
+def _figure(label: str, nets: list[dict]):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for r in nets:
         monitor = r["result"].get("monitor") or {}
@@ -68,7 +68,7 @@ def _figure(label: str, nets: list[dict], path: Path) -> None:
     for ax in axes:
         if ax.lines:
             ax.legend(fontsize=6, ncol=2)
-    _save(fig, path)
+    return fig
 
 
 def training_section(records: list[dict], out: Path) -> tuple[list[str], list[dict]]:
