@@ -2,11 +2,11 @@
 
 Prints (a) the time of one ``train()`` step (data generation, noise, σ draws, mean-image
 centring, schedule, divergence checks and the held-out monitor included; universal mode,
-``kl`` objective, held-out error every 75 steps, as in the default preset) over that of a bare PyTorch loop on
-pre-generated tensors computing the same loss with the same network and optimizer,
-measured alternately in the same process (goal: <= 1.10); (b) the training step's achieved FLOP rate (convolutions counted analytically,
-forward + 2 × forward for the backward pass) against a square ``torch.matmul`` of about
-the same FLOP count.
+``kl`` objective, held-out error every 75 steps, as in the default preset) over that of a
+bare PyTorch loop on pre-generated tensors computing the same loss with the same network
+and optimizer, measured alternately in the same process (goal: <= 1.10); (b) the training
+step's achieved FLOP rate (convolutions counted analytically, forward + 2 × forward for
+the backward pass) against a square ``torch.matmul`` of about the same FLOP count.
 
     python bench/bench_training.py [--steps 64] [--repeats 3] [--device auto]
                                    [--arch unet] [--channels 16] [--blocks 2] [--depth 6]

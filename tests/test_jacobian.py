@@ -10,14 +10,19 @@ from torch import nn
 
 import datasets_synth
 from theorybench.denoisers.wiener import WienerFilter
+from theorybench.experiments import jacobian_analysis
 from theorybench.jacobian import (
+    TOP_K_TOL,
     jacobian,
     jacobian_and_output,
+    jacobian_products,
     jacobian_spectrum,
     subspace_angles,
     sure_mse,
     top_eigenvectors_as_images,
 )
+from theorybench.networks import NetConfig, build_network
+from theorybench.training import NetworkDenoiser
 
 SIGMA = 0.1
 
@@ -209,6 +214,156 @@ def test_spectrum_ordering_and_eigenvector_images():
     assert torch.allclose(images[2].reshape(-1), V[:, 2])
     with pytest.raises(ValueError, match="k must be"):
         top_eigenvectors_as_images(spec, 0)
+
+
+# ----------------------------------------------------------------------------- top-k spectrum
+
+
+def small_unet_denoiser(size_scale: float = 1.0) -> NetworkDenoiser:
+    """A bias-free UNet (4 channels, 2 levels) with He-normal weights times ``size_scale``
+    everywhere (the output layer included), so that (J + Jᵀ)/2 has a spread spectrum
+    (about 1.5 … 0.6 at 16×16)."""
+    cfg = NetConfig(arch="unet", channels=4, blocks=2)
+    net = build_network(cfg, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() > 1:
+                p.copy_(size_scale * (2.0 / p[0].numel()) ** 0.5
+                        * torch.randn(p.shape, generator=g))
+    return NetworkDenoiser(net.eval(), cfg)
+
+
+def test_top_k_spectrum_matches_full_spectrum():
+    den, y = small_unet_denoiser(), noisy_image(16)
+    full = jacobian_spectrum(den, y, SIGMA)
+    k = 8  # λ_8 − λ_9 ≈ 5e-3 here: the top-8 span is well defined
+    top = jacobian_spectrum(den, y, SIGMA, k=k)
+    assert top.k == k and top.jacobian is None and full.k is None
+    assert top.eigenvalues.shape == (k,) and top.eigenvectors.shape == (256, k)
+    assert float(top.residual_norms.max()) <= TOP_K_TOL
+    assert float((top.eigenvalues - full.eigenvalues[:k]).abs().max()) < 1e-3
+    assert float(subspace_angles(top.eigenvectors, full.eigenvectors[:, :k]).max()) < 0.05
+    V = top.eigenvectors
+    assert torch.allclose(V.T @ V, torch.eye(k, dtype=torch.float64), atol=1e-10)
+    assert top.products < 256  # fewer J v, Jᵀ v pairs than the d rows of the full J
+    # Hutchinson trace (deflated by the top-k span): unbiased, within a few SEs
+    assert 0 < top.trace_se < 0.01 * full.trace
+    assert abs(top.trace - full.trace) < 4 * top.trace_se
+    assert top.effective_dimension == top.trace
+    assert top.asymmetry == pytest.approx(full.asymmetry, rel=0.05)
+    assert top.homogeneity_error < 1e-5 and abs(top.homogeneity - 1) < 1e-5  # bias-free
+    assert torch.equal(top.output, full.output)
+    # count of eigenvalues above a level: exact once λ_k is below it, else unknown
+    level = float(top.eigenvalues[-1]) + 1e-3
+    assert top.count_above(level) == full.count_above(level) == int((full.eigenvalues > level)
+                                                                    .sum())
+    with pytest.raises(ValueError, match="unknown from the top 8 eigenvalues.*larger k"):
+        top.count_above(0.5)
+    images = top_eigenvectors_as_images(top, 3)
+    assert images.shape == (3, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 8\]"):
+        top_eigenvectors_as_images(top, 9)
+    # deterministic for a seed; another seed moves only the random parts, within errors
+    again = jacobian_spectrum(den, y, SIGMA, k=k)
+    assert torch.equal(again.eigenvalues, top.eigenvalues) and again.trace == top.trace
+    other = jacobian_spectrum(den, y, SIGMA, k=k, seed=1, probes=16)
+    assert other.trace != top.trace and abs(other.trace - full.trace) < 4 * other.trace_se
+    assert float((other.eigenvalues - full.eigenvalues[:k]).abs().max()) < 1e-3
+
+
+def test_top_k_spectrum_of_batch_coupled_linear_map():
+    """A denoiser coupling batch images: products by batched cotangents (method vmap)."""
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(64, 64, generator=g, dtype=torch.float64) / 8
+
+    def coupled(y, sigma):  # one image alone: f(y) = A y − y/2, so J = A − I/2
+        return LinearDenoiser(A)(y, sigma) - 0.5 * y.mean(0, keepdim=True)
+
+    y = torch.randn(1, 1, 8, 8, generator=g, dtype=torch.float64)
+    J = A - 0.5 * torch.eye(64, dtype=torch.float64)
+    evals = torch.linalg.eigvalsh(0.5 * (J + J.T)).flip(0)
+    top = jacobian_spectrum(coupled, y, SIGMA, k=6)
+    assert float((top.eigenvalues - evals[:6]).abs().max()) < 1e-3
+    V = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    JV, JtV = jacobian_products(coupled, y, SIGMA, V)
+    assert torch.allclose(JV, J @ V, atol=1e-12) and torch.allclose(JtV, J.T @ V, atol=1e-12)
+    with pytest.raises(ValueError, match="depends on the other images"):
+        jacobian_spectrum(coupled, y, SIGMA, k=6, method="replicate")
+    # k = d: the whole space, so every eigenvalue and the trace are exact
+    every = jacobian_spectrum(coupled, y, SIGMA, k=64)
+    assert torch.allclose(every.eigenvalues, evals, atol=1e-10)
+    assert every.trace == pytest.approx(float(J.trace()), abs=1e-9)
+    assert every.asymmetry == pytest.approx(float((J - J.T).norm() / J.norm()), rel=1e-9)
+
+
+def test_top_k_errors():
+    f = ResidualDenoiser(small_net(bias=False))
+    y = noisy_image(8)
+    for k in (0, 65, 2.5, True, "8"):
+        with pytest.raises(ValueError, match=r"^k must be None \(full spectrum\) or an "
+                                             r"integer in \[1, 64\], got [^\n]*$"):
+            jacobian_spectrum(f, y, SIGMA, k=k)
+    for bad, match in ((dict(probes=1), "probes must be an integer >= 2"),
+                       (dict(tol=0.0), "tol must be a float > 0"),
+                       (dict(seed=-1), "seed must be an integer >= 0"),
+                       (dict(max_products=0), "max_products must be")):
+        with pytest.raises(ValueError, match=match):
+            jacobian_spectrum(f, y, SIGMA, k=4, **bad)
+    with pytest.raises(ValueError, match="probes apply only to the top-k spectrum; pass k"):
+        jacobian_spectrum(f, y, SIGMA, probes=8)
+    with pytest.raises(ValueError, match="V must have shape"):
+        jacobian_products(f, y, SIGMA, torch.ones(63, 2))
+    with pytest.warns(RuntimeWarning, match="not converged after"):
+        jacobian_spectrum(f, y, SIGMA, k=8, max_products=20)
+
+
+def test_analyse_above_the_size_threshold_uses_top_k(monkeypatch):
+    """jacobian_analysis.analyse past TOP_K_MIN_D: top-k eigenvalues then NaN, count_above
+    exact when λ_k ≤ 0.5 within TOP_K_MAX, NaN otherwise; trace within its SEs."""
+    dist = datasets_synth.get("gaussian", size=8)
+    x = dist.sample(1, seed=0)
+    den = WienerFilter(dist.eigenvalues, dist.mean)
+    for sigma in (0.3, 0.05):
+        y = (x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+        exact = jacobian_analysis.analyse(den, x[0], y[0].double(), sigma)
+        monkeypatch.setattr(jacobian_analysis, "TOP_K_MIN_D", 0)
+        monkeypatch.setattr(jacobian_analysis, "TOP_K_START", 8)
+        monkeypatch.setattr(jacobian_analysis, "TOP_K_MAX", 16)
+        top = jacobian_analysis.analyse(den, x[0], y[0].double(), sigma)
+        monkeypatch.undo()
+        n = int(np.isfinite(top["eigenvalues"]).sum())
+        assert n in (8, 16) and np.isnan(top["eigenvalues"][n:]).all()
+        np.testing.assert_allclose(top["eigenvalues"][:n], exact["eigenvalues"][:n], atol=1e-3)
+        if exact["count_above"] < n:  # λ_n ≤ 0.5: exact
+            assert top["count_above"] == exact["count_above"]
+        else:  # more than TOP_K_MAX eigenvalues above 0.5: unknown
+            assert exact["count_above"] >= 16 and math.isnan(top["count_above"])
+        assert abs(top["trace"] - exact["trace"]) < 4 * top["trace_se"] + 1e-9
+        assert exact["trace_se"] == 0.0
+    assert exact["count_above"] >= 16  # σ = 0.05 exercised the NaN branch
+
+
+def test_pair_similarity_above_the_size_threshold(monkeypatch, tmp_path):
+    """Top-k overlaps and a Hutchinson Jacobian distance agree with the exact ones."""
+    paths = []
+    for i, seed in enumerate((0, 0, 5)):
+        cfg = NetConfig(arch="bfcnn", channels=8, depth=3)
+        net = build_network(cfg, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+        paths.append(tmp_path / f"net{i}.pt")
+        NetworkDenoiser(net, cfg).save(paths[-1])
+    args = ("gaussian", {"size": 8}, [0.1], 2, 0)
+    exact = jacobian_analysis.compute_pair_similarity(paths[0], paths[2], *args, k=4)
+    monkeypatch.setattr(jacobian_analysis, "TOP_K_MIN_D", 0)
+    same = jacobian_analysis.compute_pair_similarity(paths[0], paths[1], *args, k=4)
+    other = jacobian_analysis.compute_pair_similarity(paths[0], paths[2], *args, k=4)
+    np.testing.assert_allclose(same["overlap"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(same["jacobian_distance"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(other["jacobian_distance"], exact["jacobian_distance"], rtol=0.3)
+    np.testing.assert_allclose(other["overlap"], exact["overlap"], atol=0.05)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -74,7 +74,8 @@ def test_centred_network_is_homogeneous_about_the_mean_image(tmp_path):
     assert den.center is not None and abs(float(den.center.mean()) - 0.5) < 0.02
     with torch.no_grad():  # a far-from-identity residual, to make the check sharp
         den.net.layers[-1].weight.normal_(generator=torch.Generator().manual_seed(2))
-    y = dist.sample(1, 3) + 0.2 * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = dist.sample(1, 3) + 0.2 * noise
     J = jacobian(den, y, 0.2)
     centred = (y - den.center).flatten()
     # f(y) − μ̂ = ∇f(y)(y − μ̂) (bias-free about μ̂), while f(y) ≠ ∇f(y) y

@@ -211,3 +211,15 @@ def test_sure_hidden_when_too_few_images():
     # near the identity (small σ) SURE is precise from one image: shown
     near = _row(entry, 0.01, "network", jacobian_record(1, [0.99] * d, 1e-4, 1.01e-4))
     assert near["sure_shown"]
+
+
+def test_sure_se_of_a_top_k_record_is_empirical_only():
+    """Eigenvalues past k are unknown (NaN): no linearized variance, only the spread of
+    SURE − measured error over the images (undefined for one image)."""
+    lam = [0.9, 0.5] + [math.nan] * 62
+    rec = {"eigenvalues": [lam, lam, lam], "mse": [1.0, 2.0, 3.0],
+           "sure_mse": [1.1, 1.9, 3.3]}
+    diff = np.array([0.1, -0.1, 0.3])
+    assert sure_se(rec, 0.1) == pytest.approx(diff.std(ddof=1) / math.sqrt(3))
+    one = {"eigenvalues": [lam], "mse": [1.0], "sure_mse": [1.1]}
+    assert math.isnan(sure_se(one, 0.1))

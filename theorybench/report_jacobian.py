@@ -48,20 +48,23 @@ def sure_se(rec: dict, sigma: float) -> float:
     ``(2σ⁴ Σ(1 − 2λ)² + 4σ² ‖b‖²)/d²``, ``‖b‖² ≈ max(0, d·mse − σ² Σλ²)`` (for f ≈ 0:
     σ²√(2/d), the familiar value). The SE of the mean over n images is √Σvar/n; with
     n ≥ 2 the larger of that and the empirical SE of (SURE − measured error) is returned.
+    A top-k record (eigenvalues past k stored as NaN) has no Σ(1 − 2λ)²: only the
+    empirical SE is returned (NaN for one image).
     """
     lam = np.atleast_2d(np.asarray(rec["eigenvalues"], dtype=float))
     mse = np.asarray(rec["mse"], dtype=float).reshape(-1)
     n, d = lam.shape
     if n == 0 or mse.size != n:
         return math.nan
+    diff = np.asarray(rec["sure_mse"], dtype=float).reshape(-1) - mse
+    empirical = float(diff.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+    if np.isnan(lam).any():  # top-k spectrum: the linearized variance is unknown
+        return empirical
     s2 = float(sigma) ** 2
     bias2 = np.maximum(0.0, d * mse - s2 * (lam**2).sum(1))
     var = (2 * s2**2 * ((1 - 2 * lam) ** 2).sum(1) + 4 * s2 * bias2) / d**2
     se = math.sqrt(var.sum()) / n
-    if n >= 2:
-        diff = np.asarray(rec["sure_mse"], dtype=float).reshape(-1) - mse
-        se = max(se, float(diff.std(ddof=1) / math.sqrt(n)))
-    return float(se)
+    return float(max(se, empirical) if n >= 2 else se)
 
 
 def sure_cell(row: dict) -> str:

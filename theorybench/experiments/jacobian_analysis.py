@@ -48,7 +48,7 @@ import datasets_synth
 from datasets_synth.base import check_int, check_seed
 
 from ..evaluation import NOISE_BLOCK, check_sigmas, evaluation_noise
-from ..jacobian import jacobian_spectrum, subspace_angles, sure_mse
+from ..jacobian import jacobian_products, jacobian_spectrum, subspace_angles, sure_mse
 from ..training import NetworkDenoiser, resolve_device
 from .cells import MissingCheckpoint, cell_key, entry_label
 
@@ -60,6 +60,12 @@ CONTOUR_BAND = 2.0  # calpha: pixels whose centre lies within this distance of t
 SIGMA_TARGETS = (0.04, 0.15, 0.5)  # small (the paper's disks figure), middle, large
 DIGITS = 6  # significant digits of stored floats
 NEWTON_STEP = 1e-3  # pixels: central-difference step of the disks posterior's Newton search
+# Above TOP_K_MIN_D pixels a Jacobian is analysed from its top eigenpairs (Jacobian–vector
+# products, no d × d matrix; jacobian_spectrum(k=...)), below it exactly (all d eigenvalues)
+TOP_K_MIN_D = 48 * 48
+TOP_K_START = 64  # first k of the top-k analysis, doubled while λ_k > SHRINKAGE_LEVEL ...
+TOP_K_MAX = 512  # ... up to this k; beyond it count_above is unknown (NaN)
+DISTANCE_PROBES = 32  # Rademacher probes of ‖J_a − J_b‖_F / ‖J_a‖_F above TOP_K_MIN_D
 _PAIRS = ((0, 1), (0, 2), (1, 2))
 # finite-difference stencil: 0, +e_i, −e_i, then (±e_i ± e_j) as ++, +−, −+, −− per pair
 _STENCIL = torch.tensor(
@@ -457,21 +463,36 @@ def analyse(denoiser, x: torch.Tensor, y: torch.Tensor, sigma: float, dist=None,
     Returns
     -------
     dict: ``eigenvalues`` (d,) numpy descending, ``eigenvectors`` (top_k, c, h, w),
-    ``output`` f(y) (c, h, w), ``trace``, ``count_above`` (eigenvalues > 0.5),
-    ``asymmetry``, ``homogeneity_error``, ``sure_mse`` and ``mse`` (per pixel), and
+    ``output`` f(y) (c, h, w), ``trace`` (± ``trace_se``), ``count_above`` (eigenvalues
+    > 0.5), ``asymmetry``, ``homogeneity_error``, ``sure_mse`` and ``mse`` (per pixel), and
     ``tangent_angles_deg`` (5,) for disks, ``contour_concentration`` (top_k,) and
     ``contour_chance`` for calpha.
+
+    Up to ``TOP_K_MIN_D`` pixels everything is exact (full J). Above, no d × d matrix is
+    formed (:func:`_top_spectrum_and_count`): ``eigenvalues`` holds the top k (k >= 64),
+    then NaN, ``count_above`` is exact when λ_k ≤ 0.5 for some k ≤ ``TOP_K_MAX``,
+    else NaN; ``trace`` (hence ``sure_mse``) and ``asymmetry`` are unbiased / consistent
+    Hutchinson estimates (SCIENCE.md §6), ``trace_se`` the trace's standard error.
     """
     y1 = y.reshape(1, *y.shape[-3:])
-    spec = jacobian_spectrum(denoiser, y1, sigma)
-    d = spec.eigenvalues.numel()
+    d = y1[0].numel()
+    if d > TOP_K_MIN_D:  # top eigenpairs from Jacobian–vector products only
+        spec, count_above = _top_spectrum_and_count(denoiser, y1, sigma,
+                                                    max(top_k, TANGENT_DIM))
+        eigenvalues = np.full(d, np.nan)
+        eigenvalues[:spec.k] = spec.eigenvalues.cpu().numpy()
+    else:  # exact: all d eigenvalues of the full J
+        spec = jacobian_spectrum(denoiser, y1, sigma)
+        eigenvalues = spec.eigenvalues.cpu().numpy()
+        count_above = spec.count_above(SHRINKAGE_LEVEL)
     vectors = spec.eigenvectors[:, :top_k].T.reshape(top_k, *spec.shape).cpu()
     out = {
-        "eigenvalues": spec.eigenvalues.cpu().numpy(),
+        "eigenvalues": eigenvalues,
         "eigenvectors": vectors.numpy(),
         "output": spec.output.double().cpu().numpy(),
         "trace": spec.trace,
-        "count_above": int((spec.eigenvalues > SHRINKAGE_LEVEL).sum()),
+        "trace_se": spec.trace_se,
+        "count_above": count_above,
         "asymmetry": spec.asymmetry,
         "homogeneity_error": spec.homogeneity_error,
         # SURE (SCIENCE.md §6) against the measured per-pixel error ‖f(y) − x‖²/d
@@ -489,6 +510,24 @@ def analyse(denoiser, x: torch.Tensor, y: torch.Tensor, sigma: float, dist=None,
         out["contour_concentration"] = contour_concentration(vectors.numpy(), region)
         out["contour_chance"] = float(region.mean())
     return out
+
+
+def _top_spectrum_and_count(denoiser, y1: torch.Tensor, sigma: float, k_min: int):
+    """(top-k spectrum, eigenvalues above ``SHRINKAGE_LEVEL``) without a d × d matrix.
+
+    k starts at ``max(TOP_K_START, k_min)`` and doubles while the k-th eigenvalue exceeds
+    ``SHRINKAGE_LEVEL`` (the count is then only known to be >= k), up to ``TOP_K_MAX``;
+    the count is exact once λ_k ≤ ``SHRINKAGE_LEVEL``, NaN if that never happens.
+    """
+    d = y1.numel()
+    k = min(d, max(TOP_K_START, k_min))
+    while True:
+        spec = jacobian_spectrum(denoiser, y1, sigma, k=k)
+        if float(spec.eigenvalues[-1]) <= SHRINKAGE_LEVEL:
+            return spec, spec.count_above(SHRINKAGE_LEVEL)
+        if k >= min(d, TOP_K_MAX):
+            return spec, math.nan
+        k = min(d, TOP_K_MAX, 2 * k)
 
 
 _PER_IMAGE = ("trace", "count_above", "asymmetry", "homogeneity_error", "sure_mse", "mse",
@@ -590,6 +629,9 @@ def compute_pair_similarity(path_a, path_b, dataset: str, params: dict, sigmas, 
     of the spans of their top-k eigenvectors (mean ``cos²`` of the principal angles: 1
     for the same span, about k/d for unrelated spans) and the relative distance
     ``‖J_a − J_b‖_F / ‖J_a‖_F``. Strong generalization shows as overlap → 1 as N grows.
+    Above ``TOP_K_MIN_D`` pixels no d × d matrix is formed: top-k eigenvectors from
+    Jacobian–vector products, and the distance estimated as ``‖(J_a − J_b) Z‖_F / ‖J_a Z‖_F``
+    with ``DISTANCE_PROBES`` Rademacher columns Z (consistent, not unbiased).
 
     Parameters
     ----------
@@ -615,10 +657,18 @@ def compute_pair_similarity(path_a, path_b, dataset: str, params: dict, sigmas, 
             _, _, y = _noisy_images(dist, sigma, n_images, check_seed(seed))
             row_o, row_d = [], []
             for i in range(n_images):
-                sa, sb = (jacobian_spectrum(net, y[i:i + 1].to(device), sigma) for net in nets)
+                yi = y[i:i + 1].to(device)
+                if dist.d > TOP_K_MIN_D:  # top-k spectra and a Hutchinson distance: no d × d
+                    sa, sb = (jacobian_spectrum(net, yi, sigma, k=k) for net in nets)
+                    g = torch.Generator().manual_seed(i)
+                    Z = 2.0 * torch.randint(0, 2, (dist.d, DISTANCE_PROBES), generator=g) - 1
+                    Ja, Jb = (jacobian_products(net, yi, sigma, Z)[0] for net in nets)
+                else:
+                    sa, sb = (jacobian_spectrum(net, yi, sigma) for net in nets)
+                    Ja, Jb = sa.jacobian.double(), sb.jacobian.double()
                 row_o.append(subspace_overlap(sa.eigenvectors[:, :k].cpu(),
                                               sb.eigenvectors[:, :k].cpu()))
-                Ja, Jb = sa.jacobian.double(), sb.jacobian.double()
+                # ‖J_a − J_b‖_F / ‖J_a‖_F, or its estimate ‖(J_a − J_b) Z‖_F / ‖J_a Z‖_F
                 row_d.append(float((Ja - Jb).norm() / Ja.norm().clamp_min(1e-300)))
             overlap.append(row_o)
             distance.append(row_d)
