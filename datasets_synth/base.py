@@ -70,10 +70,15 @@ def _range_text(low, high) -> str:
     return ""
 
 
-def block_generator(seed: int, block: int, stream: int = 0) -> torch.Generator:
-    """A CPU torch generator for block ``block`` of ``seed`` (``stream`` separates uses)."""
+def block_generator(seed: int, block: int, stream: int = 0, device=None) -> torch.Generator:
+    """A torch generator for block ``block`` of ``seed`` (``stream`` separates uses).
+
+    On the CPU unless ``device`` names another; each device type has its own random
+    stream, so the same seed gives other numbers there (with the same law).
+    """
     state = np.random.SeedSequence([seed, stream, block]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    generator = torch.Generator() if device is None else torch.Generator(device=device)
+    return generator.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 class Distribution:
@@ -83,7 +88,9 @@ class Distribution:
     ``_draw(generator, count) -> (images (count, c, h, w) float32, latents)``, where
     ``latents`` maps names to tensors with first dimension ``count`` (the side information
     that oracle denoisers may use: contours, disk geometry, ...). Finite data sets set
-    ``num_images`` and override ``_take``.
+    ``num_images`` and override ``_take``. A family whose ``_draw`` makes its tensors on
+    ``generator.device`` (drawing from that generator) sets ``draws_on_device``: then
+    ``sample(..., device="cuda")`` draws on the GPU instead of copying CPU draws there.
 
     Attributes
     ----------
@@ -101,6 +108,7 @@ class Distribution:
     value_range: tuple[float, float] = (-math.inf, math.inf)
     num_images: int | None = None
     block_size: int = 256
+    draws_on_device: bool = False  # _draw makes its tensors on the generator's device
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = dict(params)
@@ -112,18 +120,27 @@ class Distribution:
         c, h, w = self.shape
         return c * h * w
 
-    def sample(self, n: int, seed: int, offset: int = 0) -> torch.Tensor:
-        """Images ``offset … offset+n−1`` of the stream of ``seed``: tensor (n, c, h, w) float32."""
-        return self.sample_with_latents(n, seed, offset)[0]
+    def sample(self, n: int, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+        """Images ``offset … offset+n−1`` of the stream of ``seed``: tensor (n, c, h, w) float32.
+
+        ``device`` (default: the CPU) is where the images are returned. A family with
+        ``draws_on_device`` makes them there from that device's random stream: the same
+        law, the same images for every batch split, but other values than on the CPU.
+        Any other family draws on the CPU and copies (the CPU's values).
+        """
+        return self.sample_with_latents(n, seed, offset, device)[0]
 
     def sample_with_latents(
-        self, n: int, seed: int, offset: int = 0
+        self, n: int, seed: int, offset: int = 0, device=None
     ) -> tuple[torch.Tensor, Latents]:
         """Like :meth:`sample`, also returning the latent parameters of each image."""
-        n = check_int("n", n, low=0)
-        seed = check_seed(seed)
-        offset = check_int("offset", offset, low=0)
-        return self._take(n, seed, offset)
+        n, seed, offset, device = self._check_sample(n, seed, offset, device)
+        if device is None:
+            return self._take(n, seed, offset)
+        if self.draws_on_device:
+            return self._take(n, seed, offset, device=device)
+        images, latents = self._take(n, seed, offset)
+        return images.to(device), {k: v.to(device) for k, v in latents.items()}
 
     def train_images(self) -> torch.Tensor | None:
         """The fixed training set (N, c, h, w) of a finite data set, None for a generator
@@ -162,16 +179,28 @@ class Distribution:
         return f"{type(self).__name__}({params})"
 
     # -- implementation --------------------------------------------------------------
+    @staticmethod
+    def _check_sample(n, seed, offset, device) -> tuple[int, int, int, torch.device | None]:
+        """Validated ``(n, seed, offset, device)`` of :meth:`sample`; device None for the CPU."""
+        n = check_int("n", n, low=0)
+        seed = check_seed(seed)
+        offset = check_int("offset", offset, low=0)
+        device = None if device is None else torch.device(device)
+        return n, seed, offset, None if device is None or device.type == "cpu" else device
+
     def _draw(self, generator: torch.Generator, count: int) -> tuple[torch.Tensor, Latents]:
         raise NotImplementedError
 
-    def _take(self, n: int, seed: int, offset: int) -> tuple[torch.Tensor, Latents]:
-        """Cut images ``offset … offset+n−1`` out of the blocks that cover them."""
+    def _take(self, n: int, seed: int, offset: int, device=None) -> tuple[torch.Tensor, Latents]:
+        """Cut images ``offset … offset+n−1`` out of the blocks that cover them.
+
+        ``device`` (only with ``draws_on_device``): the device of the block generators.
+        """
         if n == 0:
-            images, latents = self._draw(block_generator(seed, 0), 1)
+            images, latents = self._draw(block_generator(seed, 0, device=device), 1)
             return images[:0], {k: v[:0] for k, v in latents.items()}
         first, last = offset // self.block_size, (offset + n - 1) // self.block_size
-        parts = [self._draw(block_generator(seed, b), self.block_size)
+        parts = [self._draw(block_generator(seed, b, device=device), self.block_size)
                  for b in range(first, last + 1)]
         start = offset - first * self.block_size
         images = torch.cat([p[0] for p in parts])[start:start + n]

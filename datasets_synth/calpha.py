@@ -32,15 +32,23 @@ Wiener-type formula)::
 same field law). :meth:`CAlpha.mean_vector` and :meth:`CAlpha.covariance` build μ and C
 (float64) for a batch of masks; ``_draw`` returns the latents ``contour`` (clipped
 heights at the sub-column positions, (n, s·S)) and ``mask`` ((n, 1, s, s)).
+
+Sampling is vectorized over blocks of 256 images in float32, each block written straight
+into the output; ``sample`` (images only) draws the latents of every block into one
+block of scratch (``bench/bench_calpha.py`` measures it).
+With ``device="cuda"`` the same construction runs on the GPU from the GPU's random
+stream (other values, the same law); the mask is then computed by the formula of step 2
+itself, which the CPU's scatters equal up to float rounding.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-from .base import Distribution, check_choice, check_float, check_int
+from .base import Distribution, block_generator, check_choice, check_float, check_int
 
 CONTOUR_STD = 1.0 / 8.0  # std of c − c0, in units of the image size
 FIELD_STD = 0.1  # per-pixel std of the region fields f1, f2
@@ -48,6 +56,16 @@ OFFSET_MEAN = 0.5  # mean of the region offsets a1, a2
 OFFSET_STD = 0.25  # std of the region offsets a1, a2
 OMEGA0 = 1.0  # ω0 of the field spectrum, cycles per image
 SUBCOLUMNS = 8  # S: sub-columns per pixel column when antialiasing
+
+
+class _Constants(NamedTuple):
+    """Per-instance constants of ``_draw``, float32 (int64 ``column_of``), on one device."""
+
+    phase_re: torch.Tensor  # (K,) Re w_k, w_k = amp_k e^{iπk/N}
+    phase_im: torch.Tensor  # (K,) Im w_k
+    field_amp: torch.Tensor  # (2s²,) √λ repeated for the real and imaginary parts of ξ
+    rows: torch.Tensor  # (s,) row indices i
+    column_of: torch.Tensor  # (N,) pixel column j of each sub-column
 
 
 def field_spectrum(size: int, beta: float, std: float = FIELD_STD) -> torch.Tensor:
@@ -90,6 +108,7 @@ class CAlpha(Distribution):
 
     name = "calpha"
     block_size = 256
+    draws_on_device = True
 
     def __init__(self, alpha: float = 2.0, beta: float | None = None, size: int = 32,
                  antialias: bool = True):
@@ -106,24 +125,28 @@ class CAlpha(Distribution):
         self.subcolumns = SUBCOLUMNS if antialias else 1
         self.amplitudes = contour_amplitudes(size, alpha, self.terms)
         self.eigenvalues = field_spectrum(size, beta)
-        self._field_amp = self.eigenvalues.sqrt().float()[..., None]
         # sub-column centres t_n = (n + ½)/N, N = s·S: c(t_n) = Re Σ_k z_k e^{2πikn/N} with
         # z_k = amp_k e^{iπk/N} (a_k − i b_k); k is folded modulo N (exact, K is a multiple of N)
         k = torch.arange(1, self.terms + 1, dtype=torch.float64)
         n_sub = size * self.subcolumns
         phase = self.amplitudes * torch.exp(1j * math.pi * k / n_sub)
-        self._phase_re, self._phase_im = phase.real.float(), phase.imag.float()
-        self._column_of = torch.arange(n_sub) // self.subcolumns
-        self._rows = torch.arange(size, dtype=torch.float32)
+        field_amp = self.eigenvalues.sqrt().float()[..., None].expand(size, size, 2)
+        self._consts = {torch.device("cpu"): _Constants(
+            phase.real.float(), phase.imag.float(), field_amp.flatten(),
+            torch.arange(size, dtype=torch.float32), torch.arange(n_sub) // self.subcolumns)}
         self._region_cov: torch.Tensor | None = None
 
     # -- construction pieces ---------------------------------------------------------
     def draw_contour_coefficients(self, generator: torch.Generator, count: int,
                                   dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw the contour's ``c0`` (count,) and standard normal ``a_k, b_k`` (count, 2, K)."""
-        ab = torch.randn(count, 2, self.terms, generator=generator, dtype=dtype)
-        c0 = self.size * (3 / 8 + torch.rand(count, generator=generator, dtype=dtype) / 4)
-        return c0, ab
+        """Draw the contour's ``c0`` (count,) and standard normal ``a_k, b_k`` (count, 2, K).
+
+        On the generator's device.
+        """
+        device = generator.device
+        ab = torch.randn(count, 2, self.terms, generator=generator, dtype=dtype, device=device)
+        c0 = torch.rand(count, generator=generator, dtype=dtype, device=device)
+        return self.size * (3 / 8 + c0 / 4), ab
 
     def contour_grid(self, c0: torch.Tensor, ab: torch.Tensor, points: int) -> torch.Tensor:
         """Unclipped heights ``c(t)`` (count, points) at ``t = m/points``, m = 0 … points−1.
@@ -133,59 +156,139 @@ class CAlpha(Distribution):
         """
         if points <= 2 * self.terms:
             raise ValueError(f"points must be > 2K = {2 * self.terms}, got {points}")
-        amp = self.amplitudes.to(ab.dtype)
+        amp = self.amplitudes.to(ab.device, ab.dtype)
         # irfft(X)[m] = (2/M) Re Σ_k X_k e^{2πikm/M}: X_k = (M/2) amp_k (a_k − i b_k)
         spectrum = torch.zeros(ab.shape[0], points // 2 + 1, dtype=torch.promote_types(
-            ab.dtype, torch.complex64))
+            ab.dtype, torch.complex64), device=ab.device)
         spectrum[:, 1:self.terms + 1] = torch.complex(amp * ab[:, 0], -amp * ab[:, 1])
         return torch.fft.irfft(spectrum * (points / 2), n=points) + c0[:, None]
 
-    def subcolumn_heights(self, c0: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    def subcolumn_heights(self, c0: torch.Tensor, ab: torch.Tensor,
+                          out: torch.Tensor | None = None) -> torch.Tensor:
         """Clipped heights ``h = clip(c, 0, s)`` (count, s·S) at the sub-column centres.
 
-        ``t_n = (n + ½)/N``, ``N = s·S``; float32, one length-N FFT per image.
+        ``t_n = (n + ½)/N``, ``N = s·S``; float32, one length-N FFT per image. ``out``:
+        an optional (count, s·S) tensor to write them into.
         """
         count, n_sub = ab.shape[0], self.size * self.subcolumns
         a, b = ab[:, 0], ab[:, 1]
-        wr, wi = self._phase_re, self._phase_im
-        z = torch.complex(a * wr + b * wi, a * wi - b * wr)  # z_k = w_k (a_k − i b_k)
-        folded = z.view(count, -1, n_sub).sum(1).roll(1, -1)  # Z_r = Σ_{k ≡ r mod N} z_k
-        heights = torch.fft.ifft(folded, norm="forward").real + c0[:, None]
+        const = self._constants(ab.device)
+        wr, wi = const.phase_re, const.phase_im
+        re, im = a * wr + b * wi, a * wi - b * wr  # z_k = w_k (a_k − i b_k)
+        if self.terms > n_sub:  # Z_r = Σ_{k ≡ r mod N} z_k, k = N folds onto r = 0
+            folded = torch.complex(re, im).view(count, -1, n_sub).sum(1).roll(1, -1)
+        else:  # Z_r = z_r: the same roll, written in place
+            folded = torch.empty(count, n_sub, dtype=torch.promote_types(
+                re.dtype, torch.complex64), device=ab.device)
+            torch.complex(re[:, :-1], im[:, :-1], out=folded[:, 1:])
+            torch.complex(re[:, -1:], im[:, -1:], out=folded[:, :1])
+        heights = torch.add(torch.fft.ifft(folded, norm="forward").real, c0[:, None], out=out)
         return heights.clamp_(0.0, float(self.size))
 
-    def coverage(self, heights: torch.Tensor) -> torch.Tensor:
+    def coverage(self, heights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Mask m (n, 1, s, s) from clipped heights (n, s·S) at the sub-column positions.
 
-        Antialias: ``m[i, j] = mean_q clip(h_{j,q} − i, 0, 1)``, computed as
+        Antialias: ``m[i, j] = mean_q clip(h_{j,q} − i, 0, 1)``, computed on the CPU as
         ``1 − #{q: ⌊h_q⌋ ≤ i}/S + Σ_{q: ⌊h_q⌋ = i} frac(h_q)/S`` (two scatters and a
-        cumulative sum). Without antialias: ``m[i, j] = 1{i + ½ < h_j}``.
+        cumulative sum); on other devices, where a scatter's sums are in no fixed order,
+        by the formula itself (:meth:`_coverage_direct`; the same values up to rounding).
+        Without antialias: ``m[i, j] = 1{i + ½ < h_j}``. ``out``: an optional (n, 1, s, s)
+        tensor to write the mask into.
         """
         n, s, S = heights.shape[0], self.size, self.subcolumns
+        if out is None:
+            out = torch.empty(n, 1, s, s, dtype=heights.dtype, device=heights.device)
+        const = self._constants(heights.device)
         if not self.antialias:
-            rows = self._rows.to(heights.device, heights.dtype)
-            return (rows[:, None] + 0.5 < heights[:, None, :]).to(heights.dtype)[:, None]
-        floor = heights.floor()
-        index = floor.long() * s + self._column_of.to(heights.device)  # (row ⌊h⌋, column j)
-        below = torch.zeros(n, (s + 1) * s, dtype=heights.dtype, device=heights.device)
-        below.scatter_add_(1, index, torch.full_like(heights, -1.0 / S))
-        part = torch.zeros_like(below).scatter_add_(1, index, (heights - floor).div_(S))
-        mask = below.view(n, s + 1, s).cumsum_(1).add_(part.view(n, s + 1, s)).add_(1.0)
-        return mask[:, None, :s]
+            rows = const.rows.to(heights.dtype)
+            return out.copy_((rows[:, None] + 0.5 < heights[:, None, :])[:, None])
+        if heights.device.type != "cpu":
+            return self._coverage_direct(heights, out)
+        # heights are >= 0: ⌊h⌋ is the truncation and frac(h) = h − ⌊h⌋
+        index = torch.add(const.column_of, heights.long(), alpha=s)  # (row ⌊h⌋, column j)
+        count = torch.zeros(n, s + 1, s, dtype=torch.int8)  # #{q: ⌊h_q⌋ = i} ...
+        part = torch.zeros(n, s + 1, s, dtype=heights.dtype)
+        count.view(n, -1).scatter_add_(1, index, torch.ones_like(index, dtype=torch.int8))
+        part.view(n, -1).scatter_add_(1, index, heights.frac().mul_(1.0 / S))
+        count.cumsum_(1)  # ... then #{q: ⌊h_q⌋ ≤ i} (≤ S)
+        torch.add(part[:, :s], count[:, :s], alpha=-1.0 / S, out=out[:, 0])  # count/S: exact
+        return out.add_(1.0)
 
-    def _draw(self, generator, count):
+    def _coverage_direct(self, heights: torch.Tensor, out: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """Antialiased mask (n, 1, s, s) by ``m[i, j] = mean_q clip(h_{j,q} − i, 0, 1)``."""
+        n, s, S = heights.shape[0], self.size, self.subcolumns
+        rows = self._constants(heights.device).rows.to(heights.dtype)
+        m = (heights.view(n, 1, s, S) - rows[:, None, None]).clamp_(0.0, 1.0).mean(-1)
+        return m[:, None] if out is None else out.copy_(m[:, None])
+
+    def _constants(self, device) -> _Constants:
+        """The constants of ``_draw`` on ``device`` (copied there once)."""
+        device = torch.device(device)
+        if device not in self._consts:
+            self._consts[device] = _Constants(*(t.to(device) for t in self._consts[
+                torch.device("cpu")]))
+        return self._consts[device]
+
+    def _empty(self, count: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Uninitialised (images, contour, mask) for ``count`` images on ``device``."""
+        s, n_sub = self.size, self.size * self.subcolumns
+        return (torch.empty(count, 1, s, s, device=device),
+                torch.empty(count, n_sub, device=device),
+                torch.empty(count, 1, s, s, device=device))
+
+    def _draw(self, generator, count, out=None):
+        """Images and latents of ``count`` images on ``generator.device``; ``out``: the
+        (images, contour, mask) tensors to write them into (default: new ones)."""
         s = self.size
+        images, contour, mask = self._empty(count, generator.device) if out is None else out
         c0, ab = self.draw_contour_coefficients(generator, count)
-        heights = self.subcolumn_heights(c0, ab)
-        mask = self.coverage(heights)
+        heights = self.subcolumn_heights(c0, ab, out=contour)
+        self.coverage(heights, out=mask)
         # f1 + i f2 = F⁻¹(√λ ξ), ξ complex white: real and imaginary parts are independent
         # real fields with covariance F⁻¹ diag(λ) F (λ is symmetric in ω)
-        xi = torch.randn(count, s, s, 2, generator=generator).mul_(self._field_amp)
+        xi = torch.randn(count, s, s, 2, generator=generator, device=generator.device)
+        xi.view(count, -1).mul_(self._constants(generator.device).field_amp)
         fields = torch.fft.ifft2(torch.view_as_complex(xi), norm="ortho")
-        offsets = OFFSET_MEAN + OFFSET_STD * torch.randn(count, 2, 1, 1, generator=generator)
-        u1 = fields.real + offsets[:, 0]
+        offsets = OFFSET_MEAN + OFFSET_STD * torch.randn(count, 2, 1, 1, generator=generator,
+                                                         device=generator.device)
+        x = torch.add(fields.real, offsets[:, 0], out=images[:, 0])  # u1 = f1 + a1
         u2 = fields.imag + offsets[:, 1]
-        x = u2.add_(mask[:, 0] * u1.sub_(u2))  # m u1 + (1 − m) u2
-        return x[:, None], {"contour": heights, "mask": mask}
+        x.sub_(u2).mul_(mask[:, 0]).add_(u2)  # m u1 + (1 − m) u2 = m (u1 − u2) + u2
+        return images, {"contour": contour, "mask": mask}
+
+    def sample(self, n: int, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+        """:meth:`Distribution.sample`, without keeping the latents (drawn into scratch)."""
+        n, seed, offset, device = self._check_sample(n, seed, offset, device)
+        return self._take(n, seed, offset, device, latents=False)[0]
+
+    def _take(self, n, seed, offset, device=None, latents=True):
+        """:meth:`Distribution._take` with each whole block drawn straight into the output.
+
+        Without ``latents`` the contours and masks of every block go to one block of
+        scratch and only the images are returned (with empty latents).
+        """
+        bs = self.block_size
+        if latents:
+            images, contour, mask = self._empty(n, device)
+        else:
+            images, scratch = torch.empty(n, *self.shape, device=device), self._empty(bs, device)
+        first, last = offset // bs, (offset + n - 1) // bs
+        for b in range(first, last + 1) if n else ():
+            lo, hi = max(offset, b * bs), min(offset + n, (b + 1) * bs)  # stream positions
+            rows = slice(lo - offset, hi - offset)
+            generator = block_generator(seed, b, device=device)
+            if hi - lo < bs:  # part of a block: draw it whole, keep the part
+                block = self._draw(generator, bs, out=None if latents else scratch)
+                part = slice(lo - b * bs, hi - b * bs)
+                images[rows] = block[0][part]
+                if latents:
+                    contour[rows], mask[rows] = block[1]["contour"][part], block[1]["mask"][part]
+            elif latents:
+                self._draw(generator, bs, out=(images[rows], contour[rows], mask[rows]))
+            else:
+                self._draw(generator, bs, out=(images[rows], *scratch[1:]))
+        return images, ({"contour": contour, "mask": mask} if latents else {})
 
     # -- the Gaussian law given the mask ---------------------------------------------
     @property

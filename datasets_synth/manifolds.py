@@ -172,6 +172,7 @@ class Disks(Distribution):
 
     name = "disks"
     block_size = 256
+    draws_on_device = True
 
     def __init__(self, size: int = 32, r_min: float | None = None, r_max: float | None = None,
                  fg_mean: float = 0.5, fg_std: float = 0.2, bg_mean: float = 0.5,
@@ -235,10 +236,11 @@ class Disks(Distribution):
         return a_b + (a_f - a_b) * m
 
     def _draw(self, generator, count):
-        u = torch.rand(count, 3, generator=generator, dtype=torch.float64)
-        z = torch.randn(count, 2, generator=generator, dtype=torch.float64)
-        mean = torch.tensor(self.intensity_mean, dtype=torch.float64)
-        std = torch.tensor(self.intensity_std, dtype=torch.float64)
+        device = generator.device  # the tensors are made where the generator is
+        u = torch.rand(count, 3, generator=generator, dtype=torch.float64, device=device)
+        z = torch.randn(count, 2, generator=generator, dtype=torch.float64, device=device)
+        mean = torch.tensor(self.intensity_mean, dtype=torch.float64, device=device)
+        std = torch.tensor(self.intensity_std, dtype=torch.float64, device=device)
         params = torch.cat([self.geometry_from_unit(u), mean + std * z], 1).float()
         m = disk_coverage(params[:, :3], self.size)  # float32 rendering
         a = params[:, 3:]

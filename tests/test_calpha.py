@@ -173,3 +173,80 @@ def test_estimator_ignores_latents_and_is_deterministic():
     assert torch.equal(a, CAlphaContourEstimator(dist)(y, 0.1))
     s = torch.tensor([0.05, 0.1, 0.5, 1.0])  # one σ per image
     assert est(x + s.view(-1, 1, 1, 1) * (y - x) / 0.1, s).shape == x.shape
+
+
+# -- the device argument -------------------------------------------------------------
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _law_statistics(x, lat):
+    """Per-image statistics (n,) of a calpha sample, as float64 numpy arrays (CPU)."""
+    s, h = x.shape[-1], lat["contour"]
+    return {"pixel mean": x.flatten(1).mean(1), "centre pixel": x[:, 0, s // 2, s // 2],
+            "corner pixel": x[:, 0, 0, 0], "region-1 area": lat["mask"].flatten(1).mean(1),
+            "field roughness": x.diff(dim=-1).square().flatten(1).mean(1),  # β
+            "contour mean": h.mean(1), "contour std": h.std(1),
+            "contour roughness": h.diff(dim=1).square().mean(1)}  # α
+
+
+def _assert_same_law(a, b, p_min=1e-4):
+    """Two samples (x, latents) of one law: KS test on each statistic, moments within 5 SE."""
+    from scipy.stats import ks_2samp
+
+    sa, sb = _law_statistics(*a), _law_statistics(*b)
+    for name in sa:
+        u, v = sa[name].double().cpu().numpy(), sb[name].double().cpu().numpy()
+        assert ks_2samp(u, v).pvalue > p_min, name
+    xa, xb = a[0].flatten(1).double().cpu(), b[0].flatten(1).double().cpu()
+    se = math.sqrt(float(xa.var(0).mean()) * (1 / len(xa) + 1 / len(xb)))  # per pixel
+    assert float((xa.mean(0) - xb.mean(0)).abs().max()) < 5 * se
+    assert abs(float(xa.var(0).mean() / xb.var(0).mean()) - 1) < 0.05
+
+
+def test_device_argument_on_cpu():
+    """device="cpu" (or a torch.device) is the default path: the same bits, on the CPU."""
+    dist = CAlpha(size=16)
+    x, lat = dist.sample_with_latents(300, seed=4, offset=100)
+    for device in ("cpu", torch.device("cpu")):
+        assert torch.equal(dist.sample(300, 4, offset=100, device=device), x)
+        y, lat2 = dist.sample_with_latents(300, 4, offset=100, device=device)
+        assert y.device.type == "cpu" and torch.equal(y, x)
+        assert all(torch.equal(lat[k], lat2[k]) for k in lat)
+    assert torch.equal(dist.sample(300, 4, offset=100), x)  # sample() skips the latents
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_direct_coverage_matches_the_scatter_one(size):
+    """The mask of the non-CPU path (the formula itself) equals the CPU's up to rounding,
+    also at heights 0 and s (the contour clipped at the image edges)."""
+    dist = CAlpha(size=size)
+    h = dist.sample_with_latents(256, seed=1)[1]["contour"].clone()
+    h[:4, :40], h[4:8, -40:] = 0.0, float(size)
+    assert float((dist._coverage_direct(h) - dist.coverage(h)).abs().max()) < 1e-6
+
+
+def test_two_seeds_pass_the_same_law_check():
+    """The check of the CUDA test, on two CPU seeds: one law, independent draws."""
+    dist = CAlpha(size=16)
+    _assert_same_law(dist.sample_with_latents(4096, 0), dist.sample_with_latents(4096, 1))
+    for other in (CAlpha(size=16, beta=1.5), CAlpha(size=16, alpha=1.5, beta=2.0)):
+        with pytest.raises(AssertionError):  # and it tells a rougher field or contour apart
+            _assert_same_law(dist.sample_with_latents(4096, 0), other.sample_with_latents(4096, 1))
+
+
+@CUDA
+@pytest.mark.parametrize("params", [{}, {"size": 16, "antialias": False}])
+def test_cuda_draws_the_same_law(params):
+    """On CUDA the images are made there (its own random stream: other values), with the
+    CPU's law; deterministic and index-addressable there too."""
+    dist = CAlpha(**params)
+    x, lat = dist.sample_with_latents(4096, 0, device="cuda")
+    assert x.device.type == "cuda" and x.dtype == torch.float32 and x.shape == (4096, *dist.shape)
+    assert all(v.device.type == "cuda" for v in lat.values())
+    assert torch.equal(dist.sample(4096, 0, device="cuda"), x)
+    split = torch.cat([dist.sample(1000, 0, device="cuda"),
+                       dist.sample(3096, 0, offset=1000, device="cuda")])
+    assert torch.equal(split, x)
+    mask = lat["mask"]
+    assert float(mask.min()) >= 0 and float(mask.max()) <= 1
+    _assert_same_law(dist.sample_with_latents(4096, 0), (x, lat))

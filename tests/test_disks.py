@@ -84,6 +84,57 @@ def test_custom_intensity_prior():
     assert torch.allclose(a.std(0), torch.tensor([0.05, 0.1], dtype=torch.float64), atol=0.005)
 
 
+def _assert_same_law(a, b, p_min=1e-4):
+    """Two samples (images, latents) of one disks law: KS test on each parameter and on
+    image statistics; the images are the rendering of their parameters."""
+    from scipy.stats import ks_2samp
+
+    def stats(x, latents):
+        s = x.shape[-1]
+        columns = dict(zip(("cx", "cy", "r", "a_f", "a_b"), latents["params"].T, strict=True))
+        return {**columns, "pixel mean": x.flatten(1).mean(1),
+                "centre pixel": x[:, 0, s // 2, s // 2], "corner pixel": x[:, 0, 0, 0]}
+
+    sa, sb = stats(*a), stats(*b)
+    for name in sa:
+        u, v = sa[name].double().cpu().numpy(), sb[name].double().cpu().numpy()
+        assert ks_2samp(u, v).pvalue > p_min, name
+
+
+def test_device_argument_on_cpu(disks):
+    """device="cpu" (or a torch.device) is the default path: the same bits, on the CPU."""
+    x, latents = disks.sample_with_latents(300, seed=4, offset=100)
+    for device in ("cpu", torch.device("cpu")):
+        assert torch.equal(disks.sample(300, 4, offset=100, device=device), x)
+        y, latents2 = disks.sample_with_latents(300, 4, offset=100, device=device)
+        assert y.device.type == "cpu" and torch.equal(y, x)
+        assert torch.equal(latents2["params"], latents["params"])
+
+
+def test_two_seeds_pass_the_same_law_check(disks):
+    """The check of the CUDA test, on two CPU seeds; it tells another radius prior apart."""
+    _assert_same_law(disks.sample_with_latents(4096, 0), disks.sample_with_latents(4096, 1))
+    with pytest.raises(AssertionError):
+        _assert_same_law(disks.sample_with_latents(4096, 0),
+                         Disks(r_max=7.0).sample_with_latents(4096, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_draws_the_same_law(disks):
+    """On CUDA the images are drawn and rendered there (its own random stream: other
+    values), with the CPU's law; deterministic and index-addressable there too."""
+    x, latents = disks.sample_with_latents(4096, 0, device="cuda")
+    assert x.device.type == "cuda" and x.dtype == torch.float32 and x.shape == (4096, 1, 32, 32)
+    assert latents["params"].device.type == "cuda"
+    assert torch.equal(disks.sample(4096, 0, device="cuda"), x)
+    split = torch.cat([disks.sample(1000, 0, device="cuda"),
+                       disks.sample(3096, 0, offset=1000, device="cuda")])
+    assert torch.equal(split, x)
+    rendered = disks.render(latents["params"].float())
+    torch.testing.assert_close(x, rendered, atol=1e-6, rtol=0)
+    _assert_same_law(disks.sample_with_latents(4096, 0), (x, latents))
+
+
 @pytest.mark.parametrize("radius", [1.5, 4.0, 8.0])
 def test_coverage_against_supersampling(radius):
     """Tangent half-plane rule + sagitta shift: max error ≤ 0.06/r; disk area unbiased
