@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from datasets_synth.calpha import OFFSET_MEAN, OFFSET_STD, CAlpha
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datasets_synth.calpha import OFFSET_MEAN, OFFSET_STD, CAlpha  # noqa: E402
 
 
 def loop_images(dist: CAlpha, c0, ab, xi, offsets) -> np.ndarray:
