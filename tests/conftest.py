@@ -1,8 +1,12 @@
-"""Shared fixtures: one torch thread, a small folder of images for ``faces-folder``."""
+"""Shared fixtures: one torch thread, a small folder of images for ``faces-folder``, one
+full smoke run for the end-to-end tests."""
+
+import json
 
 import numpy as np
 import pytest
 
+from theorybench.cli import main
 from theorybench.executors import torch_threads
 
 
@@ -38,3 +42,14 @@ def build(name, image_folder):
     if name == "faces-folder":
         return datasets_synth.get(name, path=str(image_folder), size=16)
     return datasets_synth.get(name)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One run of the whole smoke preset (seed 0), shared by the end-to-end tests: (out,
+    cache, run.json of that run). Tests may run the preset again into ``out`` (the same
+    tables) but must not change the cache's results."""
+    base = tmp_path_factory.mktemp("smoke")
+    out, cache = base / "reports", base / "cache"
+    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
+    return out, cache, json.loads((out / "run.json").read_text())

@@ -67,3 +67,19 @@ def test_key_refuses_what_it_cannot_hash_faithfully():
 def test_mosaic_refuses_mixed_shapes():
     with pytest.raises(ValueError, match="panels of one"):
         image_mosaic([[Panel(np.zeros((4, 4))), Panel(np.zeros((4, 5)))]])
+
+
+def test_store_copies_instead_of_drawing(tmp_path):
+    """A report rebuilt into a new folder copies the figures its cache already holds."""
+    from theorybench.figures import figure_store
+
+    CALLS.clear()
+    frame = pd.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0]})
+    with figure_store(tmp_path / "store"):
+        draw_line(frame, "s", tmp_path / "one" / "line.png")
+        draw_line(frame, "s", tmp_path / "two" / "line.png")
+    assert CALLS == ["s"]
+    assert (tmp_path / "one" / "line.png").read_bytes() == \
+        (tmp_path / "two" / "line.png").read_bytes()
+    assert [p.name for p in (tmp_path / "store").iterdir()] == \
+        [figure_key(_draw, (frame, "s")) + ".png"]

@@ -4,7 +4,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,10 @@ from theorybench.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One smoke run shared by the tests of this module: (out, cache, seconds)."""
-    base = tmp_path_factory.mktemp("smoke")
-    out, cache = base / "reports", base / "cache"
-    start = time.perf_counter()
-    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
-    return out, cache, time.perf_counter() - start
+@pytest.fixture
+def smoke(smoke_run):
+    """The session's smoke run (conftest): (out, cache, run.json)."""
+    return smoke_run
 
 
 def test_report_files(smoke):
@@ -36,7 +31,7 @@ def test_report_files(smoke):
     for name in ("kl.csv", "rates.csv", "mse.csv", "shuffled.csv", "mse_gaussian.png",
                  "kl_disks.png", "examples_calpha-alpha-2-0.png"):
         assert (out / name).stat().st_size > 0, name
-    meta = json.loads((out / "run.json").read_text())
+    _, _, meta = smoke
     assert meta["preset"] == "smoke" and meta["computed"] == meta["cells"]
 
 
@@ -88,7 +83,7 @@ def test_brackets_are_ordered(smoke):
 
 
 def test_second_run_hits_the_cache_and_changes_nothing(smoke):
-    out, cache, first = smoke
+    out, cache, _ = smoke
     before = {p.name: p.read_bytes() for p in out.glob("*.csv")}
     assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
     assert json.loads((out / "run.json").read_text())["computed"] == 0

@@ -208,9 +208,11 @@ def main(argv=None) -> int:
                                                          for r in records)}
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(meta_path, json.dumps(run_meta, indent=1).encode())
+    from .figures import figure_store
     from .report import build_report
 
-    readme = build_report(preset, entries, records, out, run_meta)
+    with figure_store(Path(args.cache) / "figures"):  # figures kept by content, as results
+        readme = build_report(preset, entries, records, out, run_meta)
     failed = [r["failed"] for r in records if "failed" in r]
     print(f"wrote {readme} ({len(records)} cells, {len(failed)} failed) in "
           f"{time.perf_counter() - start:.1f} s")
