@@ -53,3 +53,11 @@ def smoke_run(tmp_path_factory):
     out, cache = base / "reports", base / "cache"
     assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
     return out, cache, json.loads((out / "run.json").read_text())
+
+
+def entry_lines(path, entries: tuple[str, ...]) -> list[str]:
+    """Header and the rows of ``entries`` of a report CSV (its first column is the entry)."""
+    lines = path.read_text().splitlines()
+    keep = tuple(f"{e}," for e in entries)
+    return [lines[0], *(line for line in lines[1:] if line.startswith(keep))]
+

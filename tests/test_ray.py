@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import entry_lines
 
 from theorybench.cli import main
 
@@ -54,13 +55,6 @@ def cluster():
 def local_run(smoke_run):
     """The session's local smoke run of every entry (conftest): (out, cache, run.json)."""
     return smoke_run
-
-
-def entry_lines(path: Path, entries: tuple[str, ...]) -> list[str]:
-    """Header and the rows of ``entries`` of a report CSV (its first column is the entry)."""
-    lines = path.read_text().splitlines()
-    return [lines[0], *(line for line in lines[1:] if line.startswith(tuple(f"{e},"
-                                                                          for e in entries)))]
 
 
 def test_ray_run_equals_local_run(cluster, local_run, tmp_path):
