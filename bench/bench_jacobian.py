@@ -70,8 +70,9 @@ def timed(fn, device) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, result
 
 
-def main(device: str = "cpu", size: int = 32, channels: int = 16, sigma: float = 0.1,
-         repeats: int = 3, method: str = "auto") -> float:
+def setup(device: str, size: int, channels: int, sigma: float):
+    """(device, denoiser, noisy image (1, 1, size, size) on the device, d): exact float32
+    (TF32 off on GPUs), the same image for every mode."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False
@@ -80,7 +81,12 @@ def main(device: str = "cpu", size: int = 32, channels: int = 16, sigma: float =
     g = torch.Generator().manual_seed(1)
     x = torch.rand(1, 1, size, size, generator=g)
     y = (x + sigma * torch.randn(x.shape, generator=g)).to(device)
-    d = size * size
+    return device, f, y, size * size
+
+
+def main(device: str = "cpu", size: int = 32, channels: int = 16, sigma: float = 0.1,
+         repeats: int = 3, method: str = "auto") -> float:
+    device, f, y, d = setup(device, size, channels, sigma)
 
     timed(lambda: jacobian(f, y, sigma, method=method), device)  # warm-up (cuDNN, allocator)
     timed(lambda: per_pixel_loop(f, y[..., :8, :8], sigma), device)
@@ -105,15 +111,7 @@ def main(device: str = "cpu", size: int = 32, channels: int = 16, sigma: float =
 def main_topk(device: str = "cpu", size: int = 64, channels: int = 16, sigma: float = 0.1,
               k: int = 32, repeats: int = 3) -> float:
     """Full (exact J + eigh) against top-k (JVPs) eigen-analysis: prints and returns the ratio."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    f = unet_denoiser(channels, device)
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(1, 1, size, size, generator=g)
-    y = (x + sigma * torch.randn(x.shape, generator=g)).to(device)
-    d = size * size
+    device, f, y, d = setup(device, size, channels, sigma)
 
     def clocked(fn):  # (wall s, process CPU s, result): CPU time is less hurt by other load
         cpu = time.process_time()

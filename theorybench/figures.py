@@ -124,11 +124,17 @@ def _feed(h, value) -> None:
                         "numbers, strings, arrays, DataFrames, containers, plain data objects")
 
 
+@functools.cache
+def _source(path: str) -> bytes:
+    """The bytes of a drawing module's source file (read once per process)."""
+    return Path(path).read_bytes()
+
+
 def figure_key(draw, args: tuple) -> str:
     """Hex key of drawing ``draw(*args)`` (see the module docstring)."""
     h = hashlib.sha256()
     h.update(_OWN_SOURCE)
-    h.update(Path(inspect.getsourcefile(draw)).read_bytes())
+    h.update(_source(inspect.getsourcefile(draw)))
     h.update(f"{draw.__qualname__};matplotlib {matplotlib.__version__};".encode())
     _feed(h, args)
     return h.hexdigest()
@@ -177,16 +183,19 @@ def drop_invisible_minor_ticks(fig) -> None:
                 axis.set_minor_locator(NullLocator())
 
 
-def save_figure(fig, path: Path, key: str | None = None) -> None:
+def save_figure(fig, path: Path, key: str | None = None) -> bytes:
     """Lay out ``fig`` (:func:`fixed_layout`, :func:`drop_invisible_minor_ticks`) and write
-    it as a PNG at ``path`` atomically (with ``key`` in its text chunk); close it."""
+    it as a PNG at ``path`` atomically (with ``key`` in its text chunk); close it. Returns
+    the PNG's bytes."""
     fixed_layout(fig)
     drop_invisible_minor_ticks(fig)
     buffer = BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI,
                 metadata={KEY_FIELD: key} if key is not None else None)
     plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    png = buffer.getvalue()
+    atomic_write_bytes(Path(path), png)
+    return png
 
 
 @dataclass(frozen=True)
@@ -280,9 +289,9 @@ def cached_figure(draw):
             fig = draw(*data)
             if fig is None:
                 return False
-            save_figure(fig, path, key)
+            png = save_figure(fig, path, key)
         if kept is not None:
-            atomic_write_bytes(kept, Path(path).read_bytes())
+            atomic_write_bytes(kept, png)
         return True
 
     return wrapper

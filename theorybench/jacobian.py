@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from datasets_synth.base import check_int, check_seed
 from theorybench.denoisers.base import sigma_column
 
 METHODS = ("auto", "vmap", "replicate")
@@ -457,10 +458,6 @@ def _homogeneity(Jy: torch.Tensor, f_flat: torch.Tensor) -> tuple[float, float]:
     return float(Jy.norm() / f_norm), float((Jy - f_flat).norm() / f_norm)
 
 
-def _integral(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _check_top_k_options(k, d, probes, seed, tol, max_products):
     """Validated (probes, seed, tol, max_products) of the top-k path; ValueError otherwise."""
     if k is None:
@@ -469,20 +466,16 @@ def _check_top_k_options(k, d, probes, seed, tol, max_products):
         if given:
             raise ValueError(f"{', '.join(given)} apply only to the top-k spectrum; pass k")
         return None
-    if not _integral(k) or not 1 <= k <= d:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= d:
         raise ValueError(f"k must be None (full spectrum) or an integer in [1, {d}], got {k!r}")
-    probes = TRACE_PROBES if probes is None else probes
-    if not _integral(probes) or probes < 2:
-        raise ValueError(f"probes must be an integer >= 2, got {probes!r}")
-    seed = 0 if seed is None else seed
-    if not _integral(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    probes = check_int("probes", TRACE_PROBES if probes is None else probes, low=2)
+    seed = check_seed(0 if seed is None else seed)
     tol = TOP_K_TOL if tol is None else tol
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < math.inf:
         raise ValueError(f"tol must be a float > 0, got {tol!r}")
-    if max_products is not None and (not _integral(max_products) or max_products < 1):
-        raise ValueError(f"max_products must be an integer >= 1 or None, got {max_products!r}")
-    return int(probes), int(seed), float(tol), max_products
+    if max_products is not None:
+        max_products = check_int("max_products", max_products, low=1)
+    return probes, seed, float(tol), max_products
 
 
 def jacobian_spectrum(denoiser, y, sigma, k: int | None = None, *, probes: int | None = None,
