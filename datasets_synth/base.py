@@ -156,6 +156,17 @@ class Distribution:
         """
         return {}
 
+    def project(self, images: torch.Tensor, sigma: float) -> torch.Tensor | None:
+        """The closest image of the family to each image (its best fit on the family's
+        manifold), for images seen at noise level ``sigma``; None when the family cannot
+        say (the default). A family with a known low-dimensional parameterization
+        overrides it: the memorization study then reports which generated samples are
+        images of the family (SCIENCE.md §8).
+
+        images : tensor (n, c, h, w); returns a tensor like ``images`` or None.
+        """
+        return None
+
     def reference_base(self) -> Distribution | None:
         """The distribution whose references this one inherits by conjugation, or None.
 

@@ -247,6 +247,13 @@ class Disks(Distribution):
         images = torch.addcmul(a[:, 1, None, None], a[:, 0, None, None] - a[:, 1, None, None], m)
         return images.unsqueeze(1), {"params": params.double()}  # exactly what was drawn
 
+    def project(self, images, sigma):
+        """The best 5-parameter disk image of the family for each image (the posterior's
+        own geometry fit: ``DisksPosterior.fit``)."""
+        from theorybench.denoisers.disks import DisksPosterior
+
+        return DisksPosterior(self).fit(images, sigma)[0]
+
     def reference_denoisers(self):
         from theorybench.denoisers.disks import (
             DisksCentreOracle,

@@ -524,3 +524,33 @@ def test_posterior_converged(disks):
         table = post.convergence(sigma, settings=((8192, 256), (32768, 1024)), n=64)
         first = table.iloc[0]
         assert abs(first["diff_to_last"]) < max(3 * first["diff_se"], 0.02 * first["mse"])
+
+
+def test_fit_recovers_clean_disks_and_removes_five_dimensions_of_noise(disks):
+    """The best-fit disk of a clean image is the image; of a noisy one, it removes the
+    noise's projection on the 5-dim tangent space: E‖y − fit‖² ≈ σ²(d − 5)."""
+    post = disks.reference_denoisers()["posterior"]
+    x, latents = disks.sample_with_latents(64, 3)
+    fitted, params = post.fit(x, 0.01)
+    assert fitted.shape == x.shape and params.shape == (64, 5)
+    assert float((fitted - x).abs().max()) < 2e-3
+    contrast = (latents["params"][:, 3] - latents["params"][:, 4]).abs()
+    clear = contrast > 0.1  # the geometry is identifiable where the disk has contrast
+    assert torch.allclose(params[clear, :3], latents["params"][clear, :3], atol=0.02)
+    sigma = 0.01
+    gen = torch.Generator().manual_seed(0)
+    y = x + sigma * torch.randn(x.shape, generator=gen)
+    total = (y - post.fit(y, sigma)[0]).double().square().flatten(1).sum(1) / sigma ** 2
+    se = float(total.std()) / 8
+    assert abs(float(total.mean()) - (disks.d - 5)) < 4 * se + 1, float(total.mean())
+
+
+def test_project_is_the_fit_and_other_families_have_none(disks):
+    x = disks.sample(4, 0)
+    assert torch.equal(disks.project(x, 0.01),
+                       disks.reference_denoisers()["posterior"].fit(x, 0.01)[0])
+    assert datasets_synth.get("gaussian", size=16).project(x, 0.01) is None
+    with pytest.raises(ValueError, match="sigma"):
+        disks.reference_denoisers()["posterior"].fit(x, 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        disks.reference_denoisers()["posterior"].fit(x[:, :, :8], 0.01)

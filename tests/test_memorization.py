@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+import datasets_synth
 from theorybench.memorization import (
     COPY_COSINE,
     COPY_THRESHOLD,
+    ON_MANIFOLD_FACTOR,
     bootstrap_fraction,
     cosine,
+    manifold_residuals,
     memorization_measures,
     nearest_neighbours,
+    on_manifold,
     reference_direction,
     summarize,
     wilson_interval,
@@ -236,3 +240,27 @@ def test_reference_centring_by_hand():
     frame = memorization_measures(vecs([[1, 0, 0]]), vecs([[0, 0, 3]]), reference=ref)
     assert frame.loc[0, "copy_cos"] == pytest.approx(0.0, abs=1e-12)
     assert frame.loc[0, "copy_distance"] == pytest.approx(math.sqrt(2))
+
+
+def test_on_manifold_accepts_disks_and_rejects_blends():
+    """Disk images (clean or seen at σ) are images of the family; the average of two
+    distinct disks images (a non-disk) is not, though its raw cosine to a disk is high."""
+    disks = datasets_synth.get("disks", size=16)
+    sigma = 0.01
+    x = disks.sample(32, 1)
+    gen = torch.Generator().manual_seed(1)
+    noisy = x + sigma * torch.randn(x.shape, generator=gen)
+    assert on_manifold(manifold_residuals(x, disks, sigma), sigma).all()
+    assert on_manifold(manifold_residuals(noisy, disks, sigma), sigma).all()
+    # the average of two disks images with disks apart: two half-contrast disks
+    contrast = torch.linspace(0.2, 0.6, 8, dtype=torch.float64)  # 0.1: within 2σ² at σ=0.01
+    first = torch.stack([torch.full_like(contrast, 5.0), torch.full_like(contrast, 5.0),
+                         torch.full_like(contrast, 2.5), 0.4 + contrast,
+                         torch.full_like(contrast, 0.4)], 1)
+    second = first.clone()
+    second[:, :2] = 11.0
+    blends = 0.5 * (disks.render(first) + disks.render(second))
+    assert not on_manifold(manifold_residuals(blends, disks, sigma), sigma).any()
+    assert manifold_residuals(x, datasets_synth.get("gaussian", size=16), sigma) is None
+    assert on_manifold([ON_MANIFOLD_FACTOR * sigma ** 2], sigma)[0]
+    assert not on_manifold([ON_MANIFOLD_FACTOR * sigma ** 2 * 1.01], sigma)[0]

@@ -130,6 +130,16 @@ def test_sweep_results(sweep):
         assert base["summary"]["n"] == 16 and len(base["per_sample"]["copy_cos"]) == 16
         assert base["summary"]["memorized_fraction"] == 0.0
         assert base["summary"]["median_copy_cos"] < 0.9
+        # disks can tell their own images: real held-out ones are, clean and at σ_last
+        assert res["manifold"] == {"sigma_last": SAMPLER["sigma_min"], "factor": 2.0}
+        assert base["manifold"]["clean"]["on_manifold_fraction"] == 1.0
+        assert base["manifold"]["noisy"]["on_manifold_fraction"] == 1.0
+        for role in ("s1", "s2", "empirical"):
+            residuals = np.array(res["per_sample"][role]["manifold_residual"])
+            assert res["summary"][role]["on_manifold_fraction"] == pytest.approx(
+                float(np.mean(residuals <= 2.0 * SAMPLER["sigma_min"] ** 2)))
+        # the empirical denoiser's samples are training images: disks
+        assert res["summary"]["empirical"]["on_manifold_fraction"] == 1.0
         # cross similarity pairs the two networks' samples drawn from the same noise
         ex = {k: torch.tensor(v) for k, v in res["examples"].items()}
         assert ex["s1"].shape == (6, 1, 16, 16)

@@ -45,6 +45,11 @@ MEMORIZED_RATIO = 1.0 / 3.0  # d1/d2 below this: memorized (Yoon et al. 2023; Gu
 # samples' fraction next to the held-out baseline.
 COPY_THRESHOLD = 0.2
 COPY_COSINE = 1.0 - COPY_THRESHOLD ** 2 / 2
+# a sample is an image of the family (on its manifold) when its squared distance to the
+# family's best fit, per pixel, is at most this times σ_last² (σ_last: the sampler's last
+# noise level). A real image seen at σ_last sits at ≈ σ_last²(1 − k/d) (k parameters):
+# the threshold admits it with a wide margin (sd of that residual ≈ σ_last²·√(2/d)).
+ON_MANIFOLD_FACTOR = 2.0
 _TINY = 1e-300  # denominators of cosines: a zero vector gets cosine 0
 
 
@@ -257,6 +262,25 @@ def memorization_measures(samples: torch.Tensor, train_images: torch.Tensor,
     return pd.DataFrame({k: v.cpu().numpy() for k, v in columns.items()})
 
 
+def manifold_residuals(images: torch.Tensor, dist, sigma: float) -> np.ndarray | None:
+    """Per-image squared distance to the family's best fit, per pixel: ``‖s − P(s)‖²/d``
+    with ``P = dist.project`` at noise level ``sigma`` (pixel units); None when the family
+    has no projection. Compare with ``ON_MANIFOLD_FACTOR · sigma²`` (:func:`on_manifold`).
+    """
+    sigma = check_float("sigma", sigma, low=0.0, low_open=True)
+    fitted = dist.project(images, sigma)
+    if fitted is None:
+        return None
+    diff = (images.detach().double() - fitted.detach().double()).flatten(1)
+    return diff.square().mean(1).cpu().numpy()
+
+
+def on_manifold(residuals: np.ndarray, sigma: float) -> np.ndarray:
+    """Flags ``residual ≤ ON_MANIFOLD_FACTOR · σ²``: the sample is an image of the family
+    up to the sampler's last noise level ``sigma`` (SCIENCE.md §8)."""
+    return np.asarray(residuals) <= ON_MANIFOLD_FACTOR * float(sigma) ** 2
+
+
 def bootstrap_fraction(flags, seed: int = 0, n_boot: int = 10_000,
                        level: float = 0.95) -> tuple[float, float, float]:
     """Fraction of true flags and its percentile-bootstrap interval.
@@ -326,6 +350,7 @@ def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,
     return out
 
 
-__all__ = ["COPY_COSINE", "COPY_THRESHOLD", "MEMORIZED_RATIO", "bootstrap_fraction",
-           "copy_directions", "cosine", "memorization_measures", "nearest_copy",
-           "nearest_neighbours", "reference_direction", "summarize", "wilson_interval"]
+__all__ = ["COPY_COSINE", "COPY_THRESHOLD", "MEMORIZED_RATIO", "ON_MANIFOLD_FACTOR",
+           "bootstrap_fraction", "copy_directions", "cosine", "manifold_residuals",
+           "memorization_measures", "nearest_copy", "nearest_neighbours", "on_manifold",
+           "reference_direction", "summarize", "wilson_interval"]

@@ -21,11 +21,12 @@ from .cache import atomic_write_bytes, canonical_json
 from .experiments.cells import entry_label
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .kl import kl_bound
-from .memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO
+from .memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO, ON_MANIFOLD_FACTOR
 from .report import bracket, curve_frame, markdown_table, slug
 
 SMALL_N = 10  # "N ≤ 10": the memorization regime checked by the sentence
 MEMORIZED_MIN = 0.9  # ≥ 90% of samples memorized (copy criterion) at N ≤ SMALL_N
+ON_MANIFOLD_MIN = 0.8  # ≥ 80% of the samples are images of the family at the largest N
 IDENTITY_FRACTION = 0.5  # a network with test MSE ≥ this × σ² barely denoises
 GRID_ROWS = 4  # noises shown per image grid
 COLUMNS = (("s1", "S1 network"), ("s1_nearest", "nearest in S1"), ("s2", "S2 network"),
@@ -87,10 +88,17 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
         row[f"cos_c {name}"] = _num(s.get("median_copy_cos"))
         row[f"cos_nn {name}"] = _num(s.get("median_cos_nn"))
         row[f"cos_nn_c {name}"] = _num(s.get("median_cos_nn_centered"))
+        row[f"on {name}"] = _num(s.get("on_manifold_fraction"))
+        row[f"on {name} lo"], row[f"on {name} hi"] = (
+            s.get("on_manifold_ci") or (math.nan, math.nan))
     base = (res.get("baseline") or {}).get("summary", {})
     row["mem held"] = _num(base.get("memorized_fraction"))
     row["cos_c held"] = _num(base.get("median_copy_cos"))
     row["cos_nn held"] = _num(base.get("median_cos_nn"))
+    manifold = (res.get("baseline") or {}).get("manifold", {})
+    row["on held"] = _num(manifold.get("clean", {}).get("on_manifold_fraction"))
+    row["on held noisy"] = _num(manifold.get("noisy", {}).get("on_manifold_fraction"))
+    row["sigma_last"] = _num(res.get("manifold", {}).get("sigma_last"))
     s1 = res.get("summary", {}).get("s1", {})
     row["cross"] = s1.get("median_cross_cos", math.nan)
     row["cross_cc"] = _num(s1.get("median_cross_copy_cos"))
@@ -131,6 +139,13 @@ def _table(frame: pd.DataFrame) -> str:
         "test/train": frame["test/train"],
         "memorized empirical": frame["mem emp"],
     })
+    if frame["on S1"].notna().any():  # the family can tell its own images (project)
+        shown.insert(4, "images of the family S1 net [95% CI]",
+                     [_ci(r["on S1"], r["on S1 lo"], r["on S1 hi"]) for _, r in frame.iterrows()])
+        shown.insert(5, "images of the family S2 net", frame["on S2"])
+        shown.insert(6, "images of the family: held-out clean / at σ_last",
+                     [f"{a:.2f} / {b:.2f}" for a, b in zip(frame["on held"],
+                                                           frame["on held noisy"], strict=True)])
     if frame["kl high"].notna().any():
         shown[f"KL σ0={sigma0:g} [low, high] nats"] = [
             f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(frame["kl low"], frame["kl high"],
@@ -154,7 +169,11 @@ def _figure_vs_n(frame: pd.DataFrame, label: str):
                          label=f"{text}, d1/d2 < {MEMORIZED_RATIO:.2g} (N ≥ 2)")
     axes[0].plot(n, frame["mem held"], ls="--", marker="s", ms=4, color="black",
                  label="real held-out images (baseline)")
-    axes[0].set(ylabel=f"memorized fraction (centred cos ≥ {COPY_COSINE:.3g})",
+    if frame["on S1"].notna().any():  # samples that are images of the family
+        for i, name in enumerate(("S1", "S2")):
+            axes[0].plot(n, frame[f"on {name}"], ls="-.", marker="d", ms=4,
+                         color=palette[4 + i], label=f"{name} network: images of the family")
+    axes[0].set(ylabel=f"fraction (memorized: centred cos ≥ {COPY_COSINE:.3g})",
                 ylim=(-0.03, 1.03))
     for col, text, color, style in (("cos_c S1", "nearest training (S1 net)", 0, "-"),
                                     ("cos_c S2", "nearest training (S2 net)", 1, "-"),
@@ -284,6 +303,15 @@ def verdict(frame: pd.DataFrame) -> str:
                  f"mean: {last['cross']:.4f} against {last['cos_nn S1']:.4f}, "
                  f"{'met' if gen_raw else 'not met'}). Memorized: {_pct(last['mem S1'])} of "
                  f"S1 samples against {_pct(last['mem held'])} of real held-out images.")
+    if not math.isnan(last.get("on S1", math.nan)):
+        on = min(last["on S1"], last["on S2"])
+        parts.append(f"Images of the family at N = {last['N']} (best fit of the family's "
+                     f"parameters within {ON_MANIFOLD_FACTOR:g}σ_last² per pixel, σ_last = "
+                     f"{last['sigma_last']:g}): {_pct(last['on S1'])} of S1 and "
+                     f"{_pct(last['on S2'])} of S2 samples (real held-out images: "
+                     f"{_pct(last['on held'])} clean, {_pct(last['on held noisy'])} at "
+                     f"σ_last); ≥ {ON_MANIFOLD_MIN:.0%} for both networks: "
+                     f"**{'met' if on >= ON_MANIFOLD_MIN else 'not met'}**.")
     denoises = last["test mse"] < IDENTITY_FRACTION * last["sigma_mid"] ** 2
     if gen and not denoises:
         parts.append(f"Caveat: at N = {last['N']} the S1 network's test MSE at σ = "
@@ -350,9 +378,14 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
              f"bias-free network reproduces a training image only up to a scale). Baseline: "
              f"the same measures for the cell's real held-out images against S1 (their "
              f"novelty is the data's own). d1/d2 < 1/3 (nearest over second-nearest training "
-             f"image) is shown for N ≥ 2 only. Cosines are medians over samples; raw "
-             f"cosines carry little information on families with a strong mean. Train/test "
-             f"MSE: the S1 network on S1 images and on held-out images.",
+             f"image) is shown for N ≥ 2 only. Where the family can fit its own parameters "
+             f"(disks: 5), a sample is an **image of the family** when its squared distance "
+             f"to the best fit is at most {ON_MANIFOLD_FACTOR:g}σ_last² per pixel (σ_last: "
+             f"the sampler's last noise level; a real image seen at σ_last sits at about "
+             f"σ_last²), with held-out images, clean and at σ_last, as baselines. Cosines "
+             f"are medians over samples; raw cosines carry little information on families "
+             f"with a strong mean. Train/test MSE: the S1 network on S1 images and on "
+             f"held-out images.",
              ""]
     rows, curves = [], []
     for by_n in groups.values():

@@ -686,19 +686,28 @@ class DisksPosterior(ReferenceDenoiser):
         x_hat = torch.cat([p[0] for p in parts])
         return x_hat.view_as(y).to(device=y.device, dtype=y.dtype)
 
-    def _estimate(self, y, s2):
-        """Posterior mean for a chunk: y (n, d) float64, s2 (n, 1). Returns (x̂, diagnostics)."""
-        bank = self._bank
-        n, d = y.shape
+    def _modes(self, y, s2):
+        """Steps 1–2 of the estimator for a chunk y (n, d) float64, s2 (n, 1): the bank's
+        intensities and log-likelihoods (n, K) each, and the best ``n_starts`` bank
+        geometries of each image refined by Levenberg–Marquardt (``_refine``'s outputs,
+        n·J rows, image-major)."""
+        bank, j = self._bank, self.n_starts
         sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
         # 1. bank of prior geometries: one matrix product for m·y
-        bf, bb, bank_ll, _ = self._solve(y @ bank["m"].T, bank["p"], bank["q"], sy, yy, s2, d)
+        bf, bb, bank_ll, _ = self._solve(y @ bank["m"].T, bank["p"], bank["q"], sy, yy, s2,
+                                         y.shape[1])
         # 2. refine the best n_starts bank geometries of each image
-        top = bank_ll.topk(self.n_starts, dim=1).indices  # (n, J)
-        j = self.n_starts
-        g0 = bank["g"][top].reshape(-1, 3)
-        g_star, h_marg, ll_star = self._refine(y.repeat_interleave(j, 0),
-                                               s2.repeat_interleave(j, 0), g0)
+        top = bank_ll.topk(j, dim=1).indices  # (n, J)
+        refined = self._refine(y.repeat_interleave(j, 0), s2.repeat_interleave(j, 0),
+                               bank["g"][top].reshape(-1, 3))
+        return (bf, bb, bank_ll), refined
+
+    def _estimate(self, y, s2):
+        """Posterior mean for a chunk: y (n, d) float64, s2 (n, 1). Returns (x̂, diagnostics)."""
+        bank, j = self._bank, self.n_starts
+        n, d = y.shape
+        sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
+        (bf, bb, bank_ll), (g_star, h_marg, ll_star) = self._modes(y, s2)
         # 3. Laplace proposal: N(g*, c²(H + prior precision)⁻¹), plus a 3× wider component
         cov = torch.linalg.inv(h_marg + torch.diag(self.prior_precision))
         chol = torch.linalg.cholesky(cov).view(n, j, 3, 3)
@@ -742,6 +751,51 @@ class DisksPosterior(ReferenceDenoiser):
         all_w = torch.cat([w_bank, w_loc], 1)
         diagnostics = {"ess": 1 / all_w.square().sum(1), "local_mass": w_loc.sum(1)}
         return x_hat, diagnostics
+
+    # -- the best disk ----------------------------------------------------------------------
+    def fit(self, images: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The closest disk image of the family to each image: its 5-parameter fit.
+
+        The geometry maximizes the intensity-profiled likelihood ``p(y | g)`` at noise
+        level ``sigma`` over the prior box (the estimator's own bank search and
+        Levenberg–Marquardt refinement, the best of ``n_starts`` modes); the intensities
+        are the posterior means given that geometry (the prior's pull is ``σ²/τ²`` of a
+        pixel's weight: negligible at small σ).
+
+        Parameters
+        ----------
+        images : tensor (n, 1, size, size)
+        sigma : float > 0    noise level assumed in ``images`` (pixel units).
+
+        Returns
+        -------
+        fitted : tensor like ``images``   the rendered best disks ``a_b + (a_f − a_b)·m``.
+        params : tensor (n, 5) float64    their ``(cx, cy, r, a_f, a_b)``.
+        """
+        if not isinstance(sigma, (int, float)) or not sigma > 0:
+            raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
+        flat = images.detach().flatten(1).double().cpu()
+        if images.dim() != 4 or flat.shape[1] != self.dist.d:
+            raise ValueError(f"images must have shape (n, 1, {self.dist.size}, "
+                             f"{self.dist.size}), got {tuple(images.shape)}")
+        if self._bank is None:
+            self._build()
+        j, rows = self.n_starts, []
+        for i in range(0, len(flat), self.chunk):
+            y = flat[i:i + self.chunk]
+            n, d = y.shape
+            s2 = torch.full((n, 1), float(sigma) ** 2, dtype=y.dtype)
+            _, (g, _, loglik) = self._modes(y, s2)
+            g = g.view(n, j, 3)[torch.arange(n), loglik.view(n, j).argmax(1)]
+            m = self._masks(g)
+            a_f, a_b, _, _ = self._solve((m * y).sum(1, keepdim=True), m.sum(1, keepdim=True),
+                                         m.square().sum(1, keepdim=True),
+                                         y.sum(1, keepdim=True),
+                                         y.square().sum(1, keepdim=True), s2, d)
+            rows.append(torch.cat([g, a_f, a_b], 1))
+        params = torch.cat(rows)
+        fitted = self.dist.render(params).to(device=images.device, dtype=images.dtype)
+        return fitted, params
 
     # -- convergence diagnostic ---------------------------------------------------------------
     def convergence(self, sigma: float, settings=((1024, 64), (4096, 128), (8192, 256),

@@ -19,10 +19,16 @@ For each distribution and training-set size N, a ``memorization`` cell
    networks' samples against each other (cross cosine), and the S1 network's train and
    test MSE per σ (the generalization gap);
 5. the baseline: the same measures for the cell's real held-out images against S1, so that
-   a sample's novelty reads against the data's own. Besides the plain d1/d2, the ratio
-   between unit-norm images is recorded: a bias-free network is homogeneous
-   (``f(ay) = a f(y)``), so when it memorizes it reproduces a training image only up to a
-   scale that the initial noise sets, which the plain d1/d2 counts against it.
+   a sample's novelty reads against the data's own;
+6. for a family that can project onto its manifold (``Distribution.project``: disks),
+   which samples are images of the family: the squared distance to the best fit per
+   pixel at most ``memorization.ON_MANIFOLD_FACTOR``·σ_last² (σ_last: the sampler's last
+   noise level), with the held-out images, clean and seen at σ_last, as baselines.
+
+Besides the plain d1/d2, the ratio between unit-norm images is recorded: a bias-free
+network is homogeneous (``f(ay) = a f(y)``), so when it memorizes it reproduces a training
+image only up to a scale that the initial noise sets, which the plain d1/d2 counts
+against it.
 
 The initial noises depend on the study seed only, not on N, so the report's image grids
 show the same noise at every N. At N = 1 the ratio d1/d2 is undefined (no second training
@@ -46,9 +52,13 @@ from ..denoisers.empirical import EmpiricalDenoiser
 from ..evaluation import check_sigmas, mse_curve
 from ..memorization import (
     COPY_THRESHOLD,
+    ON_MANIFOLD_FACTOR,
+    manifold_residuals,
     memorization_measures,
+    on_manifold,
     reference_direction,
     summarize,
+    wilson_interval,
 )
 from ..networks import NetConfig
 from ..sampling import SAMPLERS, SamplingDiverged, sample
@@ -57,13 +67,14 @@ from .cells import _curve_record, entry_label
 
 KIND = "memorization"
 STREAM_TRAINSET, STREAM_NOISE, STREAM_NETS, STREAM_TRAIN_EVAL = 31, 32, 33, 34
+STREAM_HELD_NOISE = 35  # noise of the held-out images in the on-manifold baseline
 EXAMPLES = 6  # initial noises whose images are kept for the report's grids
 DEFAULT_SAMPLER = {"method": "heun", "sigma_min": 0.01, "steps": 40, "mean": "auto"}
 ROLES = ("s1", "s2", "empirical")  # S1 network, S2 network, empirical denoiser of S1
 PER_SAMPLE = ("memorized", "copy_cos", "copy_index", "ratio", "memorized_ratio",
               "ratio_unit", "memorized_unit", "nn_index", "cos_nn", "cos_nn_centered",
               "max_cos", "max_cos_centered", "cross_cos", "cross_cos_centered",
-              "cross_copy_cos")
+              "cross_copy_cos", "manifold_residual")
 BASELINE_PER_SAMPLE = ("memorized", "copy_cos", "cos_nn", "cos_nn_centered")
 
 
@@ -259,6 +270,23 @@ def _measures(samples, train_images, other, reference=None) -> pd.DataFrame:
     return frame
 
 
+def last_sigma(method: str, options: dict) -> float:
+    """The sampler's last noise level: ``sigma_min`` of the ODE samplers, ``sigma_stop``
+    of the stochastic ascent (the option given, else the sampler's default)."""
+    name = "sigma_stop" if method == "stochastic" else "sigma_min"
+    default = inspect.signature(SAMPLERS[method]).parameters[name].default
+    return float(options.get(name, default))
+
+
+def _manifold_summary(residuals: np.ndarray, sigma: float) -> dict:
+    """Fraction of images of the family (:func:`on_manifold`), its Wilson interval and the
+    median residual per pixel."""
+    flags = on_manifold(residuals, sigma)
+    return {"on_manifold_fraction": float(flags.mean()),
+            "on_manifold_ci": wilson_interval(int(flags.sum()), len(flags)),
+            "median_manifold_residual": float(np.median(residuals))}
+
+
 def _json_summary(summary: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary.items()}
 
@@ -286,9 +314,13 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     ``examples`` (the first noises' images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``,
     ``empirical``, each (E, c, h, w) lists); ``centring`` (the copy criterion's, in words)
     and ``copy_threshold``; ``baseline`` (the cell's held-out images against S1:
-    ``summary`` and ``per_sample`` as for a role; absent without held-out images). A
-    diverging training or
-    sampler gives ``failed`` (the message) and whatever was computed before.
+    ``summary`` and ``per_sample`` as for a role; absent without held-out images). For a
+    family with ``project``: ``manifold`` (``sigma_last``, ``factor``), each role's
+    summary adds ``on_manifold_fraction``, ``on_manifold_ci`` and
+    ``median_manifold_residual`` (per sample: ``manifold_residual``), and
+    ``baseline["manifold"]`` holds those of the held-out images, ``clean`` and ``noisy``
+    (plus σ_last noise). A diverging training or sampler gives ``failed`` (the message)
+    and whatever was computed before.
     """
     device = resolve_device(device)
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
@@ -340,12 +372,19 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         result["centring"] = ("mean of the unit-normalized held-out images" if held is not None
                               else "each image's own pixel mean (no held-out images)")
         result["copy_threshold"] = COPY_THRESHOLD
+        sigma_last = last_sigma(method, options)
+        result["manifold"] = {"sigma_last": sigma_last, "factor": ON_MANIFOLD_FACTOR}
         result["summary"], result["per_sample"], frames = {}, {}, {}
         for role in ROLES:
             train_images, other = versus[role]
             frame = _measures(samples[role], train_images, other, reference)
+            residuals = manifold_residuals(samples[role], dist, sigma_last)
+            if residuals is not None:
+                frame["manifold_residual"] = residuals
             frames[role] = frame
             summary = summarize(frame, seed=seed)
+            if residuals is not None:
+                summary.update(_manifold_summary(residuals, sigma_last))
             if n >= 2:  # the unit-norm d1/d2 needs a second training image
                 unit = summarize(frame.assign(memorized=frame["memorized_unit"]), seed=seed)
                 summary["memorized_unit_fraction"] = unit["memorized_fraction"]
@@ -361,6 +400,15 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             result["baseline"] = {
                 "summary": _json_summary(summarize(frame, seed=seed)),
                 "per_sample": {c: frame[c].tolist() for c in BASELINE_PER_SAMPLE}}
+            # the family's own images, clean and seen at the sampler's last noise level
+            gen = block_generator(derived_seed(seed, STREAM_HELD_NOISE), 0, STREAM_HELD_NOISE)
+            noisy = held + sigma_last * torch.randn(held.shape, generator=gen)
+            residuals = {name: manifold_residuals(images, dist, sigma_last)
+                         for name, images in (("clean", held), ("noisy", noisy))}
+            if residuals["clean"] is not None:
+                result["baseline"]["manifold"] = {
+                    name: _json_summary(_manifold_summary(r, sigma_last))
+                    for name, r in residuals.items()}
         e = min(EXAMPLES, k)
         nn1 = torch.tensor(frames["s1"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
         nn2 = torch.tensor(frames["s2"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
