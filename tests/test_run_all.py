@@ -44,6 +44,21 @@ def test_gaussian_reference_is_the_exact_mmse(smoke):
         assert abs(row.mse - dist.mmse(row.sigma)) < 3 * row.se + 1e-9
 
 
+def test_blind_optimum_is_stored_and_floors_the_universal_network(smoke):
+    """The Gaussian's blind Wiener filter is a reference of kind ``blind`` on the dense grid,
+    never part of the bracket, and its KL integral from σ_min is below the universal
+    network's (the floor of SCIENCE.md §4b–c for denoisers that do not see σ)."""
+    out, _, _ = smoke
+    mse, kl = pd.read_csv(out / "mse.csv"), pd.read_csv(out / "kl.csv")
+    blind = mse[(mse.entry == "gaussian") & (mse.kind == "blind")]
+    assert set(blind.denoiser) == {"wiener-blind"} and len(blind) == 7
+    assert not (mse[mse.entry != "gaussian"].kind == "blind").any()
+    rows = kl[(kl.entry == "gaussian") & np.isclose(kl.sigma0, 0.02)].set_index("network")
+    gap = rows.kl_high - rows.closing
+    assert 0 < gap["wiener-blind (blind optimum)"] < gap["universal"]
+    assert "price of not knowing σ" in (out / "README.md").read_text()
+
+
 def test_gaussian_kl_equals_integral_of_stored_gap(smoke):
     """The KL table is the trapezoid integral in ln σ of d·(MSE_θ − MMSE)/σ², clipped at 0
     for B_low, plus the closing term E‖x − μ̂‖²/(2σ_max²) for B_high (SCIENCE.md §4b)."""

@@ -12,7 +12,11 @@ and declare a ``kind`` (SCIENCE.md §5):
 * ``exact``: the posterior mean E[x|y]; its MSE *is* the MMSE;
 * ``lower``: an oracle that also sees side information (the latents the distribution
   sampled with the image); computed exactly, its MSE is ≤ MMSE;
-* ``upper``: an estimator that sees y alone; its MSE is ≥ MMSE.
+* ``upper``: an estimator that sees y alone; its MSE is ≥ MMSE;
+* ``blind``: the optimal denoiser that sees y but not σ, for a stated law of σ (e.g. the
+  σ range of the universal networks): its MSE is ≥ MMSE at every σ, and its σ-averaged
+  MSE under that law is the least any blind (universal) denoiser can reach. It is not a
+  bound on the MMSE and never enters the bracket.
 
 Oracles set ``oracle = True`` and take ``latents=`` (a dict of per-image tensors). Only
 the evaluator hands latents over, and only to oracles; ``upper`` denoisers have no way
@@ -31,7 +35,7 @@ import numbers
 
 import torch
 
-KINDS = ("exact", "lower", "upper")
+KINDS = ("exact", "lower", "upper", "blind")
 
 
 def sigma_column(sigma, y: torch.Tensor) -> torch.Tensor:

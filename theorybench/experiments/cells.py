@@ -128,11 +128,19 @@ def compute_reference(spec: dict) -> dict:
     the per-image means), which removes the in-sample bias (fitting μ̂ on the images lowers
     the mean by ``d·Var(μ̂)`` in expectation; a fixed μ̂ raises the population value by as
     much); ``data_variance_se`` is the standard error of the mean. ``sigma_max`` is the
-    top of the σ grid: the start ``N(μ̂, σ_max² I)`` of the bound's reverse SDE.
+    top of the σ grid: the start ``N(μ̂, σ_max² I)`` of the bound's reverse SDE. With
+    ``blind_range`` (σ_min, σ_max of the universal networks), an exact reference that has
+    a ``blind(σ_min, σ_max)`` method adds its blind counterpart as ``<name>-blind`` (kind
+    ``blind``: the floor of every universal network's KL integral from σ_min).
     """
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
+    refs = reference_denoisers(dist)
+    if spec.get("blind_range"):  # exact references that know their blind counterpart
+        refs.update({f"{name}-blind": den.blind(*spec["blind_range"])
+                     for name, den in list(refs.items())
+                     if den.kind == "exact" and hasattr(den, "blind")})
     curves = {}
-    for name, den in reference_denoisers(dist).items():
+    for name, den in refs.items():
         costly = getattr(den, "costly", False)
         sigmas = spec.get("coarse_sigmas", spec["sigmas"]) if costly else spec["sigmas"]
         frame = mse_curve(den, dist, sigmas, n=spec["n_eval"], seed=spec["seed"])
@@ -261,7 +269,8 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
         n_eval = preset.n_eval if size is None else min(preset.n_eval, size)
         common = {"dataset": name, "params": params, "n_eval": n_eval, "seed": seed}
         cells.append({"kind": "reference", "sigmas": list(preset.curve_sigmas),
-                      "coarse_sigmas": list(preset.sigmas), **common})
+                      "coarse_sigmas": list(preset.sigmas),
+                      "blind_range": [preset.sigmas[0], preset.sigmas[-1]], **common})
         universal_cfg = TrainConfig(
             mode="universal", objective=preset.objective, sigma_min=preset.sigmas[0],
             sigma_max=preset.sigmas[-1], center=preset.center, steps=preset.universal_steps,
