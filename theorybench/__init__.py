@@ -6,6 +6,8 @@ Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``denois
 * :func:`empirical_denoiser`: the memorizing optimum of a training set;
 * :func:`reference_denoisers`: a distribution's exact / lower / upper references + baselines;
 * :func:`kl_bound`: the σ⁻³-weighted MSE gap integrated into a smoothed-KL interval;
+* :func:`mmse_references`, :func:`data_variance`: a distribution's tightest MMSE references
+  and the closing term's input, ready for :func:`kl_bound`;
 * :func:`sample`: stochastic ascent and probability-flow ODE samplers for any denoiser;
 * :func:`memorization_measures`, :func:`summarize`: nearest-training similarity, d1/d2;
 * :func:`train`, :class:`NetworkDenoiser`: bias-free networks (per-σ or universal);
@@ -15,7 +17,7 @@ Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``denois
 from .denoisers import EmpiricalDenoiser, ReferenceDenoiser, empirical_denoiser, reference_denoisers
 from .evaluation import mse_curve, paired_difference
 from .jacobian import jacobian, jacobian_spectrum, subspace_angles, sure_mse
-from .kl import kl_bound
+from .kl import data_variance, kl_bound, mmse_references
 from .memorization import memorization_measures, summarize
 from .networks import NetConfig, build_network
 from .sampling import SampleResult, SamplingDiverged, sample
@@ -35,7 +37,9 @@ __all__ = [
     "empirical_denoiser",
     "jacobian",
     "jacobian_spectrum",
+    "data_variance",
     "kl_bound",
+    "mmse_references",
     "memorization_measures",
     "mse_curve",
     "paired_difference",

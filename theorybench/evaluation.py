@@ -10,6 +10,7 @@ inputs, and differences between curves are paired (:func:`paired_difference`).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,11 @@ from tqdm.auto import tqdm
 
 from datasets_synth.base import block_generator, check_int, check_seed
 
+from .denoisers.base import check_eval_mode, check_output
+
 NOISE_BLOCK = 256
 NOISE_STREAM = 7  # generator stream reserved for evaluation noise
+SIGMA_SCALE_WARNING = 20  # warn when σ exceeds this many times the images' value range
 
 
 def check_sigmas(sigmas) -> list[float]:
@@ -45,6 +49,16 @@ def evaluation_noise(dist, seed: int, block: int) -> torch.Tensor:
     networks on the two are compared on the same noise (paired)."""
     z = torch.randn(NOISE_BLOCK, *dist.shape, generator=block_generator(seed, block, NOISE_STREAM))
     return z if dist.reference_base() is None else dist.shuffle(z)
+
+
+def _warn_if_sigma_off_scale(sigmas, x: torch.Tensor) -> None:
+    """Warn when σ is far beyond the images' value range (e.g. σ = 25 from the 0–255
+    convention applied to images in [0, 1]): pixel units are the images' own units."""
+    spread = float(x.max() - x.min())
+    if spread > 0 and max(sigmas) > SIGMA_SCALE_WARNING * spread:
+        warnings.warn(f"σ = {max(sigmas):g} is {max(sigmas) / spread:.0f}× the images' value "
+                      f"range {spread:.3g}: σ is in the images' own (pixel) units; for "
+                      f"images in [0, 1] divide a 0–255 σ by 255", stacklevel=3)
 
 
 def mse_curve(
@@ -74,6 +88,7 @@ def mse_curve(
     seed = check_seed(seed)
     device = torch.device(device) if device is not None else torch.device("cpu")
     oracle = getattr(denoiser, "oracle", False)
+    check_eval_mode(denoiser)
     errors = np.zeros((len(sigmas), n))
     blocks = range(math.ceil(n / NOISE_BLOCK))
     bar = tqdm(total=n * len(sigmas), disable=not progress, desc="mse_curve", leave=False)
@@ -82,12 +97,15 @@ def mse_curve(
             start = block * NOISE_BLOCK
             count = min(NOISE_BLOCK, n - start)
             x, latents = dist.sample_with_latents(count, seed, offset=start)
+            if block == 0:
+                _warn_if_sigma_off_scale(sigmas, x)
             z = evaluation_noise(dist, seed, block)[:count]
             x, z = x.to(device), z.to(device)
             latents = {k: v.to(device) for k, v in latents.items()}
             for i, sigma in enumerate(sigmas):
                 y = x + sigma * z
                 x_hat = denoiser(y, sigma, latents=latents) if oracle else denoiser(y, sigma)
+                check_output(x_hat, y)
                 err = (x_hat.to(x.dtype) - x).pow(2).flatten(1).mean(1)
                 errors[i, start:start + count] = err.double().cpu().numpy()
                 bar.update(count)

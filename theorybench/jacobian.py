@@ -41,10 +41,9 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from datasets_synth.base import check_int, check_seed
-from theorybench.denoisers.base import sigma_column
+from theorybench.denoisers.base import check_eval_mode, sigma_column
 
 METHODS = ("auto", "vmap", "replicate")
 ROW_COST_FACTOR = 4  # bytes of one chunk row ≈ this × the bytes autograd saves for one image
@@ -85,23 +84,6 @@ def _check_sigma(sigma, y: torch.Tensor):
 def _sigma_for_batch(sigma, n: int):
     """σ for a batch of n copies of the image."""
     return sigma.expand(n) if isinstance(sigma, torch.Tensor) else sigma
-
-
-def _check_eval_mode(denoiser) -> None:
-    """ValueError if the denoiser holds batch-norm or dropout layers in training mode."""
-    if isinstance(denoiser, nn.Module):
-        modules = [denoiser]
-    else:
-        modules = [v for v in vars(denoiser).values() if isinstance(v, nn.Module)] \
-            if hasattr(denoiser, "__dict__") else []
-    stateful = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-    for module in modules:
-        for sub in module.modules():
-            named_norm = "batchnorm" in type(sub).__name__.lower()  # e.g. bias-free BN
-            if sub.training and (isinstance(sub, stateful) or named_norm):
-                raise ValueError(f"the denoiser holds {type(sub).__name__} in training mode; "
-                                 f"call .eval() first (the Jacobian needs a per-image, "
-                                 f"deterministic map)")
 
 
 # ----------------------------------------------------------------------------- Jacobian
@@ -197,7 +179,7 @@ def _check_options(y, sigma, chunk, method, memory_budget, denoiser):
             raise ValueError(f"chunk must be an integer >= 1 or None, got {chunk!r}")
     if memory_budget is not None and not (memory_budget > 0):
         raise ValueError(f"memory_budget must be > 0 bytes or None, got {memory_budget!r}")
-    _check_eval_mode(denoiser)
+    check_eval_mode(denoiser)
     return y1, sigma
 
 

@@ -41,6 +41,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from datasets_synth.base import check_int, check_seed
+
 
 @dataclass
 class KLResult:
@@ -204,3 +206,86 @@ def gaussian_kl(lam_p: torch.Tensor, lam_q: torch.Tensor, sigma0: float) -> floa
     the same eigenvectors: ``Σ ½ (r − 1 − ln r)``, ``r = (λ + σ0²)/(λ' + σ0²)`` (SCIENCE.md §4)."""
     r = (lam_p.double() + sigma0**2) / (lam_q.double() + sigma0**2)
     return float((0.5 * (r - 1 - torch.log(r))).sum())
+
+def _pick(curves: list[pd.DataFrame], best) -> pd.DataFrame:
+    """Per σ, the curve whose MSE is best (``np.argmax``/``np.argmin``), errors included."""
+    mse = np.stack([c["mse"].to_numpy() for c in curves])
+    choice = best(mse, axis=0)
+    cols = np.arange(mse.shape[1])
+    out = curves[0].copy()
+    out["mse"] = mse[choice, cols]
+    out["se"] = np.stack([c["se"].to_numpy() for c in curves])[choice, cols]
+    errors = np.stack([c.attrs["errors"] for c in curves])
+    out.attrs["errors"] = errors[choice, cols]
+    return out
+
+
+def tightest_references(frames: dict[str, pd.DataFrame],
+                        kinds: dict[str, str]) -> tuple[dict[str, pd.DataFrame], str]:
+    """The references :func:`kl_bound` takes, from MSE curves of reference denoisers.
+
+    Parameters
+    ----------
+    frames : ``{name: mse_curve frame}`` on one σ grid (same images and noise).
+    kinds : ``{name: kind}`` (``exact``, ``lower``, ``upper`` or ``blind``; see
+        ``theorybench.denoisers.base``).
+
+    Returns
+    -------
+    ``({"exact": curve}, "exact")`` when an exact MMSE exists; otherwise
+    ``({"lower": L, "upper": U}, how)`` with, per σ, U the lowest upper bound and L the
+    highest lower bound (each a valid bound, so their pointwise min/max are too);
+    ``how`` = ``"bracket"``, or ``"upper only (L = 0)"`` without any lower bound (the
+    trivial MMSE ≥ 0; the KL's upper end is then correspondingly weak). ``blind`` curves
+    are not bounds on the MMSE and are ignored.
+    """
+    exact = [frames[n] for n in frames if kinds[n] == "exact"]
+    if exact:
+        return {"exact": exact[0]}, "exact"
+    uppers = [frames[n] for n in frames if kinds[n] == "upper"]
+    lowers = [frames[n] for n in frames if kinds[n] == "lower"]
+    if not uppers:
+        raise ValueError(f"no exact or upper reference among {sorted(frames)}")
+    upper = _pick(uppers, np.argmin)
+    if lowers:
+        return {"lower": _pick(lowers, np.argmax), "upper": upper}, "bracket"
+    zero = upper.copy()
+    zero["mse"], zero["se"] = 0.0, 0.0
+    zero.attrs["errors"] = np.zeros_like(upper.attrs["errors"])
+    return {"lower": zero, "upper": upper}, "upper only (L = 0)"
+
+
+def mmse_references(dist, sigmas, n: int = 256, seed: int = 0,
+                    progress: bool = False) -> tuple[dict[str, pd.DataFrame], str]:
+    """The best MMSE references of ``dist`` on ``sigmas``, ready for :func:`kl_bound`.
+
+    Evaluates every reference denoiser of the distribution (its own and the baselines,
+    ``theorybench.reference_denoisers``) with :func:`theorybench.mse_curve` on the same
+    ``n`` images and noise as a curve of yours with the same ``n`` and ``seed`` (so the
+    KL's standard errors are paired), and keeps the tightest (:func:`tightest_references`).
+    Returns ``(references, how)``.
+    """
+    from .denoisers import reference_denoisers
+    from .evaluation import mse_curve
+
+    refs = reference_denoisers(dist)
+    frames = {name: mse_curve(den, dist, sigmas, n=n, seed=seed, progress=progress)
+              for name, den in refs.items()}
+    return tightest_references(frames, {name: den.kind for name, den in refs.items()})
+
+
+def data_variance(dist, n: int = 256, seed: int = 0) -> tuple[float, float, float]:
+    """``E‖x − μ̂‖²`` (summed over the pixels of one image) for μ̂ the scalar pixel mean of
+    ``n`` images of ``dist`` (seed ``seed``): the input of :func:`closing_term`.
+
+    The mean of ``‖x_i − μ̂‖²`` over the same images plus ``2d·Var(μ̂)`` (Var from the
+    spread of the per-image means): fitting μ̂ on the images lowers the mean by ``d·Var(μ̂)``
+    in expectation, and a fixed μ̂ raises the population value by as much. Returns
+    ``(value, standard error of the mean, μ̂)``.
+    """
+    n, seed = check_int("n", n, low=2), check_seed(seed)
+    x = dist.sample(n, seed).double().flatten(1)
+    mu = float(x.mean())
+    dev = (x - mu).pow(2).sum(1)
+    var_mu = float(x.mean(1).var()) / n
+    return (float(dev.mean()) + 2 * x.shape[1] * var_mu, float(dev.std() / math.sqrt(n)), mu)

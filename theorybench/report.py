@@ -18,7 +18,7 @@ import pandas as pd
 from .cache import atomic_write_bytes
 from .experiments.cells import entry_label
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
-from .kl import kl_bound, trapezoid_weights
+from .kl import kl_bound, tightest_references, trapezoid_weights
 
 NETWORKS = ("per-sigma", "universal")
 
@@ -45,19 +45,6 @@ def curve_frame(curve: dict) -> pd.DataFrame:
                           "d": curve["d"]})
     frame.attrs["errors"] = np.asarray(curve["errors"], dtype=float)
     return frame
-
-
-def _pick(curves: list[pd.DataFrame], best) -> pd.DataFrame:
-    """Per σ, the curve whose MSE is best (``np.argmax``/``np.argmin``), errors included."""
-    mse = np.stack([c["mse"].to_numpy() for c in curves])
-    choice = best(mse, axis=0)
-    cols = np.arange(mse.shape[1])
-    out = curves[0].copy()
-    out["mse"] = mse[choice, cols]
-    out["se"] = np.stack([c["se"].to_numpy() for c in curves])[choice, cols]
-    errors = np.stack([c.attrs["errors"] for c in curves])
-    out.attrs["errors"] = errors[choice, cols]
-    return out
 
 
 def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
@@ -105,30 +92,16 @@ def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
 
 
 def bracket(ref_curves: dict) -> tuple[dict, str]:
-    """The tightest MMSE reference: ``{"exact": …}`` or ``{"lower": …, "upper": …}``.
+    """The tightest MMSE reference of stored curves (:func:`kl.tightest_references`).
 
-    Lower = the highest lower bound per σ, upper = the lowest upper bound per σ (each is
-    a valid bound, so their pointwise max/min are too). Without any lower bound, L = 0
-    (the trivial bound MMSE ≥ 0) and the KL's upper end is correspondingly weak. Curves
-    stored on a coarser grid (costly references) are first extended to the densest grid
-    by :func:`extend_monotone`.
+    Curves stored on a coarser grid (costly references) are first extended to the densest
+    grid by :func:`extend_monotone`.
     """
     kinds = {name: c["kind"] for name, c in ref_curves.items()}
     grid = max((c["sigma"] for c in ref_curves.values()), key=len)  # the dense grid
     frames = {name: extend_monotone(curve_frame(c), grid, "lower" if kinds[name] == "lower"
                                     else "upper") for name, c in ref_curves.items()}
-    exact = [frames[n] for n in frames if kinds[n] == "exact"]
-    if exact:
-        return {"exact": exact[0]}, "exact"
-    uppers = [frames[n] for n in frames if kinds[n] == "upper"]
-    lowers = [frames[n] for n in frames if kinds[n] == "lower"]
-    upper = _pick(uppers, np.argmin)
-    if lowers:
-        return {"lower": _pick(lowers, np.argmax), "upper": upper}, "bracket"
-    zero = upper.copy()
-    zero["mse"], zero["se"] = 0.0, 0.0
-    zero.attrs["errors"] = np.zeros_like(upper.attrs["errors"])
-    return {"lower": zero, "upper": upper}, "upper only (L = 0)"
+    return tightest_references(frames, kinds)
 
 
 def network_curve(records: list[dict]) -> pd.DataFrame | None:

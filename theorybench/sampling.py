@@ -32,6 +32,8 @@ import torch
 
 from datasets_synth.base import check_float, check_int, check_seed
 
+from .denoisers.base import check_eval_mode, check_output
+
 SAMPLING_STREAM = 11  # generator stream reserved for the stochastic sampler's injected noise
 
 
@@ -113,6 +115,7 @@ def _check_denoiser(denoiser):
         raise ValueError(f"denoiser must be a callable (y, sigma) -> x_hat, got {denoiser!r}")
     if getattr(denoiser, "oracle", False):
         raise ValueError("oracle denoisers need the clean image's latents and cannot sample")
+    check_eval_mode(denoiser)
 
 
 def _mean_tensor(mean, noise: torch.Tensor) -> torch.Tensor:
@@ -227,6 +230,7 @@ def stochastic(
                 frame_steps.append(t - 1)
             ya, s_in = y[idx], sigma_next[idx]
             fa = denoiser(ya, s_in.to(y.dtype))
+            check_output(fa, ya)
             d = fa - ya  # d = f(y) − y: σ_t² times the score (SCIENCE.md §2)
             sigma_t = _effective_noise(d).to(device)  # σ_t = ‖d‖/√d
             if t == 1:
@@ -308,6 +312,7 @@ def _ode(denoiser, noise, solver, mean, sigma_max, sigma_min, steps, divergence_
     def evaluate(xi, sigma, step, record):
         """``f(x, σ)`` with the divergence guard; records σ_eff when ``record``."""
         fx = denoiser(xi, torch.full((n,), sigma, device=device, dtype=xi.dtype))
+        check_output(fx, xi)
         sigma_eff = _effective_noise(fx - xi).cpu()
         if step == 0 and record:
             reference.copy_(torch.maximum(reference, sigma_eff))

@@ -34,6 +34,7 @@ import math
 import numbers
 
 import torch
+from torch import nn
 
 KINDS = ("exact", "lower", "upper", "blind")
 
@@ -55,6 +56,34 @@ def sigma_column(sigma, y: torch.Tensor) -> torch.Tensor:
     if not bool(torch.all(s > 0)) or not bool(torch.all(torch.isfinite(s))):
         raise ValueError("sigma must be finite and > 0")
     return s.view(-1, *([1] * (y.dim() - 1)))
+
+
+def check_eval_mode(denoiser) -> None:
+    """ValueError if the denoiser (a module, or an object holding modules as attributes)
+    has batch-norm or dropout layers in training mode: its output for one image would
+    depend on the batch, or be random. The message names the fix (``.eval()``)."""
+    if isinstance(denoiser, nn.Module):
+        modules = [denoiser]
+    else:
+        modules = [v for v in vars(denoiser).values() if isinstance(v, nn.Module)] \
+            if hasattr(denoiser, "__dict__") else []
+    stateful = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    for module in modules:
+        for sub in module.modules():
+            named_norm = "batchnorm" in type(sub).__name__.lower()  # e.g. bias-free BN
+            if sub.training and (isinstance(sub, stateful) or named_norm):
+                raise ValueError(f"the denoiser holds {type(sub).__name__} in training mode; "
+                                 f"call .eval() first (a denoiser must be a per-image, "
+                                 f"deterministic map)")
+
+
+def check_output(x_hat, y: torch.Tensor) -> None:
+    """ValueError (one line) unless the denoiser's output ``x_hat`` is a tensor of ``y``'s
+    shape (n, c, h, w): a (n, h, w) output would otherwise broadcast silently."""
+    if not isinstance(x_hat, torch.Tensor) or tuple(x_hat.shape) != tuple(y.shape):
+        shape = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+        raise ValueError(f"the denoiser returned {shape}; it must return a tensor of y's "
+                         f"shape {tuple(y.shape)} (n, c, h, w)")
 
 
 class ReferenceDenoiser:

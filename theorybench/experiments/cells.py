@@ -31,6 +31,7 @@ from datasets_synth.registry import get_factory
 from ..cache import Cache, digest
 from ..denoisers import reference_denoisers
 from ..evaluation import mse_curve
+from ..kl import data_variance
 from ..networks import NetConfig
 from ..sampling import SamplingDiverged
 from ..training import (
@@ -123,12 +124,10 @@ def compute_reference(spec: dict) -> dict:
 
     ``data_mean`` is μ̂, the scalar pixel mean of the cell's ``n_eval`` test images (the
     images of the curves): what the samplers' ``mean="auto"`` computes on held-out images.
-    ``data_variance`` estimates ``E‖x − μ̂‖²`` (summed over pixels) for that fixed μ̂: the
-    mean of ``‖x_i − μ̂‖²`` over the same images plus ``2d·Var(μ̂)`` (Var from the spread of
-    the per-image means), which removes the in-sample bias (fitting μ̂ on the images lowers
-    the mean by ``d·Var(μ̂)`` in expectation; a fixed μ̂ raises the population value by as
-    much); ``data_variance_se`` is the standard error of the mean. ``sigma_max`` is the
-    top of the σ grid: the start ``N(μ̂, σ_max² I)`` of the bound's reverse SDE. With
+    ``data_variance`` estimates ``E‖x − μ̂‖²`` (summed over pixels) for that fixed μ̂
+    (:func:`theorybench.kl.data_variance`); ``data_variance_se`` is its standard error.
+    ``sigma_max`` is the top of the σ grid: the start ``N(μ̂, σ_max² I)`` of the bound's
+    reverse SDE. With
     ``blind_range`` (σ_min, σ_max of the universal networks), an exact reference that has
     a ``blind(σ_min, σ_max)`` method adds its blind counterpart as ``<name>-blind`` (kind
     ``blind``: the floor of every universal network's KL integral from σ_min).
@@ -146,13 +145,10 @@ def compute_reference(spec: dict) -> dict:
         frame = mse_curve(den, dist, sigmas, n=spec["n_eval"], seed=spec["seed"])
         curves[name] = {"kind": den.kind, "description": getattr(den, "description", ""),
                         **_curve_record(frame)}
-    x = dist.sample(spec["n_eval"], spec["seed"]).double().flatten(1)  # the curves' images
-    mu = float(x.mean())
-    dev = (x - mu).pow(2).sum(1)
-    var_mu = float(x.mean(1).var()) / x.shape[0]
+    # on the curves' images
+    variance, variance_se, mu = data_variance(dist, spec["n_eval"], spec["seed"])
     return {"curves": curves, "intrinsic_dim": dist.intrinsic_dim,
-            "data_mean": mu, "data_variance": float(dev.mean()) + 2 * x.shape[1] * var_mu,
-            "data_variance_se": float(dev.std() / np.sqrt(x.shape[0])),
+            "data_mean": mu, "data_variance": variance, "data_variance_se": variance_se,
             "sigma_max": float(max(spec["sigmas"]))}
 
 

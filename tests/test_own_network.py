@@ -1,0 +1,104 @@
+"""Evaluating a user's own network: the README's example runs verbatim, and the common
+mistakes are refused with one line naming the fix."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import datasets_synth
+from theorybench import (
+    data_variance,
+    jacobian_spectrum,
+    kl_bound,
+    mmse_references,
+    mse_curve,
+    sample,
+)
+from theorybench.denoisers import reference_denoisers
+from theorybench.kl import tightest_references
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_example() -> str:
+    text = README.read_text()
+    found = re.search(r"## Evaluate your own network.*?```python\n(.*?)```", text, re.S)
+    assert found, "README lost its 'Evaluate your own network' example"
+    return found.group(1)
+
+
+def test_readme_example_runs_verbatim(capsys):
+    namespace = {}
+    exec(compile(readme_example(), str(README), "exec"), namespace)
+    kl = namespace["kl"].table
+    assert namespace["how"] == "exact" and len(kl) == 1
+    assert 0 < kl["kl_low"].iloc[0] < kl["kl_high"].iloc[0]  # a shrinkage is not optimal
+    assert namespace["images"].shape == (4, 1, 16, 16)
+    assert len(namespace["spectrum"].eigenvalues) == 256
+
+
+def test_mmse_references_pick_the_tightest_bounds_per_sigma():
+    dist = datasets_synth.get("disks", size=16)
+    sigmas = [0.05, 0.2]
+    refs, how = mmse_references(dist, sigmas, n=8, seed=0)
+    assert how == "bracket" and set(refs) == {"lower", "upper"}
+    curves = {name: mse_curve(den, dist, sigmas, n=8, seed=0)
+              for name, den in reference_denoisers(dist).items()}
+    kinds = {name: den.kind for name, den in reference_denoisers(dist).items()}
+    upper = np.stack([c["mse"].to_numpy() for n, c in curves.items() if kinds[n] == "upper"])
+    lower = np.stack([c["mse"].to_numpy() for n, c in curves.items() if kinds[n] == "lower"])
+    assert refs["upper"]["mse"].tolist() == pytest.approx(upper.min(0).tolist())
+    assert refs["lower"]["mse"].tolist() == pytest.approx(lower.max(0).tolist())
+    with pytest.raises(ValueError, match="no exact or upper"):
+        tightest_references({"a": curves["oracle-geometry"]}, {"a": "lower"})
+
+
+def test_data_variance_is_the_field_variance():
+    dist = datasets_synth.get("gaussian", size=16, std=0.2)
+    value, se, mean = data_variance(dist, n=512, seed=0)
+    assert abs(value - 256 * 0.04) < 4 * se + 0.05 * 256 * 0.04 and abs(mean - 0.5) < 0.05
+
+
+def test_wrong_output_shape_is_refused():
+    dist = datasets_synth.get("gaussian", size=16)
+    squeezed = lambda y, sigma: y[:, 0]  # (n, h, w): would broadcast silently  # noqa: E731
+    with pytest.raises(ValueError, match=r"returned \(8, 16, 16\).*\(n, c, h, w\)"):
+        mse_curve(squeezed, dist, [0.1], n=8)
+    with pytest.raises(ValueError, match="must return a tensor"):
+        sample(squeezed, torch.randn(2, 1, 16, 16), method="heun", steps=3)
+    with pytest.raises(ValueError, match="must return a tensor"):
+        sample(lambda y, s: y.numpy(), torch.randn(2, 1, 16, 16), method="stochastic")
+
+
+def test_module_in_training_mode_is_refused():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.BatchNorm2d(1))
+    dist = datasets_synth.get("gaussian", size=16)
+
+    def denoiser(y, sigma):
+        return net(y)
+
+    denoiser.net = net  # an object holding the module, as wrappers do
+    for call in (lambda f: mse_curve(f, dist, [0.1], n=4),
+                 lambda f: sample(f, torch.randn(2, 1, 16, 16), method="heun", steps=3),
+                 lambda f: jacobian_spectrum(f, torch.randn(1, 1, 16, 16), 0.1)):
+        with pytest.raises(ValueError, match=r"training mode; call \.eval\(\)"):
+            call(denoiser)
+    net.eval()
+    assert len(mse_curve(denoiser, dist, [0.1], n=4)) == 1
+
+
+def test_sigma_in_the_0_255_convention_warns():
+    dist = datasets_synth.get("gaussian", size=16)
+    with pytest.warns(UserWarning, match="divide a 0–255 σ by 255"):
+        mse_curve(lambda y, s: y, dist, [25.0], n=4)
+
+
+def test_curves_on_different_grids_are_refused():
+    dist = datasets_synth.get("gaussian", size=16)
+    curve = mse_curve(lambda y, s: y, dist, [0.05, 0.1, 0.2], n=4)
+    refs, _ = mmse_references(dist, [0.05, 0.1, 0.3], n=4)
+    with pytest.raises(ValueError, match="grid"):
+        kl_bound(curve, refs)
