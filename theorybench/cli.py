@@ -173,10 +173,12 @@ def main(argv=None) -> int:
                 raise ValueError("distributions added with register() exist only in this "
                                  "process; Ray workers need an installed entry-point plugin")
             args.jobs = 1  # register()ed factories exist only in this process
-        cells = build_cells(preset, entries, args.seed)
+        # long independent cells first, the short analyses of stored networks last (the
+        # executors start cells in this order once their inputs exist)
+        cells = build_cells(preset, entries, args.seed) + sweep_cells(preset, args.datasets,
+                                                                      args.seed)
         cells += build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
                                       preset.jacobian_images, args.seed)
-        cells += sweep_cells(preset, args.datasets, args.seed)
         if args.report_only and not Path(args.cache).is_dir():
             raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
                              f"--report-only first")

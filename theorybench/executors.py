@@ -5,6 +5,11 @@ cell's record from the cache or computes and stores it (atomically, with a check
 the records, hence the tables, do not depend on the executor, and a run killed at any
 moment loses at most the cells in flight.
 
+Order: a cell starts once every cell it reads (``cells.cell_dependencies``: the universal
+network a per-σ network starts from, the networks a Jacobian cell analyses) has finished;
+there is no barrier between kinds of cells. Cells free to start go in the order of the
+cell list (:class:`Schedule`).
+
 ``ray``: each missing cell is one Ray task (``num_gpus=1`` when the cell trains on CUDA),
 on the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else on a local Ray instance
 started for the run and shut down after it. Workers write into the cache directory, which
@@ -30,7 +35,7 @@ import multiprocessing
 import os
 import re
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,7 +45,7 @@ from tqdm.auto import tqdm
 from datasets_synth.base import check_int
 
 from .cache import Cache
-from .experiments.cells import cell_key, cell_wave, describe, run_cell
+from .experiments.cells import cell_dependencies, cell_key, describe, run_cell
 from .training import resolve_device
 
 EXECUTORS = ("local", "ray")
@@ -85,6 +90,41 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class Schedule:
+    """Which of the cells to compute may start, in which order.
+
+    Parameters
+    ----------
+    cells : list of cell specs.
+    todo : indices of the cells to compute (the others are stored, or not part of the run:
+        a dependency on them is met).
+
+    ``take(count)`` hands out up to ``count`` cells whose dependencies have all finished,
+    in list order (``build_cells`` lists the long independent cells early, the short
+    analyses last, which keeps the workers' tails short); ``finish(i)`` releases the cells
+    waiting for cell ``i`` (finished, failed or not: a cell whose dependency failed runs
+    and records its own failure). ``len()`` counts the cells not yet handed out.
+    """
+
+    def __init__(self, cells: list[dict], todo) -> None:
+        index = {cell_key(cells[i]): i for i in todo}
+        self._needs = {i: {index[k] for k in cell_dependencies(cells[i]) if k in index}
+                       for i in todo}
+        self._waiting = sorted(todo)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def take(self, count: int) -> list[int]:
+        chosen = [i for i in self._waiting if not self._needs[i]][:max(count, 0)]
+        self._waiting = [i for i in self._waiting if i not in chosen]
+        return chosen
+
+    def finish(self, i: int) -> None:
+        for needs in self._needs.values():
+            needs.discard(i)
+
+
 def _local_cell(spec: dict, cache_root, device, threads: int, progress: bool) -> dict:
     """Body of one local cell (also the target of the worker processes)."""
     with torch_threads(threads):
@@ -109,9 +149,12 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
         bar.update(1)
 
     if jobs == 1:
-        for i, spec in enumerate(cells):
-            bar.set_postfix_str(describe(spec)[:60])
-            finish(i, _local_cell(spec, cache_root, device, threads, not quiet))
+        schedule = Schedule(cells, range(len(cells)))
+        while len(schedule):
+            for i in _ready(schedule, 1):
+                bar.set_postfix_str(describe(cells[i])[:60])
+                finish(i, _local_cell(cells[i], cache_root, device, threads, not quiet))
+                schedule.finish(i)
     else:
         cache, missing = Cache(cache_root), []
         for i, spec in enumerate(cells):  # stored cells are loaded (and checked) right here
@@ -120,14 +163,29 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
                 missing.append(i)
             else:
                 finish(i, {**stored, "cached": True})
+        schedule, running = Schedule(cells, missing), {}
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(_local_cell, cells[i], cache_root, device, threads, False): i
-                       for i in missing}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
+            while len(schedule) or running:  # keep exactly `jobs` cells in flight
+                for i in _ready(schedule, jobs - len(running), busy=bool(running)):
+                    running[pool.submit(_local_cell, cells[i], cache_root, device, threads,
+                                        False)] = i
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = running.pop(future)
+                    finish(i, future.result())
+                    schedule.finish(i)
     bar.close()
     return records
+
+
+def _ready(schedule: Schedule, count: int, busy: bool = False) -> list[int]:
+    """``schedule.take(count)``; RuntimeError if nothing can start while nothing runs (a
+    dependency cycle: cannot happen for cells of ``build_cells``)."""
+    chosen = schedule.take(count)
+    if not chosen and not busy and len(schedule):
+        raise RuntimeError(f"{len(schedule)} cells wait for each other (dependency cycle)")
+    return chosen
 
 
 def _import_ray():
@@ -221,13 +279,18 @@ def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
     try:
         device_name, gpus = _ray_device(ray, device, threads)
         task = ray.remote(_ray_cell)
-        for i in missing:
-            spec = cells[i]
-            on_gpu = spec["kind"] == "network" and gpus
-            ref = task.options(num_cpus=threads, num_gpus=1 if on_gpu else 0,
-                               name=describe(spec)[:120]).remote(
-                spec, root, device_name if spec["kind"] == "network" else "cpu", threads)
-            pending[ref] = i
+        schedule = Schedule(cells, missing)
+
+        def submit() -> None:  # every cell free to start: Ray queues them on the cluster
+            for i in _ready(schedule, len(schedule), busy=bool(pending)):
+                spec = cells[i]
+                on_gpu = spec["kind"] == "network" and gpus
+                ref = task.options(num_cpus=threads, num_gpus=1 if on_gpu else 0,
+                                   name=describe(spec)[:120]).remote(
+                    spec, root, device_name if spec["kind"] == "network" else "cpu", threads)
+                pending[ref] = i
+
+        submit()
         bar = tqdm(total=len(cells), initial=len(cells) - len(missing), disable=quiet,
                    desc="cells (ray)", unit="cell")
         while pending:
@@ -244,6 +307,8 @@ def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
                     tqdm.write(f"FAILED {record['failed']}")
                 records[i] = record
                 bar.update(1)
+                schedule.finish(i)
+            submit()
     finally:
         for ref in pending:
             ray.cancel(ref)
@@ -259,8 +324,7 @@ def run_cells(cells, cache_root, executor: str = "local", device=None, quiet: bo
               jobs: int = 1) -> list[dict]:
     """Run ``cells`` with the chosen executor; one record per cell, in order.
 
-    Cells run in waves (``cells.cell_wave``): a cell that reads another cell's checkpoint
-    runs after every cell it may depend on.
+    A cell that reads another cell's results starts after it (:class:`Schedule`).
 
     Parameters
     ----------
@@ -280,19 +344,7 @@ def run_cells(cells, cache_root, executor: str = "local", device=None, quiet: bo
                 not torch.cuda.is_available():
             raise ExecutorUnavailable("device cuda was asked for but CUDA is not available; "
                                       "valid: auto, cpu")
-    records: list[dict | None] = [None] * len(cells)
-    waves = [cell_wave(c) for c in cells]
-    for wave in sorted(set(waves)):
-        index = [i for i, w in enumerate(waves) if w == wave]
-        if not index:
-            continue
-        subset = [cells[i] for i in index]
-        if executor == "ray":
-            done = run_ray(subset, cache_root, device=device, quiet=quiet,
-                           ray_address=ray_address, threads=threads)
-        else:
-            done = run_local(subset, cache_root, device=device, quiet=quiet, threads=threads,
-                             jobs=jobs)
-        for i, record in zip(index, done, strict=True):
-            records[i] = record
-    return records
+    if executor == "ray":
+        return run_ray(cells, cache_root, device=device, quiet=quiet, ray_address=ray_address,
+                       threads=threads)
+    return run_local(cells, cache_root, device=device, quiet=quiet, threads=threads, jobs=jobs)

@@ -242,13 +242,11 @@ def describe(spec: dict) -> str:
     return f"{t['mode']} network on {label} ({where})"
 
 
-def cell_wave(spec: dict) -> int:
-    """Order of execution: cells of wave k read only checkpoints of cells of earlier waves
-    (0: references, universal and memorization networks; 1: networks started from another
-    network; 2: analyses of stored networks)."""
-    if spec["kind"] in ("jacobian", "jacobian-pair"):
-        return 2
-    return 1 if spec.get("init_key") else 0
+def cell_dependencies(spec: dict) -> set[str]:
+    """Keys of the cells whose stored results this cell reads: the values of its ``*_key``
+    fields (``init_key`` of a warm-started network, ``network_key`` of a Jacobian cell,
+    ``memorization_key`` of a Jacobian pair). Executors start a cell after those."""
+    return {value for name, value in spec.items() if name.endswith("_key") and value}
 
 
 def build_cells(preset, entries, seed: int) -> list[dict]:

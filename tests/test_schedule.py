@@ -1,0 +1,42 @@
+"""The executors' order: a cell starts after the cells it reads, otherwise in list order."""
+
+import pytest
+
+from theorybench.executors import Schedule, _ready
+from theorybench.experiments.cells import cell_dependencies, cell_key
+
+
+def cell(name, **keys):
+    return {"kind": "reference", "dataset": "gaussian", "params": {}, "name": name, **keys}
+
+
+def test_dependencies_are_the_key_fields():
+    spec = {"kind": "jacobian", "network_key": "abc", "init_key": None, "other": "x"}
+    assert cell_dependencies(spec) == {"abc"}
+
+
+def test_cells_wait_for_their_inputs_and_otherwise_keep_list_order():
+    uni = cell("universal")
+    cells = [cell("reference"), uni, cell("per-sigma", init_key=cell_key(uni)),
+             cell("memorization"),
+             cell("jacobian", network_key=cell_key(cell("per-sigma", init_key=cell_key(uni))))]
+    schedule = Schedule(cells, range(len(cells)))
+    assert schedule.take(2) == [0, 1]
+    assert schedule.take(5) == [3]  # 2 waits for 1, 4 for 2
+    schedule.finish(0)
+    assert schedule.take(5) == []
+    schedule.finish(1)
+    assert schedule.take(5) == [2]
+    schedule.finish(2)
+    assert schedule.take(1) == [4] and len(schedule) == 0
+
+
+def test_inputs_outside_the_run_are_met_and_cycles_are_refused():
+    a = cell("a")
+    cells = [cell("b", init_key=cell_key(a))]  # a is stored (not in todo): b may start
+    assert Schedule(cells, [0]).take(1) == [0]
+    looped = [cell("p", init_key="K1"), cell("q", init_key="K0")]
+    schedule = Schedule(looped, [0, 1])
+    schedule._needs = {0: {1}, 1: {0}}  # a cycle, as a corrupted spec list could make
+    with pytest.raises(RuntimeError, match="dependency cycle"):
+        _ready(schedule, 1)
