@@ -160,3 +160,13 @@ def test_every_reference_denoiser_refuses_a_bad_sigma(bad):
     for den in reference_denoisers(dist).values():
         with pytest.raises(ValueError, match="sigma"):
             den(y, bad)
+
+
+def test_wavelet_soft_threshold_at_zero_threshold_keeps_flat_images_finite():
+    """τ/σ = 0 is on the calibration grid and flat images have exactly zero detail
+    coefficients: the soft threshold must give them back, not 0/0 = NaN."""
+    from theorybench.denoisers.baselines import WaveletSoftThreshold
+
+    flat = torch.zeros(2, 1, 16, 16)  # every coefficient exactly 0
+    wavelet = WaveletSoftThreshold(flat, factors=(0.0,))
+    assert torch.allclose(wavelet(flat, 0.01), flat, atol=1e-12)

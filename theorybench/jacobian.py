@@ -613,37 +613,21 @@ def top_eigenvectors_as_images(spectrum: JacobianSpectrum, k: int = 16) -> torch
 # ----------------------------------------------------------------------------- helpers
 
 
-def _orthonormal_basis(A: torch.Tensor, name: str) -> torch.Tensor:
-    """Orthonormal basis (d, r) of the column span of A (d, p), via the SVD (rank-revealing)."""
-    if A.dim() != 2 or A.shape[1] < 1:
-        raise ValueError(f"{name} must be a matrix (d, p) with p >= 1 columns, "
-                         f"got {tuple(A.shape)}")
-    U, s, _ = torch.linalg.svd(A, full_matrices=False)
-    rank = int((s > s.max() * max(A.shape) * torch.finfo(A.dtype).eps).sum())
-    if rank == 0:
-        raise ValueError(f"{name} spans only the zero vector")
-    return U[:, :rank]
-
-
 def subspace_angles(U, V) -> torch.Tensor:
     """Principal angles between the column spans of U (d, p) and V (d, q), in radians.
 
-    Returns a float64 tensor of min(rank U, rank V) angles, ascending, in [0, π/2]. Small
-    angles come from sines, large ones from cosines, so both ends are accurate
-    (Björck & Golub 1973; Knyazev & Argentati 2002).
+    Returns a float64 tensor (on the CPU) of min(rank U, rank V) angles, ascending, in
+    [0, π/2]: ``scipy.linalg.subspace_angles``, whose small angles come from sines and
+    large ones from cosines, so both ends are accurate (Knyazev & Argentati 2002).
     """
-    U = torch.as_tensor(U).double()
-    V = torch.as_tensor(V).double().to(U.device)
-    if U.dim() != 2 or V.dim() != 2 or U.shape[0] != V.shape[0]:
-        raise ValueError(f"U and V must be matrices with the same number of rows, got "
-                         f"{tuple(U.shape)} and {tuple(V.shape)}")
-    Qu, Qv = _orthonormal_basis(U, "U"), _orthonormal_basis(V, "V")
-    if Qu.shape[1] < Qv.shape[1]:
-        Qu, Qv = Qv, Qu
-    cosines = torch.linalg.svdvals(Qu.T @ Qv).clamp(0.0, 1.0).flip(0)  # ascending cosines
-    sines = torch.linalg.svdvals(Qv - Qu @ (Qu.T @ Qv)).clamp(0.0, 1.0)  # descending sines
-    angles = torch.where(cosines ** 2 < 0.5, torch.arccos(cosines), torch.arcsin(sines))
-    return angles.flip(0)
+    from scipy.linalg import subspace_angles as scipy_angles
+
+    U = torch.as_tensor(U).detach().double().cpu()
+    V = torch.as_tensor(V).detach().double().cpu()
+    if U.dim() != 2 or V.dim() != 2 or U.shape[0] != V.shape[0] or 0 in U.shape + V.shape:
+        raise ValueError(f"U and V must be matrices with the same number of rows and at "
+                         f"least one column, got {tuple(U.shape)} and {tuple(V.shape)}")
+    return torch.from_numpy(scipy_angles(U.numpy(), V.numpy()).copy()).flip(0)
 
 
 def sure_mse(denoiser, y, sigma, trace=None) -> torch.Tensor:

@@ -304,17 +304,15 @@ def bootstrap_fraction(flags, seed: int = 0, n_boot: int = 10_000,
 
 
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (non-degenerate at 0 and n)."""
-    from scipy.stats import norm
+    """Wilson score interval of a binomial proportion (non-degenerate at 0 and n):
+    ``scipy.stats.binomtest(successes, n).proportion_ci(level, method="wilson")``."""
+    from scipy.stats import binomtest
 
     n = check_int("n", n, low=1)
     successes = check_int("successes", successes, low=0, high=n)
     level = check_float("level", level, low=0.0, high=1.0, low_open=True)
-    z = float(norm.ppf(0.5 + level / 2))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(successes, n).proportion_ci(level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,

@@ -53,6 +53,8 @@ class WaveletSoftThreshold(ReferenceDenoiser):
         coeffs = pywt.wavedec2(y, self.wavelet, mode="periodization", level=self.levels,
                                axes=(-2, -1))
         t = tau.reshape(-1, *([1] * (y.ndim - 1)))
+        # by hand, not pywt.threshold(mode="soft"): that returns NaN for a zero coefficient
+        # at τ = 0 (0/0), and τ/σ = 0 is on the grid while flat images have zero details
         shrunk = [coeffs[0]] + [
             tuple(np.sign(c) * np.maximum(np.abs(c) - t, 0.0) for c in band) for band in coeffs[1:]
         ]
