@@ -196,6 +196,7 @@ class Disks(Distribution):
         self.value_range = (-math.inf, math.inf)
         self.intensity_mean = (fg_mean, bg_mean)  # (μ_f, μ_b)
         self.intensity_std = (fg_std, bg_std)  # (τ_f, τ_b)
+        self._fitter = None  # the DisksPosterior behind project(), made on first use
 
     # -- geometry prior ------------------------------------------------------------------
     @property
@@ -249,10 +250,12 @@ class Disks(Distribution):
 
     def project(self, images, sigma):
         """The best 5-parameter disk image of the family for each image (the posterior's
-        own geometry fit: ``DisksPosterior.fit``)."""
-        from theorybench.denoisers.disks import DisksPosterior
+        own geometry fit: ``DisksPosterior.fit``; its bank is built once per instance)."""
+        if self._fitter is None:
+            from theorybench.denoisers.disks import DisksPosterior
 
-        return DisksPosterior(self).fit(images, sigma)[0]
+            self._fitter = DisksPosterior(self)
+        return self._fitter.fit(images, sigma)[0]
 
     def reference_denoisers(self):
         from theorybench.denoisers.disks import (

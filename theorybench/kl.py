@@ -207,6 +207,7 @@ def gaussian_kl(lam_p: torch.Tensor, lam_q: torch.Tensor, sigma0: float) -> floa
     r = (lam_p.double() + sigma0**2) / (lam_q.double() + sigma0**2)
     return float((0.5 * (r - 1 - torch.log(r))).sum())
 
+
 def _pick(curves: list[pd.DataFrame], best) -> pd.DataFrame:
     """Per σ, the curve whose MSE is best (``np.argmax``/``np.argmin``), errors included."""
     mse = np.stack([c["mse"].to_numpy() for c in curves])

@@ -686,13 +686,12 @@ class DisksPosterior(ReferenceDenoiser):
         x_hat = torch.cat([p[0] for p in parts])
         return x_hat.view_as(y).to(device=y.device, dtype=y.dtype)
 
-    def _modes(self, y, s2):
-        """Steps 1–2 of the estimator for a chunk y (n, d) float64, s2 (n, 1): the bank's
-        intensities and log-likelihoods (n, K) each, and the best ``n_starts`` bank
-        geometries of each image refined by Levenberg–Marquardt (``_refine``'s outputs,
-        n·J rows, image-major)."""
+    def _modes(self, y, s2, sy, yy):
+        """Steps 1–2 of the estimator for a chunk y (n, d) float64, s2 (n, 1), with its sums
+        ``sy = 1·y``, ``yy = ‖y‖²`` (n, 1): the bank's intensities and log-likelihoods
+        (n, K) each, and the best ``n_starts`` bank geometries of each image refined by
+        Levenberg–Marquardt (``_refine``'s outputs, n·J rows, image-major)."""
         bank, j = self._bank, self.n_starts
-        sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
         # 1. bank of prior geometries: one matrix product for m·y
         bf, bb, bank_ll, _ = self._solve(y @ bank["m"].T, bank["p"], bank["q"], sy, yy, s2,
                                          y.shape[1])
@@ -707,7 +706,7 @@ class DisksPosterior(ReferenceDenoiser):
         bank, j = self._bank, self.n_starts
         n, d = y.shape
         sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
-        (bf, bb, bank_ll), (g_star, h_marg, ll_star) = self._modes(y, s2)
+        (bf, bb, bank_ll), (g_star, h_marg, ll_star) = self._modes(y, s2, sy, yy)
         # 3. Laplace proposal: N(g*, c²(H + prior precision)⁻¹), plus a 3× wider component
         cov = torch.linalg.inv(h_marg + torch.diag(self.prior_precision))
         chol = torch.linalg.cholesky(cov).view(n, j, 3, 3)
@@ -785,13 +784,12 @@ class DisksPosterior(ReferenceDenoiser):
             y = flat[i:i + self.chunk]
             n, d = y.shape
             s2 = torch.full((n, 1), float(sigma) ** 2, dtype=y.dtype)
-            _, (g, _, loglik) = self._modes(y, s2)
+            sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
+            _, (g, _, loglik) = self._modes(y, s2, sy, yy)
             g = g.view(n, j, 3)[torch.arange(n), loglik.view(n, j).argmax(1)]
             m = self._masks(g)
             a_f, a_b, _, _ = self._solve((m * y).sum(1, keepdim=True), m.sum(1, keepdim=True),
-                                         m.square().sum(1, keepdim=True),
-                                         y.sum(1, keepdim=True),
-                                         y.square().sum(1, keepdim=True), s2, d)
+                                         m.square().sum(1, keepdim=True), sy, yy, s2, d)
             rows.append(torch.cat([g, a_f, a_b], 1))
         params = torch.cat(rows)
         fitted = self.dist.render(params).to(device=images.device, dtype=images.dtype)

@@ -109,18 +109,18 @@ class BlindWienerFilter(ReferenceDenoiser):
         # log prior (σ⁻² in ln σ) + quadrature weight − ½ Σ log(λ + σ²)
         self._offset = (-2 * sigmas.log() + trapezoid.log()
                         - 0.5 * total.log().sum(1))  # (K,)
-        self._gains = lam[None, :] / total  # Wiener gains per node (K, d)
 
     def __call__(self, y, sigma=None, latents=None):
         """Denoise ``y`` (n, c, h, w); ``sigma`` is ignored (the denoiser is blind)."""
         spectrum = torch.fft.fft2(y.double() - self.mean, norm="ortho")  # (n, c, h, w)
         flat = spectrum.flatten(1)
-        if flat.shape[1] != self._gains.shape[1]:
-            raise ValueError(f"y must have {self._gains.shape[1]} values per image, got "
-                             f"{flat.shape[1]}")
+        d = self._inverse.shape[1]
+        if flat.shape[1] != d:
+            raise ValueError(f"y must have {d} values per image, got {flat.shape[1]}")
         power = flat.abs().square()  # |ŷ_ω|² (n, d)
         log_post = self._offset[None, :] - 0.5 * power @ self._inverse.T  # (n, K)
         post = torch.softmax(log_post, dim=1)
-        gain = (post @ self._gains).view(spectrum.shape)
+        # Σ_k p(σ_k|y) λ/(λ + σ_k²) = λ · Σ_k p(σ_k|y)/(λ + σ_k²)
+        gain = (self.eigenvalues.flatten() * (post @ self._inverse)).view(spectrum.shape)
         x = torch.fft.ifft2(gain * spectrum, norm="ortho").real + self.mean
         return x.to(y.dtype)
