@@ -167,6 +167,14 @@ class Distribution:
         """
         return None
 
+    def tangent_space(self, latents: Latents) -> torch.Tensor | None:
+        """Tangent vectors (d, k) float64 spanning the image manifold's tangent space at one
+        image, from its latents (each with leading dimension 1); None when the family has
+        no known parameterization (the default). The Jacobian analysis then reports the
+        principal angles between the top-k eigenvectors and this space (SCIENCE.md §5–6).
+        """
+        return None
+
     def reference_base(self) -> Distribution | None:
         """The distribution whose references this one inherits by conjugation, or None.
 

@@ -145,7 +145,16 @@ def _half_plane_coverage(dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) ->
     """Exact coverage of the unit square at offset (dx, dy) by the tangent half-plane."""
     rho = torch.sqrt(dx.square() + dy.square())
     s = r - rho  # signed distance to the circle, > 0 inside
-    nx, ny = dx.abs() / rho, dy.abs() / rho
+    return unit_square_coverage(s, dx.abs() / rho, dy.abs() / rho)
+
+
+def unit_square_coverage(s: torch.Tensor, nx: torch.Tensor, ny: torch.Tensor) -> torch.Tensor:
+    """Coverage of a unit pixel by the half-plane ``{q : n·(q − p) ≤ s}`` (module doc).
+
+    ``s``: signed distance from the pixel centre ``p`` to the boundary (> 0 inside);
+    ``(nx, ny)``: absolute components of the unit outward normal. Broadcastable tensors;
+    piecewise quadratic in ``s``, C¹.
+    """
     a, b = torch.maximum(nx, ny), torch.minimum(nx, ny)  # widths of the two uniforms
     t = s.abs()
     w = ((a + b) / 2 - t).clamp(min=0).minimum(b)  # ramp: distance to the support's end
@@ -155,7 +164,115 @@ def _half_plane_coverage(dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) ->
     return 0.5 + torch.sign(s) * (g - 0.5)
 
 
-class Disks(Distribution):
+class ShapeManifold(Distribution):
+    """One antialiased shape on a uniform background: ``x = a_b + (a_f − a_b)·m(g)``.
+
+    The common frame of the shape manifolds (``disks``, ``ellipses``): a geometry ``g``
+    (D coordinates, uniform on the box ``[geometry_low, geometry_high]``) gives the mask
+    ``m(g)`` (the pixel coverage); the foreground and background intensities are
+    independent Gaussians ``N(μ_f, τ_f²)``, ``N(μ_b, τ_b²)``, or fixed at ``μ`` where
+    ``τ = 0``. The image manifold has dimension ``k = D + (number of τ > 0)``, and given
+    ``g`` the image is linear in the free intensities, which the reference denoisers of
+    ``theorybench.denoisers.disks`` integrate in closed form.
+
+    Subclasses set ``size``, ``shape``, ``intensity_mean``, ``intensity_std``,
+    ``geometry_low`` / ``geometry_high`` (D,) float64, and define :meth:`coverage` and
+    :meth:`coverage_jacobian`. Latents: ``{"params": (count, D + 2)}`` float64 rows
+    ``(g…, a_f, a_b)`` (the float32 values the image was rendered from; a fixed intensity
+    holds its value).
+    """
+
+    block_size = 256
+    draws_on_device = True
+    geometry_names: tuple[str, ...] = ()  # the D geometry coordinates
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._fitter = None  # the posterior behind project(), made on first use
+
+    @property
+    def geometry_dim(self) -> int:
+        """D, the number of geometry coordinates."""
+        return len(self.geometry_names)
+
+    @property
+    def free_intensities(self) -> tuple[bool, bool]:
+        """Whether ``a_f`` and ``a_b`` vary (τ > 0): the manifold's linear directions."""
+        return tuple(t > 0 for t in self.intensity_std)
+
+    def geometry_from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """Map points of the unit cube (N, D) to geometries (N, D) (uniform → prior)."""
+        lo, hi = self.geometry_low.to(u), self.geometry_high.to(u)
+        return lo + (hi - lo) * u
+
+    # -- rendering -----------------------------------------------------------------------
+    def coverage(self, geometry: torch.Tensor) -> torch.Tensor:
+        """Pixel coverage (N, size, size) of geometries (N, D); differentiable, C¹."""
+        raise NotImplementedError
+
+    def coverage_jacobian(self, geometry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coverage (N, size, size) and its derivatives ``∂m/∂g`` (N, D, size, size)."""
+        raise NotImplementedError
+
+    def mask(self, geometry: torch.Tensor) -> torch.Tensor:
+        """Pixel coverage ``m`` (n, 1, size, size) of geometries (n, D).
+
+        Differentiable in ``geometry``; dtype follows ``geometry``.
+        """
+        return self.coverage(geometry).unsqueeze(1)
+
+    def render(self, params: torch.Tensor) -> torch.Tensor:
+        """Images ``a_f·m + a_b·(1 − m)`` (n, 1, size, size) of ``params`` (n, D + 2).
+
+        Rows are ``(g…, a_f, a_b)`` in pixel / intensity units. Differentiable in
+        ``params``; dtype follows ``params``.
+        """
+        width = self.geometry_dim + 2
+        if params.dim() != 2 or params.shape[1] != width:
+            raise ValueError(f"params must have shape (n, {width}), got {tuple(params.shape)}")
+        m = self.mask(params[:, :self.geometry_dim])
+        a_f, a_b = params[:, -2, None, None, None], params[:, -1, None, None, None]
+        return a_b + (a_f - a_b) * m
+
+    def tangent_space(self, latents):
+        """Tangent vectors ``∂x/∂θ`` (d, k) float64 at the image of ``latents["params"]``
+        (1, D + 2).
+
+        Autograd of :meth:`render` along the k free coordinates (the geometry and the
+        intensities with τ > 0): their span is the tangent space of the k-dimensional
+        image manifold at that image (SCIENCE.md §5–6).
+        """
+        width = self.geometry_dim + 2
+        theta = latents["params"].detach().reshape(1, width).double()
+        jac = torch.autograd.functional.jacobian(lambda p: self.render(p).reshape(-1), theta)
+        free = [*range(self.geometry_dim),
+                *[self.geometry_dim + i for i, f in enumerate(self.free_intensities) if f]]
+        return jac.reshape(-1, width)[:, free]
+
+    def _draw(self, generator, count):
+        device = generator.device  # the tensors are made where the generator is
+        dims = self.geometry_dim
+        u = torch.rand(count, dims, generator=generator, dtype=torch.float64, device=device)
+        z = torch.randn(count, 2, generator=generator, dtype=torch.float64, device=device)
+        mean = torch.tensor(self.intensity_mean, dtype=torch.float64, device=device)
+        std = torch.tensor(self.intensity_std, dtype=torch.float64, device=device)
+        params = torch.cat([self.geometry_from_unit(u), mean + std * z], 1).float()
+        m = self.coverage(params[:, :dims])  # float32 rendering
+        a = params[:, dims:]
+        images = torch.addcmul(a[:, 1, None, None], a[:, 0, None, None] - a[:, 1, None, None], m)
+        return images.unsqueeze(1), {"params": params.double()}  # exactly what was drawn
+
+    def project(self, images, sigma):
+        """The best image of the family for each image (the posterior's own geometry fit:
+        ``ShapePosterior.fit``; its bank is built once per instance)."""
+        if self._fitter is None:
+            from theorybench.denoisers.disks import ShapePosterior
+
+            self._fitter = ShapePosterior(self)
+        return self._fitter.fit(images, sigma)[0]
+
+
+class Disks(ShapeManifold):
     """One antialiased disk on a uniform background; 5 parameters per image (module doc).
 
     Parameters
@@ -171,8 +288,7 @@ class Disks(Distribution):
     """
 
     name = "disks"
-    block_size = 256
-    draws_on_device = True
+    geometry_names = ("cx", "cy", "r")
 
     def __init__(self, size: int = 32, r_min: float | None = None, r_max: float | None = None,
                  fg_mean: float = 0.5, fg_std: float = 0.2, bg_mean: float = 0.5,
@@ -196,7 +312,6 @@ class Disks(Distribution):
         self.value_range = (-math.inf, math.inf)
         self.intensity_mean = (fg_mean, bg_mean)  # (μ_f, μ_b)
         self.intensity_std = (fg_std, bg_std)  # (τ_f, τ_b)
-        self._fitter = None  # the DisksPosterior behind project(), made on first use
 
     # -- geometry prior ------------------------------------------------------------------
     @property
@@ -210,65 +325,24 @@ class Disks(Distribution):
         hi = self.size - self.r_max
         return torch.tensor([hi, hi, self.r_max], dtype=torch.float64)
 
-    def geometry_from_unit(self, u: torch.Tensor) -> torch.Tensor:
-        """Map points of the unit cube (N, 3) to geometries (N, 3) (uniform → prior)."""
-        lo, hi = self.geometry_low.to(u), self.geometry_high.to(u)
-        return lo + (hi - lo) * u
+    def coverage(self, geometry):
+        return disk_coverage(geometry, self.size)
 
-    # -- rendering -----------------------------------------------------------------------
-    def mask(self, geometry: torch.Tensor) -> torch.Tensor:
-        """Pixel coverage ``m`` (n, 1, size, size) of disks ``geometry`` (n, 3) = (cx, cy, r).
-
-        Differentiable in ``geometry``; dtype follows ``geometry``.
-        """
-        return disk_coverage(geometry, self.size).unsqueeze(1)
-
-    def render(self, params: torch.Tensor) -> torch.Tensor:
-        """Images ``a_f·m + a_b·(1 − m)`` (n, 1, size, size) of ``params`` (n, 5).
-
-        Rows are ``(cx, cy, r, a_f, a_b)`` in pixel / intensity units. Differentiable in
-        ``params`` (the Jacobian has rank 5 for a disk of non-zero contrast); dtype
-        follows ``params``.
-        """
-        if params.dim() != 2 or params.shape[1] != 5:
-            raise ValueError(f"params must have shape (n, 5), got {tuple(params.shape)}")
-        m = self.mask(params[:, :3])
-        a_f, a_b = params[:, 3, None, None, None], params[:, 4, None, None, None]
-        return a_b + (a_f - a_b) * m
-
-    def _draw(self, generator, count):
-        device = generator.device  # the tensors are made where the generator is
-        u = torch.rand(count, 3, generator=generator, dtype=torch.float64, device=device)
-        z = torch.randn(count, 2, generator=generator, dtype=torch.float64, device=device)
-        mean = torch.tensor(self.intensity_mean, dtype=torch.float64, device=device)
-        std = torch.tensor(self.intensity_std, dtype=torch.float64, device=device)
-        params = torch.cat([self.geometry_from_unit(u), mean + std * z], 1).float()
-        m = disk_coverage(params[:, :3], self.size)  # float32 rendering
-        a = params[:, 3:]
-        images = torch.addcmul(a[:, 1, None, None], a[:, 0, None, None] - a[:, 1, None, None], m)
-        return images.unsqueeze(1), {"params": params.double()}  # exactly what was drawn
-
-    def project(self, images, sigma):
-        """The best 5-parameter disk image of the family for each image (the posterior's
-        own geometry fit: ``DisksPosterior.fit``; its bank is built once per instance)."""
-        if self._fitter is None:
-            from theorybench.denoisers.disks import DisksPosterior
-
-            self._fitter = DisksPosterior(self)
-        return self._fitter.fit(images, sigma)[0]
+    def coverage_jacobian(self, geometry):
+        return disk_coverage_jacobian(geometry, self.size)
 
     def reference_denoisers(self):
         from theorybench.denoisers.disks import (
-            DisksCentreOracle,
-            DisksOracle,
-            DisksPosterior,
             DisksRadiusOracle,
+            PartialShapeOracle,
+            ShapeOracle,
+            ShapePosterior,
         )
 
         # three lower bounds (2σ², 3σ², 4σ² at small σ; the report keeps the highest per σ)
         return {
-            "oracle-geometry": DisksOracle(self.intensity_mean, self.intensity_std),
-            "oracle-centre": DisksCentreOracle(self),
+            "oracle-geometry": ShapeOracle(self),
+            "oracle-centre": PartialShapeOracle(self, free=(2,)),  # knows the centre
             "oracle-radius": DisksRadiusOracle(self),
-            "posterior": DisksPosterior(self),
+            "posterior": ShapePosterior(self),
         }

@@ -26,7 +26,6 @@ from theorybench.experiments.jacobian_analysis import (
     contour_band,
     contour_concentration,
     disks_posterior_moments,
-    disks_tangent_space,
     jacobian_sigmas,
     subspace_overlap,
 )
@@ -74,7 +73,7 @@ def test_disks_tangent_rank_and_posterior_jacobian_spans_it():
     dist = datasets_synth.get("disks", size=32)
     sigma = 0.04
     x, lat = dist.sample_with_latents(1, 0)
-    T = disks_tangent_space(dist, lat["params"][0])
+    T = dist.tangent_space(lat)
     s = torch.linalg.svdvals(T)
     assert T.shape == (dist.d, 5) and s[-1] > 1e-3 * s[0]  # rank 5
     # the tangent is the derivative of render: a finite difference along r agrees

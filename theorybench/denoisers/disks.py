@@ -1,7 +1,9 @@
-"""The MMSE bracket of the ``disks`` family: an oracle (lower) and a posterior sampler (upper).
+"""The MMSE bracket of the shape manifolds (``disks``, ``ellipses``): oracles (lower) and a
+posterior sampler (upper).
 
-Model (``datasets_synth.manifolds``): geometry ``g = (cx, cy, r)`` uniform on a box, mask
-``m(g)`` (d,), intensities ``α = (a_f, a_b) ~ N(μ, Λ)``, ``Λ = diag(τ_f², τ_b²)``, and
+Model (``datasets_synth.manifolds.ShapeManifold``): geometry ``g`` (D coordinates, for
+disks ``(cx, cy, r)``) uniform on a box, mask ``m(g)`` (d,), intensities
+``α = (a_f, a_b) ~ N(μ, Λ)``, ``Λ = diag(τ_f², τ_b²)``, and
 
     x = A α,   A = [m, 1 − m]  (d × 2),        y = x + σ z.
 
@@ -14,16 +16,20 @@ Given ``g`` this is a Gaussian linear model (SCIENCE.md §5, conditioning). With
     log p(y | g) = −(‖e‖² − eᵀA M⁻¹ Aᵀe) / (2σ²) − ½ log det M + c(y, σ)
 
 (Woodbury on ``C = σ² I + A Λ Aᵀ``: ``log det C = (d − 2) log σ² + log det Λ + log det M``).
-Everything needs only ``m·y``, ``m·1``, ``m·m``, ``1·y`` and ``‖y‖²``.
+Everything needs only ``m·y``, ``m·1``, ``m·m``, ``1·y`` and ``‖y‖²``. An intensity with
+``τ = 0`` is fixed at ``μ`` and its column leaves ``A`` (``L`` = number of free
+intensities, 0 to 2: ``M`` is L × L and the oracle's total MSE → Lσ²).
 
-* :class:`DisksOracle` (``lower``) knows ``g`` and returns ``E[x | y, g]``: MSE ≤ MMSE.
-* :class:`DisksCentreOracle` / :class:`DisksRadiusOracle` (``lower``, partial oracles,
-  SCIENCE.md §5) know only the centre, resp. only the radius. The rest of the geometry has
-  a 1-D (radius) resp. 2-D (centre) posterior, integrated by adaptive quadrature with the
-  intensities analytic: ``E[x | y, known] = Σ_j w_j E[x | y, g_j]``, ``w_j ∝ ω_j p(y | g_j)``
-  (ω_j trapezoid weights; the prior is uniform). Exact conditioning on less information,
-  so ``MSE(full oracle) ≤ MSE(partial oracle) ≤ MMSE``; total MSE → 3σ² resp. 4σ².
-* :class:`DisksPosterior` (``upper``) sees ``y`` only and approximates
+* :class:`ShapeOracle` (``lower``) knows ``g`` and returns ``E[x | y, g]``: MSE ≤ MMSE.
+* :class:`PartialShapeOracle` (``lower``, partial oracles, SCIENCE.md §5) knows all of
+  ``g`` but the coordinates ``free``; these have a low-dimensional posterior, integrated
+  by adaptive quadrature with the intensities analytic: ``E[x | y, known] = Σ_j w_j
+  E[x | y, g_j]``, ``w_j ∝ ω_j p(y | g_j)`` (ω_j trapezoid weights; the prior is
+  uniform). Exact conditioning on less information, so ``MSE(full oracle) ≤ MSE(partial
+  oracle) ≤ MMSE``; total MSE → (len(free) + L)σ². With every coordinate free it *is* the
+  MMSE (up to quadrature error). :class:`DisksRadiusOracle` integrates the disk's centre
+  on a sub-pixel lattice by convolutions (disks: knows only the radius, → 4σ²).
+* :class:`ShapePosterior` (``upper``) sees ``y`` only and approximates
   ``E[x | y] = Σ_k w_k E[x | y, g_k]`` by self-normalised importance sampling over ``g``
   (intensities integrated analytically). Any function of ``y`` is an upper bound on the
   MMSE (SCIENCE.md §5); the sampler is built to make it tight: a quasi-random bank of
@@ -40,19 +46,15 @@ import math
 
 import torch
 
-from datasets_synth.manifolds import disk_coverage, disk_coverage_jacobian
+from datasets_synth.manifolds import Disks, ShapeManifold, disk_coverage
 
 from .base import ReferenceDenoiser, sigma_column
 
 
-def _check_prior(mean, std) -> tuple[tuple[float, float], tuple[float, float]]:
-    mean = tuple(float(v) for v in mean)
-    std = tuple(float(v) for v in std)
-    if len(mean) != 2 or len(std) != 2 or not all(math.isfinite(v) for v in mean + std) \
-            or min(std) <= 0:
-        raise ValueError(f"intensity prior must be mean=(μ_f, μ_b) finite and std=(τ_f, τ_b) "
-                         f"> 0, got mean={mean}, std={std}")
-    return mean, std
+def _check_shape_manifold(owner, dist) -> None:
+    if not isinstance(dist, ShapeManifold):
+        raise ValueError(f"{type(owner).__name__} needs a shape manifold (Disks, Ellipses), "
+                         f"got {dist!r}")
 
 
 class _LinearGaussian:
@@ -60,11 +62,16 @@ class _LinearGaussian:
 
     Inputs are broadcastable float64 tensors: ``my = m·y``, ``p = m·1``, ``q = m·m``
     (per geometry), ``sy = 1·y``, ``yy = ‖y‖²``, ``s2 = σ²`` (per image), ``d`` pixels.
+    An intensity with ``τ = 0`` is fixed at its mean: its column leaves ``A`` and ``M``
+    (``M`` is then 1 × 1, or empty: ``α̂ = μ``, ``log p(y|g) = −‖e‖²/(2σ²)``).
     """
 
     def __init__(self, mean, std):
-        self.mu_f, self.mu_b = mean
-        self.prec_f, self.prec_b = std[0] ** -2, std[1] ** -2  # Λ⁻¹
+        self.mu_f, self.mu_b = (float(v) for v in mean)
+        self.free_f, self.free_b = (float(t) > 0 for t in std)
+        # Λ⁻¹ of the free intensities (a fixed one has no prior precision: it is known)
+        self.prec_f = float(std[0]) ** -2 if self.free_f else math.inf
+        self.prec_b = float(std[1]) ** -2 if self.free_b else math.inf
 
     def solve(self, my, p, q, sy, yy, s2, d):
         """Return ``(α̂_f, α̂_b, log p(y|g) + c, tr(M⁻¹AᵀA))``, each broadcast to one shape."""
@@ -76,6 +83,8 @@ class _LinearGaussian:
         # ‖e‖² = ‖y‖² − 2 μᵀAᵀy + μᵀAᵀAμ
         ee = (yy - 2 * (self.mu_f * my + self.mu_b * (sy - my))
               + self.mu_f ** 2 * g11 + 2 * self.mu_f * self.mu_b * g12 + self.mu_b ** 2 * g22)
+        if not (self.free_f and self.free_b):
+            return self._solve_fixed(v1, v2, ee, g11, g22, s2)
         m11, m12, m22 = s2 * self.prec_f + g11, g12, s2 * self.prec_b + g22  # M = σ²Λ⁻¹ + AᵀA
         det = m11 * m22 - m12 * m12
         w1, w2 = (m22 * v1 - m12 * v2) / det, (m11 * v2 - m12 * v1) / det  # M⁻¹ Aᵀe
@@ -83,46 +92,122 @@ class _LinearGaussian:
         trace = (m22 * g11 - 2 * m12 * g12 + m11 * g22) / det  # tr(M⁻¹ AᵀA)
         return self.mu_f + w1, self.mu_b + w2, loglik, trace
 
+    def _solve_fixed(self, v1, v2, ee, g11, g22, s2):
+        """``solve`` with one or both intensities fixed (A keeps the free column only)."""
+        v1, v2, ee, g11, g22, s2 = torch.broadcast_tensors(v1, v2, ee, g11, g22, s2)
+        zero = torch.zeros_like(ee)
+        w1 = w2 = explained = log_m = trace = zero
+        if self.free_f:  # M = σ²/τ_f² + m·m
+            m11 = s2 * self.prec_f + g11
+            w1, explained, log_m, trace = v1 / m11, v1 * v1 / m11, torch.log(m11), g11 / m11
+        elif self.free_b:  # M = σ²/τ_b² + (1 − m)·(1 − m)
+            m22 = s2 * self.prec_b + g22
+            w2, explained, log_m, trace = v2 / m22, v2 * v2 / m22, torch.log(m22), g22 / m22
+        loglik = -(ee - explained) / (2 * s2) - 0.5 * log_m
+        return self.mu_f + w1, self.mu_b + w2, loglik, trace
+
 
 def _true_geometry(oracle, latents, n) -> torch.Tensor:
-    """The geometry columns ``(cx, cy, r)`` (n, 3) float64 of ``latents["params"]``."""
+    """The geometry columns (n, D) float64 of ``latents["params"]`` (n, D + 2)."""
+    width = oracle.dist.geometry_dim + 2
     if latents is None or "params" not in latents:
-        raise ValueError(f"{type(oracle).__name__} needs latents={{'params': (n, 5)}} from Disks")
+        raise ValueError(f"{type(oracle).__name__} needs latents={{'params': (n, {width})}} "
+                         f"from {type(oracle.dist).__name__}")
     params = latents["params"]
-    if params.dim() != 2 or params.shape[0] != n or params.shape[1] < 3:
-        raise ValueError(f"latents['params'] must have shape ({n}, 5), got "
+    if params.dim() != 2 or params.shape[0] != n or params.shape[1] != width:
+        raise ValueError(f"latents['params'] must have shape ({n}, {width}), got "
                          f"{tuple(params.shape)}")
-    return params[:, :3].double()
+    return params[:, :width - 2].double()
 
 
-class DisksOracle(ReferenceDenoiser):
-    """``E[x | y, g]`` given the true disk geometry: a lower bound on the MMSE.
+def _profile(dist, model, y, s2, sy, yy, geometry):
+    """Masks, their derivatives and the intensity-profiled fit at geometries (B, D), one per
+    image y (B, d): ``[m (B, d), ∂m/∂g (B, D, d), α̂_f, α̂_b (B, 1), log p(y | g) (B,)]``."""
+    m, jm = dist.coverage_jacobian(geometry)
+    m, jm = m.flatten(1), jm.flatten(2)
+    a_f, a_b, loglik, _ = model.solve((m * y).sum(1, keepdim=True), m.sum(1, keepdim=True),
+                                      m.square().sum(1, keepdim=True), sy, yy, s2, y.shape[1])
+    return [m, jm, a_f, a_b, loglik.squeeze(1)]
+
+
+def _profiled_curvature(model, y, s2, m, jm, a_f, a_b):
+    """Gauss–Newton curvature (B, D, D) of ``−log p(y | g)`` in the geometry, with the free
+    intensities profiled out (Schur complement of ``JᵀJ/σ² + Λ⁻¹``), and its gradient
+    (B, D) at the intensities' optimum; ``jm`` (B, D, d) are the mask derivatives."""
+    dims = jm.shape[1]
+    columns, precisions = [(a_f - a_b)[:, :, None] * jm], []  # ∂x/∂θ (B, D + L, d)
+    for free, column, precision in ((model.free_f, m, model.prec_f),
+                                    (model.free_b, 1 - m, model.prec_b)):
+        if free:
+            columns.append(column[:, None])
+            precisions.append(precision)
+    jx = torch.cat(columns, 1)
+    hess = jx @ jx.transpose(1, 2) / s2[:, :, None]  # Gauss–Newton JᵀJ/σ²
+    for i, precision in enumerate(precisions):
+        hess[:, dims + i, dims + i] += precision
+    resid = y - (a_b + (a_f - a_b) * m)
+    grad = -(jx[:, :dims] @ resid[:, :, None]).squeeze(2) / s2
+    if not precisions:
+        return hess, grad
+    h_marg = hess[:, :dims, :dims] - hess[:, :dims, dims:] @ torch.linalg.solve(
+        hess[:, dims:, dims:], hess[:, dims:, :dims])
+    return h_marg, grad
+
+
+def _levenberg_marquardt(evaluate, curvature, x, low, high, prior_precision, steps: int,
+                         lam: float, lam_min: float):
+    """Maximize ``log p(y | g)`` from ``x`` (B, D) inside the box [low, high].
+
+    ``evaluate(x)`` returns a list of per-image tensors ending with the log-likelihood
+    (B,); ``curvature(state)`` the Gauss–Newton ``(H (B, D, D), gradient (B, D))`` of its
+    negative. Steps are damped by ``λ·(diag H + prior_precision)`` (Marquardt), accepted
+    when they raise the likelihood (λ/3) and refused otherwise (λ·5). Returns the final
+    ``(x, state)``.
+    """
+    state = evaluate(x)
+    lam = torch.full((len(x),), lam, dtype=x.dtype)
+    eye = torch.eye(x.shape[1], dtype=x.dtype)
+    for _ in range(steps):
+        h_marg, grad = curvature(state)
+        damp = h_marg.diagonal(dim1=1, dim2=2) + prior_precision
+        system = h_marg + lam[:, None, None] * damp[:, :, None] * eye
+        x_new = (x - torch.linalg.solve(system, grad)).clamp(low, high)
+        trial = evaluate(x_new)
+        better = trial[-1] > state[-1]
+        x = torch.where(better[:, None], x_new, x)
+        state = [torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)
+                 for new, old in zip(trial, state, strict=True)]
+        lam = torch.where(better, lam / 3, lam * 5).clamp(lam_min, 1e6)
+    return x, state
+
+
+class ShapeOracle(ReferenceDenoiser):
+    """``E[x | y, g]`` given the true geometry of a shape manifold: a lower bound on the MMSE.
 
     Parameters
     ----------
-    mean : (μ_f, μ_b)   intensity prior means (default 0.5, 0.5), as in ``Disks``.
-    std : (τ_f, τ_b)    intensity prior standard deviations (default 0.2, 0.2).
+    dist : ShapeManifold   the distribution (``Disks``, ``Ellipses``): renderer and priors.
 
-    Called as ``oracle(y (n,1,s,s), sigma, latents={"params": (n, 5)})``; only the
-    geometry columns ``(cx, cy, r)`` are used. Total MSE ``σ² tr(M⁻¹AᵀA) → 2σ²`` as σ → 0.
+    Called as ``oracle(y (n,1,s,s), sigma, latents={"params": (n, D + 2)})``; only the
+    geometry columns are used. Total MSE ``σ² tr(M⁻¹AᵀA) → Lσ²`` as σ → 0, L the number
+    of free intensities (2 for disks: 2-D Gaussian regression; 0: the oracle is exact).
     """
 
     kind = "lower"
     oracle = True
-    description = "posterior mean given the true disk geometry (2-D Gaussian regression)"
-
-    def __init__(self, mean=(0.5, 0.5), std=(0.2, 0.2)):
+    def __init__(self, dist):
         super().__init__("lower")
-        self.mean, self.std = _check_prior(mean, std)
-        self._model = _LinearGaussian(self.mean, self.std)
-
-    def _geometry(self, latents, n):
-        return _true_geometry(self, latents, n)
+        _check_shape_manifold(self, dist)
+        self.dist = dist
+        free = sum(dist.free_intensities)
+        self.description = (f"posterior mean given the true geometry ({free}-D Gaussian "
+                            f"regression on the intensities)")
+        self._model = _LinearGaussian(dist.intensity_mean, dist.intensity_std)
 
     def __call__(self, y, sigma, latents=None):
         s2 = sigma_column(sigma, y).double().view(-1, 1) ** 2
-        g = self._geometry(latents, y.shape[0]).to(y.device)
-        m = disk_coverage(g, y.shape[-1]).flatten(1)  # (n, d)
+        g = _true_geometry(self, latents, y.shape[0]).to(y.device)
+        m = self.dist.coverage(g).flatten(1)  # (n, d)
         flat = y.flatten(1).double()
         a_f, a_b, _, _ = self._model.solve(
             (m * flat).sum(1, keepdim=True), m.sum(1, keepdim=True),
@@ -130,9 +215,9 @@ class DisksOracle(ReferenceDenoiser):
             flat.square().sum(1, keepdim=True), s2, flat.shape[1])
         return (a_b + (a_f - a_b) * m).view_as(y).to(y.dtype)  # E[x|y,g] = A E[α|y,g]
 
-    def expected_total_mse(self, geometry: torch.Tensor, sigma: float, size: int) -> torch.Tensor:
-        """Exact ``E‖x̂ − x‖² = σ² tr(M⁻¹AᵀA)`` (total, not per pixel) for geometries (n, 3)."""
-        m = disk_coverage(geometry.double(), size).flatten(1)
+    def expected_total_mse(self, geometry: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Exact ``E‖x̂ − x‖² = σ² tr(M⁻¹AᵀA)`` (total, not per pixel) for geometries (n, D)."""
+        m = self.dist.coverage(geometry.double()).flatten(1)
         s2 = torch.full((len(m), 1), float(sigma) ** 2, dtype=torch.float64)
         zero = torch.zeros_like(s2)
         *_, trace = self._model.solve(zero, m.sum(1, keepdim=True), m.square().sum(1, keepdim=True),
@@ -140,10 +225,10 @@ class DisksOracle(ReferenceDenoiser):
         return (s2 * trace).squeeze(1)
 
 
-class _PartialDisksOracle(ReferenceDenoiser):
+class PartialShapeOracle(ReferenceDenoiser):
     """``E[x | y, known geometry coordinates]`` by adaptive quadrature over the free ones.
 
-    The free coordinates (``free``: indices into ``(cx, cy, r)``, D = 1 or 2) are uniform
+    The free coordinates (``free``: indices into the geometry, D = len(free)) are uniform
     on the prior box and independent of the known ones, so their posterior density is
     ``∝ p(y | g)`` on the box, with the intensities integrated analytically
     (``_LinearGaussian``). The posterior mean ``Σ_j w_j E[x | y, g_j]``, ``w_j ∝ ω_j p(y | g_j)``
@@ -167,24 +252,46 @@ class _PartialDisksOracle(ReferenceDenoiser):
 
     ``last_diagnostics["path"]`` holds 0/1/2 per image (coarse, Laplace, fallback).
     Accuracy is checked by doubling every grid (``tests/test_disks.py``).
+
+    Parameters
+    ----------
+    dist : ShapeManifold  the distribution (renderer, geometry box, intensity prior).
+    free : tuple of int   the unknown geometry coordinates (indices into the D of ``dist``).
+    coarse : int          nodes per axis of the coarse grid over the box.
+    points : int          nodes per axis of the Laplace and fallback grids.
+    levels : int          fallback levels.
+    threshold : float     nats below the maximum at which nodes are dropped (mass ≲ e^−t).
+    lm_steps : int        Levenberg–Marquardt iterations.
+    max_elements : int    bound on chunk·nodes·d (memory, float64 elements).
+
+    Called as ``oracle(y, sigma, latents={"params": (n, D + 2)})``; uses the known
+    coordinates only. Total MSE → (len(free) + L)σ² at small σ (L free intensities).
     """
 
     kind = "lower"
     oracle = True
-    free: tuple[int, ...] = ()
 
-    def __init__(self, dist, points: int, levels: int, threshold: float, lm_steps: int,
-                 max_elements: int):
+    def __init__(self, dist, free: tuple[int, ...], coarse: int = 33, points: int = 32,
+                 levels: int = 4, threshold: float = 30.0, lm_steps: int = 8,
+                 max_elements: int = 1 << 22):
         super().__init__("lower")
-        for name, value, low in (("points", points, 3), ("levels", levels, 1),
-                                 ("lm_steps", lm_steps, 1), ("max_elements", max_elements, 1)):
+        for name, value, low in (("coarse", coarse, 3), ("points", points, 3),
+                                 ("levels", levels, 1), ("lm_steps", lm_steps, 1),
+                                 ("max_elements", max_elements, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not (isinstance(threshold, (int, float)) and 10 <= threshold <= 300):
             raise ValueError(f"threshold must be a number in [10, 300], got {threshold!r}")
-        if getattr(dist, "name", None) != "disks":
-            raise ValueError(f"{type(self).__name__} needs a Disks distribution, got {dist!r}")
-        self.dist = dist
+        _check_shape_manifold(self, dist)
+        free = tuple(free)
+        if not free or len(set(free)) != len(free) or not all(
+                isinstance(i, int) and 0 <= i < dist.geometry_dim for i in free):
+            raise ValueError(f"free must be distinct geometry indices in [0, "
+                             f"{dist.geometry_dim}), got {free!r}")
+        self.dist, self.free, self.coarse = dist, free, coarse
+        names = [dist.geometry_names[i] for i in free]
+        self.description = (f"posterior mean given the true geometry but "
+                            f"{', '.join(names)} ({len(free)}-D quadrature over them)")
         self.points, self.levels, self.lm_steps = points, levels, lm_steps
         self.threshold, self.max_elements = float(threshold), max_elements
         self.kappa = math.sqrt(2 * self.threshold) + 2
@@ -213,7 +320,7 @@ class _PartialDisksOracle(ReferenceDenoiser):
         return x_hat.view_as(y).to(device=y.device, dtype=y.dtype)
 
     def _estimate(self, y, s2, g):
-        """Posterior mean for a chunk: y (n, d), s2 (n, 1), true geometry g (n, 3)."""
+        """Posterior mean for a chunk: y (n, d), s2 (n, 1), true geometry g (n, D)."""
         n, dims = len(y), len(self.free)
         axes, loglik, log_w, mean = self._coarse(y, s2, g)  # axes (n, D, R), loglik (n, R^D)
         r = axes.shape[2]
@@ -262,12 +369,12 @@ class _PartialDisksOracle(ReferenceDenoiser):
     # -- pieces --------------------------------------------------------------------------
     def _grid_nodes(self) -> int:
         """Nodes of the largest grid whose masks are held at once (memory ∝ nodes·d)."""
-        raise NotImplementedError
+        return max(self.coarse, self.points) ** len(self.free)
 
     def _coarse(self, y, s2, g):
         """Coarse grid over the whole box: ``(axes (n, D, R), loglik (n, R^D),
         log trapezoid weights (R^D,), mean(w (n', R^D), idx) -> (n', d))``."""
-        raise NotImplementedError
+        return self._explicit_coarse(y, s2, g, self.coarse)
 
     def _explicit_coarse(self, y, s2, g, r):
         """``_coarse`` from rendered masks: r nodes per axis over the prior box."""
@@ -312,7 +419,7 @@ class _PartialDisksOracle(ReferenceDenoiser):
         geometry = g[:, None, :].repeat(1, r ** dims, 1)
         for a, coord in enumerate(self.free):
             geometry[:, :, coord] = axes[:, a, index[a]]
-        masks = disk_coverage(geometry.view(-1, 3), self.dist.size).view(n, -1, d)
+        masks = self.dist.coverage(geometry.view(-1, g.shape[1])).view(n, -1, d)
         a_f, a_b, loglik, _ = self._model.solve(
             (masks @ y[:, :, None]).squeeze(2), masks.sum(2), masks.square().sum(2),
             y.sum(1, keepdim=True), y.square().sum(1, keepdim=True), s2, d)
@@ -343,52 +450,29 @@ class _PartialDisksOracle(ReferenceDenoiser):
         """Mode of ``log p(y | g)`` over the free coordinates (α profiled out), from
         ``start`` (n, D), and the posterior standard deviations ``√diag(H⁻¹)`` (n, D), with
         ``H`` the Gauss–Newton curvature (Schur complement over the intensities)."""
-        free, dims, d = list(self.free), len(self.free), y.shape[1]
+        free = list(self.free)
         sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
 
         def evaluate(x):
             full = g.clone()
             full[:, free] = x
-            m, jm = disk_coverage_jacobian(full, self.dist.size)
-            m, jm = m.flatten(1), jm.flatten(2)[:, free]
-            a_f, a_b, loglik, _ = self._model.solve(
-                (m * y).sum(1, keepdim=True), m.sum(1, keepdim=True),
-                m.square().sum(1, keepdim=True), sy, yy, s2, d)
-            return [m, jm, a_f, a_b, loglik.squeeze(1)]
+            state = _profile(self.dist, self._model, y, s2, sy, yy, full)
+            state[1] = state[1][:, free]
+            return state
 
-        def curvature(m, jm, a_f, a_b, loglik):
-            jx = torch.cat([(a_f - a_b)[:, :, None] * jm, m[:, None], (1 - m)[:, None]], 1)
-            hess = jx @ jx.transpose(1, 2) / s2[:, :, None]  # Gauss–Newton JᵀJ/σ²
-            hess[:, dims, dims] += self._model.prec_f
-            hess[:, dims + 1, dims + 1] += self._model.prec_b
-            resid = y - (a_b + (a_f - a_b) * m)
-            grad = -(jx[:, :dims] @ resid[:, :, None]).squeeze(2) / s2
-            h_marg = hess[:, :dims, :dims] - hess[:, :dims, dims:] @ torch.linalg.solve(
-                hess[:, dims:, dims:], hess[:, dims:, :dims])
-            return h_marg, grad
+        def curvature(state):
+            return _profiled_curvature(self._model, y, s2, *state[:-1])
 
-        x, state = start, evaluate(start)
-        lam = torch.full((len(x),), 1e-3, dtype=x.dtype)
-        eye = torch.eye(dims, dtype=x.dtype)
-        for _ in range(self.lm_steps):
-            h_marg, grad = curvature(*state)
-            damp = h_marg.diagonal(dim1=1, dim2=2) + self.prior_precision
-            system = h_marg + lam[:, None, None] * damp[:, :, None] * eye
-            x_new = (x - torch.linalg.solve(system, grad)).clamp(self.low, self.high)
-            trial = evaluate(x_new)
-            better = trial[-1] > state[-1]
-            x = torch.where(better[:, None], x_new, x)
-            state = [torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)
-                     for new, old in zip(trial, state, strict=True)]
-            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-9, 1e6)
-        h_marg, _ = curvature(*state)
-        cov = torch.linalg.inv(h_marg + 1e-12 * eye)
+        x, state = _levenberg_marquardt(evaluate, curvature, start, self.low, self.high,
+                                        self.prior_precision, self.lm_steps, 1e-3, 1e-9)
+        h_marg, _ = curvature(state)
+        cov = torch.linalg.inv(h_marg + 1e-12 * torch.eye(len(free), dtype=x.dtype))
         return x, cov.diagonal(dim1=1, dim2=2).clamp(min=0).sqrt()
 
 
 def _unravel(flat_index, r, dims):
-    """Per-axis node indices of flat indices into an r^D tensor grid ('ij' order), D ≤ 2."""
-    return [flat_index] if dims == 1 else [flat_index // r, flat_index % r]
+    """Per-axis node indices of flat indices into an r^D tensor grid ('ij' order)."""
+    return list(torch.unravel_index(flat_index, (r,) * dims))
 
 
 def _trapezoid(sizes, end_extra: float):
@@ -405,46 +489,10 @@ def _trapezoid(sizes, end_extra: float):
     return out
 
 
-class DisksCentreOracle(_PartialDisksOracle):
-    """``E[x | y, centre]``: knows ``(cx, cy)``, integrates the radius (1-D quadrature).
-
-    A lower bound on the MMSE (exact conditioning on part of the geometry, SCIENCE.md §5),
-    above :class:`DisksOracle`; total MSE → 3σ² at small σ.
-
-    Parameters
-    ----------
-    dist : Disks          the distribution (size, radius range, intensity prior).
-    coarse : int          nodes of the coarse radius grid over [r_min, r_max].
-    points : int          nodes of the Laplace and fallback grids.
-    levels : int          fallback levels.
-    threshold : float     nats below the maximum at which nodes are dropped (mass ≲ e^−t).
-    lm_steps : int        Levenberg–Marquardt iterations.
-    max_elements : int    bound on chunk·nodes·d (memory, float64 elements).
-
-    Called as ``oracle(y, sigma, latents={"params": (n, 5)})``; uses ``cx, cy`` only.
-    """
-
-    description = "posterior mean given the true disk centre (1-D quadrature over the radius)"
-    free = (2,)
-
-    def __init__(self, dist, coarse: int = 33, points: int = 32, levels: int = 4,
-                 threshold: float = 30.0, lm_steps: int = 8, max_elements: int = 1 << 22):
-        if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 3:
-            raise ValueError(f"coarse must be an integer >= 3, got {coarse!r}")
-        self.coarse = coarse
-        super().__init__(dist, points, levels, threshold, lm_steps, max_elements)
-
-    def _grid_nodes(self):
-        return max(self.coarse, self.points)
-
-    def _coarse(self, y, s2, g):
-        return self._explicit_coarse(y, s2, g, self.coarse)
-
-
-class DisksRadiusOracle(_PartialDisksOracle):
+class DisksRadiusOracle(PartialShapeOracle):
     """``E[x | y, radius]``: knows ``r``, integrates the centre (2-D quadrature).
 
-    A lower bound on the MMSE, above :class:`DisksOracle`; total MSE → 4σ² at small σ.
+    A lower bound on the MMSE, above :class:`ShapeOracle`; total MSE → 4σ² at small σ.
 
     The coarse grid is the lattice of centres ``low + (a, b)/K`` over the whole box: the
     masks of centres one pixel apart are translates of each other, so ``m·y``, ``m·1`` and
@@ -453,20 +501,20 @@ class DisksRadiusOracle(_PartialDisksOracle):
     If the box width is not a multiple of 1/K the last sliver (< 1/K) is integrated with
     the last node's value (weight ``½ + sliver·K``).
 
-    Parameters as :class:`DisksCentreOracle`, with ``subdivisions`` (K) instead of
-    ``coarse`` and ``points`` per axis. Uses ``r`` only.
+    Parameters as :class:`PartialShapeOracle` (``free = (cx, cy)``), with
+    ``subdivisions`` (K) instead of ``coarse``. Uses ``r`` only.
     """
-
-    description = "posterior mean given the true disk radius (2-D quadrature over the centre)"
-    free = (0, 1)
 
     def __init__(self, dist, subdivisions: int = 4, points: int = 16, levels: int = 5,
                  threshold: float = 30.0, lm_steps: int = 8, max_elements: int = 1 << 22):
         if isinstance(subdivisions, bool) or not isinstance(subdivisions, int) \
                 or subdivisions < 1:
             raise ValueError(f"subdivisions must be an integer >= 1, got {subdivisions!r}")
+        if not isinstance(dist, Disks):
+            raise ValueError(f"DisksRadiusOracle needs a Disks distribution, got {dist!r}")
         self.subdivisions = subdivisions
-        super().__init__(dist, points, levels, threshold, lm_steps, max_elements)
+        super().__init__(dist, (0, 1), points=points, levels=levels, threshold=threshold,
+                         lm_steps=lm_steps, max_elements=max_elements)
         lo, hi, k = float(self.low[0]), float(self.high[0]), subdivisions
         self._nodes = math.floor(k * (hi - lo) + 1e-9) + 1  # lattice nodes per axis
         self._sliver = (hi - lo) * k - (self._nodes - 1)  # box beyond the last node, in steps
@@ -542,12 +590,13 @@ class DisksRadiusOracle(_PartialDisksOracle):
         return axes, loglik, log_w, mean
 
 
-class DisksPosterior(ReferenceDenoiser):
-    """``E[x | y]`` for ``Disks`` by importance sampling over the geometry: an upper bound.
+class ShapePosterior(ReferenceDenoiser):
+    """``E[x | y]`` for a shape manifold by importance sampling over the geometry: an upper
+    bound.
 
     Parameters
     ----------
-    dist : Disks          the distribution (size, radius range, intensity prior).
+    dist : ShapeManifold  the distribution (``Disks``, ``Ellipses``): renderer and priors.
     bank_size : int       prior geometries in the precomputed bank (scrambled Sobol).
     n_local : int         proposal draws per image around the refined modes.
     n_starts : int        bank candidates refined by Levenberg–Marquardt per image.
@@ -563,7 +612,7 @@ class DisksPosterior(ReferenceDenoiser):
 
     kind = "upper"
     oracle = False
-    description = "importance-sampled posterior mean over disk geometry (sees y only)"
+    description = "importance-sampled posterior mean over the shape's geometry (sees y only)"
 
     def __init__(self, dist, bank_size: int = 8192, n_local: int = 256, n_starts: int = 3,
                  lm_steps: int = 12, inflation: float = 1.3, chunk: int = 16, seed: int = 0):
@@ -575,14 +624,13 @@ class DisksPosterior(ReferenceDenoiser):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not (isinstance(inflation, (int, float)) and 1.0 <= inflation < 10):
             raise ValueError(f"inflation must be a number in [1, 10), got {inflation!r}")
-        if getattr(dist, "name", None) != "disks":
-            raise ValueError(f"DisksPosterior needs a Disks distribution, got {dist!r}")
-        self.dist = dist
+        _check_shape_manifold(self, dist)
+        self.dist, self.dims = dist, dist.geometry_dim
         self.bank_size, self.n_local = bank_size, n_local
         self.n_starts, self.lm_steps = min(n_starts, bank_size), lm_steps
         self.inflation, self.chunk, self.seed = float(inflation), chunk, seed
         self._model = _LinearGaussian(dist.intensity_mean, dist.intensity_std)
-        self.low, self.high = dist.geometry_low, dist.geometry_high  # prior box (3,)
+        self.low, self.high = dist.geometry_low, dist.geometry_high  # prior box (D,)
         self.log_volume = float(torch.log(self.high - self.low).sum())  # −log prior density
         self.prior_precision = 12 / (self.high - self.low) ** 2  # 1/Var of the uniform prior
         self._bank = None
@@ -590,13 +638,13 @@ class DisksPosterior(ReferenceDenoiser):
 
     # -- precomputation -------------------------------------------------------------------
     def _build(self):
-        """Bank geometries (K, 3), masks (K, d) and their sums; proposal base points."""
-        sobol = torch.quasirandom.SobolEngine(3, scramble=True, seed=self.seed)
+        """Bank geometries (K, D), masks (K, d) and their sums; proposal base points."""
+        sobol = torch.quasirandom.SobolEngine(self.dims, scramble=True, seed=self.seed)
         geometry = self.dist.geometry_from_unit(sobol.draw(self.bank_size, dtype=torch.float64))
-        masks = disk_coverage(geometry, self.dist.size).flatten(1)
-        base = torch.quasirandom.SobolEngine(3, scramble=True, seed=self.seed + 1)
+        masks = self.dist.coverage(geometry).flatten(1)
+        base = torch.quasirandom.SobolEngine(self.dims, scramble=True, seed=self.seed + 1)
         u = base.draw(self.n_local, dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
-        normals = math.sqrt(2) * torch.erfinv(2 * u - 1)  # Sobol points → N(0, I₃)
+        normals = math.sqrt(2) * torch.erfinv(2 * u - 1)  # Sobol points → N(0, I_D)
         self._bank = {"g": geometry, "m": masks, "p": masks.sum(1), "q": masks.square().sum(1),
                       "z": normals}
 
@@ -605,69 +653,43 @@ class DisksPosterior(ReferenceDenoiser):
         return self._model.solve(my, p, q, sy, yy, s2, d)
 
     def _log_prior(self, g):
-        """log of the uniform prior density at g (..., 3): −log V inside the box, −inf out."""
+        """log of the uniform prior density at g (..., D): −log V inside the box, −inf out."""
         inside = ((g >= self.low) & (g <= self.high)).all(-1)
         return torch.where(inside, -self.log_volume, -math.inf)
 
     def _masks(self, g):
-        return disk_coverage(g.reshape(-1, 3), self.dist.size).flatten(1)
+        return self.dist.coverage(g.reshape(-1, self.dims)).flatten(1)
 
     def _refine(self, y, s2, g):
         """Levenberg–Marquardt on −log p(y | g) (α profiled out) for B starts.
 
-        y (B, d), s2 (B, 1), g (B, 3). Returns refined g (B, 3), the marginal GN Hessian
-        of −log p(y | g) in g (B, 3, 3) and log p(y | g) (B,).
+        y (B, d), s2 (B, 1), g (B, D). Returns refined g (B, D), the marginal GN Hessian
+        of −log p(y | g) in g (B, D, D) and log p(y | g) (B,).
         """
-        d = y.shape[1]
         sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
 
         def evaluate(g):
-            m, jm = disk_coverage_jacobian(g, self.dist.size)  # m (B,s,s), ∂m/∂g (B,3,s,s)
-            m, jm = m.flatten(1), jm.flatten(2)
-            a_f, a_b, loglik, _ = self._solve((m * y).sum(1, keepdim=True), m.sum(1, keepdim=True),
-                                              m.square().sum(1, keepdim=True), sy, yy, s2, d)
-            return [m, jm, a_f, a_b, loglik.squeeze(1)]
+            return _profile(self.dist, self._model, y, s2, sy, yy, g)
 
-        def hessian(m, jm, a_f, a_b, loglik):
-            delta = (a_f - a_b)[:, :, None]
-            jx = torch.cat([delta * jm, m[:, None], (1 - m)[:, None]], 1)  # ∂x/∂θ (B, 5, d)
-            hess = jx @ jx.transpose(1, 2) / s2[:, :, None]  # Gauss–Newton: JᵀJ/σ²
-            hess[:, 3, 3] += self._model.prec_f
-            hess[:, 4, 4] += self._model.prec_b
-            resid = y - (a_b + (a_f - a_b) * m)
-            grad = -(jx[:, :3] @ resid[:, :, None]).squeeze(2) / s2  # ∂Φ/∂g, α at its optimum
-            # Schur complement: curvature of the α-profiled objective in g
-            h_marg = hess[:, :3, :3] - hess[:, :3, 3:] @ torch.linalg.solve(
-                hess[:, 3:, 3:], hess[:, 3:, :3])
-            return h_marg, grad
+        def curvature(state):
+            return _profiled_curvature(self._model, y, s2, *state[:-1])
 
-        state = evaluate(g)
-        lam = torch.full((len(g),), 1e-2, dtype=g.dtype)
-        eye = torch.eye(3, dtype=g.dtype)
-        for _ in range(self.lm_steps):
-            h_marg, grad = hessian(*state)
-            damp = h_marg.diagonal(dim1=1, dim2=2) + self.prior_precision
-            system = h_marg + lam[:, None, None] * damp[:, :, None] * eye
-            g_new = (g - torch.linalg.solve(system, grad)).clamp(self.low, self.high)
-            trial = evaluate(g_new)
-            better = trial[-1] > state[-1]
-            g = torch.where(better[:, None], g_new, g)
-            state = [torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)
-                     for new, old in zip(trial, state, strict=True)]
-            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-6, 1e6)
-        h_marg, _ = hessian(*state)
+        g, state = _levenberg_marquardt(evaluate, curvature, g, self.low, self.high,
+                                        self.prior_precision, self.lm_steps, 1e-2, 1e-6)
+        h_marg, _ = curvature(state)
         return g, h_marg, state[-1]
 
     @staticmethod
     def _mixture_logpdf(points, means, chol, logw):
-        """log Σ_c w_c N(points; means_c, L_c L_cᵀ): points (n, K, 3), means (n, C, 3),
-        chol (n, C, 3, 3), logw (n, C) → (n, K)."""
-        eye = torch.eye(3, dtype=chol.dtype).expand_as(chol)
-        chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)  # L⁻¹ (n, C, 3, 3)
+        """log Σ_c w_c N(points; means_c, L_c L_cᵀ): points (n, K, D), means (n, C, D),
+        chol (n, C, D, D), logw (n, C) → (n, K)."""
+        dims = chol.shape[-1]
+        eye = torch.eye(dims, dtype=chol.dtype).expand_as(chol)
+        chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)  # L⁻¹ (n, C, D, D)
         # z = L⁻¹(p − μ) = L⁻¹p − L⁻¹μ, as one batched product over all K points
         z = chol_inv @ points.transpose(1, 2)[:, None] - chol_inv @ means[..., None]
         log_det = chol.diagonal(dim1=2, dim2=3).log().sum(-1)  # (n, C)
-        logn = -0.5 * z.square().sum(2) - (log_det + 1.5 * math.log(2 * math.pi))[:, :, None]
+        logn = -0.5 * z.square().sum(2) - (log_det + dims / 2 * math.log(2 * math.pi))[:, :, None]
         return torch.logsumexp(logw[:, :, None] + logn, 1)
 
     # -- the estimator ---------------------------------------------------------------------
@@ -698,7 +720,7 @@ class DisksPosterior(ReferenceDenoiser):
         # 2. refine the best n_starts bank geometries of each image
         top = bank_ll.topk(j, dim=1).indices  # (n, J)
         refined = self._refine(y.repeat_interleave(j, 0), s2.repeat_interleave(j, 0),
-                               bank["g"][top].reshape(-1, 3))
+                               bank["g"][top].reshape(-1, self.dims))
         return (bf, bb, bank_ll), refined
 
     def _estimate(self, y, s2):
@@ -709,13 +731,14 @@ class DisksPosterior(ReferenceDenoiser):
         (bf, bb, bank_ll), (g_star, h_marg, ll_star) = self._modes(y, s2, sy, yy)
         # 3. Laplace proposal: N(g*, c²(H + prior precision)⁻¹), plus a 3× wider component
         cov = torch.linalg.inv(h_marg + torch.diag(self.prior_precision))
-        chol = torch.linalg.cholesky(cov).view(n, j, 3, 3)
+        dims = self.dims
+        chol = torch.linalg.cholesky(cov).view(n, j, dims, dims)
         log_evidence = (ll_star + 0.5 * torch.logdet(cov)).view(n, j)  # Laplace, per mode
         mode_w = 0.8 * torch.softmax(log_evidence, 1) + 0.2 / j
         scales = torch.tensor([self.inflation, 3 * self.inflation], dtype=y.dtype)
         scale_w = torch.tensor([0.8, 0.2], dtype=y.dtype)
-        means = g_star.view(n, j, 1, 3).expand(n, j, 2, 3).reshape(n, 2 * j, 3)
-        chols = (chol[:, :, None] * scales[:, None, None]).reshape(n, 2 * j, 3, 3)
+        means = g_star.view(n, j, 1, dims).expand(n, j, 2, dims).reshape(n, 2 * j, dims)
+        chols = (chol[:, :, None] * scales[:, None, None]).reshape(n, 2 * j, dims, dims)
         weights = (mode_w[:, :, None] * scale_w).reshape(n, 2 * j)
         # 4. local draws, stratified over the components, from fixed Sobol normals
         k = self.n_local
@@ -739,7 +762,7 @@ class DisksPosterior(ReferenceDenoiser):
                                     log_share[1] + self._mixture_logpdf(g, means, chols, log_mix))
             return torch.where(torch.isfinite(log_prior), log_prior + loglik - log_q, -math.inf)
 
-        lw_bank = log_weight(bank["g"].expand(n, kb, 3), bank_ll)
+        lw_bank = log_weight(bank["g"].expand(n, kb, dims), bank_ll)
         lw_loc = log_weight(g_loc, loc_ll)
         norm = torch.logsumexp(torch.cat([lw_bank, lw_loc], 1), 1, keepdim=True)
         w_bank, w_loc = torch.exp(lw_bank - norm), torch.exp(lw_loc - norm)
@@ -751,9 +774,9 @@ class DisksPosterior(ReferenceDenoiser):
         diagnostics = {"ess": 1 / all_w.square().sum(1), "local_mass": w_loc.sum(1)}
         return x_hat, diagnostics
 
-    # -- the best disk ----------------------------------------------------------------------
+    # -- the best shape ---------------------------------------------------------------------
     def fit(self, images: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The closest disk image of the family to each image: its 5-parameter fit.
+        """The closest image of the family to each image: its parameter fit.
 
         The geometry maximizes the intensity-profiled likelihood ``p(y | g)`` at noise
         level ``sigma`` over the prior box (the estimator's own bank search and
@@ -768,8 +791,8 @@ class DisksPosterior(ReferenceDenoiser):
 
         Returns
         -------
-        fitted : tensor like ``images``   the rendered best disks ``a_b + (a_f − a_b)·m``.
-        params : tensor (n, 5) float64    their ``(cx, cy, r, a_f, a_b)``.
+        fitted : tensor like ``images``   the rendered best shapes ``a_b + (a_f − a_b)·m``.
+        params : tensor (n, D + 2) float64    their ``(g…, a_f, a_b)``.
         """
         if not isinstance(sigma, (int, float)) or not sigma > 0:
             raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
@@ -786,7 +809,7 @@ class DisksPosterior(ReferenceDenoiser):
             s2 = torch.full((n, 1), float(sigma) ** 2, dtype=y.dtype)
             sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
             _, (g, _, loglik) = self._modes(y, s2, sy, yy)
-            g = g.view(n, j, 3)[torch.arange(n), loglik.view(n, j).argmax(1)]
+            g = g.view(n, j, self.dims)[torch.arange(n), loglik.view(n, j).argmax(1)]
             m = self._masks(g)
             a_f, a_b, _, _ = self._solve((m * y).sum(1, keepdim=True), m.sum(1, keepdim=True),
                                          m.square().sum(1, keepdim=True), sy, yy, s2, d)
@@ -818,7 +841,7 @@ class DisksPosterior(ReferenceDenoiser):
 
         curves, rows = [], []
         for bank_size, n_local in settings:
-            est = DisksPosterior(self.dist, bank_size=bank_size, n_local=n_local,
+            est = type(self)(self.dist, bank_size=bank_size, n_local=n_local,
                                  n_starts=self.n_starts, lm_steps=self.lm_steps,
                                  inflation=self.inflation, chunk=self.chunk, seed=self.seed)
             curves.append(mse_curve(est, self.dist, [sigma], n=n, seed=seed))

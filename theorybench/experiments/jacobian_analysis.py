@@ -12,8 +12,9 @@ image ``y = x + σ z``, for the network and for the distribution's reference den
   asymmetry ``‖J − Jᵀ‖/‖J‖`` and the homogeneity error ``‖J y − f(y)‖/‖f(y)‖``;
 * SURE's per-pixel MSE ``(‖f(y) − y‖² − dσ² + 2σ² tr J)/d`` next to the measured
   ``‖f(y) − x‖²/d`` (SCIENCE.md §6);
-* ``disks``: the principal angles between the span of the top-5 eigenvectors and the true
-  5-d tangent space ``∂x/∂θ`` (autograd of ``Disks.render`` at the true parameters);
+* families with a known parameterization (``Distribution.tangent_space``: disks,
+  ellipses): the principal angles between the span of the top-k eigenvectors and the true
+  k-d tangent space ``∂x/∂θ`` at the true parameters;
 * ``calpha``: the fraction of the energy of each top eigenvector lying within ``band``
   pixels of the true contour, against the fraction of pixels there (chance level);
 * the top eigenvectors of the first image (for figures).
@@ -54,7 +55,7 @@ from .cells import MissingCheckpoint, cell_key, entry_label
 
 KIND = "jacobian"
 TOP_K = 8  # eigenvectors kept for figures (first image), and scored on the contour
-TANGENT_DIM = 5  # disks: (cx, cy, r, a_f, a_b) (SCIENCE.md §5)
+TANGENT_DIM = 5  # the fewest eigenvectors kept (disks: (cx, cy, r, a_f, a_b), SCIENCE.md §5)
 SHRINKAGE_LEVEL = 0.5  # eigenvalues above this count as kept dimensions
 CONTOUR_BAND = 2.0  # calpha: pixels whose centre lies within this distance of the contour
 SIGMA_TARGETS = (0.04, 0.15, 0.5)  # small (the paper's disks figure), middle, large
@@ -153,17 +154,6 @@ def describe_jacobian(spec: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- geometry
-
-
-def disks_tangent_space(dist, params: torch.Tensor) -> torch.Tensor:
-    """Tangent vectors ``∂x/∂θ`` (d, 5) float64 of the disk image at ``params`` (5,).
-
-    Autograd of ``Disks.render`` at ``θ = (cx, cy, r, a_f, a_b)``: columns span the
-    tangent space of the 5-d image manifold (SCIENCE.md §5–6).
-    """
-    theta = params.detach().reshape(1, TANGENT_DIM).double()
-    T = torch.autograd.functional.jacobian(lambda p: dist.render(p).reshape(-1), theta)
-    return T.reshape(-1, TANGENT_DIM)
 
 
 def contour_band(mask, width: float = CONTOUR_BAND) -> np.ndarray:
@@ -464,9 +454,9 @@ def analyse(denoiser, x: torch.Tensor, y: torch.Tensor, sigma: float, dist=None,
     -------
     dict: ``eigenvalues`` (d,) numpy descending, ``eigenvectors`` (top_k, c, h, w),
     ``output`` f(y) (c, h, w), ``trace`` (± ``trace_se``), ``count_above`` (eigenvalues
-    > 0.5), ``asymmetry``, ``homogeneity_error``, ``sure_mse`` and ``mse`` (per pixel), and
-    ``tangent_angles_deg`` (5,) for disks, ``contour_concentration`` (top_k,) and
-    ``contour_chance`` for calpha.
+    > 0.5), ``asymmetry``, ``homogeneity_error``, ``sure_mse`` and ``mse`` (per pixel),
+    ``tangent_angles_deg`` (k,) where the family has a tangent space, and
+    ``contour_concentration`` (top_k,) and ``contour_chance`` for calpha.
 
     Up to ``TOP_K_MIN_D`` pixels everything is exact (full J). Above, no d × d matrix is
     formed (:func:`_top_spectrum_and_count`): ``eigenvalues`` holds the top k (k >= 64),
@@ -501,9 +491,9 @@ def analyse(denoiser, x: torch.Tensor, y: torch.Tensor, sigma: float, dist=None,
                      .square().sum() / d),
     }
     latents = latents or {}
-    if dist is not None and dist.name == "disks" and "params" in latents:
-        T = disks_tangent_space(dist, latents["params"][0])
-        angles = subspace_angles(spec.eigenvectors[:, :TANGENT_DIM].cpu(), T)
+    tangent = None if dist is None or not latents else dist.tangent_space(latents)
+    if tangent is not None and tangent.shape[1] <= spec.eigenvectors.shape[1]:
+        angles = subspace_angles(spec.eigenvectors[:, :tangent.shape[1]].cpu(), tangent)
         out["tangent_angles_deg"] = torch.rad2deg(angles).numpy()
     if dist is not None and dist.name == "calpha" and "mask" in latents:
         region = contour_band(latents["mask"][0].cpu().numpy(), band)
@@ -739,7 +729,6 @@ __all__ = [
     "contour_concentration",
     "describe_jacobian",
     "disks_posterior_moments",
-    "disks_tangent_space",
     "jacobian_sigmas",
     "subspace_overlap",
 ]
