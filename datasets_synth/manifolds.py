@@ -164,6 +164,25 @@ def unit_square_coverage(s: torch.Tensor, nx: torch.Tensor, ny: torch.Tensor) ->
     return 0.5 + torch.sign(s) * (g - 0.5)
 
 
+def check_shape_prior(size, r_min, r_max, fg_mean, fg_std, bg_mean, bg_std,
+                      floor: float) -> dict:
+    """The validated parameters of a shape manifold: ``size >= 8``, a size range
+    ``floor <= r_min < r_max < size/2`` (defaults ``max(floor, size/8)`` and
+    ``max(r_min + 1, size/4)``), finite intensity means and positive standard deviations."""
+    size = check_int("size", size, low=8)
+    r_min = check_float("r_min", max(floor, size / 8) if r_min is None else r_min, low=floor,
+                        high=size / 2)
+    r_max = check_float("r_max", max(r_min + 1, size / 4) if r_max is None else r_max,
+                        low=r_min, low_open=True)
+    if r_max >= size / 2:
+        raise ValueError(f"r_max must be in ({r_min}, {size / 2}) (size/2), got {r_max}")
+    return {"size": size, "r_min": r_min, "r_max": r_max,
+            "fg_mean": check_float("fg_mean", fg_mean),
+            "fg_std": check_float("fg_std", fg_std, low=0.0, low_open=True),
+            "bg_mean": check_float("bg_mean", bg_mean),
+            "bg_std": check_float("bg_std", bg_std, low=0.0, low_open=True)}
+
+
 class ShapeManifold(Distribution):
     """One antialiased shape on a uniform background: ``x = a_b + (a_f − a_b)·m(g)``.
 
@@ -175,8 +194,9 @@ class ShapeManifold(Distribution):
     ``g`` the image is linear in the free intensities, which the reference denoisers of
     ``theorybench.denoisers.disks`` integrate in closed form.
 
-    Subclasses set ``size``, ``shape``, ``intensity_mean``, ``intensity_std``,
-    ``geometry_low`` / ``geometry_high`` (D,) float64, and define :meth:`coverage` and
+    Subclasses pass the parameters of :func:`check_shape_prior` (and their own) to
+    ``__init__``, set ``intrinsic_dim``, ``intensity_std``, ``geometry_low`` /
+    ``geometry_high`` (D,) float64, and define :meth:`coverage` and
     :meth:`coverage_jacobian`. Latents: ``{"params": (count, D + 2)}`` float64 rows
     ``(g…, a_f, a_b)`` (the float32 values the image was rendered from; a fixed intensity
     holds its value).
@@ -188,6 +208,10 @@ class ShapeManifold(Distribution):
 
     def __init__(self, **params):
         super().__init__(**params)
+        self.size, self.r_min, self.r_max = params["size"], params["r_min"], params["r_max"]
+        self.shape = (1, self.size, self.size)
+        self.value_range = (-math.inf, math.inf)
+        self.intensity_mean = (params["fg_mean"], params["bg_mean"])  # (μ_f, μ_b)
         self._fitter = None  # the posterior behind project(), made on first use
 
     @property
@@ -238,16 +262,20 @@ class ShapeManifold(Distribution):
         """Tangent vectors ``∂x/∂θ`` (d, k) float64 at the image of ``latents["params"]``
         (1, D + 2).
 
-        Autograd of :meth:`render` along the k free coordinates (the geometry and the
-        intensities with τ > 0): their span is the tangent space of the k-dimensional
-        image manifold at that image (SCIENCE.md §5–6).
+        ``x = a_b + (a_f − a_b)·m(g)`` gives the columns ``(a_f − a_b)·∂m/∂g_j`` (the
+        geometry, :meth:`coverage_jacobian`), then ``m`` and ``1 − m`` for the free
+        intensities: their span is the tangent space of the k-dimensional image manifold
+        at that image (SCIENCE.md §5–6).
         """
-        width = self.geometry_dim + 2
-        theta = latents["params"].detach().reshape(1, width).double()
-        jac = torch.autograd.functional.jacobian(lambda p: self.render(p).reshape(-1), theta)
-        free = [*range(self.geometry_dim),
-                *[self.geometry_dim + i for i, f in enumerate(self.free_intensities) if f]]
-        return jac.reshape(-1, width)[:, free]
+        theta = latents["params"].detach().reshape(1, self.geometry_dim + 2).double()
+        m, jm = self.coverage_jacobian(theta[:, :self.geometry_dim])
+        m, jm = m.reshape(-1), jm[0].flatten(1)  # (d,), (D, d)
+        a_f, a_b = theta[0, -2], theta[0, -1]
+        columns = [(a_f - a_b) * jm]
+        for free, column in zip(self.free_intensities, (m, 1 - m), strict=True):
+            if free:
+                columns.append(column[None])
+        return torch.cat(columns).T
 
     def _draw(self, generator, count):
         device = generator.device  # the tensors are made where the generator is
@@ -293,25 +321,11 @@ class Disks(ShapeManifold):
     def __init__(self, size: int = 32, r_min: float | None = None, r_max: float | None = None,
                  fg_mean: float = 0.5, fg_std: float = 0.2, bg_mean: float = 0.5,
                  bg_std: float = 0.2):
-        size = check_int("size", size, low=8)
-        r_min = check_float("r_min", size / 8 if r_min is None else r_min, low=1.0,
-                            high=size / 2)
-        r_max = check_float("r_max", size / 4 if r_max is None else r_max, low=r_min,
-                            low_open=True)
-        if r_max >= size / 2:
-            raise ValueError(f"r_max must be in ({r_min}, {size / 2}) (size/2), got {r_max}")
-        fg_mean = check_float("fg_mean", fg_mean)
-        bg_mean = check_float("bg_mean", bg_mean)
-        fg_std = check_float("fg_std", fg_std, low=0.0, low_open=True)
-        bg_std = check_float("bg_std", bg_std, low=0.0, low_open=True)
-        super().__init__(size=size, r_min=r_min, r_max=r_max, fg_mean=fg_mean, fg_std=fg_std,
-                         bg_mean=bg_mean, bg_std=bg_std)
-        self.size, self.r_min, self.r_max = size, r_min, r_max
-        self.shape = (1, size, size)
+        params = check_shape_prior(size, r_min, r_max, fg_mean, fg_std, bg_mean, bg_std,
+                                   floor=1.0)
+        super().__init__(**params)
         self.intrinsic_dim = 5
-        self.value_range = (-math.inf, math.inf)
-        self.intensity_mean = (fg_mean, bg_mean)  # (μ_f, μ_b)
-        self.intensity_std = (fg_std, bg_std)  # (τ_f, τ_b)
+        self.intensity_std = (params["fg_std"], params["bg_std"])  # (τ_f, τ_b)
 
     # -- geometry prior ------------------------------------------------------------------
     @property

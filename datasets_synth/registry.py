@@ -23,6 +23,7 @@ _BUILTIN: dict[str, str] = {
     "gaussian": "datasets_synth.gaussian:GaussianField",
     "calpha": "datasets_synth.calpha:CAlpha",
     "disks": "datasets_synth.manifolds:Disks",
+    "ellipses": "datasets_synth.ellipses:Ellipses",
     "faces": "datasets_synth.faces:Faces",
     "faces-folder": "datasets_synth.faces:FacesFolder",
     "shuffled": "datasets_synth.shuffle:Shuffled",

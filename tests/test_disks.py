@@ -269,9 +269,11 @@ def test_oracle_against_dense_gaussian(sigma):
         torch.testing.assert_close(out[i].flatten(), ref, atol=1e-9, rtol=1e-9)
 
 
-def test_marginal_likelihood_against_dense_gaussian():
-    """log p(y|g) of the Woodbury closed form = the dense N(Aμ, AΛAᵀ + σ²I) up to a constant."""
-    mean, std, sigma = (0.6, 0.4), (0.15, 0.25), 0.2
+@pytest.mark.parametrize("std", [(0.15, 0.25), (0.15, 0.0), (0.0, 0.25), (0.0, 0.0)])
+def test_marginal_likelihood_against_dense_gaussian(std):
+    """log p(y|g) of the Woodbury closed form = the dense N(Aμ, AΛAᵀ + σ²I) up to a constant,
+    also with fixed intensities (τ = 0: Λ singular, the column leaves A)."""
+    mean, sigma = (0.6, 0.4), 0.2
     dist = Disks(size=12, r_min=1.5, r_max=3.0)
     x = dist.sample(1, seed=9)[0].double().flatten()
     y = x + sigma * torch.randn(x.shape, dtype=torch.float64,

@@ -29,8 +29,21 @@ def test_report_files(smoke):
                   "shuffled(base=faces)"):
         assert f"## {label}" in readme
     for name in ("kl.csv", "rates.csv", "mse.csv", "shuffled.csv", "mse_gaussian.png",
-                 "kl_disks.png", "examples_calpha-alpha-2-0.png"):
+                 "kl_disks.png", "examples_calpha-alpha-2-0.png", "dimension.png"):
         assert (out / name).stat().st_size > 0, name
+    assert "## Intrinsic dimension" in readme
+
+
+def test_dimension_study_rows(smoke):
+    """One row per k of the smoke preset's dimension study, with the bracket ordered, the
+    network's Jacobian measured against the k-dimensional tangent space, and none of its
+    cells in the main study's tables."""
+    out, _, _ = smoke
+    table = pd.read_csv(out / "dimension.csv")
+    assert table["k"].tolist() == [1, 3]
+    assert (table["L/σ²"] <= table["U/σ²"] + 3 * table["U_se"]).all()
+    assert table[["network/σ²", "count>0.5", "trace", "angle max°"]].notna().all().all()
+    assert not pd.read_csv(out / "training.csv").to_string().count("ellipses")
     _, _, meta = smoke
     assert meta["preset"] == "smoke" and meta["computed"] == meta["cells"]
 

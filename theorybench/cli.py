@@ -19,6 +19,7 @@ from datasets_synth.registry import registered_in_process
 from .cache import Cache, atomic_write_bytes
 from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
 from .experiments.cells import build_cells, cell_key
+from .experiments.dimension_study import FAMILY, build_dimension_cells
 from .experiments.jacobian_analysis import (
     build_jacobian_cells,
     build_pair_cells,
@@ -135,6 +136,13 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
     return cells + build_pair_cells(cells, middle, preset.jacobian_images, seed)
 
 
+def dimension_cells(preset, datasets: str | None, seed: int) -> list[dict]:
+    """The intrinsic-dimension study's cells, unless ``--datasets`` leaves its family out."""
+    if datasets is not None and FAMILY not in {w.strip() for w in datasets.split(",")}:
+        return []
+    return build_dimension_cells(preset, seed)
+
+
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
@@ -177,8 +185,11 @@ def main(argv=None) -> int:
         # executors start cells in this order once their inputs exist)
         cells = build_cells(preset, entries, args.seed) + sweep_cells(preset, args.datasets,
                                                                       args.seed)
-        cells += build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
-                                      preset.jacobian_images, args.seed)
+        analyses = build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
+                                        preset.jacobian_images, args.seed)
+        dimension = dimension_cells(preset, args.datasets, args.seed)
+        cells += [c for c in dimension if c["kind"] != "jacobian"] + analyses
+        cells += [c for c in dimension if c["kind"] == "jacobian"]
         if args.report_only and not Path(args.cache).is_dir():
             raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
                              f"--report-only first")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .cache import atomic_write_bytes
 from .experiments.cells import entry_label
+from .experiments.dimension_study import STUDY
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .kl import kl_bound, tightest_references, trapezoid_weights
 
@@ -648,14 +649,17 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                       "networks' KL gaps: ∫ (MSE_shuffled − MSE_base) σ⁻³ dσ from σ0 is exact, "
                       "paired image by image (same images and noise, permuted).", "",
                       markdown_table(pd.DataFrame(shuffled_kl)), ""]
-    from .report_jacobian import jacobian_section  # they build on this module's helpers
+    from .report_dimension import dimension_section  # they build on this module's helpers
+    from .report_jacobian import jacobian_section
     from .report_memorization import memorization_section
     from .report_training import training_section
 
-    training_lines, training = training_section(records, out)
+    study = [r for r in records if r["spec"].get("study") != STUDY]  # not the k sweep's
+    training_lines, training = training_section(study, out)
     lines += training_lines
-    lines += jacobian_section(records, out)
-    lines += memorization_section(records, out)
+    lines += jacobian_section(study, out)
+    lines += memorization_section(study, out)
+    lines += dimension_section(records, out)
     for name, rows in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                        ("mse", mse_rows), ("training", training)):
         if rows:
@@ -664,7 +668,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows), ("training", training)) if r)
               + ", `jacobian.csv`, `jacobian_pairs.csv`, `memorization.csv`, "
-                "`memorization_mse.csv` (when computed).", ""]
+                "`memorization_mse.csv`, `dimension.csv` (when computed).", ""]
     readme = out / "README.md"
     atomic_write_bytes(readme, "\n".join(lines).encode())
     return readme

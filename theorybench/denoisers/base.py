@@ -25,7 +25,9 @@ to receive them.
 A reference that is expensive per σ sets ``costly = True``: the study evaluates it on the
 coarse σ grid only, and the report extends its bound to the dense grid by monotonicity
 (the MMSE is non-decreasing in σ, so ``U(σ) ≤ U(σ')`` bounds it for every σ ≤ σ' and
-``L(σ')`` for every σ ≥ σ').
+``L(σ')`` for every σ ≥ σ'). One that autograd cannot differentiate in ``y`` (a
+search, a quadrature on an adaptive grid) sets ``differentiable = False``: the Jacobian
+analysis then does not use it.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class ReferenceDenoiser:
     kind: str = "upper"
     oracle: bool = False
     costly: bool = False
+    differentiable: bool = True
     description: str = ""
 
     def __init__(self, kind: str | None = None):

@@ -92,6 +92,22 @@ class _LinearGaussian:
         trace = (m22 * g11 - 2 * m12 * g12 + m11 * g22) / det  # tr(M⁻¹ AᵀA)
         return self.mu_f + w1, self.mu_b + w2, loglik, trace
 
+    def inverse(self, p, q, s2, d):
+        """``M⁻¹`` as the entries ``(a₀₀, a₀₁, a₁₁)`` of a 2 × 2 matrix over ``(a_f, a_b)``,
+        zero in the row and column of a fixed intensity (``Cov[x|y,g] = σ² A M⁻¹ Aᵀ``
+        with ``A = [m, 1 − m]``); ``p = m·1``, ``q = m·m`` per geometry."""
+        g11, g12, g22 = q, p - q, d - 2 * p + q
+        zero = torch.zeros_like(g11 * s2)
+        if self.free_f and self.free_b:
+            m11, m22 = s2 * self.prec_f + g11, s2 * self.prec_b + g22
+            det = m11 * m22 - g12 * g12
+            return m22 / det, -g12 / det, m11 / det
+        if self.free_f:
+            return 1 / (s2 * self.prec_f + g11), zero, zero
+        if self.free_b:
+            return zero, zero, 1 / (s2 * self.prec_b + g22)
+        return zero, zero, zero
+
     def _solve_fixed(self, v1, v2, ee, g11, g22, s2):
         """``solve`` with one or both intensities fixed (A keeps the free column only)."""
         v1, v2, ee, g11, g22, s2 = torch.broadcast_tensors(v1, v2, ee, g11, g22, s2)
@@ -118,6 +134,12 @@ def _true_geometry(oracle, latents, n) -> torch.Tensor:
         raise ValueError(f"latents['params'] must have shape ({n}, {width}), got "
                          f"{tuple(params.shape)}")
     return params[:, :width - 2].double()
+
+
+def _weight_diagnostics(w_bank, w_loc) -> dict:
+    """Effective sample size of the importance weights and the weight of the local draws."""
+    all_w = torch.cat([w_bank, w_loc], 1)
+    return {"ess": 1 / all_w.square().sum(1), "local_mass": w_loc.sum(1)}
 
 
 def _profile(dist, model, y, s2, sy, yy, geometry):
@@ -266,10 +288,13 @@ class PartialShapeOracle(ReferenceDenoiser):
 
     Called as ``oracle(y, sigma, latents={"params": (n, D + 2)})``; uses the known
     coordinates only. Total MSE → (len(free) + L)σ² at small σ (L free intensities).
+    With every coordinate free it knows nothing: its kind is then ``exact`` (the MMSE
+    estimator up to quadrature error) and it is called without latents.
     """
 
     kind = "lower"
     oracle = True
+    differentiable = False
 
     def __init__(self, dist, free: tuple[int, ...], coarse: int = 33, points: int = 32,
                  levels: int = 4, threshold: float = 30.0, lm_steps: int = 8,
@@ -292,6 +317,10 @@ class PartialShapeOracle(ReferenceDenoiser):
         names = [dist.geometry_names[i] for i in free]
         self.description = (f"posterior mean given the true geometry but "
                             f"{', '.join(names)} ({len(free)}-D quadrature over them)")
+        if len(free) == dist.geometry_dim:  # knows nothing: E[x | y] itself, by quadrature
+            self.kind, self.oracle = "exact", False
+            self.description = (f"posterior mean by {len(free)}-D quadrature over the whole "
+                                f"geometry (exact up to quadrature error)")
         self.points, self.levels, self.lm_steps = points, levels, lm_steps
         self.threshold, self.max_elements = float(threshold), max_elements
         self.kappa = math.sqrt(2 * self.threshold) + 2
@@ -311,7 +340,8 @@ class PartialShapeOracle(ReferenceDenoiser):
         if flat.shape[1] != self.dist.d:
             raise ValueError(f"y must have shape (n, 1, {self.dist.size}, {self.dist.size}), "
                              f"got {tuple(y.shape)}")
-        g = _true_geometry(self, latents, len(flat)).cpu()
+        g = (_true_geometry(self, latents, len(flat)).cpu() if self.oracle else
+             torch.zeros(len(flat), self.dist.geometry_dim, dtype=torch.float64))
         chunk = max(1, self.max_elements // (self._grid_nodes() * flat.shape[1]))
         parts = [self._estimate(flat[i:i + chunk], s2[i:i + chunk], g[i:i + chunk])
                  for i in range(0, len(flat), chunk)]
@@ -723,8 +753,11 @@ class ShapePosterior(ReferenceDenoiser):
                                bank["g"][top].reshape(-1, self.dims))
         return (bf, bb, bank_ll), refined
 
-    def _estimate(self, y, s2):
-        """Posterior mean for a chunk: y (n, d) float64, s2 (n, 1). Returns (x̂, diagnostics)."""
+    def _sample(self, y, s2):
+        """The weighted sample of geometries for a chunk y (n, d) float64, s2 (n, 1):
+        ``{"w_bank" (n, K_b), "w_loc" (n, K_l): normalized weights; "bf", "bb" (n, K_b),
+        "lf", "lb" (n, K_l): α̂ given each geometry; "m_loc" (n, K_l, d): local masks}``
+        (the bank's masks are ``self._bank["m"]``)."""
         bank, j = self._bank, self.n_starts
         n, d = y.shape
         sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
@@ -765,14 +798,72 @@ class ShapePosterior(ReferenceDenoiser):
         lw_bank = log_weight(bank["g"].expand(n, kb, dims), bank_ll)
         lw_loc = log_weight(g_loc, loc_ll)
         norm = torch.logsumexp(torch.cat([lw_bank, lw_loc], 1), 1, keepdim=True)
-        w_bank, w_loc = torch.exp(lw_bank - norm), torch.exp(lw_loc - norm)
+        return {"w_bank": torch.exp(lw_bank - norm), "w_loc": torch.exp(lw_loc - norm),
+                "bf": bf, "bb": bb, "lf": lf, "lb": lb, "m_loc": m_loc}
+
+    def _estimate(self, y, s2):
+        """Posterior mean for a chunk: y (n, d) float64, s2 (n, 1). Returns (x̂, diagnostics)."""
+        sample = self._sample(y, s2)
+        w_bank, w_loc, bf, bb, lf, lb, m_loc = (sample[key] for key in (
+            "w_bank", "w_loc", "bf", "bb", "lf", "lb", "m_loc"))
         # 6. E[x|y] = Σ_k w_k (α̂_b,k + (α̂_f,k − α̂_b,k) m_k)
         level = (w_bank * bb).sum(1, keepdim=True) + (w_loc * lb).sum(1, keepdim=True)
-        x_hat = level + (w_bank * (bf - bb)) @ bank["m"] \
+        x_hat = level + (w_bank * (bf - bb)) @ self._bank["m"] \
             + ((w_loc * (lf - lb))[:, None, :] @ m_loc).squeeze(1)
-        all_w = torch.cat([w_bank, w_loc], 1)
-        diagnostics = {"ess": 1 / all_w.square().sum(1), "local_mass": w_loc.sum(1)}
-        return x_hat, diagnostics
+        return x_hat, _weight_diagnostics(w_bank, w_loc)
+
+    def moments(self, y: torch.Tensor, sigma: float) -> dict:
+        """Posterior mean ``E[x|y]`` and the MMSE Jacobian ``Cov[x|y]/σ²`` at one image.
+
+        Tweedie (SCIENCE.md §6): ``∇E[x|y] = Cov[x|y]/σ²``. Over this estimator's weighted
+        sample of geometries ``g_k`` (law of total covariance, with ``Cov[x|y,g] =
+        σ² A M⁻¹ Aᵀ`` from the module doc)
+
+            J = Σ_k w_k A_k M_k⁻¹ A_kᵀ + Σ_k w_k (x̂_k − x̂)(x̂_k − x̂)ᵀ / σ²,
+
+        which is also the exact Jacobian of the weighted estimate with the sample held
+        fixed. Weights below 1e-12 of the largest are dropped (they do not change J).
+
+        Parameters
+        ----------
+        y : tensor with d elements (one image), pixel units;  sigma : float > 0.
+
+        Returns
+        -------
+        dict: ``mean`` (d,) float64, ``jacobian`` (d, d) float64 (symmetric, PSD),
+        ``ess`` and ``local_mass`` (floats, as ``last_diagnostics``).
+        """
+        if not isinstance(sigma, (int, float)) or not sigma > 0:
+            raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
+        flat = y.detach().reshape(1, -1).double().cpu()
+        if flat.shape[1] != self.dist.d:
+            raise ValueError(f"y must hold one image of {self.dist.d} pixels, got "
+                             f"{tuple(y.shape)}")
+        if self._bank is None:
+            self._build()
+        s2 = float(sigma) ** 2
+        sample = self._sample(flat, torch.full((1, 1), s2, dtype=torch.float64))
+        diagnostics = _weight_diagnostics(sample["w_bank"], sample["w_loc"])
+        w = torch.cat([sample["w_bank"], sample["w_loc"]], 1)[0]
+        masks = torch.cat([self._bank["m"], sample["m_loc"][0]])
+        a_f = torch.cat([sample["bf"], sample["lf"]], 1)[0]
+        a_b = torch.cat([sample["bb"], sample["lb"]], 1)[0]
+        keep = w > 1e-12 * w.max()
+        w, masks, a_f, a_b = w[keep] / w[keep].sum(), masks[keep], a_f[keep], a_b[keep]
+        x_k = a_b[:, None] + (a_f - a_b)[:, None] * masks  # E[x | y, g_k]
+        mean = w @ x_k
+        # A M⁻¹ Aᵀ = c₁ m mᵀ + c₂ (m 1ᵀ + 1 mᵀ) + c₃ 1 1ᵀ with A = [m, 1 − m], (a_ij) = M⁻¹
+        a00, a01, a11 = self._model.inverse(masks.sum(1), masks.square().sum(1),
+                                            torch.tensor(s2, dtype=torch.float64), flat.shape[1])
+        c1, c2, c3 = a00 - 2 * a01 + a11, a01 - a11, a11
+        side = (w * c2) @ masks
+        within = (masks * (w * c1)[:, None]).T @ masks + side[:, None] + side[None, :] \
+            + (w * c3).sum()
+        spread = (x_k - mean) * w.sqrt()[:, None]
+        jacobian = within + spread.T @ spread / s2
+        return {"mean": mean, "jacobian": 0.5 * (jacobian + jacobian.T),
+                "ess": float(diagnostics["ess"][0]),
+                "local_mass": float(diagnostics["local_mass"][0])}
 
     # -- the best shape ---------------------------------------------------------------------
     def fit(self, images: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,11 +23,9 @@ References (the optimum, or the best available stand-in):
 
 * ``gaussian`` (any distribution with an ``exact`` reference, differentiable in torch):
   the exact posterior mean (Wiener filter, ``J = C (C + σ²I)⁻¹``), by autograd;
-* ``disks``: the posterior mean ``E[x|y]`` and its Jacobian ``Cov[x|y]/σ²`` (SCIENCE.md
-  §6, Tweedie) from a posterior mixture over the disk geometry computed here
-  (:func:`disks_posterior_moments`: importance sampling over ``(cx, cy, r)``, intensities
-  integrated in closed form, the model of ``theorybench.denoisers.disks``). Its mean is
-  checked against the ``posterior`` (upper) denoiser in the record;
+* a reference with ``moments(y, σ)`` (disks, ellipses: ``ShapePosterior``): the posterior
+  mean ``E[x|y]`` and its Jacobian ``Cov[x|y]/σ²`` (SCIENCE.md §6, Tweedie) from the
+  estimator's own importance sample over the geometry, intensities in closed form;
 * ``calpha``: the *oracle* given the true contour (mask), ``J = C(m)(C(m) + σ²I)⁻¹``
   exactly (linear in y); an oracle, not a function of y alone;
 * other distributions (faces, shuffled, plugins without an exact reference): none.
@@ -60,20 +58,12 @@ SHRINKAGE_LEVEL = 0.5  # eigenvalues above this count as kept dimensions
 CONTOUR_BAND = 2.0  # calpha: pixels whose centre lies within this distance of the contour
 SIGMA_TARGETS = (0.04, 0.15, 0.5)  # small (the paper's disks figure), middle, large
 DIGITS = 6  # significant digits of stored floats
-NEWTON_STEP = 1e-3  # pixels: central-difference step of the disks posterior's Newton search
 # Above TOP_K_MIN_D pixels a Jacobian is analysed from its top eigenpairs (Jacobian–vector
 # products, no d × d matrix; jacobian_spectrum(k=...)), below it exactly (all d eigenvalues)
 TOP_K_MIN_D = 48 * 48
 TOP_K_START = 64  # first k of the top-k analysis, doubled while λ_k > SHRINKAGE_LEVEL ...
 TOP_K_MAX = 512  # ... up to this k; beyond it count_above is unknown (NaN)
 DISTANCE_PROBES = 32  # Rademacher probes of ‖J_a − J_b‖_F / ‖J_a‖_F above TOP_K_MIN_D
-_PAIRS = ((0, 1), (0, 2), (1, 2))
-# finite-difference stencil: 0, +e_i, −e_i, then (±e_i ± e_j) as ++, +−, −+, −− per pair
-_STENCIL = torch.tensor(
-    [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0], [0, -1, 0], [0, 0, -1]]
-    + [[(si if k == i else sj if k == j else 0) for k in range(3)]
-       for i, j in _PAIRS for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1))],
-    dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------- cells
@@ -237,161 +227,21 @@ class _OracleAtMask:
         return x.reshape(y.shape).to(y.dtype)
 
 
-def disks_posterior_moments(dist, y: torch.Tensor, sigma: float, bank_size: int = 4096,
-                            n_local: int = 1024, n_starts: int = 3, newton_steps: int = 25,
-                            seed: int = 0) -> dict:
-    """Posterior mean ``E[x|y]`` and ``Cov[x|y]/σ²`` for ``Disks`` (the MMSE Jacobian).
-
-    Model (``theorybench.denoisers.disks``): geometry ``g = (cx, cy, r)`` uniform on the
-    prior box, ``x = A α``, ``A = [m(g), 1 − m(g)]``, ``α ~ N(μ, Λ)``. Given g the
-    posterior of α is Gaussian: ``M = σ²Λ⁻¹ + AᵀA``, ``E[α|y,g] = μ + M⁻¹Aᵀ(y − Aμ)``,
-    ``Cov[x|y,g] = σ² A M⁻¹ Aᵀ``. Over g, self-normalised importance sampling: a scrambled
-    Sobol bank from the prior, plus draws from Laplace approximations (Newton on
-    ``log p(y|g)`` from the best bank points, autograd Hessians), weights
-    ``prior·likelihood / proposal`` with the proposal the mixture of both (balance
-    heuristic). Then (law of total covariance; Tweedie: ``∇E[x|y] = Cov[x|y]/σ²``)
-
-        J = Σ_k w_k A_k M_k⁻¹ A_kᵀ + Σ_k w_k (x̂_k − x̂)(x̂_k − x̂)ᵀ / σ²,
-
-    which is also the exact Jacobian of the weighted estimate with the samples held fixed.
-
-    Parameters
-    ----------
-    dist : Disks;  y : tensor (d,) or (1, 1, s, s), pixel units;  sigma : float > 0.
-    bank_size, n_local : prior and local draws;  n_starts : modes refined;
-    newton_steps : damped Newton iterations;  seed : Sobol scrambling and local draws.
-
-    Returns
-    -------
-    dict: ``mean`` (d,) float64, ``jacobian`` (d, d) float64 (symmetric, PSD),
-    ``ess`` (effective sample size of the weights), ``local_mass`` (weight on local draws).
-    """
-    from datasets_synth.manifolds import disk_coverage
-
-    size, s2 = dist.size, float(sigma) ** 2
-    y = y.detach().reshape(-1).double()
-    mu = torch.tensor(dist.intensity_mean, dtype=torch.float64)
-    prec = torch.tensor(dist.intensity_std, dtype=torch.float64) ** -2  # Λ⁻¹
-    low, high = dist.geometry_low, dist.geometry_high
-    log_volume = float(torch.log(high - low).sum())  # uniform prior: density 1/V in the box
-
-    def components(g):
-        """A (K, d, 2), M (K, 2, 2), E[α|y,g] (K, 2), log p(y|g) + const (K,)."""
-        m = disk_coverage(g, size).reshape(len(g), -1)
-        A = torch.stack([m, 1 - m], -1)  # x = A α
-        M = s2 * torch.diag(prec) + A.mT @ A  # M = σ²Λ⁻¹ + AᵀA
-        e = y - A @ mu  # y − Aμ
-        v = (A.mT @ e[:, :, None])[..., 0]  # Aᵀe
-        w = torch.linalg.solve(M, v)  # M⁻¹Aᵀe
-        # log p(y|g) = −(‖e‖² − eᵀA M⁻¹ Aᵀe)/(2σ²) − ½ log det M + c (Woodbury)
-        loglik = -((e * e).sum(1) - (v * w).sum(1)) / (2 * s2) - 0.5 * torch.logdet(M)
-        return A, M, mu + w, loglik
-
-    def inside(g):
-        return ((g >= low) & (g <= high)).all(-1)
-
-    # 1. prior bank (scrambled Sobol points of the box)
-    sobol = torch.quasirandom.SobolEngine(3, scramble=True, seed=seed)
-    g_bank = low + (high - low) * sobol.draw(bank_size, dtype=torch.float64)
-    with torch.no_grad():
-        bank = components(g_bank)
-    bank_ll = bank[3]
-    # 2. damped Newton on −log p(y|g) from the best bank points (central differences: m is
-    # C¹ and piecewise quadratic in g), all starts together; Laplace covariances
-    prior_precision = 12 / (high - low) ** 2  # 1/Var of the uniform prior: keeps H > 0
-    stencil = _STENCIL * NEWTON_STEP  # (19, 3) offsets
-
-    def newton_terms(g):
-        """−log p(y|g), its gradient (B, 3) and Hessian (B, 3, 3) + prior precision."""
-        with torch.no_grad():
-            f = -components((g[:, None] + stencil).reshape(-1, 3))[3].view(len(g), -1)
-        grad = (f[:, 1:4] - f[:, 4:7]) / (2 * NEWTON_STEP)
-        H = torch.empty(len(g), 3, 3, dtype=g.dtype)
-        H[:, range(3), range(3)] = (f[:, 1:4] - 2 * f[:, :1] + f[:, 4:7]) / NEWTON_STEP ** 2
-        for (i, j), c in zip(_PAIRS, range(7, 19, 4), strict=True):
-            H[:, i, j] = H[:, j, i] = (f[:, c] - f[:, c + 1] - f[:, c + 2] + f[:, c + 3]) \
-                / (4 * NEWTON_STEP ** 2)
-        return f[:, 0], grad, H + torch.diag(prior_precision)
-
-    g = g_bank[bank_ll.topk(min(n_starts, bank_size)).indices]
-    lam = torch.full((len(g),), 1e-2, dtype=torch.float64)
-    value, grad, H = newton_terms(g)
-    for _ in range(newton_steps):
-        damp = lam[:, None] * H.diagonal(dim1=1, dim2=2).abs().clamp_min(1e-12)
-        step = torch.linalg.solve(H + torch.diag_embed(damp), grad[:, :, None])[..., 0]
-        g_new = (g - step).clamp(low, high)
-        value_new, grad_new, H_new = newton_terms(g_new)
-        better = value_new < value
-        g = torch.where(better[:, None], g_new, g)
-        value = torch.where(better, value_new, value)
-        grad = torch.where(better[:, None], grad_new, grad)
-        H = torch.where(better[:, None, None], H_new, H)
-        lam = torch.where(better, lam / 3, lam * 5).clamp(1e-8, 1e8)
-    evals, evecs = torch.linalg.eigh(0.5 * (H + H.mT))
-    evals = evals.clamp_min(1e-9 * evals.abs().amax(1, keepdim=True))
-    cov = (evecs / evals[:, None, :]) @ evecs.mT  # H⁻¹, positive definite
-    modes, chols = g, torch.linalg.cholesky(cov)
-    evidence = -value + 0.5 * torch.logdet(cov)  # Laplace evidence of each mode
-    # 3. local proposal: each mode at scales 1.5 and 4.5, modes weighted by Laplace evidence
-    mode_w = 0.8 * torch.softmax(evidence, 0) + 0.2 / len(modes)
-    means = modes.repeat_interleave(2, 0)
-    scales = torch.tensor([1.5, 4.5], dtype=torch.float64).repeat(len(modes))
-    scale_tril = chols.repeat_interleave(2, 0) * scales[:, None, None]
-    comp_w = mode_w.repeat_interleave(2) * torch.tensor([0.8, 0.2]).double().repeat(len(modes))
-    local = torch.distributions.MultivariateNormal(means, scale_tril=scale_tril)
-    gen = torch.Generator().manual_seed(seed)
-    which = torch.multinomial(comp_w, n_local, replacement=True, generator=gen)
-    normals = torch.randn(n_local, 3, 1, generator=gen, dtype=torch.float64)
-    g_loc = means[which] + (scale_tril[which] @ normals)[..., 0]
-    # 4. weights prior·likelihood/proposal, proposal = (K_b prior + K_l local)/(K_b + K_l)
-    g_all = torch.cat([g_bank, g_loc])
-    with torch.no_grad():
-        A, M, alpha, loglik = (torch.cat(pair) for pair in zip(bank, components(g_loc),
-                                                                 strict=True))
-    log_prior = torch.where(inside(g_all), -log_volume, -math.inf)
-    log_local = torch.logsumexp(torch.log(comp_w) + local.log_prob(g_all[:, None]), 1)
-    total = bank_size + n_local
-    log_q = torch.logaddexp(math.log(bank_size / total) + log_prior,
-                            math.log(n_local / total) + log_local)
-    log_w = torch.where(torch.isfinite(log_prior), log_prior + loglik - log_q, -math.inf)
-    w = torch.softmax(log_w, 0)
-    ess, local_mass = float(1 / w.square().sum()), float(w[bank_size:].sum())
-    keep = w > 1e-12 * w.max()  # negligible components do not change the moments
-    w, A, M, alpha = w[keep] / w[keep].sum(), A[keep], M[keep], alpha[keep]
-    # 5. moments: E[x|y] = Σ w x̂_k; Cov[x|y]/σ² = Σ w A M⁻¹Aᵀ + Σ w (x̂_k − x̂)(x̂_k − x̂)ᵀ/σ²
-    x_k = (A @ alpha[:, :, None])[..., 0]
-    mean = w @ x_k
-    # A M⁻¹ Aᵀ = c₁ m mᵀ + c₂ (m 1ᵀ + 1 mᵀ) + c₃ 1 1ᵀ with A = [m, 1 − m] and a = M⁻¹
-    a = torch.linalg.inv(M)
-    c1 = a[:, 0, 0] - 2 * a[:, 0, 1] + a[:, 1, 1]
-    c2, c3 = a[:, 0, 1] - a[:, 1, 1], a[:, 1, 1]
-    m = A[:, :, 0]
-    side = (w * c2) @ m  # Σ w c₂ m (d,)
-    within = (m * (w * c1)[:, None]).T @ m + side[:, None] + side[None, :] + (w * c3).sum()
-    spread = (x_k - mean) * w.sqrt()[:, None]
-    J = within + spread.T @ spread / s2
-    J = 0.5 * (J + J.T)
-    return {"mean": mean, "jacobian": J, "ess": ess, "local_mass": local_mass}
-
-
 def _reference(dist):
     """(name, kind, description, how) and a builder ``(x_i, y_i, latents_i, σ) -> (denoiser
     whose Jacobian is the reference's, extra record fields)``; None when there is none."""
     refs = dict(dist.reference_denoisers())
-    if dist.name == "disks":
-        posterior = refs.get("posterior")
+    sampled = [(name, den) for name, den in refs.items() if hasattr(den, "moments")]
+    if sampled:  # a posterior that knows its moments (the shape manifolds' sampler)
+        name, posterior = sampled[0]
 
         def build(x, y, lat, sigma):
-            mom = disks_posterior_moments(dist, y, sigma)
-            extra = {"ess": mom["ess"]}
-            if posterior is not None:  # agreement with the `posterior` (upper) denoiser
-                with torch.no_grad():
-                    f_post = posterior(y.double(), sigma).reshape(-1)
-                extra["gap_to_posterior_mse"] = float((f_post - mom["mean"]).square().mean())
-            return _LocalLinear(mom["jacobian"], y.reshape(-1).double(), mom["mean"]), extra
+            mom = posterior.moments(y, sigma)
+            return (_LocalLinear(mom["jacobian"], y.reshape(-1).double(), mom["mean"]),
+                    {"ess": mom["ess"]})
 
-        info = ("posterior", "upper", "posterior mean over disk geometry (importance "
-                "sampling, intensities in closed form)", "posterior mixture: Cov[x|y]/σ²")
+        info = (name, posterior.kind, posterior.description,
+                "importance sample of the posterior: Cov[x|y]/σ² (Tweedie)")
         return info, build
     if dist.name == "calpha" and "oracle-contour" in refs:
         oracle = refs["oracle-contour"]
@@ -403,7 +253,7 @@ def _reference(dist):
                 "autograd of the oracle given the true mask: C(m)(C(m)+σ²I)⁻¹ (an oracle)")
         return info, build
     exact = [(name, den) for name, den in refs.items() if getattr(den, "kind", "") == "exact"
-             and not getattr(den, "oracle", False)]
+             and not getattr(den, "oracle", False) and getattr(den, "differentiable", True)]
     if exact:
         name, den = exact[0]
 
@@ -728,7 +578,6 @@ __all__ = [
     "contour_band",
     "contour_concentration",
     "describe_jacobian",
-    "disks_posterior_moments",
     "jacobian_sigmas",
     "subspace_overlap",
 ]

@@ -75,6 +75,10 @@ class Preset:
                                 (default "paper"), ``center``, ``lr`` (default: ``lr``); two
                                 universal networks on disjoint sets of each size N.
     datasets : entries          (name, params) studied; plugins are added with {}.
+    dimensions : dict           the intrinsic-dimension study (SCIENCE.md §5;
+                                ``experiments.dimension_study``): ``ks``, ``size``, ``net``,
+                                ``steps``, ``batch_size``, ``jacobian_images``, optional
+                                ``lr``, ``n_eval``; one universal network per k (empty: none).
     """
 
     name: str
@@ -97,6 +101,7 @@ class Preset:
     jacobian_images: int = 2
     datasets: tuple[DatasetEntry, ...] = field(default=())
     memorization: dict = field(default_factory=dict)
+    dimensions: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.curve_sigmas:
@@ -121,6 +126,8 @@ PRESETS: dict[str, Preset] = {
                       "net": {"arch": "bfcnn", "channels": 8, "depth": 3}, "steps": 20,
                       "batch_size": 8, "n_samples": 8, "n_eval": 16,
                       "sampler": {"method": "heun", "steps": 10}},
+        dimensions={"ks": (1, 3), "size": 16, "net": {"arch": "bfcnn", "channels": 8, "depth": 3},
+                    "steps": 16, "batch_size": 8, "jacobian_images": 1, "n_eval": 8},
     ),
     "default": Preset(
         # measured on the 2-core CPU (closing note of the networks issue): the 16-channel
@@ -140,6 +147,9 @@ PRESETS: dict[str, Preset] = {
                       "net": UNET_SMALL, "steps": 2000, "batch_size": 32, "n_samples": 64,
                       "n_eval": 64, "sampler": {"method": "heun", "steps": 30},
                       "objective": "paper", "lr": 1e-3},
+        # 16×16 and universal networks only: 7 networks of ~1 CPU-minute each
+        dimensions={"ks": (1, 2, 3, 4, 5, 6, 7), "size": 16, "net": UNET_SMALL,
+                    "steps": 2000, "batch_size": 32, "jacobian_images": 4},
     ),
     "gpu": Preset(
         # sized for one H200-class GPU in about 8 minutes (not yet run on one: see
@@ -155,6 +165,9 @@ PRESETS: dict[str, Preset] = {
                       "steps": 6000, "batch_size": 128, "n_samples": 128, "n_eval": 256,
                       "sampler": {"method": "heun", "steps": 40}, "objective": "balanced",
                       "center": True},
+        dimensions={"ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
+                    "net": {"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},
+                    "steps": 6000, "batch_size": 128, "jacobian_images": 8, "n_eval": 256},
     ),
     "paper": Preset(
         name="paper", size=80, sigmas=_grid(0.005, 2.0, 14),

@@ -1,0 +1,99 @@
+"""The intrinsic-dimension section of ``reports/README.md`` (SCIENCE.md §5).
+
+Built from the stored cells of ``theorybench.experiments.dimension_study`` only: one table
+row per k (``dimension.csv``) and one figure of each quantity against k with the line
+y = k that the small-σ theory predicts for the MMSE/σ², the optimal Jacobian's count of
+eigenvalues near 1 and its trace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .experiments.dimension_study import FAMILY, dimension_rows
+from .figures import PALETTE, cached_figure, plt
+from .report import _write_csv, markdown_table
+
+WITHIN = 0.15  # "near k": within 15 % (the issue's test tolerance for the posterior)
+COLUMNS = ("k", "sigma", "L/σ²", "U/σ²", "U_se", "network/σ²", "network_se",
+           "sigma_jacobian", "optimum count>0.5", "count>0.5", "optimum trace", "trace",
+           "optimum angle max°", "angle max°", "angle mean°")
+
+
+@cached_figure
+def _figure(frame: pd.DataFrame):
+    fig, (ax_m, ax_j, ax_a) = plt.subplots(1, 3, figsize=(10.5, 3.2))
+    k = frame["k"].to_numpy()
+    line = np.array([k.min(), k.max()])
+    for ax in (ax_m, ax_j):
+        ax.plot(line, line, color="0.5", ls=":", lw=0.9, label="y = k")
+    ax_m.errorbar(k, frame["U/σ²"], yerr=2 * frame["U_se"], marker="o", ms=3,
+                  color=PALETTE[0], label="U: posterior (upper)")
+    ax_m.plot(k, frame["L/σ²"], marker="^", ms=4, ls="--", color=PALETTE[2],
+              label="L: lower bound (exact for k ≤ 2)")
+    if "network/σ²" in frame:
+        ax_m.errorbar(k, frame["network/σ²"], yerr=2 * frame["network_se"], marker="s", ms=3,
+                      color=PALETTE[3], label="universal network")
+    ax_m.set(yscale="log", xlabel="intrinsic dimension k",
+             ylabel=f"total MSE / σ² at σ = {frame['sigma'].iloc[0]:.3g}")
+    for prefix, color, who in (("optimum ", PALETTE[0], "optimum"), ("", PALETTE[3], "network")):
+        if f"{prefix}trace" not in frame:
+            continue
+        ax_j.plot(k, frame[f"{prefix}count>0.5"], marker="o", ms=3, color=color,
+                  label=f"{who}: eigenvalues > 0.5")
+        ax_j.plot(k, frame[f"{prefix}trace"], marker="s", ms=3, ls="--", color=color,
+                  label=f"{who}: trace")
+        ax_a.plot(k, frame[f"{prefix}angle max°"], marker="o", ms=3, color=color,
+                  label=f"{who}: largest angle")
+    if "angle mean°" in frame:
+        ax_a.plot(k, frame["angle mean°"], marker="s", ms=3, ls="--", color=PALETTE[3],
+                  label="network: mean angle")
+    sigma_j = frame["sigma_jacobian"].iloc[0] if "sigma_jacobian" in frame else float("nan")
+    ax_j.set(yscale="log", xlabel="intrinsic dimension k", ylabel=f"Jacobian at σ = {sigma_j:.3g}")
+    ax_a.set(xlabel="intrinsic dimension k", ylim=(0, 90),
+             ylabel="top-k eigenvectors vs tangent space (°)")
+    for ax in (ax_m, ax_j, ax_a):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.suptitle("Ellipses of every dimension k: the optimum and the network against y = k",
+                 fontsize=9)
+    return fig
+
+
+def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
+    """Lines of the section (empty when the run has no dimension study); writes
+    ``dimension.csv`` and ``dimension.png`` into ``out_dir``."""
+    rows = dimension_rows(records)
+    if not rows:
+        return []
+    frame = pd.DataFrame(rows)
+    _write_csv(frame, out_dir / "dimension.csv")
+    _figure(frame, out_dir / "dimension.png")
+    shown = frame[[c for c in COLUMNS if c in frame]]
+    lines = [
+        "## Intrinsic dimension", "",
+        f"`{FAMILY}` images with k = {', '.join(str(k) for k in frame['k'])} free parameters "
+        "(one ellipse: centre, size or axes and angle, intensities; `datasets_synth/"
+        "ellipses.py`). At small σ the MMSE denoiser projects onto the k-dimensional "
+        "tangent space (SCIENCE.md §5): total MMSE/σ² → k and the optimal Jacobian has k "
+        "eigenvalues near 1. `L/σ²`, `U/σ²`: the bracket at the smallest σ (total MSE over "
+        "the pixels / σ²; for k ≤ 2 `L` is the posterior mean by quadrature, i.e. exact, "
+        "otherwise an oracle that knows all but the centre, → (2 + free intensities)); "
+        "`network/σ²`: one universal network per k at the same σ and test images; at "
+        "`sigma_jacobian`, the Jacobian's eigenvalues above 0.5, its trace and the "
+        "principal angles between its top-k eigenvectors and the true tangent space "
+        "(mean over images; 0° = the same space), for the network and for the optimum "
+        "(`optimum …`: the posterior's Cov[x|y]/σ², Tweedie).", "",
+        "![MSE/σ² and Jacobian against k](dimension.png)", "",
+        markdown_table(shown.astype(object).where(shown.notna(), ""), ".3g"), "",
+    ]
+    if "U/σ²" in frame:
+        near = (frame["U/σ²"] - frame["k"]).abs() <= WITHIN * frame["k"]
+        lines += [f"Posterior U/σ² within {WITHIN:.0%} of k for k = "
+                  f"{', '.join(str(k) for k in frame['k'][near]) or 'none'}"
+                  + (f"; outside for k = {', '.join(str(k) for k in frame['k'][~near])}"
+                     if (~near).any() else "") + ".", ""]
+    return lines
