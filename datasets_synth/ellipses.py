@@ -126,6 +126,9 @@ class Ellipses(ShapeManifold):
                                    floor=2.0)
         super().__init__(k=k, **params)
         names, free = _FREE[k]
+        if not any(free) and params["fg_mean"] == params["bg_mean"]:
+            raise ValueError(f"fg_mean and bg_mean must differ for k <= 3 (both intensities "
+                             f"fixed: the ellipse would be invisible), got {fg_mean} for both")
         self.geometry_names, self.k, self.intrinsic_dim = names, k, k
         self.intensity_std = tuple(t if f else 0.0 for t, f in
                                    zip((params["fg_std"], params["bg_std"]), free, strict=True))

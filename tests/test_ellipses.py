@@ -94,6 +94,7 @@ def test_coverage_jacobian_matches_autograd(k):
 @pytest.mark.parametrize("bad, match", [({"k": 0}, r"k must be .*\[1, 7\]"),
                                         ({"k": 8}, r"k must be .*\[1, 7\]"),
                                         ({"r_min": 1.0}, "r_min"),
+                                        ({"k": 3, "fg_mean": 0.5, "bg_mean": 0.5}, "differ"),
                                         ({"size": 16, "r_max": 8.0}, "r_max")])
 def test_bad_parameters(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -50,6 +50,19 @@ def disks(draw):
 
 
 @st.composite
+def ellipses(draw):
+    size = draw(st.integers(10, 16))
+    r_min = draw(st.floats(2.0, size / 4, **finite))
+    r_max = draw(st.floats(r_min, size / 2, exclude_min=True, exclude_max=True, **finite))
+    fg_mean = draw(st.floats(0.0, 1.0, **finite))
+    contrast = draw(st.floats(0.1, 1.0, **finite)) * draw(st.sampled_from([-1, 1]))
+    return "ellipses", {"k": draw(st.integers(1, 7)), "size": size, "r_min": r_min,
+                        "r_max": r_max, "fg_mean": fg_mean, "bg_mean": fg_mean + contrast,
+                        "fg_std": draw(st.floats(0.01, 0.5, **finite)),
+                        "bg_std": draw(st.floats(0.01, 0.5, **finite))}
+
+
+@st.composite
 def faces(draw):
     return "faces", {"split": draw(st.sampled_from(["train", "test", "all"]))}
 
@@ -61,8 +74,8 @@ def shuffled(draw):
 
 
 
-FAMILIES = {"gaussian": gaussian(), "calpha": calpha(), "disks": disks(), "faces": faces(),
-            "shuffled": shuffled()}
+FAMILIES = {"gaussian": gaussian(), "calpha": calpha(), "disks": disks(),
+            "ellipses": ellipses(), "faces": faces(), "shuffled": shuffled()}
 
 
 def test_every_builtin_family_has_a_strategy():
@@ -99,6 +112,7 @@ def _family_test(name, config):
 test_gaussian_samples = _family_test("gaussian", FAST)
 test_calpha_samples = _family_test("calpha", SLOW)
 test_disks_samples = _family_test("disks", FAST)
+test_ellipses_samples = _family_test("ellipses", FAST)
 test_faces_samples = _family_test("faces", SLOW)
 test_shuffled_samples = _family_test("shuffled", FAST)
 
@@ -149,6 +163,7 @@ def _denoiser_test(name, config):
 test_gaussian_reference_denoisers = _denoiser_test("gaussian", FAST)
 test_calpha_reference_denoisers = _denoiser_test("calpha", SLOW)
 test_disks_reference_denoisers = _denoiser_test("disks", SLOW)
+test_ellipses_reference_denoisers = _denoiser_test("ellipses", SLOW)
 test_faces_reference_denoisers = _denoiser_test("faces", SLOW)
 test_shuffled_reference_denoisers = _denoiser_test("shuffled", SLOW)
 
