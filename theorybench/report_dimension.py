@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .experiments.dimension_study import FAMILY, dimension_rows
@@ -27,9 +26,8 @@ COLUMNS = ("k", "sigma", "L/σ²", "U/σ²", "U_se", "network/σ²", "network_se
 def _figure(frame: pd.DataFrame):
     fig, (ax_m, ax_j, ax_a) = plt.subplots(1, 3, figsize=(10.5, 3.2))
     k = frame["k"].to_numpy()
-    line = np.array([k.min(), k.max()])
     for ax in (ax_m, ax_j):
-        ax.plot(line, line, color="0.5", ls=":", lw=0.9, label="y = k")
+        ax.plot(k, k, color="0.5", ls=":", lw=0.9, label="y = k")
     ax_m.errorbar(k, frame["U/σ²"], yerr=2 * frame["U_se"], marker="o", ms=3,
                   color=PALETTE[0], label="U: posterior (upper)")
     ax_m.plot(k, frame["L/σ²"], marker="^", ms=4, ls="--", color=PALETTE[2],

@@ -308,8 +308,10 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
             lines += [f"Paper (network on disks, σ = {p['sigma']}): λ1–5 = "
                       f"{p['first5'][0]}–{p['first5'][1]}, λ6–10 = {p['next5'][0]}–"
                       f"{p['next5'][1]}; the optimum keeps 5 eigenvalues near 1 (the tangent "
-                      "space). Angles: principal angles between the top-5 eigenvectors and the "
-                      "true tangent space ∂x/∂θ, max over the 5, mean over images.", ""]
+                      "space).", ""]
+        if "tangent_max_angle_deg" in frame:
+            lines += ["Angles: principal angles between the top-k eigenvectors and the true "
+                      "k-dimensional tangent space ∂x/∂θ, max over the k, mean over images.", ""]
         if entry.name == "calpha":
             lines += ["Contour concentration: fraction of the energy of each top eigenvector "
                       "within 2 pixels of the true contour (mean over the top eigenvectors and "
