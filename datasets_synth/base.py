@@ -175,6 +175,13 @@ class Distribution:
         """
         return None
 
+    def contour_region(self, latents: Latents, width: float):
+        """Pixels (a bool array (h, w)) within ``width`` pixels of the boundary between the
+        regions of one image (latents with leading dimension 1); None when the family has
+        no such boundary (the default). The Jacobian analysis then reports how much of
+        each top eigenvector's energy lies there (SCIENCE.md §6)."""
+        return None
+
     def reference_base(self) -> Distribution | None:
         """The distribution whose references this one inherits by conjugation, or None.
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .base import Distribution, block_generator, check_choice, check_float, check_int
@@ -85,6 +86,38 @@ def contour_amplitudes(size: int, alpha: float, terms: int) -> torch.Tensor:
     amp = k ** (-(alpha + 0.5))
     # Var(c − c0) = Σ amp_k² (a cos + b sin has unit variance); scale it to (s/8)²
     return amp * (CONTOUR_STD * size / amp.pow(2).sum().sqrt())
+
+
+def contour_band(mask, width: float) -> np.ndarray:
+    """Pixels whose centre lies within ``width`` pixels of a pixel the contour crosses.
+
+    Parameters
+    ----------
+    mask : array (h, w) (or (1, h, w)) in [0, 1]   region-1 coverage of each pixel.
+    width : float >= 0   distance between pixel centres, in pixels.
+
+    Returns
+    -------
+    bool array (h, w). Crossed pixels: partly covered (``0 < m < 1``) or, for hard masks,
+    on either side of a jump of ``m`` across ½ between 4-neighbours.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    m = np.asarray(mask, dtype=float).reshape(np.shape(mask)[-2:])
+    if not width >= 0:
+        raise ValueError(f"width must be >= 0 pixels, got {width!r}")
+    eps = 1e-6
+    crossed = (m > eps) & (m < 1 - eps)
+    side = m >= 0.5
+    jump_v = side[1:] != side[:-1]
+    jump_h = side[:, 1:] != side[:, :-1]
+    crossed[1:] |= jump_v
+    crossed[:-1] |= jump_v
+    crossed[:, 1:] |= jump_h
+    crossed[:, :-1] |= jump_h
+    if not crossed.any():
+        return np.zeros_like(crossed)
+    return distance_transform_edt(~crossed) <= width
 
 
 class CAlpha(Distribution):
@@ -302,6 +335,11 @@ class CAlpha(Distribution):
             cov = kernel[di[:, None, :, None], di[None, :, None, :]]  # (s, s, s, s)
             self._region_cov = cov.reshape(s * s, s * s) + OFFSET_STD**2
         return self._region_cov
+
+    def contour_region(self, latents, width):
+        """Pixels within ``width`` pixels of the image's contour (:func:`contour_band` of
+        ``latents["mask"]`` (1, 1, s, s)): bool array (s, s)."""
+        return contour_band(latents["mask"][0].cpu().numpy(), width)
 
     def mean_vector(self, mask: torch.Tensor) -> torch.Tensor:
         """μ(m) (n, d) float64: ``m·E a1 + (1 − m)·E a2`` (= 0.5 everywhere)."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import datasets_synth
+from datasets_synth.calpha import contour_band
 from theorybench.cache import Cache, digest
 from theorybench.experiments.cells import build_cells, cell_key
 from theorybench.experiments.jacobian_analysis import (
@@ -23,7 +24,6 @@ from theorybench.experiments.jacobian_analysis import (
     compute_jacobian_cell,
     compute_pair_cell,
     compute_pair_similarity,
-    contour_band,
     contour_concentration,
     jacobian_sigmas,
     subspace_overlap,

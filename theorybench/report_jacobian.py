@@ -312,7 +312,7 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
         if "tangent_max_angle_deg" in frame:
             lines += ["Angles: principal angles between the top-k eigenvectors and the true "
                       "k-dimensional tangent space ∂x/∂θ, max over the k, mean over images.", ""]
-        if entry.name == "calpha":
+        if "contour_top_k" in frame:
             lines += ["Contour concentration: fraction of the energy of each top eigenvector "
                       "within 2 pixels of the true contour (mean over the top eigenvectors and "
                       "images), against the fraction of pixels there (chance).", ""]

@@ -78,6 +78,28 @@ class CAlphaOracle(ReferenceDenoiser):
         x = mu + torch.einsum("ndk,nk->nd", V, coef)
         return x.view_as(y).to(y.dtype)
 
+    def given(self, latents) -> _OracleAtMask:
+        """The oracle at one image's latents (``{"mask": (1, 1, s, s)}``) as a denoiser of
+        y alone: linear, so its Jacobian is ``C(m)(C(m) + σ²I)⁻¹`` (the Jacobian
+        analysis's reference for calpha)."""
+        return _OracleAtMask(self, latents["mask"])
+
+
+class _OracleAtMask:
+    """The calpha oracle for one mask: ``μ + V diag(ν/(ν+σ²)) Vᵀ (y − μ)`` on any batch."""
+
+    def __init__(self, oracle, mask: torch.Tensor):
+        nu, V = oracle.decomposition(mask)
+        self.nu, self.V = nu[0], V[0]
+        self.mu = oracle.dist.mean_vector(mask)[0]
+
+    def __call__(self, y, sigma):
+        s2 = float(sigma) ** 2
+        r = y.reshape(y.shape[0], -1).double() - self.mu
+        gain = self.nu / (self.nu + s2)  # ν/(ν+σ²): x̂ = μ + C(C+σ²I)⁻¹(y − μ)
+        x = self.mu + ((r @ self.V) * gain) @ self.V.T
+        return x.reshape(y.shape).to(y.dtype)
+
 
 # -- the estimator (y alone) --------------------------------------------------------------
 LOG_2PI = math.log(2 * math.pi)

@@ -15,8 +15,9 @@ image ``y = x + σ z``, for the network and for the distribution's reference den
 * families with a known parameterization (``Distribution.tangent_space``: disks,
   ellipses): the principal angles between the span of the top-k eigenvectors and the true
   k-d tangent space ``∂x/∂θ`` at the true parameters;
-* ``calpha``: the fraction of the energy of each top eigenvector lying within ``band``
-  pixels of the true contour, against the fraction of pixels there (chance level);
+* families with a contour (``Distribution.contour_region``: calpha): the fraction of the
+  energy of each top eigenvector lying within ``band`` pixels of the true contour,
+  against the fraction of pixels there (chance level);
 * the top eigenvectors of the first image (for figures).
 
 References (the optimum, or the best available stand-in):
@@ -26,8 +27,8 @@ References (the optimum, or the best available stand-in):
 * a reference with ``moments(y, σ)`` (disks, ellipses: ``ShapePosterior``): the posterior
   mean ``E[x|y]`` and its Jacobian ``Cov[x|y]/σ²`` (SCIENCE.md §6, Tweedie) from the
   estimator's own importance sample over the geometry, intensities in closed form;
-* ``calpha``: the *oracle* given the true contour (mask), ``J = C(m)(C(m) + σ²I)⁻¹``
-  exactly (linear in y); an oracle, not a function of y alone;
+* an oracle with ``given(latents)`` (calpha: the oracle given the true contour, ``J =
+  C(m)(C(m) + σ²I)⁻¹`` exactly, linear in y); an oracle, not a function of y alone;
 * other distributions (faces, shuffled, plugins without an exact reference): none.
 
 :func:`compute_pair_similarity` compares two networks trained on disjoint sets (the
@@ -146,38 +147,6 @@ def describe_jacobian(spec: dict) -> str:
 # ----------------------------------------------------------------------------- geometry
 
 
-def contour_band(mask, width: float = CONTOUR_BAND) -> np.ndarray:
-    """Pixels whose centre lies within ``width`` pixels of a pixel the contour crosses.
-
-    Parameters
-    ----------
-    mask : array (h, w) (or (1, h, w)) in [0, 1]   region-1 coverage of each pixel.
-    width : float >= 0   distance between pixel centres, in pixels.
-
-    Returns
-    -------
-    bool array (h, w). Crossed pixels: partly covered (``0 < m < 1``) or, for hard masks,
-    on either side of a jump of ``m`` across ½ between 4-neighbours.
-    """
-    from scipy.ndimage import distance_transform_edt
-
-    m = np.asarray(mask, dtype=float).reshape(np.shape(mask)[-2:])
-    if not width >= 0:
-        raise ValueError(f"width must be >= 0 pixels, got {width!r}")
-    eps = 1e-6
-    crossed = (m > eps) & (m < 1 - eps)
-    side = m >= 0.5
-    jump_v = side[1:] != side[:-1]
-    jump_h = side[:, 1:] != side[:, :-1]
-    crossed[1:] |= jump_v
-    crossed[:-1] |= jump_v
-    crossed[:, 1:] |= jump_h
-    crossed[:, :-1] |= jump_h
-    if not crossed.any():
-        return np.zeros_like(crossed)
-    return distance_transform_edt(~crossed) <= width
-
-
 def contour_concentration(vectors, band) -> np.ndarray:
     """Fraction of each vector's energy inside ``band``: ``Σ_band v² / Σ v²``.
 
@@ -211,22 +180,6 @@ class _LocalLinear:
         return (self.fy + (flat - self.y) @ self.J.T).reshape(y.shape).to(y.dtype)
 
 
-class _OracleAtMask:
-    """The calpha oracle for one mask: ``μ + V diag(ν/(ν+σ²)) Vᵀ (y − μ)`` on any batch."""
-
-    def __init__(self, oracle, mask: torch.Tensor):
-        nu, V = oracle.decomposition(mask)
-        self.nu, self.V = nu[0], V[0]
-        self.mu = oracle.dist.mean_vector(mask)[0]
-
-    def __call__(self, y, sigma):
-        s2 = float(sigma) ** 2
-        r = y.reshape(y.shape[0], -1).double() - self.mu
-        gain = self.nu / (self.nu + s2)  # ν/(ν+σ²): x̂ = μ + C(C+σ²I)⁻¹(y − μ)
-        x = self.mu + ((r @ self.V) * gain) @ self.V.T
-        return x.reshape(y.shape).to(y.dtype)
-
-
 def _reference(dist):
     """(name, kind, description, how) and a builder ``(x_i, y_i, latents_i, σ) -> (denoiser
     whose Jacobian is the reference's, extra record fields)``; None when there is none."""
@@ -243,14 +196,16 @@ def _reference(dist):
         info = (name, posterior.kind, posterior.description,
                 "importance sample of the posterior: Cov[x|y]/σ² (Tweedie)")
         return info, build
-    if dist.name == "calpha" and "oracle-contour" in refs:
-        oracle = refs["oracle-contour"]
+    frozen = [(name, den) for name, den in refs.items()
+              if getattr(den, "oracle", False) and hasattr(den, "given")]
+    if frozen:  # an oracle that is a denoiser of y alone once given the latents (calpha)
+        name, oracle = frozen[0]
 
         def build(x, y, lat, sigma):
-            return _OracleAtMask(oracle, lat["mask"]), {}
+            return oracle.given(lat), {}
 
-        info = ("oracle-contour", "lower", oracle.description,
-                "autograd of the oracle given the true mask: C(m)(C(m)+σ²I)⁻¹ (an oracle)")
+        info = (name, oracle.kind, oracle.description,
+                "autograd of the oracle given the image's latents (an oracle)")
         return info, build
     exact = [(name, den) for name, den in refs.items() if getattr(den, "kind", "") == "exact"
              and not getattr(den, "oracle", False) and getattr(den, "differentiable", True)]
@@ -345,8 +300,8 @@ def analyse(denoiser, x: torch.Tensor, y: torch.Tensor, sigma: float, dist=None,
     if tangent is not None and tangent.shape[1] <= spec.eigenvectors.shape[1]:
         angles = subspace_angles(spec.eigenvectors[:, :tangent.shape[1]].cpu(), tangent)
         out["tangent_angles_deg"] = torch.rad2deg(angles).numpy()
-    if dist is not None and dist.name == "calpha" and "mask" in latents:
-        region = contour_band(latents["mask"][0].cpu().numpy(), band)
+    region = None if dist is None or not latents else dist.contour_region(latents, band)
+    if region is not None:
         out["contour_concentration"] = contour_concentration(vectors.numpy(), region)
         out["contour_chance"] = float(region.mean())
     return out
@@ -575,7 +530,6 @@ __all__ = [
     "compute_jacobian_cell",
     "compute_pair_cell",
     "compute_pair_similarity",
-    "contour_band",
     "contour_concentration",
     "describe_jacobian",
     "jacobian_sigmas",
