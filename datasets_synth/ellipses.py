@@ -125,6 +125,7 @@ class Ellipses(ShapeManifold):
         params = check_shape_prior(size, r_min, r_max, fg_mean, fg_std, bg_mean, bg_std,
                                    floor=2.0)
         super().__init__(k=k, **params)
+        self.r_min, self.r_max = params["r_min"], params["r_max"]
         names, free = _FREE[k]
         if not any(free) and params["fg_mean"] == params["bg_mean"]:
             raise ValueError(f"fg_mean and bg_mean must differ for k <= 3 (both intensities "

@@ -194,12 +194,13 @@ class ShapeManifold(Distribution):
     ``g`` the image is linear in the free intensities, which the reference denoisers of
     ``theorybench.denoisers.disks`` integrate in closed form.
 
-    Subclasses pass the parameters of :func:`check_shape_prior` (and their own) to
-    ``__init__``, set ``intrinsic_dim``, ``intensity_std``, ``geometry_low`` /
+    Subclasses pass their parameters to ``__init__`` (at least ``size``, ``fg_mean``,
+    ``bg_mean``; :func:`check_shape_prior` validates those of a sized shape), set
+    ``geometry_names``, ``intrinsic_dim``, ``intensity_std``, ``geometry_low`` /
     ``geometry_high`` (D,) float64, and define :meth:`coverage` and
-    :meth:`coverage_jacobian`. Latents: ``{"params": (count, D + 2)}`` float64 rows
-    ``(g…, a_f, a_b)`` (the float32 values the image was rendered from; a fixed intensity
-    holds its value).
+    :meth:`coverage_jacobian` (README: "Add a distribution"). Latents:
+    ``{"params": (count, D + 2)}`` float64 rows ``(g…, a_f, a_b)`` (the float32 values the
+    image was rendered from; a fixed intensity holds its value).
     """
 
     block_size = 256
@@ -208,7 +209,7 @@ class ShapeManifold(Distribution):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self.size, self.r_min, self.r_max = params["size"], params["r_min"], params["r_max"]
+        self.size = params["size"]
         self.shape = (1, self.size, self.size)
         self.value_range = (-math.inf, math.inf)
         self.intensity_mean = (params["fg_mean"], params["bg_mean"])  # (μ_f, μ_b)
@@ -324,6 +325,7 @@ class Disks(ShapeManifold):
         params = check_shape_prior(size, r_min, r_max, fg_mean, fg_std, bg_mean, bg_std,
                                    floor=1.0)
         super().__init__(**params)
+        self.r_min, self.r_max = params["r_min"], params["r_max"]
         self.intrinsic_dim = 5
         self.intensity_std = (params["fg_std"], params["bg_std"])  # (τ_f, τ_b)
 

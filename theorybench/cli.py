@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 import datasets_synth
-from datasets_synth.registry import registered_in_process
+from datasets_synth.registry import get_factory, registered_in_process
 
 from .cache import Cache, atomic_write_bytes
 from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
@@ -62,7 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="local worker processes, one cell each (default: CPU count)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it may datasets_synth.register() "
+                             "distributions; repeatable)")
     return parser
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each ``--plugin`` module (its registrations take effect in this process)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a broken plugin: one line, not a traceback
+            raise ValueError(f"--plugin {module}: cannot import it ({type(exc).__name__}: "
+                             f"{exc}); it must be importable (on PYTHONPATH)") from exc
+
+
+def default_params(name: str, preset) -> dict:
+    """Parameters of an entry not listed in the preset: the preset's image size when the
+    family's factory takes ``size``, else none (its own defaults)."""
+    try:
+        signature = inspect.signature(get_factory(name))
+    except (TypeError, ValueError):
+        return {}
+    takes = "size" in signature.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    return {"size": preset.size} if takes else {}
 
 
 def apply_overrides(preset, overrides: list[str]):
@@ -93,10 +120,11 @@ def list_distributions() -> str:
 
 
 def study_entries(preset, datasets: str | None) -> list[tuple[str, dict]]:
-    """(name, params) entries: the preset's built-ins (filtered) and plugins with defaults."""
+    """(name, params) entries: the preset's built-ins (filtered), then plugins and other
+    asked-for names with :func:`default_params`."""
     builtin = set(datasets_synth.builtin_names())
     plugins = [n for n in datasets_synth.names() if n not in builtin]
-    entries = list(preset.datasets) + [(n, {}) for n in plugins]
+    entries = list(preset.datasets) + [(n, default_params(n, preset)) for n in plugins]
     if datasets is None:
         return entries
     wanted = [w.strip() for w in datasets.split(",") if w.strip()]
@@ -107,7 +135,8 @@ def study_entries(preset, datasets: str | None) -> list[tuple[str, dict]]:
         if w not in valid:
             raise ValueError(f"unknown distribution {w!r}; valid names: {', '.join(valid)}")
     chosen = [e for e in entries if e[0] in wanted]
-    chosen += [(w, {}) for w in wanted if w not in {e[0] for e in chosen}]
+    chosen += [(w, default_params(w, preset)) for w in wanted
+               if w not in {e[0] for e in chosen}]
     return chosen
 
 
@@ -159,6 +188,10 @@ def git_commit() -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        import_plugins(args.plugin)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.list:
         print(list_distributions())
         return 0

@@ -449,7 +449,7 @@ class PartialShapeOracle(ReferenceDenoiser):
         geometry = g[:, None, :].repeat(1, r ** dims, 1)
         for a, coord in enumerate(self.free):
             geometry[:, :, coord] = axes[:, a, index[a]]
-        masks = self.dist.coverage(geometry.view(-1, g.shape[1])).view(n, -1, d)
+        masks = self.dist.coverage(geometry.view(-1, g.shape[1])).reshape(n, -1, d)
         a_f, a_b, loglik, _ = self._model.solve(
             (masks @ y[:, :, None]).squeeze(2), masks.sum(2), masks.square().sum(2),
             y.sum(1, keepdim=True), y.square().sum(1, keepdim=True), s2, d)
