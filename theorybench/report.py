@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import datasets_synth
+
 from .cache import atomic_write_bytes
 from .experiments.cells import entry_label
 from .experiments.dimension_study import STUDY
@@ -331,8 +333,6 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
             rows.append({"table": "ratio", "entry": study.label, "network": net, "sigma": sig,
                          "MSE/U": ru, "se(MSE/U)": su, "MSE/L": rl, "se(MSE/L)": sl})
     if study.name == "calpha" and len(grid) >= 2 and lo_ref is not None:
-        import datasets_synth
-
         from .experiments.presets import PRESETS
 
         alpha = float(study.params.get("alpha", 2.0))
@@ -410,6 +410,20 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
     return rows
 
 
+def base_studies(studies: list[StudyData]) -> dict:
+    """``{label: study of its base}`` for each entry whose distribution is a conjugate of
+    another studied one (``Distribution.reference_base``: shuffled faces → faces)."""
+    dists = {s.label: datasets_synth.get(s.name, **s.params) for s in studies}
+    by_dist = {repr(d): label for label, d in dists.items()}
+    by_label = {s.label: s for s in studies}
+    out = {}
+    for label, dist in dists.items():
+        base = dist.reference_base()
+        if base is not None and repr(base) in by_dist:
+            out[label] = by_label[by_dist[repr(base)]]
+    return out
+
+
 def shuffled_rows(studies: list[StudyData]) -> list[dict]:
     """Network on shuffled images against its base: same MMSE, different inductive fit.
 
@@ -432,12 +446,11 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
                                                  strict=True))
 
     rows = []
-    by_label = {s.label: s for s in studies}
+    bases = base_studies(studies)
     for s in studies:
-        if s.name != "shuffled" or s.reference is None or s.networks["per-sigma"] is None:
+        if s.label not in bases or s.reference is None or s.networks["per-sigma"] is None:
             continue
-        base_params = {k: v for k, v in s.params.items() if k not in ("base", "seed")}
-        base = by_label.get(entry_label(s.params.get("base", "faces"), base_params))
+        base = bases[s.label]
         net = by_sigma(s.networks["per-sigma"])
         base_net = by_sigma(base.networks["per-sigma"] if base else None)
         u_shuffled, u_base = best(s), best(base)
@@ -495,11 +508,9 @@ def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
     errors are paired and the standard error is that of the per-image integrals.
     """
     rows = []
-    by_label = {s.label: s for s in studies}
+    bases = base_studies(studies)
     for s in studies:
-        base_label = entry_label(s.params.get("base", ""), {k: v for k, v in s.params.items()
-                                                             if k not in ("base", "seed")})
-        base = by_label.get(base_label) if s.name == "shuffled" else None
+        base = bases.get(s.label)
         for mode in NETWORKS if base else ():
             a, b = s.networks[mode], base.networks[mode]
             if a is None or b is None or len(a) != len(b) or not np.allclose(a.sigma, b.sigma):
