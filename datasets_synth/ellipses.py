@@ -168,8 +168,8 @@ class Ellipses(ShapeManifold):
         from theorybench.denoisers.disks import PartialShapeOracle, ShapePosterior
 
         if self.geometry_dim <= 2:  # quadrature over the whole geometry: the MMSE (exact kind)
-            return {"posterior-quadrature": PartialShapeOracle(self, free=(0, 1)[:self.k]),
-                    "posterior": ShapePosterior(self)}
+            whole = PartialShapeOracle(self, free=tuple(range(self.geometry_dim)))
+            return {"posterior-quadrature": whole, "posterior": ShapePosterior(self)}
         # knows all but the centre: a lower bound, total MSE → (2 + L)σ² at small σ
         return {"oracle-shape": PartialShapeOracle(self, free=(0, 1)),
                 "posterior": ShapePosterior(self)}

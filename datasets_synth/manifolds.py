@@ -270,13 +270,19 @@ class ShapeManifold(Distribution):
         """
         theta = latents["params"].detach().reshape(1, self.geometry_dim + 2).double()
         m, jm = self.coverage_jacobian(theta[:, :self.geometry_dim])
-        m, jm = m.reshape(-1), jm[0].flatten(1)  # (d,), (D, d)
-        a_f, a_b = theta[0, -2], theta[0, -1]
-        columns = [(a_f - a_b) * jm]
+        return self.tangent_columns(m.flatten(1), jm.flatten(2), theta[:, -2:-1],
+                                    theta[:, -1:])[0].T
+
+    def tangent_columns(self, m, jm, a_f, a_b) -> torch.Tensor:
+        """``∂x/∂θ`` (B, k, d) over the free coordinates for B images: masks ``m`` (B, d),
+        their derivatives ``jm`` (B, D, d) and intensities ``a_f``, ``a_b`` (B, 1); the
+        rows ``(a_f − a_b)·∂m/∂g_j``, then ``m`` (if ``a_f`` is free) and ``1 − m`` (if
+        ``a_b`` is)."""
+        columns = [(a_f - a_b)[:, :, None] * jm]
         for free, column in zip(self.free_intensities, (m, 1 - m), strict=True):
             if free:
-                columns.append(column[None])
-        return torch.cat(columns).T
+                columns.append(column[:, None])
+        return torch.cat(columns, 1)
 
     def _draw(self, generator, count):
         device = generator.device  # the tensors are made where the generator is

@@ -152,18 +152,14 @@ def _profile(dist, model, y, s2, sy, yy, geometry):
     return [m, jm, a_f, a_b, loglik.squeeze(1)]
 
 
-def _profiled_curvature(model, y, s2, m, jm, a_f, a_b):
+def _profiled_curvature(dist, model, y, s2, m, jm, a_f, a_b):
     """Gauss–Newton curvature (B, D, D) of ``−log p(y | g)`` in the geometry, with the free
     intensities profiled out (Schur complement of ``JᵀJ/σ² + Λ⁻¹``), and its gradient
     (B, D) at the intensities' optimum; ``jm`` (B, D, d) are the mask derivatives."""
     dims = jm.shape[1]
-    columns, precisions = [(a_f - a_b)[:, :, None] * jm], []  # ∂x/∂θ (B, D + L, d)
-    for free, column, precision in ((model.free_f, m, model.prec_f),
-                                    (model.free_b, 1 - m, model.prec_b)):
-        if free:
-            columns.append(column[:, None])
-            precisions.append(precision)
-    jx = torch.cat(columns, 1)
+    jx = dist.tangent_columns(m, jm, a_f, a_b)  # ∂x/∂θ (B, D + L, d)
+    precisions = [p for free, p in ((model.free_f, model.prec_f), (model.free_b, model.prec_b))
+                  if free]
     hess = jx @ jx.transpose(1, 2) / s2[:, :, None]  # Gauss–Newton JᵀJ/σ²
     for i, precision in enumerate(precisions):
         hess[:, dims + i, dims + i] += precision
@@ -217,6 +213,7 @@ class ShapeOracle(ReferenceDenoiser):
 
     kind = "lower"
     oracle = True
+
     def __init__(self, dist):
         super().__init__("lower")
         _check_shape_manifold(self, dist)
@@ -491,7 +488,7 @@ class PartialShapeOracle(ReferenceDenoiser):
             return state
 
         def curvature(state):
-            return _profiled_curvature(self._model, y, s2, *state[:-1])
+            return _profiled_curvature(self.dist, self._model, y, s2, *state[:-1])
 
         x, state = _levenberg_marquardt(evaluate, curvature, start, self.low, self.high,
                                         self.prior_precision, self.lm_steps, 1e-3, 1e-9)
@@ -702,7 +699,7 @@ class ShapePosterior(ReferenceDenoiser):
             return _profile(self.dist, self._model, y, s2, sy, yy, g)
 
         def curvature(state):
-            return _profiled_curvature(self._model, y, s2, *state[:-1])
+            return _profiled_curvature(self.dist, self._model, y, s2, *state[:-1])
 
         g, state = _levenberg_marquardt(evaluate, curvature, g, self.low, self.high,
                                         self.prior_precision, self.lm_steps, 1e-2, 1e-6)
