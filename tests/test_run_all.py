@@ -48,6 +48,29 @@ def test_dimension_study_rows(smoke):
     assert meta["preset"] == "smoke" and meta["computed"] == meta["cells"]
 
 
+def test_machines_rows(smoke):
+    """One machines row per memorization N, with agreement quartiles ordered, the calibrated
+    patch sides among the candidates and every MSE against the sweep's own bracket; the
+    sweep's reference cells give the S1 network a KL interval."""
+    out, _, _ = smoke
+    table = pd.read_csv(out / "machines.csv")
+    assert table["N"].tolist() == [1, 4]
+    for role in ("empirical", "ls", "els", "s2"):
+        assert (table[f"r2 {role} q1"] <= table[f"r2 {role}"]).all()
+        assert (table[f"r2 {role}"] <= table[f"r2 {role} q3"]).all()
+        assert ((table[f"r {role}"] >= -1) & (table[f"r {role}"] <= 1)).all()
+    for tag in ("lo", "mid"):
+        slack = 3 * (table[f"L {tag} se"] + table[f"U {tag} se"])
+        assert (table[f"L {tag}"] <= table[f"U {tag}"] + slack).all()
+        columns = [f"{c} {tag}" for c in ("network", "empirical", "ls", "els")]
+        assert table[columns].notna().all().all()
+    sides = {int(p) for col in ("P ls", "P els") for v in table[col] for p in v.split("→")}
+    assert sides <= {3, 5}
+    readme = (out / "README.md").read_text()
+    assert "## What the networks compute" in readme
+    assert pd.read_csv(out / "memorization.csv")["kl high"].notna().all()
+
+
 def test_gaussian_reference_is_the_exact_mmse(smoke):
     out, _, _ = smoke
     mse = pd.read_csv(out / "mse.csv")

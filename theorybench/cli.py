@@ -27,6 +27,8 @@ from .experiments.jacobian_analysis import (
     build_pair_cells,
     jacobian_sigmas,
 )
+from .experiments.machines_sweep import build_machine_cells
+from .experiments.memorization_sweep import STUDY as MEMORIZATION_STUDY
 from .experiments.memorization_sweep import build_memorization_cells
 from .experiments.presets import PRESETS
 from .training import resolve_device
@@ -162,7 +164,20 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
         sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
         center=m.get("center", False))
     middle = [preset.sigmas[len(preset.sigmas) // 2]]
-    return cells + build_pair_cells(cells, middle, preset.jacobian_images, seed)
+    cells += build_pair_cells(cells, middle, preset.jacobian_images, seed)
+    machines = m.get("machines")
+    if not machines:
+        return cells
+    references = []  # the MMSE bracket on the sweep's held-out images, at the σ grid
+    for name, params in entries:
+        size = datasets_synth.get(name, **params).num_images
+        n_eval = m["n_eval"] if size is None else min(m["n_eval"], size)
+        references.append({"kind": "reference", "dataset": name, "params": dict(params),
+                           "sigmas": list(preset.sigmas), "n_eval": n_eval, "seed": seed,
+                           "study": MEMORIZATION_STUDY})
+    return references + cells + build_machine_cells(
+        cells, machines["patches"], machines["n_samples"], machines["n_calibration"],
+        preset.sigmas, machines.get("boundary", "crop"))
 
 
 def dimension_cells(preset, datasets: str | None, seed: int) -> list[dict]:

@@ -19,7 +19,6 @@ import datasets_synth
 
 from .cache import atomic_write_bytes
 from .experiments.cells import entry_label
-from .experiments.dimension_study import STUDY
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .kl import kl_bound, tightest_references, trapezoid_weights
 
@@ -666,14 +665,16 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                       markdown_table(pd.DataFrame(shuffled_kl)), ""]
     from .report_dimension import dimension_section  # they build on this module's helpers
     from .report_jacobian import jacobian_section
+    from .report_machines import machines_section
     from .report_memorization import memorization_section
     from .report_training import training_section
 
-    study = [r for r in records if r["spec"].get("study") != STUDY]  # not the k sweep's
+    study = [r for r in records if not r["spec"].get("study")]  # not a side study's cells
     training_lines, training = training_section(study, out)
     lines += training_lines
     lines += jacobian_section(study, out)
-    lines += memorization_section(study, out)
+    lines += memorization_section(records, out)  # with the sweep's own reference cells
+    lines += machines_section(records, out)
     lines += dimension_section(records, out)
     for name, rows in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                        ("mse", mse_rows), ("training", training)):
@@ -683,7 +684,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows), ("training", training)) if r)
               + ", `jacobian.csv`, `jacobian_pairs.csv`, `memorization.csv`, "
-                "`memorization_mse.csv`, `dimension.csv` (when computed).", ""]
+                "`memorization_mse.csv`, `machines.csv`, `dimension.csv` (when computed).", ""]
     readme = out / "README.md"
     atomic_write_bytes(readme, "\n".join(lines).encode())
     return readme

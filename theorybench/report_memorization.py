@@ -37,13 +37,15 @@ def _middle(sigmas) -> int:
     return len(sigmas) // 2
 
 
-def _reference_for(spec: dict, records: list[dict]) -> dict | None:
-    """The reference cell of the same distribution, σ grid, n and seed (paired images)."""
+def _reference_for(spec: dict, records: list[dict], n_test: int | None = None) -> dict | None:
+    """The reference cell of the same distribution, σ grid, n and seed (paired images);
+    ``n_test``: the held-out images the cell used (fewer than ``n_eval`` on a small set)."""
+    n = spec["n_eval"] if n_test is None else n_test
     for r in records:
         s = r.get("spec", {})
         if (s.get("kind") == "reference" and "result" in r and s["dataset"] == spec["dataset"]
                 and s["params"] == spec["params"] and list(s["sigmas"]) == list(spec["sigmas"])
-                and s["n_eval"] == spec["n_eval"] and s["seed"] == spec["seed"]):
+                and s["n_eval"] == n and s["seed"] == spec["seed"]):
             return r
     return None
 
@@ -393,7 +395,7 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
         spec = group[0]["spec"]
         label = entry_label(spec["dataset"], spec["params"])
         s = "mem-" + slug(label)
-        reference = _reference_for(spec, records)
+        reference = _reference_for(spec, records, group[0]["result"].get("n_test"))
         frame = pd.DataFrame([summary_row(r, reference) for r in group])
         rows.append(frame)
         for r in group:

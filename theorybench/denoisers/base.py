@@ -17,6 +17,9 @@ and declare a ``kind`` (SCIENCE.md §5):
   σ range of the universal networks): its MSE is ≥ MMSE at every σ, and its σ-averaged
   MSE under that law is the least any blind (universal) denoiser can reach. It is not a
   bound on the MMSE and never enters the bracket.
+* ``model``: the optimum under a stated restriction of the estimator, computed from a
+  finite training set (the local and equivariant-local machines of ``local``); a model
+  of what a network may compute, neither the MMSE nor a bound on it.
 
 Oracles set ``oracle = True`` and take ``latents=`` (a dict of per-image tensors). Only
 the evaluator hands latents over, and only to oracles; ``upper`` denoisers have no way
@@ -38,7 +41,7 @@ import numbers
 import torch
 from torch import nn
 
-KINDS = ("exact", "lower", "upper", "blind")
+KINDS = ("exact", "lower", "upper", "blind", "model")
 
 
 def sigma_column(sigma, y: torch.Tensor) -> torch.Tensor:

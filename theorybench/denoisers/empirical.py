@@ -15,6 +15,53 @@ import torch
 from .base import ReferenceDenoiser, sigma_column
 
 
+class OnlineSoftmax:
+    """``Σ_j softmax_j(logits) values_j`` accumulated over chunks of j.
+
+    Keeps a running max, a running sum of ``exp(logit − max)`` and the running weighted
+    sum, so only one chunk of logits exists at a time and nothing overflows (at small σ
+    the weights collapse on the best candidate). Batched: ``logits`` (..., m) and
+    ``values`` (..., m, c) with the leading dimensions of ``shape`` = (..., c), or
+    ``values`` (m, c) shared by every row (2-D).
+
+    Parameters
+    ----------
+    shape : tuple   shape of the accumulated sum (..., c).
+    like : tensor   gives the device and dtype.
+    ones_column : bool   the values' last column is all ones: the weighted sum then
+        carries the normalizer, no separate sum is taken, and :meth:`mean` has c − 1
+        columns.
+    """
+
+    def __init__(self, shape: tuple, like: torch.Tensor, ones_column: bool = False):
+        rows = (*shape[:-1], 1)
+        self.ones_column = ones_column
+        self.run_max = torch.full(rows, -torch.inf, device=like.device, dtype=like.dtype)
+        self.run_sum = torch.zeros(rows, device=like.device, dtype=like.dtype)
+        self.acc = torch.zeros(shape, device=like.device, dtype=like.dtype)
+
+    def add(self, logits: torch.Tensor, values: torch.Tensor) -> None:
+        """Fold in one chunk; ``logits`` is overwritten."""
+        new_max = torch.maximum(self.run_max, logits.amax(-1, keepdim=True))
+        rescale = torch.exp(self.run_max - new_max)  # 0 on the first chunk (exp(−inf))
+        # weights below e^-80 are held there: exact to 1e-34 relative, and no float32
+        # denormals (which slow every later pass tenfold)
+        weights = logits.sub_(new_max).clamp_(min=-80.0).exp_()
+        if not self.ones_column:
+            self.run_sum = self.run_sum * rescale + weights.sum(-1, keepdim=True)
+        if weights.dim() == 2:
+            self.acc = torch.addmm(self.acc * rescale, weights, values)
+        else:
+            self.acc = torch.baddbmm(self.acc * rescale, weights, values)
+        self.run_max = new_max
+
+    def mean(self) -> torch.Tensor:
+        """The softmax-weighted mean of the values seen so far."""
+        if self.ones_column:
+            return self.acc[..., :-1] / self.acc[..., -1:]
+        return self.acc / self.run_sum
+
+
 class EmpiricalDenoiser(ReferenceDenoiser):
     """Posterior mean of the uniform distribution on ``train_images``.
 
@@ -50,20 +97,12 @@ class EmpiricalDenoiser(ReferenceDenoiser):
         train, half_sq = self._on(y.device)
         flat = y.flatten(1).to(train.dtype)  # (b, d)
         inv_var = 1.0 / sigma_column(sigma, flat).pow(2)  # (b, 1): 1/σ²
-        b = flat.shape[0]
-        run_max = torch.full((b, 1), -torch.inf, device=y.device, dtype=train.dtype)
-        run_sum = torch.zeros((b, 1), device=y.device, dtype=train.dtype)
-        acc = torch.zeros_like(flat)
+        acc = OnlineSoftmax((flat.shape[0], flat.shape[1]), flat)
         for start in range(0, len(train), self.chunk):
             xs, hs = train[start:start + self.chunk], half_sq[start:start + self.chunk]
             logits = torch.addmm(-hs, flat, xs.T).mul_(inv_var)  # (⟨y,x_i⟩ − ‖x_i‖²/2)/σ²
-            new_max = torch.maximum(run_max, logits.amax(1, keepdim=True))
-            rescale = torch.exp(run_max - new_max)  # 0 on the first chunk (exp(−inf))
-            weights = logits.sub_(new_max).exp_()
-            run_sum = run_sum * rescale + weights.sum(1, keepdim=True)
-            acc = torch.addmm(acc * rescale, weights, xs)
-            run_max = new_max
-        return (acc / run_sum).view_as(y).to(y.dtype)
+            acc.add(logits, xs)
+        return acc.mean().view_as(y).to(y.dtype)
 
     def nearest(self, images: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Euclidean distances (n, k) and indices (n, k) of the k nearest training images."""

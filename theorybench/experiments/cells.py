@@ -61,6 +61,10 @@ COMPONENTS = {
     "memorization": ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
                      "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
                      "theorybench.experiments.memorization_sweep"),
+    "machines": ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
+                 "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
+                 "theorybench.experiments.memorization_sweep",
+                 "theorybench.experiments.machines_sweep"),
 }
 
 
@@ -185,12 +189,14 @@ def _compute(spec: dict, cache: Cache, key: str, device, progress: bool) -> dict
         return compute_reference(spec)
     if kind == "network":
         return compute_network(spec, cache, key, device=device, progress=progress)
-    from . import jacobian_analysis, memorization_sweep  # import this module: loaded here
+    from . import jacobian_analysis, machines_sweep, memorization_sweep  # they import cells
 
     if kind == "memorization":
         return memorization_sweep.compute_memorization(spec, cache, key, device=device,
                                                        progress=progress)
 
+    if kind == "machines":
+        return machines_sweep.compute_machines(spec, cache, key, device=device)
     if kind == "jacobian":
         return jacobian_analysis.compute_jacobian_cell(spec, cache, key, device=device)
     if kind == "jacobian-pair":
@@ -237,6 +243,8 @@ def describe(spec: dict) -> str:
         return f"Jacobian pair on {label}, N={spec['N']}"
     if spec["kind"] == "memorization":
         return f"memorization sweep on {label}, N={spec['N']}"
+    if spec["kind"] == "machines":
+        return f"LS/ELS machines on {label}, N={spec['N']}"
     t = spec["train"]
     where = f"σ={t['sigma']:g}" if t["mode"] == "per-sigma" else f"σ≤{t['sigma_max']:g}"
     return f"{t['mode']} network on {label} ({where})"
@@ -245,7 +253,8 @@ def describe(spec: dict) -> str:
 def cell_dependencies(spec: dict) -> set[str]:
     """Keys of the cells whose stored results this cell reads: the values of its ``*_key``
     fields (``init_key`` of a warm-started network, ``network_key`` of a Jacobian cell,
-    ``memorization_key`` of a Jacobian pair). Executors start a cell after those."""
+    ``memorization_key`` of a Jacobian pair or a machines cell). Executors start a cell
+    after those."""
     return {value for name, value in spec.items() if name.endswith("_key") and value}
 
 

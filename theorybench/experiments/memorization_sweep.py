@@ -66,6 +66,7 @@ from ..training import TrainConfig, TrainingDiverged, resolve_device, train
 from .cells import _curve_record, entry_label
 
 KIND = "memorization"
+STUDY = "memorization"  # the tag of the sweep's own reference cells (kept out of the main tables)
 STREAM_TRAINSET, STREAM_NOISE, STREAM_NETS, STREAM_TRAIN_EVAL = 31, 32, 33, 34
 STREAM_HELD_NOISE = 35  # noise of the held-out images in the on-manifold baseline
 EXAMPLES = 6  # initial noises whose images are kept for the report's grids
@@ -124,8 +125,8 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     Parameters
     ----------
     entries : sequence of (name, params)   distributions, as ``presets.builtin_entries``.
-    sizes : sequence of int >= 1   training-set sizes N. For a finite data set only N with
-        ``2N <= len(dist.train_images())`` are kept (the report states the largest N reached).
+    sizes : sequence of int >= 1   training-set sizes N. For a finite data set, N above
+        ``len(dist.train_images()) // 2`` (two disjoint sets) become that largest N.
     net : dict              NetConfig fields of both networks.
     steps, batch_size : int   optimizer steps and images per step of each training.
     lr : float              Adam learning rate (cosine decay).
@@ -165,9 +166,7 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
         limit = math.inf
         if dist.num_images is not None:
             limit = len(dist.train_images()) // 2  # S1 and S2 must be disjoint
-        for n in sizes:
-            if n > limit:
-                continue
+        for n in sorted({min(n, limit) for n in sizes}):
             cells.append({"kind": KIND, "dataset": name, "params": dict(params), "N": n,
                           "net": net_cfg.to_dict(), "train": train_cfg.to_dict(),
                           "n_samples": n_samples, "sigmas": list(sigmas), "n_eval": n_eval,

@@ -74,6 +74,9 @@ class Preset:
                                 noises), ``n_eval``, ``sampler``, optional ``objective``
                                 (default "paper"), ``center``, ``lr`` (default: ``lr``); two
                                 universal networks on disjoint sets of each size N.
+                                Optional ``machines`` (``patches``, ``n_samples``,
+                                ``n_calibration``, ``boundary``): the LS/ELS machines next to
+                                the networks (``experiments.machines_sweep``).
     datasets : entries          (name, params) studied; plugins are added with {}.
     dimensions : dict           the intrinsic-dimension study (SCIENCE.md §5;
                                 ``experiments.dimension_study``): ``ks``, ``size``, ``net``,
@@ -125,7 +128,8 @@ PRESETS: dict[str, Preset] = {
         memorization={"entries": (("disks", {"size": 16}),), "sizes": (1, 4),
                       "net": {"arch": "bfcnn", "channels": 8, "depth": 3}, "steps": 20,
                       "batch_size": 8, "n_samples": 8, "n_eval": 16,
-                      "sampler": {"method": "heun", "steps": 10}},
+                      "sampler": {"method": "heun", "steps": 10},
+                      "machines": {"patches": (3, 5), "n_samples": 4, "n_calibration": 2}},
         dimensions={"ks": (1, 3), "size": 16, "net": {"arch": "bfcnn", "channels": 8, "depth": 3},
                     "steps": 16, "batch_size": 8, "jacobian_images": 1, "n_eval": 8},
     ),
@@ -143,10 +147,14 @@ PRESETS: dict[str, Preset] = {
         net=UNET_SMALL, per_sigma_steps=160, universal_steps=2000, batch_size=32, lr=3e-3,
         per_sigma_lr=1e-3, objective="balanced", datasets=builtin_entries(32),
         jacobian_images=1,
-        memorization={"entries": (("disks", {"size": 16}),), "sizes": (1, 10, 100, 1000),
+        # faces: 80 training images, so N = 1, 10 and 40 (two disjoint sets)
+        memorization={"entries": (("disks", {"size": 16}), ("faces", {"split": "test"})),
+                      "sizes": (1, 10, 100, 1000),
                       "net": UNET_SMALL, "steps": 2000, "batch_size": 32, "n_samples": 64,
                       "n_eval": 64, "sampler": {"method": "heun", "steps": 30},
-                      "objective": "paper", "lr": 1e-3},
+                      "objective": "paper", "lr": 1e-3,
+                      "machines": {"patches": (3, 5, 7, 11, 15), "n_samples": 32,
+                                   "n_calibration": 8}},
         # 16×16 and universal networks only: 7 networks of ~1 CPU-minute each
         dimensions={"ks": (1, 2, 3, 4, 5, 6, 7), "size": 16, "net": UNET_SMALL,
                     "steps": 2000, "batch_size": 32, "jacobian_images": 4},
@@ -164,7 +172,9 @@ PRESETS: dict[str, Preset] = {
                       "net": {"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},
                       "steps": 6000, "batch_size": 128, "n_samples": 128, "n_eval": 256,
                       "sampler": {"method": "heun", "steps": 40}, "objective": "balanced",
-                      "center": True},
+                      "center": True,
+                      "machines": {"patches": (3, 5, 7, 11, 15, 23, 31), "n_samples": 64,
+                                   "n_calibration": 16}},
         dimensions={"ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
                     "net": {"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},
                     "steps": 6000, "batch_size": 128, "jacobian_images": 8, "n_eval": 256},

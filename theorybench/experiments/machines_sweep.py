@@ -1,0 +1,213 @@
+"""What the memorization sweep's networks compute: the LS and ELS machines next to them.
+
+For each memorization cell (two networks on disjoint training sets S1, S2 of size N), a
+``machines`` cell
+
+1. rebuilds S1 and the cell's held-out images, loads both networks, and samples them from
+   the first ``n_samples`` of the cell's initial noises with the cell's sampler (the same
+   deterministic ODE, so one noise gives comparable images);
+2. calibrates the patch side of the LS and ELS machines of S1 per noise level, as Kamb &
+   Ganguli (2025) do: along the S1 network's own sampling path (its iterates ``x_i`` at
+   each σ_i of the sampler's grid, for the first ``n_calibration`` noises), every
+   candidate side P is scored by ``mean ‖f_P(x_i, σ_i) − f_net(x_i, σ_i)‖²`` and the best
+   is kept for that σ_i. The schedule and every score are stored;
+3. samples the empirical denoiser of S1 and both calibrated machines from the same noises;
+4. agreement per image between the S1 network's sample and each other sample (empirical,
+   LS, ELS, S2 network): the Pearson correlation ``r`` of the two images' pixels (each
+   image minus its own mean, then unit-normalized: the cosine of the centred images), and
+   ``r²``, which is what the anchor reports as "median r²"; summarized as median and
+   quartiles;
+5. each machine's MSE on the held-out images at the study's σ grid (same images and noise
+   as the ``reference`` cell of the entry, so it reads against the MMSE bracket), with the
+   calibrated patch side of the nearest σ.
+
+Network samples are recomputed from the stored checkpoints rather than stored in the
+memorization cell; the ODE sampler is deterministic, so they are the cell's samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import datasets_synth
+from datasets_synth.base import block_generator, check_int, check_seed
+
+from ..denoisers.empirical import EmpiricalDenoiser
+from ..denoisers.local import PatchEmpiricalDenoiser, check_patch
+from ..evaluation import mse_curve
+from ..memorization import cosine
+from ..sampling import SamplingDiverged, sample
+from ..training import NetworkDenoiser, resolve_device
+from .cells import MissingCheckpoint, _curve_record, cell_key, describe, entry_label
+from .memorization_sweep import STREAM_NOISE, derived_seed, held_out, training_sets
+
+KIND = "machines"
+MACHINES = {"ls": False, "els": True}  # name: equivariant
+ROLES = ("empirical", "ls", "els", "s2")  # compared with the S1 network's samples
+EXAMPLES = 6  # noises whose samples are kept for the report's grid
+
+
+def build_machine_cells(memorization_cells: list[dict], patches, n_samples: int,
+                        n_calibration: int, sigmas, boundary: str = "crop") -> list[dict]:
+    """One ``machines`` cell per memorization cell.
+
+    Parameters
+    ----------
+    memorization_cells : specs of kind ``memorization``; others are ignored.
+    patches : odd ints   candidate patch sides (pixels); ELS with ``crop`` keeps those
+        ≤ the image side.
+    n_samples : int      noises sampled by every denoiser (the first of the cell's noises;
+                         at most the cell's ``n_samples``).
+    n_calibration : int  noises whose network path calibrates the patch side.
+    sigmas : σ grid of the machines' MSE curves (the entry's reference cell's grid).
+    boundary : ``PatchEmpiricalDenoiser`` boundary rule.
+
+    Returns
+    -------
+    list of specs ``{"kind": "machines", "dataset", "params", "N", "patches",
+    "n_samples", "n_calibration", "sigmas", "boundary", "memorization": <spec>,
+    "memorization_key": key}``; run them after the memorization cells.
+    """
+    patches = sorted({check_patch(p) for p in patches})
+    n_calibration = check_int("n_calibration", n_calibration, low=1)
+    cells = []
+    for m in memorization_cells:
+        if m.get("kind") != "memorization":
+            continue
+        k = min(check_int("n_samples", n_samples, low=2), m["n_samples"])
+        cells.append({"kind": KIND, "dataset": m["dataset"], "params": m["params"],
+                      "N": m["N"], "patches": patches, "n_samples": k,
+                      "n_calibration": min(n_calibration, k), "sigmas": list(sigmas),
+                      "boundary": boundary, "memorization": m, "memorization_key": cell_key(m)})
+    return cells
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Per-image Pearson correlation of paired images (n, c, h, w) -> (n,) float64: the
+    cosine of the two images after each loses its own mean."""
+    return cosine(a, b, centered=True).numpy()
+
+
+def summarize_agreement(r: np.ndarray) -> dict:
+    """Median and quartiles of r and of r² over images."""
+    out = {}
+    for name, values in (("r", r), ("r2", r ** 2)):
+        q1, med, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+        out[name] = {"median": float(med), "q1": float(q1), "q3": float(q3)}
+    return out
+
+
+def calibrate(machines: dict, network, path: torch.Tensor,
+              grid: torch.Tensor) -> tuple[dict, dict]:
+    """The patch side per σ whose output is closest to the network's along its path.
+
+    Parameters
+    ----------
+    machines : {name: {P: PatchEmpiricalDenoiser}}   candidate machines per side.
+    network : the denoiser being modelled.
+    path : tensor (n, T, c, h, w)   the network's iterates before each step of the grid.
+    grid : tensor (≥ T,)   the sampler's σ grid.
+
+    Returns
+    -------
+    schedule : {name: {σ: P}};  scores : {name: {P: [mean squared difference per σ]}}.
+    """
+    schedule = {name: {} for name in machines}
+    scores = {name: {p: [] for p in sides} for name, sides in machines.items()}
+    with torch.no_grad():
+        for i in range(path.shape[1]):
+            sigma = float(grid[i])
+            x = path[:, i]
+            target = network(x, sigma)
+            for name, sides in machines.items():
+                for p, machine in sides.items():
+                    scores[name][p].append(float((machine(x, sigma) - target).pow(2).mean()))
+                best = min(sides, key=lambda p, n=name: scores[n][p][-1])
+                schedule[name][sigma] = best
+    return schedule, scores
+
+
+def compute_machines(spec: dict, cache, key: str, device=None) -> dict:
+    """Run one machines cell (module docstring); return a JSON-serializable result.
+
+    Returns
+    -------
+    dict with ``N``, ``label``, ``sigma_grid`` (the sampler's), ``schedule``
+    ``{machine: [P per grid σ]}``, ``scores`` ``{machine: {P: [per σ]}}``, ``agreement``
+    ``{role: {"r": {...}, "r2": {...}}}`` and ``per_sample`` ``{role: [r per image]}`` for
+    roles empirical, ls, els, s2 (each against the S1 network); ``mse`` ``{machine or
+    "empirical": curve}`` on the held-out images; ``examples`` (the first noises' samples
+    of s1, empirical, ls, els, s2); ``failed`` when a sampler diverges.
+    """
+    del key
+    device = resolve_device(device)
+    mem = spec["memorization"]
+    label = entry_label(spec["dataset"], spec["params"])
+    paths = [Path(cache.artifact_path(spec["memorization_key"], f"-s{i}.pt")) for i in (1, 2)]
+    for path in paths:
+        if not path.exists():
+            raise MissingCheckpoint(f"{describe(spec)}: no checkpoint {path.name} "
+                                    f"(run the memorization cell first)")
+    nets = [NetworkDenoiser.load(p, map_location=device) for p in paths]
+    dist = datasets_synth.get(spec["dataset"], **spec["params"])
+    seed = check_seed(mem["seed"])
+    s1, _, rest = training_sets(dist, spec["N"], seed)
+    test_dist = held_out(dist, spec["dataset"], spec["params"], rest)
+    n_test = None if test_dist is None else min(mem["n_eval"], test_dist.num_images or
+                                               mem["n_eval"])
+    options = dict(mem["sampler"])
+    method = options.pop("method")
+    if options.get("mean") == "auto":  # as the memorization cell resolves it
+        options["mean"] = float(test_dist.sample(n_test, seed).mean()) \
+            if test_dist is not None else 0.5
+    gen = block_generator(derived_seed(seed, STREAM_NOISE), 0, STREAM_NOISE)
+    noise = torch.randn((mem["n_samples"], *dist.shape), generator=gen)[:spec["n_samples"]]
+    noise = noise.to(device)
+    train = s1.to(device)
+    h, w = dist.shape[1:]
+    sides = {name: {p: PatchEmpiricalDenoiser(train, p, equivariant=eq,
+                                              boundary=spec["boundary"])
+                    for p in spec["patches"]
+                    if not (eq and spec["boundary"] == "crop" and p > min(h, w))}
+             for name, eq in MACHINES.items()}
+    result = {"N": spec["N"], "label": label}
+    try:
+        runs = {"s1": sample(nets[0], noise, method=method, record_every=1, **options),
+                "s2": sample(nets[1], noise, method=method, **options)}
+        grid = runs["s1"].grid
+        path = runs["s1"].trajectory[:spec["n_calibration"]]
+        schedule, scores = calibrate(sides, nets[0], path, grid)
+        machines = {name: PatchEmpiricalDenoiser(train, schedule[name], equivariant=eq,
+                                                 boundary=spec["boundary"])
+                    for name, eq in MACHINES.items()}
+        denoisers = {"empirical": EmpiricalDenoiser(train), **machines}
+        for role, den in denoisers.items():
+            runs[role] = sample(den, noise, method=method, **options)
+    except SamplingDiverged as exc:
+        result["failed"] = f"{describe(spec)}: {exc}"
+        return result
+    images = {role: run.images.cpu() for role, run in runs.items()}
+    result["sigma_grid"] = [float(s) for s in grid]
+    result["schedule"] = {name: [schedule[name][float(s)] for s in grid[:path.shape[1]]]
+                          for name in MACHINES}
+    result["scores"] = {name: {str(p): v for p, v in s.items()} for name, s in scores.items()}
+    result["per_sample"] = {role: agreement(images["s1"], images[role]).tolist()
+                            for role in ROLES}
+    result["agreement"] = {role: summarize_agreement(np.asarray(r))
+                           for role, r in result["per_sample"].items()}
+    if test_dist is not None:
+        result["mse"] = {role: _curve_record(mse_curve(denoisers[role], test_dist,
+                                                       spec["sigmas"], n=n_test, seed=seed,
+                                                       device=device))
+                         for role in ("empirical", *MACHINES)}
+    e = min(EXAMPLES, spec["n_samples"])
+    result["examples"] = {role: np.round(images[role][:e].double().numpy(), 4).tolist()
+                          for role in ("s1", *ROLES)}
+    return result
+
+
+__all__ = ["KIND", "MACHINES", "agreement", "build_machine_cells", "calibrate",
+           "compute_machines", "summarize_agreement"]
