@@ -83,6 +83,13 @@ def machine_rows(machines: list[dict], memorization: dict, references: dict) -> 
     return pd.DataFrame(rows)
 
 
+def calibrated_gap(result: dict) -> dict:
+    """Per machine, the per-pixel MSE between its output and the network's along the
+    network's path at each grid σ, at the calibrated patch side (its least score)."""
+    return {name: [scores[str(side)][i] for i, side in enumerate(result["schedule"][name])]
+            for name, scores in result["scores"].items()}
+
+
 def _table(frame: pd.DataFrame) -> str:
     shown = pd.DataFrame({"N": frame["N"]})
     for role, text in ROLES:
@@ -101,8 +108,8 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 @cached_figure
-def _figure(frame: pd.DataFrame, schedules: dict, grid: list, label: str):
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+def _figure(frame: pd.DataFrame, schedules: dict, gaps: dict, grid: list, label: str):
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     n = frame["N"].to_numpy()
     for i, (role, text) in enumerate(ROLES):
         med = frame[f"r2 {role}"].to_numpy()
@@ -130,6 +137,14 @@ def _figure(frame: pd.DataFrame, schedules: dict, grid: list, label: str):
                          label=f"N={n_value} {name.upper()}")
     axes[2].set(xscale="log", xlabel="σ along the sampler's grid", ylabel="calibrated patch P")
     axes[2].legend(fontsize=6, ncol=2)
+    for j, (n_value, gap) in enumerate(sorted(gaps.items())):
+        for name, style in (("ls", "-"), ("els", "--")):
+            sig = np.asarray(grid[:len(gap[name])])
+            axes[3].plot(sig, np.asarray(gap[name]) / sig ** 2, ls=style, marker=".",
+                         color=PALETTE[j % len(PALETTE)], label=f"N={n_value} {name.upper()}")
+    axes[3].set(xscale="log", yscale="log", xlabel="σ along the sampler's grid",
+                ylabel="‖f_machine − f_net‖² / (d σ²) on the path")
+    axes[3].legend(fontsize=6, ncol=2)
     fig.suptitle(label, fontsize=9)
     return fig
 
@@ -209,7 +224,8 @@ def machines_section(records: list[dict], out_dir) -> list[str]:
                   f"{ANCHOR_R2[0]}–{ANCHOR_R2[1]}, and the two networks' (S1 vs S2) "
                   f"{best['r2 s2']:.3f}.", ""]
         schedules = {r["spec"]["N"]: r["result"]["schedule"] for r in group}
-        if _figure(frame, schedules, group[-1]["result"]["sigma_grid"], label,
+        gaps = {r["spec"]["N"]: calibrated_gap(r["result"]) for r in group}
+        if _figure(frame, schedules, gaps, group[-1]["result"]["sigma_grid"], label,
                    out / f"{s}.png"):
             lines += [f"![agreement, MSE and patch size]({s}.png)", ""]
         if _figure_grid(group[-1], label, out / f"{s}-grid.png"):
