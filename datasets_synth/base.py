@@ -182,6 +182,18 @@ class Distribution:
         each top eigenvector's energy lies there (SCIENCE.md §6)."""
         return None
 
+    def rate_law(self) -> dict | None:
+        """The predicted decay of the MMSE with σ, for the report's slope tables; None (the
+        default) when the family states none.
+
+        A dict with ``slope`` (the predicted log–log slope of the MMSE in σ², SCIENCE.md
+        §5), ``label`` (its column name, e.g. ``"theory α/(α+1)"``), ``component`` (in
+        words: the part of the image that dominates the MSE on small images) and
+        ``component_slope(size, a, b)`` (that part's own slope on [a, b] at image side
+        ``size``).
+        """
+        return None
+
     def reference_base(self) -> Distribution | None:
         """The distribution whose references this one inherits by conjugation, or None.
 

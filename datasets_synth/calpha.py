@@ -336,6 +336,20 @@ class CAlpha(Distribution):
             self._region_cov = cov.reshape(s * s, s * s) + OFFSET_STD**2
         return self._region_cov
 
+    def rate_law(self) -> dict:
+        """SCIENCE.md §5: the MMSE of C^α images decays as (σ²)^{α/(α+1)}; on small images
+        the Gaussian region fields dominate, whose Wiener MSE ``mean λσ²/(λ + σ²)`` has
+        its own slope (:meth:`field_slope`)."""
+        return {"slope": self.alpha / (self.alpha + 1), "label": "theory α/(α+1)",
+                "component": "region fields", "component_slope": self.field_slope}
+
+    def field_slope(self, size: int, a: float, b: float) -> float:
+        """Log–log slope in σ² on [a, b] of the Wiener MSE of the region fields alone, at
+        image side ``size``."""
+        lam = field_spectrum(check_int("size", size, low=1), self.beta).numpy().ravel()
+        w = [np.mean(lam * s**2 / (lam + s**2)) for s in (a, b)]
+        return math.log(w[1] / w[0]) / math.log(b**2 / a**2)
+
     def contour_region(self, latents, width):
         """Pixels within ``width`` pixels of the image's contour (:func:`contour_band` of
         ``latents["mask"]`` (1, 1, s, s)): bool array (s, s)."""

@@ -250,3 +250,17 @@ def test_cuda_draws_the_same_law(params):
     mask = lat["mask"]
     assert float(mask.min()) >= 0 and float(mask.max()) <= 1
     _assert_same_law(dist.sample_with_latents(4096, 0), (x, lat))
+
+
+def test_rate_law_states_the_theory_and_the_fields_wiener_slope():
+    """α/(α+1) (SCIENCE.md §5); the region fields' Wiener MSE mean λσ²/(λ + σ²) has slope
+    → 1 in σ² where σ² ≪ every λ and → 0 where σ² ≫ every λ."""
+    from datasets_synth import get
+
+    law = CAlpha(alpha=2.0, size=16).rate_law()
+    assert law["slope"] == pytest.approx(2 / 3) and law["label"] == "theory α/(α+1)"
+    lam = CAlpha(alpha=2.0, size=16).eigenvalues
+    tiny, huge = float(lam.min().sqrt()) * 1e-4, float(lam.max().sqrt()) * 1e4
+    assert law["component_slope"](16, tiny, 2 * tiny) == pytest.approx(1.0, abs=1e-3)
+    assert law["component_slope"](16, huge, 2 * huge) == pytest.approx(0.0, abs=1e-3)
+    assert get("disks", size=16).rate_law() is None  # no law: no slope rows

@@ -287,12 +287,13 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
     """Rates and summaries of SCIENCE.md §5 for this entry, as rows of several tables.
 
-    Every row has a ``table`` key: ``"slope"`` (C^α: per curve, the least-squares slope of
-    log MSE vs log σ² on ``preset.rate_range`` and the local secant slope on each interval
-    of the coarse grid, each ± its SE over the test images by the delta method of
-    :func:`log_slope`; the MMSE secant bracket implied by L ≤ MMSE ≤ U,
-    :func:`secant_bracket`; the theory α/(α+1) and the Wiener slope of the Gaussian region
-    fields alone), ``"note"`` (C^α: whether the theory is reachable on this window),
+    Every row has a ``table`` key: ``"slope"`` (a family with a ``rate_law``, e.g. C^α: per
+    curve, the least-squares slope of log MSE vs log σ² on ``preset.rate_range`` and the
+    local secant slope on each interval of the coarse grid, each ± its SE over the test
+    images by the delta method of :func:`log_slope`; the MMSE secant bracket implied by
+    L ≤ MMSE ≤ U, :func:`secant_bracket`; the law's slope, α/(α+1), and its component's,
+    the Wiener slope of the region fields alone), ``"note"`` (whether the law's slope is
+    reachable on this window),
     ``"ratio"`` (every entry: MSE/U and MSE/L of each network per σ of the coarse grid, SE
     by the delta method with paired images) and ``"manifold"`` (a family of intrinsic
     dimension k < d, as disks: total MSE/σ² at the smallest σ against k).
@@ -331,24 +332,16 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
             rl, sl = log_ratio(f, lo_ref, i)
             rows.append({"table": "ratio", "entry": study.label, "network": net, "sigma": sig,
                          "MSE/U": ru, "se(MSE/U)": su, "MSE/L": rl, "se(MSE/L)": sl})
-    if study.name == "calpha" and len(grid) >= 2 and lo_ref is not None:
+    law = datasets_synth.get(study.name, **study.params).rate_law()
+    if law is not None and len(grid) >= 2 and lo_ref is not None:
         from .experiments.presets import PRESETS
 
-        alpha = float(study.params.get("alpha", 2.0))
-        theory = alpha / (alpha + 1)
+        theory, field_slope = law["slope"], law["component_slope"]
+        theory_col, field_col = law["label"], f"{law['component']} Wiener"
         curves = {"per-σ net": aligned(nets["per-sigma"]) if "per-sigma" in nets else None,
                   "universal net": aligned(nets["universal"]) if "universal" in nets else None}
         curves.update({"MMSE": lo_ref} if "exact" in refs else {"L": lo_ref, "U": up_ref})
         curves = {k: v for k, v in curves.items() if v is not None}
-
-        def field_slope(size, a, b):  # Wiener MSE of the stationary region fields alone
-            try:
-                lam = datasets_synth.get("calpha", **{**study.params, "size": size})
-            except (TypeError, ValueError):
-                return math.nan
-            lam = lam.eigenvalues.numpy().ravel()
-            w = [np.mean(lam * s**2 / (lam + s**2)) for s in (a, b)]
-            return math.log(w[1] / w[0]) / math.log(b**2 / a**2)
 
         paper = int(PRESETS["paper"].size)
 
@@ -369,8 +362,8 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
                     row[f"{label} se_fit"] = res["se_fit"]
             br = secant_bracket(lo_ref, up_ref, a, b)
             row.update({"MMSE ≥": br["low"], "se ≥": br["se_low"], "MMSE ≤": br["high"],
-                        "se ≤": br["se_high"], "theory α/(α+1)": theory,
-                        "region fields Wiener": field_slope(size, a, b)})
+                        "se ≤": br["se_high"], theory_col: theory,
+                        field_col: field_slope(size, a, b)})
             rows.append(row)
             window = row if kind == "window" else window
         if window is not None:
@@ -380,16 +373,16 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
             where = (f"On σ ∈ [{a:.3g}, {b:.3g}] the MMSE secant slope is in "
                      f"[{window['MMSE ≥']:.3g}, {window['MMSE ≤']:.3g}]")
             if low <= theory <= high:
-                note = f"{where}, which contains the theory α/(α+1) = {theory:.3g}."
+                note = f"{where}, which contains the {theory_col} = {theory:.3g}."
             elif low > theory:
-                note = (f"{where}: above the theory α/(α+1) = {theory:.3g} on this window "
+                note = (f"{where}: above the {theory_col} = {theory:.3g} on this window "
                         f"(where the pixel grid is resolved the slope tends to 1, SCIENCE.md "
                         f"§5).")
             else:
-                note = (f"{where}: below the theory α/(α+1) = {theory:.3g}, unreachable at "
-                        f"this image size ({size}×{size}), where the Gaussian region fields "
+                note = (f"{where}: below the {theory_col} = {theory:.3g}, unreachable at "
+                        f"this image size ({size}×{size}), where the {law['component']} "
                         f"dominate the MSE: their own Wiener slope on this window is "
-                        f"{window['region fields Wiener']:.3g}.")
+                        f"{window[field_col]:.3g}.")
                 if size < paper:
                     note += (f" Larger images move toward it (preset paper, {paper}×{paper}: "
                              f"the fields' Wiener slope there is {field_slope(paper, a, b):.3g}"
@@ -634,15 +627,17 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             lines += [f"![clean, noisy, denoised](examples_{s}.png)", ""]
     shuffled = shuffled_rows(studies)
     if rates:
-        lines += ["## Rates", "", f"C^α: slope of log MSE against log σ², least squares on "
+        lines += ["## Rates", "", f"Families with a rate law (`Distribution.rate_law`; C^α: "
+                  f"α/(α+1)): slope of log MSE against log σ², least squares on "
                   f"σ ∈ [{preset.rate_range[0]}, {preset.rate_range[1]}] (`LS`; `rates.csv` "
                   "adds `se_fit` from its residuals: curvature, not noise) and secant on each "
                   "interval of the "
                   "coarse grid; `se`: SE over the test images (delta method, the images' "
                   "errors paired across σ and curves). `MMSE ≥`/`MMSE ≤`: the secant slope "
                   "of the MMSE implied by L ≤ MMSE ≤ U, (log L(σb) − log U(σa))/(log σb² − "
-                  "log σa²) and (log U(σb) − log L(σa))/(…); `region fields Wiener`: the "
-                  "slope of the Wiener MSE of the Gaussian region fields alone. Then per "
+                  "log σa²) and (log U(σb) − log L(σa))/(…); `<component> Wiener`: the "
+                  "slope of the Wiener MSE of the part that dominates small images alone "
+                  "(C^α: the Gaussian region fields). Then per "
                   "network and σ: MSE/U and MSE/L (± SE, paired images): MSE/MMSE ≤ MSE/L, "
                   "and MSE/U < 1 where the network beats the best reference estimator. "
                   "Manifolds (intrinsic dimension k below the pixel count, e.g. disks: "
