@@ -32,6 +32,8 @@ def test_report_files(smoke):
                  "kl_disks.png", "examples_calpha-alpha-2-0.png", "dimension.png"):
         assert (out / name).stat().st_size > 0, name
     assert "## Intrinsic dimension" in readme
+    # a family's published measurement reaches the report through its attribute
+    assert "Published (Kadkhodaie et al. (ICLR 2024), network on 80×80 disks" in readme
 
 
 def test_dimension_study_rows(smoke):

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import datasets_synth
+
 from .experiments.cells import entry_label
 from .experiments.jacobian_analysis import KIND, PAIR_KIND, SHRINKAGE_LEVEL
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .report import _write_csv, markdown_table, slug
 
-PAPER_DISKS = {"sigma": 0.04, "first5": (1.18, 0.95), "next5": (0.67, 0.28)}  # paper's network
 ROWS = (("per-sigma", "network (per-σ)"), ("universal", "network (universal)"))
 EIG_FLOOR = 1e-4  # eigenvalues below this are drawn at this value on the log axis
 
@@ -303,11 +304,12 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
         if "contour_top_k" in frame:
             columns += ["contour_top_k", "contour_chance"]
         lines += [markdown_table(frame[columns]), ""]
-        if entry.name == "disks":
-            p = PAPER_DISKS
-            lines += [f"Paper (network on disks, σ = {p['sigma']}): λ1–5 = "
-                      f"{p['first5'][0]}–{p['first5'][1]}, λ6–10 = {p['next5'][0]}–"
-                      f"{p['next5'][1]}; the optimum keeps 5 eigenvalues near 1 (the tangent "
+        dist = datasets_synth.get(entry.name, **recs[0]["spec"]["params"])
+        p, k = dist.published_jacobian, dist.intrinsic_dim
+        if p and k:
+            lines += [f"Published ({p['source']}, σ = {p['sigma']}): λ1–{k} = "
+                      f"{p['first'][0]}–{p['first'][1]}, λ{k + 1}–{2 * k} = {p['next'][0]}–"
+                      f"{p['next'][1]}; the optimum keeps {k} eigenvalues near 1 (the tangent "
                       "space).", ""]
         if "tangent_max_angle_deg" in frame:
             lines += ["Angles: principal angles between the top-k eigenvectors and the true "
