@@ -8,6 +8,7 @@ import torch
 
 import datasets_synth
 from theorybench import empirical_denoiser
+from theorybench.experiments import memorization_sweep as ms
 from theorybench.sampling import (
     SampleResult,
     SamplingDiverged,
@@ -77,6 +78,23 @@ def test_ode_is_deterministic(wiener, method):
     assert not torch.allclose(a.images, c.images)
     assert torch.equal(a.grid, sigma_grid(1.0, 0.01, 20))
     assert a.sigmas.shape == (6, 20) and torch.equal(a.sigma_in[0], a.grid)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_ode_on_an_explicit_schedule(wiener, method):
+    """``sigmas`` replaces the geometric grid: the same grid gives the same images, bit for
+    bit; any decreasing schedule is followed as given; a bad one is refused."""
+    noise = normal(4, seed=3)
+    geometric = sample(wiener, noise, method, steps=12)
+    same = sample(wiener, noise, method, sigmas=sigma_grid(1.0, 0.01, 12).tolist())
+    assert torch.equal(same.images, geometric.images)
+    schedule = [1.0, 0.5, 0.3, 0.1, 0.05, 0.02, 0.01]
+    run = sample(wiener, noise, method, sigmas=schedule)
+    assert run.grid.tolist() == schedule and torch.equal(run.sigma_in[0], run.grid)
+    assert ms.last_sigma(method, {"sigmas": schedule}) == 0.01
+    for bad in ([1.0], [0.5, 1.0], [1.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            sample(wiener, noise, method, sigmas=bad)
 
 
 def test_stochastic_seeded_and_batch_independent(wiener):

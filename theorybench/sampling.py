@@ -288,12 +288,23 @@ def sigma_grid(sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
                           dtype=torch.float64)
 
 
+def check_schedule(sigmas) -> torch.Tensor:
+    """An explicit σ schedule: at least 2 finite values > 0, strictly decreasing (float64);
+    else ValueError naming what is valid."""
+    grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if len(grid) < 2 or not bool(torch.isfinite(grid).all()) or not bool((grid > 0).all()) \
+            or not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError("sigmas must hold at least 2 finite values > 0, strictly "
+                         f"decreasing; got {grid.tolist()}")
+    return grid
+
+
 def _ode(denoiser, noise, solver, mean, sigma_max, sigma_min, steps, divergence_factor,
-         record_every) -> SampleResult:
+         record_every, sigmas=None) -> SampleResult:
     """Probability-flow ODE ``dx/dσ = (x − f(x, σ))/σ`` (SCIENCE.md §7; Karras et al. 2022)."""
     noise = _check_noise(noise)
     _check_denoiser(denoiser)
-    grid = sigma_grid(sigma_max, sigma_min, steps)
+    grid = sigma_grid(sigma_max, sigma_min, steps) if sigmas is None else check_schedule(sigmas)
     divergence_factor = check_float("divergence_factor", divergence_factor, low=1.0,
                                     low_open=True)
     record_every = check_int("record_every", record_every, low=0)
@@ -351,7 +362,7 @@ def _ode(denoiser, noise, solver, mean, sigma_max, sigma_min, steps, divergence_
 def euler(
     denoiser, noise: torch.Tensor, *, mean=0.5, sigma_max: float = 1.0,
     sigma_min: float = 0.01, steps: int = 50, divergence_factor: float = 2.0,
-    record_every: int = 0,
+    record_every: int = 0, sigmas=None,
 ) -> SampleResult:
     """Probability-flow ODE with Euler steps (SCIENCE.md §7; Karras et al. 2022).
 
@@ -372,15 +383,17 @@ def euler(
     divergence_factor : float > 1   raise :class:`SamplingDiverged` when ``‖f(x) − x‖/√d``
         exceeds this times ``max(σ_max, its value at the first step)`` (default 2).
     record_every : int >= 0   keep every ``record_every``-th iterate (0: none).
+    sigmas : sequence of float or None   an explicit schedule, strictly decreasing (pixel
+        units); it replaces the geometric grid of ``sigma_max``, ``sigma_min``, ``steps``.
     """
     return _ode(denoiser, noise, "euler", mean, sigma_max, sigma_min, steps,
-                divergence_factor, record_every)
+                divergence_factor, record_every, sigmas)
 
 
 def heun(
     denoiser, noise: torch.Tensor, *, mean=0.5, sigma_max: float = 1.0,
     sigma_min: float = 0.01, steps: int = 50, divergence_factor: float = 2.0,
-    record_every: int = 0,
+    record_every: int = 0, sigmas=None,
 ) -> SampleResult:
     """Probability-flow ODE with Heun (2nd-order) steps; otherwise as :func:`euler`.
 
@@ -388,7 +401,7 @@ def heun(
     ``(x', σ_{i+1})`` (Karras et al. 2022, Alg. 1): two denoiser calls per step.
     """
     return _ode(denoiser, noise, "heun", mean, sigma_max, sigma_min, steps,
-                divergence_factor, record_every)
+                divergence_factor, record_every, sigmas)
 
 
 SAMPLERS = {"stochastic": stochastic, "euler": euler, "heun": heun}
@@ -412,4 +425,4 @@ def sample(denoiser, noise: torch.Tensor, method: str = "stochastic", **options)
 
 
 __all__ = ["SAMPLERS", "SampleResult", "SamplingDiverged", "euler", "heun", "sample",
-           "sigma_grid", "stochastic"]
+           "check_schedule", "sigma_grid", "stochastic"]

@@ -270,8 +270,11 @@ def _measures(samples, train_images, other, reference=None) -> pd.DataFrame:
 
 
 def last_sigma(method: str, options: dict) -> float:
-    """The sampler's last noise level: ``sigma_min`` of the ODE samplers, ``sigma_stop``
-    of the stochastic ascent (the option given, else the sampler's default)."""
+    """The sampler's last noise level: ``sigma_min`` of the ODE samplers (the last value of
+    an explicit ``sigmas`` schedule), ``sigma_stop`` of the stochastic ascent (the option
+    given, else the sampler's default)."""
+    if options.get("sigmas") is not None:
+        return float(min(options["sigmas"]))
     name = "sigma_stop" if method == "stochastic" else "sigma_min"
     default = inspect.signature(SAMPLERS[method]).parameters[name].default
     return float(options.get(name, default))
