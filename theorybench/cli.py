@@ -152,7 +152,9 @@ def check_entries(entries) -> None:
 
 
 def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
-    """The memorization sweep's cells and the Jacobian comparison of each network pair."""
+    """The memorization sweep's cells, its own reference cells (the bracket on its held-out
+    images), the Jacobian comparison of each network pair and, with ``machines``, the
+    LS/ELS machines beside each pair."""
     m = preset.memorization
     wanted = None if datasets is None else {w.strip() for w in datasets.split(",")}
     entries = [e for e in m.get("entries", ()) if wanted is None or e[0] in wanted]
@@ -164,10 +166,6 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
         sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
         center=m.get("center", False))
     middle = [preset.sigmas[len(preset.sigmas) // 2]]
-    cells += build_pair_cells(cells, middle, preset.jacobian_images, seed)
-    machines = m.get("machines")
-    if not machines:
-        return cells
     references = []  # the MMSE bracket on the sweep's held-out images, at the σ grid
     for name, params in entries:
         size = datasets_synth.get(name, **params).num_images
@@ -175,9 +173,13 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
         references.append({"kind": "reference", "dataset": name, "params": dict(params),
                            "sigmas": list(preset.sigmas), "n_eval": n_eval, "seed": seed,
                            "study": MEMORIZATION_STUDY})
-    return references + cells + build_machine_cells(
-        cells, machines["patches"], machines["n_samples"], machines["n_calibration"],
-        preset.sigmas, machines.get("boundary", "crop"))
+    analyses = build_pair_cells(cells, middle, preset.jacobian_images, seed)
+    machines = m.get("machines")
+    if machines:
+        analyses += build_machine_cells(
+            cells, machines["patches"], machines["n_samples"], machines["n_calibration"],
+            preset.sigmas, machines.get("boundary", "crop"))
+    return references + cells + analyses
 
 
 def dimension_cells(preset, datasets: str | None, seed: int) -> list[dict]:

@@ -27,13 +27,10 @@ ROLES = (("empirical", "empirical"), ("ls", "LS"), ("els", "ELS"), ("s2", "S2 ne
 GRID_ROWS = 4
 
 
-def _bracket_at(reference: dict | None, sigma: float) -> dict:
-    """``L``, ``L se``, ``U``, ``U se`` per pixel at σ from the reference record (NaN where
-    absent)."""
+def _bracket_at(refs: dict, sigma: float) -> dict:
+    """``L``, ``L se``, ``U``, ``U se`` per pixel at σ from the bracket's curves ``refs``
+    (:func:`report.bracket`; NaN where absent)."""
     out = {k: math.nan for k in ("L", "L se", "U", "U se")}
-    if reference is None:
-        return out
-    refs, _ = bracket(reference["result"]["curves"])
     for side, name in (("lower", "L"), ("upper", "U")):
         frame = refs.get(side)
         hit = None if frame is None else frame[np.isclose(frame["sigma"], sigma)]
@@ -55,6 +52,7 @@ def machine_rows(machines: list[dict], memorization: dict, references: dict) -> 
     quartiles of r²; median r), each denoiser's MSE at the smallest and the middle σ of
     the grid, the bracket there, and the calibrated patch sides."""
     rows = []
+    brackets = {key: bracket(r["result"]["curves"])[0] for key, r in references.items()}
     for r in machines:
         spec, res = r["spec"], r["result"]
         row = {"entry": entry_label(spec["dataset"], spec["params"]), "N": spec["N"],
@@ -65,7 +63,7 @@ def machine_rows(machines: list[dict], memorization: dict, references: dict) -> 
             row[f"r2 {role} q1"], row[f"r2 {role} q3"] = a["r2"]["q1"], a["r2"]["q3"]
             row[f"r {role}"] = a["r"]["median"]
         mem = memorization.get((canonical_json([spec["dataset"], spec["params"]]), spec["N"]))
-        reference = references.get(canonical_json([spec["dataset"], spec["params"]]))
+        refs = brackets.get(canonical_json([spec["dataset"], spec["params"]]), {})
         sigmas = sorted(spec["sigmas"])
         for tag, sigma in (("lo", sigmas[0]), ("mid", sigmas[len(sigmas) // 2])):
             row[f"sigma_{tag}"] = sigma
@@ -73,7 +71,7 @@ def machine_rows(machines: list[dict], memorization: dict, references: dict) -> 
                                               sigma)
             for role in ("empirical", "ls", "els"):
                 row[f"{role} {tag}"] = _curve_at(res.get("mse", {}).get(role), sigma)
-            for name, value in _bracket_at(reference, sigma).items():  # "L", "L se", ...
+            for name, value in _bracket_at(refs, sigma).items():  # "L", "L se", ...
                 side, *se = name.split()
                 row[" ".join([side, tag, *se])] = value
         for name in ("ls", "els"):

@@ -93,6 +93,13 @@ def patches(images: torch.Tensor, patch: int, boundary: str) -> torch.Tensor:
     return F.unfold(images, patch, padding=r).transpose(1, 2)
 
 
+def patch_fits(patch: int, shape, equivariant: bool, boundary: str) -> bool:
+    """Whether a side P is usable on images of ``shape`` (c, h, w): every side is, except
+    that the ELS machine under ``crop`` needs P ≤ min(h, w) (a candidate patch must lie
+    wholly inside a training image)."""
+    return not (equivariant and boundary == "crop" and patch > min(shape[-2:]))
+
+
 class PatchEmpiricalDenoiser(ReferenceDenoiser):
     """The LS (``equivariant=False``) or ELS (``equivariant=True``) machine of a training set.
 
@@ -122,7 +129,6 @@ class PatchEmpiricalDenoiser(ReferenceDenoiser):
         self.train = train_images.contiguous()
         self.equivariant = bool(equivariant)
         self.boundary = boundary
-        h, w = self.train.shape[-2:]
         if isinstance(patch, Mapping):
             if not patch:
                 raise ValueError("a patch schedule must hold at least one {σ: P} entry")
@@ -131,11 +137,11 @@ class PatchEmpiricalDenoiser(ReferenceDenoiser):
                 raise ValueError("the σ of a patch schedule must be finite and > 0")
         else:
             self.schedule = [(1.0, check_patch(patch))]
-        if self.equivariant and boundary == "crop":
-            too_big = [p for _, p in self.schedule if p > min(h, w)]
-            if too_big:
-                raise ValueError(f"the ELS machine with boundary 'crop' needs P <= "
-                                 f"min(h, w) = {min(h, w)}, got {too_big[0]}")
+        too_big = [p for _, p in self.schedule
+                   if not patch_fits(p, self.train.shape, self.equivariant, boundary)]
+        if too_big:
+            raise ValueError(f"the ELS machine with boundary 'crop' needs P <= min(h, w) = "
+                             f"{min(self.train.shape[-2:])}, got {too_big[0]}")
         machine = "ELS" if self.equivariant else "LS"
         sides = sorted({p for _, p in self.schedule})
         self.description = (f"{machine} machine (patch {'/'.join(map(str, sides))}, "

@@ -51,6 +51,7 @@ from ..evaluation import NOISE_BLOCK, check_sigmas, evaluation_noise
 from ..jacobian import jacobian_products, jacobian_spectrum, subspace_angles, sure_mse
 from ..training import NetworkDenoiser, resolve_device
 from .cells import MissingCheckpoint, cell_key, entry_label
+from .memorization_sweep import checkpoints
 
 KIND = "jacobian"
 TOP_K = 8  # eigenvectors kept for figures (first image), and scored on the contour
@@ -508,12 +509,8 @@ def compute_pair_cell(spec: dict, cache, key: str, device=None) -> dict:
     Returns its dict plus ``N`` and ``label``; MissingCheckpoint when a checkpoint is absent.
     """
     del key
-    paths = [Path(cache.artifact_path(spec["memorization_key"], f"-s{i}.pt")) for i in (1, 2)]
     label = entry_label(spec["dataset"], spec["params"])
-    for path in paths:
-        if not path.exists():
-            raise MissingCheckpoint(f"Jacobian pair on {label}, N={spec['N']}: no checkpoint "
-                                    f"{path.name} (run the memorization cell first)")
+    paths = checkpoints(spec, cache, f"Jacobian pair on {label}, N={spec['N']}")
     result = compute_pair_similarity(*paths, spec["dataset"], spec["params"], spec["sigmas"],
                                      spec["n_images"], spec["seed"], k=spec["k"], device=device)
     return {**result, "N": spec["N"], "label": label}

@@ -27,22 +27,19 @@ memorization cell; the ODE sampler is deterministic, so they are the cell's samp
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-import datasets_synth
-from datasets_synth.base import block_generator, check_int, check_seed
+from datasets_synth.base import check_int
 
 from ..denoisers.empirical import EmpiricalDenoiser
-from ..denoisers.local import PatchEmpiricalDenoiser, check_patch
+from ..denoisers.local import PatchEmpiricalDenoiser, check_patch, patch_fits
 from ..evaluation import mse_curve
 from ..memorization import cosine
 from ..sampling import SamplingDiverged, sample
 from ..training import NetworkDenoiser, resolve_device
-from .cells import MissingCheckpoint, _curve_record, cell_key, describe, entry_label
-from .memorization_sweep import STREAM_NOISE, derived_seed, held_out, training_sets
+from .cells import _curve_record, cell_key, describe, entry_label
+from .memorization_sweep import cell_inputs, checkpoints, initial_noise
 
 KIND = "machines"
 MACHINES = {"ls": False, "els": True}  # name: equivariant
@@ -144,34 +141,18 @@ def compute_machines(spec: dict, cache, key: str, device=None) -> dict:
     """
     del key
     device = resolve_device(device)
-    mem = spec["memorization"]
     label = entry_label(spec["dataset"], spec["params"])
-    paths = [Path(cache.artifact_path(spec["memorization_key"], f"-s{i}.pt")) for i in (1, 2)]
-    for path in paths:
-        if not path.exists():
-            raise MissingCheckpoint(f"{describe(spec)}: no checkpoint {path.name} "
-                                    f"(run the memorization cell first)")
-    nets = [NetworkDenoiser.load(p, map_location=device) for p in paths]
-    dist = datasets_synth.get(spec["dataset"], **spec["params"])
-    seed = check_seed(mem["seed"])
-    s1, _, rest = training_sets(dist, spec["N"], seed)
-    test_dist = held_out(dist, spec["dataset"], spec["params"], rest)
-    n_test = None if test_dist is None else min(mem["n_eval"], test_dist.num_images or
-                                               mem["n_eval"])
-    options = dict(mem["sampler"])
-    method = options.pop("method")
-    if options.get("mean") == "auto":  # as the memorization cell resolves it
-        options["mean"] = float(test_dist.sample(n_test, seed).mean()) \
-            if test_dist is not None else 0.5
-    gen = block_generator(derived_seed(seed, STREAM_NOISE), 0, STREAM_NOISE)
-    noise = torch.randn((mem["n_samples"], *dist.shape), generator=gen)[:spec["n_samples"]]
-    noise = noise.to(device)
+    nets = [NetworkDenoiser.load(p, map_location=device)
+            for p in checkpoints(spec, cache, describe(spec))]
+    mem = spec["memorization"]
+    dist, s1, _, _, test_dist, n_test, _, method, options = cell_inputs(mem)
+    seed = mem["seed"]
+    noise = initial_noise(mem, dist.shape, spec["n_samples"]).to(device)
     train = s1.to(device)
-    h, w = dist.shape[1:]
     sides = {name: {p: PatchEmpiricalDenoiser(train, p, equivariant=eq,
                                               boundary=spec["boundary"])
                     for p in spec["patches"]
-                    if not (eq and spec["boundary"] == "crop" and p > min(h, w))}
+                    if patch_fits(p, dist.shape, eq, spec["boundary"])}
              for name, eq in MACHINES.items()}
     result = {"N": spec["N"], "label": label}
     try:

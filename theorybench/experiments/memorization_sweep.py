@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -63,7 +65,7 @@ from ..memorization import (
 from ..networks import NetConfig
 from ..sampling import SAMPLERS, SamplingDiverged, sample
 from ..training import TrainConfig, TrainingDiverged, resolve_device, train
-from .cells import _curve_record, entry_label
+from .cells import MissingCheckpoint, _curve_record, entry_label
 
 KIND = "memorization"
 STUDY = "memorization"  # the tag of the sweep's own reference cells (kept out of the main tables)
@@ -297,6 +299,61 @@ def _rounded(images: torch.Tensor) -> list:
     return np.round(images.detach().float().cpu().numpy().astype(np.float64), 4).tolist()
 
 
+# ----------------------------------------------------------------------------- cell inputs
+
+
+class CellInputs(NamedTuple):
+    """What a memorization cell, and every analysis of its networks, rebuilds from its spec:
+    the distribution, the training sets S1, S2 (and the rest of a finite set), the held-out
+    distribution with its ``n_test`` images ``held`` (None without held-out images), the
+    sampler's ``method`` and ``options`` (``mean="auto"`` resolved to the held-out pixel
+    mean, 0.5 without them)."""
+
+    dist: object
+    s1: torch.Tensor
+    s2: torch.Tensor
+    rest: torch.Tensor
+    test_dist: object
+    n_test: int | None
+    held: torch.Tensor | None
+    method: str
+    options: dict
+
+
+def cell_inputs(spec: dict) -> CellInputs:
+    """:class:`CellInputs` of a memorization cell spec (deterministic in its seed)."""
+    dist = datasets_synth.get(spec["dataset"], **spec["params"])
+    seed = spec["seed"]
+    s1, s2, rest = training_sets(dist, spec["N"], seed)
+    test_dist = held_out(dist, spec["dataset"], spec["params"], rest)
+    n_test = None if test_dist is None else min(spec["n_eval"], test_dist.num_images or
+                                               spec["n_eval"])
+    held = None if test_dist is None else test_dist.sample(n_test, seed)
+    options = dict(spec["sampler"])
+    method = options.pop("method")
+    if options.get("mean") == "auto":  # the distribution's mean, from held-out images
+        options["mean"] = float(held.mean()) if held is not None else 0.5
+    return CellInputs(dist, s1, s2, rest, test_dist, n_test, held, method, options)
+
+
+def initial_noise(spec: dict, shape, count: int | None = None) -> torch.Tensor:
+    """The cell's initial noises (K, c, h, w), or their first ``count``: they depend on the
+    study seed only, so every N (and every analysis) samples from the same ones."""
+    gen = block_generator(derived_seed(spec["seed"], STREAM_NOISE), 0, STREAM_NOISE)
+    return torch.randn((spec["n_samples"], *shape), generator=gen)[:count]
+
+
+def checkpoints(spec: dict, cache: Cache, what: str) -> list[Path]:
+    """The two networks' checkpoints of the memorization cell ``spec["memorization_key"]``
+    that ``what`` (a description of the reading cell) needs; MissingCheckpoint if absent."""
+    paths = [Path(cache.artifact_path(spec["memorization_key"], f"-s{i}.pt")) for i in (1, 2)]
+    for path in paths:
+        if not path.exists():
+            raise MissingCheckpoint(f"{what}: no checkpoint {path.name} (run the "
+                                    f"memorization cell first)")
+    return paths
+
+
 # ----------------------------------------------------------------------------- compute
 
 
@@ -325,18 +382,9 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     and whatever was computed before.
     """
     device = resolve_device(device)
-    dist = datasets_synth.get(spec["dataset"], **spec["params"])
-    n, seed, k = spec["N"], spec["seed"], spec["n_samples"]
+    n, seed = spec["N"], spec["seed"]
+    dist, s1, s2, _, test_dist, n_test, held, method, options = cell_inputs(spec)
     net_cfg = NetConfig.from_dict({**spec["net"], "in_channels": dist.shape[0]})
-    s1, s2, rest = training_sets(dist, n, seed)
-    test_dist = held_out(dist, spec["dataset"], spec["params"], rest)
-    n_test = None if test_dist is None else min(spec["n_eval"], test_dist.num_images or
-                                               spec["n_eval"])
-    held = None if test_dist is None else test_dist.sample(n_test, seed)
-    options = dict(spec["sampler"])
-    method = options.pop("method")
-    if options.get("mean") == "auto":  # the distribution's mean, from held-out images
-        options["mean"] = float(held.mean()) if held is not None else 0.5
     train_seeds = [derived_seed(spec["train"]["seed"], STREAM_NETS, i) for i in (1, 2)]
     result = {"N": n, "train_seeds": train_seeds, "sampler": {"method": method, **options},
               "n_test": n_test}
@@ -361,8 +409,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             result["mse_test"] = _curve_record(frame)
 
         # the same K initial noises for every denoiser (independent of N)
-        gen = block_generator(derived_seed(seed, STREAM_NOISE), 0, STREAM_NOISE)
-        noise = torch.randn((k, *dist.shape), generator=gen).to(device)
+        noise = initial_noise(spec, dist.shape).to(device)
         denoisers = {"s1": nets[0], "s2": nets[1], "empirical": EmpiricalDenoiser(s1.to(device))}
         samples = {role: sample(den, noise, method=method, **options).images.cpu()
                    for role, den in denoisers.items()}
@@ -411,7 +458,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
                 result["baseline"]["manifold"] = {
                     name: _json_summary(_manifold_summary(r, sigma_last))
                     for name, r in residuals.items()}
-        e = min(EXAMPLES, k)
+        e = min(EXAMPLES, spec["n_samples"])
         nn1 = torch.tensor(frames["s1"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
         nn2 = torch.tensor(frames["s2"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
         result["examples"] = {"s1": _rounded(samples["s1"][:e]), "s1_nearest": _rounded(s1[nn1]),
