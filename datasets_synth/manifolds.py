@@ -364,10 +364,14 @@ class Disks(ShapeManifold):
             ShapePosterior,
         )
 
-        # three lower bounds (2σ², 3σ², 4σ² at small σ; the report keeps the highest per σ)
+        # four lower bounds (2σ², 3σ², 4σ² and the MMSE's 5σ² at small σ; the report keeps
+        # the highest per σ); the last knows only which quarter of [r_min, r_max] holds r
         return {
             "oracle-geometry": ShapeOracle(self),
             "oracle-centre": PartialShapeOracle(self, free=(2,)),  # knows the centre
             "oracle-radius": DisksRadiusOracle(self),
+            "oracle-radius-quarter": PartialShapeOracle(self, free=(0, 1, 2),
+                                                        intervals={2: 4}, coarse=17,
+                                                        points=16),
             "posterior": ShapePosterior(self),
         }

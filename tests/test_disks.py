@@ -52,9 +52,12 @@ def test_registry_and_references(disks):
     dist = datasets_synth.get("disks", size=16)
     assert isinstance(dist, Disks) and dist.shape == (1, 16, 16)
     refs = disks.reference_denoisers()
-    assert set(refs) == {"oracle-geometry", "oracle-centre", "oracle-radius", "posterior"}
-    for name in ("oracle-geometry", "oracle-centre", "oracle-radius"):
+    lower = ("oracle-geometry", "oracle-centre", "oracle-radius", "oracle-radius-quarter")
+    assert set(refs) == {*lower, "posterior"}
+    for name in lower:
         assert refs[name].kind == "lower" and refs[name].oracle
+    # the 3-D quadrature runs on the coarse σ grid only
+    assert [refs[name].costly for name in lower] == [False, False, False, True]
     assert refs["posterior"].kind == "upper" and not refs["posterior"].oracle
 
 
@@ -243,6 +246,9 @@ def test_bad_denoiser_inputs(disks):
         centre_oracle(disks, coarse=2)
     with pytest.raises(ValueError, match="subdivisions"):
         DisksRadiusOracle(disks, subdivisions=0)
+    for bad in ({0: 2}, {2: 0}, {2: 1.5}, {2: True}):
+        with pytest.raises(ValueError, match="intervals"):
+            PartialShapeOracle(disks, free=(2,) if 0 in bad else (0, 1, 2), intervals=bad)
 
 
 # -- the oracle (lower bound) --------------------------------------------------------------
@@ -454,6 +460,35 @@ def test_partial_oracles_small_sigma(disks):
         curve = mse_curve(refs[name], disks, sigmas, n=n, seed=0)
         total = curve.attrs["errors"] * disks.d / np.array(sigmas)[:, None] ** 2
         assert np.all(np.abs(total.mean(1) - dim) < 0.15 * dim), (name, total.mean(1))
+
+
+def test_known_interval_oracle_limits():
+    """Knowing which of B intervals holds r: B = 1 is the plain quadrature (knows nothing),
+    B → ∞ the oracle that knows r; in between its total MSE lies between that oracle's and
+    U, and tends to the MMSE's 5σ² at small σ, where r's posterior is far narrower than an
+    interval (16×16, r in [2, 4]: intervals of 0.5 pixel)."""
+    dist = Disks(size=16)
+    _, y, latents = noisy(dist, 4, 0.05, seed=2)
+    whole = PartialShapeOracle(dist, free=(0, 1, 2), coarse=17, points=16)
+    assert whole.kind == "exact" and not whole.oracle
+    one = PartialShapeOracle(dist, free=(0, 1, 2), intervals={2: 1}, coarse=17, points=16)
+    assert one.kind == "lower" and one.oracle
+    torch.testing.assert_close(one(y, 0.05, latents=latents), whole(y, 0.05), atol=1e-7,
+                               rtol=0)
+    fine = PartialShapeOracle(dist, free=(0, 1, 2), intervals={2: 10_000}, coarse=17,
+                              points=16)
+    gap = fine(y, 0.05, latents=latents) - DisksRadiusOracle(dist)(y, 0.05, latents=latents)
+    assert float(gap.flatten(1).square().sum(1).max()) / 0.05**2 < 0.01
+    refs = dist.reference_denoisers()
+    sigmas, n = [0.01, 0.1], 48
+    curves = {name: mse_curve(refs[name], dist, sigmas, n=n, seed=4)
+              for name in ("oracle-radius", "oracle-radius-quarter", "posterior")}
+    below_u = paired_difference(curves["posterior"], curves["oracle-radius-quarter"])
+    above = paired_difference(curves["oracle-radius-quarter"], curves["oracle-radius"])
+    assert np.all(below_u["diff"] > -3 * below_u["se"]), below_u
+    assert np.all(above["diff"] > 0), above
+    total = curves["oracle-radius-quarter"]["mse"][0] * dist.d / sigmas[0] ** 2
+    assert abs(total - 5) < 0.15 * 5, total
 
 
 # -- the posterior (upper bound) ------------------------------------------------------------

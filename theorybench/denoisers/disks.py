@@ -272,6 +272,16 @@ class PartialShapeOracle(ReferenceDenoiser):
     ``last_diagnostics["path"]`` holds 0/1/2 per image (coarse, Laplace, fallback).
     Accuracy is checked by doubling every grid (``tests/test_disks.py``).
 
+    *Known intervals* (``intervals = {i: B}``): the oracle also knows which of B equal
+    intervals of its prior range holds the free coordinate i. The prior is uniform on a
+    box, so given the interval the coordinate is uniform on it: the same quadrature on the
+    smaller box. This conditions on a coarsening of the geometry, so the MSE lies between
+    that of the oracle knowing the coordinate (B → ∞) and that of the oracle not knowing
+    it (B = 1), and stays ≤ MMSE (SCIENCE.md §5, partial oracles). Where the posterior
+    of the coordinate is much narrower than an interval (small σ) the interval is
+    almost never informative and the MSE approaches the MMSE; this is what makes the
+    disks bracket tight at small σ.
+
     Parameters
     ----------
     dist : ShapeManifold  the distribution (renderer, geometry box, intensity prior).
@@ -282,11 +292,14 @@ class PartialShapeOracle(ReferenceDenoiser):
     threshold : float     nats below the maximum at which nodes are dropped (mass ≲ e^−t).
     lm_steps : int        Levenberg–Marquardt iterations.
     max_elements : int    bound on chunk·nodes·d (memory, float64 elements).
+    intervals : dict      ``{free coordinate: B}``: the oracle knows which of B equal
+                          intervals of the prior range holds that coordinate (default none).
 
     Called as ``oracle(y, sigma, latents={"params": (n, D + 2)})``; uses the known
-    coordinates only. Total MSE → (len(free) + L)σ² at small σ (L free intensities).
-    With every coordinate free it knows nothing: its kind is then ``exact`` (the MMSE
-    estimator up to quadrature error) and it is called without latents.
+    coordinates (and intervals) only. Total MSE → (len(free) + L)σ² at small σ (L free
+    intensities). With every coordinate free and no interval known it knows nothing: its
+    kind is then ``exact`` (the MMSE estimator up to quadrature error) and it is called
+    without latents.
     """
 
     kind = "lower"
@@ -295,7 +308,7 @@ class PartialShapeOracle(ReferenceDenoiser):
 
     def __init__(self, dist, free: tuple[int, ...], coarse: int = 33, points: int = 32,
                  levels: int = 4, threshold: float = 30.0, lm_steps: int = 8,
-                 max_elements: int = 1 << 22):
+                 max_elements: int = 1 << 22, intervals: dict[int, int] | None = None):
         super().__init__("lower")
         for name, value, low in (("coarse", coarse, 3), ("points", points, 3),
                                  ("levels", levels, 1), ("lm_steps", lm_steps, 1),
@@ -310,16 +323,28 @@ class PartialShapeOracle(ReferenceDenoiser):
                 isinstance(i, int) and 0 <= i < dist.geometry_dim for i in free):
             raise ValueError(f"free must be distinct geometry indices in [0, "
                              f"{dist.geometry_dim}), got {free!r}")
-        self.dist, self.free, self.coarse = dist, free, coarse
+        intervals = dict(intervals or {})
+        if not all(i in free and not isinstance(b, bool) and isinstance(b, int) and b >= 1
+                   for i, b in intervals.items()):
+            raise ValueError(f"intervals must map free coordinates {free!r} to integers "
+                             f">= 1, got {intervals!r}")
+        self.dist, self.free, self.coarse, self.intervals = dist, free, coarse, intervals
         names = [dist.geometry_names[i] for i in free]
         self.description = (f"posterior mean given the true geometry but "
                             f"{', '.join(names)} ({len(free)}-D quadrature over them)")
-        if len(free) == dist.geometry_dim:  # knows nothing: E[x | y] itself, by quadrature
+        if intervals:
+            known = ", ".join(f"which of {b} equal intervals holds "
+                              f"{dist.geometry_names[i]}" for i, b in intervals.items())
+            self.description += f", knowing {known}"
+        elif len(free) == dist.geometry_dim:  # knows nothing: E[x | y], by quadrature
             self.kind, self.oracle = "exact", False
             self.description = (f"posterior mean by {len(free)}-D quadrature over the whole "
                                 f"geometry (exact up to quadrature error)")
         self.points, self.levels, self.lm_steps = points, levels, lm_steps
         self.threshold, self.max_elements = float(threshold), max_elements
+        # a 3-D quadrature renders thousands of masks per image: seconds per image and σ,
+        # so the study evaluates it on the coarse σ grid only
+        self.costly = len(free) >= 3
         self.kappa = math.sqrt(2 * self.threshold) + 2
         # a grid resolves the peak when ≥ this many nodes per axis are within `threshold`
         # (spacing ≲ 1.3 posterior standard deviations for a Gaussian peak)
@@ -346,12 +371,27 @@ class PartialShapeOracle(ReferenceDenoiser):
         x_hat = torch.cat([p[0] for p in parts])
         return x_hat.view_as(y).to(device=y.device, dtype=y.dtype)
 
+    def _box(self, g):
+        """The box (lo, hi), each (n, D), over the free coordinates that the oracle's
+        knowledge leaves to the posterior: the prior box, cut to the known interval of each
+        coordinate of ``intervals`` (g (n, D_all): the true geometry)."""
+        lo, hi = self.low.expand(len(g), -1).clone(), self.high.expand(len(g), -1).clone()
+        for a, coord in enumerate(self.free):
+            count = self.intervals.get(coord)
+            if count:
+                width = (self.high[a] - self.low[a]) / count
+                cell = ((g[:, coord] - self.low[a]) / width).floor().clamp(0, count - 1)
+                lo[:, a] = self.low[a] + cell * width
+                hi[:, a] = lo[:, a] + width
+        return lo, hi
+
     def _estimate(self, y, s2, g):
         """Posterior mean for a chunk: y (n, d), s2 (n, 1), true geometry g (n, D)."""
         n, dims = len(y), len(self.free)
-        axes, loglik, log_w, mean = self._coarse(y, s2, g)  # axes (n, D, R), loglik (n, R^D)
+        box_lo, box_hi = self._box(g)
+        # axes (n, D, R), loglik (n, R^D)
+        axes, loglik, log_w, mean = self._coarse(y, s2, g, box_lo, box_hi)
         r = axes.shape[2]
-        box_lo, box_hi = self.low.expand(n, dims), self.high.expand(n, dims)
         first, last, lo, hi = self._window(axes, loglik, box_lo, box_hi)
         path = torch.full((n,), 2, dtype=torch.long)
         out = torch.zeros_like(y)
@@ -367,7 +407,8 @@ class PartialShapeOracle(ReferenceDenoiser):
             best = loglik[rest].argmax(1)
             start = torch.stack([axes[rest, a, i] for a, i in enumerate(_unravel(best, r, dims))],
                                 1)
-            mode, sd = self._levenberg_marquardt(y[rest], s2[rest], g[rest], start)
+            mode, sd = self._levenberg_marquardt(y[rest], s2[rest], g[rest], start,
+                                                 box_lo[rest], box_hi[rest])
             w_lo = torch.maximum(mode - self.kappa * sd, lo[rest])
             w_hi = torch.minimum(mode + self.kappa * sd, hi[rest])
             step = axes[rest, :, 1] - axes[rest, :, 0]  # coarse spacing (n', D)
@@ -376,7 +417,7 @@ class PartialShapeOracle(ReferenceDenoiser):
             inside = ((kept_lo >= w_lo - step) & (kept_hi <= w_hi + step)
                       & (w_hi > w_lo)).all(1)
             fine = self._grid(y[rest], s2[rest], g[rest], w_lo, w_hi, self.points)
-            ok = inside & ~self._open_faces(fine[1], w_lo, w_hi)
+            ok = inside & ~self._open_faces(fine[1], w_lo, w_hi, box_lo[rest], box_hi[rest])
             done = rest[ok]
             out[done] = self._mean(*[t[ok] for t in fine[1:-1]], fine[-1])
             path[done] = 1
@@ -398,16 +439,14 @@ class PartialShapeOracle(ReferenceDenoiser):
         """Nodes of the largest grid whose masks are held at once (memory ∝ nodes·d)."""
         return max(self.coarse, self.points) ** len(self.free)
 
-    def _coarse(self, y, s2, g):
-        """Coarse grid over the whole box: ``(axes (n, D, R), loglik (n, R^D),
-        log trapezoid weights (R^D,), mean(w (n', R^D), idx) -> (n', d))``."""
-        return self._explicit_coarse(y, s2, g, self.coarse)
+    def _coarse(self, y, s2, g, low, high):
+        """Coarse grid over the whole box [low, high] (n, D): ``(axes (n, D, R), loglik
+        (n, R^D), log trapezoid weights (R^D,), mean(w (n', R^D), idx) -> (n', d))``."""
+        return self._explicit_coarse(y, s2, g, self.coarse, low, high)
 
-    def _explicit_coarse(self, y, s2, g, r):
-        """``_coarse`` from rendered masks: r nodes per axis over the prior box."""
-        n, dims = len(y), len(self.free)
-        axes, loglik, a_f, a_b, masks, log_w = self._grid(
-            y, s2, g, self.low.expand(n, dims), self.high.expand(n, dims), r)
+    def _explicit_coarse(self, y, s2, g, r, low, high):
+        """``_coarse`` from rendered masks: r nodes per axis over the box [low, high]."""
+        axes, loglik, a_f, a_b, masks, log_w = self._grid(y, s2, g, low, high, r)
 
         def mean(w, idx):
             return ((w * a_b[idx]).sum(1, keepdim=True)
@@ -458,24 +497,25 @@ class PartialShapeOracle(ReferenceDenoiser):
         w = torch.softmax(loglik + log_w, 1)
         return (w * a_b).sum(1, keepdim=True) + ((w * (a_f - a_b))[:, None, :] @ masks).squeeze(1)
 
-    def _open_faces(self, loglik, lo, hi):
-        """True where a face of the grid inside the prior box is within ``threshold`` of the
-        maximum (mass may lie outside the window), per image (n,)."""
+    def _open_faces(self, loglik, lo, hi, low, high):
+        """True where a face of the grid inside the box [low, high] (n, D) is within
+        ``threshold`` of the maximum (mass may lie outside the window), per image (n,)."""
         n, dims = lo.shape
         r = round(loglik.shape[1] ** (1 / dims))
         grid = loglik.view(n, *[r] * dims) - loglik.amax(1).view(n, *[1] * dims)
         bad = torch.zeros(n, dtype=torch.bool)
         tol = 1e-9
         for a in range(dims):
-            for face, inner in ((0, lo[:, a] > self.low[a] + tol),
-                                (r - 1, hi[:, a] < self.high[a] - tol)):
+            for face, inner in ((0, lo[:, a] > low[:, a] + tol),
+                                (r - 1, hi[:, a] < high[:, a] - tol)):
                 top = grid.select(1 + a, face).reshape(n, -1).amax(1)
                 bad |= inner & (top > -self.threshold)
         return bad
 
-    def _levenberg_marquardt(self, y, s2, g, start):
-        """Mode of ``log p(y | g)`` over the free coordinates (α profiled out), from
-        ``start`` (n, D), and the posterior standard deviations ``√diag(H⁻¹)`` (n, D), with
+    def _levenberg_marquardt(self, y, s2, g, start, low, high):
+        """Mode of ``log p(y | g)`` over the free coordinates (α profiled out) in the box
+        [low, high] (n, D), from ``start`` (n, D), and the posterior standard deviations
+        ``√diag(H⁻¹)`` (n, D), with
         ``H`` the Gauss–Newton curvature (Schur complement over the intensities)."""
         free = list(self.free)
         sy, yy = y.sum(1, keepdim=True), y.square().sum(1, keepdim=True)
@@ -490,7 +530,7 @@ class PartialShapeOracle(ReferenceDenoiser):
         def curvature(state):
             return _profiled_curvature(self.dist, self._model, y, s2, *state[:-1])
 
-        x, state = _levenberg_marquardt(evaluate, curvature, start, self.low, self.high,
+        x, state = _levenberg_marquardt(evaluate, curvature, start, low, high,
                                         self.prior_precision, self.lm_steps, 1e-3, 1e-9)
         h_marg, _ = curvature(state)
         cov = torch.linalg.inv(h_marg + 1e-12 * torch.eye(len(free), dtype=x.dtype))
@@ -551,11 +591,11 @@ class DisksRadiusOracle(PartialShapeOracle):
     def _grid_nodes(self):  # the lattice holds K² templates, not one mask per node
         return max(self.points ** 2, self.subdivisions ** 2)
 
-    def _coarse(self, y, s2, g):
+    def _coarse(self, y, s2, g, low, high):  # the prior box (no known interval)
         import torch.nn.functional as F
 
         if self._nodes < 3:  # a box narrower than two lattice steps: render the nodes
-            return self._explicit_coarse(y, s2, g, 3)
+            return self._explicit_coarse(y, s2, g, 3, low, high)
         n, d = y.shape
         size, k, pad, canvas, nodes = (self.dist.size, self.subdivisions, self._pad,
                                        self._canvas, self._nodes)
