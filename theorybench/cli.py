@@ -232,9 +232,11 @@ def main(argv=None) -> int:
                                  "process; Ray workers need an installed entry-point plugin")
             args.jobs = 1  # register()ed factories exist only in this process
         # long independent cells first, the short analyses of stored networks last (the
-        # executors start cells in this order once their inputs exist)
-        cells = build_cells(preset, entries, args.seed) + sweep_cells(preset, args.datasets,
-                                                                      args.seed)
+        # executors start cells in this order once their inputs exist); the sweep leads:
+        # its machines (minutes each) wait for its networks, and would otherwise end the run
+        # on one busy worker
+        cells = sweep_cells(preset, args.datasets, args.seed) + build_cells(preset, entries,
+                                                                            args.seed)
         analyses = build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
                                         preset.jacobian_images, args.seed)
         dimension = dimension_cells(preset, args.datasets, args.seed)

@@ -523,9 +523,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
     """Write ``out/README.md`` with every table and figure; return its path."""
     out.mkdir(parents=True, exist_ok=True)
     studies = []
-    for name, params in entries:
-        mine = [r for r in records
-                if r["spec"]["dataset"] == name and r["spec"]["params"] == params]
+    for name, params in entries:  # side studies (tagged "study") have their own sections
+        mine = [r for r in records if not r["spec"].get("study")
+                and r["spec"]["dataset"] == name and r["spec"]["params"] == params]
         studies.append(StudyData(name, params, mine))
     lines = [
         "# theorybench report",
