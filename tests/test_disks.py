@@ -409,7 +409,7 @@ def test_radius_oracle_lattice_is_the_explicit_grid(params):
     _, y, latents = noisy(dist, 5, 0.1, seed=1)
     flat, g = y.flatten(1), latents["params"][:, :3]
     s2 = torch.full((5, 1), 0.01, dtype=torch.float64)
-    axes, loglik, log_w, mean = oracle._coarse(flat, s2, g)
+    axes, loglik, log_w, mean = oracle._coarse(flat, s2, g, *oracle._box(g))
     nodes = oracle._nodes
     width = float(dist.geometry_high[0] - dist.geometry_low[0])
     assert axes.shape == (5, 2, nodes) and nodes == math.floor(3 * width + 1e-9) + 1
