@@ -218,7 +218,8 @@ class CAlpha(Distribution):
         heights = torch.add(torch.fft.ifft(folded, norm="forward").real, c0[:, None], out=out)
         return heights.clamp_(0.0, float(self.size))
 
-    def coverage(self, heights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def coverage(self, heights: torch.Tensor, out: torch.Tensor | None = None,
+                 antialias: bool | None = None) -> torch.Tensor:
         """Mask m (n, 1, s, s) from clipped heights (n, s·S) at the sub-column positions.
 
         Antialias: ``m[i, j] = mean_q clip(h_{j,q} − i, 0, 1)``, computed on the CPU as
@@ -226,13 +227,15 @@ class CAlpha(Distribution):
         cumulative sum); on other devices, where a scatter's sums are in no fixed order,
         by the formula itself (:meth:`_coverage_direct`; the same values up to rounding).
         Without antialias: ``m[i, j] = 1{i + ½ < h_j}``. ``out``: an optional (n, 1, s, s)
-        tensor to write the mask into.
+        tensor to write the mask into. ``antialias`` (default: the family's) selects the
+        rule; the contour estimator's search uses the antialiased one, continuous in h,
+        on every family.
         """
         n, s, S = heights.shape[0], self.size, self.subcolumns
         if out is None:
             out = torch.empty(n, 1, s, s, dtype=heights.dtype, device=heights.device)
         const = self._constants(heights.device)
-        if not self.antialias:
+        if not (self.antialias if antialias is None else antialias):
             rows = const.rows.to(heights.dtype)
             return out.copy_((rows[:, None] + 0.5 < heights[:, None, :])[:, None])
         if heights.device.type != "cpu":

@@ -541,20 +541,10 @@ class CAlphaContourEstimator(ReferenceDenoiser):
         ``exact=False``: the differentiable coverage used by the search (the exact one
         with antialias; a linear ramp over the pixel without).
         """
-        s, S = self.dist.size, self.dist.subcolumns
-        n, P = h.shape[:2]
-        if exact and not self.dist.antialias:
-            rows = torch.arange(s, dtype=h.dtype, device=h.device)
-            return (rows[:, None] + 0.5 < h[:, :, None, :]).to(h.dtype).reshape(n, P, s * s)
-        # mean_q clip(h_q − i, 0, 1) = 1 − #{q: ⌊h_q⌋ ≤ i}/S + Σ_{q: ⌊h_q⌋ = i} frac(h_q)/S
-        flat = h.reshape(n * P, s * S)
-        floor = flat.floor()
-        index = floor.long() * s + self._col.to(h.device)
-        below = torch.zeros(n * P, (s + 1) * s, dtype=h.dtype, device=h.device)
-        below.scatter_add_(1, index, torch.full_like(flat, -1.0 / S))
-        part = torch.zeros_like(below).scatter_add_(1, index, (flat - floor) / S)
-        m = below.view(-1, s + 1, s).cumsum_(1).add_(part.view(-1, s + 1, s)).add_(1.0)
-        return m[:, :s].reshape(n, P, s * s)
+        n, P, n_sub = h.shape
+        masks = self.dist.coverage(h.reshape(n * P, n_sub),
+                                   antialias=self.dist.antialias or not exact)
+        return masks.reshape(n, P, -1)
 
     def _log_post(self, model, eta: torch.Tensor, exact: bool):
         """Log posterior (n, P) of η (n, P, dim), up to a constant, and the model state."""
