@@ -13,7 +13,7 @@ import torch
 import datasets_synth
 from datasets_synth.calpha import contour_band
 from theorybench.cache import Cache, digest
-from theorybench.experiments.cells import build_cells, cell_key
+from theorybench.experiments.cells import build_cells
 from theorybench.experiments.jacobian_analysis import (
     PAIR_KIND,
     MissingCheckpoint,
@@ -28,6 +28,7 @@ from theorybench.experiments.jacobian_analysis import (
     jacobian_sigmas,
     subspace_overlap,
 )
+from theorybench.experiments.keys import cell_key
 from theorybench.experiments.presets import PRESETS
 from theorybench.networks import NetConfig, build_network
 from theorybench.report_jacobian import jacobian_section

@@ -12,7 +12,8 @@ import datasets_synth
 from theorybench.cache import Cache
 from theorybench.evaluation import mse_curve
 from theorybench.experiments import memorization_sweep as ms
-from theorybench.experiments.cells import cell_key, run_cell
+from theorybench.experiments.cells import run_cell
+from theorybench.experiments.keys import cell_key
 from theorybench.memorization import cosine
 from theorybench.report_memorization import memorization_section, verdict
 from theorybench.sampling import SamplingDiverged

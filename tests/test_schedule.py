@@ -3,7 +3,8 @@
 import pytest
 
 from theorybench.executors import Schedule, _ready
-from theorybench.experiments.cells import cell_dependencies, cell_key
+from theorybench.experiments.cells import cell_dependencies
+from theorybench.experiments.keys import cell_key
 
 
 def cell(name, **keys):

@@ -20,13 +20,14 @@ from datasets_synth.registry import get_factory, registered_in_process
 
 from .cache import Cache, atomic_write_bytes
 from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
-from .experiments.cells import build_cells, cell_key
+from .experiments.cells import build_cells
 from .experiments.dimension_study import FAMILY, build_dimension_cells
 from .experiments.jacobian_analysis import (
     build_jacobian_cells,
     build_pair_cells,
     jacobian_sigmas,
 )
+from .experiments.keys import cell_key
 from .experiments.machines_sweep import build_machine_cells
 from .experiments.memorization_sweep import STUDY as MEMORIZATION_STUDY
 from .experiments.memorization_sweep import build_memorization_cells

@@ -10,7 +10,8 @@ network a per-σ network starts from, the networks a Jacobian cell analyses) has
 there is no barrier between kinds of cells. Cells free to start go in the order of the
 cell list (:class:`Schedule`).
 
-``ray``: each missing cell is one Ray task (``num_gpus=1`` when the cell trains on CUDA),
+``ray``: each missing cell is one Ray task (``num_gpus=1`` on a CUDA run when its kind
+runs networks: ``CellKind.gpu`` of :data:`experiments.cells.KINDS`),
 on the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else on a local Ray instance
 started for the run and shut down after it. Workers write into the cache directory, which
 must be the same path on every node (shared storage); the driver gathers the records.
@@ -45,7 +46,8 @@ from tqdm.auto import tqdm
 from datasets_synth.base import check_int
 
 from .cache import Cache
-from .experiments.cells import cell_dependencies, cell_key, describe, run_cell
+from .experiments.cells import cell_dependencies, describe, kind_of, run_cell
+from .experiments.keys import cell_key
 from .training import resolve_device
 
 EXECUTORS = ("local", "ray")
@@ -284,10 +286,10 @@ def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
         def submit() -> None:  # every cell free to start: Ray queues them on the cluster
             for i in _ready(schedule, len(schedule), busy=bool(pending)):
                 spec = cells[i]
-                on_gpu = spec["kind"] == "network" and gpus
-                ref = task.options(num_cpus=threads, num_gpus=1 if on_gpu else 0,
+                on_device = kind_of(spec).gpu  # the kinds that run networks
+                ref = task.options(num_cpus=threads, num_gpus=1 if on_device and gpus else 0,
                                    name=describe(spec)[:120]).remote(
-                    spec, root, device_name if spec["kind"] == "network" else "cpu", threads)
+                    spec, root, device_name if on_device else "cpu", threads)
                 pending[ref] = i
 
         submit()

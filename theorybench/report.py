@@ -18,7 +18,7 @@ import pandas as pd
 import datasets_synth
 
 from .cache import atomic_write_bytes
-from .experiments.cells import entry_label
+from .experiments.keys import entry_label
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .kl import kl_bound, tightest_references, trapezoid_weights
 

@@ -20,8 +20,8 @@ import pandas as pd
 
 import datasets_synth
 
-from .experiments.cells import entry_label
 from .experiments.jacobian_analysis import KIND, PAIR_KIND, SHRINKAGE_LEVEL
+from .experiments.keys import entry_label
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .report import _write_csv, markdown_table, slug
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_write_bytes, canonical_json
-from .experiments.cells import entry_label
+from .experiments.keys import entry_label
 from .experiments.memorization_sweep import STUDY
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .report import bracket, markdown_table, slug

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_write_bytes, canonical_json
-from .experiments.cells import entry_label
+from .experiments.keys import entry_label
 from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .kl import kl_bound
 from .memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO, ON_MANIFOLD_FACTOR

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiments.cells import entry_label
+from .experiments.keys import entry_label
 from .figures import cached_figure, plt
 
 

@@ -10,14 +10,16 @@ A cell is a plain spec dict (JSON-serializable, so any executor can ship it) wit
   per-σ network may start from the universal network's weights (``init_key``: the key of
   that cell, whose checkpoint it reads; such cells run after the cells they start from).
 
-``cell_key(spec)`` hashes the spec together with the source code of the components the
-cell runs, so editing a component recomputes exactly the cells that depend on it.
+and the kinds of the side studies, each declared in its module as a
+:class:`~.keys.CellKind` (``memorization_sweep``, ``machines_sweep``,
+``jacobian_analysis``) and assembled here into :data:`KINDS`, the one table the
+executors and the report's dispatch read. ``keys.cell_key(spec)`` hashes the spec together
+with the source code of the components the cell runs, so editing a component recomputes
+exactly the cells that depend on it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import platform
 import time
 from pathlib import Path
@@ -26,11 +28,10 @@ import numpy as np
 import torch
 
 import datasets_synth
-from datasets_synth.registry import get_factory
 
-from ..cache import Cache, digest
+from ..cache import Cache
 from ..denoisers import reference_denoisers
-from ..evaluation import mse_curve
+from ..evaluation import evaluation_noise, mse_curve
 from ..kl import data_variance
 from ..networks import NetConfig
 from ..sampling import SamplingDiverged
@@ -42,75 +43,18 @@ from ..training import (
     resolve_device,
     train,
 )
+from . import jacobian_analysis, machines_sweep, memorization_sweep
+from .keys import CellKind, MissingCheckpoint, cell_key, curve_record, entry_label
 
 EXAMPLES = 4  # test images kept per cell for the report's image rows
 
 
-class MissingCheckpoint(RuntimeError):
-    """A cell needs the checkpoint of another cell, which is not stored (not run, or failed)."""
-
-
 # a cell that fails this way is reported and not cached; a later run retries it
 CELL_FAILURES = (TrainingDiverged, SamplingDiverged, MissingCheckpoint)
-COMPONENTS = {
-    "reference": ("theorybench.evaluation", "theorybench.denoisers"),
-    "network": ("theorybench.evaluation", "theorybench.networks", "theorybench.training"),
-    "jacobian": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis",
-                 "theorybench.denoisers"),
-    "jacobian-pair": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis"),
-    "memorization": ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
-                     "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
-                     "theorybench.experiments.memorization_sweep"),
-    "machines": ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
-                 "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
-                 "theorybench.experiments.memorization_sweep",
-                 "theorybench.experiments.machines_sweep"),
-}
-
-
-def _source_hash(module: str) -> str:
-    """SHA-256 of a module's source (all files of a package)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        return "unknown"
-    origin = Path(spec.origin)
-    files = sorted(origin.parent.glob("*.py")) if origin.name == "__init__.py" else [origin]
-    h = hashlib.sha256()
-    for file in files:
-        h.update(file.read_bytes())
-    return h.hexdigest()
-
-
-def code_version(spec: dict) -> dict:
-    """Source hashes of the components a cell runs, its distribution's module included."""
-    factory = get_factory(spec["dataset"])
-    modules = [*COMPONENTS[spec["kind"]], "theorybench.experiments.cells", "datasets_synth.base",
-               factory.__module__]
-    return {m: _source_hash(m) for m in modules}
-
-
-def cell_key(spec: dict) -> str:
-    """Content address of a cell: its spec and the code that computes it."""
-    return digest({"spec": spec, "code": code_version(spec)})
-
-
-def entry_label(name: str, params: dict) -> str:
-    """A readable label for a study entry, e.g. ``calpha(alpha=2.0)``."""
-    shown = {k: v for k, v in params.items() if k not in ("size", "split")}
-    inner = ", ".join(f"{k}={v}" for k, v in shown.items())
-    return f"{name}({inner})" if inner else name
-
-
-def _curve_record(frame) -> dict:
-    return {"sigma": frame["sigma"].tolist(), "mse": frame["mse"].tolist(),
-            "se": frame["se"].tolist(), "d": int(frame["d"].iloc[0]),
-            "errors": frame.attrs["errors"].tolist()}
 
 
 def _examples(dist, denoiser, sigmas, seed: int) -> dict:
     """Clean, noisy and denoised versions of the first test images at each σ."""
-    from ..evaluation import evaluation_noise
-
     x = dist.sample(EXAMPLES, seed)
     z = evaluation_noise(dist, seed, 0)[:EXAMPLES]
     out = {"clean": x.tolist(), "sigma": list(sigmas), "noisy": [], "denoised": []}
@@ -148,7 +92,7 @@ def compute_reference(spec: dict) -> dict:
         sigmas = spec.get("coarse_sigmas", spec["sigmas"]) if costly else spec["sigmas"]
         frame = mse_curve(den, dist, sigmas, n=spec["n_eval"], seed=spec["seed"])
         curves[name] = {"kind": den.kind, "description": getattr(den, "description", ""),
-                        **_curve_record(frame)}
+                        **curve_record(frame)}
     # on the curves' images
     variance, variance_se, mu = data_variance(dist, spec["n_eval"], spec["seed"])
     return {"curves": curves, "intrinsic_dim": dist.intrinsic_dim,
@@ -175,33 +119,11 @@ def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=Fa
     frame = mse_curve(denoiser, dist, sigmas, n=spec["n_eval"], seed=spec["seed"],
                       device=resolve_device(device))
     monitor = denoiser.history.get("monitor", {})
-    return {"curve": _curve_record(frame),
+    return {"curve": curve_record(frame),
             "examples": _examples(dist, denoiser, sigmas, spec["seed"]),
             "loss": denoiser.history["loss"][-1] if denoiser.history["loss"] else None,
             "history": {"step": denoiser.history["step"], "loss": denoiser.history["loss"]},
             "monitor": monitor, "converged": converged(monitor)}
-
-
-def _compute(spec: dict, cache: Cache, key: str, device, progress: bool) -> dict:
-    """Dispatch a cell to the function computing its kind."""
-    kind = spec["kind"]
-    if kind == "reference":
-        return compute_reference(spec)
-    if kind == "network":
-        return compute_network(spec, cache, key, device=device, progress=progress)
-    from . import jacobian_analysis, machines_sweep, memorization_sweep  # they import cells
-
-    if kind == "memorization":
-        return memorization_sweep.compute_memorization(spec, cache, key, device=device,
-                                                       progress=progress)
-
-    if kind == "machines":
-        return machines_sweep.compute_machines(spec, cache, key, device=device)
-    if kind == "jacobian":
-        return jacobian_analysis.compute_jacobian_cell(spec, cache, key, device=device)
-    if kind == "jacobian-pair":
-        return jacobian_analysis.compute_pair_cell(spec, cache, key, device=device)
-    raise ValueError(f"unknown cell kind {kind!r}; valid: {sorted(COMPONENTS)}")
 
 
 def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
@@ -217,7 +139,7 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
         return {**record, "cached": True}
     start = time.perf_counter()
     try:
-        result = _compute(spec, cache, key, device, progress)
+        result = kind_of(spec).compute(spec, cache, key, device, progress)
     except CELL_FAILURES as exc:
         return {"key": key, "spec": spec, "failed": f"{describe(spec)}: {exc}"}
     if "failed" in result:  # a cell that records its own failure: not cached either
@@ -232,22 +154,25 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
 
 def describe(spec: dict) -> str:
     """One line naming a cell (for progress bars and error messages)."""
-    label = entry_label(spec["dataset"], spec["params"])
-    if spec["kind"] == "reference":
-        return f"references of {label}"
-    if spec["kind"] == "jacobian":
-        from .jacobian_analysis import describe_jacobian
+    return kind_of(spec).describe(spec)
 
-        return describe_jacobian(spec)
-    if spec["kind"] == "jacobian-pair":
-        return f"Jacobian pair on {label}, N={spec['N']}"
-    if spec["kind"] == "memorization":
-        return f"memorization sweep on {label}, N={spec['N']}"
-    if spec["kind"] == "machines":
-        return f"LS/ELS machines on {label}, N={spec['N']}"
+
+def kind_of(spec: dict) -> CellKind:
+    """The :class:`~.keys.CellKind` of a spec; a one-line error for an unknown kind."""
+    kind = KINDS.get(spec.get("kind"))
+    if kind is None:
+        raise ValueError(f"unknown cell kind {spec.get('kind')!r}; valid: {sorted(KINDS)}")
+    return kind
+
+
+def _describe_reference(spec: dict) -> str:
+    return f"references of {entry_label(spec['dataset'], spec['params'])}"
+
+
+def _describe_network(spec: dict) -> str:
     t = spec["train"]
     where = f"σ={t['sigma']:g}" if t["mode"] == "per-sigma" else f"σ≤{t['sigma_max']:g}"
-    return f"{t['mode']} network on {label} ({where})"
+    return f"{t['mode']} network on {entry_label(spec['dataset'], spec['params'])} ({where})"
 
 
 def cell_dependencies(spec: dict) -> set[str]:
@@ -296,3 +221,14 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
 def curve_arrays(curve: dict) -> dict:
     """A stored curve as numpy arrays."""
     return {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in curve.items()}
+
+
+KINDS: dict[str, CellKind] = {kind.name: kind for kind in (
+    CellKind("reference", lambda spec, cache, key, device, progress: compute_reference(spec),
+             _describe_reference, gpu=False),
+    CellKind("network", compute_network, _describe_network, gpu=True),
+    memorization_sweep.CELL,
+    machines_sweep.CELL,
+    jacobian_analysis.CELL,
+    jacobian_analysis.PAIR_CELL,
+)}

@@ -50,7 +50,7 @@ from datasets_synth.base import check_int, check_seed
 from ..evaluation import NOISE_BLOCK, check_sigmas, evaluation_noise
 from ..jacobian import jacobian_products, jacobian_spectrum, subspace_angles, sure_mse
 from ..training import NetworkDenoiser, resolve_device
-from .cells import MissingCheckpoint, cell_key, entry_label
+from .keys import CellKind, MissingCheckpoint, cell_key, entry_label
 from .memorization_sweep import checkpoints
 
 KIND = "jacobian"
@@ -510,15 +510,28 @@ def compute_pair_cell(spec: dict, cache, key: str, device=None) -> dict:
     """
     del key
     label = entry_label(spec["dataset"], spec["params"])
-    paths = checkpoints(spec, cache, f"Jacobian pair on {label}, N={spec['N']}")
+    paths = checkpoints(spec, cache, describe_pair(spec))
     result = compute_pair_similarity(*paths, spec["dataset"], spec["params"], spec["sigmas"],
                                      spec["n_images"], spec["seed"], k=spec["k"], device=device)
     return {**result, "N": spec["N"], "label": label}
 
 
+def describe_pair(spec: dict) -> str:
+    """One line naming a Jacobian-pair cell."""
+    return f"Jacobian pair on {entry_label(spec['dataset'], spec['params'])}, N={spec['N']}"
+
+
+# the Jacobians of networks: on Ray they take a GPU when the run has one
+CELL = CellKind(KIND, lambda spec, cache, key, device, progress: compute_jacobian_cell(
+    spec, cache, key, device=device), describe_jacobian, gpu=True)
+PAIR_CELL = CellKind(PAIR_KIND, lambda spec, cache, key, device, progress: compute_pair_cell(
+    spec, cache, key, device=device), describe_pair, gpu=True)
+
 __all__ = [
+    "CELL",
     "CONTOUR_BAND",
     "KIND",
+    "PAIR_CELL",
     "MissingCheckpoint",
     "PAIR_KIND",
     "analyse",
@@ -529,6 +542,7 @@ __all__ = [
     "compute_pair_similarity",
     "contour_concentration",
     "describe_jacobian",
+    "describe_pair",
     "jacobian_sigmas",
     "subspace_overlap",
 ]

@@ -38,7 +38,7 @@ from ..evaluation import mse_curve
 from ..memorization import cosine
 from ..sampling import SamplingDiverged, sample
 from ..training import NetworkDenoiser, resolve_device
-from .cells import _curve_record, cell_key, describe, entry_label
+from .keys import CellKind, cell_key, curve_record, entry_label
 from .memorization_sweep import cell_inputs, checkpoints, initial_noise
 
 KIND = "machines"
@@ -143,7 +143,7 @@ def compute_machines(spec: dict, cache, key: str, device=None) -> dict:
     device = resolve_device(device)
     label = entry_label(spec["dataset"], spec["params"])
     nets = [NetworkDenoiser.load(p, map_location=device)
-            for p in checkpoints(spec, cache, describe(spec))]
+            for p in checkpoints(spec, cache, describe_machines(spec))]
     mem = spec["memorization"]
     dist, s1, _, _, test_dist, n_test, _, method, options = cell_inputs(mem)
     seed = mem["seed"]
@@ -168,7 +168,7 @@ def compute_machines(spec: dict, cache, key: str, device=None) -> dict:
         for role, den in denoisers.items():
             runs[role] = sample(den, noise, method=method, **options)
     except SamplingDiverged as exc:
-        result["failed"] = f"{describe(spec)}: {exc}"
+        result["failed"] = f"{describe_machines(spec)}: {exc}"
         return result
     images = {role: run.images.cpu() for role, run in runs.items()}
     result["sigma_grid"] = [float(s) for s in grid]
@@ -180,7 +180,7 @@ def compute_machines(spec: dict, cache, key: str, device=None) -> dict:
     result["agreement"] = {role: summarize_agreement(np.asarray(r))
                            for role, r in result["per_sample"].items()}
     if test_dist is not None:
-        result["mse"] = {role: _curve_record(mse_curve(denoisers[role], test_dist,
+        result["mse"] = {role: curve_record(mse_curve(denoisers[role], test_dist,
                                                        spec["sigmas"], n=n_test, seed=seed,
                                                        device=device))
                          for role in ("empirical", *MACHINES)}
@@ -190,5 +190,14 @@ def compute_machines(spec: dict, cache, key: str, device=None) -> dict:
     return result
 
 
-__all__ = ["KIND", "MACHINES", "agreement", "build_machine_cells", "calibrate",
-           "compute_machines", "summarize_agreement"]
+def describe_machines(spec: dict) -> str:
+    """One line naming a machines cell."""
+    return f"LS/ELS machines on {entry_label(spec['dataset'], spec['params'])}, N={spec['N']}"
+
+
+# the networks sample on the device; the machines' products run there too
+CELL = CellKind(KIND, lambda spec, cache, key, device, progress: compute_machines(
+    spec, cache, key, device=device), describe_machines, gpu=True)
+
+__all__ = ["CELL", "KIND", "MACHINES", "agreement", "build_machine_cells", "calibrate",
+           "compute_machines", "describe_machines", "summarize_agreement"]

@@ -65,7 +65,7 @@ from ..memorization import (
 from ..networks import NetConfig
 from ..sampling import SAMPLERS, SamplingDiverged, sample
 from ..training import TrainConfig, TrainingDiverged, resolve_device, train
-from .cells import MissingCheckpoint, _curve_record, entry_label
+from .keys import CellKind, MissingCheckpoint, curve_record, entry_label
 
 KIND = "memorization"
 STUDY = "memorization"  # the tag of the sweep's own reference cells (kept out of the main tables)
@@ -402,11 +402,11 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         train_seed = derived_seed(seed, STREAM_TRAIN_EVAL)
         frame = mse_curve(nets[0], TensorImages(s1, spec["n_eval"]), spec["sigmas"],
                           n=spec["n_eval"], seed=train_seed, device=device)
-        result["mse_train"] = _curve_record(frame)
+        result["mse_train"] = curve_record(frame)
         if test_dist is not None:
             frame = mse_curve(nets[0], test_dist, spec["sigmas"], n=n_test, seed=seed,
                               device=device)
-            result["mse_test"] = _curve_record(frame)
+            result["mse_test"] = curve_record(frame)
 
         # the same K initial noises for every denoiser (independent of N)
         noise = initial_noise(spec, dist.shape).to(device)
@@ -469,6 +469,9 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     return result
 
 
-__all__ = ["KIND", "TensorImages", "build_memorization_cells",
+# two networks trained per cell: on Ray they take a GPU when the run has one
+CELL = CellKind(KIND, compute_memorization, describe_memorization, gpu=True)
+
+__all__ = ["CELL", "KIND", "TensorImages", "build_memorization_cells",
            "compute_memorization", "derived_seed", "describe_memorization", "held_out",
            "resolve_sampler", "training_sets"]
