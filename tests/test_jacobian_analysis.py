@@ -31,7 +31,7 @@ from theorybench.experiments.jacobian_analysis import (
 from theorybench.experiments.keys import cell_key
 from theorybench.experiments.presets import PRESETS
 from theorybench.networks import NetConfig, build_network
-from theorybench.report_jacobian import jacobian_section
+from theorybench.report.jacobian import jacobian_section
 from theorybench.training import NetworkDenoiser, TrainConfig, train
 
 SMOKE = PRESETS["smoke"]

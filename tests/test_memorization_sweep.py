@@ -15,7 +15,7 @@ from theorybench.experiments import memorization_sweep as ms
 from theorybench.experiments.cells import run_cell
 from theorybench.experiments.keys import cell_key
 from theorybench.memorization import cosine
-from theorybench.report_memorization import memorization_section, verdict
+from theorybench.report.memorization import memorization_section, verdict
 from theorybench.sampling import SamplingDiverged
 from theorybench.training import NetworkDenoiser, TrainingDiverged
 

@@ -93,7 +93,7 @@ def test_shuffled_faces_upper_bound_equals_the_base_one():
 
 
 def test_shuffled_rows_report_u_of_both_families():
-    from theorybench.report import StudyData, shuffled_rows
+    from theorybench.report.main import StudyData, shuffled_rows
 
     def curve(sigmas, mses):
         return {"sigma": sigmas, "mse": mses, "se": [0.0] * len(sigmas), "d": 4,

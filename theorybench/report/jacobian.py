@@ -20,10 +20,10 @@ import pandas as pd
 
 import datasets_synth
 
-from .experiments.jacobian_analysis import KIND, PAIR_KIND, SHRINKAGE_LEVEL
-from .experiments.keys import entry_label
-from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
-from .report import _write_csv, markdown_table, slug
+from ..experiments.jacobian_analysis import KIND, PAIR_KIND, SHRINKAGE_LEVEL
+from ..experiments.keys import entry_label
+from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
+from .common import markdown_table, slug, write_csv
 
 ROWS = (("per-sigma", "network (per-σ)"), ("universal", "network (universal)"))
 EIG_FLOOR = 1e-4  # eigenvalues below this are drawn at this value on the log axis
@@ -319,13 +319,13 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
                       "within 2 pixels of the true contour (mean over the top eigenvectors and "
                       "images), against the fraction of pixels there (chance).", ""]
     if all_rows:
-        _write_csv(pd.DataFrame(all_rows), out_dir / "jacobian.csv")
+        write_csv(pd.DataFrame(all_rows), out_dir / "jacobian.csv")
         lines += ["Jacobian table as CSV: `jacobian.csv`.", ""]
     if pairs:
         pair_lines, pair_rows = _pair_section(pairs, out_dir)
         lines += pair_lines
         if pair_rows:
-            _write_csv(pd.DataFrame(pair_rows), out_dir / "jacobian_pairs.csv")
+            write_csv(pd.DataFrame(pair_rows), out_dir / "jacobian_pairs.csv")
     return lines
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiments.keys import entry_label
-from .figures import cached_figure, plt
+from ..experiments.keys import entry_label
+from ..figures import cached_figure, plt
+from .common import markdown_table, slug
 
 
 def training_rows(records: list[dict]) -> list[dict]:
@@ -73,8 +74,6 @@ def _figure(label: str, nets: list[dict]):
 
 def training_section(records: list[dict], out: Path) -> tuple[list[str], list[dict]]:
     """Markdown lines of the training section and its table rows (for ``training.csv``)."""
-    from .report import markdown_table, slug
-
     rows = training_rows(records)
     if not rows:
         return [], []

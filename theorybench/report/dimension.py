@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiments.dimension_study import FAMILY, dimension_rows
-from .figures import PALETTE, cached_figure, plt
-from .report import _write_csv, markdown_table
+from ..experiments.dimension_study import FAMILY, dimension_rows
+from ..figures import PALETTE, cached_figure, plt
+from .common import markdown_table, write_csv
 
 WITHIN = 0.15  # "near k": within 15 % (the test tolerance for the posterior)
 COLUMNS = ("k", "sigma", "L/σ²", "U/σ²", "U_se", "network/σ²", "network_se",
@@ -68,7 +68,7 @@ def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
     if not rows:
         return []
     frame = pd.DataFrame(rows)
-    _write_csv(frame, out_dir / "dimension.csv")
+    write_csv(frame, out_dir / "dimension.csv")
     _figure(frame, out_dir / "dimension.png")
     shown = frame[[c for c in COLUMNS if c in frame]]
     lines = [

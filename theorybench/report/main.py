@@ -9,7 +9,6 @@ images. Every table is also written as CSV.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,93 +16,25 @@ import pandas as pd
 
 import datasets_synth
 
-from .cache import atomic_write_bytes
-from .experiments.keys import entry_label
-from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
-from .kl import kl_bound, tightest_references, trapezoid_weights
+from ..cache import atomic_write_bytes
+from ..experiments.keys import entry_label
+from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
+from ..kl import kl_bound, trapezoid_weights
+from .common import (
+    bracket,
+    curve_frame,
+    markdown_table,
+    on_grid,
+    slug,
+    write_csv,
+)
+from .dimension import dimension_section
+from .jacobian import jacobian_section
+from .machines import machines_section
+from .memorization import memorization_section
+from .training import training_section
 
 NETWORKS = ("per-sigma", "universal")
-
-
-def slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A GitHub markdown table (no extra dependency)."""
-    def cell(v):
-        if isinstance(v, (float, np.floating)):
-            return "nan" if math.isnan(v) else format(v, floatfmt)
-        return str(v)
-    head = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *rows])
-
-
-def curve_frame(curve: dict) -> pd.DataFrame:
-    """A stored curve as an ``mse_curve``-like DataFrame (per-image errors in attrs)."""
-    frame = pd.DataFrame({"sigma": curve["sigma"], "mse": curve["mse"], "se": curve["se"],
-                          "d": curve["d"]})
-    frame.attrs["errors"] = np.asarray(curve["errors"], dtype=float)
-    return frame
-
-
-def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
-    """A bound stored on a coarser grid, extended to ``sigmas`` by monotonicity of the MMSE.
-
-    The MMSE is non-decreasing in σ (y at σ' > σ is y at σ plus independent noise), so an
-    upper bound at σ' ≥ σ bounds MMSE(σ) and a lower bound at σ' ≤ σ bounds it too:
-    ``side="upper"`` takes the nearest stored σ' ≥ σ, ``"lower"`` the nearest σ' ≤ σ
-    (MSE 0 below the grid: the trivial lower bound; +inf above it). Per-image errors follow
-    the chosen σ'.
-    """
-    stored = frame["sigma"].to_numpy()
-    sigmas = np.asarray(sigmas, dtype=float)
-    if len(stored) == len(sigmas) and np.allclose(stored, sigmas):
-        return frame
-    tol = 1e-9 * sigmas
-    if side == "upper":
-        index = np.searchsorted(stored, sigmas - tol, side="left")
-        valid = index < len(stored)
-        fill = np.inf
-    else:
-        index = np.searchsorted(stored, sigmas + tol, side="right") - 1
-        valid = index >= 0
-        fill = 0.0
-    index = np.clip(index, 0, len(stored) - 1)
-    errors = np.asarray(frame.attrs["errors"])[index]
-    errors[~valid] = fill
-    out = pd.DataFrame({"sigma": sigmas,
-                        "mse": np.where(valid, frame["mse"].to_numpy()[index], fill),
-                        "se": np.where(valid, frame["se"].to_numpy()[index], 0.0),
-                        "d": frame["d"].iloc[0]})
-    out.attrs["errors"] = errors
-    return out
-
-
-def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
-    """The rows of a curve at ``sigmas`` (each must be on the curve's grid), errors kept."""
-    stored = frame["sigma"].to_numpy()
-    index = [int(np.argmin(np.abs(np.log(stored / s)))) for s in sigmas]
-    if not np.allclose(stored[index], sigmas, rtol=1e-6):
-        raise ValueError("on_grid: a σ is not on the curve's grid")
-    out = frame.iloc[index].reset_index(drop=True)
-    out.attrs["errors"] = np.asarray(frame.attrs["errors"])[index]
-    return out
-
-
-def bracket(ref_curves: dict) -> tuple[dict, str]:
-    """The tightest MMSE reference of stored curves (:func:`kl.tightest_references`).
-
-    Curves stored on a coarser grid (costly references) are first extended to the densest
-    grid by :func:`extend_monotone`.
-    """
-    kinds = {name: c["kind"] for name, c in ref_curves.items()}
-    grid = max((c["sigma"] for c in ref_curves.values()), key=len)  # the dense grid
-    frames = {name: extend_monotone(curve_frame(c), grid, "lower" if kinds[name] == "lower"
-                                    else "upper") for name, c in ref_curves.items()}
-    return tightest_references(frames, kinds)
 
 
 def network_curve(records: list[dict]) -> pd.DataFrame | None:
@@ -280,10 +211,6 @@ def _figure_examples(examples: list[dict]):
     return image_mosaic([panels], inches=1.3)
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.6g").encode())
-
-
 def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
     """Rates and summaries of SCIENCE.md §5 for this entry, as rows of several tables.
 
@@ -334,7 +261,7 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
                          "MSE/U": ru, "se(MSE/U)": su, "MSE/L": rl, "se(MSE/L)": sl})
     law = datasets_synth.get(study.name, **study.params).rate_law()
     if law is not None and len(grid) >= 2 and lo_ref is not None:
-        from .experiments.presets import PRESETS
+        from ..experiments.presets import PRESETS
 
         theory, field_slope = law["slope"], law["component_slope"]
         theory_col, field_col = law["label"], f"{law['component']} Wiener"
@@ -658,11 +585,6 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                       "networks' KL gaps: ∫ (MSE_shuffled − MSE_base) σ⁻³ dσ from σ0 is exact, "
                       "paired image by image (same images and noise, permuted).", "",
                       markdown_table(pd.DataFrame(shuffled_kl)), ""]
-    from .report_dimension import dimension_section  # they build on this module's helpers
-    from .report_jacobian import jacobian_section
-    from .report_machines import machines_section
-    from .report_memorization import memorization_section
-    from .report_training import training_section
 
     study = [r for r in records if not r["spec"].get("study")]  # not a side study's cells
     training_lines, training = training_section(study, out)
@@ -674,7 +596,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
     for name, rows in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                        ("mse", mse_rows), ("training", training)):
         if rows:
-            _write_csv(pd.DataFrame(rows), out / f"{name}.csv")
+            write_csv(pd.DataFrame(rows), out / f"{name}.csv")
     lines += ["## Files", "", "Tables as CSV: " + ", ".join(
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows), ("training", training)) if r)

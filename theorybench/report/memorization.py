@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cache import atomic_write_bytes, canonical_json
-from .experiments.keys import entry_label
-from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
-from .kl import kl_bound
-from .memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO, ON_MANIFOLD_FACTOR
-from .report import bracket, curve_frame, markdown_table, slug
+from ..cache import atomic_write_bytes, canonical_json
+from ..experiments.keys import entry_label
+from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
+from ..kl import kl_bound
+from ..memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO, ON_MANIFOLD_FACTOR
+from .common import bracket, curve_frame, markdown_table, slug
 
 SMALL_N = 10  # "N ≤ 10": the memorization regime checked by the sentence
 MEMORIZED_MIN = 0.9  # ≥ 90% of samples memorized (copy criterion) at N ≤ SMALL_N

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cache import atomic_write_bytes, canonical_json
-from .experiments.keys import entry_label
-from .experiments.memorization_sweep import STUDY
-from .figures import PALETTE, Panel, cached_figure, image_mosaic, plt
-from .report import bracket, markdown_table, slug
+from ..cache import atomic_write_bytes, canonical_json
+from ..experiments.keys import entry_label
+from ..experiments.memorization_sweep import STUDY
+from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
+from .common import bracket, markdown_table, slug
 
 ANCHOR_R2 = (0.94, 0.96)  # Kamb & Ganguli (2025): median r², ELS vs trained CNNs/UNets
 ROLES = (("empirical", "empirical"), ("ls", "LS"), ("els", "ELS"), ("s2", "S2 network"))

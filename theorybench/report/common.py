@@ -1,0 +1,104 @@
+"""Helpers shared by the report's sections: tables, stored curves and the MMSE bracket.
+
+The base of ``theorybench.report``: every section module imports it and it imports none
+of them, so the package has no import circle.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cache import atomic_write_bytes
+from ..kl import tightest_references
+
+
+def slug(label: str) -> str:
+    """A file-name fragment of a label: lowercase, runs of other characters as ``-``."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub markdown table (no extra dependency)."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "nan" if math.isnan(v) else format(v, floatfmt)
+        return str(v)
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def curve_frame(curve: dict) -> pd.DataFrame:
+    """A stored curve as an ``mse_curve``-like DataFrame (per-image errors in attrs)."""
+    frame = pd.DataFrame({"sigma": curve["sigma"], "mse": curve["mse"], "se": curve["se"],
+                          "d": curve["d"]})
+    frame.attrs["errors"] = np.asarray(curve["errors"], dtype=float)
+    return frame
+
+
+def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
+    """A bound stored on a coarser grid, extended to ``sigmas`` by monotonicity of the MMSE.
+
+    The MMSE is non-decreasing in σ (y at σ' > σ is y at σ plus independent noise), so an
+    upper bound at σ' ≥ σ bounds MMSE(σ) and a lower bound at σ' ≤ σ bounds it too:
+    ``side="upper"`` takes the nearest stored σ' ≥ σ, ``"lower"`` the nearest σ' ≤ σ
+    (MSE 0 below the grid: the trivial lower bound; +inf above it). Per-image errors follow
+    the chosen σ'.
+    """
+    stored = frame["sigma"].to_numpy()
+    sigmas = np.asarray(sigmas, dtype=float)
+    if len(stored) == len(sigmas) and np.allclose(stored, sigmas):
+        return frame
+    tol = 1e-9 * sigmas
+    if side == "upper":
+        index = np.searchsorted(stored, sigmas - tol, side="left")
+        valid = index < len(stored)
+        fill = np.inf
+    else:
+        index = np.searchsorted(stored, sigmas + tol, side="right") - 1
+        valid = index >= 0
+        fill = 0.0
+    index = np.clip(index, 0, len(stored) - 1)
+    errors = np.asarray(frame.attrs["errors"])[index]
+    errors[~valid] = fill
+    out = pd.DataFrame({"sigma": sigmas,
+                        "mse": np.where(valid, frame["mse"].to_numpy()[index], fill),
+                        "se": np.where(valid, frame["se"].to_numpy()[index], 0.0),
+                        "d": frame["d"].iloc[0]})
+    out.attrs["errors"] = errors
+    return out
+
+
+def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
+    """The rows of a curve at ``sigmas`` (each must be on the curve's grid), errors kept."""
+    stored = frame["sigma"].to_numpy()
+    index = [int(np.argmin(np.abs(np.log(stored / s)))) for s in sigmas]
+    if not np.allclose(stored[index], sigmas, rtol=1e-6):
+        raise ValueError("on_grid: a σ is not on the curve's grid")
+    out = frame.iloc[index].reset_index(drop=True)
+    out.attrs["errors"] = np.asarray(frame.attrs["errors"])[index]
+    return out
+
+
+def bracket(ref_curves: dict) -> tuple[dict, str]:
+    """The tightest MMSE reference of stored curves (:func:`kl.tightest_references`).
+
+    Curves stored on a coarser grid (costly references) are first extended to the densest
+    grid by :func:`extend_monotone`.
+    """
+    kinds = {name: c["kind"] for name, c in ref_curves.items()}
+    grid = max((c["sigma"] for c in ref_curves.values()), key=len)  # the dense grid
+    frames = {name: extend_monotone(curve_frame(c), grid, "lower" if kinds[name] == "lower"
+                                    else "upper") for name, c in ref_curves.items()}
+    return tightest_references(frames, kinds)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table as CSV, atomically, numbers to 6 significant digits."""
+    atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.6g").encode())
