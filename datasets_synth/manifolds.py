@@ -353,6 +353,11 @@ class Disks(ShapeManifold):
     def coverage(self, geometry):
         return disk_coverage(geometry, self.size)
 
+    def coverage_on(self, geometry: torch.Tensor, size: int) -> torch.Tensor:
+        """Coverage (N, size, size) of disks (N, 3) on a canvas of another side (the
+        radius oracle's sub-pixel templates)."""
+        return disk_coverage(geometry, size)
+
     def coverage_jacobian(self, geometry):
         return disk_coverage_jacobian(geometry, self.size)
 

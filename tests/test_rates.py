@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theorybench.report.main import log_slope, rate_rows, secant_bracket
 from theorybench.report.jacobian import SURE_MAX_REL_SE, _row, sure_cell, sure_se
+from theorybench.report.main import log_slope, rate_rows, secant_bracket
 
 SIGMAS = np.geomspace(0.01, 2.0, 8)
 

@@ -46,13 +46,16 @@ import math
 
 import torch
 
-from datasets_synth.manifolds import Disks, ShapeManifold, disk_coverage
-
 from .base import ReferenceDenoiser, sigma_column
+
+# what a shape manifold provides (datasets_synth.manifolds.ShapeManifold; checked by
+# attribute, so that this module does not import the families that build it)
+SHAPE_MANIFOLD = ("coverage", "coverage_jacobian", "tangent_columns", "geometry_low",
+                  "geometry_high", "geometry_names", "intensity_mean", "intensity_std")
 
 
 def _check_shape_manifold(owner, dist) -> None:
-    if not isinstance(dist, ShapeManifold):
+    if not all(hasattr(dist, name) for name in SHAPE_MANIFOLD):
         raise ValueError(f"{type(owner).__name__} needs a shape manifold (Disks, Ellipses), "
                          f"got {dist!r}")
 
@@ -577,7 +580,7 @@ class DisksRadiusOracle(PartialShapeOracle):
         if isinstance(subdivisions, bool) or not isinstance(subdivisions, int) \
                 or subdivisions < 1:
             raise ValueError(f"subdivisions must be an integer >= 1, got {subdivisions!r}")
-        if not isinstance(dist, Disks):
+        if not callable(getattr(dist, "coverage_on", None)):  # disks render at any size
             raise ValueError(f"DisksRadiusOracle needs a Disks distribution, got {dist!r}")
         self.subdivisions = subdivisions
         super().__init__(dist, (0, 1), points=points, levels=levels, threshold=threshold,
@@ -615,8 +618,8 @@ class DisksRadiusOracle(PartialShapeOracle):
         geometry[..., 0] = pad + frac[None, None, :]  # cx varies along the last phase axis
         geometry[..., 1] = pad + frac[None, :, None]
         geometry[..., 2] = g[:, 2, None, None]
-        templates = disk_coverage(geometry.view(-1, 3), canvas).view(n * k * k, 1, canvas,
-                                                                      canvas)
+        templates = self.dist.coverage_on(geometry.view(-1, 3), canvas).view(
+            n * k * k, 1, canvas, canvas)
         frame = torch.zeros(n, extent, extent, dtype=torch.float64)
         frame[:, -start:-start + size, -start:-start + size] = y.view(n, size, size)
         inside = torch.zeros(1, 1, extent, extent, dtype=torch.float64)
