@@ -20,18 +20,9 @@ from datasets_synth.registry import get_factory, registered_in_process
 
 from .cache import Cache, atomic_write_bytes
 from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
-from .experiments.cells import build_cells
-from .experiments.dimension_study import FAMILY, build_dimension_cells
-from .experiments.jacobian_analysis import (
-    build_jacobian_cells,
-    build_pair_cells,
-    jacobian_sigmas,
-)
 from .experiments.keys import cell_key
-from .experiments.machines_sweep import build_machine_cells
-from .experiments.memorization_sweep import STUDY as MEMORIZATION_STUDY
-from .experiments.memorization_sweep import build_memorization_cells
 from .experiments.presets import PRESETS
+from .experiments.study import study_cells
 from .training import resolve_device
 
 
@@ -152,44 +143,6 @@ def check_entries(entries) -> None:
             raise ValueError(f"distribution {name!r}: {exc}") from exc
 
 
-def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
-    """The memorization sweep's cells, its own reference cells (the bracket on its held-out
-    images), the Jacobian comparison of each network pair and, with ``machines``, the
-    LS/ELS machines beside each pair."""
-    m = preset.memorization
-    wanted = None if datasets is None else {w.strip() for w in datasets.split(",")}
-    entries = [e for e in m.get("entries", ()) if wanted is None or e[0] in wanted]
-    if not entries:
-        return []
-    cells = build_memorization_cells(
-        entries, m["sizes"], m["net"], m["steps"], m["batch_size"], m.get("lr", preset.lr),
-        sigma_max=1.0, n_samples=m["n_samples"], sigmas=preset.sigmas, n_eval=m["n_eval"],
-        sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
-        center=m.get("center", False))
-    middle = [preset.sigmas[len(preset.sigmas) // 2]]
-    references = []  # the MMSE bracket on the sweep's held-out images, at the σ grid
-    for name, params in entries:
-        size = datasets_synth.get(name, **params).num_images
-        n_eval = m["n_eval"] if size is None else min(m["n_eval"], size)
-        references.append({"kind": "reference", "dataset": name, "params": dict(params),
-                           "sigmas": list(preset.sigmas), "n_eval": n_eval, "seed": seed,
-                           "study": MEMORIZATION_STUDY})
-    analyses = build_pair_cells(cells, middle, preset.jacobian_images, seed)
-    machines = m.get("machines")
-    if machines:
-        analyses += build_machine_cells(
-            cells, machines["patches"], machines["n_samples"], machines["n_calibration"],
-            preset.sigmas, machines.get("boundary", "crop"))
-    return references + cells + analyses
-
-
-def dimension_cells(preset, datasets: str | None, seed: int) -> list[dict]:
-    """The intrinsic-dimension study's cells, unless ``--datasets`` leaves its family out."""
-    if datasets is not None and FAMILY not in {w.strip() for w in datasets.split(",")}:
-        return []
-    return build_dimension_cells(preset, seed)
-
-
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
@@ -232,17 +185,7 @@ def main(argv=None) -> int:
                 raise ValueError("distributions added with register() exist only in this "
                                  "process; Ray workers need an installed entry-point plugin")
             args.jobs = 1  # register()ed factories exist only in this process
-        # long independent cells first, the short analyses of stored networks last (the
-        # executors start cells in this order once their inputs exist); the sweep leads:
-        # its machines (minutes each) wait for its networks, and would otherwise end the run
-        # on one busy worker
-        cells = sweep_cells(preset, args.datasets, args.seed) + build_cells(preset, entries,
-                                                                            args.seed)
-        analyses = build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
-                                        preset.jacobian_images, args.seed)
-        dimension = dimension_cells(preset, args.datasets, args.seed)
-        cells += [c for c in dimension if c["kind"] != "jacobian"] + analyses
-        cells += [c for c in dimension if c["kind"] == "jacobian"]
+        cells = study_cells(preset, entries, args.datasets, args.seed)
         if args.report_only and not Path(args.cache).is_dir():
             raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
                              f"--report-only first")

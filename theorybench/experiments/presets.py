@@ -72,7 +72,10 @@ class Preset:
     memorization : dict         the training-set sweep (SCIENCE.md §8): ``entries``, ``sizes``
                                 (N), ``net``, ``steps``, ``batch_size``, ``n_samples`` (K
                                 noises), ``n_eval``, ``sampler``, optional ``objective``
-                                (default "paper"), ``center``, ``lr`` (default: ``lr``); two
+                                (default "paper"), ``center``, ``lr`` (default: ``lr``),
+                                ``sigma_max`` (the networks' top σ and the samplers' start,
+                                default 1), ``pair_sigma`` (σ of the Jacobian comparison of
+                                each pair, default the middle of ``sigmas``); two
                                 universal networks on disjoint sets of each size N.
                                 Optional ``machines`` (``patches``, ``n_samples``,
                                 ``n_calibration``, ``boundary``): the LS/ELS machines next to

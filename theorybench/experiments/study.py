@@ -1,0 +1,71 @@
+"""The whole study of a preset as one list of cells, in the order the executors start them.
+
+The main study (:func:`cells.build_cells`: references and networks of every entry), the
+memorization sweep with its own reference cells, Jacobian pairs and LS/ELS machines
+(:func:`sweep_cells`), the Jacobian analyses of the study's networks and the
+intrinsic-dimension study (:func:`dimension_cells`). Every setting comes from the preset;
+``--datasets`` (``datasets``: comma-separated names, or None for all) filters the side
+studies as it filters the entries.
+"""
+
+from __future__ import annotations
+
+import datasets_synth
+
+from .cells import build_cells
+from .dimension_study import FAMILY, build_dimension_cells
+from .jacobian_analysis import build_jacobian_cells, build_pair_cells, jacobian_sigmas
+from .machines_sweep import build_machine_cells
+from .memorization_sweep import STUDY as MEMORIZATION_STUDY
+from .memorization_sweep import build_memorization_cells
+
+
+def study_cells(preset, entries, datasets: str | None, seed: int) -> list[dict]:
+    """Every cell of a run: long independent cells first, the short analyses of stored
+    networks last (the executors start cells in this order once their inputs exist). The
+    sweep leads: its machines (minutes each) wait for its networks, and would otherwise end
+    the run on one busy worker."""
+    cells = sweep_cells(preset, datasets, seed) + build_cells(preset, entries, seed)
+    analyses = build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
+                                    preset.jacobian_images, seed)
+    dimension = dimension_cells(preset, datasets, seed)
+    cells += [c for c in dimension if c["kind"] != "jacobian"] + analyses
+    return cells + [c for c in dimension if c["kind"] == "jacobian"]
+
+
+def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
+    """The memorization sweep's cells, its own reference cells (the bracket on its held-out
+    images), the Jacobian comparison of each network pair and, with ``machines``, the
+    LS/ELS machines beside each pair."""
+    m = preset.memorization
+    wanted = None if datasets is None else {w.strip() for w in datasets.split(",")}
+    entries = [e for e in m.get("entries", ()) if wanted is None or e[0] in wanted]
+    if not entries:
+        return []
+    cells = build_memorization_cells(
+        entries, m["sizes"], m["net"], m["steps"], m["batch_size"], m.get("lr", preset.lr),
+        sigma_max=m.get("sigma_max", 1.0), n_samples=m["n_samples"], sigmas=preset.sigmas,
+        n_eval=m["n_eval"], sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
+        center=m.get("center", False))
+    pair_sigma = [m.get("pair_sigma", preset.sigmas[len(preset.sigmas) // 2])]
+    references = []  # the MMSE bracket on the sweep's held-out images, at the σ grid
+    for name, params in entries:
+        size = datasets_synth.get(name, **params).num_images
+        n_eval = m["n_eval"] if size is None else min(m["n_eval"], size)
+        references.append({"kind": "reference", "dataset": name, "params": dict(params),
+                           "sigmas": list(preset.sigmas), "n_eval": n_eval, "seed": seed,
+                           "study": MEMORIZATION_STUDY})
+    analyses = build_pair_cells(cells, pair_sigma, preset.jacobian_images, seed)
+    machines = m.get("machines")
+    if machines:
+        analyses += build_machine_cells(
+            cells, machines["patches"], machines["n_samples"], machines["n_calibration"],
+            preset.sigmas, machines.get("boundary", "crop"))
+    return references + cells + analyses
+
+
+def dimension_cells(preset, datasets: str | None, seed: int) -> list[dict]:
+    """The intrinsic-dimension study's cells, unless ``--datasets`` leaves its family out."""
+    if datasets is not None and FAMILY not in {w.strip() for w in datasets.split(",")}:
+        return []
+    return build_dimension_cells(preset, seed)
