@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import datasets_synth
+from datasets_synth.base import derived_seed
 from theorybench.cache import Cache
 from theorybench.evaluation import mse_curve
 from theorybench.experiments import memorization_sweep as ms
@@ -71,7 +72,7 @@ def test_training_sets_are_disjoint_and_seeded():
     assert torch.cdist(s1.flatten(1).double(), s2.flatten(1).double()).min() > 0.1
     again = ms.training_sets(dist, 5, seed=3)
     assert torch.equal(s1, again[0]) and torch.equal(s2, again[1])
-    assert torch.equal(torch.cat([s1, s2]), dist.sample(10, ms.derived_seed(3, 31)))
+    assert torch.equal(torch.cat([s1, s2]), dist.sample(10, derived_seed(3, 31)))
     faces = datasets_synth.get("faces", split="test")
     f1, f2, frest = ms.training_sets(faces, 40, seed=0)
     pool = faces.train_images()

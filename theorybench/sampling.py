@@ -27,10 +27,9 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from datasets_synth.base import check_float, check_int, check_seed
+from datasets_synth.base import block_generator, check_float, check_int, check_seed
 
 from .denoisers.base import check_eval_mode, check_output
 
@@ -92,12 +91,9 @@ class SamplingDiverged(RuntimeError):
 
 
 def image_generators(seed: int, count: int, offset: int, device) -> list[torch.Generator]:
-    """One torch generator per image, seeded by ``SeedSequence([seed, stream, offset + k])``."""
-    gens = []
-    for k in range(offset, offset + count):
-        state = np.random.SeedSequence([seed, SAMPLING_STREAM, k]).generate_state(2, np.uint32)
-        gens.append(torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1])))
-    return gens
+    """One torch generator per image: ``block_generator(seed, offset + k, stream)``."""
+    return [block_generator(seed, k, SAMPLING_STREAM, device)
+            for k in range(offset, offset + count)]
 
 
 def _check_noise(noise) -> torch.Tensor:

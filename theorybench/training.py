@@ -176,12 +176,6 @@ def resolve_device(device) -> torch.device:
                          f"got {device!r}") from exc
 
 
-def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded from (seed, stream)."""
-    cpu = block_generator(seed, 0, stream)
-    return torch.Generator(device=device).manual_seed(cpu.initial_seed())
-
-
 class NetworkDenoiser:
     """A trained blind network as a Denoiser: ``f(y, σ) = y − r(y − μ̂)``.
 
@@ -506,7 +500,7 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     _train_mode(net, frozen_norm=init is not None)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
-    noise_gen = _generator(cfg.seed, STREAM_NOISE, device)
+    noise_gen = block_generator(cfg.seed, 0, STREAM_NOISE, device)
     monitor = _Monitor(dist, cfg, device)
     history = {"step": [], "loss": []}
     losses = torch.zeros(CHUNK_STEPS, device=device)

@@ -47,7 +47,13 @@ import pandas as pd
 import torch
 
 import datasets_synth
-from datasets_synth.base import FiniteDistribution, block_generator, check_int, check_seed
+from datasets_synth.base import (
+    FiniteDistribution,
+    block_generator,
+    check_int,
+    check_seed,
+    derived_seed,
+)
 
 from ..cache import Cache
 from ..denoisers.empirical import EmpiricalDenoiser
@@ -79,12 +85,6 @@ PER_SAMPLE = ("memorized", "copy_cos", "copy_index", "ratio", "memorized_ratio",
               "max_cos", "max_cos_centered", "cross_cos", "cross_cos_centered",
               "cross_copy_cos", "manifold_residual")
 BASELINE_PER_SAMPLE = ("memorized", "copy_cos", "cos_nn", "cos_nn_centered")
-
-
-def derived_seed(seed: int, stream: int, index: int = 0) -> int:
-    """A seed in [0, 2^32) for one use (``stream``, ``index``) of the study seed."""
-    state = np.random.SeedSequence([check_seed(seed), stream, index]).generate_state(1)
-    return int(state[0])
 
 
 # ----------------------------------------------------------------------------- cells
@@ -473,5 +473,5 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
 CELL = CellKind(KIND, compute_memorization, describe_memorization, gpu=True)
 
 __all__ = ["CELL", "KIND", "TensorImages", "build_memorization_cells",
-           "compute_memorization", "derived_seed", "describe_memorization", "held_out",
+           "compute_memorization", "describe_memorization", "held_out",
            "resolve_sampler", "training_sets"]
