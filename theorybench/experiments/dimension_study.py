@@ -2,10 +2,10 @@
 
 SCIENCE.md §5: at small σ the optimal denoiser projects onto the k-dimensional tangent
 space of the image manifold, so the total MMSE/σ² → k and the optimal Jacobian has k
-eigenvalues near 1 (the rest near 0). The ``ellipses`` family has one parameterization
-for every k = 1 … 7 (``datasets_synth.ellipses``). For each k of the preset's
-``dimensions`` setting this study stores, as ordinary cells tagged ``"study":
-"dimension"``:
+eigenvalues near 1 (the rest near 0). The preset's ``dimensions`` setting names a family
+with one parameterization for every k (its parameter ``k``; the built-in one is
+``ellipses``, k = 1 … 7, ``datasets_synth.ellipses``). For each k of the setting this
+study stores, as ordinary cells tagged ``"study": "dimension"``:
 
 * a ``reference`` cell: the MMSE bracket (posterior, and the quadrature posterior or a
   partial oracle) on the preset's σ grid;
@@ -30,19 +30,20 @@ from ..training import TrainConfig
 from .jacobian_analysis import build_jacobian_cells, jacobian_sigmas
 
 STUDY = "dimension"  # the tag of this study's cells
-FAMILY = "ellipses"
 
 
 def dimension_entries(setting: dict) -> list[tuple[str, dict]]:
-    """(name, params) of each k of a preset's ``dimensions`` setting."""
-    return [(FAMILY, {"k": check_int("k", k, low=1, high=7), "size": setting["size"]})
+    """(name, params) of each k of a preset's ``dimensions`` setting (``family``, ``ks``,
+    ``size``); the family validates its own range of k."""
+    return [(setting["family"], {"k": check_int("k", k, low=1), "size": setting["size"]})
             for k in setting["ks"]]
 
 
 def build_dimension_cells(preset, seed: int) -> list[dict]:
     """Reference, universal-network and Jacobian cells of every k (module doc).
 
-    ``preset.dimensions``: ``ks`` (intrinsic dimensions), ``size`` (image side), ``net``,
+    ``preset.dimensions``: ``family`` (a distribution with a parameter ``k``), ``ks``
+    (intrinsic dimensions), ``size`` (image side), ``net``,
     ``steps``, ``batch_size``, optional ``lr`` (default ``preset.lr``), ``n_eval``
     (default ``preset.n_eval``) and ``jacobian_images``. The σ grid is ``preset.sigmas``;
     the network is trained on its whole range with ``preset.objective``; the Jacobian is

@@ -82,7 +82,8 @@ class Preset:
                                 the networks (``experiments.machines_sweep``).
     datasets : entries          (name, params) studied; plugins are added with {}.
     dimensions : dict           the intrinsic-dimension study (SCIENCE.md §5;
-                                ``experiments.dimension_study``): ``ks``, ``size``, ``net``,
+                                ``experiments.dimension_study``): ``family`` (a family with
+                                a parameter k), ``ks``, ``size``, ``net``,
                                 ``steps``, ``batch_size``, ``jacobian_images``, optional
                                 ``lr``, ``n_eval``; one universal network per k (empty: none).
     """
@@ -133,8 +134,9 @@ PRESETS: dict[str, Preset] = {
                       "batch_size": 8, "n_samples": 8, "n_eval": 16,
                       "sampler": {"method": "heun", "steps": 10},
                       "machines": {"patches": (3, 5), "n_samples": 4, "n_calibration": 2}},
-        dimensions={"ks": (1, 3), "size": 16, "net": {"arch": "bfcnn", "channels": 8, "depth": 3},
-                    "steps": 16, "batch_size": 8, "jacobian_images": 1, "n_eval": 8},
+        dimensions={"family": "ellipses", "ks": (1, 3), "size": 16,
+                    "net": {"arch": "bfcnn", "channels": 8, "depth": 3}, "steps": 16,
+                    "batch_size": 8, "jacobian_images": 1, "n_eval": 8},
     ),
     "default": Preset(
         # measured on the 2-core CPU (closing note of the networks issue): the 16-channel
@@ -159,8 +161,8 @@ PRESETS: dict[str, Preset] = {
                       "machines": {"patches": (3, 5, 7, 11, 15), "n_samples": 32,
                                    "n_calibration": 8}},
         # 16×16 and universal networks only: 7 networks of ~1 CPU-minute each
-        dimensions={"ks": (1, 2, 3, 4, 5, 6, 7), "size": 16, "net": UNET_SMALL,
-                    "steps": 2000, "batch_size": 32, "jacobian_images": 4},
+        dimensions={"family": "ellipses", "ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
+                    "net": UNET_SMALL, "steps": 2000, "batch_size": 32, "jacobian_images": 4},
     ),
     "gpu": Preset(
         # sized for one H200-class GPU in about 8 minutes (not yet run on one: see
@@ -180,7 +182,7 @@ PRESETS: dict[str, Preset] = {
                       # patches: its cost on a GPU is not measured yet (no device so far)
                       "machines": {"patches": (3, 5, 9, 15, 31), "n_samples": 32,
                                    "n_calibration": 8}},
-        dimensions={"ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
+        dimensions={"family": "ellipses", "ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
                     "net": {"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},
                     "steps": 6000, "batch_size": 128, "jacobian_images": 8, "n_eval": 256},
     ),

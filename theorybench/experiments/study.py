@@ -13,7 +13,7 @@ from __future__ import annotations
 import datasets_synth
 
 from .cells import build_cells
-from .dimension_study import FAMILY, build_dimension_cells
+from .dimension_study import build_dimension_cells
 from .jacobian_analysis import build_jacobian_cells, build_pair_cells, jacobian_sigmas
 from .machines_sweep import build_machine_cells
 from .memorization_sweep import STUDY as MEMORIZATION_STUDY
@@ -66,6 +66,7 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
 
 def dimension_cells(preset, datasets: str | None, seed: int) -> list[dict]:
     """The intrinsic-dimension study's cells, unless ``--datasets`` leaves its family out."""
-    if datasets is not None and FAMILY not in {w.strip() for w in datasets.split(",")}:
+    family = preset.dimensions.get("family")
+    if datasets is not None and family not in {w.strip() for w in datasets.split(",")}:
         return []
     return build_dimension_cells(preset, seed)

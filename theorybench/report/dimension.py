@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..experiments.dimension_study import FAMILY, dimension_rows
+from ..experiments.dimension_study import STUDY, dimension_rows
 from ..figures import PALETTE, cached_figure, plt
 from .common import markdown_table, write_csv
 
 WITHIN = 0.15  # "near k": within 15 % (the test tolerance for the posterior)
-COLUMNS = ("k", "sigma", "L/σ²", "U/σ²", "U_se", "network/σ²", "network_se",
+COLUMNS = ("k", "sigma", "L/σ²", "L kind", "U/σ²", "U_se", "network/σ²", "network_se",
            "sigma_jacobian", "optimum count>0.5", "count>0.5", "optimum trace", "trace",
            "optimum angle max°", "angle max°", "angle mean°")
 
@@ -71,15 +71,16 @@ def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
     write_csv(frame, out_dir / "dimension.csv")
     _figure(frame, out_dir / "dimension.png")
     shown = frame[[c for c in COLUMNS if c in frame]]
+    family = next(r["spec"]["dataset"] for r in records if r["spec"].get("study") == STUDY)
     lines = [
         "## Intrinsic dimension", "",
-        f"`{FAMILY}` images with k = {', '.join(str(k) for k in frame['k'])} free parameters "
-        "(one ellipse: centre, size or axes and angle, intensities; `datasets_synth/"
-        "ellipses.py`). At small σ the MMSE denoiser projects onto the k-dimensional "
+        f"`{family}` images with k = {', '.join(str(k) for k in frame['k'])} free parameters "
+        f"(the family's parameter k; `datasets_synth`). At small σ the MMSE denoiser "
+        "projects onto the k-dimensional "
         "tangent space (SCIENCE.md §5): total MMSE/σ² → k and the optimal Jacobian has k "
         "eigenvalues near 1. `L/σ²`, `U/σ²`: the bracket at the smallest σ (total MSE over "
-        "the pixels / σ²; for k ≤ 2 `L` is the posterior mean by quadrature, i.e. exact, "
-        "otherwise an oracle that knows all but the centre, → (2 + free intensities)); "
+        "the pixels / σ²; `L` is the family's exact posterior mean where it has one, "
+        "otherwise its best lower bound, an oracle: `L kind` says which); "
         "`network/σ²`: one universal network per k at the same σ and test images; at "
         "`sigma_jacobian`, the Jacobian's eigenvalues above 0.5, its trace and the "
         "principal angles between its top-k eigenvectors and the true tangent space "
