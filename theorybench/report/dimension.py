@@ -56,7 +56,7 @@ def _figure(frame: pd.DataFrame):
     for ax in (ax_m, ax_j, ax_a):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    fig.suptitle("Ellipses of every dimension k: the optimum and the network against y = k",
+    fig.suptitle("One family at every dimension k: the optimum and the network against y = k",
                  fontsize=9)
     return fig
 
