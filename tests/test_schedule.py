@@ -41,3 +41,21 @@ def test_inputs_outside_the_run_are_met_and_cycles_are_refused():
     schedule._needs = {0: {1}, 1: {0}}  # a cycle, as a corrupted spec list could make
     with pytest.raises(RuntimeError, match="dependency cycle"):
         _ready(schedule, 1)
+
+
+def test_every_cell_of_a_study_has_a_registered_kind():
+    """The smoke study's cells all dispatch through cells.KINDS (compute, describe, gpu);
+    the kinds that run networks ask Ray for a GPU, the references do not; an unknown kind
+    is refused with one line naming the valid ones."""
+    from theorybench.experiments.cells import KINDS, describe, kind_of
+    from theorybench.experiments.presets import PRESETS
+    from theorybench.experiments.study import study_cells
+
+    preset = PRESETS["smoke"]
+    cells = study_cells(preset, list(preset.datasets), None, seed=0)
+    assert {c["kind"] for c in cells} == set(KINDS)
+    for c in cells:
+        assert kind_of(c).name == c["kind"] and describe(c)
+    assert {name for name, kind in KINDS.items() if not kind.gpu} == {"reference"}
+    with pytest.raises(ValueError, match=r"unknown cell kind 'nope'; valid: \['jacobian'"):
+        describe({"kind": "nope", "dataset": "gaussian", "params": {}})
