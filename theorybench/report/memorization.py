@@ -355,11 +355,12 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
             and "result" in r]
     if not mine:
         return []
-    groups: dict[str, dict[int, dict]] = {}
+    # entries in the order of the study's cells (not of their computation dates)
+    groups: dict[str, dict[int, dict]] = {
+        canonical_json([r["spec"]["dataset"], r["spec"]["params"]]): {} for r in mine}
     for r in sorted(mine, key=lambda r: r.get("meta", {}).get("date", "")):
         # one record per (distribution, N): the latest when code changes left several
-        groups.setdefault(canonical_json([r["spec"]["dataset"], r["spec"]["params"]]),
-                          {})[r["spec"]["N"]] = r
+        groups[canonical_json([r["spec"]["dataset"], r["spec"]["params"]])][r["spec"]["N"]] = r
     first = mine[0]["spec"]
     sampler = first["sampler"]
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
