@@ -12,10 +12,10 @@ A cell is a plain spec dict (JSON-serializable, so any executor can ship it) wit
 
 and the kinds of the side studies, each declared in its module as a
 :class:`~.keys.CellKind` (``memorization_sweep``, ``machines_sweep``,
-``jacobian_analysis``) and assembled here into :data:`KINDS`, the one table the
-executors and the report's dispatch read. ``keys.cell_key(spec)`` hashes the spec together
-with the source code of the components the cell runs, so editing a component recomputes
-exactly the cells that depend on it.
+``jacobian_analysis``) and assembled here into :data:`KINDS`, the one table that
+:func:`run_cell`, :func:`describe` and the executors read. ``keys.cell_key(spec)``
+hashes the spec together with the source code of the components the cell runs, so editing
+a component recomputes exactly the cells that depend on it.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
     A training that diverges is recorded as ``{"failed": message}`` in the returned
     record but never stored, so a later run tries again.
     """
+    kind = kind_of(spec)  # an unknown kind is refused before anything is hashed or stored
     cache = Cache(cache_root)
     key = cell_key(spec)
     record = cache.load(spec["kind"], key)
@@ -139,7 +140,7 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
         return {**record, "cached": True}
     start = time.perf_counter()
     try:
-        result = kind_of(spec).compute(spec, cache, key, device, progress)
+        result = kind.compute(spec, cache, key, device, progress)
     except CELL_FAILURES as exc:
         return {"key": key, "spec": spec, "failed": f"{describe(spec)}: {exc}"}
     if "failed" in result:  # a cell that records its own failure: not cached either
