@@ -371,12 +371,11 @@ class Disks(ShapeManifold):
 
         # four lower bounds (2σ², 3σ², 4σ² and the MMSE's 5σ² at small σ; the report keeps
         # the highest per σ); the last knows only which quarter of [r_min, r_max] holds r
-        quarter = PartialShapeOracle(self, free=(0, 1, 2), intervals={2: 4}, coarse=17,
-                                     points=16)
         # its 3-D quadrature takes ~0.3 s per 32×32 image and σ: affordable on the dense σ
         # grid, where the bracket between the coarse points needs it (a lower bound only
         # extends upwards in σ from the point where it was computed)
-        quarter.costly = False
+        quarter = PartialShapeOracle(self, free=(0, 1, 2), intervals={2: 4}, coarse=17,
+                                     points=16, costly=False)
         return {
             "oracle-geometry": ShapeOracle(self),
             "oracle-centre": PartialShapeOracle(self, free=(2,)),  # knows the centre

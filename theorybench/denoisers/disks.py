@@ -297,6 +297,8 @@ class PartialShapeOracle(ReferenceDenoiser):
     max_elements : int    bound on chunk·nodes·d (memory, float64 elements).
     intervals : dict      ``{free coordinate: B}``: the oracle knows which of B equal
                           intervals of the prior range holds that coordinate (default none).
+    costly : bool or None evaluate on the study's coarse σ grid only (default: with 3 or
+                          more free coordinates).
 
     Called as ``oracle(y, sigma, latents={"params": (n, D + 2)})``; uses the known
     coordinates (and intervals) only. Total MSE → (len(free) + L)σ² at small σ (L free
@@ -311,7 +313,8 @@ class PartialShapeOracle(ReferenceDenoiser):
 
     def __init__(self, dist, free: tuple[int, ...], coarse: int = 33, points: int = 32,
                  levels: int = 4, threshold: float = 30.0, lm_steps: int = 8,
-                 max_elements: int = 1 << 22, intervals: dict[int, int] | None = None):
+                 max_elements: int = 1 << 22, intervals: dict[int, int] | None = None,
+                 costly: bool | None = None):
         super().__init__("lower")
         for name, value, low in (("coarse", coarse, 3), ("points", points, 3),
                                  ("levels", levels, 1), ("lm_steps", lm_steps, 1),
@@ -345,9 +348,9 @@ class PartialShapeOracle(ReferenceDenoiser):
                                 f"geometry (exact up to quadrature error)")
         self.points, self.levels, self.lm_steps = points, levels, lm_steps
         self.threshold, self.max_elements = float(threshold), max_elements
-        # a 3-D quadrature renders thousands of masks per image: seconds per image and σ,
-        # so the study evaluates it on the coarse σ grid only
-        self.costly = len(free) >= 3
+        # by default a 3-D quadrature (thousands of masks per image; ~0.3 s per 32×32 image
+        # and σ) is evaluated by the study on the coarse σ grid only
+        self.costly = len(free) >= 3 if costly is None else bool(costly)
         self.kappa = math.sqrt(2 * self.threshold) + 2
         # a grid resolves the peak when ≥ this many nodes per axis are within `threshold`
         # (spacing ≲ 1.3 posterior standard deviations for a Gaussian peak)

@@ -38,8 +38,7 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
     images), the Jacobian comparison of each network pair and, with ``machines``, the
     LS/ELS machines beside each pair."""
     m = preset.memorization
-    wanted = None if datasets is None else {w.strip() for w in datasets.split(",")}
-    entries = [e for e in m.get("entries", ()) if wanted is None or e[0] in wanted]
+    entries = [e for e in m.get("entries", ()) if _chosen(e[0], datasets)]
     if not entries:
         return []
     cells = build_memorization_cells(
@@ -66,7 +65,11 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
 
 def dimension_cells(preset, datasets: str | None, seed: int) -> list[dict]:
     """The intrinsic-dimension study's cells, unless ``--datasets`` leaves its family out."""
-    family = preset.dimensions.get("family")
-    if datasets is not None and family not in {w.strip() for w in datasets.split(",")}:
+    if not _chosen(preset.dimensions.get("family"), datasets):
         return []
     return build_dimension_cells(preset, seed)
+
+
+def _chosen(name: str | None, datasets: str | None) -> bool:
+    """Whether ``--datasets`` (comma-separated names, None: all) includes ``name``."""
+    return datasets is None or name in {w.strip() for w in datasets.split(",")}
