@@ -93,7 +93,7 @@ def bench_sampler(size: int, images: int, loop: int, repeats: int) -> None:
 
 
 def bench_denoisers(size: int, n: int, sigmas) -> None:
-    from theorybench.denoisers.calpha import CAlphaContourEstimator, CAlphaOracle
+    from datasets_synth.references.calpha import CAlphaContourEstimator, CAlphaOracle
 
     dist = CAlpha(size=size)
     x, lat = dist.sample_with_latents(n, 0)

@@ -1,4 +1,4 @@
-"""The Distribution base class and the argument checks shared by every family.
+"""The Distribution base class (and its finite kind) that every family subclasses.
 
 A distribution draws images deterministically from a seed. Randomness is addressed by
 image index: the stream of a seed is cut into blocks of ``block_size`` images, and block
@@ -11,82 +11,15 @@ touched.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
+from tbcore.seeding import block_generator
+from tbcore.validation import check_int, check_seed
+
 Latents = dict[str, torch.Tensor]
-
-
-def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
-    """Return ``value`` as an int, or raise ValueError naming the valid range."""
-    valid = _range_text(low, high)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer {valid}, got {value!r}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer {valid}, got {value}")
-    return value
-
-
-def check_float(
-    name: str, value: Any, low: float | None = None, high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    """Return ``value`` as a finite float in the range, or raise ValueError naming it."""
-    lo = "(" if low_open else "["
-    valid = f"in {lo}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number {valid}, got {value!r}")
-    value = float(value)
-    too_low = low is not None and (value <= low if low_open else value < low)
-    if too_low or (high is not None and value > high):
-        raise ValueError(f"{name} must be a finite number {valid}, got {value}")
-    return value
-
-
-def check_choice(name: str, value: Any, choices) -> Any:
-    """Return ``value`` if it is one of ``choices``, else raise ValueError listing them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
-    return value
-
-
-def check_seed(seed: Any) -> int:
-    """A seed is a non-negative integer (numpy's SeedSequence accepts no less)."""
-    return check_int("seed", seed, low=0)
-
-
-def _range_text(low, high) -> str:
-    if low is not None and high is not None:
-        return f"in [{low}, {high}]"
-    if low is not None:
-        return f">= {low}"
-    if high is not None:
-        return f"<= {high}"
-    return ""
-
-
-def derived_seed(seed: int, stream: int, index: int = 0, bits: int = 32) -> int:
-    """The seed of one use of ``seed``: ``SeedSequence([seed, stream, index])`` as an integer
-    of 32 or 64 bits (the first one or two 32-bit words). The one rule by which every
-    random stream of the project is seeded (:func:`block_generator` uses it)."""
-    words = np.random.SeedSequence([seed, stream, index]).generate_state(bits // 32, np.uint32)
-    return int(words[0]) if bits == 32 else int(words[0]) << 32 | int(words[1])
-
-
-def block_generator(seed: int, block: int, stream: int = 0, device=None) -> torch.Generator:
-    """A torch generator for block ``block`` of ``seed`` (``stream`` separates uses),
-    seeded with ``derived_seed(seed, stream, block, bits=64)``.
-
-    On the CPU unless ``device`` names another; each device type has its own random
-    stream, so the same seed gives other numbers there (with the same law).
-    """
-    generator = torch.Generator() if device is None else torch.Generator(device=device)
-    return generator.manual_seed(derived_seed(seed, stream, block, bits=64))
 
 
 class Distribution:
@@ -160,7 +93,7 @@ class Distribution:
         return None
 
     def reference_denoisers(self) -> Mapping[str, Any]:
-        """Reference denoisers of this distribution by name (see ``theorybench.denoisers``).
+        """Reference denoisers of this distribution by name (``tbcore.ReferenceDenoiser``).
 
         Each has a ``kind``: ``exact`` (the posterior mean), ``lower`` (an oracle using
         side information: MSE ≤ MMSE) or ``upper`` (uses y alone: MSE ≥ MMSE).

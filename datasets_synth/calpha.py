@@ -49,7 +49,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .base import Distribution, block_generator, check_choice, check_float, check_int
+from tbcore.seeding import block_generator
+from tbcore.validation import check_choice, check_float, check_int
+
+from .base import Distribution
+from .references.calpha import CAlphaContourEstimator, CAlphaOracle
 
 CONTOUR_STD = 1.0 / 8.0  # std of c − c0, in units of the image size
 FIELD_STD = 0.1  # per-pixel std of the region fields f1, f2
@@ -374,7 +378,6 @@ class CAlpha(Distribution):
         return A * (m[:, :, None] * m[:, None, :] + mc[:, :, None] * mc[:, None, :])
 
     def reference_denoisers(self):
-        from theorybench.denoisers.calpha import CAlphaContourEstimator, CAlphaOracle
 
         return {"oracle-contour": CAlphaOracle(self),
                 "estimated-contour": CAlphaContourEstimator(self)}

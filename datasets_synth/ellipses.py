@@ -49,8 +49,10 @@ import math
 
 import torch
 
-from .base import check_int
+from tbcore.validation import check_int
+
 from .manifolds import ShapeManifold, check_shape_prior, unit_square_coverage
+from .references.disks import PartialShapeOracle, ShapePosterior
 
 INNER_Q = 0.25  # pixels with q below this are fully inside (s ≥ 3b/4 − κ/24 > √½ px)
 _FREE = {  # k → (free geometry coordinates, free intensities (a_f, a_b))
@@ -165,7 +167,6 @@ class Ellipses(ShapeManifold):
         return cover.detach(), grad.permute(0, 3, 1, 2)
 
     def reference_denoisers(self):
-        from theorybench.denoisers.disks import PartialShapeOracle, ShapePosterior
 
         if self.geometry_dim <= 2:  # quadrature over the whole geometry: the MMSE (exact kind)
             whole = PartialShapeOracle(self, free=tuple(range(self.geometry_dim)))

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import FiniteDistribution, check_choice, check_int
+from tbcore.validation import check_choice, check_int
+
+from .base import FiniteDistribution
+from .references.empirical import EmpiricalDenoiser
 
 SPLITS = ("train", "test", "all")
 TEST_FRACTION = 0.2
@@ -50,7 +53,6 @@ class _SplitImages(FiniteDistribution):
     def reference_denoisers(self):
         if self.params["split"] != "test":
             return {}  # memorizing the training split is no bound on held-in images
-        from theorybench.denoisers.empirical import EmpiricalDenoiser
 
         return {"empirical-train": EmpiricalDenoiser(self.train_images(), kind="upper")}
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Distribution, check_float, check_int
+from tbcore.validation import check_float, check_int
+
+from .base import Distribution
+from .references.wiener import WienerFilter
 
 
 def power_law_spectrum(size: int, gamma: float, std: float) -> torch.Tensor:
@@ -64,6 +67,5 @@ class GaussianField(Distribution):
         return float((lam * sigma**2 / (lam + sigma**2)).mean())
 
     def reference_denoisers(self):
-        from theorybench.denoisers.wiener import WienerFilter
 
         return {"wiener": WienerFilter(self.eigenvalues, self.mean, kind="exact")}

@@ -13,7 +13,7 @@ parameters ``θ = (cx, cy, r, a_f, a_b)``:
 The image is ``x = a_f·m + a_b·(1 − m)``, where ``m`` (the *mask*) is the fraction of each
 pixel covered by the disk. ``x`` is linear in the two intensities given the geometry
 ``g = (cx, cy, r)``, so with the Gaussian intensity prior the posterior given ``y`` and
-``g`` is Gaussian in closed form (``theorybench.denoisers.disks``). Values are therefore
+``g`` is Gaussian in closed form (``datasets_synth.references.disks``). Values are therefore
 unbounded: ``value_range = (−inf, inf)`` (about 98% of values lie in [0, 1]).
 
 Coordinates are continuous pixel units, origin at the image's top-left corner, ``cx``
@@ -54,7 +54,10 @@ import math
 
 import torch
 
-from .base import Distribution, check_float, check_int
+from tbcore.validation import check_float, check_int
+
+from .base import Distribution
+from .references.disks import DisksRadiusOracle, PartialShapeOracle, ShapeOracle, ShapePosterior
 
 HALF_DIAGONAL = math.sqrt(0.5)  # beyond this |s| a pixel is fully in or out
 RENDER_CHUNK = 256  # disks rendered per vectorised pass
@@ -192,7 +195,7 @@ class ShapeManifold(Distribution):
     independent Gaussians ``N(μ_f, τ_f²)``, ``N(μ_b, τ_b²)``, or fixed at ``μ`` where
     ``τ = 0``. The image manifold has dimension ``k = D + (number of τ > 0)``, and given
     ``g`` the image is linear in the free intensities, which the reference denoisers of
-    ``theorybench.denoisers.disks`` integrate in closed form.
+    ``datasets_synth.references.disks`` integrate in closed form.
 
     Subclasses pass their parameters to ``__init__`` (at least ``size``, ``fg_mean``,
     ``bg_mean``; :func:`check_shape_prior` validates those of a sized shape), set
@@ -301,8 +304,6 @@ class ShapeManifold(Distribution):
         """The best image of the family for each image (the posterior's own geometry fit:
         ``ShapePosterior.fit``; its bank is built once per instance)."""
         if self._fitter is None:
-            from theorybench.denoisers.disks import ShapePosterior
-
             self._fitter = ShapePosterior(self)
         return self._fitter.fit(images, sigma)[0]
 
@@ -362,13 +363,6 @@ class Disks(ShapeManifold):
         return disk_coverage_jacobian(geometry, self.size)
 
     def reference_denoisers(self):
-        from theorybench.denoisers.disks import (
-            DisksRadiusOracle,
-            PartialShapeOracle,
-            ShapeOracle,
-            ShapePosterior,
-        )
-
         # four lower bounds (2σ², 3σ², 4σ² and the MMSE's 5σ² at small σ; the report keeps
         # the highest per σ); the last knows only which quarter of [r_min, r_max] holds r
         # its 3-D quadrature takes ~0.3 s per 32×32 image and σ: affordable on the dense σ

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Distribution, check_seed
+from tbcore.validation import check_seed
+
+from .base import Distribution
+from .references.conjugate import Conjugated
 
 
 class Shuffled(Distribution):
@@ -69,7 +72,6 @@ class Shuffled(Distribution):
     def reference_denoisers(self):
         """The base's own references as ``P f P⁻¹`` (the baselines are added, conjugated
         too, by ``theorybench.denoisers.reference_denoisers``)."""
-        from theorybench.denoisers.conjugate import Conjugated
 
         base_refs = self.base.reference_denoisers()
         return {name: Conjugated(den, self) for name, den in base_refs.items()}

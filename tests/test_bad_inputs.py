@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = textwrap.dedent('''
     import torch
     from datasets_synth import Distribution
-    from datasets_synth.base import check_float
+    from tbcore.validation import check_float
 
     class _Plain(Distribution):
         name, value_range = "plain", (0.0, 1.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import datasets_synth
-from theorybench.denoisers.wiener import BlindWienerFilter, WienerFilter
+from datasets_synth.references.wiener import BlindWienerFilter, WienerFilter
 from theorybench.evaluation import mse_curve
 
 

@@ -11,8 +11,8 @@ import torch
 
 from datasets_synth.calpha import CAlpha, field_spectrum
 from datasets_synth.conformance import check_distribution
+from datasets_synth.references.calpha import CAlphaContourEstimator, CAlphaOracle
 from theorybench.denoisers.baselines import Identity
-from theorybench.denoisers.calpha import CAlphaContourEstimator, CAlphaOracle
 from theorybench.evaluation import mse_curve, paired_difference
 
 SIGMAS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]

@@ -1,4 +1,4 @@
-"""The ``disks`` family (datasets_synth.manifolds) and its MMSE bracket (denoisers.disks)."""
+"""The ``disks`` family (datasets_synth.manifolds) and its MMSE bracket (references.disks)."""
 
 import math
 
@@ -9,15 +9,15 @@ import torch
 import datasets_synth
 from datasets_synth.conformance import check_distribution
 from datasets_synth.manifolds import Disks, disk_coverage, disk_coverage_jacobian
-from theorybench.denoisers.baselines import Identity
-from theorybench.denoisers.disks import (
+from datasets_synth.references.disks import (
     DisksRadiusOracle,
     PartialShapeOracle,
     ShapeOracle,
     ShapePosterior,
     _LinearGaussian,
 )
-from theorybench.evaluation import mse_curve, paired_difference
+from theorybench.denoisers.baselines import Identity
+from theorybench.evaluation import convergence, mse_curve, paired_difference
 
 
 def centre_oracle(dist, **options):
@@ -564,9 +564,9 @@ def test_posterior_small_sigma_five_dimensions(disks):
 @pytest.mark.heavy
 def test_posterior_converged(disks):
     """Growing the bank and the local sample changes the MSE by < 2% (and < 3 paired SE)."""
-    post = disks.reference_denoisers()["posterior"]
+    settings = ({"bank_size": 8192, "n_local": 256}, {"bank_size": 32768, "n_local": 1024})
     for sigma in (0.02, 0.1, 0.5):
-        table = post.convergence(sigma, settings=((8192, 256), (32768, 1024)), n=64)
+        table = convergence(lambda **s: ShapePosterior(disks, **s), settings, disks, sigma)
         first = table.iloc[0]
         assert abs(first["diff_to_last"]) < max(3 * first["diff_se"], 0.02 * first["mse"])
 

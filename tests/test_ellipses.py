@@ -9,7 +9,7 @@ import datasets_synth
 from datasets_synth.conformance import check_distribution
 from datasets_synth.ellipses import Ellipses, ellipse_coverage
 from datasets_synth.manifolds import disk_coverage
-from theorybench.denoisers.disks import PartialShapeOracle, ShapeOracle
+from datasets_synth.references.disks import PartialShapeOracle, ShapeOracle
 from theorybench.evaluation import mse_curve, paired_difference
 
 KS = tuple(range(1, 8))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import datasets_synth
-from theorybench.denoisers.wiener import WienerFilter
+from datasets_synth.references.wiener import WienerFilter
 from theorybench.experiments import jacobian_analysis
 from theorybench.jacobian import (
     TOP_K_TOL,

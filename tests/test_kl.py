@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import datasets_synth
+from datasets_synth.references.wiener import WienerFilter
 from theorybench import mse_curve
-from theorybench.denoisers.wiener import WienerFilter
 from theorybench.kl import closing_term, gaussian_kl, kl_bound, trapezoid_weights
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datasets_synth.references.empirical import EmpiricalDenoiser
 from theorybench.denoisers import KINDS
-from theorybench.denoisers.empirical import EmpiricalDenoiser
 from theorybench.denoisers.local import (
     PatchEmpiricalDenoiser,
     equivariant_local_empirical,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import datasets_synth
-from datasets_synth.base import derived_seed
+from tbcore.seeding import derived_seed
 from theorybench.cache import Cache
 from theorybench.evaluation import mse_curve
 from theorybench.experiments import memorization_sweep as ms

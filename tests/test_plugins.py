@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = textwrap.dedent('''
     import torch
     from datasets_synth import Distribution
-    from datasets_synth.base import check_float
+    from tbcore.validation import check_float
 
     class Stripes(Distribution):
         """Vertical stripes of random phase: a plugin written in a few lines."""

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import datasets_synth
+from datasets_synth.references.conjugate import Conjugated
 from theorybench import mse_curve
 from theorybench.denoisers import reference_denoisers
-from theorybench.denoisers.conjugate import Conjugated
 
 CASES = [  # (base, base parameters): faces (empirical + baselines), disks (oracle + posterior)
     ("faces", {"split": "test"}),

@@ -1,6 +1,6 @@
 """theorybench: do denoisers learn the true image distribution, or memorize it?
 
-Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``denoisers.base``):
+Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``tbcore.denoiser``):
 
 * :func:`mse_curve`, :func:`paired_difference`: per-pixel MSE against σ, paired across denoisers;
 * :func:`empirical_denoiser`: the memorizing optimum of a training set;

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from datasets_synth.base import block_generator, check_int, check_seed
-
-from .denoisers.base import check_eval_mode, check_output
+from tbcore.denoiser import check_eval_mode, check_output
+from tbcore.seeding import block_generator
+from tbcore.validation import check_int, check_seed
 
 NOISE_BLOCK = 256
 NOISE_STREAM = 7  # generator stream reserved for evaluation noise
@@ -140,3 +140,36 @@ def paired_difference(curve_a: pd.DataFrame, curve_b: pd.DataFrame) -> pd.DataFr
         "diff": diff.mean(1),
         "se": diff.std(1, ddof=1) / math.sqrt(diff.shape[1]),
     })
+
+
+def convergence(build, settings, dist, sigma: float, n: int = 64, seed: int = 0) -> pd.DataFrame:
+    """MSE of an estimator as its settings grow (a bank, a local sample, a grid): is it
+    converged?
+
+    Parameters
+    ----------
+    build : callable ``(**setting) -> denoiser``.
+    settings : sequence of dicts, the keyword arguments of ``build``, increasing in cost.
+    dist : Distribution
+    sigma : float               noise level (pixel units).
+    n, seed : int               test images and noise (paired across settings).
+
+    Returns
+    -------
+    DataFrame, one row per setting: its keys, ``mse`` (per pixel), ``se``,
+    ``total_over_s2`` (``d·mse/σ²``), ``diff_to_last`` and ``diff_se`` (paired difference
+    to the last setting). A converged estimator shows differences within a few standard
+    errors.
+    """
+    settings = [dict(s) for s in settings]
+    if not settings:
+        raise ValueError("settings must hold at least one dict of build's keyword arguments")
+    curves = [mse_curve(build(**s), dist, [sigma], n=n, seed=seed) for s in settings]
+    rows = []
+    for setting, curve in zip(settings, curves, strict=True):
+        diff = paired_difference(curve, curves[-1])
+        mse = float(curve["mse"][0])
+        rows.append({**setting, "mse": mse, "se": float(curve["se"][0]),
+                     "total_over_s2": mse * dist.d / sigma ** 2,
+                     "diff_to_last": float(diff["diff"][0]), "diff_se": float(diff["se"][0])})
+    return pd.DataFrame(rows)

@@ -15,10 +15,11 @@ runs networks: ``CellKind.gpu`` of :data:`experiments.cells.KINDS`),
 on the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else on a local Ray instance
 started for the run and shut down after it. Workers write into the cache directory, which
 must be the same path on every node (shared storage); the driver gathers the records.
-When this module starts the Ray session itself, it ships the driver's ``theorybench`` and
-``datasets_synth`` sources to the workers (``runtime_env`` ``py_modules``), so workers run
-exactly the driver's code; other packages (torch, plugins) must be installed on every
-node. Ray is optional: it is imported only when ``executor="ray"`` is asked for.
+When this module starts the Ray session itself, it ships the driver's ``tbcore``,
+``datasets_synth`` and ``theorybench`` sources to the workers (``runtime_env``
+``py_modules``), so workers run exactly the driver's code; other packages (torch,
+plugins) must be installed on every node. Ray is optional: it is imported only when
+``executor="ray"`` is asked for.
 
 Threads: both executors run each cell with the same number of torch intra-op CPU threads
 (``threads``, default 1; a Ray task reserves as many CPUs). CPU reductions split their
@@ -43,7 +44,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from datasets_synth.base import check_int
+from tbcore.validation import check_int
 
 from .cache import Cache
 from .experiments.cells import cell_dependencies, describe, kind_of, run_cell
@@ -202,9 +203,10 @@ def _import_ray():
 def ray_runtime_env() -> dict:
     """The job ``runtime_env`` that ships this checkout's packages to the Ray workers."""
     import datasets_synth
+    import tbcore
     import theorybench
 
-    return {"py_modules": [datasets_synth, theorybench]}
+    return {"py_modules": [tbcore, datasets_synth, theorybench]}
 
 
 def _ray_device(ray, device, threads: int) -> tuple[str, int]:

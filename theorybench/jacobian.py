@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets_synth.base import check_int, check_seed
-from theorybench.denoisers.base import check_eval_mode, sigma_column
+from tbcore.denoiser import check_eval_mode, sigma_column
+from tbcore.validation import check_int, check_seed
 
 METHODS = ("auto", "vmap", "replicate")
 ROW_COST_FACTOR = 4  # bytes of one chunk row ≈ this × the bytes autograd saves for one image

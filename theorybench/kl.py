@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from datasets_synth.base import check_int, check_seed
+from tbcore.validation import check_int, check_seed
 
 
 @dataclass
@@ -229,7 +229,7 @@ def tightest_references(frames: dict[str, pd.DataFrame],
     ----------
     frames : ``{name: mse_curve frame}`` on one σ grid (same images and noise).
     kinds : ``{name: kind}`` (``exact``, ``lower``, ``upper`` or ``blind``; see
-        ``theorybench.denoisers.base``).
+        ``tbcore.denoiser``).
 
     Returns
     -------

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from datasets_synth.base import check_float, check_int, check_seed
+from tbcore.validation import check_float, check_int, check_seed
 
 MEMORIZED_RATIO = 1.0 / 3.0  # d1/d2 below this: memorized (Yoon et al. 2023; Gu et al. 2023)
 # copy criterion: distance between centred unit directions below this, i.e. centred cosine

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets_synth.base import check_choice, check_int
+from tbcore.validation import check_choice, check_int
 
 ARCHS = ("bfcnn", "unet")
 BN_MOMENTUM = 0.1  # running σ ← (1 − m) running σ + m batch σ

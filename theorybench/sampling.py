@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets_synth.base import block_generator, check_float, check_int, check_seed
-
-from .denoisers.base import check_eval_mode, check_output
+from tbcore.denoiser import check_eval_mode, check_output
+from tbcore.seeding import block_generator
+from tbcore.validation import check_float, check_int, check_seed
 
 SAMPLING_STREAM = 11  # generator stream reserved for the stochastic sampler's injected noise
 

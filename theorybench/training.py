@@ -53,10 +53,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from datasets_synth.base import block_generator, check_choice, check_float, check_int, check_seed
+from tbcore.denoiser import sigma_column
+from tbcore.seeding import block_generator
+from tbcore.validation import check_choice, check_float, check_int, check_seed
 
 from .cache import atomic_write_bytes
-from .denoisers.base import sigma_column
 from .networks import BFBatchNorm, NetConfig, _from_dict, build_network, count_parameters
 
 MODES = ("per-sigma", "universal")

@@ -1,8 +1,10 @@
 """Denoisers sharing one interface ``denoiser(y, sigma) -> x_hat`` (see ``base``)."""
 
-from .base import KINDS, ReferenceDenoiser, sigma_column
+from datasets_synth.references.conjugate import Conjugated
+from datasets_synth.references.empirical import EmpiricalDenoiser, empirical_denoiser
+from tbcore.denoiser import KINDS, ReferenceDenoiser, sigma_column
+
 from .baselines import CALIBRATION_SEED, Identity, WaveletSoftThreshold
-from .empirical import EmpiricalDenoiser, empirical_denoiser
 
 __all__ = [
     "KINDS",
@@ -38,8 +40,6 @@ def reference_denoisers(dist) -> dict:
     base_of = getattr(dist, "reference_base", None)
     base = base_of() if callable(base_of) else None
     if base is not None:
-        from .conjugate import Conjugated
-
         return {name: Conjugated(den, dist) for name, den in reference_denoisers(base).items()}
     refs = dict(dist.reference_denoisers())
     refs["identity"] = Identity()

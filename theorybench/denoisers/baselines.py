@@ -9,7 +9,7 @@ import numpy as np
 import pywt
 import torch
 
-from .base import ReferenceDenoiser, sigma_column
+from tbcore.denoiser import ReferenceDenoiser, sigma_column
 
 CALIBRATION_SEED = 2**40 + 17  # images used to pick thresholds, disjoint from test seeds
 THRESHOLD_FACTORS = tuple(float(f) for f in np.arange(0.0, 4.01, 0.25))  # τ/σ grid

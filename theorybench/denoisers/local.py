@@ -59,8 +59,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from .base import ReferenceDenoiser, sigma_column
-from .empirical import OnlineSoftmax
+from datasets_synth.references.empirical import OnlineSoftmax
+from tbcore.denoiser import ReferenceDenoiser, sigma_column
 
 BOUNDARIES = ("crop", "circular")
 _CHUNK_ELEMENTS = 1 << 24  # LS: logits held at once per chunk (64 MiB in float32)

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from datasets_synth.base import check_int
+from tbcore.validation import check_int
 
 from ..networks import NetConfig
 from ..training import TrainConfig

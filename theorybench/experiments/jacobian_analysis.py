@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 import datasets_synth
-from datasets_synth.base import check_int, check_seed
+from tbcore.validation import check_int, check_seed
 
 from ..evaluation import NOISE_BLOCK, check_sigmas, evaluation_noise
 from ..jacobian import jacobian_products, jacobian_spectrum, subspace_angles, sure_mse

@@ -6,8 +6,8 @@ The base of ``experiments``: the kind modules (``memorization_sweep``, ``machine
 has no import circle.
 
 ``cell_key(spec)`` hashes the spec together with the source code of the components the
-cell runs (``COMPONENTS[kind]``, this module, ``datasets_synth.base`` and the
-distribution's module), so editing a component recomputes exactly the cells that depend
+cell runs (``COMPONENTS[kind]``, this module, ``tbcore``, ``datasets_synth.base`` and
+the distribution's module), so editing a component recomputes exactly the cells that depend
 on it.
 """
 
@@ -52,19 +52,17 @@ class MissingCheckpoint(RuntimeError):
 
 
 
+_DENOISERS = ("theorybench.denoisers", "datasets_synth.references")
+_TRAINING = ("theorybench.evaluation", "theorybench.networks", "theorybench.training")
 COMPONENTS = {
-    "reference": ("theorybench.evaluation", "theorybench.denoisers",
-                  "theorybench.experiments.cells"),
-    "network": ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
-                "theorybench.experiments.cells"),
+    "reference": ("theorybench.evaluation", *_DENOISERS, "theorybench.experiments.cells"),
+    "network": (*_TRAINING, "theorybench.experiments.cells"),
     "jacobian": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis",
-                 "theorybench.denoisers"),
+                 *_DENOISERS),
     "jacobian-pair": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis"),
-    "memorization": ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
-                     "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
-                     "theorybench.experiments.memorization_sweep"),
-    "machines": ("theorybench.evaluation", "theorybench.networks", "theorybench.training",
-                 "theorybench.sampling", "theorybench.memorization", "theorybench.denoisers",
+    "memorization": (*_TRAINING, "theorybench.sampling", "theorybench.memorization",
+                     *_DENOISERS, "theorybench.experiments.memorization_sweep"),
+    "machines": (*_TRAINING, "theorybench.sampling", "theorybench.memorization", *_DENOISERS,
                  "theorybench.experiments.memorization_sweep",
                  "theorybench.experiments.machines_sweep"),
 }
@@ -86,8 +84,8 @@ def _source_hash(module: str) -> str:
 def code_version(spec: dict) -> dict:
     """Source hashes of the components a cell runs, its distribution's module included."""
     factory = get_factory(spec["dataset"])
-    modules = [*COMPONENTS[spec["kind"]], "theorybench.experiments.keys", "datasets_synth.base",
-               factory.__module__]
+    modules = [*COMPONENTS[spec["kind"]], "theorybench.experiments.keys", "tbcore",
+               "datasets_synth.base", factory.__module__]
     return {m: _source_hash(m) for m in modules}
 
 

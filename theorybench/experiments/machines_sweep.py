@@ -30,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from datasets_synth.base import check_int
+from datasets_synth.references.empirical import EmpiricalDenoiser
+from tbcore.validation import check_int
 
-from ..denoisers.empirical import EmpiricalDenoiser
 from ..denoisers.local import PatchEmpiricalDenoiser, check_patch, patch_fits
 from ..evaluation import mse_curve
 from ..memorization import cosine

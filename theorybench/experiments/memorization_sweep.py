@@ -47,16 +47,12 @@ import pandas as pd
 import torch
 
 import datasets_synth
-from datasets_synth.base import (
-    FiniteDistribution,
-    block_generator,
-    check_int,
-    check_seed,
-    derived_seed,
-)
+from datasets_synth.base import FiniteDistribution
+from datasets_synth.references.empirical import EmpiricalDenoiser
+from tbcore.seeding import block_generator, derived_seed
+from tbcore.validation import check_int, check_seed
 
 from ..cache import Cache
-from ..denoisers.empirical import EmpiricalDenoiser
 from ..evaluation import check_sigmas, mse_curve
 from ..memorization import (
     COPY_THRESHOLD,

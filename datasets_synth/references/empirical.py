@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ReferenceDenoiser, sigma_column
+from tbcore.denoiser import ReferenceDenoiser, sigma_column
 
 
 class OnlineSoftmax:

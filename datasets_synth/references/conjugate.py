@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import ReferenceDenoiser
+from tbcore.denoiser import ReferenceDenoiser
 
 
 class Conjugated(ReferenceDenoiser):

@@ -18,8 +18,9 @@ and declare a ``kind`` (SCIENCE.md §5):
   MSE under that law is the least any blind (universal) denoiser can reach. It is not a
   bound on the MMSE and never enters the bracket.
 * ``model``: the optimum under a stated restriction of the estimator, computed from a
-  finite training set (the local and equivariant-local machines of ``local``); a model
-  of what a network may compute, neither the MMSE nor a bound on it.
+  finite training set (the local and equivariant-local machines of
+  ``theorybench.denoisers.local``); a model of what a network may compute, neither the
+  MMSE nor a bound on it.
 
 Oracles set ``oracle = True`` and take ``latents=`` (a dict of per-image tensors). Only
 the evaluator hands latents over, and only to oracles; ``upper`` denoisers have no way

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .base import ReferenceDenoiser, sigma_column
+from tbcore.denoiser import ReferenceDenoiser, sigma_column
 
 
 def _key(tensor: torch.Tensor) -> tuple:

@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from .base import ReferenceDenoiser, sigma_column
+from tbcore.denoiser import ReferenceDenoiser, sigma_column
 
 # what a shape manifold provides (datasets_synth.manifolds.ShapeManifold; checked by
 # attribute, so that this module does not import the families that build it)
@@ -951,38 +951,3 @@ class ShapePosterior(ReferenceDenoiser):
         params = torch.cat(rows)
         fitted = self.dist.render(params).to(device=images.device, dtype=images.dtype)
         return fitted, params
-
-    # -- convergence diagnostic ---------------------------------------------------------------
-    def convergence(self, sigma: float, settings=((1024, 64), (4096, 128), (8192, 256),
-                                                  (16384, 512)), n: int = 64, seed: int = 0):
-        """MSE of this estimator as the bank and the local sample grow.
-
-        Parameters
-        ----------
-        sigma : float               noise level (pixel units).
-        settings : (bank_size, n_local) pairs, increasing.
-        n, seed : int               test images and noise (paired across settings).
-
-        Returns
-        -------
-        DataFrame: ``bank_size``, ``n_local``, ``mse`` (per pixel), ``se``, ``total_over_s2``
-        (``d·mse/σ²``), ``diff_to_last`` and ``diff_se`` (paired difference to the largest
-        setting). A converged estimator shows differences within a few standard errors.
-        """
-        import pandas as pd
-
-        from theorybench.evaluation import mse_curve, paired_difference
-
-        curves, rows = [], []
-        for bank_size, n_local in settings:
-            est = type(self)(self.dist, bank_size=bank_size, n_local=n_local,
-                                 n_starts=self.n_starts, lm_steps=self.lm_steps,
-                                 inflation=self.inflation, chunk=self.chunk, seed=self.seed)
-            curves.append(mse_curve(est, self.dist, [sigma], n=n, seed=seed))
-        for (bank_size, n_local), curve in zip(settings, curves, strict=True):
-            diff = paired_difference(curve, curves[-1])
-            rows.append({"bank_size": bank_size, "n_local": n_local,
-                         "mse": float(curve["mse"][0]), "se": float(curve["se"][0]),
-                         "total_over_s2": float(curve["mse"][0]) * self.dist.d / sigma ** 2,
-                         "diff_to_last": float(diff["diff"][0]), "diff_se": float(diff["se"][0])})
-        return pd.DataFrame(rows)

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .base import ReferenceDenoiser, sigma_column
+from tbcore.denoiser import ReferenceDenoiser, sigma_column
 
 
 class WienerFilter(ReferenceDenoiser):
