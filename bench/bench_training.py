@@ -25,8 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets_synth.gaussian import GaussianField  # noqa: E402
+from tbcore.validation import resolve_device  # noqa: E402
 from theorybench.networks import NetConfig, build_network, forward_flops  # noqa: E402
-from theorybench.training import TrainConfig, resolve_device, train  # noqa: E402
+from theorybench.train_config import TrainConfig  # noqa: E402
+from theorybench.training import train  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -7,6 +7,8 @@ import math
 import numbers
 from typing import Any
 
+import torch
+
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
     """Return ``value`` as an int, or raise ValueError naming the valid range."""
@@ -55,3 +57,14 @@ def _range_text(low, high) -> str:
     if high is not None:
         return f"<= {high}"
     return ""
+
+
+def resolve_device(device) -> torch.device:
+    """``None``/"auto" → CUDA if available, else CPU; anything else as torch.device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:i]' or a torch.device, "
+                         f"got {device!r}") from exc

@@ -228,8 +228,8 @@ def _mse(sigmas, dist=("gaussian", {"size": 8}), n=4):
 
 def _checkpoint(ctx, edit):
     """Save a tiny network, apply ``edit`` to its payload, save that, then load it."""
+    from theorybench.denoisers.network import NetworkDenoiser
     from theorybench.networks import NetConfig, build_network
-    from theorybench.training import NetworkDenoiser
 
     cfg = NetConfig(channels=4, depth=3)
     path = ctx["files"] / "net.pt"
@@ -298,7 +298,7 @@ def _gaussian_sample(**kw):
 
 
 def _train_config(**kw):
-    from theorybench.training import TrainConfig
+    from theorybench.train_config import TrainConfig
 
     return lambda ctx: TrainConfig(**kw)
 

@@ -10,6 +10,7 @@ from torch import nn
 
 import datasets_synth
 from datasets_synth.references.wiener import WienerFilter
+from theorybench.denoisers.network import NetworkDenoiser
 from theorybench.experiments import jacobian_analysis
 from theorybench.jacobian import (
     TOP_K_TOL,
@@ -22,7 +23,6 @@ from theorybench.jacobian import (
     top_eigenvectors_as_images,
 )
 from theorybench.networks import NetConfig, build_network
-from theorybench.training import NetworkDenoiser
 
 SIGMA = 0.1
 

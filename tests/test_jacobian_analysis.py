@@ -13,6 +13,7 @@ import torch
 import datasets_synth
 from datasets_synth.calpha import contour_band
 from theorybench.cache import Cache, digest
+from theorybench.denoisers.network import NetworkDenoiser
 from theorybench.experiments.cells import build_cells
 from theorybench.experiments.jacobian_analysis import (
     PAIR_KIND,
@@ -32,7 +33,8 @@ from theorybench.experiments.keys import cell_key
 from theorybench.experiments.presets import PRESETS
 from theorybench.networks import NetConfig, build_network
 from theorybench.report.jacobian import jacobian_section
-from theorybench.training import NetworkDenoiser, TrainConfig, train
+from theorybench.train_config import TrainConfig
+from theorybench.training import train
 
 SMOKE = PRESETS["smoke"]
 NET = {"arch": "bfcnn", "channels": 8, "depth": 3}

@@ -11,6 +11,7 @@ import torch
 import datasets_synth
 from tbcore.seeding import derived_seed
 from theorybench.cache import Cache
+from theorybench.denoisers.network import NetworkDenoiser
 from theorybench.evaluation import mse_curve
 from theorybench.experiments import memorization_sweep as ms
 from theorybench.experiments.cells import run_cell
@@ -18,7 +19,7 @@ from theorybench.experiments.keys import cell_key
 from theorybench.memorization import cosine
 from theorybench.report.memorization import memorization_section, verdict
 from theorybench.sampling import SamplingDiverged
-from theorybench.training import NetworkDenoiser, TrainingDiverged
+from theorybench.training import TrainingDiverged
 
 NET = {"arch": "bfcnn", "channels": 8, "depth": 3}
 SAMPLER = {"sigma_min": 1e-3, "steps": 10}  # tiny σ_min: the empirical samples land on S1

@@ -8,18 +8,12 @@ import pytest
 import torch
 
 from datasets_synth.gaussian import GaussianField
+from theorybench.denoisers.network import NetworkDenoiser
 from theorybench.evaluation import mse_curve
 from theorybench.jacobian import jacobian
 from theorybench.networks import NetConfig
-from theorybench.training import (
-    CHUNK_STEPS,
-    NetworkDenoiser,
-    TrainConfig,
-    converged,
-    draw_sigma,
-    objective_loss,
-    train,
-)
+from theorybench.train_config import TrainConfig
+from theorybench.training import CHUNK_STEPS, converged, draw_sigma, objective_loss, train
 
 TINY = NetConfig(arch="bfcnn", channels=4, depth=3)
 

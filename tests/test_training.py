@@ -10,17 +10,12 @@ import torch
 
 from datasets_synth.base import Distribution
 from datasets_synth.gaussian import GaussianField
+from tbcore.validation import resolve_device
+from theorybench.denoisers.network import NetworkDenoiser
 from theorybench.evaluation import mse_curve
 from theorybench.networks import NetConfig
-from theorybench.training import (
-    CHUNK_STEPS,
-    NetworkDenoiser,
-    TrainConfig,
-    TrainingDiverged,
-    _minibatch_images,
-    resolve_device,
-    train,
-)
+from theorybench.train_config import TrainConfig
+from theorybench.training import CHUNK_STEPS, TrainingDiverged, _minibatch_images, train
 
 TINY = NetConfig(arch="bfcnn", channels=4, depth=3)
 

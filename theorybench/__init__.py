@@ -14,14 +14,21 @@ Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``tbcore
 * :func:`jacobian`, :func:`jacobian_spectrum`: the adaptive basis of a denoiser.
 """
 
-from .denoisers import EmpiricalDenoiser, ReferenceDenoiser, empirical_denoiser, reference_denoisers
+from .denoisers import (
+    EmpiricalDenoiser,
+    NetworkDenoiser,
+    ReferenceDenoiser,
+    empirical_denoiser,
+    reference_denoisers,
+)
 from .evaluation import mse_curve, paired_difference
 from .jacobian import jacobian, jacobian_spectrum, subspace_angles, sure_mse
 from .kl import data_variance, kl_bound, mmse_references
 from .memorization import memorization_measures, summarize
 from .networks import NetConfig, build_network
 from .sampling import SampleResult, SamplingDiverged, sample
-from .training import NetworkDenoiser, TrainConfig, TrainingDiverged, train
+from .train_config import TrainConfig
+from .training import TrainingDiverged, train
 
 __all__ = [
     "NetConfig",

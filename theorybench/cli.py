@@ -17,13 +17,13 @@ import torch
 
 import datasets_synth
 from datasets_synth.registry import get_factory, registered_in_process
+from tbcore.validation import resolve_device
 
 from .cache import Cache, atomic_write_bytes
 from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
 from .experiments.keys import cell_key
 from .experiments.presets import PRESETS
 from .experiments.study import study_cells
-from .training import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,12 +44,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tbcore.validation import check_int
+from tbcore.validation import check_int, resolve_device
 
 from .cache import Cache
 from .experiments.cells import cell_dependencies, describe, kind_of, run_cell
 from .experiments.keys import cell_key
-from .training import resolve_device
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install 'theorybench[ray]' (or: pip install ray)"

@@ -77,7 +77,7 @@ class NetConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> NetConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming the valid ones."""
-        return _from_dict(cls, values)
+        return config_from_dict(cls, values)
 
     @classmethod
     def paper(cls, arch: str = "unet", in_channels: int = 1) -> NetConfig:
@@ -86,7 +86,7 @@ class NetConfig:
                    convs_per_block=2, kernel=3)
 
 
-def _from_dict(cls, values: dict[str, Any]):
+def config_from_dict(cls, values: dict[str, Any]):
     """Build the frozen dataclass ``cls`` from a dict, rejecting unknown keys."""
     if not isinstance(values, dict):
         raise ValueError(f"{cls.__name__}.from_dict needs a dict, got {type(values).__name__}")

@@ -1,15 +1,19 @@
-"""Denoisers sharing one interface ``denoiser(y, sigma) -> x_hat`` (see ``base``)."""
+"""Denoisers sharing one interface ``denoiser(y, sigma) -> x_hat`` (``tbcore.denoiser``):
+the baselines every family gets, trained networks (``network``), the local and
+equivariant machines (``local``); ``reference_denoisers(dist)`` adds the family's own."""
 
 from datasets_synth.references.conjugate import Conjugated
 from datasets_synth.references.empirical import EmpiricalDenoiser, empirical_denoiser
 from tbcore.denoiser import KINDS, ReferenceDenoiser, sigma_column
 
 from .baselines import CALIBRATION_SEED, Identity, WaveletSoftThreshold
+from .network import NetworkDenoiser
 
 __all__ = [
     "KINDS",
     "EmpiricalDenoiser",
     "Identity",
+    "NetworkDenoiser",
     "ReferenceDenoiser",
     "WaveletSoftThreshold",
     "empirical_denoiser",

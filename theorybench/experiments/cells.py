@@ -28,21 +28,17 @@ import numpy as np
 import torch
 
 import datasets_synth
+from tbcore.validation import resolve_device
 
 from ..cache import Cache
 from ..denoisers import reference_denoisers
+from ..denoisers.network import NetworkDenoiser
 from ..evaluation import evaluation_noise, mse_curve
 from ..kl import data_variance
 from ..networks import NetConfig
 from ..sampling import SamplingDiverged
-from ..training import (
-    NetworkDenoiser,
-    TrainConfig,
-    TrainingDiverged,
-    converged,
-    resolve_device,
-    train,
-)
+from ..train_config import TrainConfig
+from ..training import TrainingDiverged, converged, train
 from . import jacobian_analysis, machines_sweep, memorization_sweep
 from .keys import CellKind, MissingCheckpoint, cell_key, curve_record, entry_label
 

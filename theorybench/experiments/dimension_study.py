@@ -26,7 +26,7 @@ import numpy as np
 from tbcore.validation import check_int
 
 from ..networks import NetConfig
-from ..training import TrainConfig
+from ..train_config import TrainConfig
 from .jacobian_analysis import build_jacobian_cells, jacobian_sigmas
 
 STUDY = "dimension"  # the tag of this study's cells

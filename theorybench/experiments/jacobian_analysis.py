@@ -45,11 +45,11 @@ import numpy as np
 import torch
 
 import datasets_synth
-from tbcore.validation import check_int, check_seed
+from tbcore.validation import check_int, check_seed, resolve_device
 
+from ..denoisers.network import NetworkDenoiser
 from ..evaluation import NOISE_BLOCK, check_sigmas, evaluation_noise
 from ..jacobian import jacobian_products, jacobian_spectrum, subspace_angles, sure_mse
-from ..training import NetworkDenoiser, resolve_device
 from .keys import CellKind, MissingCheckpoint, cell_key, entry_label
 from .memorization_sweep import checkpoints
 

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from datasets_synth.references.empirical import EmpiricalDenoiser
-from tbcore.validation import check_int
+from tbcore.validation import check_int, resolve_device
 
 from ..denoisers.local import PatchEmpiricalDenoiser, check_patch, patch_fits
+from ..denoisers.network import NetworkDenoiser
 from ..evaluation import mse_curve
 from ..memorization import cosine
 from ..sampling import SamplingDiverged, sample
-from ..training import NetworkDenoiser, resolve_device
 from .keys import CellKind, cell_key, curve_record, entry_label
 from .memorization_sweep import cell_inputs, checkpoints, initial_noise
 

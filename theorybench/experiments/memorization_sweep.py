@@ -50,7 +50,7 @@ import datasets_synth
 from datasets_synth.base import FiniteDistribution
 from datasets_synth.references.empirical import EmpiricalDenoiser
 from tbcore.seeding import block_generator, derived_seed
-from tbcore.validation import check_int, check_seed
+from tbcore.validation import check_int, check_seed, resolve_device
 
 from ..cache import Cache
 from ..evaluation import check_sigmas, mse_curve
@@ -66,7 +66,8 @@ from ..memorization import (
 )
 from ..networks import NetConfig
 from ..sampling import SAMPLERS, SamplingDiverged, sample
-from ..training import TrainConfig, TrainingDiverged, resolve_device, train
+from ..train_config import TrainConfig
+from ..training import TrainingDiverged, train
 from .keys import CellKind, MissingCheckpoint, curve_record, entry_label
 
 KIND = "memorization"

@@ -1,0 +1,108 @@
+"""``TrainConfig``: how a network is trained (mode, objective, σ range, optimizer, monitor).
+
+The objectives and modes are derived in :mod:`theorybench.training`, which runs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tbcore.validation import check_choice, check_float, check_int, check_seed
+
+from .networks import config_from_dict
+
+MODES = ("per-sigma", "universal")
+OBJECTIVES = ("kl", "balanced", "paper")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a network is trained.
+
+    Attributes
+    ----------
+    mode : {"per-sigma", "universal"}   one noise level, or a σ drawn per image.
+    objective : {"kl", "balanced", "paper"}   σ law and loss weight (:mod:`theorybench.training`):
+                             ``kl``: ln σ uniform on [σ_min, σ_max], loss ‖r/σ − z‖²/d;
+                             ``balanced``: the same σ law, weight σ⁻² + σ_data⁻²;
+                             ``paper``: σ = σ_max·u², loss ‖r − σz‖²/d.
+    sigma_data : float > 0   ``balanced``: the σ where the weight's floor takes over
+                             (about the data's standard deviation).
+    sigma : float > 0        per-sigma mode: the noise level (pixel units).
+    sigma_min : float > 0    universal ``kl`` objective: the smallest noise level.
+    sigma_max : float > 0    universal mode: the largest noise level (pixel units).
+    center : bool            subtract the training data's mean image μ̂ before the network
+                             and add it back after (f(y) = y − r(y − μ̂)).
+    steps : int >= 1         optimizer steps.
+    batch_size : int >= 1    images per step.
+    lr : float > 0           Adam learning rate at step 0.
+    schedule : {"cosine", "step", "constant"}   learning-rate decay: cosine to 0 over
+                             ``steps``; step: ×0.1 at 50% and again at 75% of the steps.
+    warmup : int >= 0        steps of linear warm-up from lr/warmup to lr (Adam's first
+                             steps are otherwise large enough to stall the network).
+    seed : int >= 0          initial weights, noise, σ draws, minibatches and data stream.
+    monitor_sigmas : tuple of float   σ values of the held-out MSE tracked during training
+                             (empty: none; per-sigma networks default to their own σ).
+    monitor_every : int >= 0 steps between two held-out measurements (0: steps // 20).
+    monitor_images : int >= 2   held-out images (and noises) of the monitor.
+    """
+
+    mode: str = "per-sigma"
+    objective: str = "kl"
+    sigma: float = 0.1
+    sigma_min: float = 0.01
+    sigma_max: float = 1.0
+    center: bool = False
+    sigma_data: float = 0.25
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup: int = 50
+    seed: int = 0
+    monitor_sigmas: tuple = ()
+    monitor_every: int = 0
+    monitor_images: int = 64
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("center", self.center, (False, True))
+        for name in ("sigma", "sigma_min", "sigma_max", "sigma_data", "lr"):
+            value = check_float(name, getattr(self, name), low=0.0, low_open=True)
+            object.__setattr__(self, name, value)
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got {self.sigma_min} >= "
+                             f"{self.sigma_max}")
+        for name, low in (("steps", 1), ("batch_size", 1), ("warmup", 0),
+                          ("monitor_every", 0), ("monitor_images", 2)):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low=low))
+        object.__setattr__(self, "seed", check_seed(self.seed))
+        sigmas = tuple(check_float("monitor_sigmas", s, low=0.0, low_open=True)
+                       for s in self.monitor_sigmas)
+        if not sigmas and self.mode == "per-sigma":
+            sigmas = (self.sigma,)
+        object.__setattr__(self, "monitor_sigmas", sigmas)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields (JSON- and ``weights_only``-safe)."""
+        return {**dataclasses.asdict(self), "monitor_sigmas": list(self.monitor_sigmas)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming the valid ones."""
+        return config_from_dict(cls, values)
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at optimizer step ``step`` (0-based): warm-up × decay."""
+        ramp = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        if self.schedule == "cosine":
+            return ramp * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+        if self.schedule == "step":
+            return ramp * 0.1 ** ((step >= self.steps // 2) + (step >= (3 * self.steps) // 4))
+        return ramp
