@@ -141,7 +141,6 @@ class StudyData:
                         if r["spec"]["train"]["mode"] == mode] for mode in NETWORKS}
         self.converged = {mode: None if not f or None in f else all(f)
                           for mode, f in flags.items()}
-        self.seconds = sum(r.get("meta", {}).get("seconds", 0.0) for r in records)
 
 
 @cached_figure
@@ -460,7 +459,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         f"Preset **{preset.name}** · commit `{run_meta.get('commit', '?')}` · "
         f"date {run_meta.get('date', '?')} · device {run_meta.get('device', '?')} · "
         f"wall time {run_meta.get('wall_seconds', float('nan')):.0f} s for this run "
-        f"(compute stored in the cache: {sum(s.seconds for s in studies):.0f} s).",
+        f"(compute of its {len(records)} cells, as stored in the cache: "
+        f"{sum(r.get('meta', {}).get('seconds', 0.0) for r in records):.0f} s).",
         "",
         "Regenerate with `python run_all.py --preset " + preset.name + "`; the numbers below "
         "come only from the stored cell results of that run.",
