@@ -7,10 +7,14 @@ bare PyTorch loop on pre-generated tensors computing the same loss with the same
 and optimizer, measured alternately in the same process (goal: <= 1.10); (b) the training
 step's achieved FLOP rate (convolutions counted analytically, forward + 2 × forward for
 the backward pass) against a square ``torch.matmul`` of about the same FLOP count.
+``--family`` picks the distribution whose images ``train()`` draws (gaussian by default;
+calpha and disks draw on the training device): the bare loop's pre-generated tensors are
+the upper bound a data pipeline can reach, so (a) also says whether the GPU waits on data.
 
     python bench/bench_training.py [--steps 64] [--repeats 3] [--device auto]
-                                   [--arch unet] [--channels 16] [--blocks 2] [--depth 6]
-                                   [--size 32] [--batch 32] [--threads 0]
+                                   [--family gaussian] [--arch unet] [--channels 16]
+                                   [--blocks 2] [--convs 1] [--depth 6] [--size 32]
+                                   [--batch 32] [--threads 0]
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets_synth.gaussian import GaussianField  # noqa: E402
+import datasets_synth  # noqa: E402
 from tbcore.validation import resolve_device  # noqa: E402
 from theorybench.networks import NetConfig, build_network, forward_flops  # noqa: E402
 from theorybench.train_config import TrainConfig  # noqa: E402
@@ -102,6 +106,8 @@ def main(argv=None) -> None:
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--convs", type=int, default=1, help="convolutions per UNet block")
+    parser.add_argument("--family", default="gaussian", help="a registered distribution")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep)")
@@ -110,9 +116,9 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
-    dist = GaussianField(size=args.size)
+    dist = datasets_synth.get(args.family, size=args.size)
     net_cfg = NetConfig(arch=args.arch, depth=args.depth, channels=args.channels,
-                        blocks=args.blocks, convs_per_block=1)
+                        blocks=args.blocks, convs_per_block=args.convs)
     train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=0.01, sigma_max=2.0,
                             center=True, monitor_sigmas=(0.01, 0.1, 1.0), monitor_every=75,
                             steps=args.steps,
