@@ -1,6 +1,7 @@
 """The common core that ``datasets_synth`` and ``theorybench`` both import (and that imports
-neither): argument checks (``validation``), the one seeding rule (``seeding``) and the one
-denoiser interface with what reference denoisers declare on top of it (``denoiser``).
+neither): argument checks and the device argument (``validation``), the one seeding rule
+(``seeding``) and the one denoiser interface with what reference denoisers declare on top
+of it (``denoiser``).
 
 Layers, each importing only those above it::
 
@@ -11,7 +12,7 @@ Layers, each importing only those above it::
 
 from .denoiser import KINDS, ReferenceDenoiser, sigma_column
 from .seeding import block_generator, derived_seed
-from .validation import check_choice, check_float, check_int, check_seed
+from .validation import check_choice, check_float, check_int, check_seed, resolve_device
 
 __all__ = [
     "KINDS",
@@ -22,5 +23,6 @@ __all__ = [
     "check_int",
     "check_seed",
     "derived_seed",
+    "resolve_device",
     "sigma_column",
 ]

@@ -66,6 +66,36 @@ def assert_all_records_valid(cache: Path) -> None:
             assert store.load(path.parent.name, path.stem) is not None, path
 
 
+LINUX_PROC = Path("/proc/self/stat").exists()  # process tables are read from Linux /proc
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every live process: pid → (parent pid, state letter), from Linux /proc."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we read
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (its workers and their helpers)."""
+    table, found, frontier = _processes(), set(), {pid}
+    while frontier:
+        frontier = {p for p, (parent, _) in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def running(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie has ended)."""
+    table = _processes()
+    return {p for p in pids if p in table and table[p][1] != "Z"}
+
+
 @pytest.fixture
 def reference(smoke_run):
     """The session's uninterrupted run of the whole smoke preset: (out, cache)."""
@@ -81,10 +111,16 @@ def test_sigkill_mid_run_then_resume(reference, tmp_path):
     while len(records(cache)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+    workers = descendants(proc.pid) if LINUX_PROC else set()
+    assert workers or not LINUX_PROC, "the run has no worker processes to check"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     log.close()
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30  # the workers end with their driver
+    while running(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(workers), f"processes left by the killed run: {running(workers)}"
     done = len(records(cache))
     assert 2 <= done < CELLS
     assert not out.exists() or not (out / "mse.csv").exists()

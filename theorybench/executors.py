@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
+import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -127,6 +129,25 @@ class Schedule:
             needs.discard(i)
 
 
+def _exit_with_driver() -> None:
+    """Initializer of the local worker processes: end the worker when the driver ends.
+
+    A driver killed outright (SIGKILL, the OOM killer) runs no clean-up, and its pool's
+    workers, blocked on a queue whose other end they hold themselves, would otherwise
+    live on, each holding its memory; a worker killed mid-cell leaves no damaged record
+    (records are written atomically), so the next run recomputes that cell.
+    """
+    driver = multiprocessing.parent_process()
+    if driver is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([driver.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
+
+
 def _local_cell(spec: dict, cache_root, device, threads: int, progress: bool) -> dict:
     """Body of one local cell (also the target of the worker processes)."""
     with torch_threads(threads):
@@ -167,7 +188,8 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
                 finish(i, {**stored, "cached": True})
         schedule, running = Schedule(cells, missing), {}
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                 initializer=_exit_with_driver) as pool:
             while len(schedule) or running:  # keep exactly `jobs` cells in flight
                 for i in _ready(schedule, jobs - len(running), busy=bool(running)):
                     running[pool.submit(_local_cell, cells[i], cache_root, device, threads,
