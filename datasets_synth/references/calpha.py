@@ -54,14 +54,16 @@ class CAlphaOracle(ReferenceDenoiser):
         key = _key(mask)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1], self._cache[2]
-        values, vectors = [], []
-        for start in range(0, mask.shape[0], self.chunk):
-            nu, V = torch.linalg.eigh(self.dist.covariance(mask[start:start + self.chunk]))
-            values.append(nu.clamp_min_(0.0))  # C is PSD; round-off can dip below 0
-            vectors.append(V)
         self._cache = None  # free the previous decomposition before holding the new one
-        self._cache = (key, torch.cat(values), torch.cat(vectors))
-        return self._cache[1], self._cache[2]
+        n, d = mask.shape[0], self.dist.d
+        values = torch.empty(n, d, dtype=torch.float64, device=mask.device)
+        vectors = torch.empty(n, d, d, dtype=torch.float64, device=mask.device)
+        for start in range(0, n, self.chunk):  # filled in place: no second copy at the end
+            part = slice(start, start + self.chunk)
+            torch.linalg.eigh(self.dist.covariance(mask[part]), out=(values[part], vectors[part]))
+        values.clamp_min_(0.0)  # C is PSD; round-off can dip below 0
+        self._cache = (key, values, vectors)
+        return values, vectors
 
     def __call__(self, y, sigma, latents=None):
         if latents is None or "mask" not in latents:

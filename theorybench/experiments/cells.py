@@ -83,7 +83,8 @@ def compute_reference(spec: dict) -> dict:
                      for name, den in list(refs.items())
                      if den.kind == "exact" and hasattr(den, "blind")})
     curves = {}
-    for name, den in refs.items():
+    for name in list(refs):  # each reference is released once measured (an oracle may
+        den = refs.pop(name)  # hold a per-image decomposition: 0.5 GB for C^α's)
         costly = getattr(den, "costly", False)
         sigmas = spec.get("coarse_sigmas", spec["sigmas"]) if costly else spec["sigmas"]
         frame = mse_curve(den, dist, sigmas, n=spec["n_eval"], seed=spec["seed"])
