@@ -1,7 +1,9 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU within 30 minutes and 4 GB;
+``default`` gives meaningful numbers on a 2-core CPU in 23–27 minutes (three runs on an
+idle machine, 2026-12) with a peak of about 4.2 GB (summed RSS of the driver and its two
+workers; a C^α reference cell alone peaks at 3.2 GB);
 ``gpu`` is sized for about 8 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
