@@ -378,6 +378,5 @@ class CAlpha(Distribution):
         return A * (m[:, :, None] * m[:, None, :] + mc[:, :, None] * mc[:, None, :])
 
     def reference_denoisers(self):
-
         return {"oracle-contour": CAlphaOracle(self),
                 "estimated-contour": CAlphaContourEstimator(self)}

@@ -167,7 +167,6 @@ class Ellipses(ShapeManifold):
         return cover.detach(), grad.permute(0, 3, 1, 2)
 
     def reference_denoisers(self):
-
         if self.geometry_dim <= 2:  # quadrature over the whole geometry: the MMSE (exact kind)
             whole = PartialShapeOracle(self, free=tuple(range(self.geometry_dim)))
             return {"posterior-quadrature": whole, "posterior": ShapePosterior(self)}

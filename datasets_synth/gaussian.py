@@ -67,5 +67,4 @@ class GaussianField(Distribution):
         return float((lam * sigma**2 / (lam + sigma**2)).mean())
 
     def reference_denoisers(self):
-
         return {"wiener": WienerFilter(self.eigenvalues, self.mean, kind="exact")}

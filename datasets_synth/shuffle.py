@@ -72,6 +72,5 @@ class Shuffled(Distribution):
     def reference_denoisers(self):
         """The base's own references as ``P f P⁻¹`` (the baselines are added, conjugated
         too, by ``theorybench.denoisers.reference_denoisers``)."""
-
         base_refs = self.base.reference_denoisers()
         return {name: Conjugated(den, self) for name, den in base_refs.items()}
