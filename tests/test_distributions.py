@@ -46,6 +46,28 @@ def test_gaussian_moments_match_eigenvalues():
     assert abs(float(centred.var()) - 0.04) < 0.002
 
 
+def test_convergence_table_against_closed_form_shrinkage():
+    """``evaluation.convergence`` on ``f(y) = c·y`` over a Gaussian field, whose MSE per
+    pixel is ``(1 − c)² E[x²] + c² σ²``; differences are paired against the last setting."""
+    from theorybench.evaluation import convergence
+
+    dist = datasets_synth.get("gaussian", size=16)
+    sigma = 0.2
+    second_moment = dist.mean ** 2 + float(dist.eigenvalues.double().mean())  # per pixel
+    table = convergence(lambda c: (lambda y, s: c * y), [{"c": 0.5}, {"c": 0.9}, {"c": 1.0}],
+                        dist, sigma, n=256, seed=3)
+    assert list(table["c"]) == [0.5, 0.9, 1.0]
+    for row in table.itertuples():
+        expected = (1 - row.c) ** 2 * second_moment + row.c ** 2 * sigma ** 2
+        assert abs(row.mse - expected) < 4 * row.se, (row.c, row.mse, expected)
+        assert math.isclose(row.total_over_s2, row.mse * dist.d / sigma ** 2, rel_tol=1e-12)
+        assert math.isclose(row.diff_to_last, row.mse - table["mse"].iloc[-1],
+                            rel_tol=1e-9, abs_tol=1e-15)
+    assert table["diff_to_last"].iloc[-1] == 0 and table["diff_se"].iloc[-1] == 0
+    with pytest.raises(ValueError, match="settings"):
+        convergence(lambda c: None, [], dist, sigma)
+
+
 def test_gaussian_wiener_matches_exact_mmse_within_3_se():
     from theorybench import mse_curve
 

@@ -80,9 +80,10 @@ class NetworkDenoiser:
 
     def to(self, device) -> NetworkDenoiser:
         """Move the network (and the mean image) to ``device`` (in place); returns self."""
-        self.net.to(resolve_device(device))
+        device = resolve_device(device)
+        self.net.to(device)
         if self.center is not None:
-            self.center = self.center.to(resolve_device(device))
+            self.center = self.center.to(device)
         return self
 
     def __call__(self, y: torch.Tensor, sigma) -> torch.Tensor:
