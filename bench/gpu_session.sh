@@ -1,33 +1,47 @@
 #!/usr/bin/env bash
 # The one prepared script of a session that is lent a GPU machine (issue 10: the `gpu`
 # preset's real results). It runs from the repository root, with no install (PYTHONPATH),
-# and leaves everything it measured under $OUT, in at most 5 files:
+# and leaves everything it measured under $OUT, in at most 8 files:
 #   env.txt             python, torch, CUDA, the GPU
 #   bench_training.txt  train() step against a bare loop on pre-generated tensors, on the
-#                       gpu preset's network, for gaussian / calpha / disks (data drawn on
-#                       the device): how long the GPU waits on data
+#                       gpu preset's network, for calpha / disks (images drawn on the CPU,
+#                       as in the run): how long the GPU waits on data
 #   gpu_util.csv        nvidia-smi utilization and memory, one line a second, during both
-#   run.log             the run's log (cells, failures, wall time)
-#   reports.tar.gz      reports/ of the run (README, CSV, PNG) and the cells' JSON records,
-#                       so that `run_all.py --report-only` can rebuild it here
+#   run.log             the log of a smoke run on the device first (every cell kind on the
+#                       GPU in under a minute: a CUDA-only fault stops the script there,
+#                       before the device time of the real run is spent), the tests that
+#                       need CUDA, then the run's log (cells, failures, wall time)
+#   reports.tar.gz      reports/ of the run (README, CSV, PNG), when the run finished
+#   cache.tgz.aa ...    the cells' JSON records (checkpoints left out), in parts of at most
+#                       15 MB (the tool's limit per file), so that `run_all.py
+#                       --report-only` can rebuild the report here, also from a run that
+#                       DEADLINE cut short
+#
+# The reference cells (CPU work: the C^α bracket takes minutes per cell) have the default
+# preset's specs (same images, grids, n_eval) and need no GPU: compute them on the development machine
+# into .gpucache/ (git-ignored) and carry it; the run finds them stored and computes only
+# what needs the GPU. Without .gpucache/ the run computes them too.
 #
 # Before the call, on the development machine (the GPU image has no PyWavelets):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#       --implementation cp --platform manylinux_2_17_x86_64 -d .whl PyWavelets==1.9.0
-# Then with the device tool: run(command="bash bench/gpu_session.sh", carry=[".whl"],
-# timeout_s=600). Unpack here with `tar xzf reports.tar.gz`, rebuild the report from its
-# records with `python run_all.py --preset gpu --report-only --out reports/gpu
-# --cache <unpacked>/cache` if needed, and commit reports/gpu/.
+#       --implementation cp --platform manylinux_2_28_x86_64 -d .whl PyWavelets==1.9.0
+# Then with the device tool: run(command="bash bench/gpu_session.sh", carry=[".whl",
+# ".gpucache"], timeout_s=595). Unpack here with `cat cache.tgz.* | tar xzf -`, rebuild
+# the report from its records with `python run_all.py --preset gpu --report-only --out
+# reports/gpu --cache <unpacked>/cache`, and commit reports/gpu/.
 #
-# Settings (environment): PRESET (gpu), DEVICE (cuda), RUN_LIMIT (seconds for the run,
-# 500: the device tool allows 600 per call), BENCH_STEPS (32). On a CPU, for a check of
-# this script: OUT=/tmp/gpu_out PRESET=smoke DEVICE=cpu bash bench/gpu_session.sh
+# Settings (environment): PRESET (gpu), DEVICE (cuda), DEADLINE (seconds from the start
+# of the script by which everything is packed, 575: the device tool allows 600 per call;
+# the run gets what the smoke run and the bench leave of it, less 25 s to pack),
+# BENCH_STEPS (32). On a CPU, for a check of this script (with .whl/ moved away when the
+# local Python is not 3.12): OUT=/tmp/gpu_out PRESET=smoke DEVICE=cpu bash bench/gpu_session.sh
 set -uo pipefail
+t0=$(date +%s)
 OUT=${OUT:-/tmp/gpu_out}
 PRESET=${PRESET:-gpu}
 DEVICE=${DEVICE:-cuda}
-RUN_LIMIT=${RUN_LIMIT:-500}
+DEADLINE=${DEADLINE:-575}
 BENCH_STEPS=${BENCH_STEPS:-32}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -39,10 +53,12 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 python3 - > "$OUT/env.txt" 2>&1 <<'EOF'
-import platform, torch, pywt
+import os, platform, torch, pywt
 print("python", platform.python_version(), "torch", torch.__version__, "pywt", pywt.__version__)
 print("cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+print("cpus", os.cpu_count(), "tf32 conv", torch.backends.cudnn.allow_tf32,
+      "tf32 matmul", torch.backends.cuda.matmul.allow_tf32)
 EOF
 cat "$OUT/env.txt"
 
@@ -53,22 +69,44 @@ if command -v nvidia-smi > /dev/null; then
     monitor=$!
 fi
 
-for family in gaussian calpha disks; do  # the gpu preset's network and batch
+if [ "$DEVICE" != cpu ]; then
+    timeout 150 python3 run_all.py --preset smoke --device "$DEVICE" --out /tmp/smoke \
+        --cache /tmp/smoke_cache --quiet > "$OUT/run.log" 2>&1
+    smoke=$?
+    if [ "$smoke" -ne 0 ] || ! grep -q " 0 failed)" "$OUT/run.log"; then
+        grep -ih "fail" /tmp/smoke/README.md >> "$OUT/run.log" 2>/dev/null
+        echo "smoke run on $DEVICE failed (exit status $smoke): stopping" | tee -a "$OUT/run.log"
+        tail -n 40 "$OUT/run.log"
+        exit 3
+    fi
+    tail -n 1 "$OUT/run.log"
+    # the tests that need CUDA (skipped on the CPU machines): generators drawing on the GPU
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_calpha.py \
+        tests/test_disks.py -k cuda 2>&1 | tail -n 5 | tee -a "$OUT/run.log"
+fi
+
+for family in calpha disks; do  # the gpu preset's network and batch
     echo "== $family"
     python3 bench/bench_training.py --device "$DEVICE" --family "$family" --channels 32 \
         --blocks 3 --convs 2 --batch 128 --steps "$BENCH_STEPS" --repeats 2
 done > "$OUT/bench_training.txt" 2>&1
 cat "$OUT/bench_training.txt"
 
+cache=$(mktemp -d)/cache
+mkdir -p "$cache"
+[ -d .gpucache ] && cp -r .gpucache/. "$cache"
 start=$(date +%s)
-timeout "$RUN_LIMIT" python3 run_all.py --preset "$PRESET" --device "$DEVICE" \
-    --out "$OUT/reports" --cache "$OUT/cache" --quiet > "$OUT/run.log" 2>&1
+limit=$(( DEADLINE - (start - t0) - 25 ))
+echo "run limit $limit s" | tee -a "$OUT/run.log"
+timeout "$limit" python3 run_all.py --preset "$PRESET" --device "$DEVICE" \
+    --out "$OUT/reports" --cache "$cache" --quiet >> "$OUT/run.log" 2>&1
 status=$?
 echo "run_all exit status $status after $(( $(date +%s) - start )) s" | tee -a "$OUT/run.log"
 tail -n 3 "$OUT/run.log"
 
 [ -n "$monitor" ] && kill "$monitor"
-(cd "$OUT" && find reports cache -name '*.json' -o -path 'reports/*' -type f 2>/dev/null \
-    | tar czf reports.tar.gz -T - && rm -rf reports cache)
+[ -d "$OUT/reports" ] && tar czf "$OUT/reports.tar.gz" -C "$OUT" reports && rm -rf "$OUT/reports"
+(cd "$(dirname "$cache")" && find cache -name '*.json' | tar czf - -T - \
+    | split -b 15M - "$OUT/cache.tgz.")
 ls -l "$OUT"
 exit "$status"

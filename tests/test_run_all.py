@@ -151,6 +151,31 @@ def test_report_only_rebuilds_from_cache(smoke, tmp_path):
     assert (out / "kl.csv").exists()
 
 
+def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
+    """A run killed before its end stores some cells and no run.json: the rebuilt report
+    says how many cells are missing and where the stored ones ran, and gives no wall time."""
+    import shutil
+    _, cache, _ = smoke
+    partial = tmp_path / "cache"
+    shutil.copytree(cache, partial)
+    dropped = sorted((partial / "network").glob("*.json"))[:3]
+    for path in dropped:
+        path.unlink()
+    out = tmp_path / "rebuilt"
+    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(partial),
+                 "--report-only", "--quiet"]) == 0
+    head = (out / "README.md").read_text().split("## ")[0]
+    assert "wall time not recorded" in head and "device cpu on " in head
+    missing = [line for line in head.splitlines() if line.startswith("**Incomplete:**")]
+    # the per-σ networks that start from a dropped universal one are stored, so exactly
+    # the dropped cells are missing
+    assert missing and missing[0].startswith(f"**Incomplete:** {len(dropped)} cells")
+    full = tmp_path / "full"
+    assert main(["--preset", "smoke", "--out", str(full), "--cache", str(cache),
+                 "--report-only", "--quiet"]) == 0
+    assert "Incomplete" not in (full / "README.md").read_text()
+
+
 @pytest.mark.parametrize("args", [
     ["--preset", "huge"],
     ["--datasets", "nope"],
@@ -188,7 +213,7 @@ def test_gpu_preset_runs_on_cpu_with_tiny_overrides(tmp_path):
     assert len(universal) == 29 and len(per_sigma) == 8  # dense and coarse grids
     training = pd.read_csv(out / "training.csv")
     assert set(training["warm start"][training.network == "per-sigma"]) == {True}
-    assert "objective `kl`" in (out / "README.md").read_text()
+    assert "objective `balanced`" in (out / "README.md").read_text()
 
 
 def test_bad_override_is_refused(tmp_path, capsys):

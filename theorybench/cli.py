@@ -156,6 +156,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def stored_run_meta(preset, records: list[dict]) -> dict:
+    """What the stored cells say of the run that computed them, for ``--report-only``
+    without that run's ``run.json`` (a run cut short writes none): the preset, the
+    devices and hosts of the cells, the date of the last one; no wall time."""
+    metas = [r.get("meta", {}) for r in records]
+    where = sorted({f"{m.get('device', '?')} on {m.get('host', '?')}" for m in metas})
+    return {"preset": preset.name, "commit": git_commit(), "device": ", ".join(where),
+            "date": max((m.get("date", "") for m in metas), default="?") or "?"}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,7 +209,8 @@ def main(argv=None) -> int:
         if not records:
             parser.error(f"--report-only: nothing stored in {args.cache} for preset "
                          f"{preset.name!r}; run without --report-only first")
-        run_meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        run_meta = json.loads(meta_path.read_text()) if meta_path.exists() else \
+            stored_run_meta(preset, records)
     else:
         try:
             records = run_cells(cells, args.cache, executor=args.executor,
@@ -217,6 +228,7 @@ def main(argv=None) -> int:
                                                          for r in records)}
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(meta_path, json.dumps(run_meta, indent=1).encode())
+    run_meta["missing"] = len(cells) - len(records)  # cells of the study not stored
     from .figures import figure_store
     from .report import build_report
 

@@ -4,7 +4,7 @@
 ``default`` gives meaningful numbers on a 2-core CPU in 23–27 minutes (three runs on an
 idle machine, 2026-12) with a peak of about 4.2 GB (summed RSS of the driver and its two
 workers; a C^α reference cell alone peaks at 3.2 GB);
-``gpu`` is sized for about 8 minutes on one H200-class GPU (32×32, wider UNets, the
+``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
 documented, not run by the tests.
@@ -167,26 +167,27 @@ PRESETS: dict[str, Preset] = {
                     "net": UNET_SMALL, "steps": 2000, "batch_size": 32, "jacobian_images": 4},
     ),
     "gpu": Preset(
-        # sized for one H200-class GPU in about 8 minutes (not yet run on one: see
-        # reports/gpu/ when it exists); training sets are drawn on the device's host once
+        # sized for one H200-class GPU in about 6 minutes of a 16-worker run (first run:
+        # reports/gpu/): 32-channel UNets at batch 128; n_eval, the σ grids and the
+        # entries are the default preset's, so its reference cells (CPU work, minutes
+        # each) are the same cells and can be carried from a CPU run to the GPU machine
         name="gpu", size=32, sigmas=_grid(0.01, 2.0, 8),
-        curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=256,
+        curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net={"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},
-        per_sigma_steps=400, universal_steps=6000, batch_size=128,
+        per_sigma_steps=300, universal_steps=4000, batch_size=128, lr=1e-3,
+        per_sigma_lr=3e-4, objective="balanced",
         datasets=builtin_entries(32), jacobian_images=2,
         memorization={"entries": (("disks", {"size": 32}),),
                       "sizes": (1, 10, 100, 1000, 10_000),
                       "net": {"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},
-                      "steps": 6000, "batch_size": 128, "n_samples": 128, "n_eval": 256,
+                      "steps": 3000, "batch_size": 128, "n_samples": 128, "n_eval": 64,
                       "sampler": {"method": "heun", "steps": 40}, "objective": "balanced",
                       "center": True,
-                      # the ELS machine at N = 10⁴ (32×32) holds up to 9·10⁶ candidate
-                      # patches: its cost on a GPU is not measured yet (no device so far)
-                      "machines": {"patches": (3, 5, 9, 15, 31), "n_samples": 32,
-                                   "n_calibration": 8}},
+                      "machines": {"patches": (3, 5, 9, 15), "n_samples": 16,
+                                   "n_calibration": 4}},
         dimensions={"family": "ellipses", "ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
                     "net": {"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},
-                    "steps": 6000, "batch_size": 128, "jacobian_images": 8, "n_eval": 256},
+                    "steps": 3000, "batch_size": 128, "jacobian_images": 4},
     ),
     "paper": Preset(
         name="paper", size=80, sigmas=_grid(0.005, 2.0, 14),

@@ -453,15 +453,20 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         mine = [r for r in records if not r["spec"].get("study")
                 and r["spec"]["dataset"] == name and r["spec"]["params"] == params]
         studies.append(StudyData(name, params, mine))
+    wall = run_meta.get("wall_seconds")
     lines = [
         "# theorybench report",
         "",
         f"Preset **{preset.name}** · commit `{run_meta.get('commit', '?')}` · "
         f"date {run_meta.get('date', '?')} · device {run_meta.get('device', '?')} · "
-        f"wall time {run_meta.get('wall_seconds', float('nan')):.0f} s for this run "
-        f"(compute of its {len(records)} cells, as stored in the cache: "
+        + (f"wall time {wall:.0f} s for this run " if wall is not None else
+           "wall time not recorded: report rebuilt from the stored cells ")
+        + f"(compute of its {len(records)} cells, as stored in the cache: "
         f"{sum(r.get('meta', {}).get('seconds', 0.0) for r in records):.0f} s).",
         "",
+        *([f"**Incomplete:** {run_meta['missing']} cells of this preset are not stored (a run "
+           f"cut short, or not run yet): their rows and figures are missing below.", ""]
+          if run_meta.get("missing") else []),
         "Regenerate with `python run_all.py --preset " + preset.name + "`; the numbers below "
         "come only from the stored cell results of that run.",
         *study_header(records),
