@@ -88,7 +88,7 @@ fi
 for family in calpha disks; do  # the gpu preset's network and batch
     echo "== $family"
     python3 bench/bench_training.py --device "$DEVICE" --family "$family" --channels 32 \
-        --blocks 3 --convs 2 --batch 128 --steps "$BENCH_STEPS" --repeats 2
+        --blocks 3 --convs 2 --batch 128 --steps "$BENCH_STEPS" --repeats 5
 done > "$OUT/bench_training.txt" 2>&1
 cat "$OUT/bench_training.txt"
 
