@@ -18,9 +18,13 @@
 #                       DEADLINE cut short
 #
 # The reference cells (CPU work: the C^α bracket takes minutes per cell) have the default
-# preset's specs (same images, grids, n_eval) and need no GPU: compute them on the development machine
-# into .gpucache/ (git-ignored) and carry it; the run finds them stored and computes only
-# what needs the GPU. Without .gpucache/ the run computes them too.
+# preset's specs (same images, grids, n_eval) and need no GPU: compute them beforehand on
+# the development machine into .gpucache/ (git-ignored; 13 minutes on 2 cores) with
+#   echo /.gpucache/ >> .git/info/exclude
+#   python run_all.py --preset gpu --kinds reference --cache .gpucache --out /tmp/gpu-refs
+# and carry it; the run finds them stored (their keys hash the code: recompute them after
+# any change to the modules they depend on) and computes only what needs the GPU. Without
+# .gpucache/ the run computes them too, in more time than the run has.
 #
 # Before the call, on the development machine (the GPU image has no PyWavelets):
 #   echo /.whl/ >> .git/info/exclude
@@ -95,6 +99,7 @@ cat "$OUT/bench_training.txt"
 cache=$(mktemp -d)/cache
 mkdir -p "$cache"
 [ -d .gpucache ] && cp -r .gpucache/. "$cache"
+echo "carried reference records: $(ls "$cache/reference" 2>/dev/null | wc -l)" | tee -a "$OUT/run.log"
 start=$(date +%s)
 limit=$(( DEADLINE - (start - t0) - 25 ))
 echo "run limit $limit s" | tee -a "$OUT/run.log"

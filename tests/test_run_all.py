@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,7 +155,6 @@ def test_report_only_rebuilds_from_cache(smoke, tmp_path):
 def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
     """A run killed before its end stores some cells and no run.json: the rebuilt report
     says how many cells are missing and where the stored ones ran, and gives no wall time."""
-    import shutil
     _, cache, _ = smoke
     partial = tmp_path / "cache"
     shutil.copytree(cache, partial)
@@ -167,13 +167,28 @@ def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
     head = (out / "README.md").read_text().split("## ")[0]
     assert "wall time not recorded" in head and "device cpu on " in head
     missing = [line for line in head.splitlines() if line.startswith("**Incomplete:**")]
-    # the per-σ networks that start from a dropped universal one are stored, so exactly
-    # the dropped cells are missing
     assert missing and missing[0].startswith(f"**Incomplete:** {len(dropped)} cells")
     full = tmp_path / "full"
     assert main(["--preset", "smoke", "--out", str(full), "--cache", str(cache),
                  "--report-only", "--quiet"]) == 0
     assert "Incomplete" not in (full / "README.md").read_text()
+
+
+def test_kinds_computes_only_those_cells(smoke, tmp_path):
+    """``--kinds reference`` runs the reference cells alone (the CPU work a GPU run can be
+    given ready-made): the same records as the full run's, the rest reported missing."""
+    _, cache, meta = smoke
+    out = tmp_path / "refs"
+    fresh = tmp_path / "cache"
+    assert main(["--preset", "smoke", "--kinds", "reference", "--out", str(out), "--cache",
+                 str(fresh), "--quiet"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    stored = sorted(p.name for p in (fresh / "reference").glob("*.json"))
+    assert run["cells"] == run["computed"] == len(stored) > 0
+    assert run["missing"] == meta["cells"] - len(stored)
+    assert sorted(p.name for p in (fresh / "network").glob("*.json")) == []
+    assert set(stored) <= {p.name for p in (cache / "reference").glob("*.json")}
+    assert f"**Incomplete:** {run['missing']} cells" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("args", [
@@ -184,6 +199,8 @@ def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
     ["--seed", "x"],
     ["--device", "tpu:9"],
     ["--report-only", "--cache", "{empty}"],
+    ["--kinds", "reference,nope"],
+    ["--kinds", ","],
     ["--datasets", "faces-folder"],
 ])
 def test_bad_options_exit_2_with_one_line(args, tmp_path):

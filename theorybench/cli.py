@@ -21,6 +21,7 @@ from tbcore.validation import resolve_device
 
 from .cache import Cache, atomic_write_bytes
 from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
+from .experiments.cells import KINDS
 from .experiments.keys import cell_key
 from .experiments.presets import PRESETS
 from .experiments.study import study_cells
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--override", action="append", default=[], metavar="FIELD=JSON",
                         help="replace one preset field, e.g. universal_steps=50 or "
                              "'net={\"arch\": \"unet\", \"channels\": 8}' (repeatable)")
+    parser.add_argument("--kinds", default=None,
+                        help="comma-separated cell kinds to compute (default: all), e.g. "
+                             "reference: the CPU work of a preset, to carry to a GPU machine")
     parser.add_argument("--datasets", default=None,
                         help="comma-separated distribution names (default: every built-in "
                              "entry of the preset and every plugin)")
@@ -156,6 +160,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def chosen_kinds(text: str) -> set[str]:
+    """The cell kinds named by ``--kinds`` (comma-separated); ValueError naming the valid
+    ones for an unknown or empty list."""
+    kinds = {w.strip() for w in text.split(",") if w.strip()}
+    unknown = sorted(kinds - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"--kinds must name cell kinds among {sorted(KINDS)}, got {text!r}")
+    return kinds
+
+
 def stored_run_meta(preset, records: list[dict]) -> dict:
     """What the stored cells say of the run that computed them, for ``--report-only``
     without that run's ``run.json`` (a run cut short writes none): the preset, the
@@ -196,6 +210,9 @@ def main(argv=None) -> int:
                                  "process; Ray workers need an installed entry-point plugin")
             args.jobs = 1  # register()ed factories exist only in this process
         cells = study_cells(preset, entries, args.datasets, args.seed)
+        study_size = len(cells)
+        if args.kinds is not None:
+            cells = [c for c in cells if c["kind"] in chosen_kinds(args.kinds)]
         if args.report_only and not Path(args.cache).is_dir():
             raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
                              f"--report-only first")
@@ -225,10 +242,11 @@ def main(argv=None) -> int:
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "wall_seconds": time.perf_counter() - start,
                     "cells": len(cells), "computed": sum(not r.get("cached", True)
-                                                         for r in records)}
+                                                         for r in records),
+                    "kinds": args.kinds, "missing": study_size - len(records)}
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(meta_path, json.dumps(run_meta, indent=1).encode())
-    run_meta["missing"] = len(cells) - len(records)  # cells of the study not stored
+    run_meta["missing"] = study_size - len(records)  # the study's cells without a record
     from .figures import figure_store
     from .report import build_report
 

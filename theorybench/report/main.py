@@ -465,7 +465,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         f"{sum(r.get('meta', {}).get('seconds', 0.0) for r in records):.0f} s).",
         "",
         *([f"**Incomplete:** {run_meta['missing']} cells of this preset are not stored (a run "
-           f"cut short, or not run yet): their rows and figures are missing below.", ""]
+           f"cut short, --kinds, or not run yet): their rows and figures are missing below.", ""]
           if run_meta.get("missing") else []),
         "Regenerate with `python run_all.py --preset " + preset.name + "`; the numbers below "
         "come only from the stored cell results of that run.",
