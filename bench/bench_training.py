@@ -11,7 +11,7 @@ FLOP rate (convolutions counted analytically, forward + 2 × forward for the bac
 pass) against a square ``torch.matmul`` of about the same FLOP count.
 
 ``--family`` picks the distribution whose images ``train()`` draws (gaussian by default;
-every family draws on the CPU, and the images move to the device): the bare loop's
+gaussian, calpha and disks draw on the training device, a GPU too): the bare loop's
 pre-generated tensors are the upper bound a data pipeline can reach, so (a) also says
 whether the GPU waits on data. The three loops of a repeat run back to back and (a)
 reports the median and range of the ratios within each repeat: on a shared 2-core VM the

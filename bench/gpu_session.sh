@@ -4,8 +4,8 @@
 # and leaves everything it measured under $OUT, in at most 8 files:
 #   env.txt             python, torch, CUDA, the GPU
 #   bench_training.txt  train() step against a bare loop on pre-generated tensors, on the
-#                       gpu preset's network, for calpha / disks (images drawn on the CPU,
-#                       as in the run): how long the GPU waits on data
+#                       gpu preset's network, for gaussian / calpha / disks (images drawn
+#                       on the GPU, as in the run): how long the GPU waits on data
 #   gpu_util.csv        nvidia-smi utilization and memory, one line a second, during both
 #   run.log             the log of a smoke run on the device first (every cell kind on the
 #                       GPU in under a minute: a CUDA-only fault stops the script there,
@@ -89,7 +89,7 @@ if [ "$DEVICE" != cpu ]; then
         tests/test_disks.py -k cuda 2>&1 | tail -n 5 | tee -a "$OUT/run.log"
 fi
 
-for family in calpha disks; do  # the gpu preset's network and batch
+for family in gaussian calpha disks; do  # the gpu preset's network and batch
     echo "== $family"
     python3 bench/bench_training.py --device "$DEVICE" --family "$family" --channels 32 \
         --blocks 3 --convs 2 --batch 128 --steps "$BENCH_STEPS" --repeats 5

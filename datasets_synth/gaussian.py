@@ -42,6 +42,7 @@ class GaussianField(Distribution):
 
     name = "gaussian"
     block_size = 512
+    draws_on_device = True  # white noise and the FFTs run where the generator is
 
     def __init__(self, size: int = 32, gamma: float = 2.0, std: float = 0.2, mean: float = 0.5):
         size = check_int("size", size, low=8)
@@ -56,9 +57,10 @@ class GaussianField(Distribution):
         self._amplitude = self.eigenvalues.sqrt().float()
 
     def _draw(self, generator, count):
-        s = self.shape[-1]
-        w = torch.randn(count, 1, s, s, generator=generator)
-        x = torch.fft.ifft2(self._amplitude * torch.fft.fft2(w, norm="ortho"), norm="ortho").real
+        s, device = self.shape[-1], generator.device
+        w = torch.randn(count, 1, s, s, generator=generator, device=device)
+        amplitude = self._amplitude.to(device)
+        x = torch.fft.ifft2(amplitude * torch.fft.fft2(w, norm="ortho"), norm="ortho").real
         return (x + self.mean).float(), {}
 
     def mmse(self, sigma: float) -> float:

@@ -34,9 +34,21 @@ def test_batch_split_and_prefix_invariance(name, image_folder):
     assert torch.equal(dist.sample(3, 5), whole[:3])
 
 
-def test_gaussian_moments_match_eigenvalues():
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gaussian_moments_match_eigenvalues(device):
+    """The field's law on each device (a GPU draws from its own stream: other values), and
+    on the device the same images for every batch split."""
     dist = datasets_synth.get("gaussian", size=16, gamma=2.0, std=0.2, mean=0.3)
-    x = dist.sample(4000, seed=0).double()
+    x = dist.sample(4000, seed=0, device=device)
+    assert x.device.type == device and x.dtype == torch.float32
+    split = torch.cat([dist.sample(1000, 0, device=device),
+                       dist.sample(3000, 0, offset=1000, device=device)])
+    assert torch.equal(split, x)
+    x = x.double().cpu()
     assert abs(x.mean() - 0.3) < 0.01
     centred = (x - 0.3)[:, 0]
     power = torch.fft.fft2(centred, norm="ortho").abs().pow(2).mean(0)  # E|x̂_k|² = λ_k

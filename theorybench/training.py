@@ -30,7 +30,9 @@ by more than 5 % over its last 20 % of steps.
 
 Data: fresh images every step for an endless distribution (step k uses images
 ``k·B … k·B + B − 1`` of the stream of ``TRAIN_DATA_SEED + seed``, a stream disjoint
-from the small seeds used for evaluation), or a fixed training set drawn in seeded
+from the small seeds used for evaluation; drawn on the training device by the families
+that can, so a GPU does not wait on the CPU: on a GPU that device's stream, other values
+of the same law), or a fixed training set, moved to the device once and drawn in seeded
 minibatches (a fresh random permutation per epoch). Images, noise and σ are generated
 ``CHUNK_STEPS`` steps at a time to keep the per-step overhead low. All randomness comes
 from explicit generators: on one machine the same seed gives the same weights.
@@ -103,10 +105,12 @@ def objective_loss(residual: torch.Tensor, noise: torch.Tensor, sigma: torch.Ten
 
 
 def _fresh_images(dist, seed: int, chunk: int, device) -> Iterator[torch.Tensor]:
-    """Chunks of ``chunk`` images, consecutive in the stream of ``TRAIN_DATA_SEED + seed``."""
+    """Chunks of ``chunk`` images, consecutive in the stream of ``TRAIN_DATA_SEED + seed``,
+    drawn on ``device`` by a family that ``draws_on_device`` (on a GPU: that device's
+    random stream, so the GPU does not wait on the CPU for data), else on the CPU."""
     offset = 0
     while True:
-        yield dist.sample(chunk, TRAIN_DATA_SEED + seed, offset=offset).to(device)
+        yield dist.sample(chunk, TRAIN_DATA_SEED + seed, offset=offset, device=device)
         offset += chunk
 
 
