@@ -86,7 +86,8 @@ if [ "$DEVICE" != cpu ]; then
     tail -n 1 "$OUT/run.log"
     # the tests that need CUDA (skipped on the CPU machines): generators drawing on the GPU
     timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_calpha.py \
-        tests/test_disks.py -k cuda 2>&1 | tail -n 5 | tee -a "$OUT/run.log"
+        tests/test_disks.py tests/test_distributions.py -k cuda 2>&1 | tail -n 5 \
+        | tee -a "$OUT/run.log"
 fi
 
 for family in gaussian calpha disks; do  # the gpu preset's network and batch
