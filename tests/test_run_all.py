@@ -33,6 +33,10 @@ def test_report_files(smoke):
                  "kl_disks.png", "examples_calpha-alpha-2-0.png", "dimension.png"):
         assert (out / name).stat().st_size > 0, name
     assert "## Intrinsic dimension" in readme
+    # the header names the processor the numbers were computed on
+    device = json.loads((out / "run.json").read_text())["device"]
+    assert device.startswith("cpu (") and device.endswith(" cores)")
+    assert f"device {device}" in readme
     # a family's published measurement reaches the report through its attribute
     assert "Published (Kadkhodaie et al. (ICLR 2024), network on 80×80 disks" in readme
 

@@ -8,6 +8,7 @@ import importlib
 import inspect
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -160,6 +161,23 @@ def git_commit() -> str:
         return "unknown"
 
 
+def describe_device(device: torch.device) -> str:
+    """The device in words for the report header, e.g. ``cpu (Intel Xeon …, 2 cores)`` or
+    ``cuda (NVIDIA H200)``: results are bitwise reproducible on one machine, not across
+    processors, so the reader needs to know which one."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info
+                     if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{device} ({model}, {os.cpu_count()} cores)"
+
+
 def chosen_kinds(text: str) -> set[str]:
     """The cell kinds named by ``--kinds`` (comma-separated); ValueError naming the valid
     ones for an unknown or empty list."""
@@ -237,7 +255,9 @@ def main(argv=None) -> int:
         except ExecutorUnavailable as exc:
             parser.error(str(exc))
         run_meta = {"preset": preset.name, "overrides": args.override,
-                    "commit": git_commit(), "device": str(device),
+                    "commit": git_commit(),
+                    "device": describe_device(device) if args.executor == "local" else
+                    str(args.device),
                     "executor": args.executor, "failed": sum("failed" in r for r in records),
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "wall_seconds": time.perf_counter() - start,
