@@ -35,7 +35,7 @@ def test_report_files(smoke):
     assert "## Intrinsic dimension" in readme
     # the header names the processor the numbers were computed on
     device = json.loads((out / "run.json").read_text())["device"]
-    assert device.startswith("cpu (") and device.endswith(" cores)")
+    assert device.startswith("cuda") or (device.startswith("cpu (") and device.endswith(" CPUs)"))
     assert f"device {device}" in readme
     # a family's published measurement reaches the report through its attribute
     assert "Published (Kadkhodaie et al. (ICLR 2024), network on 80×80 disks" in readme
@@ -166,9 +166,13 @@ def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
     for path in dropped:
         path.unlink()
     out = tmp_path / "rebuilt"
+    out.mkdir()  # the run.json of another run there is not taken for this one's
+    (out / "run.json").write_text(json.dumps({"preset": "default", "overrides": [],
+                                              "wall_seconds": 1234.0}))
     assert main(["--preset", "smoke", "--out", str(out), "--cache", str(partial),
                  "--report-only", "--quiet"]) == 0
     head = (out / "README.md").read_text().split("## ")[0]
+    assert "1234 s" not in head
     assert "wall time not recorded" in head and "device cpu on " in head
     missing = [line for line in head.splitlines() if line.startswith("**Incomplete:**")]
     assert missing and missing[0].startswith(f"**Incomplete:** {len(dropped)} cells")

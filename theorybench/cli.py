@@ -162,7 +162,7 @@ def git_commit() -> str:
 
 
 def describe_device(device: torch.device) -> str:
-    """The device in words for the report header, e.g. ``cpu (Intel Xeon …, 2 cores)`` or
+    """The device in words for the report header, e.g. ``cpu (Intel Xeon …, 2 CPUs)`` or
     ``cuda (NVIDIA H200)``: results are bitwise reproducible on one machine, not across
     processors, so the reader needs to know which one."""
     if device.type == "cuda":
@@ -175,7 +175,7 @@ def describe_device(device: torch.device) -> str:
         model = names[0] if names else model
     except OSError:
         pass
-    return f"{device} ({model}, {os.cpu_count()} cores)"
+    return f"{device} ({model}, {len(os.sched_getaffinity(0))} CPUs)"
 
 
 def chosen_kinds(text: str) -> set[str]:
@@ -188,13 +188,26 @@ def chosen_kinds(text: str) -> set[str]:
     return kinds
 
 
-def stored_run_meta(preset, records: list[dict]) -> dict:
-    """What the stored cells say of the run that computed them, for ``--report-only``
-    without that run's ``run.json`` (a run cut short writes none): the preset, the
-    devices and hosts of the cells, the date of the last one; no wall time."""
+def record_devices(records: list[dict]) -> str:
+    """The devices and hosts the records' cells ran on, e.g. ``cpu on vm, cuda on gpu1``
+    (cells of a run can come from several machines: carried references, a Ray cluster)."""
+    metas = [r["meta"] for r in records if "meta" in r]
+    return ", ".join(sorted({f"{m.get('device', '?')} on {m.get('host', '?')}"
+                             for m in metas})) or "?"
+
+
+def stored_run_meta(preset, args, records: list[dict], meta_path: Path) -> dict:
+    """The run metadata of a ``--report-only`` rebuild: the ``run.json`` in the output
+    folder when it is that of a run of the same preset and overrides, else what the
+    stored cells say (a run cut short writes none): the preset, the devices and hosts of
+    the cells, the date of the last one; no wall time."""
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("preset") == preset.name and meta.get("overrides") == args.override:
+            return meta
     metas = [r.get("meta", {}) for r in records]
-    where = sorted({f"{m.get('device', '?')} on {m.get('host', '?')}" for m in metas})
-    return {"preset": preset.name, "commit": git_commit(), "device": ", ".join(where),
+    return {"preset": preset.name, "overrides": args.override, "commit": git_commit(),
+            "device": record_devices(records),
             "date": max((m.get("date", "") for m in metas), default="?") or "?"}
 
 
@@ -230,7 +243,8 @@ def main(argv=None) -> int:
         cells = study_cells(preset, entries, args.datasets, args.seed)
         study_size = len(cells)
         if args.kinds is not None:
-            cells = [c for c in cells if c["kind"] in chosen_kinds(args.kinds)]
+            kinds = chosen_kinds(args.kinds)
+            cells = [c for c in cells if c["kind"] in kinds]
         if args.report_only and not Path(args.cache).is_dir():
             raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
                              f"--report-only first")
@@ -244,8 +258,7 @@ def main(argv=None) -> int:
         if not records:
             parser.error(f"--report-only: nothing stored in {args.cache} for preset "
                          f"{preset.name!r}; run without --report-only first")
-        run_meta = json.loads(meta_path.read_text()) if meta_path.exists() else \
-            stored_run_meta(preset, records)
+        run_meta = stored_run_meta(preset, args, records, meta_path)
     else:
         try:
             records = run_cells(cells, args.cache, executor=args.executor,
@@ -257,7 +270,7 @@ def main(argv=None) -> int:
         run_meta = {"preset": preset.name, "overrides": args.override,
                     "commit": git_commit(),
                     "device": describe_device(device) if args.executor == "local" else
-                    str(args.device),
+                    record_devices(records),
                     "executor": args.executor, "failed": sum("failed" in r for r in records),
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "wall_seconds": time.perf_counter() - start,

@@ -170,8 +170,9 @@ PRESETS: dict[str, Preset] = {
         # sized for one H200-class GPU in about 6 minutes of a 16-worker run, an estimate:
         # not yet run on one (no device was free in any session so far). 32-channel UNets
         # at batch 128; n_eval, the σ grids and the entries are the default preset's, so
-        # its reference cells (CPU work, minutes each) are the default's, computed
-        # beforehand with `--kinds reference` and carried (bench/gpu_session.sh)
+        # its main study's reference cells (CPU work, minutes each) are the default's; all
+        # its reference cells are computed beforehand with `--kinds reference` and carried
+        # (bench/gpu_session.sh)
         name="gpu", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net={"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},

@@ -462,10 +462,13 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         + (f"wall time {wall:.0f} s for this run " if wall is not None else
            "wall time not recorded: report rebuilt from the stored cells ")
         + f"(compute of its {len(records)} cells, as stored in the cache: "
-        f"{sum(r.get('meta', {}).get('seconds', 0.0) for r in records):.0f} s).",
+        f"{sum(r.get('meta', {}).get('seconds', 0.0) for r in records):.0f} s"
+        + (f"; {run_meta['computed']} of them computed by this run" if "computed" in run_meta
+           else "") + ").",
         "",
-        *([f"**Incomplete:** {run_meta['missing']} cells of this preset are not stored (a run "
-           f"cut short, --kinds, or not run yet): their rows and figures are missing below.", ""]
+        *([f"**Incomplete:** {run_meta['missing']} cells of this preset have no stored result "
+           f"(failed, a run cut short, --kinds, or not run yet): their rows and figures are "
+           f"missing below.", ""]
           if run_meta.get("missing") else []),
         "Regenerate with `python run_all.py --preset " + preset.name + "`; the numbers below "
         "come only from the stored cell results of that run.",
