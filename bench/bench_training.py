@@ -48,6 +48,12 @@ MONITOR_EVERY = 75  # the held-out monitor's cadence and the universal network's
 PRESET_STEPS = 2000  # the default preset
 
 
+def measurements(steps: int) -> int:
+    """Held-out measurements of a ``steps``-step training: step 0, every MONITOR_EVERY
+    steps, and the end."""
+    return len(range(0, steps, MONITOR_EVERY)) + 1
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -157,12 +163,10 @@ def main(argv=None) -> None:
         ratios = sorted(a[i] / b[i] for a, b in zip(times["train"], times["bare"], strict=True))
         print(f"    {clock}: median {statistics.median(ratios):.3f}, "
               f"range {ratios[0]:.3f}–{ratios[-1]:.3f}")
-    # the monitor measures at step 0, every MONITOR_EVERY steps and at the end
-    measurements = len(range(0, args.steps, MONITOR_EVERY)) + 1
     extra = statistics.median(a[0] - b[0] for a, b in
                               zip(times["monitored"], times["train"], strict=True))
-    per_measurement = extra * args.steps / measurements
-    in_preset = per_measurement * (len(range(0, PRESET_STEPS, MONITOR_EVERY)) + 1)
+    per_measurement = extra * args.steps / measurements(args.steps)
+    in_preset = per_measurement * measurements(PRESET_STEPS)
     print(f"    held-out monitor: {per_measurement * 1e3:.0f} ms per measurement; at its "
           f"cadence in a {PRESET_STEPS}-step training {in_preset / PRESET_STEPS * 1e3:.2f} ms "
           f"per step, {in_preset / PRESET_STEPS / wall['bare']:.1%} of the bare step")

@@ -276,10 +276,11 @@ def main(argv=None) -> int:
                     "wall_seconds": time.perf_counter() - start,
                     "cells": len(cells), "computed": sum(not r.get("cached", True)
                                                          for r in records),
-                    "kinds": args.kinds, "missing": study_size - len(records)}
+                    "kinds": args.kinds}
+    run_meta["missing"] = study_size - len(records)  # the study's cells without a record
+    if not args.report_only:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(meta_path, json.dumps(run_meta, indent=1).encode())
-    run_meta["missing"] = study_size - len(records)  # the study's cells without a record
     from .figures import figure_store
     from .report import build_report
 
