@@ -12,7 +12,7 @@ from theorybench.denoisers.network import NetworkDenoiser
 from theorybench.evaluation import mse_curve
 from theorybench.jacobian import jacobian
 from theorybench.networks import NetConfig
-from theorybench.train_config import TrainConfig
+from theorybench.train_config import TrainConfig, edm_scales
 from theorybench.training import CHUNK_STEPS, converged, draw_sigma, objective_loss, train
 
 TINY = NetConfig(arch="bfcnn", channels=4, depth=3)
@@ -95,6 +95,60 @@ def test_warm_start_begins_at_the_initial_network_and_keeps_its_mean():
     assert tuned.meta["warm_start"] is True
     with pytest.raises(ValueError, match="same NetConfig"):
         train(dist, NetConfig(arch="bfcnn", channels=5, depth=3), cfg, init=base)
+
+
+def test_preconditioned_network_starts_at_the_scalar_wiener_shrinkage(tmp_path):
+    """EDM's scalings with σ_d² = the field's pixel variance v: the warm start, output layer
+    zeroed, is f(y) = μ̂ + v/(v+σ²)·(y − μ̂), whose MSE is v σ²/(v + σ²) per pixel."""
+    dist = GaussianField(size=8, std=0.2, mean=0.5)
+    base = train(dist, TINY, TrainConfig(mode="universal", center=True, steps=CHUNK_STEPS,
+                                         batch_size=8, lr=3e-3))
+    with torch.no_grad():  # a far-from-zero residual, which the warm start must discard
+        base.net.layers[-1].weight.normal_(generator=torch.Generator().manual_seed(2))
+    sigma, v = 1.0, 0.2**2
+    c_skip, c_out = edm_scales(sigma, 0.2)
+    assert math.isclose(c_skip, v / (v + sigma**2)) and \
+        math.isclose(c_out**-2, sigma**-2 + v**-1)  # the balanced objective's weight
+    cfg = TrainConfig(sigma=sigma, precondition="edm", sigma_data=0.2, steps=CHUNK_STEPS,
+                      batch_size=8, lr=1e-3, warmup=0, monitor_images=2000)
+    tuned = train(dist, TINY, cfg, init=base)
+    assert (tuned.c_skip, tuned.c_out) == (c_skip, c_out)
+    start = tuned.history["monitor"]["mse"][0][0]
+    assert math.isclose(start, v * sigma**2 / (v + sigma**2), rel_tol=0.03), start
+    y = dist.sample(2, 5) + sigma * torch.randn(2, 1, 8, 8, generator=torch.Generator())
+    with torch.no_grad():
+        r = tuned.net(y - tuned.center)
+        assert r.norm() > 0  # trained away from the zeroed output layer
+        expected = tuned.center + c_skip * (y - tuned.center) - c_out * r
+    torch.testing.assert_close(tuned(y, sigma), expected)
+    J = jacobian(tuned, y[:1], sigma)  # still homogeneous about μ̂
+    torch.testing.assert_close(J @ (y[:1] - tuned.center).flatten() + tuned.center.flatten(),
+                               tuned(y[:1], sigma).flatten(), atol=1e-5, rtol=1e-4)
+    tuned.save(tmp_path / "p.pt")
+    torch.testing.assert_close(NetworkDenoiser.load(tmp_path / "p.pt")(y, sigma), expected)
+    with pytest.raises(ValueError, match="precondition needs mode='per-sigma'"):
+        TrainConfig(mode="universal", precondition="edm")
+
+
+@pytest.mark.parametrize("sigma,sigma_data,chosen", [(0.05, 0.01, False), (1.0, 0.2, True)])
+def test_auto_precondition_keeps_the_better_start(sigma, sigma_data, chosen):
+    """``auto``: the started-from network where it is better on held-out images (here a
+    near-identity network, MSE ≈ σ² = 0.0025, against σ_d = 0.01, whose shrinkage at
+    σ = 0.05 is nearly the mean image, MSE ≈ v = 0.04), the preconditioned form where the
+    shrinkage is (here: MSE v σ²/(v + σ²) against a residual made far off)."""
+    dist = GaussianField(size=8, std=0.2, mean=0.5)
+    base = train(dist, TINY, TrainConfig(mode="universal", center=True, steps=4 * CHUNK_STEPS,
+                                         batch_size=16, lr=3e-3))
+    if chosen:
+        with torch.no_grad():
+            base.net.layers[-1].weight.normal_(generator=torch.Generator().manual_seed(2))
+    cfg = TrainConfig(sigma=sigma, precondition="auto", sigma_data=sigma_data,
+                      steps=CHUNK_STEPS, batch_size=8, lr=1e-3, warmup=0)
+    tuned = train(dist, TINY, cfg, init=base)
+    assert (tuned.c_skip, tuned.c_out) == (edm_scales(sigma, sigma_data) if chosen else (1, 1))
+    untrained = train(dist, TINY, TrainConfig(sigma=sigma, precondition="auto", steps=1,
+                                              batch_size=8))
+    assert untrained.c_skip == edm_scales(sigma, 0.25)[0]  # from scratch: EDM's form
 
 
 def test_convergence_flag():

@@ -256,8 +256,14 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> None:
                 module.weight.normal_(0.0, math.sqrt(2.0 / (c_in * kh * kw)), generator=generator)
             elif isinstance(module, BFBatchNorm):
                 module.reset_parameters()
-        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-        convs[-1].weight.zero_()  # output layer: residual 0 at initialization
+    zero_output_layer(net)
+
+
+def zero_output_layer(net: nn.Module) -> None:
+    """Set the last (linear) convolution to 0: the network's residual is then 0."""
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        convs[-1].weight.zero_()
 
 
 def count_parameters(net: nn.Module) -> int:

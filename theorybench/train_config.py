@@ -17,6 +17,7 @@ from .networks import config_from_dict
 MODES = ("per-sigma", "universal")
 OBJECTIVES = ("kl", "balanced", "paper")
 SCHEDULES = ("cosine", "step", "constant")
+PRECONDITIONS = ("none", "edm", "auto")
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,20 @@ class TrainConfig:
                              ``balanced``: the same σ law, weight σ⁻² + σ_data⁻²;
                              ``paper``: σ = σ_max·u², loss ‖r − σz‖²/d.
     sigma_data : float > 0   ``balanced``: the σ where the weight's floor takes over
-                             (about the data's standard deviation).
+                             (about the data's standard deviation); ``precondition``: σ_d.
     sigma : float > 0        per-sigma mode: the noise level (pixel units).
     sigma_min : float > 0    universal ``kl`` objective: the smallest noise level.
     sigma_max : float > 0    universal mode: the largest noise level (pixel units).
     center : bool            subtract the training data's mean image μ̂ before the network
                              and add it back after (f(y) = y − r(y − μ̂)).
+    precondition : {"none", "edm", "auto"}   per-sigma mode only. ``edm``: f(y) = μ̂ +
+                             c_skip (y − μ̂) − c_out r(y − μ̂) with EDM's scalings
+                             (:func:`edm_scales`) instead of f(y) = y − r(y − μ̂); a warm
+                             start keeps the initial network's layers but zeroes its output
+                             layer, so training starts at the scalar shrinkage
+                             μ̂ + c_skip (y − μ̂). ``auto``: with a warm start, the form whose
+                             starting point has the lower MSE on the held-out monitor images
+                             at σ; from scratch, ``edm``.
     steps : int >= 1         optimizer steps.
     batch_size : int >= 1    images per step.
     lr : float > 0           Adam learning rate at step 0.
@@ -57,6 +66,7 @@ class TrainConfig:
     sigma_min: float = 0.01
     sigma_max: float = 1.0
     center: bool = False
+    precondition: str = "none"
     sigma_data: float = 0.25
     steps: int = 2000
     batch_size: int = 64
@@ -73,6 +83,10 @@ class TrainConfig:
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("center", self.center, (False, True))
+        check_choice("precondition", self.precondition, PRECONDITIONS)
+        if self.precondition != "none" and self.mode != "per-sigma":
+            raise ValueError("precondition needs mode='per-sigma' (its scalings depend on σ, "
+                             "which a blind universal network is not given)")
         for name in ("sigma", "sigma_min", "sigma_max", "sigma_data", "lr"):
             value = check_float(name, getattr(self, name), low=0.0, low_open=True)
             object.__setattr__(self, name, value)
@@ -106,3 +120,18 @@ class TrainConfig:
         if self.schedule == "step":
             return ramp * 0.1 ** ((step >= self.steps // 2) + (step >= (3 * self.steps) // 4))
         return ramp
+
+
+def edm_scales(sigma: float, sigma_data: float) -> tuple[float, float]:
+    """``(c_skip, c_out)`` of EDM's preconditioning (Karras et al. 2022, Table 1) for
+    f(y) = μ̂ + c_skip (y − μ̂) − c_out r(y − μ̂): ``c_skip = σ_d²/(σ² + σ_d²)``,
+    ``c_out = σ σ_d/√(σ² + σ_d²)``.
+
+    ``c_skip (y − μ̂)`` is the Wiener shrinkage of a white signal of variance σ_d², so at
+    large σ the network learns a small correction to an estimate near μ̂ instead of
+    reproducing the noise ``y − μ̂`` to a precision of a few per cent (the residual form);
+    ``1/c_out² = σ⁻² + σ_d⁻²`` is the ``balanced`` objective's weight, so the target of
+    ``r`` has about unit variance at every σ.
+    """
+    s2, d2 = sigma**2, sigma_data**2
+    return d2 / (s2 + d2), sigma * sigma_data / math.sqrt(s2 + d2)

@@ -24,8 +24,21 @@ def centered(y: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
     return y if center is None else y - center
 
 
+def network_residual(net: torch.nn.Module, u: torch.Tensor, c_skip: float = 1.0,
+                     c_out: float = 1.0) -> torch.Tensor:
+    """``y − f(y) = (1 − c_skip) u + c_out r(u)`` for ``u = y − μ̂`` (n, c, h, w), where
+    ``f(y) = μ̂ + c_skip u − c_out r(u)``; ``r(u)`` itself when c_skip = c_out = 1."""
+    r = net(u)
+    if c_skip == 1.0 and c_out == 1.0:
+        return r
+    return (1.0 - c_skip) * u + c_out * r
+
+
 class NetworkDenoiser:
-    """A trained blind network as a Denoiser: ``f(y, σ) = y − r(y − μ̂)``.
+    """A trained network as a Denoiser: ``f(y, σ) = y − r(y − μ̂)``, or
+    ``μ̂ + c_skip (y − μ̂) − c_out r(y − μ̂)`` for a per-σ network trained preconditioned
+    (``TrainConfig.precondition``; the scalings are constants of the network, so f is
+    blind to the σ it is called with and stays homogeneous about μ̂).
 
     Attributes
     ----------
@@ -35,6 +48,7 @@ class NetworkDenoiser:
     train_config : TrainConfig or None
     center : tensor (c, h, w) or None   the mean image μ̂ subtracted before ``r`` (None: 0);
                                f is homogeneous about it: ``f(y) − μ̂ = ∇f(y) (y − μ̂)``.
+    c_skip, c_out : float      the output scalings (1 and 1: the residual form).
     history : dict             ``step`` (last step of each chunk) and mean ``loss`` there;
                                ``monitor``: ``step``, ``sigma`` and ``mse`` (per pixel, one
                                list per σ) of the held-out images during training.
@@ -52,7 +66,8 @@ class NetworkDenoiser:
 
     def __init__(self, net: torch.nn.Module, net_config: NetConfig,
                  train_config: TrainConfig | None = None, history: dict | None = None,
-                 meta: dict | None = None, center: torch.Tensor | None = None) -> None:
+                 meta: dict | None = None, center: torch.Tensor | None = None,
+                 output_scales: tuple[float, float] = (1.0, 1.0)) -> None:
         if not isinstance(net_config, NetConfig):
             raise ValueError(f"net_config must be a NetConfig, got {type(net_config).__name__}")
         if train_config is not None and not isinstance(train_config, TrainConfig):
@@ -65,6 +80,7 @@ class NetworkDenoiser:
         self.net_config = net_config
         self.train_config = train_config
         self.center = None if center is None else center.detach().float()
+        self.c_skip, self.c_out = (float(v) for v in output_scales)
         self.history = dict(history or {"step": [], "loss": []})
         self.meta = dict(meta or {})
 
@@ -87,7 +103,8 @@ class NetworkDenoiser:
         return self
 
     def __call__(self, y: torch.Tensor, sigma) -> torch.Tensor:
-        """``x̂ = y − r(y − μ̂)`` for y (n, c, h, w); σ (float or n values) is validated, unused."""
+        """``x̂ = y − r(y − μ̂)`` (or its preconditioned form) for y (n, c, h, w); σ (float
+        or n values) is validated, unused."""
         if not isinstance(y, torch.Tensor) or y.dim() != 4 or \
                 y.shape[1] != self.net_config.in_channels:
             shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -98,7 +115,8 @@ class NetworkDenoiser:
             self.net.eval()
         param = next(self.net.parameters())
         y_net = y.to(device=param.device, dtype=param.dtype)
-        x_hat = y_net - self.net(centered(y_net, self.center))
+        x_hat = y_net - network_residual(self.net, centered(y_net, self.center), self.c_skip,
+                                         self.c_out)
         return x_hat.to(device=y.device, dtype=y.dtype)
 
     def __repr__(self) -> str:
@@ -114,6 +132,7 @@ class NetworkDenoiser:
             "history": self.history,
             "meta": self.meta,
             "center": None if self.center is None else self.center.cpu(),
+            "output_scales": [self.c_skip, self.c_out],
             "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
         }
         buffer = io.BytesIO()
@@ -149,4 +168,5 @@ class NetworkDenoiser:
         net.load_state_dict(state)
         center = payload.get("center")
         return cls(net, net_config, train_config, payload.get("history"), payload.get("meta"),
-                   center=None if center is None else center.to(device))
+                   center=None if center is None else center.to(device),
+                   output_scales=tuple(payload.get("output_scales", (1.0, 1.0))))

@@ -120,7 +120,8 @@ def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=Fa
             "examples": _examples(dist, denoiser, sigmas, spec["seed"]),
             "loss": denoiser.history["loss"][-1] if denoiser.history["loss"] else None,
             "history": {"step": denoiser.history["step"], "loss": denoiser.history["loss"]},
-            "monitor": monitor, "converged": converged(monitor)}
+            "monitor": monitor, "converged": converged(monitor),
+            "output_scales": [denoiser.c_skip, denoiser.c_out]}
 
 
 def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
@@ -186,7 +187,8 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
 
     References and the universal network are evaluated on the dense grid
     ``preset.curve_sigmas``; one per-σ network is trained at each σ of ``preset.sigmas``
-    (a subset of it), from the universal network's weights when ``preset.warm_start``.
+    (a subset of it), from the universal network's weights when ``preset.warm_start``,
+    each in the better-starting of two forms when ``preset.precondition``.
     """
     cells = []
     net = NetConfig.from_dict(preset.net).to_dict()
@@ -208,7 +210,9 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
         init = {"init_key": cell_key(universal)} if preset.warm_start else {}
         for s in preset.sigmas:
             train_cfg = TrainConfig(mode="per-sigma", objective=preset.objective, sigma=s,
-                                    center=preset.center, steps=preset.per_sigma_steps,
+                                    center=preset.center,
+                                    precondition="auto" if preset.precondition else "none",
+                                    steps=preset.per_sigma_steps,
                                     batch_size=preset.batch_size, lr=preset.per_sigma_lr,
                                     warmup=0 if preset.warm_start else 50, seed=seed)
             cells.append({"kind": "network", "net": net, "train": train_cfg.to_dict(),

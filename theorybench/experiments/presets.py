@@ -67,6 +67,10 @@ class Preset:
     objective : str             ``TrainConfig.objective`` ("kl": the KL bound, or "paper").
     center : bool               networks subtract the training data's mean image.
     warm_start : bool           per-σ networks start from the universal network's weights.
+    precondition : bool         per-σ networks use ``TrainConfig.precondition="auto"``:
+                                each starts from the better, on held-out images, of the
+                                started-from network and EDM's preconditioned form (a
+                                shrinkage toward μ̂ plus a learned correction).
     monitor_sigmas : tuple      σ of the held-out MSE tracked during universal training.
     sigma0s : tuple of float    smoothing levels at which KL intervals are tabulated.
     rate_range : (lo, hi)       σ range of the C^α slope fit (SCIENCE.md §5: mid-range).
@@ -104,6 +108,7 @@ class Preset:
     objective: str = "kl"
     center: bool = True
     warm_start: bool = True
+    precondition: bool = True
     monitor_sigmas: tuple[float, ...] = (0.01, 0.1, 1.0)
     sigma0s: tuple[float, ...] = (0.01, 0.05, 0.2)
     rate_range: tuple[float, float] = (0.02, 0.25)

@@ -402,6 +402,10 @@ def study_header(records: list[dict]) -> list[str]:
             continue
         t = mine[0]["train"]
         objective = t.get("objective", "paper")
+        precond = sorted(r["spec"]["train"]["sigma"] for r in records
+                         if r["spec"]["kind"] == "network" and "result" in r
+                         and r["spec"]["train"]["mode"] == mode
+                         and r["result"].get("output_scales", [1.0])[0] != 1.0)
         log_uniform = f"ln σ uniform on [{t.get('sigma_min', 0):g}, {t['sigma_max']:g}]"
         law = {"kl": f"{log_uniform}, loss ‖f(y) − x‖²/σ² (the KL bound, SCIENCE.md §4c)",
                "balanced": f"{log_uniform}, loss ‖f(y) − x‖²·(σ⁻² + σ_data⁻²), σ_data = "
@@ -413,6 +417,12 @@ def study_header(records: list[dict]) -> list[str]:
             + (f" ({law})" if mode == "universal" else "")
             + (", mean image subtracted" if t.get("center") else "")
             + (", started from the universal network" if mine[0].get("init_key") else "")
+            + (f"; preconditioned at σ = {', '.join(f'{v:g}' for v in sorted(set(precond)))}"
+               f" (in some entries; the training table says which): f(y) = μ̂ + c_skip (y − μ̂)"
+               f" − c_out r(y − μ̂) with EDM's c_skip = σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² +"
+               f" σ_d²), σ_d = {t.get('sigma_data', 0.25):g}, the started-from network's "
+               f"output layer zeroed; chosen where that start had the lower MSE on the "
+               f"first training images" if precond else "")
             + ".")
     return lines
 

@@ -39,6 +39,7 @@ def training_rows(records: list[dict]) -> list[dict]:
             "sigma": t["sigma"] if t["mode"] == "per-sigma" else float("nan"),
             "objective": t.get("objective", "paper"),
             "center": t.get("center", False),
+            "preconditioned": res.get("output_scales", [1.0])[0] != 1.0,
             "warm start": bool(r["spec"].get("init_key")),
             "steps": t["steps"],
             "held-out drop, last 20 %": drop,
