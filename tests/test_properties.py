@@ -185,3 +185,21 @@ def test_wavelet_soft_threshold_at_zero_threshold_keeps_flat_images_finite():
     flat = torch.zeros(2, 1, 16, 16)  # every coefficient exactly 0
     wavelet = WaveletSoftThreshold(flat, factors=(0.0,))
     assert torch.allclose(wavelet(flat, 0.01), flat, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:σ = 50 is")  # far off the images' scale, on purpose
+def test_mean_image_baseline_is_the_large_sigma_limit_of_the_mmse():
+    """On the Gaussian field the MMSE (Wiener) tends to the pixel variance E‖x − μ‖²/d as
+    σ → ∞; the mean-image baseline is that value at every σ (μ̂ of 1024 calibration images,
+    so within ~1/1024 of it), and lies above the MMSE everywhere (an upper bound)."""
+    from theorybench.evaluation import mse_curve
+
+    dist = datasets_synth.get("gaussian", size=16)
+    refs = reference_denoisers(dist)
+    assert refs["mean-image"].kind == "upper"
+    sigmas = [0.05, 0.5, 2.0, 50.0]  # at 50 the Wiener gain λ/(λ+σ²) is below 0.5 %
+    mean = mse_curve(refs["mean-image"], dist, sigmas, n=256, seed=4)
+    wiener = mse_curve(refs["wiener"], dist, sigmas, n=256, seed=4)  # the same images
+    assert mean.mse.nunique() == 1  # ignores y
+    assert math.isclose(mean.mse.iloc[-1], wiener.mse.iloc[-1], rel_tol=0.01)
+    assert (wiener.mse.iloc[:-1] < mean.mse.iloc[:-1]).all()

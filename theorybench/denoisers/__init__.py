@@ -6,13 +6,14 @@ from datasets_synth.references.conjugate import Conjugated
 from datasets_synth.references.empirical import EmpiricalDenoiser, empirical_denoiser
 from tbcore.denoiser import KINDS, ReferenceDenoiser, sigma_column
 
-from .baselines import CALIBRATION_SEED, Identity, WaveletSoftThreshold
+from .baselines import CALIBRATION_SEED, Identity, MeanImage, WaveletSoftThreshold
 from .network import NetworkDenoiser
 
 __all__ = [
     "KINDS",
     "EmpiricalDenoiser",
     "Identity",
+    "MeanImage",
     "NetworkDenoiser",
     "ReferenceDenoiser",
     "WaveletSoftThreshold",
@@ -20,6 +21,9 @@ __all__ = [
     "reference_denoisers",
     "sigma_column",
 ]
+
+
+MEAN_IMAGES = 1024  # calibration images averaged into the mean-image baseline
 
 
 def calibration_images(dist, n: int = 64):
@@ -47,5 +51,6 @@ def reference_denoisers(dist) -> dict:
         return {name: Conjugated(den, dist) for name, den in reference_denoisers(base).items()}
     refs = dict(dist.reference_denoisers())
     refs["identity"] = Identity()
+    refs["mean-image"] = MeanImage(calibration_images(dist, MEAN_IMAGES))
     refs["wavelet"] = WaveletSoftThreshold(calibration_images(dist))
     return refs

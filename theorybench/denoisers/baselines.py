@@ -1,6 +1,8 @@
-"""Classical baselines that every distribution gets: identity and wavelet soft-thresholding.
+"""Classical baselines that every distribution gets: identity, mean image and wavelet
+soft-thresholding.
 
-Both see y alone, so their MSE is an upper bound on the MMSE (SCIENCE.md §5).
+Each is a fixed function of y (the mean image: of nothing), so its MSE is an upper bound on
+the MMSE (SCIENCE.md §5).
 """
 
 from __future__ import annotations
@@ -23,6 +25,22 @@ class Identity(ReferenceDenoiser):
     def __call__(self, y, sigma, latents=None):
         sigma_column(sigma, y)  # validates σ like every denoiser
         return y.clone()
+
+
+class MeanImage(ReferenceDenoiser):
+    """``f(y) = μ̂``, the mean of ``images`` (m, c, h, w) (calibration images, never the test
+    images): per-pixel MSE ``E‖x − μ̂‖²/d`` at every σ, the large-σ limit of the MMSE, and
+    the bar a denoiser must clear where the noise swamps the image."""
+
+    description = "mean image (ignores y)"
+
+    def __init__(self, images: torch.Tensor):
+        super().__init__("upper")
+        self.mean = images.double().mean(0)
+
+    def __call__(self, y, sigma, latents=None):
+        sigma_column(sigma, y)
+        return self.mean.to(device=y.device, dtype=y.dtype).expand_as(y).clone()
 
 
 class WaveletSoftThreshold(ReferenceDenoiser):

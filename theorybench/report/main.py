@@ -158,7 +158,7 @@ def _figure_mse(study: StudyData, refs: dict):
         if lo.mse.max() > 0:
             ax.plot(lo.sigma, lo.mse, "k--", lw=1)
     for name, curve in study.reference["result"]["curves"].items():
-        if curve["kind"] == "upper" and name in ("identity", "wavelet"):
+        if curve["kind"] == "upper" and name in ("identity", "mean-image", "wavelet"):
             ax.plot(curve["sigma"], curve["mse"], ":", color="0.4", lw=1, label=name)
         elif curve["kind"] == "blind":
             ax.plot(curve["sigma"], curve["mse"], "--", color="0.2", lw=1.2,
@@ -417,12 +417,12 @@ def study_header(records: list[dict]) -> list[str]:
             + (f" ({law})" if mode == "universal" else "")
             + (", mean image subtracted" if t.get("center") else "")
             + (", started from the universal network" if mine[0].get("init_key") else "")
-            + (f"; preconditioned at σ = {', '.join(f'{v:g}' for v in sorted(set(precond)))}"
-               f" (in some entries; the training table says which): f(y) = μ̂ + c_skip (y − μ̂)"
-               f" − c_out r(y − μ̂) with EDM's c_skip = σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² +"
-               f" σ_d²), σ_d = {t.get('sigma_data', 0.25):g}, the started-from network's "
-               f"output layer zeroed; chosen where that start had the lower MSE on the "
-               f"first training images" if precond else "")
+            + (f"; {len(precond)} of the {len(mine)} preconditioned (the training table "
+               f"says which): f(y) = μ̂ + c_skip (y − μ̂) − c_out r(y − μ̂) with EDM's "
+               f"c_skip = σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² + σ_d²), σ_d = "
+               f"{t.get('sigma_data', 0.25):g}, the started-from network's output layer "
+               f"zeroed, where that start had the lower MSE on the first training images"
+               if precond else "")
             + ".")
     return lines
 
