@@ -246,3 +246,33 @@ def test_bad_override_is_refused(tmp_path, capsys):
         main(["--preset", "smoke", "--override", "steps=3", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "FIELD one of" in capsys.readouterr().err
+
+
+def test_standing_rows_name_where_a_network_loses_to_the_baselines():
+    from theorybench.report.common import bracket
+    from theorybench.report.main import StudyData, standing_rows
+
+    def curve(sigmas, mses, kind=None):
+        out = {"sigma": sigmas, "mse": mses, "se": [0.0] * len(sigmas), "d": 4,
+               "errors": [[m, m] for m in mses]}
+        return {**out, "kind": kind} if kind else out
+
+    sig = [0.1, 1.0, 2.0]
+    curves = {"wiener": curve(sig, [0.01, 0.02, 0.03], "exact"),
+              "identity": curve(sig, [0.01, 1.0, 4.0], "upper"),
+              "mean-image": curve(sig, [0.04] * 3, "upper")}
+    records = [{"spec": {"kind": "reference"}, "result": {"curves": curves}},
+               {"spec": {"kind": "network", "train": {"mode": "universal"}},
+                "result": {"curve": curve(sig, [0.012, 0.03, 0.05]), "examples": {}}}]
+    records += [{"spec": {"kind": "network", "train": {"mode": "per-sigma"}},
+                 "result": {"curve": curve([s], [m]), "examples": {}}}
+                for s, m in ((0.1, 0.011), (2.0, 0.035))]
+    study = StudyData("gaussian", {"size": 8}, records)
+    refs, _ = bracket(curves)
+    rows = {r["network"]: r for r in standing_rows(study, refs)}
+    assert rows["universal"] == {
+        "network": "universal", "worst MSE/U": "1.67 at σ = 2",
+        "worst MSE/U, σ ≤ 1": "1.5 at σ = 1", "no better than the identity at σ": "0.1",
+        "no better than the mean image at σ ≥ 1": "2"}
+    assert rows["per-sigma"]["worst MSE/U"] == "1.17 at σ = 2"
+    assert rows["per-sigma"]["no better than the mean image at σ ≥ 1"] == "none"

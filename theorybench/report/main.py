@@ -210,6 +210,36 @@ def _figure_examples(examples: list[dict]):
     return image_mosaic([panels], inches=1.3)
 
 
+def standing_rows(study: StudyData, refs: dict) -> list[dict]:
+    """Where each network of an entry stands on its σ grid: its worst MSE/U (U: the exact
+    MMSE where known, else the tightest upper reference, as in the KL bracket; below 1 the
+    network beats every reference) and the σ at which it is no better than the identity,
+    or, for σ ≥ 1, than the mean-image baseline (the large-σ limit of the MMSE)."""
+    upper = refs.get("exact", refs.get("upper"))
+    curves = study.reference["result"]["curves"]
+    baselines = {n: curve_frame(curves[n]) for n in ("identity", "mean-image") if n in curves}
+    rows = []
+    for net, frame in study.networks.items():
+        if frame is None or upper is None:
+            continue
+        grid, mse = frame["sigma"].to_numpy(), frame["mse"].to_numpy()
+        ratio = mse / on_grid(upper, grid)["mse"].to_numpy()
+        small = grid <= 1.0
+        worst = int(np.argmax(ratio))
+        row = {"network": net, "worst MSE/U": f"{ratio[worst]:.3g} at σ = {grid[worst]:g}"}
+        if small.any():
+            k = int(np.flatnonzero(small)[np.argmax(ratio[small])])
+            row["worst MSE/U, σ ≤ 1"] = f"{ratio[k]:.3g} at σ = {grid[k]:g}"
+        for name, where, column in (("identity", grid > 0, "no better than the identity at σ"),
+                                    ("mean-image", grid >= 1.0,
+                                     "no better than the mean image at σ ≥ 1")):
+            if name in baselines:
+                base = on_grid(baselines[name], grid)["mse"].to_numpy()
+                row[column] = ", ".join(f"{v:g}" for v in grid[where & (mse >= base)]) or "none"
+        rows.append(row)
+    return rows
+
+
 def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
     """Rates and summaries of SCIENCE.md §5 for this entry, as rows of several tables.
 
@@ -507,6 +537,11 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                                      "se": row.se})
         _figure_mse(study, refs, out / f"mse_{s}.png")
         lines += [f"MMSE reference: {how}.", "", f"![MSE against σ](mse_{s}.png)", ""]
+        standing = standing_rows(study, refs)
+        if standing:
+            lines += ["Where the networks stand (U: the exact MMSE where known, else the "
+                      "tightest upper reference; MSE/U below 1: better than every reference):",
+                      "", markdown_table(pd.DataFrame(standing)), ""]
         integrands, kl_errors = {}, []
         data_variance = study.reference["result"].get("data_variance")  # absent: old record
         blind = {f"{name} (blind optimum)": curve_frame(c)
