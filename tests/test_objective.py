@@ -126,13 +126,22 @@ def test_preconditioned_network_starts_at_the_scalar_wiener_shrinkage(tmp_path):
                                tuned(y[:1], sigma).flatten(), atol=1e-5, rtol=1e-4)
     tuned.save(tmp_path / "p.pt")
     torch.testing.assert_close(NetworkDenoiser.load(tmp_path / "p.pt")(y, sigma), expected)
+    payload = torch.load(tmp_path / "p.pt", weights_only=True)
+    del payload["output_scales"]  # a checkpoint written before the form existed
+    torch.save(payload, tmp_path / "old.pt")
+    old = NetworkDenoiser.load(tmp_path / "old.pt")
+    assert (old.c_skip, old.c_out) == (1.0, 1.0)
     with pytest.raises(ValueError, match="precondition needs mode='per-sigma'"):
         TrainConfig(mode="universal", precondition="edm")
+    with pytest.raises(ValueError, match="init must be in the residual form"):
+        train(dist, TINY, cfg, init=tuned)  # its scalings belong to its own σ
+    with pytest.raises(ValueError, match="c_skip must be a finite number"):
+        NetworkDenoiser(tuned.net, TINY, output_scales=(float("nan"), 1.0))
 
 
 @pytest.mark.parametrize("sigma,sigma_data,chosen", [(0.05, 0.01, False), (1.0, 0.2, True)])
 def test_auto_precondition_keeps_the_better_start(sigma, sigma_data, chosen):
-    """``auto``: the started-from network where it is better on held-out images (here a
+    """``auto``: the started-from network where it is better on the first training images (a
     near-identity network, MSE ≈ σ² = 0.0025, against σ_d = 0.01, whose shrinkage at
     σ = 0.05 is nearly the mean image, MSE ≈ v = 0.04), the preconditioned form where the
     shrinkage is (here: MSE v σ²/(v + σ²) against a residual made far off)."""

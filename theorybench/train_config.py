@@ -44,7 +44,7 @@ class TrainConfig:
                              start keeps the initial network's layers but zeroes its output
                              layer, so training starts at the scalar shrinkage
                              μ̂ + c_skip (y − μ̂). ``auto``: with a warm start, the form whose
-                             starting point has the lower MSE on the held-out monitor images
+                             starting point has the lower MSE on the first training images
                              at σ; from scratch, ``edm``.
     steps : int >= 1         optimizer steps.
     batch_size : int >= 1    images per step.

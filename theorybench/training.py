@@ -97,7 +97,8 @@ def objective_loss(residual: torch.Tensor, noise: torch.Tensor, sigma: torch.Ten
 
     Parameters
     ----------
-    residual : (n, c, h, w)   the network's prediction ``r = y − f(y)``.
+    residual : (n, c, h, w)   ``y − f(y)``: the network's prediction ``r`` in the residual
+        form, ``(1 − c_skip)(y − μ̂) + c_out r`` when preconditioned.
     noise : (n, c, h, w)      the added noise ``σ z``.
     sigma : (n, 1, 1, 1)      each image's σ.
     objective : "kl" → mean of ``(r/σ − z)² = (f(y) − x)²/σ²`` (SCIENCE.md §4c: times
@@ -185,6 +186,7 @@ def _output_scales(cfg: TrainConfig, net: torch.nn.Module, u: torch.Tensor,
     if cfg.precondition == "auto" and warm:
         net.eval()
         u, noise = u[:AUTO_IMAGES], noise[:AUTO_IMAGES]
+        # deterministic on one device; a near-tie may go either way on two (their rounding)
         as_is = (noise - net(u)).pow(2).mean()
         shrunk = (noise - (1.0 - edm[0]) * u).pow(2).mean()
         _train_mode(net, frozen_norm=True)
@@ -248,7 +250,8 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     device : "auto"/None (CUDA if available, else CPU), "cpu", "cuda", or a torch.device.
     progress : bool         show a tqdm bar.
     init : NetworkDenoiser or None   start from its weights (and its mean image) instead of
-        a fresh initialization; its NetConfig must equal ``net_cfg``.
+        a fresh initialization (preconditioned: with its output layer zeroed); its
+        NetConfig must equal ``net_cfg`` and it must be in the residual form.
 
     Returns
     -------
@@ -264,6 +267,9 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     if init is not None and (not isinstance(init, NetworkDenoiser) or
                              init.net_config != net_cfg):
         raise ValueError("init must be a NetworkDenoiser with the same NetConfig as net_cfg")
+    if init is not None and (init.c_skip, init.c_out) != (1.0, 1.0):
+        raise ValueError("init must be in the residual form f(y) = y − r(y − μ̂) (c_skip = "
+                         "c_out = 1); a preconditioned network's scalings belong to its own σ")
     device = resolve_device(device)
     shape = tuple(dist.shape)
     if train_images is None and dist.num_images is not None:

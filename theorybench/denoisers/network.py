@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from tbcore.denoiser import sigma_column
-from tbcore.validation import resolve_device
+from tbcore.validation import check_float, resolve_device
 
 from ..cache import atomic_write_bytes
 from ..networks import NetConfig, build_network, count_parameters
@@ -80,7 +80,10 @@ class NetworkDenoiser:
         self.net_config = net_config
         self.train_config = train_config
         self.center = None if center is None else center.detach().float()
-        self.c_skip, self.c_out = (float(v) for v in output_scales)
+        if not isinstance(output_scales, (tuple, list)) or len(output_scales) != 2:
+            raise ValueError(f"output_scales must be (c_skip, c_out), got {output_scales!r}")
+        self.c_skip = check_float("c_skip", output_scales[0], low=0.0, high=1.0)
+        self.c_out = check_float("c_out", output_scales[1], low=0.0, low_open=True)
         self.history = dict(history or {"step": [], "loss": []})
         self.meta = dict(meta or {})
 

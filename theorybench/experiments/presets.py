@@ -68,9 +68,10 @@ class Preset:
     center : bool               networks subtract the training data's mean image.
     warm_start : bool           per-σ networks start from the universal network's weights.
     precondition : bool         per-σ networks use ``TrainConfig.precondition="auto"``:
-                                each starts from the better, on held-out images, of the
-                                started-from network and EDM's preconditioned form (a
-                                shrinkage toward μ̂ plus a learned correction).
+                                each starts from the better, on its first training images,
+                                of the started-from network and EDM's preconditioned form
+                                (a shrinkage toward μ̂ plus a learned correction); without
+                                a warm start, EDM's form. False: the paper's residual form.
     monitor_sigmas : tuple      σ of the held-out MSE tracked during universal training.
     sigma0s : tuple of float    smoothing levels at which KL intervals are tabulated.
     rate_range : (lo, hi)       σ range of the C^α slope fit (SCIENCE.md §5: mid-range).
@@ -201,7 +202,7 @@ PRESETS: dict[str, Preset] = {
         curve_sigmas=refine(_grid(0.005, 2.0, 14), 2), n_eval=1024,
         net={"arch": "unet", "channels": 64, "blocks": 3}, per_sigma_steps=40_000,
         universal_steps=200_000, batch_size=128, sigma0s=(0.01, 0.05, 0.2), jacobian_images=8,
-        datasets=builtin_entries(80), warm_start=False, per_sigma_lr=1e-3,
+        datasets=builtin_entries(80), warm_start=False, precondition=False, per_sigma_lr=1e-3,
         memorization={"entries": (("calpha", {"size": 80, "alpha": 2.0}), ("disks", {"size": 80}),
                                   ("faces", {"split": "test"})),
                       "sizes": (1, 10, 100, 1000, 10_000, 100_000),

@@ -99,6 +99,12 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     return tightest_references(frames, kinds)
 
 
+def preconditioned(result: dict) -> bool:
+    """Whether a network cell's network was trained in EDM's preconditioned form (records
+    written before the form existed have no ``output_scales``: residual form)."""
+    return result.get("output_scales", [1.0])[0] != 1.0
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write a table as CSV, atomically, numbers to 6 significant digits."""
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.6g").encode())

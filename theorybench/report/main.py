@@ -25,6 +25,7 @@ from .common import (
     curve_frame,
     markdown_table,
     on_grid,
+    preconditioned,
     slug,
     write_csv,
 )
@@ -213,14 +214,17 @@ def _figure_examples(examples: list[dict]):
 def standing_rows(study: StudyData, refs: dict) -> list[dict]:
     """Where each network of an entry stands on its σ grid: its worst MSE/U (U: the exact
     MMSE where known, else the tightest upper reference, as in the KL bracket; below 1 the
-    network beats every reference) and the σ at which it is no better than the identity,
-    or, for σ ≥ 1, than the mean-image baseline (the large-σ limit of the MMSE)."""
+    network beats every reference, which only an upper U allows) and the σ at which it is
+    no better than the identity, or, for σ ≥ 1, than the mean-image baseline (the large-σ
+    limit of the MMSE)."""
     upper = refs.get("exact", refs.get("upper"))
+    if upper is None:
+        return []
     curves = study.reference["result"]["curves"]
     baselines = {n: curve_frame(curves[n]) for n in ("identity", "mean-image") if n in curves}
     rows = []
     for net, frame in study.networks.items():
-        if frame is None or upper is None:
+        if frame is None:
             continue
         grid, mse = frame["sigma"].to_numpy(), frame["mse"].to_numpy()
         ratio = mse / on_grid(upper, grid)["mse"].to_numpy()
@@ -230,7 +234,8 @@ def standing_rows(study: StudyData, refs: dict) -> list[dict]:
         if small.any():
             k = int(np.flatnonzero(small)[np.argmax(ratio[small])])
             row["worst MSE/U, σ ≤ 1"] = f"{ratio[k]:.3g} at σ = {grid[k]:g}"
-        for name, where, column in (("identity", grid > 0, "no better than the identity at σ"),
+        for name, where, column in (("identity", np.ones(len(grid), dtype=bool),
+                                     "no better than the identity at σ"),
                                     ("mean-image", grid >= 1.0,
                                      "no better than the mean image at σ ≥ 1")):
             if name in baselines:
@@ -432,10 +437,10 @@ def study_header(records: list[dict]) -> list[str]:
             continue
         t = mine[0]["train"]
         objective = t.get("objective", "paper")
-        precond = sorted(r["spec"]["train"]["sigma"] for r in records
-                         if r["spec"]["kind"] == "network" and "result" in r
-                         and r["spec"]["train"]["mode"] == mode
-                         and r["result"].get("output_scales", [1.0])[0] != 1.0)
+        precond = sum(preconditioned(r["result"]) for r in records
+                      if r["spec"]["kind"] == "network" and "result" in r
+                      and r["spec"]["train"]["mode"] == mode)
+        warm = bool(mine[0].get("init_key"))
         log_uniform = f"ln σ uniform on [{t.get('sigma_min', 0):g}, {t['sigma_max']:g}]"
         law = {"kl": f"{log_uniform}, loss ‖f(y) − x‖²/σ² (the KL bound, SCIENCE.md §4c)",
                "balanced": f"{log_uniform}, loss ‖f(y) − x‖²·(σ⁻² + σ_data⁻²), σ_data = "
@@ -446,12 +451,13 @@ def study_header(records: list[dict]) -> list[str]:
             f"lr {t['lr']:g}, objective `{objective}`"
             + (f" ({law})" if mode == "universal" else "")
             + (", mean image subtracted" if t.get("center") else "")
-            + (", started from the universal network" if mine[0].get("init_key") else "")
-            + (f"; {len(precond)} of the {len(mine)} preconditioned (the training table "
-               f"says which): f(y) = μ̂ + c_skip (y − μ̂) − c_out r(y − μ̂) with EDM's "
-               f"c_skip = σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² + σ_d²), σ_d = "
-               f"{t.get('sigma_data', 0.25):g}, the started-from network's output layer "
-               f"zeroed, where that start had the lower MSE on the first training images"
+            + (", started from the universal network" if warm else "")
+            + (f"; {precond} of the {len(mine)} preconditioned (the training table says "
+               f"which): f(y) = μ̂ + c_skip (y − μ̂) − c_out r(y − μ̂) with EDM's c_skip = "
+               f"σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² + σ_d²), σ_d = "
+               f"{t.get('sigma_data', 0.25):g}"
+               + (", the started-from network's output layer zeroed, where that start had "
+                  "the lower MSE on the first training images" if warm else "")
                if precond else "")
             + ".")
     return lines
@@ -540,7 +546,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         standing = standing_rows(study, refs)
         if standing:
             lines += ["Where the networks stand (U: the exact MMSE where known, else the "
-                      "tightest upper reference; MSE/U below 1: better than every reference):",
+                      "tightest upper reference, where MSE/U below 1 means better than every "
+                      "reference):",
                       "", markdown_table(pd.DataFrame(standing)), ""]
         integrands, kl_errors = {}, []
         data_variance = study.reference["result"].get("data_variance")  # absent: old record

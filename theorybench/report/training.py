@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..experiments.keys import entry_label
 from ..figures import cached_figure, plt
-from .common import markdown_table, slug
+from .common import markdown_table, preconditioned, slug
 
 
 def training_rows(records: list[dict]) -> list[dict]:
@@ -39,7 +39,7 @@ def training_rows(records: list[dict]) -> list[dict]:
             "sigma": t["sigma"] if t["mode"] == "per-sigma" else float("nan"),
             "objective": t.get("objective", "paper"),
             "center": t.get("center", False),
-            "preconditioned": res.get("output_scales", [1.0])[0] != 1.0,
+            "preconditioned": preconditioned(res),
             "warm start": bool(r["spec"].get("init_key")),
             "steps": t["steps"],
             "held-out drop, last 20 %": drop,
