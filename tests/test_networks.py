@@ -31,6 +31,7 @@ CASES = [
     (NetConfig(arch="bfcnn", channels=8, depth=6), 12),
     (NetConfig(arch="unet", channels=4, blocks=2), 16),
     (NetConfig(arch="unet", channels=4, blocks=3, in_channels=3), 13),  # padded to 16
+    (NetConfig(arch="unet", channels=4, blocks=2, global_mean=True), 16),
 ]
 
 
@@ -103,6 +104,20 @@ def test_forward_flops_match_the_layers(cfg, size):
     with torch.no_grad():
         net(torch.zeros(1, cfg.in_channels, size, size))
     assert forward_flops(cfg, size, size) == sum(counted)
+
+
+@pytest.mark.parametrize("global_mean", [False, True])
+def test_global_mean_path_reaches_the_whole_image(global_mean):
+    # 2 levels of 3×3 convolutions: a receptive field of 29 pixels, less than a 48-pixel
+    # image; the global-mean path makes every output depend on every input pixel
+    cfg = NetConfig(arch="unet", channels=4, blocks=2, convs_per_block=1,
+                    global_mean=global_mean)
+    net = exercised(cfg, 48)
+    y = torch.rand(1, 1, 48, 48, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    net(y)[0, 0, 0, 0].backward()
+    far = y.grad[0, 0, 24:, 24:].abs().max().item()  # inputs ≥ 24 pixels away on both axes
+    assert (far > 1e-6) == global_mean, far
+    assert y.grad[0, 0, :2, :2].abs().max().item() > 1e-6  # near inputs always count
 
 
 def test_build_is_seeded_and_leaves_global_rng_alone():

@@ -52,6 +52,9 @@ class NetConfig:
     blocks : int >= 1          UNet: number of encoder (and decoder) levels (ignored by BF-CNN).
     convs_per_block : int >= 1 UNet: convolutions in each encoder, middle and decoder block.
     kernel : odd int >= 1      convolution kernel side (padding keeps the image size).
+    global_mean : bool         UNet: add a linear map of the middle maps' spatial mean back
+                               to every middle pixel (a receptive field of the whole image;
+                               ignored by the BF-CNN).
     """
 
     arch: str = "bfcnn"
@@ -61,9 +64,11 @@ class NetConfig:
     blocks: int = 3
     convs_per_block: int = 2
     kernel: int = 3
+    global_mean: bool = False
 
     def __post_init__(self) -> None:
         check_choice("arch", self.arch, ARCHS)
+        check_choice("global_mean", self.global_mean, (False, True))
         for name, low in (("in_channels", 1), ("channels", 1), ("depth", 2), ("blocks", 1),
                           ("convs_per_block", 1), ("kernel", 1)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), low=low))
@@ -161,6 +166,9 @@ class BFUNet(nn.Module):
     pooling; middle: ``convs_per_block`` convolutions at ``2·C_{B−1}``; decoder level b:
     upsample to ``C_b``, concatenate the encoder's level-b maps, ``convs_per_block``
     convolutions (the first from ``2·C_b``); a final linear convolution to ``c`` channels.
+    With ``global_mean``, the middle's output m (n, C, h', w') becomes m + W·mean_{h',w'}(m)
+    (W a 1×1 convolution): the only path by which a pixel sees the whole image when the
+    convolutions' receptive field is smaller (a linear map, so homogeneity holds).
     The first convolution is followed by ReLU without normalization. Inputs whose side is
     not a multiple of ``2^blocks`` are edge-replicated up to one and cropped back
     (replication is linear, so homogeneity holds).
@@ -185,6 +193,7 @@ class BFUNet(nn.Module):
         for _ in range(m - 1):
             mid += _inner(width[-1], width[-1], k)
         self.middle = nn.Sequential(*mid)
+        self.global_mix = _conv(width[-1], width[-1], 1) if cfg.global_mean else None
         self.upsample = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for b in range(cfg.blocks):  # decoder[b] works at level b (applied from deep to 0)
@@ -206,6 +215,8 @@ class BFUNet(nn.Module):
             skips.append(x)
             x = F.avg_pool2d(x, 2)
         x = self.middle(x)
+        if self.global_mix is not None:
+            x = x + self.global_mix(x.mean(dim=(2, 3), keepdim=True))
         for b in reversed(range(len(self.decoder))):
             x = torch.cat([self.upsample[b](x), skips[b]], dim=1)
             x = self.decoder[b](x)
@@ -298,4 +309,6 @@ def forward_flops(cfg: NetConfig, h: int, w: int) -> int:
     px = (h >> cfg.blocks) * (w >> cfg.blocks)
     total += conv * px * (width[-2] * width[-1] + (m - 1) * width[-1] ** 2)
     total += conv * h * w * width[0] * c
+    if cfg.global_mean:
+        total += 2 * width[-1] ** 2
     return total
