@@ -126,6 +126,8 @@ def main(argv=None) -> None:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--convs", type=int, default=1, help="convolutions per UNet block")
+    parser.add_argument("--global-mean", default=True, action=argparse.BooleanOptionalAction,
+                        help="the UNet's global-mean path (the default preset's network)")
     parser.add_argument("--family", default="gaussian", help="a registered distribution")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
@@ -137,7 +139,8 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     dist = datasets_synth.get(args.family, size=args.size)
     net_cfg = NetConfig(arch=args.arch, depth=args.depth, channels=args.channels,
-                        blocks=args.blocks, convs_per_block=args.convs)
+                        blocks=args.blocks, convs_per_block=args.convs,
+                        global_mean=args.global_mean)
     train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=0.01, sigma_max=2.0,
                             center=True, monitor_sigmas=(), steps=args.steps,
                             batch_size=args.batch, lr=1e-3)
