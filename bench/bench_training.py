@@ -3,8 +3,8 @@
 Prints (a) the time of one ``train()`` step (data generation, noise, σ draws, mean-image
 centring, schedule and divergence checks included; universal mode, ``kl`` objective) over
 that of a bare PyTorch loop on pre-generated tensors computing the same loss with the
-same network and optimizer (goal: <= 1.10), and the cost of the held-out monitor (3 σ,
-every 75 steps) per step of a 2000-step training as in the default preset, measured as
+same network and optimizer (goal: <= 1.10), and the cost of the held-out monitor (the
+preset's σ, every steps // 20 steps) per step of the preset's universal training, measured as
 the difference between ``train()`` with and without it (a short bench over-weights the
 monitor: it also measures at step 0 and at the end); (b) the training step's achieved
 FLOP rate (convolutions counted analytically, forward + 2 × forward for the backward
@@ -19,10 +19,11 @@ machine's speed drifts by ±20 % over tens of seconds (best-of timings of one lo
 other gave ratios from 0.98 to 1.33 for the same code, 2026-12-04), so only timings taken
 together compare. With ``--threads 1`` the CPU-time ratio is the one to read on a CPU.
 
-    python bench/bench_training.py [--steps 100] [--repeats 7] [--device auto]
-                                   [--family gaussian] [--arch unet] [--channels 16]
-                                   [--blocks 2] [--convs 1] [--depth 6] [--size 32]
-                                   [--batch 32] [--threads 0]
+The network, batch, image size, σ range and monitor are those of ``--preset`` (default:
+the default preset; ``gpu`` for the gpu preset's).
+
+    python bench/bench_training.py [--preset default] [--steps 100] [--repeats 7]
+                                   [--device auto] [--family gaussian] [--threads 0]
 """
 
 from __future__ import annotations
@@ -40,18 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets_synth  # noqa: E402
 from tbcore.validation import resolve_device  # noqa: E402
+from theorybench.experiments.presets import PRESETS  # noqa: E402
 from theorybench.networks import NetConfig, build_network, forward_flops  # noqa: E402
 from theorybench.train_config import TrainConfig  # noqa: E402
 from theorybench.training import train  # noqa: E402
 
-MONITOR_EVERY = 75  # the held-out monitor's cadence and the universal network's steps in
-PRESET_STEPS = 2000  # the default preset
 
-
-def measurements(steps: int) -> int:
-    """Held-out measurements of a ``steps``-step training: step 0, every MONITOR_EVERY
-    steps, and the end."""
-    return len(range(0, steps, MONITOR_EVERY)) + 1
+def measurements(steps: int, every: int) -> int:
+    """Held-out measurements of a ``steps``-step training: step 0, every ``every`` steps,
+    and the end."""
+    return len(range(0, steps, every)) + 1
 
 
 def sync(device: torch.device) -> None:
@@ -121,32 +120,29 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--arch", default="unet", choices=["bfcnn", "unet"])
-    parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--blocks", type=int, default=2)
-    parser.add_argument("--convs", type=int, default=1, help="convolutions per UNet block")
-    parser.add_argument("--global-mean", default=True, action=argparse.BooleanOptionalAction,
-                        help="the UNet's global-mean path (the default preset's network)")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="whose network, batch, image size, σ range and monitor to time")
     parser.add_argument("--family", default="gaussian", help="a registered distribution")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep)")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
-    dist = datasets_synth.get(args.family, size=args.size)
-    net_cfg = NetConfig(arch=args.arch, depth=args.depth, channels=args.channels,
-                        blocks=args.blocks, convs_per_block=args.convs,
-                        global_mean=args.global_mean)
-    train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=0.01, sigma_max=2.0,
-                            center=True, monitor_sigmas=(), steps=args.steps,
-                            batch_size=args.batch, lr=1e-3)
-    monitored = dataclasses.replace(train_cfg, monitor_sigmas=(0.01, 0.1, 1.0),
-                                    monitor_every=MONITOR_EVERY)
-    time_bare(dist, net_cfg, TrainConfig(steps=4, batch_size=args.batch), device)  # warm-up
+    preset = PRESETS[args.preset]
+    dist = datasets_synth.get(args.family, size=preset.size)
+    net_cfg = NetConfig.from_dict({**preset.net, "in_channels": dist.shape[0]})
+    batch = preset.batch_size
+    train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=preset.sigmas[0],
+                            sigma_max=preset.sigmas[-1], center=True, monitor_sigmas=(),
+                            steps=args.steps, batch_size=batch, lr=1e-3)
+    # the preset's universal training measures its monitor every steps // 20 steps
+    # (TrainConfig.monitor_every = 0); the bench's short training does so at that cadence
+    preset_steps = preset.universal_steps
+    every = max(1, preset_steps // 20)
+    monitored = dataclasses.replace(train_cfg, monitor_sigmas=preset.monitor_sigmas,
+                                    monitor_every=every)
+    time_bare(dist, net_cfg, TrainConfig(steps=4, batch_size=batch), device)  # warm-up
     loops = {"train": lambda: time_train(dist, net_cfg, train_cfg, device),
              "monitored": lambda: time_train(dist, net_cfg, monitored, device),
              "bare": lambda: time_bare(dist, net_cfg, train_cfg, device)}
@@ -158,8 +154,8 @@ def main(argv=None) -> None:
     # on a shared VM, so single timings are not comparable, back-to-back ones are
     wall = {name: statistics.median(t[0] for t in ts) for name, ts in times.items()}
     print(f"device {device}, torch threads {torch.get_num_threads()}, {net_cfg}")
-    print(f"batch {args.batch} at {args.size}x{args.size}, {args.steps} steps, "
-          f"{args.repeats} repeats")
+    print(f"preset {preset.name}: batch {batch} at {preset.size}x{preset.size}, "
+          f"{args.steps} steps, {args.repeats} repeats")
     print(f"(a) train() step {wall['train'] * 1e3:.1f} ms, bare loop {wall['bare'] * 1e3:.1f} "
           f"ms (wall, medians); ratio within a repeat (goal <= 1.10):")
     for i, clock in enumerate(("wall", "CPU time of this process")):
@@ -168,12 +164,12 @@ def main(argv=None) -> None:
               f"range {ratios[0]:.3f}–{ratios[-1]:.3f}")
     extra = statistics.median(a[0] - b[0] for a, b in
                               zip(times["monitored"], times["train"], strict=True))
-    per_measurement = extra * args.steps / measurements(args.steps)
-    in_preset = per_measurement * measurements(PRESET_STEPS)
+    per_measurement = extra * args.steps / measurements(args.steps, every)
+    in_preset = per_measurement * measurements(preset_steps, every)
     print(f"    held-out monitor: {per_measurement * 1e3:.0f} ms per measurement; at its "
-          f"cadence in a {PRESET_STEPS}-step training {in_preset / PRESET_STEPS * 1e3:.2f} ms "
-          f"per step, {in_preset / PRESET_STEPS / wall['bare']:.1%} of the bare step")
-    flops = 3 * forward_flops(net_cfg, args.size, args.size) * args.batch  # fwd + 2x fwd
+          f"cadence in a {preset_steps}-step training {in_preset / preset_steps * 1e3:.2f} ms "
+          f"per step, {in_preset / preset_steps / wall['bare']:.1%} of the bare step")
+    flops = 3 * forward_flops(net_cfg, preset.size, preset.size) * batch  # fwd + 2x fwd
     n = max(256, round((flops / 2) ** (1 / 3) / 64) * 64)
     rate_step, rate_mm = flops / wall["train"], matmul_rate(n, device)
     print(f"(b) training step {flops / 1e9:.2f} GFLOP -> {rate_step / 1e9:.1f} GFLOP/s; "

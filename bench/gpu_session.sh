@@ -107,9 +107,8 @@ fi
 
 for family in gaussian calpha disks; do  # the gpu preset's network and batch
     echo "== $family"
-    timeout 120 python3 bench/bench_training.py --device "$DEVICE" --family "$family" \
-        --channels 32 --blocks 3 --convs 2 --no-global-mean --batch 128 --steps "$BENCH_STEPS" \
-        --repeats "$BENCH_REPEATS"
+    timeout 120 python3 bench/bench_training.py --preset gpu --device "$DEVICE" \
+        --family "$family" --steps "$BENCH_STEPS" --repeats "$BENCH_REPEATS"
 done > "$OUT/bench_training.txt" 2>&1
 cat "$OUT/bench_training.txt"
 
