@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datasets_synth  # noqa: E402
 from tbcore.validation import resolve_device  # noqa: E402
 from theorybench.experiments.presets import PRESETS  # noqa: E402
-from theorybench.networks import NetConfig, build_network, forward_flops  # noqa: E402
+from theorybench.networks import build_network, forward_flops, net_config_for  # noqa: E402
 from theorybench.train_config import TrainConfig  # noqa: E402
 from theorybench.training import train  # noqa: E402
 
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     preset = PRESETS[args.preset]
     dist = datasets_synth.get(args.family, size=preset.size)
-    net_cfg = NetConfig.from_dict({**preset.net, "in_channels": dist.shape[0]})
+    net_cfg = net_config_for(preset.net, dist)
     batch = preset.batch_size
     train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=preset.sigmas[0],
                             sigma_max=preset.sigmas[-1], center=True, monitor_sigmas=(),

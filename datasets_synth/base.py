@@ -41,6 +41,9 @@ class Distribution:
     value_range : (lo, hi)        every value of every sample lies in it (may be infinite).
     params : dict                 the validated parameters the instance was built with.
     num_images : int or None      size of a finite data set, None for an endless generator.
+    periodic : bool               the law is invariant to cyclic shifts of the image (a
+        field on the torus); networks trained on it then use circular padding
+        (``theorybench.networks.net_config_for``).
     published_jacobian : dict or None   a published measurement of a trained network's
         Jacobian on this family, quoted next to the report's Jacobian table: ``source``,
         ``sigma``, and eigenvalue ranges ``first`` (λ1…λk) and ``next`` (λk+1…λ2k).
@@ -53,6 +56,7 @@ class Distribution:
     num_images: int | None = None
     block_size: int = 256
     draws_on_device: bool = False  # _draw makes its tensors on the generator's device
+    periodic: bool = False
     published_jacobian: dict | None = None
 
     def __init__(self, **params: Any) -> None:

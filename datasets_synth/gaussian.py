@@ -43,6 +43,7 @@ class GaussianField(Distribution):
     name = "gaussian"
     block_size = 512
     draws_on_device = True  # white noise and the FFTs run where the generator is
+    periodic = True  # C is a circulant: the law is invariant to cyclic shifts
 
     def __init__(self, size: int = 32, gamma: float = 2.0, std: float = 0.2, mean: float = 0.5):
         size = check_int("size", size, low=8)

@@ -12,6 +12,7 @@ from theorybench.networks import (
     build_network,
     count_parameters,
     forward_flops,
+    net_config_for,
 )
 
 
@@ -32,6 +33,8 @@ CASES = [
     (NetConfig(arch="unet", channels=4, blocks=2), 16),
     (NetConfig(arch="unet", channels=4, blocks=3, in_channels=3), 13),  # padded to 16
     (NetConfig(arch="unet", channels=4, blocks=2, global_mean=True), 16),
+    (NetConfig(arch="unet", channels=4, blocks=2, global_mean=True, padding="circular"), 16),
+    (NetConfig(arch="bfcnn", channels=8, depth=4, padding="circular"), 12),
 ]
 
 
@@ -120,6 +123,34 @@ def test_global_mean_path_reaches_the_whole_image(global_mean):
     assert y.grad[0, 0, :2, :2].abs().max().item() > 1e-6  # near inputs always count
 
 
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+@pytest.mark.parametrize("arch", ["bfcnn", "unet"])
+def test_circular_padding_commutes_with_cyclic_shifts(arch, padding):
+    # on the torus every layer commutes with cyclic shifts (the UNet's 2×2 pooling with
+    # shifts by multiples of 2^blocks = 4): so does the network; zero padding breaks it
+    cfg = NetConfig(arch=arch, channels=4, depth=4, blocks=2, global_mean=True,
+                    padding=padding)
+    net = exercised(cfg, 16)
+    y = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        shifted = net(torch.roll(y, (4, -8), dims=(2, 3)))
+        expected = torch.roll(net(y), (4, -8), dims=(2, 3))
+    error = ((shifted - expected).norm() / expected.norm()).item()
+    assert (error < 1e-5) == (padding == "circular"), error
+
+
+def test_periodic_families_get_circular_padding():
+    import datasets_synth
+
+    net = {"arch": "unet", "channels": 4, "blocks": 2}
+    gaussian = datasets_synth.get("gaussian", size=8)
+    disks = datasets_synth.get("disks", size=8)
+    assert gaussian.periodic and not disks.periodic
+    assert net_config_for(net, gaussian) == NetConfig(**net, padding="circular")
+    assert net_config_for(net, disks) == NetConfig(**net)
+    assert net_config_for({**net, "in_channels": 3}, disks).in_channels == 1
+
+
 def test_build_is_seeded_and_leaves_global_rng_alone():
     cfg = NetConfig(arch="unet", channels=4, blocks=2)
     state = torch.random.get_rng_state()
@@ -149,6 +180,8 @@ def test_config_round_trip_and_validation():
         NetConfig(arch="resnet")
     with pytest.raises(ValueError, match="odd"):
         NetConfig(kernel=4)
+    with pytest.raises(ValueError, match="circular"):
+        NetConfig(padding="reflect")
     with pytest.raises(ValueError, match="depth"):
         NetConfig(depth=1)
     with pytest.raises(ValueError, match="channels"):

@@ -35,7 +35,7 @@ from ..denoisers import reference_denoisers
 from ..denoisers.network import NetworkDenoiser
 from ..evaluation import evaluation_noise, mse_curve
 from ..kl import data_variance
-from ..networks import NetConfig
+from ..networks import NetConfig, net_config_for
 from ..sampling import SamplingDiverged
 from ..train_config import TrainConfig
 from ..training import TrainingDiverged, converged, train
@@ -100,7 +100,7 @@ def compute_reference(spec: dict) -> dict:
 def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=False) -> dict:
     """Train the cell's network, save its checkpoint, evaluate it on the σ grid."""
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
-    net_cfg = NetConfig.from_dict({**spec["net"], "in_channels": dist.shape[0]})
+    net_cfg = net_config_for(spec["net"], dist)
     train_cfg = TrainConfig.from_dict(spec["train"])
     init = None
     if spec.get("init_key"):

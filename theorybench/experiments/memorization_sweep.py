@@ -64,7 +64,7 @@ from ..memorization import (
     summarize,
     wilson_interval,
 )
-from ..networks import NetConfig
+from ..networks import net_config_for
 from ..sampling import SAMPLERS, SamplingDiverged, sample
 from ..train_config import TrainConfig
 from ..training import TrainingDiverged, train
@@ -161,7 +161,7 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     cells = []
     for name, params in entries:
         dist = datasets_synth.get(name, **params)
-        net_cfg = NetConfig.from_dict({**net, "in_channels": dist.shape[0]})
+        net_cfg = net_config_for(net, dist)
         limit = math.inf
         if dist.num_images is not None:
             limit = len(dist.train_images()) // 2  # S1 and S2 must be disjoint
@@ -381,7 +381,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     device = resolve_device(device)
     n, seed = spec["N"], spec["seed"]
     dist, s1, s2, _, test_dist, n_test, held, method, options = cell_inputs(spec)
-    net_cfg = NetConfig.from_dict({**spec["net"], "in_channels": dist.shape[0]})
+    net_cfg = net_config_for(spec["net"], dist)
     train_seeds = [derived_seed(spec["train"]["seed"], STREAM_NETS, i) for i in (1, 2)]
     result = {"N": n, "train_seeds": train_seeds, "sampler": {"method": method, **options},
               "n_test": n_test}
