@@ -37,6 +37,8 @@ def test_report_files(smoke):
     device = json.loads((out / "run.json").read_text())["device"]
     assert device.startswith("cuda") or (device.startswith("cpu (") and device.endswith(" CPUs)"))
     assert f"device {device}" in readme
+    # the Gaussian field is periodic: its networks pad circularly, and the header says so
+    assert "(gaussian: {'padding': 'circular'})" in readme
     # a family's published measurement reaches the report through its attribute
     assert "Published (Kadkhodaie et al. (ICLR 2024), network on 80×80 disks" in readme
 
@@ -239,6 +241,19 @@ def test_gpu_preset_runs_on_cpu_with_tiny_overrides(tmp_path):
     training = pd.read_csv(out / "training.csv")
     assert set(training["warm start"][training.network == "per-sigma"]) == {True}
     assert "objective `balanced`" in (out / "README.md").read_text()
+
+
+def test_header_names_the_entries_whose_networks_differ():
+    from theorybench.report.main import architectures
+
+    def spec(name, padding):
+        return {"dataset": name, "params": {"size": 8}, "net": {"arch": "unet", "padding": padding}}
+
+    specs = [spec("gaussian", "circular"), spec("disks", "zeros"), spec("faces", "zeros"),
+             spec("gaussian", "circular"), spec("shuffled", "zeros")]
+    assert architectures(specs) == \
+        "{'arch': 'unet', 'padding': 'zeros'} (gaussian: {'padding': 'circular'})"
+    assert architectures(specs[1:3]) == "{'arch': 'unet', 'padding': 'zeros'}"
 
 
 def test_bad_override_is_refused(tmp_path, capsys):

@@ -35,7 +35,7 @@ from ..denoisers import reference_denoisers
 from ..denoisers.network import NetworkDenoiser
 from ..evaluation import evaluation_noise, mse_curve
 from ..kl import data_variance
-from ..networks import NetConfig, net_config_for
+from ..networks import net_config_for
 from ..sampling import SamplingDiverged
 from ..train_config import TrainConfig
 from ..training import TrainingDiverged, converged, train
@@ -191,9 +191,10 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
     each in the better-starting of two forms when ``preset.precondition``.
     """
     cells = []
-    net = NetConfig.from_dict(preset.net).to_dict()
     for name, params in entries:
-        size = datasets_synth.get(name, **params).num_images  # finite sets: no more test images
+        dist = datasets_synth.get(name, **params)
+        net = net_config_for(preset.net, dist).to_dict()  # as trained: circular if periodic
+        size = dist.num_images  # finite sets: no more test images than they hold
         n_eval = preset.n_eval if size is None else min(preset.n_eval, size)
         common = {"dataset": name, "params": params, "n_eval": n_eval, "seed": seed}
         cells.append({"kind": "reference", "sigmas": list(preset.curve_sigmas),

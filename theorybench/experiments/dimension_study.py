@@ -23,9 +23,10 @@ import math
 
 import numpy as np
 
+import datasets_synth
 from tbcore.validation import check_int
 
-from ..networks import NetConfig
+from ..networks import net_config_for
 from ..train_config import TrainConfig
 from .jacobian_analysis import build_jacobian_cells, jacobian_sigmas
 
@@ -53,10 +54,10 @@ def build_dimension_cells(preset, seed: int) -> list[dict]:
     setting = preset.dimensions
     if not setting:
         return []
-    net = NetConfig.from_dict(setting["net"]).to_dict()
     sigmas = list(preset.sigmas)
     cells, networks = [], []
     for name, params in dimension_entries(setting):
+        net = net_config_for(setting["net"], datasets_synth.get(name, **params)).to_dict()
         common = {"dataset": name, "params": params, "n_eval": setting.get("n_eval", preset.n_eval),
                   "seed": seed, "study": STUDY}
         cells.append({"kind": "reference", "sigmas": sigmas, **common})

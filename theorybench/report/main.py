@@ -416,6 +416,23 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
     return rows
 
 
+def architectures(specs: list[dict]) -> str:
+    """The networks' NetConfig fields: the most common set, then the entries whose
+    networks differ and in what (e.g. circular padding on a periodic family)."""
+    nets = [spec["net"] for spec in specs]
+    common = max(nets, key=nets.count)
+    differing: dict[str, list[str]] = {}
+    for spec in specs:
+        diff = {k: v for k, v in spec["net"].items() if common.get(k) != v}
+        if diff:
+            label = entry_label(spec["dataset"], spec["params"])
+            differing.setdefault(str(diff), [])
+            if label not in differing[str(diff)]:
+                differing[str(diff)].append(label)
+    return str(common) + "".join(f" ({', '.join(labels)}: {diff})"
+                                 for diff, labels in differing.items())
+
+
 def study_header(records: list[dict]) -> list[str]:
     """What the stored cells were run with (grids, test images, networks, objectives)."""
     refs = [r["spec"] for r in records if r["spec"]["kind"] == "reference" and "result" in r]
@@ -447,7 +464,7 @@ def study_header(records: list[dict]) -> list[str]:
                            f"{t.get('sigma_data', 0.25):g} (the KL weight with a floor)",
                "paper": f"σ = {t['sigma_max']:g}·u², unweighted loss (the paper's)"}[objective]
         lines.append(
-            f"{mode} networks: {mine[0]['net']}, {t['steps']} steps, batch {t['batch_size']}, "
+            f"{mode} networks: {architectures(mine)}, {t['steps']} steps, batch {t['batch_size']}, "
             f"lr {t['lr']:g}, objective `{objective}`"
             + (f" ({law})" if mode == "universal" else "")
             + (", mean image subtracted" if t.get("center") else "")
