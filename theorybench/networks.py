@@ -60,8 +60,10 @@ class NetConfig:
                                zeros (the paper's) or periodically (the torus: the MMSE
                                denoiser of a law invariant to cyclic shifts commutes with
                                them, which zero padding breaks at the border; see
-                               :func:`net_config_for`). Either keeps the network linear in
-                               its weights' inputs, so homogeneity holds.
+                               :func:`net_config_for`). Both paddings are linear in the
+                               maps they extend, so homogeneity holds; the UNet commutes
+                               with shifts by multiples of 2^blocks when the sides are such
+                               multiples.
     """
 
     arch: str = "bfcnn"

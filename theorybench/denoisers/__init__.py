@@ -24,9 +24,10 @@ __all__ = [
 
 
 MEAN_IMAGES = 1024  # calibration images averaged into the mean-image baseline
+WAVELET_IMAGES = 64  # the first of them, on which the wavelet threshold is tuned
 
 
-def calibration_images(dist, n: int = 64):
+def calibration_images(dist, n: int):
     """Images for tuning baselines, disjoint from any test draw: a finite distribution's
     training split, else a reserved seed."""
     train = dist.train_images()
@@ -51,6 +52,7 @@ def reference_denoisers(dist) -> dict:
         return {name: Conjugated(den, dist) for name, den in reference_denoisers(base).items()}
     refs = dict(dist.reference_denoisers())
     refs["identity"] = Identity()
-    refs["mean-image"] = MeanImage(calibration_images(dist, MEAN_IMAGES))
-    refs["wavelet"] = WaveletSoftThreshold(calibration_images(dist))
+    calibration = calibration_images(dist, MEAN_IMAGES)
+    refs["mean-image"] = MeanImage(calibration)
+    refs["wavelet"] = WaveletSoftThreshold(calibration[:WAVELET_IMAGES])
     return refs
