@@ -42,8 +42,8 @@ class Distribution:
     params : dict                 the validated parameters the instance was built with.
     num_images : int or None      size of a finite data set, None for an endless generator.
     periodic : bool               the law is invariant to cyclic shifts of the image (a
-        field on the torus); networks trained on it then use circular padding
-        (``theorybench.networks.net_config_for``).
+        field on the torus); the studies' networks on it then pad circularly by default
+        (``theorybench.net_config_for``).
     published_jacobian : dict or None   a published measurement of a trained network's
         Jacobian on this family, quoted next to the report's Jacobian table: ``source``,
         ``sigma``, and eigenvalue ranges ``first`` (λ1…λk) and ``next`` (λk+1…λ2k).

@@ -149,6 +149,8 @@ def test_periodic_families_get_circular_padding():
     assert net_config_for(net, gaussian) == NetConfig(**net, padding="circular")
     assert net_config_for(net, disks) == NetConfig(**net)
     assert net_config_for({**net, "in_channels": 3}, disks).in_channels == 1
+    # the family's padding is a default: a net that names one keeps it
+    assert net_config_for({**net, "padding": "zeros"}, gaussian).padding == "zeros"
 
 
 def test_build_is_seeded_and_leaves_global_rng_alone():

@@ -254,6 +254,24 @@ def test_header_names_the_entries_whose_networks_differ():
     assert architectures(specs) == \
         "{'arch': 'unet', 'padding': 'zeros'} (gaussian: {'padding': 'circular'})"
     assert architectures(specs[1:3]) == "{'arch': 'unet', 'padding': 'zeros'}"
+    # a tie goes to zero padding; a field only one side has is a difference too
+    assert architectures(specs[:2]) == \
+        "{'arch': 'unet', 'padding': 'zeros'} (gaussian: {'padding': 'circular'})"
+    # the header describes the main study's networks, not the dimension study's
+    from theorybench.report.main import study_header
+
+    train = {"mode": "universal", "steps": 10, "batch_size": 4, "lr": 1e-3,
+             "objective": "paper", "sigma_max": 1.0}
+    records = [{"spec": {"kind": "network", "train": train, **spec(name, "zeros"), **extra},
+                "result": {}}
+               for name, extra in (("disks", {}), ("ellipses", {"study": "dimension"}),
+                                   ("ellipses", {"study": "dimension"}))]
+    records[1]["spec"]["net"] = records[2]["spec"]["net"] = {"arch": "bfcnn"}
+    assert "universal networks: {'arch': 'unet', 'padding': 'zeros'}, 10 steps" in \
+        study_header(records)[0]
+    assert architectures([spec("disks", "zeros"), {**spec("faces", "zeros"),
+                          "net": {"arch": "unet", "padding": "zeros", "channels": 8}}]) == \
+        "{'arch': 'unet', 'padding': 'zeros'} (faces: {'channels': 8})"
 
 
 def test_bad_override_is_refused(tmp_path, capsys):

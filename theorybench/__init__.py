@@ -11,6 +11,8 @@ Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``tbcore
 * :func:`sample`: stochastic ascent and probability-flow ODE samplers for any denoiser;
 * :func:`memorization_measures`, :func:`summarize`: nearest-training similarity, d1/d2;
 * :func:`train`, :class:`NetworkDenoiser`: bias-free networks (per-σ or universal);
+  :func:`net_config_for`: a network's configuration for a family (circular padding on a
+  periodic one, as the studies train);
 * :func:`jacobian`, :func:`jacobian_spectrum`: the adaptive basis of a denoiser.
 """
 
@@ -25,7 +27,7 @@ from .evaluation import mse_curve, paired_difference
 from .jacobian import jacobian, jacobian_spectrum, subspace_angles, sure_mse
 from .kl import data_variance, kl_bound, mmse_references
 from .memorization import memorization_measures, summarize
-from .networks import NetConfig, build_network
+from .networks import NetConfig, build_network, net_config_for
 from .sampling import SampleResult, SamplingDiverged, sample
 from .train_config import TrainConfig
 from .training import TrainingDiverged, train
@@ -36,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "build_network",
+    "net_config_for",
     "train",
     "EmpiricalDenoiser",
     "ReferenceDenoiser",

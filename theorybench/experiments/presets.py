@@ -158,7 +158,8 @@ PRESETS: dict[str, Preset] = {
         # CPU-second: universal 1200 → 3000 steps lowers MSE/U on the Gaussian by 4–10 %
         # for σ ≤ 1 (1.19 → 1.10 at σ = 0.01), per-σ 80 → 250 steps on C^α (α = 2) by 7–13 %,
         # 160 → 400 steps on faces by 2–9 % for 0.045 ≤ σ ≤ 0.94 (+4 % at σ = 0.01) and on
-        # the Gaussian (circular padding) the excess over the Wiener filter by 16–67 %;
+        # the Gaussian the excess over the Wiener filter by 15–34 % (zero padding; 51–79 % with
+        # circular padding, against the previous 160 zero-padded steps);
         # the memorization networks (N = 1000) put 6 % of their samples on the disks
         # manifold after 1000 steps, 55 % after 2000 and 59 % after 4000
         name="default", size=32, sigmas=_grid(0.01, 2.0, 8),

@@ -420,10 +420,13 @@ def architectures(specs: list[dict]) -> str:
     """The networks' NetConfig fields: the most common set, then the entries whose
     networks differ and in what (e.g. circular padding on a periodic family)."""
     nets = [spec["net"] for spec in specs]
-    common = max(nets, key=nets.count)
+    # ties go to zero padding, the configuration a periodic family is the exception to
+    common = max(nets, key=lambda net: (nets.count(net), net.get("padding", "zeros") == "zeros"))
     differing: dict[str, list[str]] = {}
     for spec in specs:
-        diff = {k: v for k, v in spec["net"].items() if common.get(k) != v}
+        diff = {k: spec["net"].get(k) for k in common.keys() | spec["net"].keys()
+                if common.get(k) != spec["net"].get(k)}
+        diff = dict(sorted(diff.items()))
         if diff:
             label = entry_label(spec["dataset"], spec["params"])
             differing.setdefault(str(diff), [])
@@ -448,8 +451,8 @@ def study_header(records: list[dict]) -> list[str]:
             f"networks at {', '.join(f'{s:g}' for s in coarse)}. Test images per curve "
             f"(the same images and noise for every denoiser of an entry): "
             + ", ".join(f"{name} {n}" for name, n in dict(n_eval).items()) + ".")
-    for mode in NETWORKS:
-        mine = [t for t in nets if t["train"]["mode"] == mode]
+    for mode in NETWORKS:  # the main study's networks only (not the dimension study's)
+        mine = [t for t in nets if t["train"]["mode"] == mode and not t.get("study")]
         if not mine:
             continue
         t = mine[0]["train"]
