@@ -1,7 +1,7 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 22–27 minutes (seven runs on an
+``default`` gives meaningful numbers on a 2-core CPU in 22–27 minutes (nine runs on an
 idle machine, 2026-12) with a peak of 3.7–4.2 GB (summed RSS of the driver and its two
 workers; a C^α reference cell alone peaks at 3.2 GB);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
