@@ -424,14 +424,11 @@ def architectures(specs: list[dict]) -> str:
     common = max(nets, key=lambda net: (nets.count(net), net.get("padding", "zeros") == "zeros"))
     differing: dict[str, list[str]] = {}
     for spec in specs:
-        diff = {k: spec["net"].get(k) for k in common.keys() | spec["net"].keys()
-                if common.get(k) != spec["net"].get(k)}
-        diff = dict(sorted(diff.items()))
-        if diff:
-            label = entry_label(spec["dataset"], spec["params"])
-            differing.setdefault(str(diff), [])
-            if label not in differing[str(diff)]:
-                differing[str(diff)].append(label)
+        net, label = spec["net"], entry_label(spec["dataset"], spec["params"])
+        diff = {k: net.get(k) for k in sorted(common.keys() | net.keys())
+                if common.get(k) != net.get(k)}
+        if diff and label not in differing.setdefault(str(diff), []):
+            differing[str(diff)].append(label)
     return str(common) + "".join(f" ({', '.join(labels)}: {diff})"
                                  for diff, labels in differing.items())
 
