@@ -136,10 +136,10 @@ def main(argv=None) -> None:
     train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=preset.sigmas[0],
                             sigma_max=preset.sigmas[-1], center=True, monitor_sigmas=(),
                             steps=args.steps, batch_size=batch, lr=1e-3)
-    # the preset's universal training measures its monitor every steps // 20 steps
-    # (TrainConfig.monitor_every = 0); the bench's short training does so at that cadence
+    # the bench's short training measures its monitor at the cadence of the preset's
+    # universal training (TrainConfig.monitor_interval of its steps)
     preset_steps = preset.universal_steps
-    every = max(1, preset_steps // 20)
+    every = dataclasses.replace(train_cfg, steps=preset_steps).monitor_interval
     monitored = dataclasses.replace(train_cfg, monitor_sigmas=preset.monitor_sigmas,
                                     monitor_every=every)
     time_bare(dist, net_cfg, TrainConfig(steps=4, batch_size=batch), device)  # warm-up

@@ -175,6 +175,28 @@ def test_estimator_ignores_latents_and_is_deterministic():
     assert est(x + s.view(-1, 1, 1, 1) * (y - x) / 0.1, s).shape == x.shape
 
 
+def test_estimator_scores_candidates_in_slices_of_bounded_memory(monkeypatch):
+    """Scoring the candidates one at a time (a memory budget of 1 byte) gives the same bits
+    as the default slices, with the exact band model (small σ) and the low-rank one (large)."""
+    import datasets_synth.references.calpha as module
+
+    dist = CAlpha(size=16)
+    x = dist.sample(2, seed=5)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))
+    est = CAlphaContourEstimator(dist, samples=16, lowrank_samples=32)
+    models = []
+    build = est._model
+    monkeypatch.setattr(est, "_model", lambda *a: models.append(build(*a)) or models[-1])
+    sigmas = (0.05, 1.0)
+    default = [est(x + s * z, s) for s in sigmas]
+    kinds = {type(m).__name__ for m in models}
+    assert kinds == {"_BandModel", "_LowRankModel"}
+    assert all(m.candidate_bytes() > 1 for m in models)
+    monkeypatch.setattr(module, "SCORE_BYTES", 1)
+    for s, expected in zip(sigmas, default, strict=True):
+        assert torch.equal(est(x + s * z, s), expected)
+
+
 # -- the device argument -------------------------------------------------------------
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -33,6 +33,8 @@ def test_report_files(smoke):
                  "kl_disks.png", "examples_calpha-alpha-2-0.png", "dimension.png"):
         assert (out / name).stat().st_size > 0, name
     assert "## Intrinsic dimension" in readme
+    section = readme[readme.index("## Intrinsic dimension"):]
+    assert "The networks: {'arch': 'bfcnn'" in section  # how the study's networks trained
     # the header names the processor the numbers were computed on
     device = json.loads((out / "run.json").read_text())["device"]
     assert device.startswith("cuda") or (device.startswith("cpu (") and device.endswith(" CPUs)"))
@@ -244,7 +246,7 @@ def test_gpu_preset_runs_on_cpu_with_tiny_overrides(tmp_path):
 
 
 def test_header_names_the_entries_whose_networks_differ():
-    from theorybench.report.main import architectures
+    from theorybench.report.common import architectures
 
     def spec(name, padding):
         return {"dataset": name, "params": {"size": 8}, "net": {"arch": "unet", "padding": padding}}

@@ -178,6 +178,9 @@ def test_train_config_round_trip_schedule_and_validation():
     step = TrainConfig(steps=100, warmup=0, schedule="step")
     assert [step.lr_factor(k) for k in (0, 49, 50, 74, 75, 99)] == \
         pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    # the monitor's cadence: steps // 20 by default (at least 1), else monitor_every
+    assert [TrainConfig(steps=s).monitor_interval for s in (2000, 39, 10)] == [100, 1, 1]
+    assert TrainConfig(steps=2000, monitor_every=7).monitor_interval == 7
     for bad in ({"mode": "per_sigma"}, {"sigma": 0.0}, {"steps": 0}, {"lr": -1.0},
                 {"schedule": "linear"}, {"seed": -1}, {"warmup": 1.5}):
         with pytest.raises(ValueError):

@@ -205,10 +205,9 @@ def stored_run_meta(preset, args, records: list[dict], meta_path: Path) -> dict:
         meta = json.loads(meta_path.read_text())
         if meta.get("preset") == preset.name and meta.get("overrides") == args.override:
             return meta
-    metas = [r.get("meta", {}) for r in records]
+    last = max((r.get("meta", {}).get("date", "") for r in records), default="")
     return {"preset": preset.name, "overrides": args.override, "commit": git_commit(),
-            "device": record_devices(records),
-            "date": max((m.get("date", "") for m in metas), default="?") or "?"}
+            "device": record_devices(records), "date": last or "?"}
 
 
 def main(argv=None) -> int:

@@ -218,7 +218,8 @@ class BFUNet(nn.Module):
         for _ in range(m - 1):
             mid += _inner(width[-1], width[-1], k, pad)
         self.middle = nn.Sequential(*mid)
-        self.global_mix = _conv(width[-1], width[-1], 1, pad) if cfg.global_mean else None
+        # a 1×1 convolution pads nothing: its padding mode is immaterial
+        self.global_mix = _conv(width[-1], width[-1], 1, "zeros") if cfg.global_mean else None
         self.upsample = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for b in range(cfg.blocks):  # decoder[b] works at level b (applied from deep to 0)

@@ -112,6 +112,11 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming the valid ones."""
         return config_from_dict(cls, values)
 
+    @property
+    def monitor_interval(self) -> int:
+        """Steps between two held-out measurements: ``monitor_every``, or steps // 20."""
+        return self.monitor_every or max(1, self.steps // 20)
+
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step`` (0-based): warm-up × decay."""
         ramp = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0

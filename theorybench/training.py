@@ -32,7 +32,7 @@ correction.
 A per-σ network may start from another network's weights (``init=``, e.g. the universal
 network: a warm start along the σ ladder; preconditioned, with the output layer zeroed).
 During training the held-out MSE at ``monitor_sigmas`` is measured on fixed images and
-noise every ``monitor_every`` steps and kept in the history; :func:`converged` flags a
+noise every ``monitor_interval`` steps and kept in the history; :func:`converged` flags a
 network whose held-out error still fell by more than 5 % over its last 20 % of steps.
 
 Data: fresh images every step for an endless distribution (step k uses images
@@ -146,7 +146,7 @@ class _Monitor:
 
     def __init__(self, dist, cfg: TrainConfig, device) -> None:
         self.sigmas = list(cfg.monitor_sigmas)
-        self.every = cfg.monitor_every or max(1, cfg.steps // 20)
+        self.every = cfg.monitor_interval
         n = cfg.monitor_images if dist.num_images is None else \
             min(cfg.monitor_images, dist.num_images)
         self.x = dist.sample(n, MONITOR_SEED).to(device) if self.sigmas else None

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache import atomic_write_bytes
+from ..experiments.keys import entry_label
 from ..kl import tightest_references
 
 
@@ -108,3 +109,20 @@ def preconditioned(result: dict) -> bool:
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write a table as CSV, atomically, numbers to 6 significant digits."""
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.6g").encode())
+
+
+def architectures(specs: list[dict]) -> str:
+    """The networks' NetConfig fields: the most common set, then the entries whose
+    networks differ and in what (e.g. circular padding on a periodic family)."""
+    nets = [spec["net"] for spec in specs]
+    # ties go to zero padding, the configuration a periodic family is the exception to
+    common = max(nets, key=lambda net: (nets.count(net), net.get("padding", "zeros") == "zeros"))
+    differing: dict[str, list[str]] = {}
+    for spec in specs:
+        net, label = spec["net"], entry_label(spec["dataset"], spec["params"])
+        diff = {k: net.get(k) for k in sorted(common.keys() | net.keys())
+                if common.get(k) != net.get(k)}
+        if diff and label not in differing.setdefault(str(diff), []):
+            differing[str(diff)].append(label)
+    return str(common) + "".join(f" ({', '.join(labels)}: {diff})"
+                                 for diff, labels in differing.items())

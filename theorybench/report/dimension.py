@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..experiments.dimension_study import STUDY, dimension_rows
 from ..figures import PALETTE, cached_figure, plt
-from .common import markdown_table, write_csv
+from .common import architectures, markdown_table, write_csv
 
 WITHIN = 0.15  # "near k": within 15 % (the issue's test tolerance for the posterior)
 COLUMNS = ("k", "sigma", "L/σ²", "L kind", "U/σ²", "U_se", "network/σ²", "network_se",
@@ -61,6 +61,18 @@ def _figure(frame: pd.DataFrame):
     return fig
 
 
+def _networks(records: list[dict]) -> str:
+    """How the study's universal networks were trained ("" when it has none)."""
+    nets = [r["spec"] for r in records
+            if r["spec"].get("study") == STUDY and r["spec"]["kind"] == "network"]
+    if not nets:
+        return ""
+    t = nets[0]["train"]
+    return (f" The networks: {architectures(nets)}, {t['steps']} steps, batch "
+            f"{t['batch_size']}, lr {t['lr']:g}, objective `{t['objective']}`, σ from "
+            f"{t['sigma_min']:g} to {t['sigma_max']:g}.")
+
+
 def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
     """Lines of the section (empty when the run has no dimension study); writes
     ``dimension.csv`` and ``dimension.png`` into ``out_dir``."""
@@ -85,7 +97,7 @@ def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
         "`sigma_jacobian`, the Jacobian's eigenvalues above 0.5, its trace and the "
         "principal angles between its top-k eigenvectors and the true tangent space "
         "(mean over images; 0° = the same space), for the network and for the optimum "
-        "(`optimum …`: the posterior's Cov[x|y]/σ², Tweedie).", "",
+        "(`optimum …`: the posterior's Cov[x|y]/σ², Tweedie)." + _networks(records), "",
         "![MSE/σ² and Jacobian against k](dimension.png)", "",
         markdown_table(shown.astype(object).where(shown.notna(), ""), ".3g"), "",
     ]

@@ -21,6 +21,7 @@ from ..experiments.keys import entry_label
 from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from ..kl import kl_bound, trapezoid_weights
 from .common import (
+    architectures,
     bracket,
     curve_frame,
     markdown_table,
@@ -414,23 +415,6 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
                          "U shuffled": u_shuffled.get(sigma, math.nan),
                          "U base": u_base.get(sigma, math.nan)})
     return rows
-
-
-def architectures(specs: list[dict]) -> str:
-    """The networks' NetConfig fields: the most common set, then the entries whose
-    networks differ and in what (e.g. circular padding on a periodic family)."""
-    nets = [spec["net"] for spec in specs]
-    # ties go to zero padding, the configuration a periodic family is the exception to
-    common = max(nets, key=lambda net: (nets.count(net), net.get("padding", "zeros") == "zeros"))
-    differing: dict[str, list[str]] = {}
-    for spec in specs:
-        net, label = spec["net"], entry_label(spec["dataset"], spec["params"])
-        diff = {k: net.get(k) for k in sorted(common.keys() | net.keys())
-                if common.get(k) != net.get(k)}
-        if diff and label not in differing.setdefault(str(diff), []):
-            differing[str(diff)].append(label)
-    return str(common) + "".join(f" ({', '.join(labels)}: {diff})"
-                                 for diff, labels in differing.items())
 
 
 def study_header(records: list[dict]) -> list[str]:
