@@ -52,6 +52,11 @@ from tbcore.denoiser import ReferenceDenoiser, sigma_column
 # attribute, so that this module does not import the families that build it)
 SHAPE_MANIFOLD = ("coverage", "coverage_jacobian", "tangent_columns", "geometry_low",
                   "geometry_high", "geometry_names", "intensity_mean", "intensity_std")
+# default bound on chunk·nodes·d of the quadrature oracles (float64 elements, 8 MiB per
+# array; a renderer holds some thirty such temporaries at once): 1 << 22 made the
+# default preset's ellipses(k=7) oracle peak at 1.3–1.5 GB, 1 << 20 at 0.5–0.6 GB, with
+# the same bits and times within the machine's run-to-run spread (8–13 s against 12–15 s)
+MAX_ELEMENTS = 1 << 20
 
 
 def _check_shape_manifold(owner, dist) -> None:
@@ -294,7 +299,8 @@ class PartialShapeOracle(ReferenceDenoiser):
     levels : int          fallback levels.
     threshold : float     nats below the maximum at which nodes are dropped (mass ≲ e^−t).
     lm_steps : int        Levenberg–Marquardt iterations.
-    max_elements : int    bound on chunk·nodes·d (memory, float64 elements).
+    max_elements : int    bound on chunk·nodes·d (memory, float64 elements; default
+                          ``MAX_ELEMENTS``, 2²⁰).
     intervals : dict      ``{free coordinate: B}``: the oracle knows which of B equal
                           intervals of the prior range holds that coordinate (default none).
     costly : bool or None evaluate on the study's coarse σ grid only (default: with 3 or
@@ -313,7 +319,7 @@ class PartialShapeOracle(ReferenceDenoiser):
 
     def __init__(self, dist, free: tuple[int, ...], coarse: int = 33, points: int = 32,
                  levels: int = 4, threshold: float = 30.0, lm_steps: int = 8,
-                 max_elements: int = 1 << 22, intervals: dict[int, int] | None = None,
+                 max_elements: int = MAX_ELEMENTS, intervals: dict[int, int] | None = None,
                  costly: bool | None = None):
         super().__init__("lower")
         for name, value, low in (("coarse", coarse, 3), ("points", points, 3),
@@ -579,7 +585,7 @@ class DisksRadiusOracle(PartialShapeOracle):
     """
 
     def __init__(self, dist, subdivisions: int = 4, points: int = 16, levels: int = 5,
-                 threshold: float = 30.0, lm_steps: int = 8, max_elements: int = 1 << 22):
+                 threshold: float = 30.0, lm_steps: int = 8, max_elements: int = MAX_ELEMENTS):
         if isinstance(subdivisions, bool) or not isinstance(subdivisions, int) \
                 or subdivisions < 1:
             raise ValueError(f"subdivisions must be an integer >= 1, got {subdivisions!r}")
