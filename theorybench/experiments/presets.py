@@ -1,9 +1,11 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 22–27 minutes (nine runs on an
-idle machine, 2026-12) with a peak of 3.7–4.2 GB (summed RSS of the driver and its two
-workers; a C^α reference cell alone peaks at 3.2 GB);
+``default`` gives meaningful numbers on a 2-core CPU in 22–29 minutes (eleven runs on an
+idle machine, 2026-12; the same cells ran 10–25 % slower in the last than an hour before)
+with a peak of 3.0 GB (summed RSS of the driver and its two workers, sampled every 3 s;
+3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded their memory; the
+largest cell alone, the C^α references, peaks at 1.7 GB);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
