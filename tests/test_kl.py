@@ -117,6 +117,10 @@ def test_model_equal_to_data_gives_zero():
     curve = exact_curve(WienerFilter(p.eigenvalues, p.mean), sigmas)
     table = kl_bound(curve, {"exact": curve}).table
     assert np.allclose(table[["kl_low", "kl_high"]].to_numpy(), 0.0)
+    # no σ0 asked (a partial run's per-σ grid may hold none): no rows, the same columns
+    empty = kl_bound(curve, {"exact": curve}, sigma0=[])
+    assert len(empty.table) == 0 and list(empty.table.columns) == list(table.columns)
+    assert len(empty.integrand) == len(sigmas)
 
 
 def test_trapezoid_weights_integrate_linear_functions_exactly():

@@ -192,9 +192,10 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         row["clipped"] = bool(row["clipped_nats"] > 0)
         row["clipped_max"] = float(clipped[used].max()) if used.any() else 0.0
         rows.append(row)
-    table = pd.DataFrame(rows)[["sigma0", "kl_low", "kl_high", "closing", "se_low", "se_high",
-                                "bits_low", "bits_high", "clipped", "clipped_nats",
-                                "clipped_max"]]
+    # no rows when no σ0 was asked (e.g. a partial run's per-σ grid holds none of them)
+    table = pd.DataFrame(rows, columns=["sigma0", "kl_low", "kl_high", "closing", "se_low",
+                                        "se_high", "bits_low", "bits_high", "clipped",
+                                        "clipped_nats", "clipped_max"])
     integrand = pd.DataFrame({"sigma": sig, "gap_low": gap_low, "gap_high": gap_high,
                               "clipped": clipped, "integrand_low": kept_low * inv_s2,
                               "integrand_high": gap_high * inv_s2})

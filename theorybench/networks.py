@@ -33,6 +33,8 @@ from torch import nn
 
 from tbcore.validation import check_choice, check_int
 
+from .blind_shrink import BlindShrink
+
 ARCHS = ("bfcnn", "unet")
 PADDINGS = ("zeros", "circular")
 BN_MOMENTUM = 0.1  # running σ ← (1 − m) running σ + m batch σ
@@ -64,6 +66,10 @@ class NetConfig:
                                maps they extend, so homogeneity holds; the UNet commutes
                                with shifts by multiples of 2^blocks when the sides are such
                                multiples.
+    shrink : bool              wrap the network in :class:`~theorybench.blind_shrink.BlindShrink`
+                               (for blind universal networks): a shrinkage toward μ̂ and a
+                               scaled-down residual where the noise level read from the input
+                               exceeds the data's scale; the residual form below it.
     """
 
     arch: str = "bfcnn"
@@ -75,11 +81,13 @@ class NetConfig:
     kernel: int = 3
     global_mean: bool = False
     padding: str = "zeros"
+    shrink: bool = False
 
     def __post_init__(self) -> None:
         check_choice("arch", self.arch, ARCHS)
         check_choice("padding", self.padding, PADDINGS)
         check_choice("global_mean", self.global_mean, (False, True))
+        check_choice("shrink", self.shrink, (False, True))
         for name, low in (("in_channels", 1), ("channels", 1), ("depth", 2), ("blocks", 1),
                           ("convs_per_block", 1), ("kernel", 1)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), low=low))
@@ -265,7 +273,8 @@ def build_network(cfg: NetConfig, generator: torch.Generator | None = None,
     Returns
     -------
     nn.Module mapping y (n, c, h, w) to the predicted noise residual (n, c, h, w), in
-    training mode.
+    training mode (with ``cfg.shrink``: a :class:`~theorybench.blind_shrink.BlindShrink`,
+    uncalibrated, around the network).
     """
     if not isinstance(cfg, NetConfig):
         raise ValueError(f"cfg must be a NetConfig, got {type(cfg).__name__}")
@@ -273,6 +282,8 @@ def build_network(cfg: NetConfig, generator: torch.Generator | None = None,
         generator = torch.Generator().manual_seed(0)
     with torch.device("meta"):  # no storage and no draws from the global generator
         net = BFCNN(cfg) if cfg.arch == "bfcnn" else BFUNet(cfg)
+        if cfg.shrink:
+            net = BlindShrink(net)
     net = net.to_empty(device="cpu")
     init_weights(net, generator)
     return net.to(device) if device is not None else net
@@ -291,7 +302,7 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> None:
             elif isinstance(module, nn.Conv2d):
                 _, c_in, kh, kw = module.weight.shape
                 module.weight.normal_(0.0, math.sqrt(2.0 / (c_in * kh * kw)), generator=generator)
-            elif isinstance(module, BFBatchNorm):
+            elif isinstance(module, (BFBatchNorm, BlindShrink)):
                 module.reset_parameters()
     zero_output_layer(net)
 

@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 from tbcore.seeding import block_generator
 from tbcore.validation import resolve_device
 
+from .blind_shrink import BlindShrink
 from .denoisers.network import NetworkDenoiser, centered, network_residual
 from .networks import BFBatchNorm, NetConfig, build_network, zero_output_layer
 from .train_config import TrainConfig, edm_scales
@@ -174,7 +175,9 @@ class _Monitor:
 def _output_scales(cfg: TrainConfig, net: torch.nn.Module, u: torch.Tensor,
                    noise: torch.Tensor, warm: bool) -> tuple[float, float]:
     """``(c_skip, c_out)`` of the network about to be trained (``cfg.precondition``); with
-    EDM's, a warm-started ``net`` gets a zero output layer (it starts at μ̂ + c_skip (y − μ̂)).
+    EDM's, a warm-started ``net`` gets a zero output layer (it starts at μ̂ + c_skip (y − μ̂));
+    a ``BlindShrink`` is set back to the residual form (θ = ∞), EDM's scalings replacing
+    those of its noise estimate.
 
     ``auto`` with a warm start compares the two starting points on the first training
     images ``u = y − μ̂`` (n, c, h, w) with their noise ``σ z``: the initial network as it
@@ -193,6 +196,8 @@ def _output_scales(cfg: TrainConfig, net: torch.nn.Module, u: torch.Tensor,
         if as_is <= shrunk:
             return 1.0, 1.0
     if warm:
+        if isinstance(net, BlindShrink):  # told σ, it takes EDM's form instead of σ̂'s
+            net.reset_parameters()
         zero_output_layer(net)
     return edm
 
@@ -226,12 +231,13 @@ def converged(monitor: dict, drop: float = CONVERGENCE_DROP,
     return bool(error[-1] >= (1 - drop) * error[start])
 
 
-def mean_image(dist, train_images: torch.Tensor | None, seed: int) -> torch.Tensor:
-    """μ̂ (c, h, w): the training set's mean, or that of ``CENTER_IMAGES`` training-stream
+def calibration_images(dist, train_images: torch.Tensor | None, seed: int) -> torch.Tensor:
+    """Clean images (n, c, h, w) whose mean is μ̂ and on which a ``BlindShrink`` network
+    measures the data's scale: the training set, or ``CENTER_IMAGES`` training-stream
     images of an endless distribution."""
     if train_images is not None:
-        return train_images.float().mean(0)
-    return dist.sample(CENTER_IMAGES, TRAIN_DATA_SEED + seed).mean(0)
+        return train_images.float()
+    return dist.sample(CENTER_IMAGES, TRAIN_DATA_SEED + seed)
 
 
 def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
@@ -297,8 +303,13 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     if init is not None:
         net.load_state_dict(init.net.state_dict())
         center = None if init.center is None else init.center.to(device)
+    elif cfg.center or isinstance(net, BlindShrink):
+        clean = calibration_images(dist, train_images, cfg.seed).to(device)
+        center = clean.mean(0) if cfg.center else None
+        if isinstance(net, BlindShrink):
+            net.calibrate(centered(clean, center))
     else:
-        center = mean_image(dist, train_images, cfg.seed).to(device) if cfg.center else None
+        center = None
     _train_mode(net, frozen_norm=init is not None)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)

@@ -47,7 +47,9 @@ class NetworkDenoiser:
     net_config : NetConfig
     train_config : TrainConfig or None
     center : tensor (c, h, w) or None   the mean image μ̂ subtracted before ``r`` (None: 0);
-                               f is homogeneous about it: ``f(y) − μ̂ = ∇f(y) (y − μ̂)``.
+                               f is homogeneous about it: ``f(y) − μ̂ = ∇f(y) (y − μ̂)``
+                               (a ``NetConfig.shrink`` network: only where its noise
+                               estimate is below θ, :mod:`theorybench.blind_shrink`).
     c_skip, c_out : float      the output scalings (1 and 1: the residual form).
     history : dict             ``step`` (last step of each chunk) and mean ``loss`` there;
                                ``monitor``: ``step``, ``sigma`` and ``mse`` (per pixel, one

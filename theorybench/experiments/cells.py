@@ -30,6 +30,7 @@ import torch
 import datasets_synth
 from tbcore.validation import resolve_device
 
+from ..blind_shrink import shrink_threshold
 from ..cache import Cache
 from ..denoisers import reference_denoisers
 from ..denoisers.network import NetworkDenoiser
@@ -121,7 +122,8 @@ def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=Fa
             "loss": denoiser.history["loss"][-1] if denoiser.history["loss"] else None,
             "history": {"step": denoiser.history["step"], "loss": denoiser.history["loss"]},
             "monitor": monitor, "converged": converged(monitor),
-            "output_scales": [denoiser.c_skip, denoiser.c_out]}
+            "output_scales": [denoiser.c_skip, denoiser.c_out],
+            "shrink_threshold": shrink_threshold(denoiser.net)}
 
 
 def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:

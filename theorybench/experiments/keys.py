@@ -53,8 +53,8 @@ class MissingCheckpoint(RuntimeError):
 
 
 _DENOISERS = ("theorybench.denoisers", "datasets_synth.references")
-_TRAINING = ("theorybench.evaluation", "theorybench.networks", "theorybench.train_config",
-             "theorybench.training", "theorybench.denoisers.network")
+_TRAINING = ("theorybench.evaluation", "theorybench.networks", "theorybench.blind_shrink",
+             "theorybench.train_config", "theorybench.training", "theorybench.denoisers.network")
 COMPONENTS = {
     "reference": ("theorybench.evaluation", *_DENOISERS, "theorybench.experiments.cells"),
     "network": (*_TRAINING, "theorybench.experiments.cells"),

@@ -26,6 +26,9 @@ DatasetEntry = tuple[str, dict]
 # 0.01; Gaussian −4.5 % at 0.01, −14 % at 0.1; C^α (α = 2) within ±2 % for σ ≤ 1, −5 % at 2
 UNET_SMALL = {"arch": "unet", "channels": 16, "blocks": 2, "convs_per_block": 1,
               "global_mean": True}
+# the main study's networks: UNET_SMALL with the blind shrinkage (theorybench.blind_shrink,
+# which measures its effect); the sweeps' networks stay homogeneous about μ̂ (no shrink)
+UNET_SHRINK = {**UNET_SMALL, "shrink": True}
 
 
 def _grid(lo: float, hi: float, count: int) -> tuple[float, ...]:
@@ -139,7 +142,7 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke", size=16, sigmas=_grid(0.02, 1.0, 4), n_eval=16,
         curve_sigmas=refine(_grid(0.02, 1.0, 4), 2), monitor_sigmas=(0.02, 0.2, 1.0),
-        net={"arch": "bfcnn", "channels": 8, "depth": 3}, per_sigma_steps=12,
+        net={"arch": "bfcnn", "channels": 8, "depth": 3, "shrink": True}, per_sigma_steps=12,
         universal_steps=16, batch_size=8, sigma0s=(0.02, 0.2), rate_range=(0.02, 0.4),
         jacobian_images=1,
         datasets=builtin_entries(16),
@@ -166,7 +169,7 @@ PRESETS: dict[str, Preset] = {
         # manifold after 1000 steps, 55 % after 2000 and 59 % after 4000
         name="default", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
-        net=UNET_SMALL, per_sigma_steps=400, universal_steps=2000, batch_size=32, lr=3e-3,
+        net=UNET_SHRINK, per_sigma_steps=400, universal_steps=2000, batch_size=32, lr=3e-3,
         per_sigma_lr=1e-3, objective="balanced", datasets=builtin_entries(32),
         jacobian_images=1,
         # faces: 80 training images, so N = 1, 10 and 40 (two disjoint sets)
@@ -190,7 +193,7 @@ PRESETS: dict[str, Preset] = {
         # (bench/gpu_session.sh)
         name="gpu", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
-        net={"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2},
+        net={"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2, "shrink": True},
         per_sigma_steps=300, universal_steps=4000, batch_size=128, lr=1e-3,
         per_sigma_lr=3e-4, objective="balanced",
         datasets=builtin_entries(32), jacobian_images=2,

@@ -460,8 +460,34 @@ def study_header(records: list[dict]) -> list[str]:
                + (", the started-from network's output layer zeroed, where that start had "
                   "the lower MSE on the first training images" if warm else "")
                if precond else "")
+            + (shrink_sentence(records) if mode == "universal" and builds_shrink(mine) else "")
             + ".")
     return lines
+
+
+def builds_shrink(specs: list[dict]) -> bool:
+    """Whether any of these network cells was built with ``NetConfig.shrink``."""
+    return any(spec["net"].get("shrink") for spec in specs)
+
+
+def shrink_sentence(records: list[dict]) -> str:
+    """Where the universal networks' blind shrinkage acts (its θ per entry) and where the
+    calibration switched it off (data without fine-scale texture)."""
+    on, off = [], []
+    for r in records:
+        spec = r["spec"]
+        if spec["kind"] != "network" or spec["train"]["mode"] != "universal" \
+                or not spec["net"].get("shrink") or spec.get("study"):
+            continue
+        label = entry_label(spec["dataset"], spec["params"])
+        theta = r.get("result", {}).get("shrink_threshold")
+        (on if theta else off).append(f"{label} (θ = {theta:.3g})" if theta else label)
+    return ("; blind shrinkage (theorybench.blind_shrink): f(y) = μ̂ + a (y − μ̂) − √a "
+            "r(y − μ̂) with a = σ_d²/(σ_d² + max(0, σ̂² − θ²)), σ̂ the noise level read "
+            "from the input (MAD of its finest diagonal differences), acting on "
+            + (", ".join(on) or "none") + "; switched off (no fine-scale texture in the "
+            "clean images: the residual form at every σ) on " + (", ".join(off) or "none")
+            + "; the per-σ networks keep their start's form unless preconditioned")
 
 
 def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
