@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets_synth.gaussian import GaussianField
-from theorybench.blind_shrink import THRESHOLD_MARGIN, BlindShrink, noise_level
+from theorybench.blind_shrink import THRESHOLD_MARGIN, BlindShrink, noise_level, texture_level
 from theorybench.denoisers.network import NetworkDenoiser
 from theorybench.networks import NetConfig, build_network
 from theorybench.train_config import TrainConfig
@@ -17,19 +17,30 @@ from theorybench.training import train
 SMALL = NetConfig(arch="unet", channels=4, blocks=2, shrink=True)
 
 
-def test_noise_level_reads_white_noise_and_ignores_edges():
+def test_noise_levels_read_white_noise_and_the_robust_one_ignores_edges():
     gen = torch.Generator().manual_seed(0)
     noise = 0.3 * torch.randn(32, 1, 32, 32, generator=gen)
-    estimate = noise_level(noise)
-    assert estimate.shape == (32,)
-    assert abs(float(estimate.mean()) / 0.3 - 1) < 0.02  # median of 961 values: ±4 % each
-    assert float((estimate / 0.3 - 1).abs().max()) < 0.15
-    torch.testing.assert_close(noise_level(2.5 * noise), 2.5 * estimate)  # degree 1
-    step = torch.zeros(32, 1, 32, 32)
-    step[..., 10:] = 1.0  # a clean edge: one column of nonzero differences out of 31
-    assert float(noise_level(step).max()) == 0.0
+    for level in (noise_level, texture_level):
+        estimate = level(noise)
+        assert estimate.shape == (32,)
+        assert abs(float(estimate.mean()) / 0.3 - 1) < 0.02  # 961 differences: ±2–4 % each
+        assert float((estimate / 0.3 - 1).abs().max()) < 0.15
+        torch.testing.assert_close(level(2.5 * noise), 2.5 * estimate)  # degree 1
+    i, j = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    edge = (i + j >= 32).float().expand(2, 1, 32, 32)  # a clean diagonal edge
+    assert float(texture_level(edge).max()) == 0.0  # 62 differences of ±1 among 961
+    assert float(noise_level(edge).min()) == pytest.approx(math.sqrt(62 / 961) / 2, rel=0.05)
     with pytest.raises(ValueError, match="h, w >= 2"):
         noise_level(torch.zeros(2, 1, 1, 8))
+
+
+def test_noise_level_gradient_is_spread_over_the_image():
+    # the shrinkage's σ̂ is smooth: ∂σ̂/∂u is spread over the pixels, no spike
+    u = 0.3 * torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(8))
+    u.requires_grad_(True)
+    (grad,) = torch.autograd.grad(noise_level(u).sum(), u)
+    assert float(grad.abs().max()) < 10 * float(grad.abs().mean())
+    assert float(grad.norm()) < 0.1  # a median's gradient has norm ≈ 1 on one difference
 
 
 def test_uncalibrated_and_small_noise_keep_the_residual_form():

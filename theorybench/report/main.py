@@ -484,7 +484,7 @@ def shrink_sentence(records: list[dict]) -> str:
         (on if theta else off).append(f"{label} (θ = {theta:.3g})" if theta else label)
     return ("; blind shrinkage (theorybench.blind_shrink): f(y) = μ̂ + a (y − μ̂) − √a "
             "r(y − μ̂) with a = σ_d²/(σ_d² + max(0, σ̂² − θ²)), σ̂ the noise level read "
-            "from the input (MAD of its finest diagonal differences), acting on "
+            "from the input (the RMS of its finest diagonal differences, over 2), acting on "
             + (", ".join(on) or "none") + "; switched off (no fine-scale texture in the "
             "clean images: the residual form at every σ) on " + (", ".join(off) or "none")
             + "; the per-σ networks keep their start's form unless preconditioned")
