@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets_synth  # noqa: E402
 from tbcore.validation import resolve_device  # noqa: E402
+from theorybench.blind_shrink import BlindShrink  # noqa: E402
 from theorybench.experiments.presets import PRESETS  # noqa: E402
 from theorybench.networks import build_network, forward_flops, net_config_for  # noqa: E402
 from theorybench.train_config import TrainConfig  # noqa: E402
@@ -79,7 +80,8 @@ def time_train(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
 
 def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
     """(wall, CPU) seconds per step of a plain loop: pre-generated x, z and log-uniform σ,
-    the same net, loss ``mean(((r − σz)/σ)²)`` and Adam."""
+    the same net (a ``BlindShrink`` calibrated, as ``train`` does), loss
+    ``mean(((r − σz)/σ)²)`` and Adam."""
     B, steps = train_cfg.batch_size, train_cfg.steps
     gen = torch.Generator().manual_seed(5)
     x = dist.sample(B * steps, 5).to(device).view(steps, B, *dist.shape)
@@ -87,6 +89,9 @@ def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
     lo, hi = train_cfg.sigma_min, train_cfg.sigma_max
     sigma = (lo * (hi / lo) ** torch.rand(steps, B, 1, 1, 1, generator=gen)).to(device)
     net = build_network(net_cfg, device=device).train()
+    if isinstance(net, BlindShrink):  # acting, as in train(): calibrated on clean images
+        clean = x.flatten(0, 1)
+        net.calibrate(clean - clean.mean(0))
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr)
     sync(device)
     start = clocks()
