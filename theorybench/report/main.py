@@ -460,28 +460,28 @@ def study_header(records: list[dict]) -> list[str]:
                + (", the started-from network's output layer zeroed, where that start had "
                   "the lower MSE on the first training images" if warm else "")
                if precond else "")
-            + (shrink_sentence(records) if mode == "universal" and builds_shrink(mine) else "")
+            + (shrink_sentence(records) if mode == "universal" else "")
             + ".")
     return lines
 
 
-def builds_shrink(specs: list[dict]) -> bool:
-    """Whether any of these network cells was built with ``NetConfig.shrink``."""
-    return any(spec["net"].get("shrink") for spec in specs)
-
-
 def shrink_sentence(records: list[dict]) -> str:
-    """Where the universal networks' blind shrinkage acts (its θ per entry) and where the
-    calibration switched it off (data without fine-scale texture)."""
+    """Where the main study's universal networks' blind shrinkage acts (its θ per entry)
+    and where the calibration switched it off (data without fine-scale texture); "" when
+    none was built with ``NetConfig.shrink``."""
     on, off = [], []
     for r in records:
         spec = r["spec"]
-        if spec["kind"] != "network" or spec["train"]["mode"] != "universal" \
-                or not spec["net"].get("shrink") or spec.get("study"):
-            continue
-        label = entry_label(spec["dataset"], spec["params"])
-        theta = r.get("result", {}).get("shrink_threshold")
-        (on if theta else off).append(f"{label} (θ = {theta:.3g})" if theta else label)
+        if spec["kind"] == "network" and spec["train"]["mode"] == "universal" \
+                and spec["net"].get("shrink") and not spec.get("study"):
+            label = entry_label(spec["dataset"], spec["params"])
+            theta = r.get("result", {}).get("shrink_threshold")
+            if theta:
+                on.append(f"{label} (θ = {theta:.3g})")
+            else:
+                off.append(label)
+    if not on and not off:
+        return ""
     return ("; blind shrinkage (theorybench.blind_shrink): f(y) = μ̂ + a (y − μ̂) − √a "
             "r(y − μ̂) with a = σ_d²/(σ_d² + max(0, σ̂² − θ²)), σ̂ the noise level read "
             "from the input (the RMS of its finest diagonal differences, over 2), acting on "
