@@ -96,6 +96,10 @@ def test_training_calibrates_and_checkpoints_keep_the_form(tmp_path):
     per_sigma = train(field, SMALL, TrainConfig(sigma=1.5, center=True, precondition="edm",
                                                 steps=16, batch_size=8, seed=5), init=den)
     assert math.isinf(float(per_sigma.net.threshold)) and per_sigma.c_skip < 1
+    # so is one trained from scratch (calibrated first, as every BlindShrink network is)
+    cold = train(field, SMALL, TrainConfig(sigma=1.5, center=True, precondition="edm",
+                                           steps=16, batch_size=8, seed=5))
+    assert math.isinf(float(cold.net.threshold)) and cold.c_skip < 1
 
 
 def test_piecewise_constant_data_switches_the_shrinkage_off():

@@ -13,7 +13,7 @@ from theorybench.memorization import (
     ON_MANIFOLD_FACTOR,
     bootstrap_fraction,
     cosine,
-    manifold_residuals,
+    manifold_fit,
     memorization_measures,
     nearest_neighbours,
     on_manifold,
@@ -242,25 +242,42 @@ def test_reference_centring_by_hand():
     assert frame.loc[0, "copy_distance"] == pytest.approx(math.sqrt(2))
 
 
-def test_on_manifold_accepts_disks_and_rejects_blends():
+def test_on_manifold_accepts_disks_and_rejects_blends_and_flat_images():
     """Disk images (clean or seen at σ) are images of the family; the average of two
-    distinct disks images (a non-disk) is not, though its raw cosine to a disk is high."""
+    distinct disks images (a non-disk) is not, though its raw cosine to a disk is high; nor
+    is a flat image, which fits a disk of equal inside and outside intensity."""
     disks = datasets_synth.get("disks", size=16)
     sigma = 0.01
-    x = disks.sample(32, 1)
-    gen = torch.Generator().manual_seed(1)
-    noisy = x + sigma * torch.randn(x.shape, generator=gen)
-    assert on_manifold(manifold_residuals(x, disks, sigma), sigma).all()
-    assert on_manifold(manifold_residuals(noisy, disks, sigma), sigma).all()
-    # the average of two disks images with disks apart: two half-contrast disks
+    tol = ON_MANIFOLD_FACTOR * sigma ** 2
     contrast = torch.linspace(0.2, 0.6, 8, dtype=torch.float64)  # 0.1: within 2σ² at σ=0.01
     first = torch.stack([torch.full_like(contrast, 5.0), torch.full_like(contrast, 5.0),
                          torch.full_like(contrast, 2.5), 0.4 + contrast,
                          torch.full_like(contrast, 0.4)], 1)
+    x = disks.render(first)
+    gen = torch.Generator().manual_seed(1)
+    noisy = x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+
+    def flags(images):
+        return on_manifold(*manifold_fit(images, disks, sigma), sigma)
+
+    assert flags(x).all() and flags(noisy).all()
+    residuals, shapes = manifold_fit(x, disks, sigma)  # a clean disk is its own fit
+    assert residuals.max() < 1e-3 * tol
+    np.testing.assert_allclose(shapes, x.flatten(1).var(1, unbiased=False).numpy(), rtol=1e-3)
+    # the average of two disks images with disks apart: two half-contrast disks
     second = first.clone()
     second[:, :2] = 11.0
-    blends = 0.5 * (disks.render(first) + disks.render(second))
-    assert not on_manifold(manifold_residuals(blends, disks, sigma), sigma).any()
-    assert manifold_residuals(x, datasets_synth.get("gaussian", size=16), sigma) is None
-    assert on_manifold([ON_MANIFOLD_FACTOR * sigma ** 2], sigma)[0]
-    assert not on_manifold([ON_MANIFOLD_FACTOR * sigma ** 2 * 1.01], sigma)[0]
+    assert not flags(0.5 * (x + disks.render(second))).any()
+    # flat images, clean or at σ, fit within the tolerance but their fit shows no shape
+    flat = torch.full_like(x, 0.3)
+    flat_noisy = flat + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    for images in (flat, flat_noisy):
+        residuals, shapes = manifold_fit(images, disks, sigma)
+        assert (residuals <= tol).all() and (shapes <= tol).all()
+        assert not flags(images).any()
+    assert manifold_fit(x, datasets_synth.get("gaussian", size=16), sigma) is None
+    assert on_manifold([tol], [1.01 * tol], sigma)[0]
+    assert not on_manifold([tol * 1.01], [1.01 * tol], sigma)[0]
+    assert not on_manifold([tol], [tol], sigma)[0]
+    with pytest.raises(ValueError, match="one value per image"):
+        on_manifold([tol, tol], [tol], sigma)

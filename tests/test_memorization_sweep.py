@@ -139,8 +139,12 @@ def test_sweep_results(sweep):
         assert base["manifold"]["noisy"]["on_manifold_fraction"] == 1.0
         for role in ("s1", "s2", "empirical"):
             residuals = np.array(res["per_sample"][role]["manifold_residual"])
+            shapes = np.array(res["per_sample"][role]["manifold_shape"])
+            tolerance = 2.0 * SAMPLER["sigma_min"] ** 2
             assert res["summary"][role]["on_manifold_fraction"] == pytest.approx(
-                float(np.mean(residuals <= 2.0 * SAMPLER["sigma_min"] ** 2)))
+                float(np.mean((residuals <= tolerance) & (shapes > tolerance))))
+            assert res["summary"][role]["flat_fraction"] == pytest.approx(
+                float(np.mean(shapes <= tolerance)))
         # the empirical denoiser's samples are training images: disks
         assert res["summary"]["empirical"]["on_manifold_fraction"] == 1.0
         # cross similarity pairs the two networks' samples drawn from the same noise

@@ -111,12 +111,11 @@ class BlindShrink(nn.Module):
         :func:`texture_level` of the clean images is below ``TEXTURE_FRACTION`` σ_d: see the
         module's measurements."""
         variance = u_clean.double().pow(2).mean()
-        level = noise_level(u_clean).double()
         self.variance.fill_(float(variance))
         if float(texture_level(u_clean).median()) < TEXTURE_FRACTION * float(variance.sqrt()):
             self.threshold.fill_(float("inf"))
             return
-        self.threshold.fill_(THRESHOLD_MARGIN * float(level.max()))
+        self.threshold.fill_(THRESHOLD_MARGIN * float(noise_level(u_clean).max()))
 
     def shrinkage(self, u: torch.Tensor) -> torch.Tensor:
         """``a`` (n, 1, 1, 1) in (0, 1] of each image u (n, c, h, w)."""

@@ -195,9 +195,9 @@ def _output_scales(cfg: TrainConfig, net: torch.nn.Module, u: torch.Tensor,
         _train_mode(net, frozen_norm=True)
         if as_is <= shrunk:
             return 1.0, 1.0
+    if isinstance(net, BlindShrink):  # told σ, it takes EDM's form instead of σ̂'s
+        net.reset_parameters()
     if warm:
-        if isinstance(net, BlindShrink):  # told σ, it takes EDM's form instead of σ̂'s
-            net.reset_parameters()
         zero_output_layer(net)
     return edm
 

@@ -23,7 +23,8 @@ For each distribution and training-set size N, a ``memorization`` cell
 6. for a family that can project onto its manifold (``Distribution.project``: disks),
    which samples are images of the family: the squared distance to the best fit per
    pixel at most ``memorization.ON_MANIFOLD_FACTOR``·σ_last² (σ_last: the sampler's last
-   noise level), with the held-out images, clean and seen at σ_last, as baselines.
+   noise level) and the fit's distance to the nearest constant image above it (a flat
+   fit shows no shape), with the held-out images, clean and seen at σ_last, as baselines.
 
 Besides the plain d1/d2, the ratio between unit-norm images is recorded: a bias-free
 network is homogeneous (``f(ay) = a f(y)``), so when it memorizes it reproduces a training
@@ -57,7 +58,7 @@ from ..evaluation import check_sigmas, mse_curve
 from ..memorization import (
     COPY_THRESHOLD,
     ON_MANIFOLD_FACTOR,
-    manifold_residuals,
+    manifold_fit,
     memorization_measures,
     on_manifold,
     reference_direction,
@@ -80,7 +81,7 @@ ROLES = ("s1", "s2", "empirical")  # S1 network, S2 network, empirical denoiser 
 PER_SAMPLE = ("memorized", "copy_cos", "copy_index", "ratio", "memorized_ratio",
               "ratio_unit", "memorized_unit", "nn_index", "cos_nn", "cos_nn_centered",
               "max_cos", "max_cos_centered", "cross_cos", "cross_cos_centered",
-              "cross_copy_cos", "manifold_residual")
+              "cross_copy_cos", "manifold_residual", "manifold_shape")
 BASELINE_PER_SAMPLE = ("memorized", "copy_cos", "cos_nn", "cos_nn_centered")
 
 
@@ -279,13 +280,21 @@ def last_sigma(method: str, options: dict) -> float:
     return float(options.get(name, default))
 
 
-def _manifold_summary(residuals: np.ndarray, sigma: float) -> dict:
-    """Fraction of images of the family (:func:`on_manifold`), its Wilson interval and the
-    median residual per pixel."""
-    flags = on_manifold(residuals, sigma)
-    return {"on_manifold_fraction": float(flags.mean()),
-            "on_manifold_ci": wilson_interval(int(flags.sum()), len(flags)),
-            "median_manifold_residual": float(np.median(residuals))}
+def _manifold_summary(images: torch.Tensor, dist, sigma: float):
+    """Images of the family among ``images`` (:func:`on_manifold`): ``(summary, residuals,
+    shapes)``, the per-image values of :func:`manifold_fit` (n,) and a summary with their
+    fraction, its Wilson interval, the fraction of flat images (the fit's shape within the
+    tolerance) and the median residual per pixel; None when the family has no projection."""
+    fit = manifold_fit(images, dist, sigma)
+    if fit is None:
+        return None
+    residuals, shapes = fit
+    flags = on_manifold(residuals, shapes, sigma)
+    summary = {"on_manifold_fraction": float(flags.mean()),
+               "on_manifold_ci": wilson_interval(int(flags.sum()), len(flags)),
+               "flat_fraction": float((shapes <= ON_MANIFOLD_FACTOR * sigma ** 2).mean()),
+               "median_manifold_residual": float(np.median(residuals))}
+    return summary, residuals, shapes
 
 
 def _json_summary(summary: dict) -> dict:
@@ -372,8 +381,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     and ``copy_threshold``; ``baseline`` (the cell's held-out images against S1:
     ``summary`` and ``per_sample`` as for a role; absent without held-out images). For a
     family with ``project``: ``manifold`` (``sigma_last``, ``factor``), each role's
-    summary adds ``on_manifold_fraction``, ``on_manifold_ci`` and
-    ``median_manifold_residual`` (per sample: ``manifold_residual``), and
+    summary adds ``on_manifold_fraction``, ``on_manifold_ci``, ``flat_fraction`` and
+    ``median_manifold_residual`` (per sample: ``manifold_residual``, ``manifold_shape``), and
     ``baseline["manifold"]`` holds those of the held-out images, ``clean`` and ``noisy``
     (plus σ_last noise). A diverging training or sampler gives ``failed`` (the message)
     and whatever was computed before.
@@ -424,13 +433,13 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         for role in ROLES:
             train_images, other = versus[role]
             frame = _measures(samples[role], train_images, other, reference)
-            residuals = manifold_residuals(samples[role], dist, sigma_last)
-            if residuals is not None:
-                frame["manifold_residual"] = residuals
+            manifold = _manifold_summary(samples[role], dist, sigma_last)
+            if manifold is not None:
+                frame["manifold_residual"], frame["manifold_shape"] = manifold[1:]
             frames[role] = frame
             summary = summarize(frame, seed=seed)
-            if residuals is not None:
-                summary.update(_manifold_summary(residuals, sigma_last))
+            if manifold is not None:
+                summary.update(manifold[0])
             if n >= 2:  # the unit-norm d1/d2 needs a second training image
                 unit = summarize(frame.assign(memorized=frame["memorized_unit"]), seed=seed)
                 summary["memorized_unit_fraction"] = unit["memorized_fraction"]
@@ -449,12 +458,11 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             # the family's own images, clean and seen at the sampler's last noise level
             gen = block_generator(derived_seed(seed, STREAM_HELD_NOISE), 0, STREAM_HELD_NOISE)
             noisy = held + sigma_last * torch.randn(held.shape, generator=gen)
-            residuals = {name: manifold_residuals(images, dist, sigma_last)
-                         for name, images in (("clean", held), ("noisy", noisy))}
-            if residuals["clean"] is not None:
-                result["baseline"]["manifold"] = {
-                    name: _json_summary(_manifold_summary(r, sigma_last))
-                    for name, r in residuals.items()}
+            manifold = {name: _manifold_summary(images, dist, sigma_last)
+                        for name, images in (("clean", held), ("noisy", noisy))}
+            if manifold["clean"] is not None:
+                result["baseline"]["manifold"] = {name: _json_summary(m[0])
+                                                  for name, m in manifold.items()}
         e = min(EXAMPLES, spec["n_samples"])
         nn1 = torch.tensor(frames["s1"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
         nn2 = torch.tensor(frames["s2"]["nn_index"].to_numpy()[:e], dtype=torch.int64)

@@ -264,7 +264,10 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
         return []
     lines = ["## Jacobian eigen-analysis", "",
              "At a noisy image y the denoiser acts as the linear map J = ∇f(y) (exactly, "
-             "f(y) = J y, for a bias-free network); the eigenvectors of its symmetric part are "
+             "f(y) = J y, for a bias-free network, and f(y) − μ̂ = J (y − μ̂) for one centred "
+             "on its mean image μ̂; not where the blind shrinkage acts, whose factor depends "
+             "on y: `homogeneity_error` in jacobian.csv, ‖J (y − μ̂) − (f(y) − μ̂)‖ / "
+             "‖f(y) − μ̂‖, is of order 1 there); the eigenvectors of its symmetric part are "
              "the adaptive basis, the eigenvalues the shrinkage, tr J the effective dimension "
              "(SCIENCE.md §6). SURE estimates the MSE from y alone: "
              "(‖f(y) − y‖² − dσ² + 2σ² tr J)/d, shown ± the SE of SURE − measured error "

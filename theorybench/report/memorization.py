@@ -91,6 +91,7 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
         row[f"cos_nn {name}"] = _num(s.get("median_cos_nn"))
         row[f"cos_nn_c {name}"] = _num(s.get("median_cos_nn_centered"))
         row[f"on {name}"] = _num(s.get("on_manifold_fraction"))
+        row[f"flat {name}"] = _num(s.get("flat_fraction"))
         row[f"on {name} lo"], row[f"on {name} hi"] = (
             s.get("on_manifold_ci") or (math.nan, math.nan))
     base = (res.get("baseline") or {}).get("summary", {})
@@ -100,6 +101,7 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
     manifold = (res.get("baseline") or {}).get("manifold", {})
     row["on held"] = _num(manifold.get("clean", {}).get("on_manifold_fraction"))
     row["on held noisy"] = _num(manifold.get("noisy", {}).get("on_manifold_fraction"))
+    row["flat held"] = _num(manifold.get("clean", {}).get("flat_fraction"))
     row["sigma_last"] = _num(res.get("manifold", {}).get("sigma_last"))
     s1 = res.get("summary", {}).get("s1", {})
     row["cross"] = s1.get("median_cross_cos", math.nan)
@@ -148,6 +150,9 @@ def _table(frame: pd.DataFrame) -> str:
         shown.insert(6, "images of the family: held-out clean / at σ_last",
                      [f"{a:.2f} / {b:.2f}" for a, b in zip(frame["on held"],
                                                            frame["on held noisy"], strict=True)])
+        shown.insert(7, "flat: S1 net / S2 net / held-out",
+                     [f"{a:.2f} / {b:.2f} / {c:.2f}" for a, b, c in
+                      zip(frame["flat S1"], frame["flat S2"], frame["flat held"], strict=True)])
     if frame["kl high"].notna().any():
         shown[f"KL σ0={sigma0:g} [low, high] nats"] = [
             f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(frame["kl low"], frame["kl high"],
@@ -309,11 +314,14 @@ def verdict(frame: pd.DataFrame) -> str:
         on = min(last["on S1"], last["on S2"])
         parts.append(f"Images of the family at N = {last['N']} (best fit of the family's "
                      f"parameters within {ON_MANIFOLD_FACTOR:g}σ_last² per pixel, σ_last = "
-                     f"{last['sigma_last']:g}): {_pct(last['on S1'])} of S1 and "
-                     f"{_pct(last['on S2'])} of S2 samples (real held-out images: "
+                     f"{last['sigma_last']:g}, and not flat): {_pct(last['on S1'])} of S1 "
+                     f"and {_pct(last['on S2'])} of S2 samples (real held-out images: "
                      f"{_pct(last['on held'])} clean, {_pct(last['on held noisy'])} at "
                      f"σ_last); ≥ {ON_MANIFOLD_MIN:.0%} for both networks: "
-                     f"**{'met' if on >= ON_MANIFOLD_MIN else 'not met'}**.")
+                     f"**{'met' if on >= ON_MANIFOLD_MIN else 'not met'}**. Flat (within "
+                     f"that tolerance of a constant image): {_pct(last['flat S1'])} of S1 "
+                     f"and {_pct(last['flat S2'])} of S2 samples, "
+                     f"{_pct(last['flat held'])} of real held-out images.")
     denoises = last["test mse"] < IDENTITY_FRACTION * last["sigma_mid"] ** 2
     if gen and not denoises:
         parts.append(f"Caveat: at N = {last['N']} the S1 network's test MSE at σ = "
@@ -385,7 +393,10 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
              f"(disks: 5), a sample is an **image of the family** when its squared distance "
              f"to the best fit is at most {ON_MANIFOLD_FACTOR:g}σ_last² per pixel (σ_last: "
              f"the sampler's last noise level; a real image seen at σ_last sits at about "
-             f"σ_last²), with held-out images, clean and at σ_last, as baselines. Cosines "
+             f"σ_last²) and it is not **flat**, i.e. its squared distance to the nearest "
+             f"constant image is above the same tolerance (a constant image fits a disk of "
+             f"equal inside and outside intensity and shows no shape), with held-out "
+             f"images, clean and at σ_last, as baselines. Cosines "
              f"are medians over samples; raw cosines carry little information on families "
              f"with a strong mean. Train/test MSE: the S1 network on S1 images and on "
              f"held-out images.",
