@@ -1,7 +1,7 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 22–29 minutes (thirteen runs on an
+``default`` gives meaningful numbers on a 2-core CPU in 22–29 minutes (fourteen runs on an
 idle machine, 2026-12; the same cells ran 10–25 % slower in the last than an hour before)
 with a peak of 3.0 GB (summed RSS of the driver and its two workers, sampled every 3 s;
 3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded their memory; the

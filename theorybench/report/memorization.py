@@ -318,7 +318,7 @@ def verdict(frame: pd.DataFrame) -> str:
                      f"and {_pct(last['on S2'])} of S2 samples (real held-out images: "
                      f"{_pct(last['on held'])} clean, {_pct(last['on held noisy'])} at "
                      f"σ_last); ≥ {ON_MANIFOLD_MIN:.0%} for both networks: "
-                     f"**{'met' if on >= ON_MANIFOLD_MIN else 'not met'}**. Flat (within "
+                     f"**{'met' if on >= ON_MANIFOLD_MIN else 'not met'}**. Flat (fit within "
                      f"that tolerance of a constant image): {_pct(last['flat S1'])} of S1 "
                      f"and {_pct(last['flat S2'])} of S2 samples, "
                      f"{_pct(last['flat held'])} of real held-out images.")
