@@ -162,26 +162,27 @@ def _table(frame: pd.DataFrame) -> str:
 
 @cached_figure
 def _figure_vs_n(frame: pd.DataFrame, label: str):
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
     palette = PALETTE
     n = frame["N"].to_numpy()
-    for i, (name, text) in enumerate((("S1", "S1 network"), ("S2", "S2 network"),
-                                      ("emp", "empirical denoiser"))):
+    for i, (name, text) in enumerate((("S1", "S1 net"), ("S2", "S2 net"),
+                                      ("emp", "empirical"))):
         p = frame[f"mem {name}"].to_numpy()
         err = np.abs(np.stack([p - frame[f"mem {name} lo"], frame[f"mem {name} hi"] - p]))
         axes[0].errorbar(n, p, yerr=err, marker="o", ms=4, capsize=3, color=palette[i],
-                         label=text)
+                         label=f"{text}: memorized")
         if name != "emp":
             axes[0].plot(n, frame[f"memr {name}"], ls=":", marker="x", color=palette[i],
-                         label=f"{text}, d1/d2 < {MEMORIZED_RATIO:.2g} (N ≥ 2)")
+                         label=f"{text}: d1/d2 < {MEMORIZED_RATIO:.2g}")
     axes[0].plot(n, frame["mem held"], ls="--", marker="s", ms=4, color="black",
-                 label="real held-out images (baseline)")
+                 label="held-out: memorized")
     if frame["on S1"].notna().any():  # samples that are images of the family
         for i, name in enumerate(("S1", "S2")):
             axes[0].plot(n, frame[f"on {name}"], ls="-.", marker="d", ms=4,
-                         color=palette[4 + i], label=f"{name} network: images of the family")
-    axes[0].set(ylabel=f"fraction (memorized: centred cos ≥ {COPY_COSINE:.3g})",
-                ylim=(-0.03, 1.03))
+                         color=palette[4 + i], label=f"{name} net: family images")
+        axes[0].plot(n, frame["on held"], ls="--", marker="d", ms=4, color="grey",
+                     label="held-out: family images")
+    axes[0].set(ylabel=f"fraction (memorized: centred cos ≥ {COPY_COSINE:.3g})")
     for col, text, color, style in (("cos_c S1", "nearest training (S1 net)", 0, "-"),
                                     ("cos_c S2", "nearest training (S2 net)", 1, "-"),
                                     ("cross_cc", "S1 net vs S2 net", 2, "-"),
@@ -198,7 +199,11 @@ def _figure_vs_n(frame: pd.DataFrame, label: str):
     axes[2].set(yscale="log", ylabel=f"MSE per pixel of the S1 network at σ={sigma_mid:g}")
     for ax in axes:
         ax.set(xscale="log", xlabel="training-set size N")
+    for ax in axes[1:]:
         ax.legend(fontsize=7)
+    # the fractions' nine entries would cover their curves: in a band above them
+    axes[0].set(ylim=(-0.03, 1.6), yticks=np.linspace(0, 1, 6))
+    axes[0].legend(fontsize=7, loc="upper center", ncol=2)
     fig.suptitle(label, fontsize=9)
     return fig
 
