@@ -311,3 +311,9 @@ def test_standing_rows_name_where_a_network_loses_to_the_baselines():
         "no better than the mean image at σ ≥ 1": "2"}
     assert rows["per-sigma"]["worst MSE/U"] == "1.17 at σ = 2"
     assert rows["per-sigma"]["no better than the mean image at σ ≥ 1"] == "none"
+    # with the blind optimum, the universal network's row says where it loses too
+    curves["wiener-blind"] = curve(sig, [0.0101, 0.5, 0.04], "blind")
+    rows = {r["network"]: r for r in standing_rows(StudyData("gaussian", {"size": 8}, records),
+                                                    refs)}
+    assert rows["universal"]["no better than the identity at σ"] == "0.1 (blind optimum: 0.1)"
+    assert rows["per-sigma"]["no better than the identity at σ"] == "0.1"  # no blind note

@@ -217,12 +217,15 @@ def standing_rows(study: StudyData, refs: dict) -> list[dict]:
     MMSE where known, else the tightest upper reference, as in the KL bracket; below 1 the
     network beats every reference, which only an upper U allows) and the σ at which it is
     no better than the identity, or, for σ ≥ 1, than the mean-image baseline (the large-σ
-    limit of the MMSE)."""
+    limit of the MMSE). Where the entry has the blind optimum (kind ``blind``), the
+    universal network's identity column adds where that optimum is no better either: a
+    blind denoiser cannot do better there."""
     upper = refs.get("exact", refs.get("upper"))
     if upper is None:
         return []
     curves = study.reference["result"]["curves"]
     baselines = {n: curve_frame(curves[n]) for n in ("identity", "mean-image") if n in curves}
+    blind = [curve_frame(c) for c in curves.values() if c.get("kind") == "blind"]
     rows = []
     for net, frame in study.networks.items():
         if frame is None:
@@ -242,6 +245,10 @@ def standing_rows(study: StudyData, refs: dict) -> list[dict]:
             if name in baselines:
                 base = on_grid(baselines[name], grid)["mse"].to_numpy()
                 row[column] = ", ".join(f"{v:g}" for v in grid[where & (mse >= base)]) or "none"
+                if name == "identity" and net == "universal" and blind:
+                    optimum = on_grid(blind[0], grid)["mse"].to_numpy()
+                    row[column] += " (blind optimum: " + (", ".join(
+                        f"{v:g}" for v in grid[optimum >= base]) or "none") + ")"
         rows.append(row)
     return rows
 
