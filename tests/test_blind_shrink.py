@@ -89,6 +89,7 @@ def test_training_calibrates_and_checkpoints_keep_the_form(tmp_path):
     assert float(den.net.threshold) == pytest.approx(theta, rel=1e-5)
     den.save(tmp_path / "net.pt")
     back = NetworkDenoiser.load(tmp_path / "net.pt")
+    assert back.net.active  # the host-side flag follows the loaded θ
     y = field.sample(4, 9) + 1.5 * torch.randn(4, 1, 16, 16)
     torch.testing.assert_close(back(y, 1.5), den(y, 1.5))
     assert float(back.net.shrinkage(y - den.center).max()) < 1.0  # σ = 1.5: shrinking

@@ -176,6 +176,31 @@ def test_network_beating_the_upper_bound_at_some_sigma_is_clipped_there_only():
     assert low.kl_low < unclipped.kl_low and not unclipped.clipped
 
 
+def test_sigma_without_an_upper_bound_adds_nothing_and_clips_nothing():
+    # U = +inf above a coarse reference grid (report.common.extend_monotone): no bound there
+    sigmas = np.geomspace(0.1, 10, 20)
+    base = pd.DataFrame({"sigma": sigmas, "se": 1e-3, "d": 10})
+    net, lower = base.assign(mse=0.5), base.assign(mse=0.1)
+    upper = base.assign(mse=np.where(sigmas < 5, 0.3, np.inf))
+    for paired in (False, True):
+        if paired:
+            for curve in (net, lower, upper):
+                curve.attrs["errors"] = np.repeat(curve["mse"].to_numpy()[:, None], 8, 1)
+                curve.attrs["errors"][:, ::2] *= 1.1
+        table = kl_bound(net, {"lower": lower, "upper": upper}, sigma0=[0.1]).table
+        row = table.iloc[0]
+        assert not row.clipped and row.clipped_nats == 0 and row.clipped_max == 0
+        assert np.isfinite(table[["kl_low", "kl_high", "se_low", "se_high"]].to_numpy()).all()
+        # as if U equalled the network there (a gap of 0, nothing clipped)
+        level = upper.assign(mse=np.where(sigmas < 5, 0.3, 0.5))
+        if paired:
+            level.attrs["errors"] = np.where(np.isinf(upper.attrs["errors"]),
+                                             net.attrs["errors"], upper.attrs["errors"])
+        same = kl_bound(net, {"lower": lower, "upper": level}, sigma0=[0.1]).table.iloc[0]
+        assert row.kl_low > 0 and math.isclose(row.kl_low, same.kl_low)
+        assert math.isclose(row.kl_high, same.kl_high)
+
+
 def test_swapped_bounds_are_refused():
     sigmas = np.geomspace(0.1, 10, 10)
     base = pd.DataFrame({"sigma": sigmas, "se": 1e-3, "d": 10})
@@ -219,3 +244,6 @@ def test_bad_inputs():
         kl_bound(curve, {"exact": curve.iloc[:3]})
     with pytest.raises(ValueError, match="data_variance"):
         kl_bound(curve, {"exact": curve}, data_variance=float("nan"))
+    twice = curve.assign(sigma=[0.1, 0.2, 0.2, 0.4])
+    with pytest.raises(ValueError, match="distinct σ values, got σ = 0.2 twice"):
+        kl_bound(twice, {"exact": twice})

@@ -155,6 +155,8 @@ def test_summarize():
     assert out["median_copy_cos"] == pytest.approx(float(np.median(frame["copy_cos"])))
     assert out["median_cross_copy_cos"] == pytest.approx(1.0)
     assert out["copy_threshold"] == COPY_THRESHOLD
+    strict = summarize(memorization_measures(samples, train, threshold=0.005), seed=3)
+    assert strict["copy_threshold"] == 0.005 and strict["memorized_fraction"] < p
     assert out["median_cross_cos"] == pytest.approx(1.0)
     assert out["median_ratio"] == pytest.approx(float(np.median(frame["ratio"])))
     with pytest.raises(ValueError, match="frame must be"):

@@ -165,6 +165,8 @@ def test_convergence_flag():
     falling = {"step": [0, 50, 80, 90, 100], "sigma": [0.1], "mse": [[1.0, 0.5, 0.40, 0.35, 0.3]]}
     assert converged(flat) is True and converged(falling) is False
     assert converged({"step": [], "sigma": [], "mse": []}) is None
+    # measured more sparsely than the tail: compared with the one before the last
+    assert converged({"step": [0, 1000, 2000], "sigma": [0.1], "mse": [[1, 0.5, 0.1]]}) is False
     # a deliberately short training is still improving at its end: flagged
     dist = GaussianField(size=8)
     short = train(dist, TINY, TrainConfig(sigma=0.5, steps=20, batch_size=8, lr=3e-3,

@@ -40,6 +40,8 @@ find the off switch).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -84,6 +86,11 @@ class BlindShrink(nn.Module):
     inner : nn.Module        the bias-free network r.
     threshold : tensor ()    θ (pixel units); +inf until calibrated (the residual form).
     variance : tensor ()     σ_d², the data's mean per-pixel variance about μ̂.
+    active : bool            whether the shrinkage acts anywhere (θ finite: calibrated on
+                             textured data). A host-side copy of ``isfinite(θ)``, kept in
+                             step by every method that writes θ and by ``load_state_dict``,
+                             so that ``forward`` never reads a device tensor (a
+                             device-to-host sync per training and sampler step on a GPU).
     """
 
     def __init__(self, inner: nn.Module) -> None:
@@ -91,17 +98,21 @@ class BlindShrink(nn.Module):
         self.inner = inner
         self.register_buffer("threshold", torch.tensor(float("inf")))
         self.register_buffer("variance", torch.tensor(1.0))
+        self.active = False
+
+    def _set_threshold(self, theta: float) -> None:
+        self.threshold.fill_(theta)
+        self.active = math.isfinite(theta)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.active = bool(torch.isfinite(self.threshold))
 
     def reset_parameters(self) -> None:
         """Uncalibrated: θ = +inf (a = b = 1, the residual form) and σ_d² = 1."""
         with torch.no_grad():
-            self.threshold.fill_(float("inf"))
+            self._set_threshold(float("inf"))
             self.variance.fill_(1.0)
-
-    @property
-    def active(self) -> bool:
-        """Whether the shrinkage acts anywhere (θ finite: calibrated on textured data)."""
-        return bool(torch.isfinite(self.threshold))
 
     @torch.no_grad()
     def calibrate(self, u_clean: torch.Tensor) -> None:
@@ -113,9 +124,9 @@ class BlindShrink(nn.Module):
         variance = u_clean.double().pow(2).mean()
         self.variance.fill_(float(variance))
         if float(texture_level(u_clean).median()) < TEXTURE_FRACTION * float(variance.sqrt()):
-            self.threshold.fill_(float("inf"))
+            self._set_threshold(float("inf"))
             return
-        self.threshold.fill_(THRESHOLD_MARGIN * float(noise_level(u_clean).max()))
+        self._set_threshold(THRESHOLD_MARGIN * float(noise_level(u_clean).max()))
 
     def shrinkage(self, u: torch.Tensor) -> torch.Tensor:
         """``a`` (n, 1, 1, 1) in (0, 1] of each image u (n, c, h, w)."""

@@ -95,6 +95,13 @@ def trapezoid_weights(u: np.ndarray, u0: float) -> np.ndarray:
     return c
 
 
+def _weighted(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``weights @ rows`` over the σ that carry weight (rows (n_σ, ...)): a σ of weight 0,
+    where a curve may be ±inf, adds 0, not NaN."""
+    used = weights != 0
+    return weights[used] @ rows[used]
+
+
 def _checked(curve: pd.DataFrame, sigmas: np.ndarray, label: str) -> pd.DataFrame:
     grid = curve["sigma"].to_numpy()
     if grid.shape != sigmas.shape or not np.allclose(grid, sigmas):
@@ -141,8 +148,11 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
                          f"{sorted(references)}")
     order = np.argsort(network["sigma"].to_numpy())
     sig = network["sigma"].to_numpy()[order]
-    if len(sig) < 2 or np.any(np.diff(sig) <= 0):
-        raise ValueError("kl_bound needs at least two distinct σ values")
+    if len(sig) < 2:
+        raise ValueError(f"kl_bound needs at least two σ values, got {len(sig)}")
+    if np.any(np.diff(sig) <= 0):
+        raise ValueError(f"kl_bound needs distinct σ values, got σ = "
+                         f"{sig[:-1][np.diff(sig) <= 0][0]:.4g} twice")
     d = int(network["d"].iloc[0])
     raw = {"net": network, "low": low_ref, "high": high_ref}
     orders = {k: np.argsort(c["sigma"].to_numpy(), kind="stable") for k, c in raw.items()}
@@ -159,7 +169,9 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     closing = math.nan if data_variance is None else closing_term(data_variance, sig[-1])
     gap_low, gap_high = mse["net"] - mse["low"], mse["net"] - mse["high"]
     kept_low = np.maximum(gap_low, 0.0)  # the true gap is >= 0 (§4b): clip MSE − U
-    clipped = np.maximum(-gap_low, 0.0)
+    # U = +inf (no upper bound at that σ, e.g. above a coarse reference grid) bounds nothing
+    # there: B_low gains 0 and nothing counts as clipped
+    clipped = np.where(np.isfinite(mse["low"]), np.maximum(-gap_low, 0.0), 0.0)
     u = np.log(sig)
     inv_s2 = sig ** -2.0
     errors = {k: c.attrs.get("errors") for k, c in raw.items()}
@@ -180,11 +192,12 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         if paired:  # per-image integrals, then their standard error
             e_net = errors["net"][orders["net"]] * d
             for side in ("low", "high"):
-                per_image = weights[side] @ (e_net - errors[side][orders[side]] * d)
+                per_image = _weighted(weights[side], e_net - errors[side][orders[side]] * d)
                 row[f"se_{side}"] = float(per_image.std(ddof=1) / math.sqrt(per_image.size))
         else:
             for side in ("low", "high"):
-                row[f"se_{side}"] = float(weights[side] @ np.sqrt(se["net"] ** 2 + se[side] ** 2))
+                row[f"se_{side}"] = float(_weighted(weights[side],
+                                                    np.sqrt(se["net"] ** 2 + se[side] ** 2)))
         row["bits_low"] = row["kl_low"] / (d * math.log(2))
         row["bits_high"] = row["kl_high"] / (d * math.log(2))
         used = c > 0

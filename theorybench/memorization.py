@@ -234,7 +234,8 @@ def memorization_measures(samples: torch.Tensor, train_images: torch.Tensor,
     Returns
     -------
     DataFrame with columns ``copy_cos``, ``copy_distance``, ``copy_index``, ``memorized``
-    (``copy_distance < threshold``: the headline flag, defined at every N), ``d1``, ``d2``
+    (``copy_distance < threshold``: the headline flag, defined at every N; the threshold
+    is kept in ``frame.attrs["copy_threshold"]``), ``d1``, ``d2``
     (Euclidean, pixel units; ``d2 = inf`` at N = 1), ``ratio`` (``d1/d2``; 1 when
     ``d2 = 0``, NaN at N = 1), ``memorized_ratio`` (``ratio < 1/3``), ``nn_index``,
     ``cos_nn``, ``cos_nn_centered``, ``max_cos``, ``max_cos_index``, ``max_cos_centered``,
@@ -263,7 +264,9 @@ def memorization_measures(samples: torch.Tensor, train_images: torch.Tensor,
         columns["cross_cos_centered"] = cosine(samples, other, centered=True)
         columns["cross_copy_cos"] = (copy_directions(samples, reference)
                                      * copy_directions(other, reference)).sum(1)
-    return pd.DataFrame({k: v.cpu().numpy() for k, v in columns.items()})
+    frame = pd.DataFrame({k: v.cpu().numpy() for k, v in columns.items()})
+    frame.attrs["copy_threshold"] = threshold  # read back by summarize
+    return frame
 
 
 def manifold_fit(images: torch.Tensor, dist, sigma: float):
@@ -272,7 +275,7 @@ def manifold_fit(images: torch.Tensor, dist, sigma: float):
     distance to the fit per pixel ``‖s − P(s)‖²/d`` and the fit's own squared distance to
     the nearest constant image per pixel ``‖P(s) − mean P(s)‖²/d`` (the energy of the
     shape it found); None when the family has no projection. Compare both with
-    ``ON_MANIFOLD_FACTOR · sigma²`` (:func:`on_manifold`)."""
+    :func:`manifold_tolerance` (:func:`on_manifold`)."""
     sigma = check_float("sigma", sigma, low=0.0, low_open=True)
     fitted = dist.project(images, sigma)
     if fitted is None:
@@ -283,13 +286,19 @@ def manifold_fit(images: torch.Tensor, dist, sigma: float):
     return residuals.cpu().numpy(), shapes.cpu().numpy()
 
 
+def manifold_tolerance(sigma: float) -> float:
+    """``ON_MANIFOLD_FACTOR · sigma²``: the per-pixel squared distance within which an image
+    counts as its fit, and a fit as a constant image (flat), at noise level ``sigma``."""
+    return ON_MANIFOLD_FACTOR * float(sigma) ** 2
+
+
 def on_manifold(residuals: np.ndarray, shapes: np.ndarray, sigma: float) -> np.ndarray:
     """Flags ``residual ≤ F σ² < shape`` (``F = ON_MANIFOLD_FACTOR``; both (n,) from
     :func:`manifold_fit`): the sample is an image of the family up to the sampler's last
     noise level ``sigma`` (SCIENCE.md §8), and the shape of its fit stands above that
     tolerance (a fit within it of a constant image, which such families hold, shows no
     shape: a flat sample)."""
-    tolerance = ON_MANIFOLD_FACTOR * float(sigma) ** 2
+    tolerance = manifold_tolerance(sigma)
     residuals, shapes = np.asarray(residuals), np.asarray(shapes)
     if residuals.shape != shapes.shape:
         raise ValueError(f"residuals and shapes must have one value per image, got shapes "
@@ -342,7 +351,9 @@ def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,
     ``median_copy_cos``, ``median_copy_distance``, ``median_ratio`` (None at N = 1),
     ``median_cos_nn``, ``median_cos_nn_centered``, ``median_max_cos``,
     ``median_max_cos_centered`` (and ``median_cross_cos``, ``median_cross_cos_centered``,
-    ``median_cross_copy_cos`` when the frame has the cross columns); ``copy_threshold``.
+    ``median_cross_copy_cos`` when the frame has the cross columns); ``copy_threshold``
+    (the one the frame's ``memorized`` flags used; ``COPY_THRESHOLD`` for a frame that does
+    not say).
     """
     if not isinstance(frame, pd.DataFrame) or "memorized" not in frame or len(frame) == 0:
         raise ValueError("frame must be a non-empty DataFrame from memorization_measures")
@@ -350,7 +361,7 @@ def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,
     p, low, high = bootstrap_fraction(flags, seed=seed, n_boot=n_boot, level=level)
     out = {"n": len(frame), "memorized_fraction": p, "memorized_ci": (low, high),
            "memorized_ci_wilson": wilson_interval(int(flags.sum()), len(flags), level),
-           "copy_threshold": COPY_THRESHOLD}
+           "copy_threshold": frame.attrs.get("copy_threshold", COPY_THRESHOLD)}
     ratio_defined = "ratio" in frame and bool(np.isfinite(frame["ratio"].to_numpy()).all())
     if "memorized_ratio" in frame:
         out["memorized_ratio_fraction"] = (float(frame["memorized_ratio"].mean())
@@ -366,5 +377,6 @@ def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,
 
 __all__ = ["COPY_COSINE", "COPY_THRESHOLD", "MEMORIZED_RATIO", "ON_MANIFOLD_FACTOR",
            "bootstrap_fraction", "copy_directions", "cosine", "manifold_fit",
-           "memorization_measures", "nearest_copy", "nearest_neighbours", "on_manifold",
-           "reference_direction", "summarize", "wilson_interval"]
+           "manifold_tolerance", "memorization_measures", "nearest_copy",
+           "nearest_neighbours", "on_manifold", "reference_direction", "summarize",
+           "wilson_interval"]

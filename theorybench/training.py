@@ -143,7 +143,10 @@ def _meta_value(value):
 
 
 class _Monitor:
-    """Held-out MSE at fixed σ on fixed images and noise, measured during training."""
+    """MSE at fixed σ on fixed images and noise, measured during training: images the
+    distribution samples (``MONITOR_SEED``), as the evaluation draws them, so held out
+    wherever the evaluation is (endless families; finite sets on their ``test`` split, as
+    the presets use them)."""
 
     def __init__(self, dist, cfg: TrainConfig, device) -> None:
         self.sigmas = list(cfg.monitor_sigmas)
@@ -220,14 +223,15 @@ def converged(monitor: dict, drop: float = CONVERGENCE_DROP,
 
     The error is ``mean_σ MSE(σ)/σ²`` over the monitored σ (the KL objective's weighting);
     the comparison is between the last measurement and the one nearest to the start of
-    the tail. None when nothing was monitored.
+    the tail, never the last itself (with measurements sparser than the tail, the one
+    before it). None when nothing was monitored.
     """
     steps = np.asarray(monitor.get("step", []), dtype=float)
     if len(steps) < 2:
         return None
     sig = np.asarray(monitor["sigma"], dtype=float)[:, None]
     error = (np.asarray(monitor["mse"], dtype=float) / sig**2).mean(0)
-    start = int(np.argmin(np.abs(steps - steps[-1] * (1 - tail))))
+    start = min(int(np.argmin(np.abs(steps - steps[-1] * (1 - tail)))), len(steps) - 2)
     return bool(error[-1] >= (1 - drop) * error[start])
 
 
@@ -300,13 +304,15 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
         images = _minibatch_images(train_images.float().to(device), cfg.seed, chunk)
 
     net = build_network(net_cfg, block_generator(cfg.seed, 0, STREAM_INIT), device=device)
+    # a per-σ network in EDM's form drops the blind shrinkage (_output_scales): no calibration
+    calibrate = isinstance(net, BlindShrink) and cfg.precondition == "none"
     if init is not None:
         net.load_state_dict(init.net.state_dict())
         center = None if init.center is None else init.center.to(device)
-    elif cfg.center or isinstance(net, BlindShrink):
+    elif cfg.center or calibrate:
         clean = calibration_images(dist, train_images, cfg.seed).to(device)
         center = clean.mean(0) if cfg.center else None
-        if isinstance(net, BlindShrink):
+        if calibrate:
             net.calibrate(centered(clean, center))
     else:
         center = None

@@ -59,6 +59,7 @@ from ..memorization import (
     COPY_THRESHOLD,
     ON_MANIFOLD_FACTOR,
     manifold_fit,
+    manifold_tolerance,
     memorization_measures,
     on_manifold,
     reference_direction,
@@ -292,7 +293,7 @@ def _manifold_summary(images: torch.Tensor, dist, sigma: float):
     flags = on_manifold(residuals, shapes, sigma)
     summary = {"on_manifold_fraction": float(flags.mean()),
                "on_manifold_ci": wilson_interval(int(flags.sum()), len(flags)),
-               "flat_fraction": float((shapes <= ON_MANIFOLD_FACTOR * sigma ** 2).mean()),
+               "flat_fraction": float((shapes <= manifold_tolerance(sigma)).mean()),
                "median_manifold_residual": float(np.median(residuals))}
     return summary, residuals, shapes
 
