@@ -77,11 +77,14 @@ class Faces(_SplitImages):
 
 
 def load_folder(path: str | Path, size: int) -> torch.Tensor:
-    """Every image of a folder as (N, 1, size, size) float32 in [0, 1]: grayscale,
-    centre-cropped to a square, resized with antialiasing. Files are read in sorted order."""
+    """Every image of a folder as (N, 1, size, size) float32 in [0, 1]: grayscale (an
+    alpha channel composited on white), centre-cropped to a square, resized with
+    antialiasing. Integer files are scaled by their type's range (8 or 16 bits); values
+    outside [0, 1] are clipped. Files are read in sorted order."""
     from skimage.color import rgb2gray, rgba2rgb
     from skimage.io import imread
     from skimage.transform import resize
+    from skimage.util import img_as_float64
 
     folder = Path(path)
     if not folder.is_dir():
@@ -93,11 +96,11 @@ def load_folder(path: str | Path, size: int) -> torch.Tensor:
                          f"(valid suffixes: {', '.join(IMAGE_SUFFIXES)})")
     images = []
     for file in files:  # I/O bound: one decode per file, done once per instance
-        img = np.asarray(imread(file), dtype=np.float64)
+        # integers scaled by their type's range (uint8 by 255, uint16 by 65535), before the
+        # colour conversions, which expect [0, 1]; floating-point files are read as they are
+        img = img_as_float64(imread(file))
         if img.ndim == 3:
             img = rgb2gray(rgba2rgb(img) if img.shape[-1] == 4 else img[..., :3])
-        if img.max() > 1.0:
-            img = img / (65535.0 if img.max() > 255 else 255.0)
         h, w = img.shape
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2

@@ -171,12 +171,18 @@ def check_shape_prior(size, r_min, r_max, fg_mean, fg_std, bg_mean, bg_std,
                       floor: float) -> dict:
     """The validated parameters of a shape manifold: ``size >= 8``, a size range
     ``floor <= r_min < r_max < size/2`` (defaults ``max(floor, size/8)`` and
-    ``max(r_min + 1, size/4)``), finite intensity means and positive standard deviations."""
+    ``max(r_min + 1, size/4)``, or halfway from r_min to size/2 where that is not below
+    size/2), finite intensity means and positive standard deviations."""
     size = check_int("size", size, low=8)
     r_min = check_float("r_min", max(floor, size / 8) if r_min is None else r_min, low=floor,
                         high=size / 2)
-    r_max = check_float("r_max", max(r_min + 1, size / 4) if r_max is None else r_max,
-                        low=r_min, low_open=True)
+    if r_min >= size / 2:
+        raise ValueError(f"r_min must be in [{floor}, {size / 2}) (below size/2, with room "
+                         f"for r_max), got {r_min}")
+    if r_max is None:
+        r_max = max(r_min + 1, size / 4)
+        r_max = r_max if r_max < size / 2 else (r_min + size / 2) / 2
+    r_max = check_float("r_max", r_max, low=r_min, low_open=True)
     if r_max >= size / 2:
         raise ValueError(f"r_max must be in ({r_min}, {size / 2}) (size/2), got {r_max}")
     return {"size": size, "r_min": r_min, "r_max": r_max,

@@ -350,6 +350,8 @@ API_CASES = [
      "alpha must be"),
     ("disks-radius-too-large", lambda ctx: datasets_synth.get("disks", size=16, r_max=9.0),
      "r_max"),
+    ("disks-r-min-at-half-size", lambda ctx: datasets_synth.get("disks", size=8, r_min=4.0),
+     r"r_min must be in \[.*, 4.0\) \(below size/2"),
     ("shuffled-of-shuffled", lambda ctx: datasets_synth.get("shuffled", base="shuffled"),
      "another distribution"),
     ("faces-split-unknown", lambda ctx: datasets_synth.get("faces", split="valid"), "split"),

@@ -117,6 +117,18 @@ def test_faces_folder_loader(image_folder):
         imsave(flat / f"c{i}.png", np.full((20, 30), 128, np.uint8), check_contrast=False)
     const = datasets_synth.get("faces-folder", path=str(flat), size=8, split="all")
     assert torch.allclose(const.images, torch.full_like(const.images, 128 / 255), atol=1e-6)
+    # an opaque RGBA file is the same image as its RGB one; 16-bit files scale by 65535
+    rgb = (np.random.default_rng(1).random((20, 20, 3)) * 255).astype(np.uint8)
+    modes = image_folder.parent / "modes"
+    modes.mkdir(exist_ok=True)
+    imsave(modes / "a.png", rgb, check_contrast=False)
+    imsave(modes / "b.png", np.dstack([rgb, np.full((20, 20), 255, np.uint8)]),
+           check_contrast=False)
+    imsave(modes / "c.png", np.full((20, 20), 128 * 257, np.uint16), check_contrast=False)
+    both = datasets_synth.get("faces-folder", path=str(modes), size=8, split="all").images
+    assert 0.2 < float(both[0].mean()) < 0.8
+    torch.testing.assert_close(both[1], both[0])
+    assert torch.allclose(both[2], torch.full_like(both[2], 128 / 255), atol=1e-6)
 
 
 def test_shuffled_permutation_and_inverse():

@@ -44,6 +44,7 @@ def test_every_base_reference_is_conjugated(base, params):
         assert isinstance(den, Conjugated), name
         assert den.kind == base_refs[name].kind, name
         assert den.oracle == base_refs[name].oracle, name
+        assert den.differentiable == getattr(base_refs[name], "differentiable", True), name
         assert den.description == f"P f P^-1 of {base_refs[name].description}", name
     if base == "faces":
         assert refs["empirical-train"].kind == "upper"

@@ -17,6 +17,9 @@ class Conjugated(ReferenceDenoiser):
         self.shuffler = shuffler
         self.oracle = getattr(denoiser, "oracle", False)
         self.costly = getattr(denoiser, "costly", False)
+        # a denoiser computed outside autograd stays so (the Jacobian analysis skips it);
+        # `given` and `moments` (the Jacobian references) are not carried over
+        self.differentiable = getattr(denoiser, "differentiable", True)
         self.description = f"P f P^-1 of {getattr(denoiser, 'description', denoiser)!s}"
 
     def __call__(self, y, sigma, latents=None):
