@@ -54,7 +54,15 @@ def test_dimension_study_rows(smoke):
     assert table["k"].tolist() == [1, 3]
     assert (table["L/σ²"] <= table["U/σ²"] + 3 * table["U_se"]).all()
     assert table[["network/σ²", "count>0.5", "trace", "angle max°"]].notna().all().all()
-    assert not pd.read_csv(out / "training.csv").to_string().count("ellipses")
+    training = pd.read_csv(out / "training.csv")  # its networks: in the training table only
+    assert set(training.study[training.entry.str.startswith("ellipses")]) == {"dimension"}
+    assert (training.study == "dimension").sum() == 2
+    dim = training[training.study == "dimension"]
+    flags = {k: dim.converged[dim.entry.str.contains(f"k={k}[,)]")].item() for k in table.k}
+    assert table["converged"].tolist() == [flags[k] for k in table.k]
+    readme = (out / "README.md").read_text()
+    if not table["converged"].all():  # the section names the networks still improving
+        assert "Still improving when training stopped (`converged` False" in readme
     _, _, meta = smoke
     assert meta["preset"] == "smoke" and meta["computed"] == meta["cells"]
 

@@ -216,23 +216,33 @@ def _train_mode(net: torch.nn.Module, frozen_norm: bool) -> None:
                 module.eval()
 
 
-def converged(monitor: dict, drop: float = CONVERGENCE_DROP,
-              tail: float = CONVERGENCE_TAIL) -> bool | None:
-    """False when the held-out error fell by more than ``drop`` over the last ``tail`` of
-    the steps (the network was still improving: more steps would change its numbers).
+def monitored_error(monitor: dict) -> np.ndarray:
+    """The held-out error per measurement (m,): ``mean_σ MSE(σ)/σ²`` over the monitored σ
+    (the KL objective's weighting)."""
+    sig = np.asarray(monitor["sigma"], dtype=float)[:, None]
+    return (np.asarray(monitor["mse"], dtype=float) / sig**2).mean(0)
 
-    The error is ``mean_σ MSE(σ)/σ²`` over the monitored σ (the KL objective's weighting);
-    the comparison is between the last measurement and the one nearest to the start of
-    the tail, never the last itself (with measurements sparser than the tail, the one
-    before it). None when nothing was monitored.
-    """
+
+def tail_drop(monitor: dict, tail: float = CONVERGENCE_TAIL) -> float | None:
+    """Relative fall ``1 − e_last/e_start`` of :func:`monitored_error` over the last ``tail``
+    of the steps: from the measurement nearest the tail's start, never the last itself
+    (with measurements sparser than the tail, the one before it). None when fewer than two
+    measurements were taken."""
     steps = np.asarray(monitor.get("step", []), dtype=float)
     if len(steps) < 2:
         return None
-    sig = np.asarray(monitor["sigma"], dtype=float)[:, None]
-    error = (np.asarray(monitor["mse"], dtype=float) / sig**2).mean(0)
+    error = monitored_error(monitor)
     start = min(int(np.argmin(np.abs(steps - steps[-1] * (1 - tail)))), len(steps) - 2)
-    return bool(error[-1] >= (1 - drop) * error[start])
+    return float(1.0 - error[-1] / error[start])
+
+
+def converged(monitor: dict, drop: float = CONVERGENCE_DROP,
+              tail: float = CONVERGENCE_TAIL) -> bool | None:
+    """False when the held-out error fell by more than ``drop`` over the last ``tail`` of
+    the steps (:func:`tail_drop`: the network was still improving, more steps would change
+    its numbers). None when nothing was monitored."""
+    fall = tail_drop(monitor, tail)
+    return None if fall is None else bool(fall <= drop)
 
 
 def calibration_images(dist, train_images: torch.Tensor | None, seed: int) -> torch.Tensor:

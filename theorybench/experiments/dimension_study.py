@@ -85,7 +85,8 @@ def dimension_rows(records: list[dict]) -> list[dict]:
     Columns: ``k``; at the smallest σ of the grid (``sigma``): ``U/σ²`` (the posterior,
     an upper bound), ``L/σ²`` (the best lower bound, or the quadrature posterior where it
     is exact: k ≤ 2), ``network/σ²`` (the universal network), each a total MSE over the
-    pixels divided by σ², with ``*_se``; at ``sigma_jacobian``: the network Jacobian's
+    pixels divided by σ², with ``*_se``, and the network's ``converged`` flag
+    (:func:`~theorybench.training.converged`); at ``sigma_jacobian``: the network Jacobian's
     mean ``count>0.5`` (eigenvalues above 0.5), mean ``trace`` and the mean over images
     of the largest and of the mean principal angle (degrees) between its top-k
     eigenvectors and the tangent space; the same for the optimum (``optimum …``: the
@@ -110,6 +111,7 @@ def dimension_rows(records: list[dict]) -> list[dict]:
                 row["L kind"] = best["kind"]
         elif spec["kind"] == "network":
             row["network/σ²"], row["network_se"] = _total_over_s2(result["curve"], 0)
+            row["converged"] = result.get("converged")
         elif spec["kind"] == "jacobian":
             row["sigma_jacobian"] = result["sigma"]
             for who, prefix in (("network", ""), ("reference", "optimum ")):

@@ -69,7 +69,7 @@ from ..memorization import (
 from ..networks import net_config_for
 from ..sampling import SAMPLERS, SamplingDiverged, sample
 from ..train_config import TrainConfig
-from ..training import TrainingDiverged, train
+from ..training import TrainingDiverged, converged, train
 from .keys import CellKind, MissingCheckpoint, curve_record, entry_label
 
 KIND = "memorization"
@@ -120,7 +120,7 @@ def resolve_sampler(sampler: dict | None, sigma_max: float) -> dict:
 def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: int, lr: float,
                              sigma_max: float, n_samples: int, sigmas, n_eval: int,
                              sampler: dict | None, seed: int, objective: str = "paper",
-                             center: bool = False) -> list[dict]:
+                             center: bool = False, monitor_sigmas=()) -> list[dict]:
     """One ``memorization`` cell spec per (entry, N).
 
     Parameters
@@ -143,6 +143,8 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     objective : "paper" (σ = σ_max·u², unweighted: serves the sampler's large σ) or "kl"
                             (``training.TrainConfig``; the report says which was used).
     center : bool           subtract the training set's mean image (``TrainConfig.center``).
+    monitor_sigmas : sequence of float   σ of the held-out error tracked during each
+                            training (``TrainConfig.monitor_sigmas``; none: not monitored).
 
     Returns
     -------
@@ -158,7 +160,8 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     sigmas = check_sigmas(sigmas)
     train_cfg = TrainConfig(mode="universal", objective=objective, sigma_min=min(sigmas),
                             sigma_max=sigma_max, center=center, steps=steps,
-                            batch_size=batch_size, lr=lr, seed=seed)
+                            batch_size=batch_size, lr=lr, seed=seed,
+                            monitor_sigmas=tuple(monitor_sigmas))
     sampler = resolve_sampler(sampler, train_cfg.sigma_max)
     cells = []
     for name, params in entries:
@@ -371,7 +374,9 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     Returns
     -------
     dict with ``N``; ``train_seeds``, ``sampler`` (the options used, ``mean`` resolved);
-    ``loss_s1``/``loss_s2`` (final training loss); ``mse_train``/``mse_test`` (curves of
+    ``loss_s1``/``loss_s2`` (final training loss); ``monitor_s1``/``monitor_s2`` and
+    ``converged_s1``/``converged_s2`` (held-out error during training and its convergence
+    flag, :func:`~theorybench.training.converged`); ``mse_train``/``mse_test`` (curves of
     the S1 network: per-pixel MSE on S1 images and on held-out images, per σ of
     ``spec["sigmas"]``); ``summary`` ``{role: summarize(...)}`` and ``per_sample``
     ``{role: {column: K values}}`` (``memorized``: the copy criterion) for roles ``s1``
@@ -404,6 +409,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             den.save(cache.artifact_path(key, f"-s{i}.pt"))
             nets.append(den)
             result[f"loss_s{i}"] = den.history["loss"][-1] if den.history["loss"] else None
+            monitor = den.history.get("monitor", {})
+            result[f"monitor_s{i}"], result[f"converged_s{i}"] = monitor, converged(monitor)
 
         # generalization gap: the S1 network on its training images vs held-out images
         train_seed = derived_seed(seed, STREAM_TRAIN_EVAL)

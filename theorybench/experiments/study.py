@@ -45,7 +45,8 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
         entries, m["sizes"], m["net"], m["steps"], m["batch_size"], m.get("lr", preset.lr),
         sigma_max=m.get("sigma_max", 1.0), n_samples=m["n_samples"], sigmas=preset.sigmas,
         n_eval=m["n_eval"], sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
-        center=m.get("center", False))
+        center=m.get("center", False),
+        monitor_sigmas=[x for x in preset.monitor_sigmas if x <= m.get("sigma_max", 1.0)])
     pair_sigma = [m.get("pair_sigma", preset.sigmas[len(preset.sigmas) // 2])]
     references = []  # the MMSE bracket on the sweep's held-out images, at the σ grid
     for name, params in entries:

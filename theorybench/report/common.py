@@ -100,6 +100,18 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     return tightest_references(frames, kinds)
 
 
+def objective_law(train: dict) -> str:
+    """The σ law and loss of a universal network's training objective (a TrainConfig dict;
+    records before objectives existed trained the paper's)."""
+    t = train
+    log_uniform = f"ln σ uniform on [{t.get('sigma_min', 0):g}, {t['sigma_max']:g}]"
+    return {"kl": f"{log_uniform}, loss ‖f(y) − x‖²/σ² (the KL bound, SCIENCE.md §4c)",
+            "balanced": f"{log_uniform}, loss ‖f(y) − x‖²·(σ⁻² + σ_data⁻²), σ_data = "
+                        f"{t.get('sigma_data', 0.25):g} (the KL weight with a floor)",
+            "paper": f"σ = {t['sigma_max']:g}·u², unweighted loss (the paper's)"
+            }[t.get("objective", "paper")]
+
+
 def preconditioned(result: dict) -> bool:
     """Whether a network cell's network was trained in EDM's preconditioned form (records
     written before the form existed have no ``output_scales``: residual form)."""

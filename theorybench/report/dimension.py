@@ -18,8 +18,8 @@ from .common import architectures, markdown_table, write_csv
 
 WITHIN = 0.15  # "near k": within 15 % (the issue's test tolerance for the posterior)
 COLUMNS = ("k", "sigma", "L/σ²", "L kind", "U/σ²", "U_se", "network/σ²", "network_se",
-           "sigma_jacobian", "optimum count>0.5", "count>0.5", "optimum trace", "trace",
-           "optimum angle max°", "angle max°", "angle mean°")
+           "converged", "sigma_jacobian", "optimum count>0.5", "count>0.5", "optimum trace",
+           "trace", "optimum angle max°", "angle max°", "angle mean°")
 
 
 @cached_figure
@@ -73,6 +73,17 @@ def _networks(records: list[dict]) -> str:
             f"{t['sigma_min']:g} to {t['sigma_max']:g}.")
 
 
+def _unconverged(frame: pd.DataFrame) -> str:
+    """Which networks were still improving when their training stopped ("" when none)."""
+    if "converged" not in frame:
+        return ""
+    bad = frame["k"][frame["converged"] == False]  # noqa: E712 (None: not monitored)
+    if bad.empty:
+        return ""
+    return (f" Still improving when training stopped (`converged` False, section Training): "
+            f"k = {', '.join(str(k) for k in bad)}.")
+
+
 def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
     """Lines of the section (empty when the run has no dimension study); writes
     ``dimension.csv`` and ``dimension.png`` into ``out_dir``."""
@@ -114,5 +125,5 @@ def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
                   f"{frame['count>0.5'].min():.3g}–{frame['count>0.5'].max():.3g} eigenvalues "
                   "above 0.5 where the optimum keeps about k: on this training budget they do "
                   "not reach the small-σ regime where the law MSE/σ² ≈ k could be tested on "
-                  "a network.", ""]
+                  "a network." + _unconverged(frame), ""]
     return lines

@@ -25,6 +25,7 @@ from .common import (
     bracket,
     curve_frame,
     markdown_table,
+    objective_law,
     on_grid,
     preconditioned,
     slug,
@@ -424,6 +425,32 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
     return rows
 
 
+def _interpolated_clipping(curves: dict, integrands: dict[str, pd.DataFrame]) -> str:
+    """Where clipping falls between the stored σ of an upper reference kept on a coarser
+    grid (:func:`~theorybench.report.common.extend_monotone`): there U is the value at the
+    next stored σ above, so the clipping measures that extension, not the network."""
+    dense = max(len(frame) for frame in integrands.values())
+    coarse = {name: np.asarray(c["sigma"]) for name, c in curves.items()
+              if c["kind"] == "upper" and len(c["sigma"]) < dense}
+    if not coarse:
+        return ""
+    stored = np.concatenate(list(coarse.values()))
+    counts = {}
+    for net, frame in integrands.items():
+        where = frame["sigma"].to_numpy()[frame["clipped"].to_numpy() > 0]
+        between = sum(not np.isclose(stored, s, rtol=1e-6).any() for s in where)
+        if between:
+            counts[net] = f"{net}: {between} of the {len(where)} clipped σ"
+    if not counts:
+        return ""
+    names = ", ".join(f"`{n}` ({len(g)} σ)" for n, g in coarse.items())
+    return (f" Clipped σ between the stored σ of upper references kept on a coarser grid "
+            f"({names}): {'; '.join(counts.values())}. Between stored σ, U is the value at "
+            f"the next stored σ above (the MMSE does not decrease with σ), a valid but loose "
+            f"bound: there kl_low drops because U is loose, not because the network is "
+            f"good, so it does not compare with a kl_low integrated on U's own stored σ.")
+
+
 def study_header(records: list[dict]) -> list[str]:
     """What the stored cells were run with (grids, test images, networks, objectives)."""
     refs = [r["spec"] for r in records if r["spec"]["kind"] == "reference" and "result" in r]
@@ -449,11 +476,7 @@ def study_header(records: list[dict]) -> list[str]:
                       if r["spec"]["kind"] == "network" and "result" in r
                       and r["spec"]["train"]["mode"] == mode)
         warm = bool(mine[0].get("init_key"))
-        log_uniform = f"ln σ uniform on [{t.get('sigma_min', 0):g}, {t['sigma_max']:g}]"
-        law = {"kl": f"{log_uniform}, loss ‖f(y) − x‖²/σ² (the KL bound, SCIENCE.md §4c)",
-               "balanced": f"{log_uniform}, loss ‖f(y) − x‖²·(σ⁻² + σ_data⁻²), σ_data = "
-                           f"{t.get('sigma_data', 0.25):g} (the KL weight with a floor)",
-               "paper": f"σ = {t['sigma_max']:g}·u², unweighted loss (the paper's)"}[objective]
+        law = objective_law(t)
         lines.append(
             f"{mode} networks: {architectures(mine)}, {t['steps']} steps, batch {t['batch_size']}, "
             f"lr {t['lr']:g}, objective `{objective}`"
@@ -501,7 +524,8 @@ def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
     """KL(shuffled) − KL(base) of the networks: ``∫ (MSE_shuffled − MSE_base) σ⁻³ dσ``.
 
     The MMSE of the two families is identical (SCIENCE.md §5), so it cancels: the difference
-    of the two networks' KL gaps is exact, with no bracket. Image k and noise k of the
+    of the two networks' KL gaps needs no bracket (the integral is still the trapezoid on
+    the networks' grid). Image k and noise k of the
     shuffled family are ``P x_k`` and ``P z_k`` (``evaluation_noise``), so the per-image
     errors are paired and the standard error is that of the per-image integrals.
     """
@@ -637,7 +661,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():
                 lines += ["Flag: the network's MSE falls below the reference upper bound U at "
                           "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all): "
-                          "the true gap is ≥ 0, so U is loose there (or it is noise).", ""]
+                          "the true gap is ≥ 0, so U is loose there (or it is noise)."
+                          + _interpolated_clipping(study.reference["result"]["curves"],
+                                                   integrands), ""]
             if mine["closing"].isna().any():
                 lines += ["Flag: the reference record stores no data variance (computed before "
                           "it was recorded): the closing term is missing, so `kl_high` is the "
@@ -668,20 +694,28 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             part = frame[frame["table"] == table].drop(columns="table").dropna(axis=1, how="all")
             part = part[[c for c in part if not c.endswith("se_fit")]]  # in rates.csv only
             if len(part):
-                lines += ([f"- {n}" for n in part["note"]] if table == "note" else
+                lines += ([f"- {e}: {n}" for e, n in zip(part["entry"], part["note"],
+                                                          strict=True)]
+                          if table == "note" else
                           [markdown_table(part.astype(object).where(part.notna(), ""), ".3g")])
                 lines += [""]
     if shuffled:
-        lines += ["## Shuffled against base", "", markdown_table(pd.DataFrame(shuffled)), ""]
+        lines += ["## Shuffled against base", "",
+                  "Per-σ networks on the pixel-shuffled family against the same networks on "
+                  "its base, at each σ of their grid (per-pixel MSE; `U`: each family's "
+                  "tightest upper reference, the same MMSE on both, SCIENCE.md §5):", "",
+                  markdown_table(pd.DataFrame(shuffled)), ""]
         shuffled_kl = shuffled_kl_rows(studies, preset.sigma0s)
         if shuffled_kl:
             lines += ["The same MMSE on both families cancels in the difference of the "
-                      "networks' KL gaps: ∫ (MSE_shuffled − MSE_base) σ⁻³ dσ from σ0 is exact, "
-                      "paired image by image (same images and noise, permuted).", "",
+                      "networks' KL gaps, ∫ (MSE_shuffled − MSE_base) σ⁻³ dσ from σ0: no "
+                      "bracket, paired image by image (same images and noise, permuted); the "
+                      "integral is the trapezoid on the network's grid, an estimate between "
+                      "the per-σ networks' σ as in the KL tables.", "",
                       markdown_table(pd.DataFrame(shuffled_kl)), ""]
 
     study = [r for r in records if not r["spec"].get("study")]  # not a side study's cells
-    training_lines, training = training_section(study, out)
+    training_lines, training = training_section(records, out)  # every network of the run
     lines += training_lines
     lines += jacobian_section(study, out)
     lines += memorization_section(records, out)  # with the sweep's own reference cells

@@ -1,9 +1,11 @@
 """The report's training section: held-out error during training and convergence flags.
 
-Every network cell stores the held-out MSE measured during its training (fixed images and
-noise, ``training._Monitor``) and whether it converged (``training.converged``: its
-held-out error fell by at most 5 % over the last 20 % of its steps). This section draws
-the curves, one figure per study entry, and tabulates the flags.
+Every network of a run stores the held-out MSE measured during its training (fixed images
+and noise, ``training._Monitor``) and whether it converged (``training.converged``: its
+held-out error fell by at most 5 % over the last 20 % of its steps): the main study's and
+the dimension study's network cells, and the two networks of each memorization cell. This
+section draws the curves, one figure per main-study entry and one per side study, and
+tabulates the flags.
 """
 
 from __future__ import annotations
@@ -15,61 +17,91 @@ import pandas as pd
 
 from ..experiments.keys import entry_label
 from ..figures import cached_figure, plt
+from ..training import monitored_error, tail_drop
 from .common import markdown_table, preconditioned, slug
 
 
-def training_rows(records: list[dict]) -> list[dict]:
-    """One row per stored network cell: what it was trained with and whether it converged."""
-    rows = []
+def trained_networks(records: list[dict]) -> list[dict]:
+    """Every trained network of ``records``: ``group`` (the figure it is drawn in: the
+    entry for main-study networks, the study for side studies), ``study``, ``entry``,
+    ``train`` (its TrainConfig dict), ``monitor``, ``converged``, ``preconditioned``,
+    ``warm start``."""
+    nets = []
     for r in records:
-        if r["spec"]["kind"] != "network" or "result" not in r:
+        spec, res = r["spec"], r.get("result")
+        if res is None:
             continue
-        t, res = r["spec"]["train"], r["result"]
-        monitor = res.get("monitor") or {}
-        drop = float("nan")
-        if len(monitor.get("step", [])) >= 2:
-            sig = np.asarray(monitor["sigma"], dtype=float)[:, None]
-            err = (np.asarray(monitor["mse"], dtype=float) / sig**2).mean(0)
-            steps = np.asarray(monitor["step"], dtype=float)
-            start = int(np.argmin(np.abs(steps - 0.8 * steps[-1])))
-            drop = float(1 - err[-1] / err[start])
+        label = entry_label(spec["dataset"], spec["params"])
+        if spec["kind"] == "network":
+            study = spec.get("study") or "main"
+            nets.append({"group": label if study == "main" else f"{study} study",
+                         "study": study, "entry": label, "train": spec["train"],
+                         "monitor": res.get("monitor") or {}, "converged": res.get("converged"),
+                         "preconditioned": preconditioned(res),
+                         "warm start": bool(spec.get("init_key"))})
+        elif spec["kind"] == "memorization":
+            for i in (1, 2):
+                if f"monitor_s{i}" in res:  # records before the sweep monitored: none
+                    nets.append({"group": f"memorization sweep, {label}",
+                                 "study": "memorization", "entry": f"{label} N={spec['N']} S{i}",
+                                 "train": spec["train"], "monitor": res[f"monitor_s{i}"],
+                                 "converged": res[f"converged_s{i}"], "preconditioned": False,
+                                 "warm start": False})
+    return nets
+
+
+def training_rows(records: list[dict]) -> list[dict]:
+    """One row per trained network: what it was trained with and whether it converged."""
+    rows = []
+    for n in trained_networks(records):
+        t = n["train"]
+        drop = tail_drop(n["monitor"]) if n["monitor"] else None
         rows.append({
-            "entry": entry_label(r["spec"]["dataset"], r["spec"]["params"]),
+            "study": n["study"],
+            "entry": n["entry"],
             "network": t["mode"],
             "sigma": t["sigma"] if t["mode"] == "per-sigma" else float("nan"),
             "objective": t.get("objective", "paper"),
             "center": t.get("center", False),
-            "preconditioned": preconditioned(res),
-            "warm start": bool(r["spec"].get("init_key")),
+            "preconditioned": n["preconditioned"],
+            "warm start": n["warm start"],
             "steps": t["steps"],
-            "held-out drop, last 20 %": drop,
-            "converged": res.get("converged"),
+            "held-out drop, last 20 %": float("nan") if drop is None else drop,
+            "converged": n["converged"],
         })
     return rows
 
 
 @cached_figure
-def _figure(label: str, nets: list[dict]):
+def _figure(group: str, nets: list[dict]):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for r in nets:
-        monitor = r["result"].get("monitor") or {}
+    universal = [n for n in nets if n["train"]["mode"] == "universal" and n["monitor"].get("step")]
+    for n in nets:
+        monitor, t = n["monitor"], n["train"]
         if not monitor.get("step"):
             continue
-        t = r["spec"]["train"]
         steps = np.asarray(monitor["step"])
-        if t["mode"] == "universal":
+        if t["mode"] == "universal" and len(universal) == 1:
             for s, mse in zip(monitor["sigma"], monitor["mse"], strict=True):
                 axes[0].plot(steps, np.asarray(mse) / s**2, label=f"σ={s:g}")
+        elif t["mode"] == "universal":  # a side study: one curve per network
+            axes[0].plot(steps, monitored_error(monitor), label=n["entry"],
+                         linestyle="--" if n["entry"].endswith("S2") else "-")
         else:
             mse = np.asarray(monitor["mse"][0])
             axes[1].plot(steps, mse / mse[-1], label=f"σ={t['sigma']:g}")
-    axes[0].set(yscale="log", xlabel="step", ylabel="held-out MSE/σ² (per pixel)",
-                title=f"universal — {label}")
+    sigmas = ", ".join(f"{s:g}" for s in universal[0]["monitor"]["sigma"]) if universal else ""
+    axes[0].set(yscale="log", xlabel="step",
+                ylabel="held-out MSE/σ² (per pixel)" if len(universal) == 1 else
+                f"held-out mean MSE/σ², σ = {sigmas}",
+                title=f"universal — {group}")
     axes[1].set(yscale="log", xlabel="step", ylabel="held-out MSE / final",
                 title="per-σ networks")
     for ax in axes:
         if ax.lines:
             ax.legend(fontsize=6, ncol=2)
+    if not axes[1].lines:
+        axes[1].set_visible(False)
     return fig
 
 
@@ -79,23 +111,24 @@ def training_section(records: list[dict], out: Path) -> tuple[list[str], list[di
     if not rows:
         return [], []
     lines = ["## Training", "",
-             "Held-out MSE during training (fixed held-out images and noise), and the flag "
-             "`converged` = the held-out error (mean of MSE/σ² over the monitored σ) fell by "
-             "at most 5 % over the last 20 % of the steps. A network flagged False was still "
-             "improving: its numbers measure the training budget.", ""]
-    nets: dict[str, list[dict]] = {}
-    for r in records:
-        if r["spec"]["kind"] == "network" and "result" in r:
-            nets.setdefault(entry_label(r["spec"]["dataset"], r["spec"]["params"]), []).append(r)
-    for label, mine in nets.items():
-        name = f"training_{slug(label)}.png"
-        _figure(label, mine, out / name)
-        lines += [f"![training curves — {label}]({name})", ""]
+             "Held-out MSE during training (fixed held-out images and noise) of every network "
+             "of the run (`study`: the main study, and the side studies' networks), and the "
+             "flag `converged` = the held-out error (mean of MSE/σ² over the monitored σ) fell "
+             "by at most 5 % over the last 20 % of the steps. A network flagged False was "
+             "still improving: its numbers measure the training budget.", ""]
+    groups: dict[str, list[dict]] = {}
+    for n in trained_networks(records):
+        groups.setdefault(n["group"], []).append(n)
+    for group, mine in groups.items():
+        name = f"training_{slug(group)}.png"
+        _figure(group, mine, out / name)
+        lines += [f"![training curves — {group}]({name})", ""]
     frame = pd.DataFrame(rows)
-    bad = frame[frame["converged"] == False]  # noqa: E712 (None: not monitored)
-    lines += [f"Not converged: {len(bad)} of {len(frame)} networks"
-              + (": " + ", ".join(f"{e} {n} σ={s:g}" if n == "per-sigma" else f"{e} {n}"
-                                  for e, n, s in zip(bad.entry, bad.network, bad.sigma,
-                                                     strict=True)) if len(bad) else "") + ".",
-              "", markdown_table(frame), ""]
+    for study, part in frame.groupby("study", sort=False):
+        bad = part[part["converged"] == False]  # noqa: E712 (None: not monitored)
+        names = ", ".join(f"{e} {n} σ={s:g}" if n == "per-sigma" else f"{e} {n}"
+                          for e, n, s in zip(bad.entry, bad.network, bad.sigma, strict=True))
+        lines += [f"- {study}: not converged: {len(bad)} of {len(part)} networks"
+                  + (f" ({names})" if len(bad) else "") + "."]
+    lines += ["", markdown_table(frame), ""]
     return lines, rows
