@@ -47,7 +47,7 @@ def trained_networks(records: list[dict]) -> list[dict]:
                                  "train": spec["train"], "monitor": res[f"monitor_s{i}"],
                                  "converged": res[f"converged_s{i}"], "preconditioned": False,
                                  "warm start": False})
-    return nets
+    return sorted(nets, key=lambda n: n["study"] != "main")  # the main study first (stable)
 
 
 def training_rows(records: list[dict]) -> list[dict]:
@@ -74,8 +74,11 @@ def training_rows(records: list[dict]) -> list[dict]:
 
 @cached_figure
 def _figure(group: str, nets: list[dict]):
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     universal = [n for n in nets if n["train"]["mode"] == "universal" and n["monitor"].get("step")]
+    per_sigma = any(n["train"]["mode"] == "per-sigma" for n in nets)
+    fig, axes = plt.subplots(1, 2 if per_sigma else 1, figsize=(9 if per_sigma else 5.5, 3.2),
+                             squeeze=False)
+    axes = axes[0]
     for n in nets:
         monitor, t = n["monitor"], n["train"]
         if not monitor.get("step"):
@@ -95,13 +98,12 @@ def _figure(group: str, nets: list[dict]):
                 ylabel="held-out MSE/σ² (per pixel)" if len(universal) == 1 else
                 f"held-out mean MSE/σ², σ = {sigmas}",
                 title=f"universal — {group}")
-    axes[1].set(yscale="log", xlabel="step", ylabel="held-out MSE / final",
-                title="per-σ networks")
+    if per_sigma:
+        axes[1].set(yscale="log", xlabel="step", ylabel="held-out MSE / final",
+                    title="per-σ networks")
     for ax in axes:
         if ax.lines:
             ax.legend(fontsize=6, ncol=2)
-    if not axes[1].lines:
-        axes[1].set_visible(False)
     return fig
 
 
