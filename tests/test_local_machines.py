@@ -175,3 +175,19 @@ def test_chunked_and_whole_paths_agree(monkeypatch, equivariant):
     monkeypatch.setattr(local, "_CANDIDATE_BLOCK", 7)
     chunked = PatchEmpiricalDenoiser(train, 3, equivariant=equivariant)(y, 0.1)
     assert torch.allclose(chunked, whole, atol=1e-12)
+
+
+def test_machines_need_an_ode_sampler():
+    """The machines follow the network's ODE path; a stochastic sampler has none."""
+    from theorybench.experiments.machines_sweep import build_machine_cells
+    from theorybench.experiments.memorization_sweep import build_memorization_cells
+
+    def memorization(sampler):
+        return build_memorization_cells([("disks", {"size": 16})], [1], {"arch": "bfcnn"}, 10,
+                                        4, 1e-3, 1.0, 4, [0.1, 1.0], 4, sampler, 0)
+
+    ode = build_machine_cells(memorization({"method": "heun", "steps": 10}), [3], 2, 1,
+                              [0.1, 1.0])
+    assert len(ode) == 1 and ode[0]["kind"] == "machines"
+    with pytest.raises(ValueError, match="machines need an ODE sampler .*'stochastic'"):
+        build_machine_cells(memorization({"method": "stochastic"}), [3], 2, 1, [0.1, 1.0])

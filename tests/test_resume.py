@@ -157,6 +157,22 @@ def test_damaged_records_are_discarded_and_recomputed(reference, tmp_path):
     assert_same_tables(out, reference[0])
 
 
+def test_a_record_without_its_checkpoint_is_recomputed(reference, tmp_path):
+    """A network whose checkpoint is gone is trained again (the cells that start from it or
+    analyse it would otherwise fail on every run); the rest stays cached."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    shutil.copytree(reference[1], cache)
+    universal = [p for p in records(cache) if (lambda r: r["spec"]["kind"] == "network"
+                 and r["spec"]["dataset"] == "gaussian"
+                 and r["spec"]["train"]["mode"] == "universal")(json.loads(p.read_text()))]
+    assert len(universal) == 1
+    checkpoint = cache / "artifacts" / f"{universal[0].stem}.pt"
+    checkpoint.unlink()
+    assert main(command(out, cache)) == 0
+    assert meta(out)["computed"] == 1 and meta(out)["failed"] == 0 and checkpoint.exists()
+    assert_same_tables(out, reference[0])
+
+
 def test_two_runs_share_one_cache(reference, tmp_path):
     cache = tmp_path / "cache"
     outs = [tmp_path / "out1", tmp_path / "out2"]
@@ -202,7 +218,7 @@ def test_diverging_cells_fail_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(_REGISTERED, "boom", Boom)
     monkeypatch.setitem(_REGISTERED, "calm", lambda: GaussianField(size=16))  # runs after boom
     out, cache = tmp_path / "out", tmp_path / "cache"
-    assert main(command(out, cache, "boom,calm")) == 0
+    assert main(command(out, cache, "boom,calm")) == 1  # the report is written, the run failed
     printed = capsys.readouterr()
     # the universal training fails; the 4 per-σ networks warm-started from it and the 4
     # Jacobian analyses of their checkpoints fail for want of a checkpoint
@@ -225,6 +241,6 @@ def test_diverging_cells_fail_alone(tmp_path, monkeypatch, capsys):
         + [("jacobian", "calm")] * 4)
     assert meta(out)["computed"] == 11  # 2 references + 5 calm networks + 4 analyses
     # nothing poisoned was stored: the next run tries the failed cells again (and only them)
-    assert main(command(tmp_path / "out2", cache, "boom,calm")) == 0
+    assert main(command(tmp_path / "out2", cache, "boom,calm")) == 1
     assert meta(tmp_path / "out2")["computed"] == 0
     assert "(20 cells, 9 failed)" in capsys.readouterr().out

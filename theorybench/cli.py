@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray "
                              "instance); --executor ray only")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="local worker processes, one cell each (default: CPU count)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="local worker processes, one cell each (default: CPU count); "
+                             "--executor local only (Ray schedules by its cluster's resources)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (it may datasets_synth.register() "
@@ -91,8 +92,18 @@ def default_params(name: str, preset) -> dict:
     return {"size": preset.size} if takes else {}
 
 
+def _json_kind(value) -> str:
+    """The JSON type of a preset value: the kind an override of it must have."""
+    for kind, types in (("a boolean", bool), ("a number", (int, float)), ("a string", str),
+                        ("a list", (list, tuple)), ("an object", dict)):
+        if isinstance(value, types):
+            return kind
+    return "null"
+
+
 def apply_overrides(preset, overrides: list[str]):
-    """The preset with ``FIELD=JSON`` replacements (JSON lists become tuples)."""
+    """The preset with ``FIELD=JSON`` replacements (JSON lists become tuples), each of the
+    JSON type of the value it replaces (a number for a number, an object for a dict...)."""
     fields = [f.name for f in dataclasses.fields(preset)]
     changes = {}
     for item in overrides:
@@ -104,6 +115,10 @@ def apply_overrides(preset, overrides: list[str]):
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ValueError(f"--override {key}: {raw!r} is not JSON ({exc.msg})") from exc
+        want = _json_kind(getattr(preset, key))
+        if want != "null" and _json_kind(value) != want:
+            raise ValueError(f"--override {key} must be {want} (as the preset's "
+                             f"{json.dumps(getattr(preset, key))[:60]}), got {raw!r}")
         changes[key] = tuple(value) if isinstance(value, list) else value
     return dataclasses.replace(preset, **changes) if changes else preset
 
@@ -225,6 +240,11 @@ def main(argv=None) -> int:
         preset = apply_overrides(PRESETS[args.preset], args.override)
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+        if args.jobs is not None and args.executor == "ray":
+            raise ValueError("--jobs is for --executor local; Ray runs as many cells at once "
+                             "as its cluster's resources allow")
+        if args.jobs is None:
+            args.jobs = os.cpu_count() or 1
         if args.jobs < 1:
             raise ValueError(f"--jobs must be an integer >= 1, got {args.jobs}")
         check_executor(args.executor, args.ray_address)
@@ -288,7 +308,7 @@ def main(argv=None) -> int:
     failed = [r["failed"] for r in records if "failed" in r]
     print(f"wrote {readme} ({len(records)} cells, {len(failed)} failed) in "
           f"{time.perf_counter() - start:.1f} s")
-    return 0
+    return 1 if failed else 0  # the report is written either way; scripts see the failure
 
 
 if __name__ == "__main__":

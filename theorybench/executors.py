@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from tbcore.validation import check_int, resolve_device
 
 from .cache import Cache
-from .experiments.cells import cell_dependencies, describe, kind_of, run_cell
+from .experiments.cells import cell_dependencies, describe, kind_of, run_cell, stored_record
 from .experiments.keys import cell_key
 
 EXECUTORS = ("local", "ray")
@@ -181,11 +181,11 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
     else:
         cache, missing = Cache(cache_root), []
         for i, spec in enumerate(cells):  # stored cells are loaded (and checked) right here
-            stored = cache.load(spec["kind"], cell_key(spec))
+            stored = stored_record(cache, spec)
             if stored is None:
                 missing.append(i)
             else:
-                finish(i, {**stored, "cached": True})
+                finish(i, stored)
         schedule, running = Schedule(cells, missing), {}
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
@@ -285,8 +285,7 @@ def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
     cache = Cache(root)
     records: list[dict | None] = []
     for spec in cells:
-        stored = cache.load(spec["kind"], cell_key(spec))
-        records.append(None if stored is None else {**stored, "cached": True})
+        records.append(stored_record(cache, spec))
     missing = [i for i, r in enumerate(records) if r is None]
     if not missing:
         return records

@@ -126,6 +126,18 @@ def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=Fa
             "shrink_threshold": shrink_threshold(denoiser.net)}
 
 
+def stored_record(cache: Cache, spec: dict, key: str | None = None) -> dict | None:
+    """The cell's stored record marked ``cached``, or None when it must be computed: no
+    valid record, or one whose side files (``CellKind.artifacts``, e.g. a checkpoint other
+    cells read) are gone."""
+    key = cell_key(spec) if key is None else key
+    record = cache.load(spec["kind"], key)
+    if record is None or not all(cache.artifact_path(key, suffix).exists()
+                                 for suffix in kind_of(spec).artifacts):
+        return None
+    return {**record, "cached": True}
+
+
 def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
     """Compute one cell unless cached; store and return its record.
 
@@ -135,9 +147,9 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
     kind = kind_of(spec)  # an unknown kind is refused before anything is hashed or stored
     cache = Cache(cache_root)
     key = cell_key(spec)
-    record = cache.load(spec["kind"], key)
+    record = stored_record(cache, spec, key)
     if record is not None:
-        return {**record, "cached": True}
+        return record
     start = time.perf_counter()
     try:
         result = kind.compute(spec, cache, key, device, progress)
@@ -231,7 +243,7 @@ def curve_arrays(curve: dict) -> dict:
 KINDS: dict[str, CellKind] = {kind.name: kind for kind in (
     CellKind("reference", lambda spec, cache, key, device, progress: compute_reference(spec),
              _describe_reference, gpu=False),
-    CellKind("network", compute_network, _describe_network, gpu=True),
+    CellKind("network", compute_network, _describe_network, gpu=True, artifacts=(".pt",)),
     memorization_sweep.CELL,
     machines_sweep.CELL,
     jacobian_analysis.CELL,

@@ -6,9 +6,10 @@ The base of ``experiments``: the kind modules (``memorization_sweep``, ``machine
 has no import circle.
 
 ``cell_key(spec)`` hashes the spec together with the source code of the components the
-cell runs (``COMPONENTS[kind]``, this module, ``tbcore``, ``datasets_synth.base`` and
-the distribution's module), so editing a component recomputes exactly the cells that depend
-on it.
+cell runs (``COMPONENTS[kind]``, this module, ``tbcore``, the ``datasets_synth`` families
+and the distribution's own module), so editing a component recomputes the cells that
+depend on it (and, for a family, those of the other families too: a conservative choice
+that cannot miss one family building on another).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class CellKind:
     describe : callable ``(spec) -> str``, one line for progress bars and errors.
     gpu : bool        the cell runs networks: on Ray it asks for a GPU when the run has
                       one (the others run on the CPU).
+    artifacts : tuple of str   suffixes of the side files it writes
+                      (``cache.artifact_path(key, suffix)``, e.g. a checkpoint): a stored
+                      record whose side files are gone is computed again.
 
     Dependencies are declared in the specs themselves: every ``*_key`` field names a cell
     whose stored result this one reads (:func:`cells.cell_dependencies`).
@@ -45,6 +49,7 @@ class CellKind:
     compute: Callable[..., dict]
     describe: Callable[[dict], str]
     gpu: bool
+    artifacts: tuple[str, ...] = ()
 
 
 class MissingCheckpoint(RuntimeError):
@@ -55,12 +60,15 @@ class MissingCheckpoint(RuntimeError):
 _DENOISERS = ("theorybench.denoisers", "datasets_synth.references")
 _TRAINING = ("theorybench.evaluation", "theorybench.networks", "theorybench.blind_shrink",
              "theorybench.train_config", "theorybench.training", "theorybench.denoisers.network")
-COMPONENTS = {
-    "reference": ("theorybench.evaluation", *_DENOISERS, "theorybench.experiments.cells"),
+_JACOBIAN = ("theorybench.jacobian", "theorybench.evaluation",
+             "theorybench.experiments.jacobian_analysis",
+             "theorybench.experiments.memorization_sweep")
+COMPONENTS = {  # every module whose code a kind's result depends on, beyond code_version's
+    "reference": ("theorybench.evaluation", "theorybench.kl", *_DENOISERS,
+                  "theorybench.experiments.cells"),
     "network": (*_TRAINING, "theorybench.experiments.cells"),
-    "jacobian": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis",
-                 *_DENOISERS),
-    "jacobian-pair": ("theorybench.jacobian", "theorybench.experiments.jacobian_analysis"),
+    "jacobian": (*_JACOBIAN, *_DENOISERS),
+    "jacobian-pair": _JACOBIAN,
     "memorization": (*_TRAINING, "theorybench.sampling", "theorybench.memorization",
                      *_DENOISERS, "theorybench.experiments.memorization_sweep"),
     "machines": (*_TRAINING, "theorybench.sampling", "theorybench.memorization", *_DENOISERS,
@@ -83,11 +91,13 @@ def _source_hash(module: str) -> str:
 
 
 def code_version(spec: dict) -> dict:
-    """Source hashes of the components a cell runs, its distribution's module included."""
+    """Source hashes of the components a cell runs: its kind's, ``tbcore``, every built-in
+    family (one may build on another: ``shuffled`` on its base, ``ellipses`` on
+    ``manifolds``) and the module of its distribution's factory (a plugin's)."""
     factory = get_factory(spec["dataset"])
     modules = [*COMPONENTS[spec["kind"]], "theorybench.experiments.keys", "tbcore",
-               "datasets_synth.base", factory.__module__]
-    return {m: _source_hash(m) for m in modules}
+               "datasets_synth", factory.__module__]
+    return {m: _source_hash(m) for m in dict.fromkeys(modules)}
 
 
 def cell_key(spec: dict) -> str:

@@ -47,13 +47,18 @@ ROLES = ("empirical", "ls", "els", "s2")  # compared with the S1 network's sampl
 EXAMPLES = 6  # noises whose samples are kept for the report's grid
 
 
+ODE_SAMPLERS = ("euler", "heun")  # samplers with a σ grid and a stored trajectory
+
+
 def build_machine_cells(memorization_cells: list[dict], patches, n_samples: int,
                         n_calibration: int, sigmas, boundary: str = "crop") -> list[dict]:
     """One ``machines`` cell per memorization cell.
 
     Parameters
     ----------
-    memorization_cells : specs of kind ``memorization``; others are ignored.
+    memorization_cells : specs of kind ``memorization``; others are ignored. Their sampler
+        must be an ODE (``euler`` or ``heun``): the machines follow the network's path
+        along its σ grid.
     patches : odd ints   candidate patch sides (pixels); ELS with ``crop`` keeps those
         ≤ the image side.
     n_samples : int      noises sampled by every denoiser (the first of the cell's noises;
@@ -74,6 +79,9 @@ def build_machine_cells(memorization_cells: list[dict], patches, n_samples: int,
     for m in memorization_cells:
         if m.get("kind") != "memorization":
             continue
+        if m["sampler"]["method"] not in ODE_SAMPLERS:
+            raise ValueError(f"machines need an ODE sampler ({', '.join(ODE_SAMPLERS)}) in the "
+                             f"memorization cells, got {m['sampler']['method']!r}")
         k = min(check_int("n_samples", n_samples, low=2), m["n_samples"])
         cells.append({"kind": KIND, "dataset": m["dataset"], "params": m["params"],
                       "N": m["N"], "patches": patches, "n_samples": k,

@@ -483,7 +483,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
 
 
 # two networks trained per cell: on Ray they take a GPU when the run has one
-CELL = CellKind(KIND, compute_memorization, describe_memorization, gpu=True)
+CELL = CellKind(KIND, compute_memorization, describe_memorization, gpu=True,
+                artifacts=("-s1.pt", "-s2.pt"))
 
 __all__ = ["CELL", "KIND", "TensorImages", "build_memorization_cells",
            "compute_memorization", "describe_memorization", "held_out",

@@ -46,11 +46,11 @@ def sure_se(rec: dict, sigma: float) -> float:
     Per image, linearizing f at y (Jacobian with symmetric-part eigenvalues λ), SURE minus
     the measured error ``‖f(y) − x‖²/d`` is ``(σ²(zᵀ(I − 2J)z − tr(I − 2J)) − 2σ⟨b, z⟩)/d``
     with b the bias ``(J − I)x + c``, so its variance over the noise is
-    ``(2σ⁴ Σ(1 − 2λ)² + 4σ² ‖b‖²)/d²``, ``‖b‖² ≈ max(0, d·mse − σ² Σλ²)`` (for f ≈ 0:
-    σ²√(2/d), the familiar value). The SE of the mean over n images is √Σvar/n; with
-    n ≥ 2 the larger of that and the empirical SE of (SURE − measured error) is returned.
-    A top-k record (eigenvalues past k stored as NaN) has no Σ(1 − 2λ)²: only the
-    empirical SE is returned (NaN for one image).
+    ``(2σ⁴ Σ(1 − 2λ)² + 4σ² ‖b‖²)/d²``, ``‖b‖² ≈ max(0, d·mse − σ² Σλ²)`` (for f ≈ y,
+    where λ = 1 and b = 0, the SE is σ²√(2/d), the familiar value). The SE of the mean
+    over n images is √Σvar/n; with n ≥ 2 the larger of that and the empirical SE of
+    (SURE − measured error) is returned. A top-k record (eigenvalues past k stored as
+    NaN) has no Σ(1 − 2λ)²: only the empirical SE is returned (NaN for one image).
     """
     lam = np.atleast_2d(np.asarray(rec["eigenvalues"], dtype=float))
     mse = np.asarray(rec["mse"], dtype=float).reshape(-1)
@@ -210,7 +210,9 @@ def _figure_pairs(frame: pd.DataFrame):
     for (entry, sigma), part in frame.groupby(["entry", "sigma"]):
         ax.errorbar(part.n_train, part.overlap, yerr=2 * part.overlap_se.fillna(0), marker="o",
                     ms=3, label=f"{entry} σ={sigma:.3g}")
-    ax.axhline(frame.chance.iloc[0], color="0.5", ls=":", lw=0.8, label="chance (k/d)")
+    for entry, part in frame.groupby("entry"):  # k/d differs between image sizes
+        ax.axhline(part.chance.iloc[0], color="0.5", ls=":", lw=0.8,
+                   label=f"chance (k/d), {entry}")
     ax.set(xscale="log", ylim=(0, 1.02), xlabel="training-set size N",
            ylabel="top-k eigenvector overlap (mean cos²)")
     ax.legend(fontsize=6)

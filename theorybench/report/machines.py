@@ -100,7 +100,7 @@ def _table(frame: pd.DataFrame) -> str:
     for col, text in (("network", "S1 net"), ("empirical", "empirical"), ("ls", "LS"),
                       ("els", "ELS")):
         shown[f"{text} MSE/U σ={sigma:g}"] = frame[f"{col} {tag}"] / frame[f"U {tag}"]
-    shown["P LS (σ_max→σ_min)"] = frame["P ls"]
+    shown["P LS (first→last step of the path)"] = frame["P ls"]
     shown["P ELS"] = frame["P els"]
     return markdown_table(shown, ".3g")
 
