@@ -207,11 +207,12 @@ TABLE_COLUMNS = ("sigma", "denoiser", "trace", f"count>{SHRINKAGE_LEVEL:g}", "λ
 @cached_figure
 def _figure_pairs(frame: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for (entry, sigma), part in frame.groupby(["entry", "sigma"]):
-        ax.errorbar(part.n_train, part.overlap, yerr=2 * part.overlap_se.fillna(0), marker="o",
-                    ms=3, label=f"{entry} σ={sigma:.3g}")
-    for entry, part in frame.groupby("entry"):  # k/d differs between image sizes
-        ax.axhline(part.chance.iloc[0], color="0.5", ls=":", lw=0.8,
+    for entry, rows in frame.groupby("entry"):
+        for sigma, part in rows.groupby("sigma"):
+            line = ax.errorbar(part.n_train, part.overlap, yerr=2 * part.overlap_se.fillna(0),
+                               marker="o", ms=3, label=f"{entry} σ={sigma:.3g}")
+        # k/d differs between image sizes: each family's own, in its colour
+        ax.axhline(rows.chance.iloc[0], color=line[0].get_color(), ls=":", lw=0.8,
                    label=f"chance (k/d), {entry}")
     ax.set(xscale="log", ylim=(0, 1.02), xlabel="training-set size N",
            ylabel="top-k eigenvector overlap (mean cos²)")
