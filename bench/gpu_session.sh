@@ -44,7 +44,8 @@
 # script: OUT=/tmp/gpu_out PRESET=smoke DEVICE=cpu bash bench/gpu_session.sh
 # Exit status: 0 the run finished; 3 the CUDA smoke run or a CUDA test failed (nothing
 # else ran); 4 no time was left for the run; 5 the deadline cut the run short (its
-# stored cells are packed); else run_all's own.
+# stored cells are packed); else run_all's own (1: some cells failed, the report and
+# the packed records say which; everything is packed either way).
 set -uo pipefail
 t0=$(date +%s)
 OUT=${OUT:-/tmp/gpu_out}
