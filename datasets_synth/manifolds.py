@@ -174,8 +174,7 @@ def check_shape_prior(size, r_min, r_max, fg_mean, fg_std, bg_mean, bg_std,
     ``max(r_min + 1, size/4)``, or halfway from r_min to size/2 where that is not below
     size/2), finite intensity means and positive standard deviations."""
     size = check_int("size", size, low=8)
-    r_min = check_float("r_min", max(floor, size / 8) if r_min is None else r_min, low=floor,
-                        high=size / 2)
+    r_min = check_float("r_min", max(floor, size / 8) if r_min is None else r_min, low=floor)
     if r_min >= size / 2:
         raise ValueError(f"r_min must be in [{floor}, {size / 2}) (below size/2, with room "
                          f"for r_max), got {r_min}")

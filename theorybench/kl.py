@@ -178,6 +178,12 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     paired = all(e is not None for e in errors.values()) and len(
         {e.shape for e in errors.values()}) == 1
 
+    if paired:  # per-image gaps (n_σ, n_images): each σ0's integrals, then their SE
+        e_net = errors["net"][orders["net"]] * d
+        spread = {side: e_net - errors[side][orders[side]] * d for side in ("low", "high")}
+    else:  # per-σ standard errors of the gaps, integrated as they are
+        spread = {side: np.sqrt(se["net"] ** 2 + se[side] ** 2) for side in ("low", "high")}
+
     sigma0 = sig if sigma0 is None else np.atleast_1d(np.asarray(sigma0, dtype=float))
     rows = []
     for s0 in sigma0:
@@ -189,15 +195,10 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         row = {"sigma0": float(s0), "kl_low": float(c @ kept_low),
                "kl_high": integral_high + (closing if math.isfinite(closing) else 0.0),
                "closing": closing}
-        if paired:  # per-image integrals, then their standard error
-            e_net = errors["net"][orders["net"]] * d
-            for side in ("low", "high"):
-                per_image = _weighted(weights[side], e_net - errors[side][orders[side]] * d)
-                row[f"se_{side}"] = float(per_image.std(ddof=1) / math.sqrt(per_image.size))
-        else:
-            for side in ("low", "high"):
-                row[f"se_{side}"] = float(_weighted(weights[side],
-                                                    np.sqrt(se["net"] ** 2 + se[side] ** 2)))
+        for side in ("low", "high"):
+            integral = _weighted(weights[side], spread[side])
+            row[f"se_{side}"] = float(integral.std(ddof=1) / math.sqrt(integral.size)
+                                      if paired else integral)
         row["bits_low"] = row["kl_low"] / (d * math.log(2))
         row["bits_high"] = row["kl_high"] / (d * math.log(2))
         used = c > 0

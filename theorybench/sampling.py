@@ -401,6 +401,7 @@ def heun(
 
 
 SAMPLERS = {"stochastic": stochastic, "euler": euler, "heun": heun}
+ODE_SAMPLERS = ("euler", "heun")  # those with a σ grid and a stored trajectory
 
 
 def sample(denoiser, noise: torch.Tensor, method: str = "stochastic", **options) -> SampleResult:
@@ -420,5 +421,5 @@ def sample(denoiser, noise: torch.Tensor, method: str = "stochastic", **options)
     return sampler(denoiser, noise, **options)
 
 
-__all__ = ["SAMPLERS", "SampleResult", "SamplingDiverged", "euler", "heun", "sample",
-           "check_schedule", "sigma_grid", "stochastic"]
+__all__ = ["ODE_SAMPLERS", "SAMPLERS", "SampleResult", "SamplingDiverged", "euler", "heun",
+           "sample", "check_schedule", "sigma_grid", "stochastic"]

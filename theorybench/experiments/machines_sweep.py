@@ -37,7 +37,7 @@ from ..denoisers.local import PatchEmpiricalDenoiser, check_patch, patch_fits
 from ..denoisers.network import NetworkDenoiser
 from ..evaluation import mse_curve
 from ..memorization import cosine
-from ..sampling import SamplingDiverged, sample
+from ..sampling import ODE_SAMPLERS, SamplingDiverged, sample
 from .keys import CellKind, cell_key, curve_record, entry_label
 from .memorization_sweep import cell_inputs, checkpoints, initial_noise
 
@@ -45,9 +45,6 @@ KIND = "machines"
 MACHINES = {"ls": False, "els": True}  # name: equivariant
 ROLES = ("empirical", "ls", "els", "s2")  # compared with the S1 network's samples
 EXAMPLES = 6  # noises whose samples are kept for the report's grid
-
-
-ODE_SAMPLERS = ("euler", "heun")  # samplers with a σ grid and a stored trajectory
 
 
 def build_machine_cells(memorization_cells: list[dict], patches, n_samples: int,

@@ -100,10 +100,9 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     return tightest_references(frames, kinds)
 
 
-def objective_law(train: dict) -> str:
-    """The σ law and loss of a universal network's training objective (a TrainConfig dict;
-    records before objectives existed trained the paper's)."""
-    t = train
+def objective_law(t: dict) -> str:
+    """The σ law and loss of a universal network's training objective (``t``: a TrainConfig
+    dict; records before objectives existed trained the paper's)."""
     log_uniform = f"ln σ uniform on [{t.get('sigma_min', 0):g}, {t['sigma_max']:g}]"
     return {"kl": f"{log_uniform}, loss ‖f(y) − x‖²/σ² (the KL bound, SCIENCE.md §4c)",
             "balanced": f"{log_uniform}, loss ‖f(y) − x‖²·(σ⁻² + σ_data⁻²), σ_data = "

@@ -296,7 +296,8 @@ def _trend(values: np.ndarray) -> str:
 
 
 def verdict(frame: pd.DataFrame) -> str:
-    """The honest sentence: memorization at N ≤ 10, generalization at the largest N."""
+    """The honest sentence: memorization at N = 1 and at every N ≤ 10, generalization at
+    the largest N."""
     ok = frame[frame["failed"] == ""].sort_values("N")
     if ok.empty:
         return "No memorization cell finished; nothing to conclude."

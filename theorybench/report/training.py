@@ -50,12 +50,13 @@ def trained_networks(records: list[dict]) -> list[dict]:
     return sorted(nets, key=lambda n: n["study"] != "main")  # the main study first (stable)
 
 
-def training_rows(records: list[dict]) -> list[dict]:
-    """One row per trained network: what it was trained with and whether it converged."""
+def training_rows(nets: list[dict]) -> list[dict]:
+    """One row per trained network (:func:`trained_networks`): what it was trained with and
+    whether it converged."""
     rows = []
-    for n in trained_networks(records):
+    for n in nets:
         t = n["train"]
-        drop = tail_drop(n["monitor"]) if n["monitor"] else None
+        drop = tail_drop(n["monitor"])
         rows.append({
             "study": n["study"],
             "entry": n["entry"],
@@ -109,7 +110,8 @@ def _figure(group: str, nets: list[dict]):
 
 def training_section(records: list[dict], out: Path) -> tuple[list[str], list[dict]]:
     """Markdown lines of the training section and its table rows (for ``training.csv``)."""
-    rows = training_rows(records)
+    nets = trained_networks(records)
+    rows = training_rows(nets)
     if not rows:
         return [], []
     lines = ["## Training", "",
@@ -119,7 +121,7 @@ def training_section(records: list[dict], out: Path) -> tuple[list[str], list[di
              "by at most 5 % over the last 20 % of the steps. A network flagged False was "
              "still improving: its numbers measure the training budget.", ""]
     groups: dict[str, list[dict]] = {}
-    for n in trained_networks(records):
+    for n in nets:
         groups.setdefault(n["group"], []).append(n)
     for group, mine in groups.items():
         name = f"training_{slug(group)}.png"
