@@ -291,6 +291,33 @@ def test_bad_override_is_refused(tmp_path, capsys):
     assert "FIELD one of" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("override, message", [
+    ("n_eval=0", "n_eval must be an integer >= 2"),
+    ("size=0", "size must be an integer >= 1"),
+    ("sigmas=[1.0, 0.1]", "sigmas must hold at least 2 values, strictly increasing"),
+    ("sigma0s=[]", "sigma0s must hold at least one"),
+    ("monitor_sigmas=[-0.1]", "monitor_sigmas: sigmas must be finite and > 0"),
+])
+def test_preset_refuses_bad_values_before_any_cell(tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "smoke", "--override", override, "--out", str(tmp_path / "o"),
+              "--cache", str(tmp_path / "c")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_size_override_resizes_the_entries():
+    from theorybench.cli import apply_overrides
+    from theorybench.experiments.presets import PRESETS
+
+    preset = apply_overrides(PRESETS["smoke"], ["size=8"])
+    sized = [params for _, params in preset.datasets if "size" in params]
+    assert preset.size == 8 and sized and all(p["size"] == 8 for p in sized)
+    kept = apply_overrides(PRESETS["smoke"], ["size=8", 'datasets=[["disks", {"size": 12}]]'])
+    assert [tuple(e) for e in kept.datasets] == [("disks", {"size": 12})]
+
+
 def test_standing_rows_name_where_a_network_loses_to_the_baselines():
     from theorybench.report.common import bracket
     from theorybench.report.main import StudyData, standing_rows

@@ -103,7 +103,9 @@ def _json_kind(value) -> str:
 
 def apply_overrides(preset, overrides: list[str]):
     """The preset with ``FIELD=JSON`` replacements (JSON lists become tuples), each of the
-    JSON type of the value it replaces (a number for a number, an object for a dict...)."""
+    JSON type of the value it replaces (a number for a number, an object for a dict...);
+    ``size`` also sets the ``size`` of every entry of ``datasets`` that has one, unless
+    ``datasets`` is overridden too. The preset checks the result (``Preset``)."""
     fields = [f.name for f in dataclasses.fields(preset)]
     changes = {}
     for item in overrides:
@@ -120,6 +122,10 @@ def apply_overrides(preset, overrides: list[str]):
             raise ValueError(f"--override {key} must be {want} (as the preset's "
                              f"{json.dumps(getattr(preset, key))[:60]}), got {raw!r}")
         changes[key] = tuple(value) if isinstance(value, list) else value
+    if "size" in changes and "datasets" not in changes:  # the entries follow the image side
+        changes["datasets"] = tuple((name, {**params, "size": changes["size"]})
+                                    if "size" in params else (name, params)
+                                    for name, params in preset.datasets)
     return dataclasses.replace(preset, **changes) if changes else preset
 
 

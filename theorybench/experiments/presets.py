@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tbcore.validation import check_int
+
+from ..evaluation import check_sigmas
+
 # (name, params) of each study entry; calpha appears twice to compare two regularities
 DatasetEntry = tuple[str, dict]
 # the global-mean path (measured on the default preset's universal networks, 2000 steps, one
@@ -62,9 +66,12 @@ class Preset:
     Attributes
     ----------
     name : str
-    size : int                  image side of the synthetic families (pixels).
-    sigmas : tuple of float     the σ grid of the per-σ networks (pixel units); its ends
-                                are the universal networks' training range.
+    size : int                  image side of the synthetic families (pixels): of the
+                                entries' ``size`` and of plugins (``--override size=…``
+                                sets both; the sweeps keep their own).
+    sigmas : tuple of float     the σ grid of the per-σ networks (pixel units, strictly
+                                increasing); its ends are the universal networks'
+                                training range.
     curve_sigmas : tuple of float   the dense grid (containing ``sigmas``) of the MSE curves
                                 of references and universal networks, and of their KL.
     n_eval : int                test images per MSE curve (same images and noise for all).
@@ -128,6 +135,21 @@ class Preset:
     dimensions: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_int("size", self.size, low=1)
+        check_int("n_eval", self.n_eval, low=2)
+        for name in ("sigmas", "curve_sigmas", "sigma0s", "monitor_sigmas"):
+            values = getattr(self, name)
+            if not values and name in ("sigmas", "sigma0s"):
+                raise ValueError(f"{name} must hold at least one σ > 0")
+            if values:
+                try:
+                    check_sigmas(values)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+            if name in ("sigmas", "curve_sigmas") and values and (
+                    len(values) < 2 or any(np.diff(values) <= 0)):
+                raise ValueError(f"{name} must hold at least 2 values, strictly increasing; "
+                                 f"got {list(values)}")
         if not self.curve_sigmas:
             object.__setattr__(self, "curve_sigmas", self.sigmas)
         missing = sorted(set(self.sigmas) - set(self.curve_sigmas))
