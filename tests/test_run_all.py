@@ -1,5 +1,6 @@
 """``run_all.py`` end to end on the smoke preset: real values, cache hits, refusals."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -282,6 +283,25 @@ def test_header_names_the_entries_whose_networks_differ():
     assert architectures([spec("disks", "zeros"), {**spec("faces", "zeros"),
                           "net": {"arch": "unet", "padding": "zeros", "channels": 8}}]) == \
         "{'arch': 'unet', 'padding': 'zeros'} (faces: {'channels': 8})"
+
+
+def test_universal_steps_by_entry_trains_that_entry_longer_and_the_header_says_so():
+    from theorybench.experiments.cells import build_cells
+    from theorybench.experiments.presets import PRESETS
+    from theorybench.report.main import steps_text
+
+    preset = dataclasses.replace(PRESETS["smoke"], universal_steps_by_entry={"disks": 40})
+    entries = [("gaussian", {"size": 16}), ("disks", {"size": 16})]
+    universal = [c for c in build_cells(preset, entries, 0)
+                 if c["kind"] == "network" and c["train"]["mode"] == "universal"]
+    assert [c["train"]["steps"] for c in universal] == [preset.universal_steps, 40]
+    assert steps_text(universal) in (f"{preset.universal_steps} steps (disks: 40)",
+                                     f"40 steps (gaussian: {preset.universal_steps})")
+    assert steps_text(universal[:1] * 2 + universal[1:]) == \
+        f"{preset.universal_steps} steps (disks: 40)"
+    typo = dataclasses.replace(preset, universal_steps_by_entry={"disk": 40})
+    with pytest.raises(ValueError, match=r"unknown distribution\(s\) \['disk'\]; valid: "):
+        build_cells(typo, entries, 0)
 
 
 def test_bad_override_is_refused(tmp_path, capsys):

@@ -199,11 +199,16 @@ def cell_dependencies(spec: dict) -> set[str]:
 def build_cells(preset, entries, seed: int) -> list[dict]:
     """Every cell of a study: references and networks for each (name, params) entry.
 
-    References and the universal network are evaluated on the dense grid
+    References and the universal network (``preset.universal_steps``, or the entry's
+    ``universal_steps_by_entry``) are evaluated on the dense grid
     ``preset.curve_sigmas``; one per-σ network is trained at each σ of ``preset.sigmas``
     (a subset of it), from the universal network's weights when ``preset.warm_start``,
     each in the better-starting of two forms when ``preset.precondition``.
     """
+    unknown = sorted(set(preset.universal_steps_by_entry) - set(datasets_synth.names()))
+    if unknown:
+        raise ValueError(f"universal_steps_by_entry names unknown distribution(s) {unknown}; "
+                         f"valid: {', '.join(datasets_synth.names())}")
     cells = []
     for name, params in entries:
         dist = datasets_synth.get(name, **params)
@@ -216,7 +221,8 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
                       "blind_range": [preset.sigmas[0], preset.sigmas[-1]], **common})
         universal_cfg = TrainConfig(
             mode="universal", objective=preset.objective, sigma_min=preset.sigmas[0],
-            sigma_max=preset.sigmas[-1], center=preset.center, steps=preset.universal_steps,
+            sigma_max=preset.sigmas[-1], center=preset.center,
+            steps=preset.universal_steps_by_entry.get(name, preset.universal_steps),
             batch_size=preset.batch_size, lr=preset.lr, seed=seed,
             monitor_sigmas=preset.monitor_sigmas)
         universal = {"kind": "network", "net": net, "train": universal_cfg.to_dict(),
