@@ -24,6 +24,7 @@ from .references.empirical import EmpiricalDenoiser
 
 SPLITS = ("train", "test", "all")
 TEST_FRACTION = 0.2
+FLOAT_MARGIN = 0.01  # floating-point files may overshoot [0, 1] by this much (clipped)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".gif", ".webp")
 
 
@@ -79,8 +80,10 @@ class Faces(_SplitImages):
 def load_folder(path: str | Path, size: int) -> torch.Tensor:
     """Every image of a folder as (N, 1, size, size) float32 in [0, 1]: grayscale (an
     alpha channel composited on white), centre-cropped to a square, resized with
-    antialiasing. Integer files are scaled by their type's range (8 or 16 bits); values
-    outside [0, 1] are clipped. Files are read in sorted order."""
+    antialiasing. Integer files are scaled by their type's range (8 or 16 bits);
+    floating-point files must hold values in [0, 1] (within ``FLOAT_MARGIN``; a file in
+    [0, 255] is refused, not clipped to white); values outside [0, 1] after resizing are
+    clipped. Files are read in sorted order."""
     from skimage.color import rgb2gray, rgba2rgb
     from skimage.io import imread
     from skimage.transform import resize
@@ -98,7 +101,14 @@ def load_folder(path: str | Path, size: int) -> torch.Tensor:
     for file in files:  # I/O bound: one decode per file, done once per instance
         # integers scaled by their type's range (uint8 by 255, uint16 by 65535), before the
         # colour conversions, which expect [0, 1]; floating-point files are read as they are
-        img = img_as_float64(imread(file))
+        raw = imread(file)
+        if np.issubdtype(raw.dtype, np.floating):
+            lo, hi = float(np.min(raw)), float(np.max(raw))
+            if not (-FLOAT_MARGIN <= lo and hi <= 1 + FLOAT_MARGIN):
+                raise ValueError(f"faces-folder file {file.name!r} holds floating-point values "
+                                 f"in [{lo:.4g}, {hi:.4g}]; floating-point images must lie in "
+                                 f"[0, 1] (integer files are scaled by their type's range)")
+        img = img_as_float64(raw)
         if img.ndim == 3:
             img = rgb2gray(rgba2rgb(img) if img.shape[-1] == 4 else img[..., :3])
         h, w = img.shape

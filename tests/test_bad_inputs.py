@@ -292,6 +292,19 @@ def _one_image_folder(ctx):
     return datasets_synth.get("faces-folder", path=str(folder))
 
 
+def _float_image_folder(ctx):
+    import numpy as np
+    from skimage.io import imsave
+
+    folder = ctx["files"] / "float"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):  # grey levels 0–255 stored as floats
+        imsave(folder / name, np.arange(256, dtype=np.float32).reshape(16, 16),
+               check_contrast=False)
+    ctx["made"] |= {"float", "float/a.tif", "float/b.tif"}
+    return datasets_synth.get("faces-folder", path=str(folder))
+
+
 def _run_cells(**options):
     from theorybench.executors import run_cells
 
@@ -366,6 +379,8 @@ API_CASES = [
     ("faces-folder-no-image-files", lambda ctx: _faces_folder(ctx, ["notes.txt", "a.csv"]),
      "holds no images"),
     ("faces-folder-one-image", _one_image_folder, "at least 2 images"),
+    ("faces-folder-float-0-255", _float_image_folder,
+     r"'a.tif' holds floating-point values in \[0, 255\]; floating-point images must lie in"),
     ("checkpoint-config-mismatch", lambda ctx: _checkpoint(ctx, _more_channels),
      "do not fit the stored NetConfig"),
     ("checkpoint-depth-mismatch", lambda ctx: _checkpoint(ctx, _deeper),
