@@ -17,9 +17,11 @@ For each memorization cell (two networks on disjoint training sets S1, S2 of siz
    image minus its own mean, then unit-normalized: the cosine of the centred images), and
    ``r²``, which is what the anchor reports as "median r²"; summarized as median and
    quartiles;
-5. each machine's MSE on the held-out images at the study's σ grid (same images and noise
-   as the ``reference`` cell of the entry, so it reads against the MMSE bracket), with the
-   calibrated patch side of the nearest σ.
+5. each machine's MSE on the held-out images at the study's σ grid, with the calibrated
+   patch side of the nearest σ. For a synthetic family or a finite set's test split these
+   are the images and noise of the entry's ``reference`` cell, so the MSE reads against
+   the MMSE bracket; a finite set without a split holds out its unused training images,
+   which the reference cell does not see (the bracket then describes other images).
 
 Network samples are recomputed from the stored checkpoints rather than stored in the
 memorization cell; the ODE sampler is deterministic, so they are the cell's samples.
