@@ -143,7 +143,7 @@ def main(argv=None) -> None:
                             steps=args.steps, batch_size=batch, lr=1e-3)
     # the bench's short training measures its monitor at the cadence of the preset's
     # universal training (TrainConfig.monitor_interval of its steps)
-    preset_steps = preset.universal_steps
+    preset_steps = preset.universal_steps_by_family.get(args.family, preset.universal_steps)
     every = dataclasses.replace(train_cfg, steps=preset_steps).monitor_interval
     monitored = dataclasses.replace(train_cfg, monitor_sigmas=preset.monitor_sigmas,
                                     monitor_every=every)

@@ -100,7 +100,7 @@ def load_folder(path: str | Path, size: int) -> torch.Tensor:
     images = []
     for file in files:  # I/O bound: one decode per file, done once per instance
         # integers scaled by their type's range (uint8 by 255, uint16 by 65535), before the
-        # colour conversions, which expect [0, 1]; floating-point files are read as they are
+        # colour conversions, which expect [0, 1]; floating-point files must already be there
         raw = imread(file)
         if np.issubdtype(raw.dtype, np.floating):
             lo, hi = float(np.min(raw)), float(np.max(raw))

@@ -305,6 +305,20 @@ def _float_image_folder(ctx):
     return datasets_synth.get("faces-folder", path=str(folder))
 
 
+def test_faces_folder_reads_floating_point_files_in_0_1(tmp_path):
+    import numpy as np
+    from skimage.io import imsave
+
+    from datasets_synth.faces import FLOAT_MARGIN
+
+    ramp = np.linspace(-FLOAT_MARGIN / 2, 1 + FLOAT_MARGIN / 2, 256, dtype=np.float32)
+    for name in ("a.tif", "b.tif"):  # within the margin: read, then clipped to [0, 1]
+        imsave(tmp_path / name, ramp.reshape(16, 16), check_contrast=False)
+    images = datasets_synth.get("faces-folder", path=str(tmp_path), size=16).train_images()
+    assert float(images.min()) == 0.0 and float(images.max()) == 1.0
+    assert float(images.std()) > 0.25  # the ramp, not a constant
+
+
 def _run_cells(**options):
     from theorybench.executors import run_cells
 

@@ -44,3 +44,25 @@ def test_editing_a_module_changes_exactly_the_keys_of_its_cells(edited, changed,
     after = [cell_key(s) for s in changed + unchanged]
     assert [a != b for a, b in zip(after, before, strict=True)] == \
         [True] * len(changed) + [False] * len(unchanged)
+
+
+def test_a_cell_whose_code_changed_after_the_run_started_fails_and_stores_nothing(
+        tmp_path, monkeypatch):
+    """The executors hand each cell the key computed at the run's start: a cell whose
+    hashed source changed since (before or while it computes) fails; results of other
+    code are never stored under that key, nor under one its readers do not know."""
+    from theorybench.experiments import cells
+    from theorybench.experiments.presets import PRESETS
+
+    spec = cells.build_cells(PRESETS["smoke"], [("gaussian", {"size": 16})], 0)[0]
+    key = cell_key(spec)
+    before = cells.run_cell(spec, str(tmp_path), key="0" * 64)  # edited before it starts
+    assert "changed on disk after the run started" in before["failed"]
+    moved = iter([key, "1" * 64])  # edited while it computes
+    monkeypatch.setattr(cells, "cell_key", lambda s: next(moved))
+    during = cells.run_cell(spec, str(tmp_path), key=key)
+    assert "changed on disk after the run started" in during["failed"]
+    assert not list(tmp_path.rglob("*.json"))
+    monkeypatch.undo()
+    kept = cells.run_cell(spec, str(tmp_path), key=key)  # unchanged: computed and stored
+    assert "failed" not in kept and kept["key"] == key and list(tmp_path.rglob("*.json"))

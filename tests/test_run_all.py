@@ -285,21 +285,27 @@ def test_header_names_the_entries_whose_networks_differ():
         "{'arch': 'unet', 'padding': 'zeros'} (faces: {'channels': 8})"
 
 
-def test_universal_steps_by_entry_trains_that_entry_longer_and_the_header_says_so():
+def test_universal_steps_by_family_trains_that_family_longer_and_the_header_says_so():
+    from theorybench.cli import apply_overrides
     from theorybench.experiments.cells import build_cells
     from theorybench.experiments.presets import PRESETS
-    from theorybench.report.main import steps_text
+    from theorybench.report.common import steps_text
+    from theorybench.report.main import study_header
 
-    preset = dataclasses.replace(PRESETS["smoke"], universal_steps_by_entry={"disks": 40})
-    entries = [("gaussian", {"size": 16}), ("disks", {"size": 16})]
+    preset = dataclasses.replace(PRESETS["smoke"], universal_steps_by_family={"disks": 40})
+    entries = [("gaussian", {"size": 16}), ("disks", {"size": 16}), ("calpha", {"size": 16})]
     universal = [c for c in build_cells(preset, entries, 0)
                  if c["kind"] == "network" and c["train"]["mode"] == "universal"]
-    assert [c["train"]["steps"] for c in universal] == [preset.universal_steps, 40]
-    assert steps_text(universal) in (f"{preset.universal_steps} steps (disks: 40)",
-                                     f"40 steps (gaussian: {preset.universal_steps})")
-    assert steps_text(universal[:1] * 2 + universal[1:]) == \
-        f"{preset.universal_steps} steps (disks: 40)"
-    typo = dataclasses.replace(preset, universal_steps_by_entry={"disk": 40})
+    base = preset.universal_steps
+    assert [c["train"]["steps"] for c in universal] == [base, 40, base]
+    assert steps_text(universal) == f"{base} steps (disks: 40)"
+    assert steps_text(universal[:2]) == f"{base} steps (disks: 40)"  # a tie: the smaller
+    assert steps_text(universal + universal[1:2]) == f"{base} steps (disks: 40)"  # once
+    records = [{"spec": spec, "result": {}} for spec in universal]
+    assert f", {base} steps (disks: 40), batch" in " ".join(study_header(records))
+    # a quick run's universal_steps is every universal network's budget
+    assert apply_overrides(preset, ["universal_steps=3"]).universal_steps_by_family == {}
+    typo = dataclasses.replace(preset, universal_steps_by_family={"disk": 40})
     with pytest.raises(ValueError, match=r"unknown distribution\(s\) \['disk'\]; valid: "):
         build_cells(typo, entries, 0)
 
@@ -314,9 +320,14 @@ def test_bad_override_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("override, message", [
     ("n_eval=0", "n_eval must be an integer >= 2"),
     ("size=0", "size must be an integer >= 1"),
-    ("sigmas=[1.0, 0.1]", "sigmas must hold at least 2 values, strictly increasing"),
+    ("sigmas=[1.0, 0.1]", "sigmas must hold at least 2 values > 0, strictly increasing"),
     ("sigma0s=[]", "sigma0s must hold at least one"),
-    ("monitor_sigmas=[-0.1]", "monitor_sigmas: sigmas must be finite and > 0"),
+    ("monitor_sigmas=[-0.1]", "monitor_sigmas must be finite and > 0, got -0.1"),
+    ('sigmas=["0.02", "1.0"]', "sigmas must be finite numbers > 0"),
+    ('sigma0s=["0.02"]', "sigma0s must be finite numbers > 0"),
+    ("sigma0s=[5.0]", "sigma0s must lie in the curve grid's range [0.02, 1]"),
+    ('universal_steps_by_family={"disks": 0}',
+     "universal_steps_by_family['disks'] must be an integer >= 1"),
 ])
 def test_preset_refuses_bad_values_before_any_cell(tmp_path, capsys, override, message):
     with pytest.raises(SystemExit) as exc:

@@ -104,8 +104,9 @@ def _json_kind(value) -> str:
 def apply_overrides(preset, overrides: list[str]):
     """The preset with ``FIELD=JSON`` replacements (JSON lists become tuples), each of the
     JSON type of the value it replaces (a number for a number, an object for a dict...);
-    ``size`` also sets the ``size`` of every entry of ``datasets`` that has one, unless
-    ``datasets`` is overridden too. The preset checks the result (``Preset``)."""
+    ``size`` also sets the ``size`` of every entry of ``datasets`` that has one, and
+    ``universal_steps`` empties ``universal_steps_by_family``, unless those fields are
+    overridden too. The preset checks the result (``Preset``)."""
     fields = [f.name for f in dataclasses.fields(preset)]
     changes = {}
     for item in overrides:
@@ -122,6 +123,8 @@ def apply_overrides(preset, overrides: list[str]):
             raise ValueError(f"--override {key} must be {want} (as the preset's "
                              f"{json.dumps(getattr(preset, key))[:60]}), got {raw!r}")
         changes[key] = tuple(value) if isinstance(value, list) else value
+    if "universal_steps" in changes and "universal_steps_by_family" not in changes:
+        changes["universal_steps_by_family"] = {}  # one budget for every universal network
     if "size" in changes and "datasets" not in changes:  # the entries follow the image side
         changes["datasets"] = tuple((name, {**params, "size": changes["size"]})
                                     if "size" in params else (name, params)

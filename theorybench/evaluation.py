@@ -26,17 +26,19 @@ NOISE_STREAM = 7  # generator stream reserved for evaluation noise
 SIGMA_SCALE_WARNING = 20  # warn when σ exceeds this many times the images' value range
 
 
-def check_sigmas(sigmas) -> list[float]:
-    """A non-empty list of finite σ > 0 (pixel units), or ValueError."""
+def check_sigmas(sigmas, name: str = "sigmas") -> list[float]:
+    """A non-empty list of finite σ > 0 (pixel units), or ValueError naming ``name``."""
+    if any(isinstance(s, (str, bytes)) for s in np.atleast_1d(np.asarray(sigmas, dtype=object))):
+        raise ValueError(f"{name} must be finite numbers > 0, got {sigmas!r}")
     try:
         values = [float(s) for s in np.atleast_1d(np.asarray(sigmas, dtype=float))]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"sigmas must be finite numbers > 0, got {sigmas!r}") from exc
+        raise ValueError(f"{name} must be finite numbers > 0, got {sigmas!r}") from exc
     if not values:
-        raise ValueError("sigmas must hold at least one value > 0, got an empty grid")
+        raise ValueError(f"{name} must hold at least one value > 0, got an empty grid")
     bad = [s for s in values if not math.isfinite(s) or s <= 0]
     if bad:
-        raise ValueError(f"sigmas must be finite and > 0, got {bad[0]!r}")
+        raise ValueError(f"{name} must be finite and > 0, got {bad[0]!r}")
     return values
 
 

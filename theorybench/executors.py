@@ -3,7 +3,10 @@
 Every executor goes through :func:`~theorybench.experiments.cells.run_cell`, which loads a
 cell's record from the cache or computes and stores it (atomically, with a checksum), so
 the records, hence the tables, do not depend on the executor, and a run killed at any
-moment loses at most the cells in flight.
+moment loses at most the cells in flight. The driver computes every cell's key once, at
+the start, and hands it to the cell: a cell whose hashed source was edited during the run
+fails with a message (run again) rather than storing results that the cells reading it
+cannot find, or that mix two versions of the code.
 
 Order: a cell starts once every cell it reads (``cells.cell_dependencies``: the universal
 network a per-σ network starts from, the networks a Jacobian cell analyses) has finished;
@@ -110,8 +113,9 @@ class Schedule:
     and records its own failure). ``len()`` counts the cells not yet handed out.
     """
 
-    def __init__(self, cells: list[dict], todo) -> None:
-        index = {cell_key(cells[i]): i for i in todo}
+    def __init__(self, cells: list[dict], todo, keys: list[str] | None = None) -> None:
+        keys = keys or [cell_key(spec) for spec in cells]
+        index = {keys[i]: i for i in todo}
         self._needs = {i: {index[k] for k in cell_dependencies(cells[i]) if k in index}
                        for i in todo}
         self._waiting = sorted(todo)
@@ -148,10 +152,11 @@ def _exit_with_driver() -> None:
     threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
 
 
-def _local_cell(spec: dict, cache_root, device, threads: int, progress: bool) -> dict:
+def _local_cell(spec: dict, cache_root, device, threads: int, progress: bool,
+                key: str) -> dict:
     """Body of one local cell (also the target of the worker processes)."""
     with torch_threads(threads):
-        return run_cell(spec, cache_root, device=device, progress=progress)
+        return run_cell(spec, cache_root, device=device, progress=progress, key=key)
 
 
 def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
@@ -163,6 +168,7 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
     with ``threads`` torch threads; results are the same bits as with ``jobs == 1``.
     """
     records: list[dict | None] = [None] * len(cells)
+    keys = [cell_key(spec) for spec in cells]  # the code at the run's start
     bar = tqdm(total=len(cells), disable=quiet, desc="cells", unit="cell")
 
     def finish(i: int, record: dict) -> None:
@@ -172,28 +178,29 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
         bar.update(1)
 
     if jobs == 1:
-        schedule = Schedule(cells, range(len(cells)))
+        schedule = Schedule(cells, range(len(cells)), keys)
         while len(schedule):
             for i in _ready(schedule, 1):
                 bar.set_postfix_str(describe(cells[i])[:60])
-                finish(i, _local_cell(cells[i], cache_root, device, threads, not quiet))
+                finish(i, _local_cell(cells[i], cache_root, device, threads, not quiet,
+                                      keys[i]))
                 schedule.finish(i)
     else:
         cache, missing = Cache(cache_root), []
         for i, spec in enumerate(cells):  # stored cells are loaded (and checked) right here
-            stored = stored_record(cache, spec)
+            stored = stored_record(cache, spec, keys[i])
             if stored is None:
                 missing.append(i)
             else:
                 finish(i, stored)
-        schedule, running = Schedule(cells, missing), {}
+        schedule, running = Schedule(cells, missing, keys), {}
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
                                  initializer=_exit_with_driver) as pool:
             while len(schedule) or running:  # keep exactly `jobs` cells in flight
                 for i in _ready(schedule, jobs - len(running), busy=bool(running)):
                     running[pool.submit(_local_cell, cells[i], cache_root, device, threads,
-                                        False)] = i
+                                        False, keys[i])] = i
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     i = running.pop(future)
@@ -257,10 +264,10 @@ def _ray_device(ray, device, threads: int) -> tuple[str, int]:
     return "cpu", 0
 
 
-def _ray_cell(spec: dict, cache_root: str, device: str, threads: int) -> dict:
+def _ray_cell(spec: dict, cache_root: str, device: str, threads: int, key: str) -> dict:
     """Body of one Ray task: load or compute the cell, store it in the shared cache."""
     with torch_threads(threads):
-        return run_cell(spec, cache_root, device=device, progress=False)
+        return run_cell(spec, cache_root, device=device, progress=False, key=key)
 
 
 def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
@@ -283,9 +290,9 @@ def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
     ray = _import_ray()
     root = str(Path(cache_root).resolve())  # workers do not share the driver's cwd
     cache = Cache(root)
-    records: list[dict | None] = []
-    for spec in cells:
-        records.append(stored_record(cache, spec))
+    keys = [cell_key(spec) for spec in cells]  # the code at the run's start
+    records: list[dict | None] = [stored_record(cache, spec, key)
+                                  for spec, key in zip(cells, keys, strict=True)]
     missing = [i for i, r in enumerate(records) if r is None]
     if not missing:
         return records
@@ -303,7 +310,7 @@ def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
     try:
         device_name, gpus = _ray_device(ray, device, threads)
         task = ray.remote(_ray_cell)
-        schedule = Schedule(cells, missing)
+        schedule = Schedule(cells, missing, keys)
 
         def submit() -> None:  # every cell free to start: Ray queues them on the cluster
             for i in _ready(schedule, len(schedule), busy=bool(pending)):
@@ -311,7 +318,7 @@ def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
                 on_device = kind_of(spec).gpu  # the kinds that run networks
                 ref = task.options(num_cpus=threads, num_gpus=1 if on_device and gpus else 0,
                                    name=describe(spec)[:120]).remote(
-                    spec, root, device_name if on_device else "cpu", threads)
+                    spec, root, device_name if on_device else "cpu", threads, keys[i])
                 pending[ref] = i
 
         submit()

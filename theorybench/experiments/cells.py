@@ -138,15 +138,33 @@ def stored_record(cache: Cache, spec: dict, key: str | None = None) -> dict | No
     return {**record, "cached": True}
 
 
-def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
+def _code_moved(spec: dict, key: str) -> dict | None:
+    """A failed record when the cell's key is no longer ``key`` (its hashed source changed
+    on disk since the run computed ``key``), else None."""
+    if cell_key(spec) == key:
+        return None
+    return {"key": key, "spec": spec,
+            "failed": f"{describe(spec)}: the source code this cell hashes changed on disk "
+                      f"after the run started (the run's keys, and the cells that read "
+                      f"this one, refer to the code at its start); run again"}
+
+
+def run_cell(spec: dict, cache_root: str, device=None, progress=False,
+             key: str | None = None) -> dict:
     """Compute one cell unless cached; store and return its record.
 
     A training that diverges is recorded as ``{"failed": message}`` in the returned
-    record but never stored, so a later run tries again.
+    record but never stored, so a later run tries again. ``key``: the cell's key as the
+    run computed it at its start (the executors pass it); a cell whose hashed source has
+    changed since, before or while it computes, fails instead of storing results of
+    other code under that key, or under a key the cells that read it do not know.
     """
     kind = kind_of(spec)  # an unknown kind is refused before anything is hashed or stored
     cache = Cache(cache_root)
-    key = cell_key(spec)
+    if key is None:
+        key = cell_key(spec)
+    elif (moved := _code_moved(spec, key)) is not None:
+        return moved
     record = stored_record(cache, spec, key)
     if record is not None:
         return record
@@ -157,6 +175,8 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False) -> dict:
         return {"key": key, "spec": spec, "failed": f"{describe(spec)}: {exc}"}
     if "failed" in result:  # a cell that records its own failure: not cached either
         return {"key": key, "spec": spec, "failed": result["failed"]}
+    if (moved := _code_moved(spec, key)) is not None:  # edited while it computed
+        return moved
     meta = {"seconds": time.perf_counter() - start, "device": str(resolve_device(device)),
             "torch": torch.__version__, "host": platform.node(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -200,14 +220,14 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
     """Every cell of a study: references and networks for each (name, params) entry.
 
     References and the universal network (``preset.universal_steps``, or the entry's
-    ``universal_steps_by_entry``) are evaluated on the dense grid
+    ``universal_steps_by_family``) are evaluated on the dense grid
     ``preset.curve_sigmas``; one per-σ network is trained at each σ of ``preset.sigmas``
     (a subset of it), from the universal network's weights when ``preset.warm_start``,
     each in the better-starting of two forms when ``preset.precondition``.
     """
-    unknown = sorted(set(preset.universal_steps_by_entry) - set(datasets_synth.names()))
+    unknown = sorted(set(preset.universal_steps_by_family) - set(datasets_synth.names()))
     if unknown:
-        raise ValueError(f"universal_steps_by_entry names unknown distribution(s) {unknown}; "
+        raise ValueError(f"universal_steps_by_family names unknown distribution(s) {unknown}; "
                          f"valid: {', '.join(datasets_synth.names())}")
     cells = []
     for name, params in entries:
@@ -222,7 +242,7 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
         universal_cfg = TrainConfig(
             mode="universal", objective=preset.objective, sigma_min=preset.sigmas[0],
             sigma_max=preset.sigmas[-1], center=preset.center,
-            steps=preset.universal_steps_by_entry.get(name, preset.universal_steps),
+            steps=preset.universal_steps_by_family.get(name, preset.universal_steps),
             batch_size=preset.batch_size, lr=preset.lr, seed=seed,
             monitor_sigmas=preset.monitor_sigmas)
         universal = {"kind": "network", "net": net, "train": universal_cfg.to_dict(),

@@ -18,10 +18,11 @@ For each memorization cell (two networks on disjoint training sets S1, S2 of siz
    ``r²``, which is what the anchor reports as "median r²"; summarized as median and
    quartiles;
 5. each machine's MSE on the held-out images at the study's σ grid, with the calibrated
-   patch side of the nearest σ. For a synthetic family or a finite set's test split these
-   are the images and noise of the entry's ``reference`` cell, so the MSE reads against
-   the MMSE bracket; a finite set without a split holds out its unused training images,
-   which the reference cell does not see (the bracket then describes other images).
+   patch side of the nearest σ. Where the held-out images are the entry's own
+   distribution (a synthetic family, or an entry that is itself a test split) they are
+   the images and noise of the entry's ``reference`` cell, so the MSE reads against the
+   MMSE bracket; otherwise (a train split, or a finite set without a split, which holds
+   out its unused training images) the bracket describes other images.
 
 Network samples are recomputed from the stored checkpoints rather than stored in the
 memorization cell; the ODE sampler is deterministic, so they are the cell's samples.

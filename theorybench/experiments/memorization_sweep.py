@@ -136,9 +136,9 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     n_samples : int >= 1    K, initial noises shared by both networks and the baseline.
     sigmas : sequence of float   σ grid of the train/test MSE curves (pixel units).
     n_eval : int >= 2       images per MSE curve (test: held-out images, paired with the
-                            reference cells of the same seed where the held-out images
-                            are the distribution or its test split (:func:`held_out`);
-                            train: images of S1).
+                            reference cells of the same seed where :func:`held_out` returns
+                            the entry's own distribution: a synthetic family, or an entry
+                            that is itself a test split; train: images of S1).
     sampler : dict or None  ``{"method": ..., **options}`` (default: Heun ODE, 40 σ values
                             from σ_max to 0.01, mean = held-out pixel mean).
     seed : int >= 0         study seed: training sets, noises, initializations.

@@ -77,9 +77,10 @@ class Preset:
     n_eval : int                test images per MSE curve (same images and noise for all).
     net : dict                  NetConfig fields of every network.
     per_sigma_steps, universal_steps : int   optimizer steps of each training.
-    universal_steps_by_entry : dict   ``{family name: steps}``: the universal networks of
-                                those entries train this long instead (compute spent where
-                                a headline number is furthest from its target).
+    universal_steps_by_family : dict   ``{family name: steps}``: the universal networks of
+                                every entry of that family train this long instead (compute
+                                spent where a headline number is furthest from its target);
+                                their per-σ networks start from those networks.
     batch_size : int
     lr : float                  Adam learning rate (cosine decay) of the universal networks.
     per_sigma_lr : float        the same for the per-σ networks.
@@ -123,7 +124,7 @@ class Preset:
     universal_steps: int
     batch_size: int
     curve_sigmas: tuple[float, ...] = ()
-    universal_steps_by_entry: dict = field(default_factory=dict)
+    universal_steps_by_family: dict = field(default_factory=dict)
     lr: float = 1e-3
     per_sigma_lr: float = 3e-4
     objective: str = "kl"
@@ -141,24 +142,31 @@ class Preset:
     def __post_init__(self) -> None:
         check_int("size", self.size, low=1)
         check_int("n_eval", self.n_eval, low=2)
-        for name in ("sigmas", "curve_sigmas", "sigma0s", "monitor_sigmas"):
-            values = getattr(self, name)
-            if not values and name in ("sigmas", "sigma0s"):
-                raise ValueError(f"{name} must hold at least one σ > 0")
-            if values:
-                try:
-                    check_sigmas(values)
-                except ValueError as exc:
-                    raise ValueError(f"{name}: {exc}") from None
-            if name in ("sigmas", "curve_sigmas") and values and (
-                    len(values) < 2 or any(np.diff(values) <= 0)):
-                raise ValueError(f"{name} must hold at least 2 values, strictly increasing; "
-                                 f"got {list(values)}")
-        if not self.curve_sigmas:
-            object.__setattr__(self, "curve_sigmas", self.sigmas)
+        for name in ("sigmas", "curve_sigmas"):  # curve_sigmas empty: the per-σ grid
+            grid = getattr(self, name) or self.sigmas
+            grid = tuple(check_sigmas(grid, name)) if len(grid) else ()
+            if len(grid) < 2 or any(np.diff(grid) <= 0):
+                raise ValueError(f"{name} must hold at least 2 values > 0, strictly "
+                                 f"increasing; got {list(grid)}")
+            object.__setattr__(self, name, grid)
         missing = sorted(set(self.sigmas) - set(self.curve_sigmas))
         if missing:
             raise ValueError(f"curve_sigmas must contain every σ of sigmas; missing {missing}")
+        lo, hi = self.curve_sigmas[0], self.curve_sigmas[-1]
+        sigma0s = tuple(check_sigmas(self.sigma0s, "sigma0s"))
+        outside = [s for s in sigma0s if not lo <= s <= hi]
+        if outside:
+            raise ValueError(f"sigma0s must lie in the curve grid's range [{lo:g}, {hi:g}] "
+                             f"(the KL integrates from σ0 to its top); got {outside}")
+        object.__setattr__(self, "sigma0s", sigma0s)
+        if self.monitor_sigmas:
+            object.__setattr__(self, "monitor_sigmas",
+                               tuple(check_sigmas(self.monitor_sigmas, "monitor_sigmas")))
+        for family, steps in self.universal_steps_by_family.items():
+            if not isinstance(family, str):
+                raise ValueError(f"universal_steps_by_family keys must be family names, "
+                                 f"got {family!r}")
+            check_int(f"universal_steps_by_family[{family!r}]", steps, low=1)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -207,7 +215,7 @@ PRESETS: dict[str, Preset] = {
         name="default", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net=UNET_SHRINK, per_sigma_steps=400, universal_steps=2000,
-        universal_steps_by_entry={"disks": 8000}, batch_size=32, lr=3e-3,
+        universal_steps_by_family={"disks": 8000}, batch_size=32, lr=3e-3,
         per_sigma_lr=1e-3, objective="balanced", datasets=builtin_entries(32),
         jacobian_images=1,
         # faces: 80 training images, so N = 1, 10 and 40 (two disjoint sets)
@@ -218,8 +226,9 @@ PRESETS: dict[str, Preset] = {
                       "objective": "paper", "lr": 1e-3,
                       "machines": {"patches": (3, 5, 7, 11, 15), "n_samples": 32,
                                    "n_calibration": 8}},
-        # 16×16 and universal networks only: 7 networks of ~40 CPU-seconds each; 2000 → 4000
-        # steps lowered their MSE/σ² at σ = 0.01 by 21–39 % (k = 1: 27.2 → 16.7) at +16 s each
+        # 16×16 and universal networks only: 7 networks of about 40 CPU-seconds each at
+        # 4000 steps (24 s at 2000); 2000 → 4000 steps lowered their MSE/σ² at σ = 0.01 by
+        # 21–39 % (k = 1: 27.2 → 16.7)
         dimensions={"family": "ellipses", "ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
                     "net": UNET_SMALL, "steps": 4000, "batch_size": 32, "jacobian_images": 4},
     ),
@@ -229,7 +238,9 @@ PRESETS: dict[str, Preset] = {
         # at batch 128; n_eval, the σ grids and the entries are the default preset's, so
         # its main study's reference cells (CPU work, minutes each) are the default's; all
         # its reference cells are computed beforehand with `--kinds reference` and carried
-        # (bench/gpu_session.sh)
+        # (bench/gpu_session.sh). At batch 128 each universal network sees 512,000 images
+        # (the default's disks network 256,000) and each dimension-study network 384,000
+        # (the default's 128,000), so it keeps one step budget for every family
         name="gpu", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net={"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2, "shrink": True},

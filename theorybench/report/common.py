@@ -122,18 +122,39 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.6g").encode())
 
 
+def _exceptions(specs: list[dict], value, common, describe) -> str:
+    """``" (labels: describe(v))"`` for each value ``v = value(spec)`` other than
+    ``common``, with the entries that have it (each label once, in order)."""
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        v = value(spec)
+        if v != common:
+            label = entry_label(spec["dataset"], spec["params"])
+            labels = groups.setdefault(describe(v), [])
+            if label not in labels:
+                labels.append(label)
+    return "".join(f" ({', '.join(labels)}: {text})" for text, labels in groups.items())
+
+
 def architectures(specs: list[dict]) -> str:
     """The networks' NetConfig fields: the most common set, then the entries whose
     networks differ and in what (e.g. circular padding on a periodic family)."""
     nets = [spec["net"] for spec in specs]
     # ties go to zero padding, the configuration a periodic family is the exception to
     common = max(nets, key=lambda net: (nets.count(net), net.get("padding", "zeros") == "zeros"))
-    differing: dict[str, list[str]] = {}
-    for spec in specs:
-        net, label = spec["net"], entry_label(spec["dataset"], spec["params"])
-        diff = {k: net.get(k) for k in sorted(common.keys() | net.keys())
-                if common.get(k) != net.get(k)}
-        if diff and label not in differing.setdefault(str(diff), []):
-            differing[str(diff)].append(label)
-    return str(common) + "".join(f" ({', '.join(labels)}: {diff})"
-                                 for diff, labels in differing.items())
+
+    def differences(net: dict) -> str:
+        return str({k: net.get(k) for k in sorted(common.keys() | net.keys())
+                    if common.get(k) != net.get(k)})
+
+    return str(common) + _exceptions(specs, lambda spec: spec["net"], common, differences)
+
+
+def steps_text(specs: list[dict]) -> str:
+    """The networks' optimizer steps: the most common count (a tie goes to the smaller,
+    the preset's base budget), then the entries that trained otherwise (the preset's
+    ``universal_steps_by_family``), e.g. ``"2000 steps (disks: 8000)"``."""
+    steps = [spec["train"]["steps"] for spec in specs]
+    common = max(steps, key=lambda n: (steps.count(n), -n))
+    return f"{common} steps" + _exceptions(specs, lambda spec: spec["train"]["steps"],
+                                           common, str)

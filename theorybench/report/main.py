@@ -29,6 +29,7 @@ from .common import (
     on_grid,
     preconditioned,
     slug,
+    steps_text,
     write_csv,
 )
 from .dimension import dimension_section
@@ -493,20 +494,6 @@ def study_header(records: list[dict]) -> list[str]:
             + (shrink_sentence(records) if mode == "universal" else "")
             + ".")
     return lines
-
-
-def steps_text(specs: list[dict]) -> str:
-    """``"2000 steps"``, then the entries whose networks trained longer or shorter (the
-    preset's ``universal_steps_by_entry``), e.g. ``"2000 steps (disks: 8000)"``."""
-    steps = [spec["train"]["steps"] for spec in specs]
-    common = max(steps, key=steps.count)
-    other: dict[int, list[str]] = {}
-    for spec, n in zip(specs, steps, strict=True):
-        label = entry_label(spec["dataset"], spec["params"])
-        if n != common and label not in other.setdefault(n, []):
-            other[n].append(label)
-    return f"{common} steps" + "".join(f" ({', '.join(labels)}: {n})"
-                                       for n, labels in other.items())
 
 
 def shrink_sentence(records: list[dict]) -> str:
