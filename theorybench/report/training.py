@@ -119,7 +119,10 @@ def training_section(records: list[dict], out: Path) -> tuple[list[str], list[di
              "of the run (`study`: the main study, and the side studies' networks), and the "
              "flag `converged` = the held-out error (mean of MSE/σ² over the monitored σ) fell "
              "by at most 5 % over the last 20 % of the steps. A network flagged False was "
-             "still improving: its numbers measure the training budget.", ""]
+             "still improving: its numbers measure the training budget. The flag reads one "
+             "schedule's tail: the learning rate decays to zero over the last steps, so a "
+             "network that passes it may still improve with a longer schedule (converged "
+             "means converged for this budget).", ""]
     groups: dict[str, list[dict]] = {}
     for n in nets:
         groups.setdefault(n["group"], []).append(n)
