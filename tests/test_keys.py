@@ -46,23 +46,44 @@ def test_editing_a_module_changes_exactly_the_keys_of_its_cells(edited, changed,
         [True] * len(changed) + [False] * len(unchanged)
 
 
-def test_a_cell_whose_code_changed_after_the_run_started_fails_and_stores_nothing(
+def test_an_edit_during_a_run_fails_the_cells_it_touches_and_stores_none_of_them(
         tmp_path, monkeypatch):
-    """The executors hand each cell the key computed at the run's start: a cell whose
-    hashed source changed since (before or while it computes) fails; results of other
-    code are never stored under that key, nor under one its readers do not know."""
+    """The executors hand each cell the key computed at the run's start. Editing
+    training.py while the universal network trains fails that cell (its checkpoint
+    removed) and the per-σ networks that start from it, each with a message; nothing is
+    stored under a key of the edited code. A record stored under the start key is used."""
+    import dataclasses
+
+    from theorybench.executors import run_local
     from theorybench.experiments import cells
     from theorybench.experiments.presets import PRESETS
 
-    spec = cells.build_cells(PRESETS["smoke"], [("gaussian", {"size": 16})], 0)[0]
-    key = cell_key(spec)
-    before = cells.run_cell(spec, str(tmp_path), key="0" * 64)  # edited before it starts
-    assert "changed on disk after the run started" in before["failed"]
-    moved = iter([key, "1" * 64])  # edited while it computes
-    monkeypatch.setattr(cells, "cell_key", lambda s: next(moved))
-    during = cells.run_cell(spec, str(tmp_path), key=key)
-    assert "changed on disk after the run started" in during["failed"]
-    assert not list(tmp_path.rglob("*.json"))
+    specs = cells.build_cells(PRESETS["smoke"], [("gaussian", {"size": 16})], 0)
+    network = cells.KINDS["network"]
+    read = Path.read_bytes
+
+    def edited_read(path: Path) -> bytes:
+        data = read(path)
+        return data + b"\n# edited\n" if path.as_posix().endswith("training.py") else data
+
+    def compute_then_edit(spec, *args):
+        result = network.compute(spec, *args)
+        if spec["train"]["mode"] == "universal":  # the edit lands while the run goes on
+            monkeypatch.setattr(Path, "read_bytes", edited_read)
+        return result
+
+    monkeypatch.setitem(cells.KINDS, "network",
+                        dataclasses.replace(network, compute=compute_then_edit))
+    records = run_local(specs, str(tmp_path), quiet=True, jobs=1)
+    moved = "its code hashes to another key than the run computed at its start"
+    assert "failed" not in records[0]  # the reference cell does not hash training.py
+    assert all(moved in r["failed"] for r in records[1:]) and len(records) == 2 + 4
+    assert not list((tmp_path / "artifacts").glob("*.pt"))
+    assert len(list(tmp_path.rglob("*.json"))) == 1
+
     monkeypatch.undo()
-    kept = cells.run_cell(spec, str(tmp_path), key=key)  # unchanged: computed and stored
-    assert "failed" not in kept and kept["key"] == key and list(tmp_path.rglob("*.json"))
+    again = run_local(specs, str(tmp_path), quiet=True, jobs=1)
+    assert not any("failed" in r for r in again) and again[0]["cached"]
+    universal = specs[1]
+    monkeypatch.setattr(Path, "read_bytes", edited_read)  # stored under the start key: used
+    assert cells.run_cell(universal, str(tmp_path), key=again[1]["key"])["cached"]

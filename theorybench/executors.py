@@ -6,7 +6,9 @@ the records, hence the tables, do not depend on the executor, and a run killed a
 moment loses at most the cells in flight. The driver computes every cell's key once, at
 the start, and hands it to the cell: a cell whose hashed source was edited during the run
 fails with a message (run again) rather than storing results that the cells reading it
-cannot find, or that mix two versions of the code.
+cannot find, or that mix two versions of the code. (When this module starts Ray, its
+workers hash and run the copy of the sources shipped at the start: edits to the checkout
+do not reach them.)
 
 Order: a cell starts once every cell it reads (``cells.cell_dependencies``: the universal
 network a per-σ network starts from, the networks a Jacobian cell analyses) has finished;
@@ -105,6 +107,7 @@ class Schedule:
     cells : list of cell specs.
     todo : indices of the cells to compute (the others are stored, or not part of the run:
         a dependency on them is met).
+    keys : the cells' keys as the run computed them at its start (default: computed here).
 
     ``take(count)`` hands out up to ``count`` cells whose dependencies have all finished,
     in list order (``build_cells`` lists the long independent cells early, the short
@@ -114,7 +117,8 @@ class Schedule:
     """
 
     def __init__(self, cells: list[dict], todo, keys: list[str] | None = None) -> None:
-        keys = keys or [cell_key(spec) for spec in cells]
+        if keys is None:
+            keys = [cell_key(spec) for spec in cells]
         index = {keys[i]: i for i in todo}
         self._needs = {i: {index[k] for k in cell_dependencies(cells[i]) if k in index}
                        for i in todo}

@@ -140,13 +140,14 @@ def stored_record(cache: Cache, spec: dict, key: str | None = None) -> dict | No
 
 def _code_moved(spec: dict, key: str) -> dict | None:
     """A failed record when the cell's key is no longer ``key`` (its hashed source changed
-    on disk since the run computed ``key``), else None."""
+    on disk since the run computed ``key``, or a worker runs other code than the
+    driver), else None."""
     if cell_key(spec) == key:
         return None
     return {"key": key, "spec": spec,
-            "failed": f"{describe(spec)}: the source code this cell hashes changed on disk "
-                      f"after the run started (the run's keys, and the cells that read "
-                      f"this one, refer to the code at its start); run again"}
+            "failed": f"{describe(spec)}: its code hashes to another key than the run "
+                      f"computed at its start (source edited during the run, or a worker "
+                      f"running other code than the driver); run again"}
 
 
 def run_cell(spec: dict, cache_root: str, device=None, progress=False,
@@ -155,19 +156,20 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False,
 
     A training that diverges is recorded as ``{"failed": message}`` in the returned
     record but never stored, so a later run tries again. ``key``: the cell's key as the
-    run computed it at its start (the executors pass it); a cell whose hashed source has
-    changed since, before or while it computes, fails instead of storing results of
-    other code under that key, or under a key the cells that read it do not know.
+    run computed it at its start (the executors pass it): a record stored under it is
+    used; a cell whose hashed source has changed since, before or while it computes,
+    fails (its side files removed) instead of storing results of other code under that
+    key, or under a key the cells that read it do not know.
     """
     kind = kind_of(spec)  # an unknown kind is refused before anything is hashed or stored
     cache = Cache(cache_root)
-    if key is None:
-        key = cell_key(spec)
-    elif (moved := _code_moved(spec, key)) is not None:
-        return moved
+    checked = key is not None
+    key = key if checked else cell_key(spec)
     record = stored_record(cache, spec, key)
     if record is not None:
         return record
+    if checked and (moved := _code_moved(spec, key)) is not None:
+        return moved
     start = time.perf_counter()
     try:
         result = kind.compute(spec, cache, key, device, progress)
@@ -175,7 +177,9 @@ def run_cell(spec: dict, cache_root: str, device=None, progress=False,
         return {"key": key, "spec": spec, "failed": f"{describe(spec)}: {exc}"}
     if "failed" in result:  # a cell that records its own failure: not cached either
         return {"key": key, "spec": spec, "failed": result["failed"]}
-    if (moved := _code_moved(spec, key)) is not None:  # edited while it computed
+    if checked and (moved := _code_moved(spec, key)) is not None:  # edited while computing
+        for suffix in kind.artifacts:  # no reader may take another code's checkpoint
+            Path(cache.artifact_path(key, suffix)).unlink(missing_ok=True)
         return moved
     meta = {"seconds": time.perf_counter() - start, "device": str(resolve_device(device)),
             "torch": torch.__version__, "host": platform.node(),

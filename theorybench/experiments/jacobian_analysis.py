@@ -378,7 +378,8 @@ def compute_jacobian_cell(spec: dict, cache, key: str, device=None) -> dict:
     path = Path(cache.artifact_path(spec["network_key"], ".pt"))
     if not path.exists():
         raise MissingCheckpoint(f"{describe_jacobian(spec)}: no checkpoint {path.name} "
-                                f"(run the network cell first; it may have diverged)")
+                                f"(run the network cell first; it may have diverged, failed, "
+                                f"or had its source edited during the run)")
     device = resolve_device(device)
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
     sigma, n, top_k = float(spec["sigma"]), int(spec["n_images"]), int(spec["top_k"])

@@ -83,7 +83,10 @@ def _source_hash(module: str) -> str:
     if spec is None or spec.origin is None:
         return "unknown"
     origin = Path(spec.origin)
-    files = sorted(origin.parent.glob("*.py")) if origin.name == "__init__.py" else [origin]
+    files = [origin]
+    if origin.name == "__init__.py":  # a package: its modules, not editors' lock files
+        files = sorted(f for f in origin.parent.glob("*.py")
+                       if not f.name.startswith(".") and f.is_file())
     h = hashlib.sha256()
     for file in files:
         h.update(file.read_bytes())
