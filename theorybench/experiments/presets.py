@@ -1,9 +1,10 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 27 minutes (27 min 2 s on an idle
-machine, 2026-12-05, once the disks network trained 4× longer; fourteen earlier runs took
-22–29 minutes, and the same cells ran 10–25 % slower in one than an hour before) with a
+``default`` gives meaningful numbers on a 2-core CPU in 27–28 minutes (27 min 2 s and
+28 min 10 s on an idle machine, 2026-12-05, once the disks network trained 4× longer;
+fourteen earlier runs took 22–29 minutes, and the same cells ran 10–25 % slower in one
+than an hour before) with a
 peak of 3.0 GB (summed RSS of the driver and its two workers, sampled every 3 s;
 3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded their memory; the
 largest cell alone, the C^α references, peaks at 1.7 GB);
