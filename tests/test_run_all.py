@@ -328,6 +328,7 @@ def test_bad_override_is_refused(tmp_path, capsys):
     ("sigma0s=[5.0]", "sigma0s must lie in the curve grid's range [0.02, 1]"),
     ('universal_steps_by_family={"disks": 0}',
      "universal_steps_by_family['disks'] must be an integer >= 1"),
+    ("compile=1", "compile must be"),
 ])
 def test_preset_refuses_bad_values_before_any_cell(tmp_path, capsys, override, message):
     with pytest.raises(SystemExit) as exc:

@@ -59,3 +59,20 @@ def test_every_cell_of_a_study_has_a_registered_kind():
     assert {name for name, kind in KINDS.items() if not kind.gpu} == {"reference"}
     with pytest.raises(ValueError, match=r"unknown cell kind 'nope'; valid: \['jacobian'"):
         describe({"kind": "nope", "dataset": "gaussian", "params": {}})
+
+
+def test_the_longest_networks_start_first():
+    """A network trained longer than the preset's ``universal_steps`` (its family's
+    ``universal_steps_by_family``) leads the study: its per-σ networks wait for it."""
+    import dataclasses
+
+    from theorybench.experiments.presets import PRESETS
+    from theorybench.experiments.study import study_cells
+
+    preset = dataclasses.replace(PRESETS["smoke"], universal_steps_by_family={"disks": 99})
+    cells = study_cells(preset, list(preset.datasets), None, seed=0)
+    first = cells[0]
+    assert (first["kind"], first["dataset"], first["train"]["steps"]) == ("network", "disks", 99)
+    assert sum(c.get("train", {}).get("steps") == 99 for c in cells) == 1
+    plain = study_cells(PRESETS["smoke"], list(preset.datasets), None, seed=0)
+    assert len(plain) == len(cells) and plain[0]["kind"] != "network"

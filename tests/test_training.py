@@ -190,3 +190,21 @@ def test_train_config_round_trip_schedule_and_validation():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device"):
         resolve_device("gpu0")
+
+
+def test_compiled_steps_minimize_the_same_loss_deterministically(gaussian):
+    """``compile=True`` trains the same network on the same data with the same loss: its
+    held-out error follows the eager training's to rounding (measured: within 1e-7), it
+    falls, and the same seed gives the same weights twice."""
+    cfg = TrainConfig(mode="universal", steps=3 * CHUNK_STEPS, batch_size=8, seed=3, lr=3e-3,
+                      monitor_sigmas=(0.3,), monitor_every=CHUNK_STEPS)
+    eager = train(gaussian, TINY, cfg)
+    compiled = [train(gaussian, TINY, TrainConfig.from_dict({**cfg.to_dict(), "compile": True}))
+                for _ in range(2)]
+    errors = [d.history["monitor"]["mse"][0] for d in (eager, compiled[0])]
+    assert errors[1] == pytest.approx(errors[0], rel=1e-4)
+    assert errors[1][-1] < 0.97 * errors[1][0]  # it trained
+    a, b = (d.net.state_dict() for d in compiled)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(compile="yes")

@@ -58,6 +58,13 @@ class TrainConfig:
                              (empty: none; per-sigma networks default to their own σ).
     monitor_every : int >= 0 steps between two held-out measurements (0: steps // 20).
     monitor_images : int >= 2   held-out images (and noises) of the monitor.
+    compile : bool           run the training steps through ``torch.compile`` (fused
+                             kernels: 1.75× faster per step for the default preset's UNet on
+                             one CPU thread; needs a C++ compiler on a CPU, Triton on a GPU).
+                             The same function is minimized; rounding differs from eager
+                             steps, so the weights differ slightly (the same seed and setting
+                             give the same weights on one machine). The monitor, evaluation
+                             and sampling run eagerly.
     """
 
     mode: str = "per-sigma"
@@ -77,12 +84,14 @@ class TrainConfig:
     monitor_sigmas: tuple = ()
     monitor_every: int = 0
     monitor_images: int = 64
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("center", self.center, (False, True))
+        check_choice("compile", self.compile, (False, True))
         check_choice("precondition", self.precondition, PRECONDITIONS)
         if self.precondition != "none" and self.mode != "per-sigma":
             raise ValueError("precondition needs mode='per-sigma' (its scalings depend on σ, "

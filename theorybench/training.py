@@ -42,7 +42,10 @@ that can, so a GPU does not wait on the CPU: on a GPU that device's stream, othe
 of the same law), or a fixed training set, moved to the device once and drawn in seeded
 minibatches (a fresh random permutation per epoch). Images, noise and σ are generated
 ``CHUNK_STEPS`` steps at a time to keep the per-step overhead low. All randomness comes
-from explicit generators: on one machine the same seed gives the same weights.
+from explicit generators: on one machine the same seed gives the same weights. With
+``compile`` the training steps run a ``torch.compile`` of the network (sharing its weights);
+the first such training in a process compiles (seconds to a minute, cached on disk for the
+next process), later ones of the same architecture, image size and mode reuse the code.
 """
 
 from __future__ import annotations
@@ -327,6 +330,7 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     else:
         center = None
     _train_mode(net, frozen_norm=init is not None)
+    step_net = torch.compile(net) if cfg.compile else net  # shares net's parameters
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     noise_gen = block_generator(cfg.seed, 0, STREAM_NOISE, device)
@@ -348,7 +352,7 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
             if monitor.due(first + i, cfg.steps):
                 monitor.measure(net, center, first + i, init is not None, scales)
             batch = slice(i * B, (i + 1) * B)
-            residual = network_residual(net, input_all[batch], *scales)
+            residual = network_residual(step_net, input_all[batch], *scales)
             loss = objective_loss(residual, noise_all[batch], sigma_all[batch], cfg.objective,
                                   cfg.sigma_data)
             optimizer.zero_grad(set_to_none=True)

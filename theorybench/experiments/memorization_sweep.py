@@ -120,7 +120,8 @@ def resolve_sampler(sampler: dict | None, sigma_max: float) -> dict:
 def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: int, lr: float,
                              sigma_max: float, n_samples: int, sigmas, n_eval: int,
                              sampler: dict | None, seed: int, objective: str = "paper",
-                             center: bool = False, monitor_sigmas=()) -> list[dict]:
+                             center: bool = False, monitor_sigmas=(),
+                             compile: bool = False) -> list[dict]:
     """One ``memorization`` cell spec per (entry, N).
 
     Parameters
@@ -147,6 +148,7 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     center : bool           subtract the training set's mean image (``TrainConfig.center``).
     monitor_sigmas : sequence of float   σ of the held-out error tracked during each
                             training (``TrainConfig.monitor_sigmas``; none: not monitored).
+    compile : bool          compiled training steps (``TrainConfig.compile``).
 
     Returns
     -------
@@ -163,7 +165,7 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     train_cfg = TrainConfig(mode="universal", objective=objective, sigma_min=min(sigmas),
                             sigma_max=sigma_max, center=center, steps=steps,
                             batch_size=batch_size, lr=lr, seed=seed,
-                            monitor_sigmas=tuple(monitor_sigmas))
+                            monitor_sigmas=tuple(monitor_sigmas), compile=compile)
     sampler = resolve_sampler(sampler, train_cfg.sigma_max)
     cells = []
     for name, params in entries:

@@ -23,9 +23,14 @@ from .memorization_sweep import build_memorization_cells
 def study_cells(preset, entries, datasets: str | None, seed: int) -> list[dict]:
     """Every cell of a run: long independent cells first, the short analyses of stored
     networks last (the executors start cells in this order once their inputs exist). The
-    sweep leads: its machines (minutes each) wait for its networks, and would otherwise end
-    the run on one busy worker."""
-    cells = sweep_cells(preset, datasets, seed) + build_cells(preset, entries, seed)
+    networks that train longer than the preset's ``universal_steps`` lead (their per-σ
+    networks wait for them), then the sweep: its machines (minutes each) wait for its
+    networks, and would otherwise end the run on one busy worker."""
+    main = build_cells(preset, entries, seed)
+    longest = [c for c in main if c["kind"] == "network"
+               and c["train"]["steps"] > preset.universal_steps]  # universal_steps_by_family
+    cells = longest + sweep_cells(preset, datasets, seed) + \
+        [c for c in main if not any(c is x for x in longest)]
     analyses = build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
                                     preset.jacobian_images, seed)
     dimension = dimension_cells(preset, datasets, seed)
@@ -46,7 +51,8 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
         sigma_max=m.get("sigma_max", 1.0), n_samples=m["n_samples"], sigmas=preset.sigmas,
         n_eval=m["n_eval"], sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
         center=m.get("center", False),
-        monitor_sigmas=[x for x in preset.monitor_sigmas if x <= m.get("sigma_max", 1.0)])
+        monitor_sigmas=[x for x in preset.monitor_sigmas if x <= m.get("sigma_max", 1.0)],
+        compile=preset.compile)
     pair_sigma = [m.get("pair_sigma", preset.sigmas[len(preset.sigmas) // 2])]
     references = []  # the MMSE bracket on the sweep's held-out images, at the σ grid
     for name, params in entries:

@@ -483,6 +483,7 @@ def study_header(records: list[dict]) -> list[str]:
             f"lr {t['lr']:g}, objective `{objective}`"
             + (f" ({law})" if mode == "universal" else "")
             + (", mean image subtracted" if t.get("center") else "")
+            + (", training steps compiled (`torch.compile`)" if t.get("compile") else "")
             + (", started from the universal network" if warm else "")
             + (f"; {precond} of the {len(mine)} preconditioned (the training table says "
                f"which): f(y) = μ̂ + c_skip (y − μ̂) − c_out r(y − μ̂) with EDM's c_skip = "
