@@ -8,7 +8,10 @@ preset's σ, every steps // 20 steps) per step of the preset's universal trainin
 the difference between ``train()`` with and without it (a short bench over-weights the
 monitor: it also measures at step 0 and at the end); (b) the training step's achieved
 FLOP rate (convolutions counted analytically, forward + 2 × forward for the backward
-pass) against a square ``torch.matmul`` of about the same FLOP count.
+pass) against a square ``torch.matmul`` of about the same FLOP count. With a preset
+whose training is compiled (``Preset.compile``), both loops of (a) run compiled (the
+compilation itself happens in a warm-up, outside the timings) and (a) also reports the
+speed-up of its compiled ``train()`` steps over eager ones.
 
 ``--family`` picks the distribution whose images ``train()`` draws (gaussian by default;
 gaussian, calpha and disks draw on the training device, a GPU too): the bare loop's
@@ -80,8 +83,8 @@ def time_train(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
 
 def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
     """(wall, CPU) seconds per step of a plain loop: pre-generated x, z and log-uniform σ,
-    the same net (a ``BlindShrink`` calibrated, as ``train`` does), loss
-    ``mean(((r − σz)/σ)²)`` and Adam."""
+    the same net (a ``BlindShrink`` calibrated, as ``train`` does; ``torch.compile``d when
+    ``train_cfg.compile``), loss ``mean(((r − σz)/σ)²)`` and Adam."""
     B, steps = train_cfg.batch_size, train_cfg.steps
     gen = torch.Generator().manual_seed(5)
     x = dist.sample(B * steps, 5).to(device).view(steps, B, *dist.shape)
@@ -93,11 +96,12 @@ def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
         clean = x.flatten(0, 1)
         net.calibrate(clean - clean.mean(0))
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr)
+    step_net = torch.compile(net) if train_cfg.compile else net
     sync(device)
     start = clocks()
     for k in range(steps):
         noise = sigma[k] * z[k]
-        loss = torch.mean(((net(x[k] + noise) - noise) / sigma[k]) ** 2)
+        loss = torch.mean(((step_net(x[k] + noise) - noise) / sigma[k]) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -140,20 +144,26 @@ def main(argv=None) -> None:
     batch = preset.batch_size
     train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=preset.sigmas[0],
                             sigma_max=preset.sigmas[-1], center=True, monitor_sigmas=(),
-                            steps=args.steps, batch_size=batch, lr=1e-3)
+                            steps=args.steps, batch_size=batch, lr=1e-3,
+                            compile=preset.compile)
     # the bench's short training measures its monitor at the cadence of the preset's
     # universal training (TrainConfig.monitor_interval of its steps)
     preset_steps = preset.universal_steps_by_family.get(args.family, preset.universal_steps)
     every = dataclasses.replace(train_cfg, steps=preset_steps).monitor_interval
     monitored = dataclasses.replace(train_cfg, monitor_sigmas=preset.monitor_sigmas,
                                     monitor_every=every)
-    time_bare(dist, net_cfg, TrainConfig(steps=4, batch_size=batch), device)  # warm-up
+    eager = dataclasses.replace(train_cfg, compile=False)
+    for cfg in dict.fromkeys((train_cfg, eager)):  # warm-up and compilation, untimed: the
+        time_bare(dist, net_cfg, cfg, device)  # same images, so the same shrinkage state
+        time_train(dist, net_cfg, cfg, device)
     loops = {"train": lambda: time_train(dist, net_cfg, train_cfg, device),
              "monitored": lambda: time_train(dist, net_cfg, monitored, device),
              "bare": lambda: time_bare(dist, net_cfg, train_cfg, device)}
+    if train_cfg.compile:
+        loops["eager"] = lambda: time_train(dist, net_cfg, eager, device)
     times = {name: [] for name in loops}
     for r in range(args.repeats):  # one of each, back to back, in a rotating order
-        for name in list(loops)[r % 3:] + list(loops)[:r % 3]:
+        for name in list(loops)[r % len(loops):] + list(loops)[:r % len(loops)]:
             times[name].append(loops[name]())
     # ratios within each repeat: the machine's speed drifts by ±20 % over tens of seconds
     # on a shared VM, so single timings are not comparable, back-to-back ones are
@@ -161,8 +171,9 @@ def main(argv=None) -> None:
     print(f"device {device}, torch threads {torch.get_num_threads()}, {net_cfg}")
     print(f"preset {preset.name}: batch {batch} at {preset.size}x{preset.size}, "
           f"{args.steps} steps, {args.repeats} repeats")
+    kind = "compiled" if train_cfg.compile else "eager"
     print(f"(a) train() step {wall['train'] * 1e3:.1f} ms, bare loop {wall['bare'] * 1e3:.1f} "
-          f"ms (wall, medians); ratio within a repeat (goal <= 1.10):")
+          f"ms (wall, medians, both {kind}); ratio within a repeat (goal <= 1.10):")
     for i, clock in enumerate(("wall", "CPU time of this process")):
         ratios = sorted(a[i] / b[i] for a, b in zip(times["train"], times["bare"], strict=True))
         print(f"    {clock}: median {statistics.median(ratios):.3f}, "
@@ -174,6 +185,11 @@ def main(argv=None) -> None:
     print(f"    held-out monitor: {per_measurement * 1e3:.0f} ms per measurement; at its "
           f"cadence in a {preset_steps}-step training {in_preset / preset_steps * 1e3:.2f} ms "
           f"per step, {in_preset / preset_steps / wall['bare']:.1%} of the bare step")
+    if "eager" in times:
+        speedup = sorted(a[0] / b[0] for a, b in zip(times["eager"], times["train"], strict=True))
+        print(f"    compiled steps (the preset's): {statistics.median(speedup):.2f}× faster than "
+              f"eager train() steps ({wall['eager'] * 1e3:.1f} ms; range "
+              f"{speedup[0]:.2f}–{speedup[-1]:.2f})")
     flops = 3 * forward_flops(net_cfg, preset.size, preset.size) * batch  # fwd + 2x fwd
     n = max(256, round((flops / 2) ** (1 / 3) / 64) * 64)
     rate_step, rate_mm = flops / wall["train"], matmul_rate(n, device)

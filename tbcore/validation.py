@@ -44,6 +44,14 @@ def check_choice(name: str, value: Any, choices) -> Any:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is True or False (not 1, 0 or another stand-in: a flag that
+    is part of a cell key must have one spelling), else raise ValueError."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_seed(seed: Any) -> int:
     """A seed is a non-negative integer (numpy's SeedSequence accepts no less)."""
     return check_int("seed", seed, low=0)

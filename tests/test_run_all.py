@@ -339,6 +339,16 @@ def test_preset_refuses_bad_values_before_any_cell(tmp_path, capsys, override, m
     assert not (tmp_path / "c").exists()
 
 
+def test_preset_flags_are_true_or_false():
+    import dataclasses
+
+    from theorybench.experiments.presets import PRESETS
+
+    for name in ("center", "warm_start", "precondition", "compile"):
+        with pytest.raises(ValueError, match=f"{name} must be True or False, got 1"):
+            dataclasses.replace(PRESETS["smoke"], **{name: 1})
+
+
 def test_size_override_resizes_the_entries():
     from theorybench.cli import apply_overrides
     from theorybench.experiments.presets import PRESETS

@@ -192,19 +192,46 @@ def test_train_config_round_trip_schedule_and_validation():
         resolve_device("gpu0")
 
 
-def test_compiled_steps_minimize_the_same_loss_deterministically(gaussian):
-    """``compile=True`` trains the same network on the same data with the same loss: its
-    held-out error follows the eager training's to rounding (measured: within 1e-7), it
-    falls, and the same seed gives the same weights twice."""
+def test_compiled_steps_minimize_the_same_loss_deterministically(gaussian, monkeypatch):
+    """``compile=True`` trains through ``torch.compile`` (static shapes) the same network on
+    the same data with the same loss: its held-out error follows the eager training's to
+    rounding (measured: within 1e-7), universal and warm-started in EDM's form alike; the
+    same seed gives the same weights, whatever shape the process compiled in between."""
+    calls = []
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(kw) or compile_(net, **kw))
     cfg = TrainConfig(mode="universal", steps=3 * CHUNK_STEPS, batch_size=8, seed=3, lr=3e-3,
                       monitor_sigmas=(0.3,), monitor_every=CHUNK_STEPS)
+    compiled_cfg = TrainConfig.from_dict({**cfg.to_dict(), "compile": True})
     eager = train(gaussian, TINY, cfg)
-    compiled = [train(gaussian, TINY, TrainConfig.from_dict({**cfg.to_dict(), "compile": True}))
-                for _ in range(2)]
-    errors = [d.history["monitor"]["mse"][0] for d in (eager, compiled[0])]
+    assert calls == []
+    first = train(gaussian, TINY, compiled_cfg)
+    assert calls == [{"dynamic": False}]
+    train(GaussianField(size=12), TINY, compiled_cfg)  # another shape in between
+    again = train(gaussian, TINY, compiled_cfg)
+    errors = [d.history["monitor"]["mse"][0] for d in (eager, first)]
     assert errors[1] == pytest.approx(errors[0], rel=1e-4)
     assert errors[1][-1] < 0.97 * errors[1][0]  # it trained
-    a, b = (d.net.state_dict() for d in compiled)
+    a, b = first.net.state_dict(), again.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="compile"):
-        TrainConfig(compile="yes")
+    per_sigma = TrainConfig(sigma=0.5, precondition="edm", steps=CHUNK_STEPS, batch_size=8,
+                            monitor_every=4, warmup=0)
+    warm = [train(gaussian, TINY, TrainConfig.from_dict({**per_sigma.to_dict(), "compile": c}),
+                  init=eager).history["monitor"]["mse"][0] for c in (False, True)]
+    assert warm[1] == pytest.approx(warm[0], rel=1e-4)
+    assert len(calls) == 4
+
+
+def test_compile_needs_a_cpp_compiler_and_a_bool(gaussian, monkeypatch):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def missing():
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    cfg = TrainConfig(steps=2, batch_size=2, compile=True)
+    with pytest.raises(ValueError, match="needs a C.. compiler.*compile=false"):
+        train(gaussian, TINY, cfg, device="cpu")
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match=f"compile must be True or False, got {bad!r}"):
+            TrainConfig(compile=bad)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tbcore.validation import check_choice, check_int
+from tbcore.validation import check_bool, check_choice, check_int
 
 from .blind_shrink import BlindShrink
 
@@ -86,8 +86,8 @@ class NetConfig:
     def __post_init__(self) -> None:
         check_choice("arch", self.arch, ARCHS)
         check_choice("padding", self.padding, PADDINGS)
-        check_choice("global_mean", self.global_mean, (False, True))
-        check_choice("shrink", self.shrink, (False, True))
+        check_bool("global_mean", self.global_mean)
+        check_bool("shrink", self.shrink)
         for name, low in (("in_channels", 1), ("channels", 1), ("depth", 2), ("blocks", 1),
                           ("convs_per_block", 1), ("kernel", 1)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), low=low))

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tbcore.validation import check_choice, check_float, check_int, check_seed
+from tbcore.validation import check_bool, check_choice, check_float, check_int, check_seed
 
 from .networks import config_from_dict
 
@@ -63,7 +63,8 @@ class TrainConfig:
                              one CPU thread; needs a C++ compiler on a CPU, Triton on a GPU).
                              The same function is minimized; rounding differs from eager
                              steps, so the weights differ slightly (the same seed and setting
-                             give the same weights on one machine). The monitor, evaluation
+                             give the same weights on one CPU machine; on a GPU, as eager
+                             steps, to its kernels' determinism). The monitor, evaluation
                              and sampling run eagerly.
     """
 
@@ -90,8 +91,8 @@ class TrainConfig:
         check_choice("mode", self.mode, MODES)
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("center", self.center, (False, True))
-        check_choice("compile", self.compile, (False, True))
+        check_bool("center", self.center)
+        check_bool("compile", self.compile)
         check_choice("precondition", self.precondition, PRECONDITIONS)
         if self.precondition != "none" and self.mode != "per-sigma":
             raise ValueError("precondition needs mode='per-sigma' (its scalings depend on σ, "

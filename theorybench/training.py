@@ -45,11 +45,13 @@ minibatches (a fresh random permutation per epoch). Images, noise and σ are gen
 from explicit generators: on one machine the same seed gives the same weights. With
 ``compile`` the training steps run a ``torch.compile`` of the network (sharing its weights);
 the first such training in a process compiles (seconds to a minute, cached on disk for the
-next process), later ones of the same architecture, image size and mode reuse the code.
+next process), later ones of the same architecture, image size and mode reuse the code
+(static shapes: the code of a network depends on its own shape only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -73,6 +75,7 @@ STREAM_MONITOR = 14  # noise of the held-out monitoring images
 MONITOR_SEED = 2**42  # held-out monitoring images: a seed disjoint from training and tests
 CENTER_IMAGES = 1024  # images averaged into the mean image μ̂ (endless distributions)
 CONVERGENCE_DROP, CONVERGENCE_TAIL = 0.05, 0.2  # "not converged": > 5 % drop over the last 20 %
+COMPILED_VARIANTS = 64  # compile=True: compiled versions of one forward function per process
 
 
 class TrainingDiverged(RuntimeError):
@@ -248,6 +251,37 @@ def converged(monitor: dict, drop: float = CONVERGENCE_DROP,
     return None if fall is None else bool(fall <= drop)
 
 
+def _check_cpp_compiler() -> None:
+    """Raise a one-line ValueError when ``torch.compile`` has no C++ compiler to build CPU
+    kernels with (it would fail at the first training step with a long traceback)."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # torch raises its own InvalidCxxCompiler
+        raise ValueError("compile=True needs a C++ compiler on a CPU (g++ or clang++ on the "
+                         "PATH, or $CXX); install one, or train eagerly (compile=False, "
+                         "--override compile=false)") from exc
+
+
+@contextlib.contextmanager
+def _compile_settings(compiled: bool) -> Iterator[None]:
+    """Around a training loop: with ``compiled``, up to ``COMPILED_VARIANTS`` compiled
+    versions of one forward function per process (shapes, paddings, training or frozen
+    normalization, shrinkage on or off: torch's default of 8 is reached by a study in one
+    process, after which it would train on silently without compiling), an error past
+    them, and the compiler's worker threads limited to the training's torch threads."""
+    if not compiled:
+        yield
+        return
+    import torch._inductor.config as inductor_config
+
+    with torch._dynamo.config.patch(recompile_limit=COMPILED_VARIANTS,
+                                    fail_on_recompile_limit_hit=True), \
+            inductor_config.patch(compile_threads=torch.get_num_threads()):
+        yield
+
+
 def calibration_images(dist, train_images: torch.Tensor | None, seed: int) -> torch.Tensor:
     """Clean images (n, c, h, w) whose mean is μ̂ and on which a ``BlindShrink`` network
     measures the data's scale: the training set, or ``CENTER_IMAGES`` training-stream
@@ -294,6 +328,8 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
         raise ValueError("init must be in the residual form f(y) = y − r(y − μ̂) (c_skip = "
                          "c_out = 1); a preconditioned network's scalings belong to its own σ")
     device = resolve_device(device)
+    if train_cfg.compile and device.type == "cpu":
+        _check_cpp_compiler()
     shape = tuple(dist.shape)
     if train_images is None and dist.num_images is not None:
         if not hasattr(dist, "train_images"):
@@ -330,7 +366,9 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     else:
         center = None
     _train_mode(net, frozen_norm=init is not None)
-    step_net = torch.compile(net) if cfg.compile else net  # shares net's parameters
+    # static shapes: the compiled code of a network depends on its own shape only, not on
+    # the shapes that the process trained before (same bits whatever the worker)
+    step_net = torch.compile(net, dynamic=False) if cfg.compile else net  # net's parameters
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     noise_gen = block_generator(cfg.seed, 0, STREAM_NOISE, device)
@@ -339,39 +377,40 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     losses = torch.zeros(CHUNK_STEPS, device=device)
     bar = tqdm(total=cfg.steps, disable=not progress, desc="train", leave=False)
     start_time = time.perf_counter()
-    for first in range(0, cfg.steps, CHUNK_STEPS):
-        count = min(CHUNK_STEPS, cfg.steps - first)
-        x_all = next(images)
-        z_all = torch.randn(x_all.shape, generator=noise_gen, device=device)
-        sigma_all = draw_sigma(cfg, len(x_all), noise_gen, device)
-        noise_all = sigma_all * z_all
-        input_all = centered(x_all + noise_all, center)  # y − μ̂, y = x + σ z
-        if first == 0:  # the form to train (cfg.precondition), chosen on training images
-            scales = _output_scales(cfg, net, input_all, noise_all, init is not None)
-        for i in range(count):
-            if monitor.due(first + i, cfg.steps):
-                monitor.measure(net, center, first + i, init is not None, scales)
-            batch = slice(i * B, (i + 1) * B)
-            residual = network_residual(step_net, input_all[batch], *scales)
-            loss = objective_loss(residual, noise_all[batch], sigma_all[batch], cfg.objective,
-                                  cfg.sigma_data)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses[i] = loss.detach()
-        chunk_losses = losses[:count].cpu()  # one synchronization per chunk
-        bad = (~torch.isfinite(chunk_losses)).nonzero()
-        if len(bad):
-            step = first + int(bad[0])
-            bar.close()
-            raise TrainingDiverged(f"training loss is {float(chunk_losses[bad[0]])} at step "
-                                   f"{step} of {cfg.steps} (lr={cfg.lr}); lower lr or check "
-                                   f"the data")
-        history["step"].append(first + count - 1)
-        history["loss"].append(float(chunk_losses.mean()))
-        bar.update(count)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3g}")
+    with _compile_settings(cfg.compile):
+        for first in range(0, cfg.steps, CHUNK_STEPS):
+            count = min(CHUNK_STEPS, cfg.steps - first)
+            x_all = next(images)
+            z_all = torch.randn(x_all.shape, generator=noise_gen, device=device)
+            sigma_all = draw_sigma(cfg, len(x_all), noise_gen, device)
+            noise_all = sigma_all * z_all
+            input_all = centered(x_all + noise_all, center)  # y − μ̂, y = x + σ z
+            if first == 0:  # the form to train (cfg.precondition), chosen on training images
+                scales = _output_scales(cfg, net, input_all, noise_all, init is not None)
+            for i in range(count):
+                if monitor.due(first + i, cfg.steps):
+                    monitor.measure(net, center, first + i, init is not None, scales)
+                batch = slice(i * B, (i + 1) * B)
+                residual = network_residual(step_net, input_all[batch], *scales)
+                loss = objective_loss(residual, noise_all[batch], sigma_all[batch], cfg.objective,
+                                      cfg.sigma_data)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses[i] = loss.detach()
+            chunk_losses = losses[:count].cpu()  # one synchronization per chunk
+            bad = (~torch.isfinite(chunk_losses)).nonzero()
+            if len(bad):
+                step = first + int(bad[0])
+                bar.close()
+                raise TrainingDiverged(f"training loss is {float(chunk_losses[bad[0]])} at step "
+                                       f"{step} of {cfg.steps} (lr={cfg.lr}); lower lr or check "
+                                       f"the data")
+            history["step"].append(first + count - 1)
+            history["loss"].append(float(chunk_losses.mean()))
+            bar.update(count)
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3g}")
     bar.close()
     if monitor.due(cfg.steps, cfg.steps):
         monitor.measure(net, center, cfg.steps, init is not None, scales)

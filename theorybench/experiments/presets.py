@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tbcore.validation import check_choice, check_int
+from tbcore.validation import check_bool, check_int
 
 from ..evaluation import check_sigmas
 
@@ -148,7 +148,8 @@ class Preset:
     def __post_init__(self) -> None:
         check_int("size", self.size, low=1)
         check_int("n_eval", self.n_eval, low=2)
-        check_choice("compile", self.compile, (False, True))
+        for name in ("center", "warm_start", "precondition", "compile"):
+            check_bool(name, getattr(self, name))
         for name in ("sigmas", "curve_sigmas"):  # curve_sigmas empty: the per-σ grid
             grid = getattr(self, name) or self.sigmas
             grid = tuple(check_sigmas(grid, name)) if len(grid) else ()
@@ -214,15 +215,17 @@ PRESETS: dict[str, Preset] = {
         # centring 12 %, 32 channels 20 %, 80 Heun steps 12 %, stochastic sampler 0–9 %,
         # `balanced` 0 % (textures) and 25 % after 8000 steps, a paper/KL mixture 0 %, a
         # Gaussian start with the data's covariance 17 %).
-        # The disks universal network trains 8000 steps: MSE/U at σ = 0.01, 0.021, 0.045,
-        # 0.21, 0.94 went 27.7, 17.6, 12.5, 4.6, 2.0 (2000 steps) → 15.9, 9.6, 7.0, 3.1, 1.5
+        # The disks universal network (eager steps, one thread): MSE/U at σ = 0.01, 0.021,
+        # 0.045, 0.21, 0.94 went 27.7, 17.6, 12.5, 4.6, 2.0 (2000 steps) → 15.9, 9.6, 7.0, 3.1, 1.5
         # (8000), at +4.5 CPU-minutes; 3 blocks (26.3 at 0.01), 24 channels (25.1), lr 6e-3
         # (25.5), two convolutions per block (40.9) or σ_min 0.005 (26.3) did not come close
         # at 2000 steps; 16,000 steps gave 13.3, 7.8, 5.7, 2.6, 1.4 (2026-12-05).
         # Compiled training steps (2026-12-05, one thread, disks universal network, 2000
         # steps): 48 s with the compilation against 84 s eager, MSE/U 26.1 against 26.7 at
-        # σ = 0.01 (rounding: the same objective); the time saved goes to the disks
-        # network, 8000 → 24,000 steps.
+        # σ = 0.01 (rounding: the same objective); 4000 compiled steps 19.5 (100 s). Neither
+        # a batch of 64 (26.3 at 2000 steps), nor lr 1e-2 (26.8), nor no batch normalization
+        # (27.4) helped; batch 16 at 4000 steps gave 23.3 (65 s), batch 8 at 8000 steps 32.1.
+        # The time saved goes to the disks network, 8000 → 24,000 steps.
         name="default", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net=UNET_SHRINK, per_sigma_steps=400, universal_steps=2000,

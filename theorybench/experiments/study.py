@@ -23,14 +23,15 @@ from .memorization_sweep import build_memorization_cells
 def study_cells(preset, entries, datasets: str | None, seed: int) -> list[dict]:
     """Every cell of a run: long independent cells first, the short analyses of stored
     networks last (the executors start cells in this order once their inputs exist). The
-    networks that train longer than the preset's ``universal_steps`` lead (their per-σ
-    networks wait for them), then the sweep: its machines (minutes each) wait for its
+    main study's universal networks that train longer than the preset's
+    ``universal_steps`` (``universal_steps_by_family``) lead (their per-σ networks wait
+    for them), then the sweep: its machines (minutes each) wait for its
     networks, and would otherwise end the run on one busy worker."""
     main = build_cells(preset, entries, seed)
-    longest = [c for c in main if c["kind"] == "network"
-               and c["train"]["steps"] > preset.universal_steps]  # universal_steps_by_family
-    cells = longest + sweep_cells(preset, datasets, seed) + \
-        [c for c in main if not any(c is x for x in longest)]
+    longest = {id(c) for c in main if c["kind"] == "network" and c["train"]["mode"] ==
+               "universal" and c["train"]["steps"] > preset.universal_steps}
+    cells = [c for c in main if id(c) in longest] + sweep_cells(preset, datasets, seed) + \
+        [c for c in main if id(c) not in longest]
     analyses = build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
                                     preset.jacobian_images, seed)
     dimension = dimension_cells(preset, datasets, seed)

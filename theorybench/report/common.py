@@ -111,6 +111,12 @@ def objective_law(t: dict) -> str:
             }[t.get("objective", "paper")]
 
 
+def compiled_text(t: dict) -> str:
+    """``", training steps compiled (torch.compile)"`` when the TrainConfig dict ``t``
+    trained with ``compile`` (records before the flag trained eagerly), else ``""``."""
+    return ", training steps compiled (`torch.compile`)" if t.get("compile") else ""
+
+
 def preconditioned(result: dict) -> bool:
     """Whether a network cell's network was trained in EDM's preconditioned form (records
     written before the form existed have no ``output_scales``: residual form)."""
