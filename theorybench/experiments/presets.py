@@ -1,10 +1,12 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 27–28 minutes (27 min 2 s and
-28 min 10 s on an idle machine, 2026-12-05, once the disks network trained 4× longer;
-fourteen earlier runs took 22–29 minutes, and the same cells ran 10–25 % slower in one
-than an hour before) with a
+``default`` gives meaningful numbers on a 2-core CPU in 29 minutes (29 min 3 s on an idle
+machine, 2026-12-05, an Intel Xeon, once its networks trained compiled and the disks
+network 3× longer; torch's compiler cache held the code of some of its networks from
+earlier runs, and a first run compiles each shape once, about 20 s each; sixteen earlier
+eager runs took 22–29 minutes, and the same cells ran 10–25 % slower in one than an hour
+before) with a
 peak of 3.0 GB (summed RSS of the driver and its two workers, sampled every 3 s;
 3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded their memory; the
 largest cell alone, the C^α references, peaks at 1.7 GB);
@@ -99,7 +101,7 @@ class Preset:
     rate_range : (lo, hi)       σ range of the C^α slope fit (SCIENCE.md §5: mid-range).
     jacobian_images : int       noisy images per Jacobian-analysis cell (d×d Jacobian each).
     compile : bool              every network of the run trains with ``torch.compile``d
-                                steps (``TrainConfig.compile``: 1.75× faster per step on the
+                                steps (``TrainConfig.compile``: 1.7–1.9× faster per step on the
                                 default preset's UNet; a C++ compiler is then needed).
     memorization : dict         the training-set sweep (SCIENCE.md §8): ``entries``, ``sizes``
                                 (N), ``net``, ``steps``, ``batch_size``, ``n_samples`` (K
