@@ -48,7 +48,7 @@ from theorybench.blind_shrink import BlindShrink  # noqa: E402
 from theorybench.experiments.presets import PRESETS  # noqa: E402
 from theorybench.networks import build_network, forward_flops, net_config_for  # noqa: E402
 from theorybench.train_config import TrainConfig  # noqa: E402
-from theorybench.training import train  # noqa: E402
+from theorybench.training import compile_settings, train  # noqa: E402
 
 
 def measurements(steps: int, every: int) -> int:
@@ -96,17 +96,18 @@ def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
         clean = x.flatten(0, 1)
         net.calibrate(clean - clean.mean(0))
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr)
-    step_net = torch.compile(net) if train_cfg.compile else net
-    sync(device)
-    start = clocks()
-    for k in range(steps):
-        noise = sigma[k] * z[k]
-        loss = torch.mean(((step_net(x[k] + noise) - noise) / sigma[k]) ** 2)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    sync(device)
-    return per_step(start, steps)
+    step_net = torch.compile(net, dynamic=False) if train_cfg.compile else net
+    with compile_settings(train_cfg.compile):  # as train() compiles
+        sync(device)
+        start = clocks()
+        for k in range(steps):
+            noise = sigma[k] * z[k]
+            loss = torch.mean(((step_net(x[k] + noise) - noise) / sigma[k]) ** 2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync(device)
+        return per_step(start, steps)
 
 
 def matmul_rate(n: int, device: torch.device, repeats: int = 5) -> float:

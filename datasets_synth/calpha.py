@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from tbcore.seeding import block_generator
-from tbcore.validation import check_choice, check_float, check_int
+from tbcore.validation import check_bool, check_float, check_int
 
 from .base import Distribution
 from .references.calpha import CAlphaContourEstimator, CAlphaOracle
@@ -152,7 +152,7 @@ class CAlpha(Distribution):
         alpha = check_float("alpha", alpha, low=0.0, low_open=True)
         beta = alpha if beta is None else check_float("beta", beta, low=0.0, low_open=True)
         size = check_int("size", size, low=8)
-        antialias = bool(check_choice("antialias", antialias, (True, False)))
+        antialias = check_bool("antialias", antialias)
         super().__init__(alpha=alpha, beta=beta, size=size, antialias=antialias)
         self.alpha, self.beta, self.size, self.antialias = alpha, beta, size, antialias
         self.shape = (1, size, size)

@@ -61,18 +61,34 @@ def test_every_cell_of_a_study_has_a_registered_kind():
         describe({"kind": "nope", "dataset": "gaussian", "params": {}})
 
 
-def test_the_longest_networks_start_first():
-    """A network trained longer than the preset's ``universal_steps`` (its family's
-    ``universal_steps_by_family``) leads the study: its per-σ networks wait for it."""
-    import dataclasses
-
+def test_the_longest_networks_start_first_and_the_report_keeps_the_study_order(tmp_path,
+                                                                              monkeypatch):
+    """A main-study universal network trained longer than the preset's
+    ``universal_steps`` (its family's ``universal_steps_by_family``) is handed to the
+    executor first (its per-σ networks wait for it); the records reach the report in the
+    study's order all the same."""
+    import theorybench.cli as cli
+    import theorybench.report as report
     from theorybench.experiments.presets import PRESETS
-    from theorybench.experiments.study import study_cells
+    from theorybench.experiments.study import start_order, study_cells
 
-    preset = dataclasses.replace(PRESETS["smoke"], universal_steps_by_family={"disks": 99})
+    preset = PRESETS["smoke"]
     cells = study_cells(preset, list(preset.datasets), None, seed=0)
-    first = cells[0]
-    assert (first["kind"], first["dataset"], first["train"]["steps"]) == ("network", "disks", 99)
-    assert sum(c.get("train", {}).get("steps") == 99 for c in cells) == 1
-    plain = study_cells(PRESETS["smoke"], list(preset.datasets), None, seed=0)
-    assert len(plain) == len(cells) and plain[0]["kind"] != "network"
+    assert start_order(cells, preset) == list(range(len(cells)))  # none trains longer
+    started, reported = [], []
+    run_cells, build_report = cli.run_cells, report.build_report
+    monkeypatch.setattr(cli, "run_cells", lambda cells, *a, **k: started.extend(cells)
+                        or run_cells(cells, *a, **k))
+    monkeypatch.setattr(report, "build_report", lambda p, e, records, *a: reported.extend(
+        records) or build_report(p, e, records, *a))
+    assert cli.main(["--preset", "smoke", "--datasets", "gaussian,disks", "--kinds",
+                     "reference,network", "--override", 'universal_steps_by_family={"disks": 20}',
+                     "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"),
+                     "--quiet"]) == 0
+    first = started[0]
+    assert (first["dataset"], first["train"]["mode"], first["train"]["steps"]) == \
+        ("disks", "universal", 20)
+    main = [r["spec"] for r in reported if not r["spec"].get("study")]
+    assert [(c["dataset"], c["kind"]) for c in main[:2]] == [("gaussian", "reference"),
+                                                             ("gaussian", "network")]
+    assert len(reported) == len(started)

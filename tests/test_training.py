@@ -222,16 +222,40 @@ def test_compiled_steps_minimize_the_same_loss_deterministically(gaussian, monke
     assert len(calls) == 4
 
 
-def test_compile_needs_a_cpp_compiler_and_a_bool(gaussian, monkeypatch):
+def test_compile_needs_a_cpp_compiler_a_capable_torch_and_a_bool(gaussian, monkeypatch):
     import torch._inductor.cpp_builder as cpp_builder
+
+    import theorybench.training as training
+
+    cfg = TrainConfig(steps=2, batch_size=2, compile=True)
+    monkeypatch.setitem(training.COMPILE_LIMITS, "no_such_setting", 1)  # an older torch
+    with pytest.raises(ValueError, match=r"needs a torch whose compiler has the settings "
+                                         r"\['no_such_setting'\].*compile=false"):
+        train(gaussian, TINY, cfg, device="cpu")
+    monkeypatch.delitem(training.COMPILE_LIMITS, "no_such_setting")
 
     def missing():
         raise RuntimeError("no compiler")
 
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
-    cfg = TrainConfig(steps=2, batch_size=2, compile=True)
     with pytest.raises(ValueError, match="needs a C.. compiler.*compile=false"):
         train(gaussian, TINY, cfg, device="cpu")
     for bad in (1, "yes", None):
         with pytest.raises(ValueError, match=f"compile must be True or False, got {bad!r}"):
             TrainConfig(compile=bad)
+
+
+def test_compile_settings_raise_the_variant_limit_and_fail_past_it():
+    """Inside a compiled training loop torch keeps up to COMPILED_VARIANTS compiled versions
+    of a function and fails past them (its default, 8, then trains eagerly, silently);
+    outside, torch's settings are as they were."""
+    from theorybench.training import COMPILED_VARIANTS, compile_settings
+
+    config = torch._dynamo.config
+    before = (config.recompile_limit, config.fail_on_recompile_limit_hit)
+    with compile_settings(True):
+        assert (config.recompile_limit, config.fail_on_recompile_limit_hit) == \
+            (COMPILED_VARIANTS, True)
+    with compile_settings(False):
+        assert (config.recompile_limit, config.fail_on_recompile_limit_hit) == before
+    assert (config.recompile_limit, config.fail_on_recompile_limit_hit) == before

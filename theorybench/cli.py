@@ -25,7 +25,7 @@ from .executors import EXECUTORS, ExecutorUnavailable, check_executor, run_cells
 from .experiments.cells import KINDS
 from .experiments.keys import cell_key
 from .experiments.presets import PRESETS
-from .experiments.study import study_cells
+from .experiments.study import start_order, study_cells
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,10 +289,14 @@ def main(argv=None) -> int:
         run_meta = stored_run_meta(preset, args, records, meta_path)
     else:
         try:
-            records = run_cells(cells, args.cache, executor=args.executor,
+            order = start_order(cells, preset)
+            started = run_cells([cells[i] for i in order], args.cache,
+                                executor=args.executor,
                                 device=device if args.executor == "local" else args.device,
                                 quiet=args.quiet, ray_address=args.ray_address,
                                 jobs=args.jobs)
+            records = [record for _, record in sorted(zip(order, started, strict=True),
+                                                      key=lambda pair: pair[0])]
         except ExecutorUnavailable as exc:
             parser.error(str(exc))
         run_meta = {"preset": preset.name, "overrides": args.override,

@@ -59,8 +59,8 @@ class TrainConfig:
     monitor_every : int >= 0 steps between two held-out measurements (0: steps // 20).
     monitor_images : int >= 2   held-out images (and noises) of the monitor.
     compile : bool           run the training steps through ``torch.compile`` (fused
-                             kernels: 1.75× faster per step for the default preset's UNet on
-                             one CPU thread; needs a C++ compiler on a CPU, Triton on a GPU).
+                             kernels: 1.7–1.9× faster per step for the default preset's UNet
+                             on one CPU thread; needs a C++ compiler on a CPU, Triton on a GPU).
                              The same function is minimized; rounding differs from eager
                              steps, so the weights differ slightly (the same seed and setting
                              give the same weights on one CPU machine; on a GPU, as eager

@@ -76,6 +76,7 @@ MONITOR_SEED = 2**42  # held-out monitoring images: a seed disjoint from trainin
 CENTER_IMAGES = 1024  # images averaged into the mean image μ̂ (endless distributions)
 CONVERGENCE_DROP, CONVERGENCE_TAIL = 0.05, 0.2  # "not converged": > 5 % drop over the last 20 %
 COMPILED_VARIANTS = 64  # compile=True: compiled versions of one forward function per process
+COMPILE_LIMITS = {"recompile_limit": COMPILED_VARIANTS, "fail_on_recompile_limit_hit": True}
 
 
 class TrainingDiverged(RuntimeError):
@@ -251,33 +252,41 @@ def converged(monitor: dict, drop: float = CONVERGENCE_DROP,
     return None if fall is None else bool(fall <= drop)
 
 
-def _check_cpp_compiler() -> None:
-    """Raise a one-line ValueError when ``torch.compile`` has no C++ compiler to build CPU
-    kernels with (it would fail at the first training step with a long traceback)."""
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
+def check_compile_support(device: torch.device) -> None:
+    """Raise a one-line ValueError where ``compile=True`` cannot work (it would fail at the
+    first training step with a long traceback): a torch whose compiler lacks the settings
+    of :func:`compile_settings`, or on a CPU no C++ compiler to build kernels with."""
+    eagerly = "or train eagerly (compile=False, --override compile=false)"
+    missing = [name for name in COMPILE_LIMITS if not hasattr(torch._dynamo.config, name)]
+    if missing:
+        raise ValueError(f"compile=True needs a torch whose compiler has the settings "
+                         f"{missing} (torch 2.13 is tested, this is {torch.__version__}); "
+                         f"upgrade torch {eagerly}")
+    if device.type != "cpu":
+        return
     try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
         get_cpp_compiler()
     except Exception as exc:  # torch raises its own InvalidCxxCompiler
-        raise ValueError("compile=True needs a C++ compiler on a CPU (g++ or clang++ on the "
-                         "PATH, or $CXX); install one, or train eagerly (compile=False, "
-                         "--override compile=false)") from exc
+        raise ValueError(f"compile=True needs a C++ compiler on a CPU ($CXX, or g++ on the "
+                         f"PATH); install one {eagerly}") from exc
 
 
 @contextlib.contextmanager
-def _compile_settings(compiled: bool) -> Iterator[None]:
-    """Around a training loop: with ``compiled``, up to ``COMPILED_VARIANTS`` compiled
-    versions of one forward function per process (shapes, paddings, training or frozen
-    normalization, shrinkage on or off: torch's default of 8 is reached by a study in one
-    process, after which it would train on silently without compiling), an error past
-    them, and the compiler's worker threads limited to the training's torch threads."""
+def compile_settings(compiled: bool) -> Iterator[None]:
+    """Around a training loop: with ``compiled``, torch's compiler settings
+    ``COMPILE_LIMITS`` (up to ``COMPILED_VARIANTS`` compiled versions of one forward
+    function per process: shapes, paddings, training or frozen normalization, shrinkage on
+    or off; torch's default of 8 is reached by a study in one process, after which it
+    would train on without compiling, silently; an error past them), and the compiler's
+    worker threads limited to the training's torch threads."""
     if not compiled:
         yield
         return
     import torch._inductor.config as inductor_config
 
-    with torch._dynamo.config.patch(recompile_limit=COMPILED_VARIANTS,
-                                    fail_on_recompile_limit_hit=True), \
+    with torch._dynamo.config.patch(**COMPILE_LIMITS), \
             inductor_config.patch(compile_threads=torch.get_num_threads()):
         yield
 
@@ -328,8 +337,8 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
         raise ValueError("init must be in the residual form f(y) = y − r(y − μ̂) (c_skip = "
                          "c_out = 1); a preconditioned network's scalings belong to its own σ")
     device = resolve_device(device)
-    if train_cfg.compile and device.type == "cpu":
-        _check_cpp_compiler()
+    if train_cfg.compile:
+        check_compile_support(device)
     shape = tuple(dist.shape)
     if train_images is None and dist.num_images is not None:
         if not hasattr(dist, "train_images"):
@@ -377,7 +386,7 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     losses = torch.zeros(CHUNK_STEPS, device=device)
     bar = tqdm(total=cfg.steps, disable=not progress, desc="train", leave=False)
     start_time = time.perf_counter()
-    with _compile_settings(cfg.compile):
+    with compile_settings(cfg.compile):
         for first in range(0, cfg.steps, CHUNK_STEPS):
             count = min(CHUNK_STEPS, cfg.steps - first)
             x_all = next(images)

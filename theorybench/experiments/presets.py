@@ -257,8 +257,10 @@ PRESETS: dict[str, Preset] = {
         # its main study's reference cells (CPU work, minutes each) are the default's; all
         # its reference cells are computed beforehand with `--kinds reference` and carried
         # (bench/gpu_session.sh). At batch 128 each universal network sees 512,000 images
-        # (the default's disks network 256,000) and each dimension-study network 384,000
-        # (the default's 128,000), so it keeps one step budget for every family
+        # (the default's 64,000, its disks network 768,000) and each dimension-study
+        # network 384,000 (the default's 256,000); it keeps one step budget for every
+        # family, its networks wider and deeper than the default's. Its training is eager:
+        # compiled steps have not yet run on a GPU
         name="gpu", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net={"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2, "shrink": True},

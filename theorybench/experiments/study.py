@@ -22,21 +22,30 @@ from .memorization_sweep import build_memorization_cells
 
 def study_cells(preset, entries, datasets: str | None, seed: int) -> list[dict]:
     """Every cell of a run: long independent cells first, the short analyses of stored
-    networks last (the executors start cells in this order once their inputs exist). The
-    main study's universal networks that train longer than the preset's
-    ``universal_steps`` (``universal_steps_by_family``) lead (their per-σ networks wait
-    for them), then the sweep: its machines (minutes each) wait for its
-    networks, and would otherwise end the run on one busy worker."""
-    main = build_cells(preset, entries, seed)
-    longest = {id(c) for c in main if c["kind"] == "network" and c["train"]["mode"] ==
-               "universal" and c["train"]["steps"] > preset.universal_steps}
-    cells = [c for c in main if id(c) in longest] + sweep_cells(preset, datasets, seed) + \
-        [c for c in main if id(c) not in longest]
+    networks last (the executors start cells in this order once their inputs exist, after
+    :func:`start_order`'s leaders). The sweep leads: its machines (minutes each) wait for
+    its networks, and would otherwise end the run on one busy worker."""
+    cells = sweep_cells(preset, datasets, seed) + build_cells(preset, entries, seed)
     analyses = build_jacobian_cells(cells, jacobian_sigmas(preset.sigmas),
                                     preset.jacobian_images, seed)
     dimension = dimension_cells(preset, datasets, seed)
     cells += [c for c in dimension if c["kind"] != "jacobian"] + analyses
     return cells + [c for c in dimension if c["kind"] == "jacobian"]
+
+
+def start_order(cells: list[dict], preset) -> list[int]:
+    """The order (indices into ``cells``) in which a run hands the cells to its executor:
+    the main study's universal networks that train longer than ``preset.universal_steps``
+    (``universal_steps_by_family``) first, since their per-σ networks wait for them and
+    would otherwise end the run on one busy worker, then the others in list order. The
+    report reads the records in the order of ``cells``."""
+    def leads(c: dict) -> bool:
+        return (c["kind"] == "network" and not c.get("study")
+                and c["train"]["mode"] == "universal"
+                and c["train"]["steps"] > preset.universal_steps)
+
+    return ([i for i, c in enumerate(cells) if leads(c)]
+            + [i for i, c in enumerate(cells) if not leads(c)])
 
 
 def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:

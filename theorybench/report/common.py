@@ -159,7 +159,7 @@ def architectures(specs: list[dict]) -> str:
 def steps_text(specs: list[dict]) -> str:
     """The networks' optimizer steps: the most common count (a tie goes to the smaller,
     the preset's base budget), then the entries that trained otherwise (the preset's
-    ``universal_steps_by_family``), e.g. ``"2000 steps (disks: 8000)"``."""
+    ``universal_steps_by_family``), e.g. ``"2000 steps (disks: 24000)"``."""
     steps = [spec["train"]["steps"] for spec in specs]
     common = max(steps, key=lambda n: (steps.count(n), -n))
     return f"{common} steps" + _exceptions(specs, lambda spec: spec["train"]["steps"],

@@ -47,13 +47,7 @@ def trained_networks(records: list[dict]) -> list[dict]:
                                  "train": spec["train"], "monitor": res[f"monitor_s{i}"],
                                  "converged": res[f"converged_s{i}"], "preconditioned": False,
                                  "warm start": False})
-    # the main study first, its entries in the order of their reference cells (the run may
-    # start a long network before them), then the side studies (stable)
-    first = {}
-    for r in records:
-        if r["spec"]["kind"] == "reference" and not r["spec"].get("study"):
-            first.setdefault(entry_label(r["spec"]["dataset"], r["spec"]["params"]), len(first))
-    return sorted(nets, key=lambda n: (n["study"] != "main", first.get(n["entry"], len(first))))
+    return sorted(nets, key=lambda n: n["study"] != "main")  # the main study first (stable)
 
 
 def training_rows(nets: list[dict]) -> list[dict]:
