@@ -1,11 +1,12 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 29 minutes (29 min 3 s on an idle
-machine, 2026-12-05, an Intel Xeon, once its networks trained compiled and the disks
-network 3× longer; torch's compiler cache held the code of some of its networks from
-earlier runs, and a first run compiles each shape once, about 20 s each; sixteen earlier
-eager runs took 22–29 minutes, and the same cells ran 10–25 % slower in one than an hour
+``default`` gives meaningful numbers on a 2-core CPU in 29–30 minutes (29 min 3 s and
+30 min 13 s on an idle machine, 2026-12-05, an Intel Xeon, for the same cells: their
+compute took 3455 s and 3590 s; once its networks trained compiled and the disks network
+3× longer; torch's compiler cache held the code of some of its networks from earlier
+runs, and a first run compiles each shape once, about 20 s each; sixteen earlier eager
+runs took 22–29 minutes, and the same cells ran 10–25 % slower in one than an hour
 before) with a
 peak of 3.0 GB (summed RSS of the driver and its two workers, sampled every 3 s;
 3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded their memory; the
