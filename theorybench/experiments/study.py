@@ -44,8 +44,7 @@ def start_order(cells: list[dict], preset) -> list[int]:
                 and c["train"]["mode"] == "universal"
                 and c["train"]["steps"] > preset.universal_steps)
 
-    return ([i for i, c in enumerate(cells) if leads(c)]
-            + [i for i, c in enumerate(cells) if not leads(c)])
+    return sorted(range(len(cells)), key=lambda i: not leads(cells[i]))  # stable
 
 
 def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
