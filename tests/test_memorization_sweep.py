@@ -17,9 +17,9 @@ from theorybench.experiments import memorization_sweep as ms
 from theorybench.experiments.cells import run_cell
 from theorybench.experiments.keys import cell_key
 from theorybench.memorization import cosine
-from theorybench.report.memorization import memorization_section, verdict
+from theorybench.report.memorization import held_down_to, memorization_section, verdict
 from theorybench.report.training import training_section
-from theorybench.sampling import SamplingDiverged
+from theorybench.sampling import SampleResult, SamplingDiverged, sigma_grid
 from theorybench.training import TrainingDiverged, converged
 
 NET = {"arch": "bfcnn", "channels": 8, "depth": 3}
@@ -30,7 +30,7 @@ K = 8
 def tiny_cells(entries=(("disks", {"size": 16}),), sizes=(1, 4), sampler=SAMPLER):
     return ms.build_memorization_cells(list(entries), sizes, NET, 30, 8, 1e-3, 2.0, K,
                                        [0.05, 0.2, 1.0], 16, sampler, 0,
-                                       monitor_sigmas=(0.2,))
+                                       monitor_sigmas=(0.2,), posterior_samples=True)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,36 @@ def test_cells_are_plain_specs_and_finite_sets_are_capped():
     assert spec["sampler"] == {"method": "heun", "sigma_min": 1e-3, "steps": 10,
                                "mean": "auto", "sigma_max": 2.0}
     assert cell_key(spec) != cell_key(cells[1])
+    # the posterior mean samples at each entry's largest N, where the family has one and
+    # can fit its images (faces: neither)
+    assert [c["posterior_samples"] for c in cells] == [False] * 3 + [True] + [False] * 3
+
+
+def test_trace_fractions_tell_noisy_images_of_the_family_from_others():
+    """Iterates that are disks with noise σ_k at every level are images of the family at
+    every level; the same noise on a constant image is one at large σ only, where the
+    tolerance 2σ² exceeds the disks' contrast."""
+    dist = datasets_synth.get("disks", size=16)
+    grid = sigma_grid(1.0, 0.01, 6)
+    clean = dist.sample(8, 3)
+    z = torch.randn((8, 6, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    level = grid.float().view(1, -1, 1, 1, 1)
+
+    def run(images):
+        trajectory = images.unsqueeze(1) + level * z
+        return SampleResult(images, None, None, None, None, "heun", grid, trajectory)
+
+    assert ms.trace_fractions(run(clean), dist) == [1.0] * 5
+    texture = clean.mean() + 0.05 * torch.randn(clean.shape, generator=torch.Generator()
+                                                .manual_seed(1))
+    fractions = ms.trace_fractions(run(texture), dist)
+    assert fractions[0] == 1.0 and fractions[-1] == 0.0
+
+
+def test_held_down_to():
+    assert held_down_to([1.0, 0.5, 0.1, 0.05], [1.0, 0.9, 0.5, 0.95]) == 0.5
+    assert held_down_to([1.0, 0.5], [0.8, 0.8]) == 0.5
+    assert math.isnan(held_down_to([1.0, 0.5], [0.7, 1.0]))
 
 
 @pytest.mark.parametrize("sampler, match", [({"method": "ddim"}, "method must be one of"),
@@ -153,6 +183,13 @@ def test_sweep_results(sweep):
                 float(np.mean(shapes <= tolerance)))
         # the empirical denoiser's samples are training images: disks
         assert res["summary"]["empirical"]["on_manifold_fraction"] == 1.0
+        # the trace: one fraction per level of the sampler's grid but the last, for both
+        # networks and for the held-out images with that noise, which are disks
+        trace = res["trace"]
+        assert trace["sigma"] == pytest.approx(sigma_grid(2.0, 1e-3, 10)[:-1].tolist())
+        assert len(trace["s1"]) == len(trace["s2"]) == len(trace["sigma"])
+        assert all(0.0 <= f <= 1.0 for f in trace["s1"] + trace["s2"])
+        assert trace["held"] == [1.0] * len(trace["sigma"])
         # cross similarity pairs the two networks' samples drawn from the same noise
         ex = {k: torch.tensor(v) for k, v in res["examples"].items()}
         assert ex["s1"].shape == (6, 1, 16, 16)
@@ -168,6 +205,11 @@ def test_sweep_results(sweep):
         curve = mse_curve(net, dist, record["spec"]["sigmas"], n=16, seed=0)
         assert curve["mse"].tolist() == pytest.approx(res["mse_test"]["mse"], rel=1e-6)
     one, four = records[0]["result"], records[1]["result"]
+    # the posterior mean, sampled at the largest N only, stays on the family all the way
+    assert "posterior_samples" not in one and "posterior" not in one["trace"]
+    assert four["trace"]["posterior"] == [1.0] * len(four["trace"]["sigma"])
+    post = four["posterior_samples"]
+    assert post["on_manifold_fraction"] + post["flat_fraction"] == 1.0
     assert one["summary"]["s1"]["memorized_ratio_fraction"] is None  # no d2 at N = 1
     assert one["summary"]["s1"]["memorized_unit_fraction"] is None
     assert four["summary"]["s1"]["memorized_ratio_fraction"] is not None
@@ -227,8 +269,14 @@ def test_section_writes_table_figures_and_csv(sweep, tmp_path):
     assert (table["mem held"] == 0.0).all() and table["cos_c held"].notna().all()
     assert table["mem S1"].notna().all() and math.isnan(table["memr S1"].iloc[0])
     for name in ("mem-disks-vs-n.png", "mem-disks-hist.png", "mem-disks-n1.png",
-                 "mem-disks-n4.png", "memorization_mse.csv"):
+                 "mem-disks-n4.png", "memorization_mse.csv", "mem-disks-trace.png"):
         assert (tmp_path / name).stat().st_size > 0
+    # the trace's CSV and the sentences on the posterior's ceiling and the way down
+    trace = pd.read_csv(tmp_path / "memorization_trace.csv")
+    assert set(trace["iterates"]) == {"s1", "s2", "held", "posterior"}
+    assert set(trace.loc[trace["iterates"] == "posterior", "N"]) == {4}
+    assert "the criterion's ceiling" in text and "Along the sampler's way down" in text
+    assert table["on post"].isna().tolist() == [True, False]
     assert memorization_section([], tmp_path) == []
 
 

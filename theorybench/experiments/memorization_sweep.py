@@ -24,7 +24,15 @@ For each distribution and training-set size N, a ``memorization`` cell
    which samples are images of the family: the squared distance to the best fit per
    pixel at most ``memorization.ON_MANIFOLD_FACTOR``·σ_last² (σ_last: the sampler's last
    noise level) and the fit's distance to the nearest constant image above it (a flat
-   fit shows no shape), with the held-out images, clean and seen at σ_last, as baselines.
+   fit shows no shape), with the held-out images, clean and seen at σ_last, as baselines;
+   and, for an ODE sampler, where the networks' samples leave the family on the way: at
+   each σ of the sampler's grid, the fraction of the networks' iterates (states carrying
+   noise σ) within F·σ² per pixel of their best fit (no flatness test: the noise is
+   there), against held-out images with noise σ;
+7. with ``posterior_samples`` (at the entry's largest N, for a family with a posterior
+   mean, :func:`posterior_mean`): the same sampler and noises drive the family's own
+   posterior mean, and its samples are measured as in 6: the criterion's ceiling for
+   this sampler and these noises.
 
 Besides the plain d1/d2, the ratio between unit-norm images is recorded: a bias-free
 network is homogeneous (``f(ay) = a f(y)``), so when it memorizes it reproduces a training
@@ -48,7 +56,7 @@ import pandas as pd
 import torch
 
 import datasets_synth
-from datasets_synth.base import FiniteDistribution
+from datasets_synth.base import Distribution, FiniteDistribution
 from datasets_synth.references.empirical import EmpiricalDenoiser
 from tbcore.seeding import block_generator, derived_seed
 from tbcore.validation import check_int, check_seed, resolve_device
@@ -67,7 +75,7 @@ from ..memorization import (
     wilson_interval,
 )
 from ..networks import net_config_for
-from ..sampling import SAMPLERS, SamplingDiverged, sample
+from ..sampling import ODE_SAMPLERS, SAMPLERS, SamplingDiverged, sample
 from ..train_config import TrainConfig
 from ..training import TrainingDiverged, converged, train
 from .keys import CellKind, MissingCheckpoint, curve_record, entry_label
@@ -121,7 +129,8 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
                              sigma_max: float, n_samples: int, sigmas, n_eval: int,
                              sampler: dict | None, seed: int, objective: str = "paper",
                              center: bool = False, monitor_sigmas=(),
-                             compile: bool = False) -> list[dict]:
+                             compile: bool = False,
+                             posterior_samples: bool = False) -> list[dict]:
     """One ``memorization`` cell spec per (entry, N).
 
     Parameters
@@ -149,11 +158,15 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     monitor_sigmas : sequence of float   σ of the held-out error tracked during each
                             training (``TrainConfig.monitor_sigmas``; none: not monitored).
     compile : bool          compiled training steps (``TrainConfig.compile``).
+    posterior_samples : bool   at each entry's largest N, also sample the family's
+                            posterior mean (module docstring, item 7), where the family
+                            has one and a projection.
 
     Returns
     -------
     list of JSON-serializable dicts with ``kind``, ``dataset``, ``params``, ``N``, ``net``,
-    ``train``, ``n_samples``, ``sigmas``, ``n_eval``, ``sampler``, ``seed``.
+    ``train``, ``n_samples``, ``sigmas``, ``n_eval``, ``sampler``, ``seed`` and
+    ``posterior_samples`` (bool).
     """
     seed = check_seed(seed)
     n_samples = check_int("n_samples", n_samples, low=1)
@@ -174,12 +187,29 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
         limit = math.inf
         if dist.num_images is not None:
             limit = len(dist.train_images()) // 2  # S1 and S2 must be disjoint
-        for n in sorted({min(n, limit) for n in sizes}):
+        chosen = sorted({min(n, limit) for n in sizes})
+        ceiling = bool(posterior_samples and has_projection(dist)
+                       and posterior_mean(dist) is not None)
+        for n in chosen:
             cells.append({"kind": KIND, "dataset": name, "params": dict(params), "N": n,
                           "net": net_cfg.to_dict(), "train": train_cfg.to_dict(),
                           "n_samples": n_samples, "sigmas": list(sigmas), "n_eval": n_eval,
-                          "sampler": dict(sampler), "seed": seed})
+                          "sampler": dict(sampler), "seed": seed,
+                          "posterior_samples": ceiling and n == chosen[-1]})
     return cells
+
+
+def has_projection(dist) -> bool:
+    """Whether the family fits its own images (it overrides ``Distribution.project``)."""
+    return type(dist).project is not Distribution.project
+
+
+def posterior_mean(dist):
+    """The family's posterior mean among its reference denoisers: the ``exact`` one, else
+    the one named ``posterior`` (an estimate from y alone); None without either."""
+    references = dist.reference_denoisers()
+    exact = [d for d in references.values() if d.kind == "exact"]
+    return exact[0] if exact else references.get("posterior")
 
 
 def describe_memorization(spec: dict) -> str:
@@ -305,6 +335,17 @@ def _manifold_summary(images: torch.Tensor, dist, sigma: float):
     return summary, residuals, shapes
 
 
+def trace_fractions(run, dist) -> list[float]:
+    """Per σ_k of an ODE run's grid but the last (the final denoising's input), the
+    fraction of its iterates at σ_k within ``manifold_tolerance(σ_k)`` of their best fit
+    (:func:`manifold_fit` at σ_k; no flatness test, the iterates carry noise σ_k)."""
+    fractions = []
+    for k, sigma in enumerate(run.grid[:-1].tolist()):
+        residuals, _ = manifold_fit(run.trajectory[:, k].cpu(), dist, sigma)
+        fractions.append(float((residuals <= manifold_tolerance(sigma)).mean()))
+    return fractions
+
+
 def _json_summary(summary: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary.items()}
 
@@ -394,7 +435,12 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     summary adds ``on_manifold_fraction``, ``on_manifold_ci``, ``flat_fraction`` and
     ``median_manifold_residual`` (per sample: ``manifold_residual``, ``manifold_shape``), and
     ``baseline["manifold"]`` holds those of the held-out images, ``clean`` and ``noisy``
-    (plus σ_last noise). A diverging training or sampler gives ``failed`` (the message)
+    (plus σ_last noise); ``trace`` (ODE samplers: ``sigma``, the grid's levels but the
+    last, and per level the fractions of ``s1``'s and ``s2``'s iterates, of the held-out
+    images with that noise, ``held``, and with ``posterior_samples`` of the posterior's
+    iterates, ``posterior``, that lie within the tolerance of the family); with
+    ``spec["posterior_samples"]``, ``posterior_samples``: the summary of item 6 for the
+    posterior mean's samples. A diverging training or sampler gives ``failed`` (the message)
     and whatever was computed before.
     """
     device = resolve_device(device)
@@ -429,8 +475,17 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         # the same K initial noises for every denoiser (independent of N)
         noise = initial_noise(spec, dist.shape).to(device)
         denoisers = {"s1": nets[0], "s2": nets[1], "empirical": EmpiricalDenoiser(s1.to(device))}
-        samples = {role: sample(den, noise, method=method, **options).images.cpu()
-                   for role, den in denoisers.items()}
+        # an ODE sampler's iterates, for the family's trace (module docstring, item 6)
+        trace = method in ODE_SAMPLERS and has_projection(dist)
+        runs = {role: sample(den, noise, method=method, **options,
+                             record_every=int(trace and role != "empirical"))
+                for role, den in denoisers.items()}
+        samples = {role: run.images.cpu() for role, run in runs.items()}
+        if trace:
+            grid = runs["s1"].grid
+            result["trace"] = {"sigma": grid[:-1].tolist(),
+                               **{role: trace_fractions(runs[role], dist)
+                                  for role in ("s1", "s2")}}
 
         versus = {"s1": (s1, samples["s2"]), "s2": (s2, samples["s1"]),
                   "empirical": (s1, samples["s1"])}
@@ -469,12 +524,25 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
                 "per_sample": {c: frame[c].tolist() for c in BASELINE_PER_SAMPLE}}
             # the family's own images, clean and seen at the sampler's last noise level
             gen = block_generator(derived_seed(seed, STREAM_HELD_NOISE), 0, STREAM_HELD_NOISE)
-            noisy = held + sigma_last * torch.randn(held.shape, generator=gen)
+            z = torch.randn(held.shape, generator=gen)
+            noisy = held + sigma_last * z
+            if trace:  # the same images with the noise of each of the trace's levels
+                result["trace"]["held"] = [
+                    float((manifold_fit(held + sigma * z, dist, sigma)[0]
+                           <= manifold_tolerance(sigma)).mean())
+                    for sigma in result["trace"]["sigma"]]
             manifold = {name: _manifold_summary(images, dist, sigma_last)
                         for name, images in (("clean", held), ("noisy", noisy))}
             if manifold["clean"] is not None:
                 result["baseline"]["manifold"] = {name: _json_summary(m[0])
                                                   for name, m in manifold.items()}
+        if spec.get("posterior_samples"):  # the criterion's ceiling (module docstring, 7)
+            run = sample(posterior_mean(dist), noise, method=method, **options,
+                         record_every=int(trace))
+            result["posterior_samples"] = _json_summary(
+                _manifold_summary(run.images.cpu(), dist, sigma_last)[0])
+            if trace:
+                result["trace"]["posterior"] = trace_fractions(run, dist)
         e = min(EXAMPLES, spec["n_samples"])
         nn1 = torch.tensor(frames["s1"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
         nn2 = torch.tensor(frames["s2"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
@@ -491,5 +559,6 @@ CELL = CellKind(KIND, compute_memorization, describe_memorization, gpu=True,
                 artifacts=("-s1.pt", "-s2.pt"))
 
 __all__ = ["CELL", "KIND", "TensorImages", "build_memorization_cells",
-           "compute_memorization", "describe_memorization", "held_out",
+           "compute_memorization", "describe_memorization", "has_projection", "held_out",
+           "posterior_mean", "trace_fractions",
            "resolve_sampler", "training_sets"]

@@ -5,8 +5,10 @@ Built from stored ``memorization`` cell records only (see
 training-set size N, a figure of the measures against N, an image grid per N (S1 sample,
 its nearest training image, S2 sample and empirical-denoiser sample from the same noise),
 histograms of the nearest-training and cross-network similarities per N (as the paper's
-figure 2) and a sentence checking the expected behaviour. All rows also go to
-``memorization.csv``, the train/test MSE curves to ``memorization_mse.csv``.
+figure 2), where the family can fit its images the fraction of the sampler's iterates that
+are images of the family at each σ (the trace), and a sentence checking the expected
+behaviour. All rows also go to ``memorization.csv``, the train/test MSE curves to
+``memorization_mse.csv``, the traces to ``memorization_trace.csv``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ def _num(value) -> float:
     return math.nan if value is None else float(value)
 
 
+def held_down_to(sigmas, fractions, level: float = ON_MANIFOLD_MIN) -> float:
+    """The smallest σ of a trace (``sigmas`` decreasing) down to which ``fractions`` stay
+    ≥ ``level`` at every σ; NaN when the first already falls below it."""
+    lowest = math.nan
+    for sigma, fraction in zip(sigmas, fractions, strict=True):
+        if fraction < level:
+            break
+        lowest = sigma
+    return lowest
+
+
 def summary_row(record: dict, reference: dict | None = None) -> dict:
     """One table row (dict) of a memorization record; NaN where a part failed or where an
     old record lacks a measure (records before the copy criterion: ``mem`` is NaN and their
@@ -103,6 +116,17 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
     row["on held noisy"] = _num(manifold.get("noisy", {}).get("on_manifold_fraction"))
     row["flat held"] = _num(manifold.get("clean", {}).get("flat_fraction"))
     row["sigma_last"] = _num(res.get("manifold", {}).get("sigma_last"))
+    trace = res.get("trace", {})
+    for role, name in (("s1", "S1"), ("s2", "S2")):
+        row[f"down to {name}"] = (held_down_to(trace["sigma"], trace[role]) if role in trace
+                                  else math.nan)
+        row[f"trace last {name}"] = trace[role][-1] if role in trace else math.nan
+    row["trace last sigma"] = trace["sigma"][-1] if trace else math.nan
+    row["trace last held"] = trace["held"][-1] if "held" in trace else math.nan
+    post = res.get("posterior_samples") or {}
+    row["on post"] = _num(post.get("on_manifold_fraction"))
+    row["on post lo"], row["on post hi"] = post.get("on_manifold_ci") or (math.nan, math.nan)
+    row["flat post"] = _num(post.get("flat_fraction"))
     s1 = res.get("summary", {}).get("s1", {})
     row["cross"] = s1.get("median_cross_cos", math.nan)
     row["cross_cc"] = _num(s1.get("median_cross_copy_cos"))
@@ -117,6 +141,10 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
     row["sigma0"] = min(sigmas)
     row["failed"] = res.get("failed", "")
     return row
+
+
+def _sigma(value: float) -> str:
+    return "never" if math.isnan(value) else f"{value:.3g}"
 
 
 def _ci(p, lo, hi) -> str:
@@ -153,6 +181,16 @@ def _table(frame: pd.DataFrame) -> str:
         shown.insert(7, "flat: S1 net / S2 net / held-out",
                      [f"{a:.2f} / {b:.2f} / {c:.2f}" for a, b, c in
                       zip(frame["flat S1"], frame["flat S2"], frame["flat held"], strict=True)])
+        if frame["down to S1"].notna().any() or frame["trace last S1"].notna().any():
+            shown.insert(8, f"iterates images of the family (≥ {ON_MANIFOLD_MIN:.0%}) down "
+                            f"to σ: S1 / S2 net",
+                         [f"{_sigma(a)} / {_sigma(b)}" for a, b in
+                          zip(frame["down to S1"], frame["down to S2"], strict=True)])
+        if frame["on post"].notna().any():
+            shown.insert(9, "posterior mean's samples: images of the family [95% CI] / flat",
+                         ["—" if math.isnan(r["on post"]) else
+                          f"{_ci(r['on post'], r['on post lo'], r['on post hi'])} / "
+                          f"{r['flat post']:.2f}" for _, r in frame.iterrows()])
     if frame["kl high"].notna().any():
         shown[f"KL σ0={sigma0:g} [low, high] nats"] = [
             f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(frame["kl low"], frame["kl high"],
@@ -205,6 +243,41 @@ def _figure_vs_n(frame: pd.DataFrame, label: str):
     axes[0].set(ylim=(-0.03, 1.6), yticks=np.linspace(0, 1, 6))
     axes[0].legend(fontsize=7, loc="upper center", ncol=2)
     fig.suptitle(label, fontsize=9)
+    return fig
+
+
+@cached_figure
+def _figure_trace(records: list[dict], label: str):
+    """Per N, the fraction of the sampler's iterates that are images of the family at
+    their own σ (S1 solid, S2 dashed), with held-out images and, where sampled, the
+    posterior mean's iterates as references."""
+    usable = [r for r in records if "trace" in r["result"]]
+    if not usable:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, r in enumerate(usable):
+        trace = r["result"]["trace"]
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(trace["sigma"], trace["s1"], "o-", ms=3, color=color,
+                label=f"N = {r['spec']['N']}: S1 net")
+        ax.plot(trace["sigma"], trace["s2"], "s--", ms=3, color=color, alpha=0.7,
+                label=f"N = {r['spec']['N']}: S2 net")
+    last = usable[-1]["result"]["trace"]
+    if "held" in last:
+        ax.plot(last["sigma"], last["held"], ls=":", color="grey", lw=2,
+                label="held-out images with noise σ")
+    for r in usable:
+        if "posterior" in r["result"]["trace"]:
+            trace = r["result"]["trace"]
+            ax.plot(trace["sigma"], trace["posterior"], ls="-.", color="black",
+                    label="posterior mean's iterates")
+    ax.axhline(ON_MANIFOLD_MIN, color="grey", lw=0.8)
+    ax.set(xscale="log", xlabel="σ of the sampler's iterate (the sampler runs from left to right)",
+           ylabel=f"fraction within {ON_MANIFOLD_FACTOR:g}σ² per pixel of the family",
+           ylim=(-0.03, 1.03))
+    ax.invert_xaxis()
+    ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{label}: where the samples leave the family", fontsize=9)
     return fig
 
 
@@ -345,6 +418,22 @@ def verdict(frame: pd.DataFrame) -> str:
                      f"that tolerance of a constant image): {_pct(last['flat S1'])} of S1 "
                      f"and {_pct(last['flat S2'])} of S2 samples, "
                      f"{_pct(last['flat held'])} of real held-out images.")
+        if not math.isnan(last.get("on post", math.nan)):
+            parts.append(f"The family's posterior mean, sampled the same way from the same "
+                         f"noises: {_pct(last['on post'])} images of the family "
+                         f"[{last['on post lo']:.2f}, {last['on post hi']:.2f}], "
+                         f"{_pct(last['flat post'])} flat: the criterion's ceiling for this "
+                         f"sampler and these noises.")
+    if not math.isnan(last.get("trace last S1", math.nan)):
+        parts.append(f"Along the sampler's way down at N = {last['N']}, the networks' iterates "
+                     f"are images of the family seen at their own σ (within "
+                     f"{ON_MANIFOLD_FACTOR:g}σ² per pixel of their best fit) for ≥ "
+                     f"{ON_MANIFOLD_MIN:.0%} of the samples down to σ = "
+                     f"{_sigma(last['down to S1'])} (S1) and {_sigma(last['down to S2'])} "
+                     f"(S2); at the grid's last σ before the final denoising, "
+                     f"{last['trace last sigma']:.3g}, {_pct(last['trace last S1'])} and "
+                     f"{_pct(last['trace last S2'])} are (held-out images with that noise: "
+                     f"{_pct(last['trace last held'])}).")
     denoises = last["test mse"] < IDENTITY_FRACTION * last["sigma_mid"] ** 2
     if gen and not denoises:
         parts.append(f"Caveat: at N = {last['N']} the S1 network's test MSE at σ = "
@@ -420,12 +509,17 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
              f"nearest constant image, per pixel, is above the same tolerance (a fit within "
              f"it of a constant image, such as a disk of equal inside and outside "
              f"intensity, shows no shape), with held-out images, clean and at σ_last, as "
-             f"baselines. Cosines "
+             f"baselines. With an ODE sampler, the **trace** follows the samples on their "
+             f"way down: at each σ of the sampler's grid, the fraction of the iterates (which "
+             f"still carry noise σ) within {ON_MANIFOLD_FACTOR:g}σ² per pixel of their best "
+             f"fit, against held-out images with noise σ; at the largest N the family's "
+             f"posterior mean (its best estimate from y alone) is sampled with the same "
+             f"sampler and noises, the criterion's ceiling. Cosines "
              f"are medians over samples; raw cosines carry little information on families "
              f"with a strong mean. Train/test MSE: the S1 network on S1 images and on "
              f"held-out images.",
              ""]
-    rows, curves = [], []
+    rows, curves, traces = [], [], []
     for by_n in groups.values():
         group = [by_n[n] for n in sorted(by_n)]
         spec = group[0]["spec"]
@@ -455,6 +549,14 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
             lines += [f"![measures against N]({s}-vs-n.png)", ""]
         if _figure_histograms(group, label, out / f"{s}-hist.png"):
             lines += [f"![similarity histograms]({s}-hist.png)", ""]
+        if _figure_trace(group, label, out / f"{s}-trace.png"):
+            lines += [f"![where the samples leave the family]({s}-trace.png)", ""]
+        for r in group:
+            trace = r["result"].get("trace", {})
+            traces += [{"entry": label, "N": r["spec"]["N"], "iterates": role, "sigma": sig,
+                        "fraction": f}
+                       for role in ("s1", "s2", "held", "posterior") if role in trace
+                       for sig, f in zip(trace["sigma"], trace[role], strict=True)]
         grids = [f"![N = {r['spec']['N']}]({s}-n{r['spec']['N']}.png)" for r in group
                  if _figure_grid(r, label, out / f"{s}-n{r['spec']['N']}.png")]
         if grids:
@@ -467,9 +569,14 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
     if curves:
         atomic_write_bytes(out / "memorization_mse.csv",
                            pd.DataFrame(curves).to_csv(index=False, float_format="%.6g").encode())
+    if traces:
+        atomic_write_bytes(out / "memorization_trace.csv",
+                           pd.DataFrame(traces).to_csv(index=False, float_format="%.6g").encode())
     lines += ["Tables as CSV: `memorization.csv` (one row per distribution and N)"
-              + (", `memorization_mse.csv` (train/test MSE per σ)" if curves else "") + ".", ""]
+              + (", `memorization_mse.csv` (train/test MSE per σ)" if curves else "")
+              + (", `memorization_trace.csv` (the fraction of the sampler's iterates that are "
+                 "images of the family, per σ)" if traces else "") + ".", ""]
     return lines
 
 
-__all__ = ["memorization_section", "summary_row", "verdict"]
+__all__ = ["held_down_to", "memorization_section", "summary_row", "verdict"]
