@@ -329,6 +329,7 @@ def test_bad_override_is_refused(tmp_path, capsys):
     ('universal_steps_by_family={"disks": 0}',
      "universal_steps_by_family['disks'] must be an integer >= 1"),
     ("compile=1", "compile must be"),
+    ('precision="fp16"', "precision must be one of ['bf16', 'fp32']"),
 ])
 def test_preset_refuses_bad_values_before_any_cell(tmp_path, capsys, override, message):
     with pytest.raises(SystemExit) as exc:
@@ -347,6 +348,22 @@ def test_preset_flags_are_true_or_false():
     for name in ("center", "warm_start", "precondition", "compile"):
         with pytest.raises(ValueError, match=f"{name} must be True or False, got 1"):
             dataclasses.replace(PRESETS["smoke"], **{name: 1})
+
+
+def test_preset_precision_reaches_every_network():
+    """The preset's precision (bf16 in the default preset) is every trained network's:
+    main study, per-σ, memorization sweep and dimension study."""
+    from theorybench.experiments.presets import PRESETS
+    from theorybench.experiments.study import study_cells
+
+    preset = PRESETS["default"]
+    assert preset.precision == "bf16"
+    cells = study_cells(preset, preset.datasets, None, 0)
+    trained = [c["train"] for c in cells if c["kind"] in ("network", "memorization")]
+    kinds = {(c["kind"], c.get("study"), c["train"]["mode"]) for c in cells if "train" in c}
+    assert {("network", None, "per-sigma"), ("memorization", None, "universal"),
+            ("network", "dimension", "universal")} <= kinds
+    assert trained and all(t["precision"] == "bf16" for t in trained)
 
 
 def test_size_override_resizes_the_entries():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -259,3 +260,58 @@ def test_compile_settings_raise_the_variant_limit_and_fail_past_it():
     with compile_settings(False):
         assert (config.recompile_limit, config.fail_on_recompile_limit_hit) == before
     assert (config.recompile_limit, config.fail_on_recompile_limit_hit) == before
+
+
+def test_bf16_precision_trains_the_forward_in_bfloat16_deterministically(gaussian,
+                                                                          monkeypatch):
+    """``precision="bf16"``: the training forward's convolutions run in bfloat16 (autocast),
+    the batch-norm statistics, parameters and the trained network's use stay in float32; it
+    minimizes the same loss (the held-out error follows float32 training's to bfloat16's
+    rounding) and the same seed gives the same weights."""
+    from theorybench import training
+
+    cfg = TrainConfig(mode="universal", steps=3 * CHUNK_STEPS, batch_size=8, seed=3, lr=3e-3,
+                      monitor_sigmas=(0.3,), monitor_every=CHUNK_STEPS)
+    low = TrainConfig.from_dict({**cfg.to_dict(), "precision": "bf16"})
+    seen = set()  # (training mode, output dtype) of every convolution
+    build = training.build_network
+
+    def spied(*args, **kwargs):
+        net = build(*args, **kwargs)
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.register_forward_hook(
+                    lambda m, args, out: seen.add((m.training, out.dtype)))
+        return net
+
+    monkeypatch.setattr(training, "build_network", spied)
+    first = train(gaussian, TINY, low)
+    assert (True, torch.bfloat16) in seen and (True, torch.float32) not in seen
+    assert (False, torch.float32) in seen  # the monitor measures the float32 network
+    assert all(p.dtype == torch.float32 for p in first.net.parameters())
+    assert all(b.dtype == torch.float32 for b in first.net.buffers())
+    y = torch.rand(2, 1, 16, 16)
+    assert first(y, 0.3).dtype == torch.float32
+    again = train(gaussian, TINY, low)
+    a, b = first.net.state_dict(), again.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    full = train(gaussian, TINY, cfg).history["monitor"]["mse"][0]
+    half = first.history["monitor"]["mse"][0]
+    assert half == pytest.approx(full, rel=0.05) and half[-1] < 0.97 * half[0]
+
+
+def test_bf16_precision_warns_without_bfloat16_units_and_is_checked(gaussian, monkeypatch):
+    from theorybench import training
+
+    cfg = TrainConfig(steps=2, batch_size=2, precision="bf16")
+    monkeypatch.setattr(training, "has_bf16_units", lambda device: False)
+    with pytest.warns(UserWarning, match="without bfloat16 units.*precision=fp32"):
+        train(gaussian, TINY, cfg)
+    monkeypatch.setattr(training, "has_bf16_units", lambda device: None)  # cannot tell
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(gaussian, TINY, cfg)
+    assert training.has_bf16_units(torch.device("cpu")) in (True, False, None)
+    with pytest.raises(ValueError,
+                       match=r"precision must be one of \['bf16', 'fp32'\], got 'fp16'"):
+        TrainConfig(precision="fp16")

@@ -149,13 +149,14 @@ class BFBatchNorm(nn.Module):
         self.register_buffer("running_sd", torch.ones(1, num_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            sd = torch.sqrt(x.var(dim=(0, 2, 3), keepdim=True, unbiased=False) + BN_EPS)
+        if self.training:  # the statistics in float32 under a bfloat16 autocast too
+            sd = torch.sqrt(x.float().var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+                            + BN_EPS)
             with torch.no_grad():
                 self.running_sd.lerp_(sd, BN_MOMENTUM)
         else:
             sd = self.running_sd
-        return x * (self.gammas / sd)  # one pass over x: γ/s is (1, C, 1, 1)
+        return x * (self.gammas / sd).to(x.dtype)  # one pass over x: γ/s is (1, C, 1, 1)
 
     def reset_parameters(self) -> None:
         with torch.no_grad():

@@ -18,6 +18,7 @@ MODES = ("per-sigma", "universal")
 OBJECTIVES = ("kl", "balanced", "paper")
 SCHEDULES = ("cosine", "step", "constant")
 PRECONDITIONS = ("none", "edm", "auto")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class TrainConfig:
                              give the same weights on one CPU machine; on a GPU, as eager
                              steps, to its kernels' determinism). The monitor, evaluation
                              and sampling run eagerly.
+    precision : {"fp32", "bf16"}   the training forward's arithmetic: ``bf16`` runs it under
+                             ``torch.autocast`` with bfloat16 (matrix units of recent CPUs
+                             and GPUs: 2.2× faster per step for the default preset's UNet
+                             on one thread of a CPU with AMX; slower where the hardware
+                             lacks bfloat16); the parameters, the optimizer, the loss and
+                             the network's use after training stay in float32.
     """
 
     mode: str = "per-sigma"
@@ -86,6 +93,7 @@ class TrainConfig:
     monitor_every: int = 0
     monitor_images: int = 64
     compile: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -94,6 +102,7 @@ class TrainConfig:
         check_bool("center", self.center)
         check_bool("compile", self.compile)
         check_choice("precondition", self.precondition, PRECONDITIONS)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.precondition != "none" and self.mode != "per-sigma":
             raise ValueError("precondition needs mode='per-sigma' (its scalings depend on σ, "
                              "which a blind universal network is not given)")

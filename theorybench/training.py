@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -273,6 +274,29 @@ def check_compile_support(device: torch.device) -> None:
                          f"PATH); install one {eagerly}") from exc
 
 
+def has_bf16_units(device: torch.device) -> bool | None:
+    """Whether ``device`` computes in bfloat16 natively: a GPU that torch says supports
+    it, a CPU whose flags (``/proc/cpuinfo``) name AMX or AVX-512 bfloat16 (x86) or bf16
+    (ARM); None where the CPU's flags cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = {word for line in info if line.lower().startswith(("flags", "features"))
+                     for word in line.split(":", 1)[1].split()}
+    except OSError:
+        return None
+    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def warn_without_bf16(device: torch.device) -> None:
+    """A warning where ``precision="bf16"`` would be emulated (slower than float32)."""
+    if has_bf16_units(device) is False:
+        warnings.warn(f"precision='bf16' on a {device.type} without bfloat16 units: its "
+                      f"training steps are emulated and may be slower than float32 "
+                      f"(--override precision=fp32)", stacklevel=3)
+
+
 @contextlib.contextmanager
 def compile_settings(compiled: bool) -> Iterator[None]:
     """Around a training loop: with ``compiled``, torch's compiler settings
@@ -339,6 +363,8 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     device = resolve_device(device)
     if train_cfg.compile:
         check_compile_support(device)
+    if train_cfg.precision == "bf16":
+        warn_without_bf16(device)
     shape = tuple(dist.shape)
     if train_images is None and dist.num_images is not None:
         if not hasattr(dist, "train_images"):
@@ -378,6 +404,7 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     # static shapes: the compiled code of a network depends on its own shape only, not on
     # the shapes that the process trained before (same bits whatever the worker)
     step_net = torch.compile(net, dynamic=False) if cfg.compile else net  # net's parameters
+    low_precision = cfg.precision == "bf16"  # the forward only (TrainConfig.precision)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     noise_gen = block_generator(cfg.seed, 0, STREAM_NOISE, device)
@@ -400,7 +427,8 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
                 if monitor.due(first + i, cfg.steps):
                     monitor.measure(net, center, first + i, init is not None, scales)
                 batch = slice(i * B, (i + 1) * B)
-                residual = network_residual(step_net, input_all[batch], *scales)
+                with torch.autocast(device.type, torch.bfloat16, enabled=low_precision):
+                    residual = network_residual(step_net, input_all[batch], *scales)
                 loss = objective_loss(residual, noise_all[batch], sigma_all[batch], cfg.objective,
                                       cfg.sigma_data)
                 optimizer.zero_grad(set_to_none=True)

@@ -248,7 +248,8 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
             sigma_max=preset.sigmas[-1], center=preset.center,
             steps=preset.universal_steps_by_family.get(name, preset.universal_steps),
             batch_size=preset.batch_size, lr=preset.lr, seed=seed,
-            monitor_sigmas=preset.monitor_sigmas, compile=preset.compile)
+            monitor_sigmas=preset.monitor_sigmas, compile=preset.compile,
+            precision=preset.precision)
         universal = {"kind": "network", "net": net, "train": universal_cfg.to_dict(),
                      "eval_sigmas": list(preset.curve_sigmas), **common}
         cells.append(universal)
@@ -260,7 +261,7 @@ def build_cells(preset, entries, seed: int) -> list[dict]:
                                     steps=preset.per_sigma_steps,
                                     batch_size=preset.batch_size, lr=preset.per_sigma_lr,
                                     warmup=0 if preset.warm_start else 50, seed=seed,
-                                    compile=preset.compile)
+                                    compile=preset.compile, precision=preset.precision)
             cells.append({"kind": "network", "net": net, "train": train_cfg.to_dict(),
                           "eval_sigmas": [s], **init, **common})
     return cells

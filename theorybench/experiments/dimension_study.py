@@ -65,7 +65,8 @@ def build_dimension_cells(preset, seed: int) -> list[dict]:
             mode="universal", objective=preset.objective, sigma_min=sigmas[0],
             sigma_max=sigmas[-1], center=preset.center, steps=setting["steps"],
             batch_size=setting["batch_size"], lr=setting.get("lr", preset.lr), seed=seed,
-            monitor_sigmas=preset.monitor_sigmas, compile=preset.compile)
+            monitor_sigmas=preset.monitor_sigmas, compile=preset.compile,
+            precision=preset.precision)
         networks.append({"kind": "network", "net": net, "train": train_cfg.to_dict(),
                          "eval_sigmas": sigmas, **common})
     small = jacobian_sigmas(sigmas, targets=(0.04,))

@@ -129,7 +129,7 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
                              sigma_max: float, n_samples: int, sigmas, n_eval: int,
                              sampler: dict | None, seed: int, objective: str = "paper",
                              center: bool = False, monitor_sigmas=(),
-                             compile: bool = False,
+                             compile: bool = False, precision: str = "fp32",
                              posterior_samples: bool = False) -> list[dict]:
     """One ``memorization`` cell spec per (entry, N).
 
@@ -158,6 +158,7 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     monitor_sigmas : sequence of float   σ of the held-out error tracked during each
                             training (``TrainConfig.monitor_sigmas``; none: not monitored).
     compile : bool          compiled training steps (``TrainConfig.compile``).
+    precision : str         the training forward's arithmetic (``TrainConfig.precision``).
     posterior_samples : bool   at each entry's largest N, also sample the family's
                             posterior mean (module docstring, item 7), where the family
                             has one and a projection.
@@ -178,7 +179,8 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
     train_cfg = TrainConfig(mode="universal", objective=objective, sigma_min=min(sigmas),
                             sigma_max=sigma_max, center=center, steps=steps,
                             batch_size=batch_size, lr=lr, seed=seed,
-                            monitor_sigmas=tuple(monitor_sigmas), compile=compile)
+                            monitor_sigmas=tuple(monitor_sigmas), compile=compile,
+                            precision=precision)
     sampler = resolve_sampler(sampler, train_cfg.sigma_max)
     cells = []
     for name, params in entries:

@@ -61,7 +61,8 @@ def sweep_cells(preset, datasets: str | None, seed: int) -> list[dict]:
         n_eval=m["n_eval"], sampler=m["sampler"], seed=seed, objective=m.get("objective", "paper"),
         center=m.get("center", False),
         monitor_sigmas=[x for x in preset.monitor_sigmas if x <= m.get("sigma_max", 1.0)],
-        compile=preset.compile, posterior_samples=m.get("posterior_samples", False))
+        compile=preset.compile, precision=preset.precision,
+        posterior_samples=m.get("posterior_samples", False))
     pair_sigma = [m.get("pair_sigma", preset.sigmas[len(preset.sigmas) // 2])]
     references = []  # the MMSE bracket on the sweep's held-out images, at the σ grid
     for name, params in entries:

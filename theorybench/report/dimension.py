@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..experiments.dimension_study import STUDY, dimension_rows
 from ..figures import PALETTE, cached_figure, plt
-from .common import architectures, compiled_text, markdown_table, steps_text, write_csv
+from .common import architectures, markdown_table, steps_text, training_steps_text, write_csv
 
 WITHIN = 0.15  # "near k": within 15 % (the test tolerance for the posterior)
 COLUMNS = ("k", "sigma", "L/σ²", "L kind", "U/σ²", "U_se", "network/σ²", "network_se",
@@ -70,7 +70,7 @@ def _networks(records: list[dict]) -> str:
     t = nets[0]["train"]
     return (f" The networks: {architectures(nets)}, {steps_text(nets)}, batch "
             f"{t['batch_size']}, lr {t['lr']:g}, objective `{t['objective']}`, σ from "
-            f"{t['sigma_min']:g} to {t['sigma_max']:g}{compiled_text(t)}.")
+            f"{t['sigma_min']:g} to {t['sigma_max']:g}{training_steps_text(t)}.")
 
 
 def _unconverged(frame: pd.DataFrame) -> str:

@@ -23,7 +23,6 @@ from ..kl import kl_bound, trapezoid_weights
 from .common import (
     architectures,
     bracket,
-    compiled_text,
     curve_frame,
     markdown_table,
     objective_law,
@@ -31,6 +30,7 @@ from .common import (
     preconditioned,
     slug,
     steps_text,
+    training_steps_text,
     write_csv,
 )
 from .dimension import dimension_section
@@ -484,7 +484,7 @@ def study_header(records: list[dict]) -> list[str]:
             f"lr {t['lr']:g}, objective `{objective}`"
             + (f" ({law})" if mode == "universal" else "")
             + (", mean image subtracted" if t.get("center") else "")
-            + compiled_text(t)
+            + training_steps_text(t)
             + (", started from the universal network" if warm else "")
             + (f"; {precond} of the {len(mine)} preconditioned (the training table says "
                f"which): f(y) = μ̂ + c_skip (y − μ̂) − c_out r(y − μ̂) with EDM's c_skip = "

@@ -24,7 +24,7 @@ from ..experiments.keys import entry_label
 from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from ..kl import kl_bound
 from ..memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO, ON_MANIFOLD_FACTOR
-from .common import bracket, compiled_text, curve_frame, markdown_table, objective_law, slug
+from .common import bracket, curve_frame, markdown_table, objective_law, slug, training_steps_text
 
 SMALL_N = 10  # "N ≤ 10": the memorization regime checked by the sentence
 MEMORIZED_MIN = 0.9  # ≥ 90% of samples memorized (copy criterion) at N ≤ SMALL_N
@@ -487,7 +487,7 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
              f"Two universal networks ({first['net']['arch']}, {first['train']['steps']} steps, "
              f"batch {first['train']['batch_size']}, objective "
              f"`{first['train'].get('objective', 'paper')}`: {objective_law(first['train'])}"
-             f"{compiled_text(first['train'])}) "
+             f"{training_steps_text(first['train'])}) "
              f"per training-set size N, trained on disjoint sets S1 and S2, sampled from the "
              f"same {first['n_samples']} noises with the {sampler['method']} sampler "
              f"({shown}; an auto mean is the pixel mean of held-out images); "
