@@ -8,10 +8,12 @@ preset's σ, every steps // 20 steps) per step of the preset's universal trainin
 the difference between ``train()`` with and without it (a short bench over-weights the
 monitor: it also measures at step 0 and at the end); (b) the training step's achieved
 FLOP rate (convolutions counted analytically, forward + 2 × forward for the backward
-pass) against a square ``torch.matmul`` of about the same FLOP count. With a preset
-whose training is compiled (``Preset.compile``), both loops of (a) run compiled (the
-compilation itself happens in a warm-up, outside the timings) and (a) also reports the
-speed-up of its compiled ``train()`` steps over eager ones.
+pass) against a square ``torch.matmul`` of about the same FLOP count, in the preset's
+arithmetic. With a preset
+whose training is compiled (``Preset.compile``) or runs its forward in bfloat16
+(``Preset.precision``), both loops of (a) do so too (the compilation itself happens in a
+warm-up, outside the timings) and (a) also reports the speed-up of the preset's
+``train()`` steps over eager float32 ones.
 
 ``--family`` picks the distribution whose images ``train()`` draws (gaussian by default;
 gaussian, calpha and disks draw on the training device, a GPU too): the bare loop's
@@ -84,7 +86,8 @@ def time_train(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
 def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
     """(wall, CPU) seconds per step of a plain loop: pre-generated x, z and log-uniform σ,
     the same net (a ``BlindShrink`` calibrated, as ``train`` does; ``torch.compile``d when
-    ``train_cfg.compile``), loss ``mean(((r − σz)/σ)²)`` and Adam."""
+    ``train_cfg.compile``, its forward in bfloat16 with ``precision="bf16"``), loss
+    ``mean(((r − σz)/σ)²)`` and Adam."""
     B, steps = train_cfg.batch_size, train_cfg.steps
     gen = torch.Generator().manual_seed(5)
     x = dist.sample(B * steps, 5).to(device).view(steps, B, *dist.shape)
@@ -97,12 +100,15 @@ def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
         net.calibrate(clean - clean.mean(0))
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr)
     step_net = torch.compile(net, dynamic=False) if train_cfg.compile else net
+    low_precision = train_cfg.precision == "bf16"
     with compile_settings(train_cfg.compile):  # as train() compiles
         sync(device)
         start = clocks()
         for k in range(steps):
             noise = sigma[k] * z[k]
-            loss = torch.mean(((step_net(x[k] + noise) - noise) / sigma[k]) ** 2)
+            with torch.autocast(device.type, torch.bfloat16, enabled=low_precision):
+                residual = step_net(x[k] + noise)
+            loss = torch.mean(((residual - noise) / sigma[k]) ** 2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -110,10 +116,11 @@ def time_bare(dist, net_cfg, train_cfg, device) -> tuple[float, float]:
         return per_step(start, steps)
 
 
-def matmul_rate(n: int, device: torch.device, repeats: int = 5) -> float:
-    """FLOP/s of an n×n by n×n float32 matmul (best of ``repeats``)."""
+def matmul_rate(n: int, device: torch.device, repeats: int = 5,
+                dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an n×n by n×n matmul in ``dtype`` (best of ``repeats``)."""
     gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
+    a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -146,21 +153,21 @@ def main(argv=None) -> None:
     train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=preset.sigmas[0],
                             sigma_max=preset.sigmas[-1], center=True, monitor_sigmas=(),
                             steps=args.steps, batch_size=batch, lr=1e-3,
-                            compile=preset.compile)
+                            compile=preset.compile, precision=preset.precision)
     # the bench's short training measures its monitor at the cadence of the preset's
     # universal training (TrainConfig.monitor_interval of its steps)
     preset_steps = preset.universal_steps_by_family.get(args.family, preset.universal_steps)
     every = dataclasses.replace(train_cfg, steps=preset_steps).monitor_interval
     monitored = dataclasses.replace(train_cfg, monitor_sigmas=preset.monitor_sigmas,
                                     monitor_every=every)
-    eager = dataclasses.replace(train_cfg, compile=False)
+    eager = dataclasses.replace(train_cfg, compile=False, precision="fp32")
     for cfg in dict.fromkeys((train_cfg, eager)):  # warm-up and compilation, untimed: the
         time_bare(dist, net_cfg, cfg, device)  # same images, so the same shrinkage state
         time_train(dist, net_cfg, cfg, device)
     loops = {"train": lambda: time_train(dist, net_cfg, train_cfg, device),
              "monitored": lambda: time_train(dist, net_cfg, monitored, device),
              "bare": lambda: time_bare(dist, net_cfg, train_cfg, device)}
-    if train_cfg.compile:
+    if train_cfg != eager:
         loops["eager"] = lambda: time_train(dist, net_cfg, eager, device)
     times = {name: [] for name in loops}
     for r in range(args.repeats):  # one of each, back to back, in a rotating order
@@ -172,7 +179,8 @@ def main(argv=None) -> None:
     print(f"device {device}, torch threads {torch.get_num_threads()}, {net_cfg}")
     print(f"preset {preset.name}: batch {batch} at {preset.size}x{preset.size}, "
           f"{args.steps} steps, {args.repeats} repeats")
-    kind = "compiled" if train_cfg.compile else "eager"
+    kind = ("compiled" if train_cfg.compile else "eager") + (
+        ", forward in bfloat16" if train_cfg.precision == "bf16" else "")
     print(f"(a) train() step {wall['train'] * 1e3:.1f} ms, bare loop {wall['bare'] * 1e3:.1f} "
           f"ms (wall, medians, both {kind}); ratio within a repeat (goal <= 1.10):")
     for i, clock in enumerate(("wall", "CPU time of this process")):
@@ -188,14 +196,16 @@ def main(argv=None) -> None:
           f"per step, {in_preset / preset_steps / wall['bare']:.1%} of the bare step")
     if "eager" in times:
         speedup = sorted(a[0] / b[0] for a, b in zip(times["eager"], times["train"], strict=True))
-        print(f"    compiled steps (the preset's): {statistics.median(speedup):.2f}× faster than "
-              f"eager train() steps ({wall['eager'] * 1e3:.1f} ms; range "
+        print(f"    the preset's steps ({kind}): {statistics.median(speedup):.2f}× faster than "
+              f"eager float32 train() steps ({wall['eager'] * 1e3:.1f} ms; range "
               f"{speedup[0]:.2f}–{speedup[-1]:.2f})")
     flops = 3 * forward_flops(net_cfg, preset.size, preset.size) * batch  # fwd + 2x fwd
     n = max(256, round((flops / 2) ** (1 / 3) / 64) * 64)
-    rate_step, rate_mm = flops / wall["train"], matmul_rate(n, device)
+    dtype = torch.bfloat16 if train_cfg.precision == "bf16" else torch.float32
+    rate_step, rate_mm = flops / wall["train"], matmul_rate(n, device, dtype=dtype)
     print(f"(b) training step {flops / 1e9:.2f} GFLOP -> {rate_step / 1e9:.1f} GFLOP/s; "
-          f"matmul {n}x{n} {rate_mm / 1e9:.1f} GFLOP/s; ratio {rate_step / rate_mm:.2f}")
+          f"{str(dtype)[6:]} matmul {n}x{n} {rate_mm / 1e9:.1f} GFLOP/s; "
+          f"ratio {rate_step / rate_mm:.2f}")
 
 
 if __name__ == "__main__":

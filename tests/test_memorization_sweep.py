@@ -17,7 +17,7 @@ from theorybench.experiments import memorization_sweep as ms
 from theorybench.experiments.cells import run_cell
 from theorybench.experiments.keys import cell_key
 from theorybench.memorization import cosine
-from theorybench.report.memorization import held_down_to, memorization_section, verdict
+from theorybench.report.memorization import memorization_section, stays_down_to, verdict
 from theorybench.report.training import training_section
 from theorybench.sampling import SampleResult, SamplingDiverged, sigma_grid
 from theorybench.training import TrainingDiverged, converged
@@ -59,30 +59,30 @@ def test_cells_are_plain_specs_and_finite_sets_are_capped():
 
 
 def test_trace_fractions_tell_noisy_images_of_the_family_from_others():
-    """Iterates that are disks with noise σ_k at every level are images of the family at
-    every level; the same noise on a constant image is one at large σ only, where the
-    tolerance 2σ² exceeds the disks' contrast."""
+    """Iterates that are disks with noise σ_k are images of the family at σ_k; a texture
+    of unit amplitude is one at σ = 1 only, where the tolerance 2σ² exceeds its energy.
+    With textures at every other level the fractions alternate: each level reads its own
+    iterates."""
     dist = datasets_synth.get("disks", size=16)
     grid = sigma_grid(1.0, 0.01, 6)
     clean = dist.sample(8, 3)
     z = torch.randn((8, 6, 1, 16, 16), generator=torch.Generator().manual_seed(0))
-    level = grid.float().view(1, -1, 1, 1, 1)
+    noisy = clean.unsqueeze(1) + grid.float().view(1, -1, 1, 1, 1) * z
+    texture = clean.mean() + torch.randn(noisy.shape, generator=torch.Generator().manual_seed(1))
 
-    def run(images):
-        trajectory = images.unsqueeze(1) + level * z
-        return SampleResult(images, None, None, None, None, "heun", grid, trajectory)
+    def run(trajectory):
+        return SampleResult(clean, None, None, None, None, "heun", grid, trajectory)
 
-    assert ms.trace_fractions(run(clean), dist) == [1.0] * 5
-    texture = clean.mean() + 0.05 * torch.randn(clean.shape, generator=torch.Generator()
-                                                .manual_seed(1))
-    fractions = ms.trace_fractions(run(texture), dist)
-    assert fractions[0] == 1.0 and fractions[-1] == 0.0
+    assert ms.trace_fractions(run(noisy), dist) == [1.0] * 5
+    assert ms.trace_fractions(run(texture), dist) == [1.0, 0.0, 0.0, 0.0, 0.0]
+    alternate = torch.where((torch.arange(6) % 2 == 1).view(1, -1, 1, 1, 1), texture, noisy)
+    assert ms.trace_fractions(run(alternate), dist) == [1.0, 0.0, 1.0, 0.0, 1.0]
 
 
-def test_held_down_to():
-    assert held_down_to([1.0, 0.5, 0.1, 0.05], [1.0, 0.9, 0.5, 0.95]) == 0.5
-    assert held_down_to([1.0, 0.5], [0.8, 0.8]) == 0.5
-    assert math.isnan(held_down_to([1.0, 0.5], [0.7, 1.0]))
+def test_stays_down_to():
+    assert stays_down_to([1.0, 0.5, 0.1, 0.05], [1.0, 0.9, 0.5, 0.95]) == 0.5
+    assert stays_down_to([1.0, 0.5], [0.8, 0.8]) == 0.5
+    assert math.isnan(stays_down_to([1.0, 0.5], [0.7, 1.0]))
 
 
 @pytest.mark.parametrize("sampler, match", [({"method": "ddim"}, "method must be one of"),
@@ -210,6 +210,7 @@ def test_sweep_results(sweep):
     assert four["trace"]["posterior"] == [1.0] * len(four["trace"]["sigma"])
     post = four["posterior_samples"]
     assert post["on_manifold_fraction"] + post["flat_fraction"] == 1.0
+    assert (post["denoiser"], post["kind"]) == ("posterior", "upper")
     assert one["summary"]["s1"]["memorized_ratio_fraction"] is None  # no d2 at N = 1
     assert one["summary"]["s1"]["memorized_unit_fraction"] is None
     assert four["summary"]["s1"]["memorized_ratio_fraction"] is not None
@@ -273,11 +274,33 @@ def test_section_writes_table_figures_and_csv(sweep, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     # the trace's CSV and the sentences on the posterior's ceiling and the way down
     trace = pd.read_csv(tmp_path / "memorization_trace.csv")
-    assert set(trace["iterates"]) == {"s1", "s2", "held", "posterior"}
-    assert set(trace.loc[trace["iterates"] == "posterior", "N"]) == {4}
-    assert "the criterion's ceiling" in text and "Along the sampler's way down" in text
+    assert set(trace["series"]) == {"s1", "s2", "held", "posterior"}
+    assert set(trace.loc[trace["series"] == "posterior", "N"]) == {4}
+    assert "For reference, the family's posterior mean (`posterior`)" in text
+    assert "Along the sampler's way down" in text and "The **trace** follows" in text
     assert table["on post"].isna().tolist() == [True, False]
     assert memorization_section([], tmp_path) == []
+
+
+def test_a_diverging_posterior_leaves_the_networks_results(monkeypatch, tmp_path):
+    """The posterior mean's sampler is a reference: its divergence is recorded beside the
+    networks' measures, which stand."""
+    spec = tiny_cells()[1]
+    assert spec["posterior_samples"]
+
+    class Broken(torch.nn.Module):
+        kind = "upper"
+
+        def forward(self, y, sigma):
+            return y * float("inf")
+
+    monkeypatch.setattr(ms, "posterior_mean", lambda dist: ("posterior", Broken().eval()))
+    res = ms.compute_memorization(spec, Cache(tmp_path), "k")
+    assert "failed" not in res and "summary" in res and "posterior" not in res["trace"]
+    post = res["posterior_samples"]
+    assert post["denoiser"] == "posterior" and "diverged" in post["failed"]
+    lines = "\n".join(memorization_section([{"spec": spec, "result": res}], tmp_path))
+    assert "For reference" not in lines  # no fraction to quote
 
 
 def test_section_reads_old_records(sweep, tmp_path):
@@ -286,13 +309,16 @@ def test_section_reads_old_records(sweep, tmp_path):
     old = json.loads(json.dumps(records))
     for r in old:
         r["result"].pop("baseline")
+        r["result"].pop("trace")
+        r["result"].pop("posterior_samples", None)
         for s in r["result"]["summary"].values():
             for key in [k for k in s if "copy" in k or "ratio_fraction" in k]:
                 s.pop(key)
         for p in r["result"]["per_sample"].values():
             for key in [k for k in p if "copy" in k]:
                 p.pop(key)
-    memorization_section(old, tmp_path)
+    text = "\n".join(memorization_section(old, tmp_path))
+    assert "The **trace**" not in text and "For reference" not in text
     table = pd.read_csv(tmp_path / "memorization.csv")
     assert table["mem S1"].isna().all() and table["memr S1"].notna().all()
 

@@ -366,6 +366,17 @@ def test_preset_precision_reaches_every_network():
     assert trained and all(t["precision"] == "bf16" for t in trained)
 
 
+def test_training_steps_text_names_compilation_and_precision():
+    from theorybench.report.common import training_steps_text
+
+    compiled = ", training steps compiled (`torch.compile`)"
+    low = ", forward in bfloat16 (`torch.autocast`)"
+    assert training_steps_text({}) == ""
+    assert training_steps_text({"compile": True, "precision": "fp32"}) == compiled
+    assert training_steps_text({"precision": "bf16"}) == low
+    assert training_steps_text({"compile": True, "precision": "bf16"}) == compiled + low
+
+
 def test_size_override_resizes_the_entries():
     from theorybench.cli import apply_overrides
     from theorybench.experiments.presets import PRESETS

@@ -46,7 +46,11 @@ from explicit generators: on one machine the same seed gives the same weights. W
 ``compile`` the training steps run a ``torch.compile`` of the network (sharing its weights);
 the first such training in a process compiles (seconds to a minute, cached on disk for the
 next process), later ones of the same architecture, image size and mode reuse the code
-(static shapes: the code of a network depends on its own shape only).
+(static shapes: the code of a network depends on its own shape only). With
+``precision="bf16"`` the training forward runs under ``torch.autocast`` in bfloat16: its
+output, the residual, is rounded to bfloat16 (2⁻⁹ relative) before the float32 loss; the
+parameters, the optimizer, the batch-norm statistics and everything after training stay
+float32.
 """
 
 from __future__ import annotations
@@ -274,14 +278,18 @@ def check_compile_support(device: torch.device) -> None:
                          f"PATH); install one {eagerly}") from exc
 
 
-def has_bf16_units(device: torch.device) -> bool | None:
-    """Whether ``device`` computes in bfloat16 natively: a GPU that torch says supports
-    it, a CPU whose flags (``/proc/cpuinfo``) name AMX or AVX-512 bfloat16 (x86) or bf16
-    (ARM); None where the CPU's flags cannot be read."""
+def has_bf16_units(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA device that does without
+    emulation, a CPU whose flags (the ``flags`` or ``Features`` lines of ``cpuinfo``) name
+    AMX or AVX-512 bfloat16 (x86) or bf16 (ARM); None where this cannot be told (another
+    device type, or no readable ``cpuinfo``)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return None
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
+        with open(cpuinfo, encoding="utf-8") as info:
             flags = {word for line in info if line.lower().startswith(("flags", "features"))
                      for word in line.split(":", 1)[1].split()}
     except OSError:
@@ -294,7 +302,7 @@ def warn_without_bf16(device: torch.device) -> None:
     if has_bf16_units(device) is False:
         warnings.warn(f"precision='bf16' on a {device.type} without bfloat16 units: its "
                       f"training steps are emulated and may be slower than float32 "
-                      f"(--override precision=fp32)", stacklevel=3)
+                      f"(--override 'precision=\"fp32\"')", stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -429,6 +437,7 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
                 batch = slice(i * B, (i + 1) * B)
                 with torch.autocast(device.type, torch.bfloat16, enabled=low_precision):
                     residual = network_residual(step_net, input_all[batch], *scales)
+                residual = residual.float()  # bfloat16 out of the autocast: the loss in float32
                 loss = objective_loss(residual, noise_all[batch], sigma_all[batch], cfg.objective,
                                       cfg.sigma_data)
                 optimizer.zero_grad(set_to_none=True)

@@ -26,13 +26,15 @@ For each distribution and training-set size N, a ``memorization`` cell
    noise level) and the fit's distance to the nearest constant image above it (a flat
    fit shows no shape), with the held-out images, clean and seen at σ_last, as baselines;
    and, for an ODE sampler, where the networks' samples leave the family on the way: at
-   each σ of the sampler's grid, the fraction of the networks' iterates (states carrying
-   noise σ) within F·σ² per pixel of their best fit (no flatness test: the noise is
-   there), against held-out images with noise σ;
-7. with ``posterior_samples`` (at the entry's largest N, for a family with a posterior
-   mean, :func:`posterior_mean`): the same sampler and noises drive the family's own
-   posterior mean, and its samples are measured as in 6: the criterion's ceiling for
-   this sampler and these noises.
+   each σ of the sampler's grid but the last (the final denoising's input is not
+   recorded), the fraction of the networks' iterates (states carrying noise σ) within
+   F·σ² per pixel of their best fit (no flatness test: the noise is there), against
+   held-out images with noise σ;
+7. with ``posterior_samples`` (at the entry's largest N, for a family with a projection
+   and a posterior mean, :func:`posterior_mean`): the same sampler and noises drive the
+   family's posterior mean (for disks an importance-sampled estimate, an upper reference),
+   and its samples are measured as in 6: what a denoiser at (about) the MMSE reaches with
+   this sampler and these noises, a reference for the networks' fractions.
 
 Besides the plain d1/d2, the ratio between unit-norm images is recorded: a bias-free
 network is homogeneous (``f(ay) = a f(y)``), so when it memorizes it reproduces a training
@@ -190,14 +192,14 @@ def build_memorization_cells(entries, sizes, net: dict, steps: int, batch_size: 
         if dist.num_images is not None:
             limit = len(dist.train_images()) // 2  # S1 and S2 must be disjoint
         chosen = sorted({min(n, limit) for n in sizes})
-        ceiling = bool(posterior_samples and has_projection(dist)
-                       and posterior_mean(dist) is not None)
+        reference = bool(posterior_samples and has_projection(dist)
+                         and posterior_mean(dist) is not None)
         for n in chosen:
             cells.append({"kind": KIND, "dataset": name, "params": dict(params), "N": n,
                           "net": net_cfg.to_dict(), "train": train_cfg.to_dict(),
                           "n_samples": n_samples, "sigmas": list(sigmas), "n_eval": n_eval,
                           "sampler": dict(sampler), "seed": seed,
-                          "posterior_samples": ceiling and n == chosen[-1]})
+                          "posterior_samples": reference and n == chosen[-1]})
     return cells
 
 
@@ -206,12 +208,15 @@ def has_projection(dist) -> bool:
     return type(dist).project is not Distribution.project
 
 
-def posterior_mean(dist):
-    """The family's posterior mean among its reference denoisers: the ``exact`` one, else
-    the one named ``posterior`` (an estimate from y alone); None without either."""
+def posterior_mean(dist) -> tuple[str, object] | None:
+    """The family's posterior mean among its reference denoisers, as ``(name, denoiser)``:
+    the ``exact`` one, else the one named ``posterior`` (an estimate from y alone); None
+    without either."""
     references = dist.reference_denoisers()
-    exact = [d for d in references.values() if d.kind == "exact"]
-    return exact[0] if exact else references.get("posterior")
+    exact = [(name, d) for name, d in references.items() if d.kind == "exact"]
+    if exact:
+        return exact[0]
+    return ("posterior", references["posterior"]) if "posterior" in references else None
 
 
 def describe_memorization(spec: dict) -> str:
@@ -337,15 +342,19 @@ def _manifold_summary(images: torch.Tensor, dist, sigma: float):
     return summary, residuals, shapes
 
 
+def fraction_within(images: torch.Tensor, dist, sigma: float) -> float:
+    """The fraction of ``images`` (n, c, h, w), seen at noise level ``sigma``, within
+    ``manifold_tolerance(sigma)`` of their best fit (:func:`manifold_fit`; no flatness
+    test: images carrying noise σ)."""
+    residuals, _ = manifold_fit(images, dist, sigma)
+    return float((residuals <= manifold_tolerance(sigma)).mean())
+
+
 def trace_fractions(run, dist) -> list[float]:
-    """Per σ_k of an ODE run's grid but the last (the final denoising's input), the
-    fraction of its iterates at σ_k within ``manifold_tolerance(σ_k)`` of their best fit
-    (:func:`manifold_fit` at σ_k; no flatness test, the iterates carry noise σ_k)."""
-    fractions = []
-    for k, sigma in enumerate(run.grid[:-1].tolist()):
-        residuals, _ = manifold_fit(run.trajectory[:, k].cpu(), dist, sigma)
-        fractions.append(float((residuals <= manifold_tolerance(sigma)).mean()))
-    return fractions
+    """Per σ_k of an ODE run's grid but the last (the final denoising's input, not
+    recorded), :func:`fraction_within` of its iterates at σ_k."""
+    return [fraction_within(run.trajectory[:, k].cpu(), dist, sigma)
+            for k, sigma in enumerate(run.grid[:-1].tolist())]
 
 
 def _json_summary(summary: dict) -> dict:
@@ -414,6 +423,24 @@ def checkpoints(spec: dict, cache: Cache, what: str) -> list[Path]:
 # ----------------------------------------------------------------------------- compute
 
 
+def _posterior_samples(dist, noise, method: str, options: dict, sigma_last: float,
+                       trace: bool) -> dict:
+    """The family's posterior mean sampled with the networks' sampler and noises (module
+    docstring, item 7): ``denoiser`` and ``kind`` (its name and reference kind), the
+    summary of item 6 and, with ``trace``, its iterates' trace; a diverging run gives
+    ``failed`` (the message) and leaves the networks' results standing."""
+    name, denoiser = posterior_mean(dist)
+    out = {"denoiser": name, "kind": denoiser.kind}
+    try:
+        run = sample(denoiser, noise, method=method, **options, record_every=int(trace))
+    except SamplingDiverged as exc:
+        return {**out, "failed": str(exc)}
+    out.update(_json_summary(_manifold_summary(run.images.cpu(), dist, sigma_last)[0]))
+    if trace:
+        out["trace"] = trace_fractions(run, dist)
+    return out
+
+
 def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
                          progress: bool = False) -> dict:
     """Run one memorization cell (module docstring); return a JSON-serializable result.
@@ -442,7 +469,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     images with that noise, ``held``, and with ``posterior_samples`` of the posterior's
     iterates, ``posterior``, that lie within the tolerance of the family); with
     ``spec["posterior_samples"]``, ``posterior_samples``: the summary of item 6 for the
-    posterior mean's samples. A diverging training or sampler gives ``failed`` (the message)
+    posterior mean's samples, with its ``denoiser`` name and ``kind`` (``failed`` if its
+    sampler diverged). A diverging training or sampler gives ``failed`` (the message)
     and whatever was computed before.
     """
     device = resolve_device(device)
@@ -529,22 +557,18 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             z = torch.randn(held.shape, generator=gen)
             noisy = held + sigma_last * z
             if trace:  # the same images with the noise of each of the trace's levels
-                result["trace"]["held"] = [
-                    float((manifold_fit(held + sigma * z, dist, sigma)[0]
-                           <= manifold_tolerance(sigma)).mean())
-                    for sigma in result["trace"]["sigma"]]
+                result["trace"]["held"] = [fraction_within(held + sigma * z, dist, sigma)
+                                           for sigma in result["trace"]["sigma"]]
             manifold = {name: _manifold_summary(images, dist, sigma_last)
                         for name, images in (("clean", held), ("noisy", noisy))}
             if manifold["clean"] is not None:
                 result["baseline"]["manifold"] = {name: _json_summary(m[0])
                                                   for name, m in manifold.items()}
-        if spec.get("posterior_samples"):  # the criterion's ceiling (module docstring, 7)
-            run = sample(posterior_mean(dist), noise, method=method, **options,
-                         record_every=int(trace))
-            result["posterior_samples"] = _json_summary(
-                _manifold_summary(run.images.cpu(), dist, sigma_last)[0])
-            if trace:
-                result["trace"]["posterior"] = trace_fractions(run, dist)
+        if spec.get("posterior_samples"):  # a reference (module docstring, item 7)
+            result["posterior_samples"] = _posterior_samples(dist, noise, method, options,
+                                                             sigma_last, trace)
+            if "trace" in result["posterior_samples"]:
+                result["trace"]["posterior"] = result["posterior_samples"].pop("trace")
         e = min(EXAMPLES, spec["n_samples"])
         nn1 = torch.tensor(frames["s1"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
         nn2 = torch.tensor(frames["s2"]["nn_index"].to_numpy()[:e], dtype=torch.int64)
@@ -561,6 +585,6 @@ CELL = CellKind(KIND, compute_memorization, describe_memorization, gpu=True,
                 artifacts=("-s1.pt", "-s2.pt"))
 
 __all__ = ["CELL", "KIND", "TensorImages", "build_memorization_cells",
-           "compute_memorization", "describe_memorization", "has_projection", "held_out",
-           "posterior_mean", "trace_fractions",
-           "resolve_sampler", "training_sets"]
+           "compute_memorization", "describe_memorization", "fraction_within",
+           "has_projection", "held_out", "posterior_mean", "resolve_sampler",
+           "trace_fractions", "training_sets"]

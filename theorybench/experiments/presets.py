@@ -227,12 +227,14 @@ PRESETS: dict[str, Preset] = {
         # centring 12 %, 32 channels 20 %, 80 Heun steps 12 %, stochastic sampler 0–9 %,
         # `balanced` 0 % (textures) and 25 % after 8000 steps, a paper/KL mixture 0 %, a
         # Gaussian start with the data's covariance 17 %). Where they fail (2026-12-06, one
-        # S1 network of N = 1000, 64 samples): its MSE per pixel at σ = 0.01 is 9.0e-4
-        # (the identity's 1e-4, the posterior's 2.0e-6; `balanced`: 3.4e-5, `kl`: 3.1e-5);
-        # the network down to σ = 0.1 and the family's posterior below gives 97 % images of
-        # the family (`balanced` 98 %, `kl` 100 %), the posterior down to 0.1 and the
-        # network below 12 % (5–12 % for the others): the samples leave the family in the
-        # last decade of σ, which the report's trace shows; the posterior alone gives 80 %.
+        # S1 network of N = 1000 trained in float32, 64 samples): its MSE per pixel at
+        # σ = 0.01 is 9.0e-4 (the identity's 1e-4, the posterior's 2.0e-6; `balanced`:
+        # 3.4e-5, `kl`: 3.1e-5);
+        # the family's posterior down to σ = 0.1 and the network below gives 12 % images of
+        # the family (5–22 % for the others); the reverse, the network above 0.1 and the
+        # posterior below, 94–100 %, as from almost any state (the posterior's own flow
+        # lands on the family), so it says little. The report's trace shows where the
+        # samples leave the family; the posterior alone gives 80 %.
         # The disks universal network (eager steps, one thread): MSE/U at σ = 0.01, 0.021,
         # 0.045, 0.21, 0.94 went 27.7, 17.6, 12.5, 4.6, 2.0 (2000 steps) → 15.9, 9.6, 7.0, 3.1, 1.5
         # (8000), at +4.5 CPU-minutes; 3 blocks (26.3 at 0.01), 24 channels (25.1), lr 6e-3
@@ -249,8 +251,9 @@ PRESETS: dict[str, Preset] = {
         # disks network after 6000 steps MSE/U 17.58 / 10.86 / 4.77 at σ = 0.01, 0.021,
         # 0.097 against 17.54 / 10.76 / 4.78 in float32; the Gaussian's universal network
         # (2000 steps) 1.050 / 1.008 / 1.024 against 1.059 / 1.006 / 1.024. The time saved
-        # goes to the disks network (24,000 → 40,000 steps: MSE/U fell as steps^−0.33,
-        # so about 9.4 expected at σ = 0.01), the other universal networks (2000 → 4000;
+        # goes to the disks network (24,000 → 40,000 steps: MSE/U at σ = 0.01 fell as
+        # steps^−0.33 from 8000 to 24,000, so about 9.4 expected from 11.1 at 24,000; from
+        # the eager 13.3 at 16,000, 9.8), the other universal networks (2000 → 4000;
         # on the Gaussian the KL at σ0 = 0.05 went [55.1, 60.2] → [36.1, 41.1] nats) and the
         # dimension study (8000 → 12,000 steps).
         name="default", size=32, sigmas=_grid(0.01, 2.0, 8),
@@ -271,7 +274,8 @@ PRESETS: dict[str, Preset] = {
         # 4000 eager steps (24 s at 2000); 2000 → 4000 steps lowered their MSE/σ² at
         # σ = 0.01 by 21–39 % (k = 1: 27.2 → 16.7), and 4 of the 7 were still improving;
         # compiled steps are 1.5× faster at 16×16 (7.4 against 11.1 ms, one thread), so
-        # 8000 steps cost about 60 s each
+        # 8000 steps cost about 60 s each; a bfloat16 forward 1.46× more (5.7 against
+        # 8.3 ms), so 12,000 steps cost about as much
         dimensions={"family": "ellipses", "ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
                     "net": UNET_SMALL, "steps": 12_000, "batch_size": 32, "jacobian_images": 4},
     ),

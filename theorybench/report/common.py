@@ -113,9 +113,9 @@ def objective_law(t: dict) -> str:
 
 def training_steps_text(t: dict) -> str:
     """How the TrainConfig dict ``t``'s steps ran, as a clause: ``", training steps
-    compiled (torch.compile)"`` with ``compile``, ``", forward in bfloat16 (autocast)"``
-    with ``precision="bf16"`` (records before these fields trained eagerly in float32);
-    ``""`` for neither."""
+    compiled (`torch.compile`)"`` with ``compile``, ``", forward in bfloat16
+    (`torch.autocast`)"`` with ``precision="bf16"``, both in that order (records before
+    these fields trained eagerly in float32); ``""`` for neither."""
     parts = (["training steps compiled (`torch.compile`)"] if t.get("compile") else []) + (
         ["forward in bfloat16 (`torch.autocast`)"] if t.get("precision") == "bf16" else [])
     return "".join(f", {part}" for part in parts)

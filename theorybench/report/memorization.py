@@ -71,7 +71,7 @@ def _num(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def held_down_to(sigmas, fractions, level: float = ON_MANIFOLD_MIN) -> float:
+def stays_down_to(sigmas, fractions, level: float = ON_MANIFOLD_MIN) -> float:
     """The smallest σ of a trace (``sigmas`` decreasing) down to which ``fractions`` stay
     ≥ ``level`` at every σ; NaN when the first already falls below it."""
     lowest = math.nan
@@ -118,12 +118,13 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
     row["sigma_last"] = _num(res.get("manifold", {}).get("sigma_last"))
     trace = res.get("trace", {})
     for role, name in (("s1", "S1"), ("s2", "S2")):
-        row[f"down to {name}"] = (held_down_to(trace["sigma"], trace[role]) if role in trace
+        row[f"down to {name}"] = (stays_down_to(trace["sigma"], trace[role]) if role in trace
                                   else math.nan)
         row[f"trace last {name}"] = trace[role][-1] if role in trace else math.nan
     row["trace last sigma"] = trace["sigma"][-1] if trace else math.nan
     row["trace last held"] = trace["held"][-1] if "held" in trace else math.nan
     post = res.get("posterior_samples") or {}
+    row["post denoiser"] = post.get("denoiser", "")
     row["on post"] = _num(post.get("on_manifold_fraction"))
     row["on post lo"], row["on post hi"] = post.get("on_manifold_ci") or (math.nan, math.nan)
     row["flat post"] = _num(post.get("flat_fraction"))
@@ -144,7 +145,7 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
 
 
 def _sigma(value: float) -> str:
-    return "never" if math.isnan(value) else f"{value:.3g}"
+    return "none (below from the first σ)" if math.isnan(value) else f"{value:.3g}"
 
 
 def _ci(p, lo, hi) -> str:
@@ -181,13 +182,15 @@ def _table(frame: pd.DataFrame) -> str:
         shown.insert(7, "flat: S1 net / S2 net / held-out",
                      [f"{a:.2f} / {b:.2f} / {c:.2f}" for a, b, c in
                       zip(frame["flat S1"], frame["flat S2"], frame["flat held"], strict=True)])
-        if frame["down to S1"].notna().any() or frame["trace last S1"].notna().any():
-            shown.insert(8, f"iterates images of the family (≥ {ON_MANIFOLD_MIN:.0%}) down "
-                            f"to σ: S1 / S2 net",
+        after = shown.columns.get_loc("flat: S1 net / S2 net / held-out") + 1
+        if frame["trace last S1"].notna().any():  # the trace of an ODE sampler
+            shown.insert(after, f"iterates images of the family (≥ {ON_MANIFOLD_MIN:.0%}) "
+                                f"down to σ: S1 / S2 net",
                          [f"{_sigma(a)} / {_sigma(b)}" for a, b in
                           zip(frame["down to S1"], frame["down to S2"], strict=True)])
+            after += 1
         if frame["on post"].notna().any():
-            shown.insert(9, "posterior mean's samples: images of the family [95% CI] / flat",
+            shown.insert(after, "posterior mean's samples: images of the family [95% CI] / flat",
                          ["—" if math.isnan(r["on post"]) else
                           f"{_ci(r['on post'], r['on post lo'], r['on post hi'])} / "
                           f"{r['flat post']:.2f}" for _, r in frame.iterrows()])
@@ -196,6 +199,22 @@ def _table(frame: pd.DataFrame) -> str:
             f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(frame["kl low"], frame["kl high"],
                                                         strict=True)]
     return markdown_table(shown, floatfmt=".4g")
+
+
+def _trace_text(records: list[dict]) -> str:
+    """The intro's sentences on the trace and the posterior mean's samples, for those
+    that the records hold."""
+    text = ""
+    if any("trace" in r["result"] for r in records):
+        text += (f" The **trace** follows the samples of an ODE sampler on their way down: at "
+                 f"each σ of the sampler's grid but the last, the fraction of the iterates "
+                 f"(which still carry noise σ) within {ON_MANIFOLD_FACTOR:g}σ² per pixel of "
+                 f"their best fit, against held-out images with noise σ.")
+    if any("posterior_samples" in r["result"] for r in records):
+        text += (" At the largest N the family's posterior mean (an estimate from y alone "
+                 "where no exact one exists) is sampled with the same sampler and noises, a "
+                 "reference for the networks' fractions.")
+    return text
 
 
 @cached_figure
@@ -419,18 +438,20 @@ def verdict(frame: pd.DataFrame) -> str:
                      f"and {_pct(last['flat S2'])} of S2 samples, "
                      f"{_pct(last['flat held'])} of real held-out images.")
         if not math.isnan(last.get("on post", math.nan)):
-            parts.append(f"The family's posterior mean, sampled the same way from the same "
-                         f"noises: {_pct(last['on post'])} images of the family "
-                         f"[{last['on post lo']:.2f}, {last['on post hi']:.2f}], "
-                         f"{_pct(last['flat post'])} flat: the criterion's ceiling for this "
-                         f"sampler and these noises.")
+            parts.append(f"For reference, the family's posterior mean (`{last['post denoiser']}`)"
+                         f", sampled the same way from the same noises: {_pct(last['on post'])} "
+                         f"images of the family [{last['on post lo']:.2f}, "
+                         f"{last['on post hi']:.2f}], {_pct(last['flat post'])} flat: what a "
+                         f"denoiser at about the MMSE reaches with this sampler, these noises "
+                         f"and this criterion.")
     if not math.isnan(last.get("trace last S1", math.nan)):
         parts.append(f"Along the sampler's way down at N = {last['N']}, the networks' iterates "
                      f"are images of the family seen at their own σ (within "
                      f"{ON_MANIFOLD_FACTOR:g}σ² per pixel of their best fit) for ≥ "
                      f"{ON_MANIFOLD_MIN:.0%} of the samples down to σ = "
                      f"{_sigma(last['down to S1'])} (S1) and {_sigma(last['down to S2'])} "
-                     f"(S2); at the grid's last σ before the final denoising, "
+                     f"(S2); at the last recorded σ (the grid's last but one; its last is "
+                     f"the final denoising's), "
                      f"{last['trace last sigma']:.3g}, {_pct(last['trace last S1'])} and "
                      f"{_pct(last['trace last S2'])} are (held-out images with that noise: "
                      f"{_pct(last['trace last held'])}).")
@@ -509,12 +530,7 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
              f"nearest constant image, per pixel, is above the same tolerance (a fit within "
              f"it of a constant image, such as a disk of equal inside and outside "
              f"intensity, shows no shape), with held-out images, clean and at σ_last, as "
-             f"baselines. With an ODE sampler, the **trace** follows the samples on their "
-             f"way down: at each σ of the sampler's grid, the fraction of the iterates (which "
-             f"still carry noise σ) within {ON_MANIFOLD_FACTOR:g}σ² per pixel of their best "
-             f"fit, against held-out images with noise σ; at the largest N the family's "
-             f"posterior mean (its best estimate from y alone) is sampled with the same "
-             f"sampler and noises, the criterion's ceiling. Cosines "
+             f"baselines.{_trace_text(mine)} Cosines "
              f"are medians over samples; raw cosines carry little information on families "
              f"with a strong mean. Train/test MSE: the S1 network on S1 images and on "
              f"held-out images.",
@@ -553,7 +569,7 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
             lines += [f"![where the samples leave the family]({s}-trace.png)", ""]
         for r in group:
             trace = r["result"].get("trace", {})
-            traces += [{"entry": label, "N": r["spec"]["N"], "iterates": role, "sigma": sig,
+            traces += [{"entry": label, "N": r["spec"]["N"], "series": role, "sigma": sig,
                         "fraction": f}
                        for role in ("s1", "s2", "held", "posterior") if role in trace
                        for sig, f in zip(trace["sigma"], trace[role], strict=True)]
@@ -579,4 +595,4 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
     return lines
 
 
-__all__ = ["held_down_to", "memorization_section", "summary_row", "verdict"]
+__all__ = ["memorization_section", "stays_down_to", "summary_row", "verdict"]
