@@ -1,16 +1,14 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 29–30 minutes (29 min 3 s and
-30 min 13 s on an idle machine, 2026-12-05, an Intel Xeon, for the same cells: their
-compute took 3455 s and 3590 s; once its networks trained compiled and the disks network
-3× longer; torch's compiler cache held the code of some of its networks from earlier
-runs, and a first run compiles each shape once, about 20 s each; sixteen earlier eager
-runs took 22–29 minutes, and the same cells ran 10–25 % slower in one than an hour
-before) with a
-peak of 3.0 GB (summed RSS of the driver and its two workers, sampled every 3 s;
-3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded their memory; the
-largest cell alone, the C^α references, peaks at 1.7 GB);
+``default`` gives meaningful numbers on a 2-core CPU in 27–28 minutes (27 min 34 s and
+28 min 8 s on an idle machine, 2026-12-06, an Intel Xeon with AMX, for the same networks:
+networks trained compiled with a bfloat16 forward; torch's compiler cache held the code of
+its networks from earlier runs, and a first run compiles each shape once, about 20 s each;
+runs of earlier code took 22–30 minutes, and the same cells ran 4–25 % slower in one run
+than in another) with a peak of 2.9 GB (summed RSS of the driver and its two workers,
+sampled every 3 s; 3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded
+their memory; the largest cell alone, the C^α references, peaks at 1.7 GB);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
@@ -288,8 +286,8 @@ PRESETS: dict[str, Preset] = {
         # (bench/gpu_session.sh). At batch 128 each universal network sees 512,000 images
         # (the default's 64,000, its disks network 768,000) and each dimension-study
         # network 384,000 (the default's 256,000); it keeps one step budget for every
-        # family, its networks wider and deeper than the default's. Its training is eager:
-        # compiled steps have not yet run on a GPU
+        # family, its networks wider and deeper than the default's. Its training is eager
+        # and float32: neither compiled steps nor a bfloat16 forward has run on a GPU yet
         name="gpu", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net={"arch": "unet", "channels": 32, "blocks": 3, "convs_per_block": 2, "shrink": True},
