@@ -1,12 +1,13 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 27–28 minutes (27 min 34 s and
-28 min 8 s on an idle machine, 2026-12-06, an Intel Xeon with AMX, for the same networks:
+``default`` gives meaningful numbers on a 2-core CPU in 27–28 minutes (27 min 34 s,
+28 min 8 s and 27 min 46 s on an idle machine, 2026-12-06, an Intel Xeon with AMX, for
+the same networks but the shuffled faces' universal one, 2000 steps in the last:
 networks trained compiled with a bfloat16 forward; torch's compiler cache held the code of
 its networks from earlier runs, and a first run compiles each shape once, about 20 s each;
 runs of earlier code took 22–30 minutes, and the same cells ran 4–25 % slower in one run
-than in another) with a peak of 2.9 GB (summed RSS of the driver and its two workers,
+than in another) with a peak of 2.7–2.9 GB (summed RSS of the driver and its two workers,
 sampled every 3 s; 3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded
 their memory; the largest cell alone, the C^α references, peaks at 1.7 GB);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
