@@ -9,11 +9,10 @@ the difference between ``train()`` with and without it (a short bench over-weigh
 monitor: it also measures at step 0 and at the end); (b) the training step's achieved
 FLOP rate (convolutions counted analytically, forward + 2 × forward for the backward
 pass) against a square ``torch.matmul`` of about the same FLOP count, in the preset's
-arithmetic. With a preset
-whose training is compiled (``Preset.compile``) or runs its forward in bfloat16
-(``Preset.precision``), both loops of (a) do so too (the compilation itself happens in a
-warm-up, outside the timings) and (a) also reports the speed-up of the preset's
-``train()`` steps over eager float32 ones.
+arithmetic. With a preset whose training is compiled (``Preset.compile``) or runs its
+forward in bfloat16 (``Preset.precision``), both loops of (a) do so too (the compilation
+itself happens in a warm-up, outside the timings) and (a) also reports the speed-up of
+the preset's ``train()`` steps over eager float32 ones.
 
 ``--family`` picks the distribution whose images ``train()`` draws (gaussian by default;
 gaussian, calpha and disks draw on the training device, a GPU too): the bare loop's

@@ -19,12 +19,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache import atomic_write_bytes, canonical_json
+from ..cache import canonical_json
 from ..experiments.keys import entry_label
 from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from ..kl import kl_bound
 from ..memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO, ON_MANIFOLD_FACTOR
-from .common import bracket, curve_frame, markdown_table, objective_law, slug, training_steps_text
+from .common import (
+    bracket,
+    curve_frame,
+    markdown_table,
+    objective_law,
+    slug,
+    training_steps_text,
+    write_csv,
+)
 
 SMALL_N = 10  # "N ≤ 10": the memorization regime checked by the sentence
 MEMORIZED_MIN = 0.9  # ≥ 90% of samples memorized (copy criterion) at N ≤ SMALL_N
@@ -580,14 +588,11 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
                   "(cosines: plain/c centred).",
                       "", " ".join(grids), ""]
     table = pd.concat(rows, ignore_index=True)
-    atomic_write_bytes(out / "memorization.csv",
-                       table.to_csv(index=False, float_format="%.6g").encode())
+    write_csv(table, out / "memorization.csv")
     if curves:
-        atomic_write_bytes(out / "memorization_mse.csv",
-                           pd.DataFrame(curves).to_csv(index=False, float_format="%.6g").encode())
+        write_csv(pd.DataFrame(curves), out / "memorization_mse.csv")
     if traces:
-        atomic_write_bytes(out / "memorization_trace.csv",
-                           pd.DataFrame(traces).to_csv(index=False, float_format="%.6g").encode())
+        write_csv(pd.DataFrame(traces), out / "memorization_trace.csv")
     lines += ["Tables as CSV: `memorization.csv` (one row per distribution and N)"
               + (", `memorization_mse.csv` (train/test MSE per σ)" if curves else "")
               + (", `memorization_trace.csv` (the fraction of the sampler's iterates that are "
