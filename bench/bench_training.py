@@ -147,7 +147,7 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     preset = PRESETS[args.preset]
     dist = datasets_synth.get(args.family, size=preset.size)
-    net_cfg = net_config_for(preset.net, dist)
+    net_cfg = net_config_for(preset.family_net(args.family), dist)
     batch = preset.batch_size
     train_cfg = TrainConfig(mode="universal", objective="kl", sigma_min=preset.sigmas[0],
                             sigma_max=preset.sigmas[-1], center=True, monitor_sigmas=(),

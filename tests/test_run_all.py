@@ -310,6 +310,32 @@ def test_universal_steps_by_family_trains_that_family_longer_and_the_header_says
         build_cells(typo, entries, 0)
 
 
+def test_net_by_family_changes_that_family_s_networks_and_the_header_says_so():
+    from theorybench.cli import apply_overrides
+    from theorybench.experiments.cells import build_cells
+    from theorybench.experiments.presets import PRESETS
+    from theorybench.report.common import architectures
+
+    preset = dataclasses.replace(PRESETS["smoke"], net_by_family={"disks": {"channels": 4}})
+    entries = [("gaussian", {"size": 16}), ("disks", {"size": 16}), ("calpha", {"size": 16}),
+               ("calpha", {"size": 16, "alpha": 4.0})]
+    networks = [c for c in build_cells(preset, entries, 0) if c["kind"] == "network"]
+    by_family = {c["dataset"]: {c["net"]["channels"]} for c in networks}
+    assert all({c["net"]["channels"]} == by_family[c["dataset"]] for c in networks)
+    assert by_family == {"gaussian": {8}, "disks": {4}, "calpha": {8}}  # universal and per-σ
+    per_sigma = [c for c in networks if c["dataset"] == "disks" and c.get("init_key")]
+    assert per_sigma and all(c["net"]["channels"] == 4 for c in per_sigma)
+    assert " (disks: {'channels': 4})" in architectures(networks)
+    # another network for every family drops the family's own fields
+    tiny = apply_overrides(preset, ['net={"arch": "bfcnn", "channels": 2, "depth": 2}'])
+    assert tiny.net_by_family == {}
+    with pytest.raises(ValueError, match=r"net_by_family names unknown distribution\(s\) "
+                                         r"\['disk'\]"):
+        build_cells(dataclasses.replace(preset, net_by_family={"disk": {}}), entries, 0)
+    with pytest.raises(ValueError, match="net_by_family must map family names to dicts"):
+        dataclasses.replace(preset, net_by_family={"disks": 3})
+
+
 def test_bad_override_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--preset", "smoke", "--override", "steps=3", "--out", str(tmp_path)])

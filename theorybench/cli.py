@@ -105,8 +105,9 @@ def apply_overrides(preset, overrides: list[str]):
     """The preset with ``FIELD=JSON`` replacements (JSON lists become tuples), each of the
     JSON type of the value it replaces (a number for a number, an object for a dict...);
     ``size`` also sets the ``size`` of every entry of ``datasets`` that has one, and
-    ``universal_steps`` empties ``universal_steps_by_family``, unless those fields are
-    overridden too. The preset checks the result (``Preset``)."""
+    ``universal_steps`` empties ``universal_steps_by_family`` and ``net`` empties
+    ``net_by_family``, unless those fields are overridden too. The preset checks the
+    result (``Preset``)."""
     fields = [f.name for f in dataclasses.fields(preset)]
     changes = {}
     for item in overrides:
@@ -125,6 +126,8 @@ def apply_overrides(preset, overrides: list[str]):
         changes[key] = tuple(value) if isinstance(value, list) else value
     if "universal_steps" in changes and "universal_steps_by_family" not in changes:
         changes["universal_steps_by_family"] = {}  # one budget for every universal network
+    if "net" in changes and "net_by_family" not in changes:
+        changes["net_by_family"] = {}  # one network for every family
     if "size" in changes and "datasets" not in changes:  # the entries follow the image side
         changes["datasets"] = tuple((name, {**params, "size": changes["size"]})
                                     if "size" in params else (name, params)

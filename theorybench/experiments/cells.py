@@ -223,20 +223,23 @@ def cell_dependencies(spec: dict) -> set[str]:
 def build_cells(preset, entries, seed: int) -> list[dict]:
     """Every cell of a study: references and networks for each (name, params) entry.
 
+    The networks of an entry are ``preset.family_net(name)`` (``net`` with the family's
+    ``net_by_family`` fields).
     References and the universal network (``preset.universal_steps``, or the entry's
     ``universal_steps_by_family``) are evaluated on the dense grid
     ``preset.curve_sigmas``; one per-σ network is trained at each σ of ``preset.sigmas``
     (a subset of it), from the universal network's weights when ``preset.warm_start``,
     each in the better-starting of two forms when ``preset.precondition``.
     """
-    unknown = sorted(set(preset.universal_steps_by_family) - set(datasets_synth.names()))
-    if unknown:
-        raise ValueError(f"universal_steps_by_family names unknown distribution(s) {unknown}; "
-                         f"valid: {', '.join(datasets_synth.names())}")
+    for field in ("universal_steps_by_family", "net_by_family"):
+        unknown = sorted(set(getattr(preset, field)) - set(datasets_synth.names()))
+        if unknown:
+            raise ValueError(f"{field} names unknown distribution(s) {unknown}; "
+                             f"valid: {', '.join(datasets_synth.names())}")
     cells = []
     for name, params in entries:
         dist = datasets_synth.get(name, **params)
-        net = net_config_for(preset.net, dist).to_dict()  # as trained: circular if periodic
+        net = net_config_for(preset.family_net(name), dist).to_dict()  # circular if periodic
         size = dist.num_images  # finite sets: no more test images than they hold
         n_eval = preset.n_eval if size is None else min(preset.n_eval, size)
         common = {"dataset": name, "params": params, "n_eval": n_eval, "seed": seed}
