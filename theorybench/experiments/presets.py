@@ -1,9 +1,12 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 27–28 minutes (27 min 34 s,
+``default`` gives meaningful numbers on a 2-core CPU in 27–33 minutes (27 min 34 s,
 28 min 8 s and 27 min 46 s on an idle machine, 2026-12-06, an Intel Xeon with AMX, for
-the same networks but the shuffled faces' universal one, 2000 steps in the last:
+the same networks but the shuffled faces' universal one, 2000 steps in the last; 32 min
+21 s with the three-block disks networks, whose cells took as long as the two-block
+ones once scaled by the machine's speed that day: the 110 cells of unchanged settings
+took 16 % longer than in the run before, 3044 s against 2627 s, the 30 changed 19 %:
 networks trained compiled with a bfloat16 forward; torch's compiler cache held the code of
 its networks from earlier runs, and a first run compiles each shape once, about 20 s each;
 runs of earlier code took 22–30 minutes, and the same cells ran 4–25 % slower in one run
@@ -272,20 +275,20 @@ PRESETS: dict[str, Preset] = {
         # over-fit at the ends, MSE/U at σ = 0.01 1.19 → 1.54, above the identity's MSE for
         # σ ≤ 0.0258 (was ≤ 0.0176), and at σ = 2 1.001× the mean image's MSE (was 0.989×);
         # faces, the same 80 images unshuffled, gained at σ = 0.01 (1.16 → 1.13).
-        # The disks networks have three UNet blocks (2026-12-06, bf16, compiled, one
-        # thread): the universal network's MSE at σ = 0.01 fell by 21 % at 40,000 steps
-        # (MSE/σ² 0.053 → 0.042), by 17–21 % for 0.012 ≤ σ ≤ 0.21, unchanged at σ ≥ 0.94; a
-        # step costs 1.6× (40,000 steps in 931 s against 582 s), so it trains 28,000 steps
-        # (0.046 at σ = 0.01; 24,000: 0.050). On C^α (α = 4, 4000 steps) three blocks moved
-        # the MSE by −6 to +2 %: the other families keep two. Not the bottleneck: bfloat16
-        # (3000 more steps of the two-block network in float32 or in bfloat16 gave the same
-        # MSE within 0.6 %). Training below the grid's σ_min, so that σ = 0.01 is not the
-        # edge of the blind networks' range (the Gaussian's exact blind optimum is 1.013×
-        # the identity's MSE at σ = 0.01 on [0.01, 2], 0.996× on [0.005, 2]), brought faces
-        # and shuffled faces to 1.009× and 1.014× the identity at σ = 0.01 (from 1.088 and
-        # 1.175; [0.0025, 2]: 0.992, 0.992) but cost 3–15 % at σ = 0.097, and put the
-        # Gaussian's network above the identity at 0.0146 and 0.0176: the range stays the
-        # grid's, the objective the KL bound's.
+        # The disks networks have three UNet blocks (2026-12-06, bf16, compiled, one thread): the
+        # universal network's MSE at σ = 0.01 fell by 21 % at 40,000 steps (MSE/σ² 0.053 → 0.042),
+        # by 17–21 % for 0.012 ≤ σ ≤ 0.21, unchanged at σ ≥ 0.94; a step costs 1.6× (40,000 steps in
+        # 931 s against 582 s), so it trains 28,000 steps (0.046 at σ = 0.01, MSE/U 9.39 in the
+        # default run; 24,000: 0.050), still improving (7.7 % over its last 20 %: flagged not
+        # converged). On C^α (α = 4, 4000 steps) three blocks moved the MSE by −6 to +2 %: the other
+        # families keep two. Not the bottleneck: bfloat16 (3000 more steps of the two-block network
+        # in float32 or in bfloat16 gave the same MSE within 0.6 %). Training below the grid's
+        # σ_min, so that σ = 0.01 is not the edge of the blind networks' range (the Gaussian's exact
+        # blind optimum is 1.013× the identity's MSE at σ = 0.01 on [0.01, 2], 0.996× on [0.005,
+        # 2]), brought faces and shuffled faces to 1.009× and 1.014× the identity at σ = 0.01 (from
+        # 1.088 and 1.175; [0.0025, 2]: 0.992, 0.992) but cost 3–15 % at σ = 0.097, and put the
+        # Gaussian's network above the identity at 0.0146 and 0.0176: the range stays the grid's,
+        # the objective the KL bound's.
         name="default", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net=UNET_SHRINK, per_sigma_steps=400, universal_steps=4000,
