@@ -23,8 +23,9 @@ machine's speed drifts by ±20 % over tens of seconds (best-of timings of one lo
 other gave ratios from 0.98 to 1.33 for the same code, 2026-12-04), so only timings taken
 together compare. With ``--threads 1`` the CPU-time ratio is the one to read on a CPU.
 
-The network, batch, image size, σ range and monitor are those of ``--preset`` (default:
-the default preset; ``gpu`` for the gpu preset's).
+The network (the preset's for ``--family``: with its ``net_by_family`` fields), batch,
+image size, σ range and monitor are those of ``--preset`` (default: the default preset;
+``gpu`` for the gpu preset's).
 
     python bench/bench_training.py [--preset default] [--steps 100] [--repeats 7]
                                    [--device auto] [--family gaussian] [--threads 0]

@@ -320,20 +320,25 @@ def test_net_by_family_changes_that_family_s_networks_and_the_header_says_so():
     entries = [("gaussian", {"size": 16}), ("disks", {"size": 16}), ("calpha", {"size": 16}),
                ("calpha", {"size": 16, "alpha": 4.0})]
     networks = [c for c in build_cells(preset, entries, 0) if c["kind"] == "network"]
-    by_family = {c["dataset"]: {c["net"]["channels"]} for c in networks}
-    assert all({c["net"]["channels"]} == by_family[c["dataset"]] for c in networks)
-    assert by_family == {"gaussian": {8}, "disks": {4}, "calpha": {8}}  # universal and per-σ
+    channels = {(c["dataset"], c["net"]["channels"]) for c in networks}  # universal, per-σ
+    assert channels == {("gaussian", 8), ("disks", 4), ("calpha", 8)}
     per_sigma = [c for c in networks if c["dataset"] == "disks" and c.get("init_key")]
     assert per_sigma and all(c["net"]["channels"] == 4 for c in per_sigma)
     assert " (disks: {'channels': 4})" in architectures(networks)
     # another network for every family drops the family's own fields
     tiny = apply_overrides(preset, ['net={"arch": "bfcnn", "channels": 2, "depth": 2}'])
     assert tiny.net_by_family == {}
+    both = apply_overrides(preset, ['net={"arch": "bfcnn", "channels": 2, "depth": 2}',
+                                    'net_by_family={"disks": {"depth": 3}}'])
+    assert both.net_by_family == {"disks": {"depth": 3}}
     with pytest.raises(ValueError, match=r"net_by_family names unknown distribution\(s\) "
                                          r"\['disk'\]"):
         build_cells(dataclasses.replace(preset, net_by_family={"disk": {}}), entries, 0)
     with pytest.raises(ValueError, match="net_by_family must map family names to dicts"):
         dataclasses.replace(preset, net_by_family={"disks": 3})
+    with pytest.raises(ValueError, match=r"net_by_family\['disks'\]: NetConfig has no "
+                                         r"field\(s\) \['blokcs'\]; valid fields"):
+        dataclasses.replace(preset, net_by_family={"disks": {"blokcs": 3}})
 
 
 def test_bad_override_is_refused(tmp_path, capsys):

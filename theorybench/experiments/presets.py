@@ -29,6 +29,7 @@ import numpy as np
 from tbcore.validation import check_bool, check_choice, check_int
 
 from ..evaluation import check_sigmas
+from ..networks import NetConfig
 from ..train_config import PRECISIONS
 
 # (name, params) of each study entry; calpha appears twice to compare two regularities
@@ -83,7 +84,8 @@ class Preset:
     curve_sigmas : tuple of float   the dense grid (containing ``sigmas``) of the MSE curves
                                 of references and universal networks, and of their KL.
     n_eval : int                test images per MSE curve (same images and noise for all).
-    net : dict                  NetConfig fields of every network of the main study.
+    net : dict                  NetConfig fields of the main study's networks (but for
+                                the families of ``net_by_family``).
     net_by_family : dict        ``{family name: {NetConfig field: value}}``: the networks
                                 (universal and per-σ) of every entry of that family take
                                 these fields over ``net`` (:meth:`family_net`).
@@ -197,6 +199,10 @@ class Preset:
             if not isinstance(family, str) or not isinstance(fields, dict):
                 raise ValueError(f"net_by_family must map family names to dicts of NetConfig "
                                  f"fields, got {family!r}: {fields!r}")
+            try:  # a bad field is refused here, even where the family is not studied
+                NetConfig.from_dict(self.family_net(family))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"net_by_family[{family!r}]: {exc}") from None
 
     def family_net(self, family: str) -> dict:
         """The NetConfig fields of the main study's networks on ``family``: ``net`` with
