@@ -1,12 +1,13 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 27–33 minutes (27 min 34 s,
+``default`` gives meaningful numbers on a 2-core CPU in 27–34 minutes (27 min 34 s,
 28 min 8 s and 27 min 46 s on an idle machine, 2026-12-06, an Intel Xeon with AMX, for
 the same networks but the shuffled faces' universal one, 2000 steps in the last; 32 min
-21 s with the three-block disks networks, whose cells took as long as the two-block
-ones once scaled by the machine's speed that day: the 110 cells of unchanged settings
-took 16 % longer than in the run before, 3044 s against 2627 s, the 30 changed 19 %:
+21 s and 33 min 31 s, the same day, with the three-block disks networks, whose cells
+took as long as the two-block ones once scaled by the machine's speed that day: the 110
+cells of unchanged settings took 16 % longer than in the run before, 3044 s against
+2627 s, the 30 changed 19 %; the two runs wrote byte-identical CSVs:
 networks trained compiled with a bfloat16 forward; torch's compiler cache held the code of
 its networks from earlier runs, and a first run compiles each shape once, about 20 s each;
 runs of earlier code took 22–30 minutes, and the same cells ran 4–25 % slower in one run
