@@ -184,8 +184,12 @@ def main(argv=None) -> None:
     # with T(n) = set-up + n·step: 2·T(2S)/(2S) − T(S)/S = step, without the set-up
     times["step"] = [tuple(2 * b - a for a, b in zip(short, long, strict=True))
                      for short, long in zip(times["train"], times["double"], strict=True)]
-    setup = statistics.median((a[0] - b[0]) * args.steps
-                              for a, b in zip(times["train"], times["step"], strict=True))
+    setups = sorted((a[0] - b[0]) * args.steps
+                    for a, b in zip(times["train"], times["step"], strict=True))
+    setup = statistics.median(setups)
+    setup_text = f"{setup * 1e3:.0f} ms, range {setups[0] * 1e3:.0f}–{setups[-1] * 1e3:.0f}"
+    if setup <= 0:  # a difference of two noisy timings
+        setup_text += ": below this bench's resolution (more --steps or --repeats)"
     wall = {name: statistics.median(t[0] for t in ts) for name, ts in times.items()}
     print(f"device {device}, torch threads {torch.get_num_threads()}, {net_cfg}")
     print(f"preset {preset.name}: batch {batch} at {preset.size}x{preset.size}, "
@@ -193,7 +197,7 @@ def main(argv=None) -> None:
     kind = ("compiled" if train_cfg.compile else "eager") + (
         ", forward in bfloat16" if train_cfg.precision == "bf16" else "")
     print(f"(a) train() step {wall['step'] * 1e3:.1f} ms (its set-up, once per training: "
-          f"{setup * 1e3:.0f} ms), bare loop {wall['bare'] * 1e3:.1f} ms (wall, medians, both "
+          f"{setup_text}), bare loop {wall['bare'] * 1e3:.1f} ms (wall, medians, both "
           f"{kind}); ratio within a repeat (goal <= 1.10):")
     for i, clock in enumerate(("wall", "CPU time of this process")):
         ratios = sorted(a[i] / b[i] for a, b in zip(times["step"], times["bare"], strict=True))

@@ -91,38 +91,57 @@ def disk_coverage_jacobian(geometry: torch.Tensor, size: int) -> tuple[torch.Ten
 
 
 def _coverage(geometry, size, jacobian):
+    """Coverage (N, size, size) and, with ``jacobian``, ∂m/∂(cx, cy, r) (N, 3, size, size)
+    (else None), rendered ``RENDER_CHUNK`` disks at a time (cache-sized pieces: one pass
+    over many disks is ~3x slower) and pasted into preallocated images."""
     if geometry.dim() != 2 or geometry.shape[1] != 3:
         raise ValueError(f"geometry must have shape (N, 3), got {tuple(geometry.shape)}")
-    if len(geometry) > 2 * RENDER_CHUNK:  # cache-sized pieces: large buffers are ~3x slower
-        parts = [_coverage(g, size, jacobian) for g in geometry.split(RENDER_CHUNK)]
-        return (torch.cat([p[0] for p in parts]),
-                torch.cat([p[1] for p in parts]) if jacobian else None)
+    n, pixels = len(geometry), size * size
+    parts = [slice(start, start + RENDER_CHUNK) for start in range(0, n, RENDER_CHUNK)]
+    if geometry.requires_grad:  # out of place, for autograd
+        rows = [geometry.new_zeros(0, pixels)]
+        for part in parts:
+            windows, target, _ = _render_windows(geometry[part], size, False)
+            rows.append(geometry.new_zeros(len(windows), pixels).scatter(1, target, windows))
+        return torch.cat(rows).view(n, size, size), None
+    m = geometry.new_zeros(n, pixels)
+    jac = geometry.new_zeros(3, n, pixels) if jacobian else None
+    for part in parts:
+        windows, target, jac_windows = _render_windows(geometry[part], size, jacobian)
+        m[part].scatter_(1, target, windows)
+        for axis in range(3 if jacobian else 0):
+            jac[axis, part].scatter_(1, target, jac_windows[axis])
+    return (m.view(n, size, size),
+            None if jac is None else jac.view(3, n, size, size).transpose(0, 1))
+
+
+def _render_windows(geometry, size, jacobian):
+    """One chunk of disks (n, 3) on w×w windows that hold them: ``(coverage (n, w²),
+    target (n, w²), derivatives (3, n, w²) or None)``, ``target`` the flat image position
+    of each window pixel."""
     cx, cy, r = geometry.unbind(1)
     r_eff = r - 1 / (24 * r)  # mean sagitta correction (module doc)
     n, dtype, device = len(geometry), geometry.dtype, geometry.device
-    # window of w×w pixels that holds every disk of the batch (the whole image if too big)
-    half = int(math.ceil(float(r.detach().max()))) + 1 if n else 1
-    w = min(2 * half + 2, size)
+    half = int(math.ceil(float(r.detach().max()))) + 1
+    w = min(2 * half + 2, size)  # the whole image if too big
     steps = torch.arange(w, device=device)
     with torch.no_grad():
-        col0 = (cx.detach().floor() - half).clamp(0, size - w).long()  # window origins (N,)
+        col0 = (cx.detach().floor() - half).clamp(0, size - w).long()  # window origins (n,)
         row0 = (cy.detach().floor() - half).clamp(0, size - w).long()
-    dx = (col0[:, None] + steps).to(dtype) + 0.5 - cx[:, None]  # (N, w): pixel-centre offsets
+    dx = (col0[:, None] + steps).to(dtype) + 0.5 - cx[:, None]  # (n, w): pixel-centre offsets
     dy = (row0[:, None] + steps).to(dtype) + 0.5 - cy[:, None]
     with torch.no_grad():
-        d2 = dy[:, :, None].square() + dx[:, None, :].square()  # ρ² (N, w, w)
+        d2 = dy[:, :, None].square() + dx[:, None, :].square()  # ρ² (n, w, w)
         inside = d2 <= (r_eff - HALF_DIAGONAL).clamp(min=0).square()[:, None, None]  # m = 1
         band = torch.logical_xor(d2 < (r_eff + HALF_DIAGONAL).square()[:, None, None], inside)
         flat = torch.nonzero(band.view(-1)).squeeze(1)  # edge pixels, flat index k·w² + i·w + j
         k, ij = flat.div(w * w, rounding_mode="floor"), flat.remainder(w * w)
         i, j = ij.div(w, rounding_mode="floor"), ij.remainder(w)
-        # where each window pixel goes in the flattened image
-        target = ((row0 * size + col0)[:, None]
-                  + (steps[:, None] * size + steps).view(-1)) if w < size else None
+        target = (row0 * size + col0)[:, None] + (steps[:, None] * size + steps).view(-1)
     m = inside.view(torch.uint8).to(dtype).view(-1)
     if not jacobian:
-        m = m.index_put((flat,), _half_plane_coverage(dx[k, j], dy[k, i], r_eff[k]))
-        return _paste(m.view(n, w * w), target, size).view(n, size, size), None
+        cov = _half_plane_coverage(dx[k, j], dy[k, i], r_eff[k])
+        return m.index_put((flat,), cov).view(n, w * w), target, None
     with torch.enable_grad():
         leaves = [v.detach().requires_grad_(True) for v in (dx[k, j], dy[k, i], r[k])]
         cov = _half_plane_coverage(leaves[0], leaves[1], leaves[2] - 1 / (24 * leaves[2]))
@@ -130,18 +149,8 @@ def _coverage(geometry, size, jacobian):
     jac = torch.zeros(3, n * w * w, dtype=dtype, device=device)
     for axis, (grad, sign) in enumerate(zip(grads, (-1.0, -1.0, 1.0), strict=True)):
         jac[axis].index_put_((flat,), sign * grad)  # ∂dx/∂cx = ∂dy/∂cy = −1
-    jac = _paste(jac.view(3 * n, w * w), None if target is None else target.repeat(3, 1), size)
-    m = m.index_put((flat,), cov.detach())
-    return (_paste(m.view(n, w * w), target, size).view(n, size, size),
-            jac.view(3, n, size, size).transpose(0, 1))
-
-
-def _paste(windows: torch.Tensor, target: torch.Tensor | None, size: int) -> torch.Tensor:
-    """Windows (N, w²) written at flat image positions ``target`` (N, w²) of zero images."""
-    if target is None:  # the window is the whole image
-        return windows
-    out = torch.zeros(len(windows), size * size, dtype=windows.dtype, device=windows.device)
-    return out.scatter(1, target, windows)
+    return (m.index_put((flat,), cov.detach()).view(n, w * w), target,
+            jac.view(3, n, w * w))
 
 
 def _half_plane_coverage(dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,14 @@ import torch
 
 import datasets_synth
 from datasets_synth.conformance import check_distribution
-from datasets_synth.manifolds import Disks, disk_coverage, disk_coverage_jacobian
+from datasets_synth.manifolds import RENDER_CHUNK, Disks, disk_coverage, disk_coverage_jacobian
 from datasets_synth.references.disks import (
     DisksRadiusOracle,
     PartialShapeOracle,
     ShapeOracle,
     ShapePosterior,
     _LinearGaussian,
+    _mask_moments,
 )
 from theorybench.denoisers.baselines import Identity
 from theorybench.evaluation import convergence, mse_curve, paired_difference
@@ -173,6 +174,23 @@ def test_coverage_edge_cases():
         disk_coverage(torch.zeros(2, 4), 16)
 
 
+def test_coverage_is_the_same_in_chunks_and_alone():
+    """A batch of more than two render chunks (pasted into preallocated images, or
+    concatenated when autograd must see it) gives each disk the images it gets alone."""
+    dist = Disks(size=16)
+    u = torch.rand(2 * RENDER_CHUNK + 9, 3, dtype=torch.float64,
+                   generator=torch.Generator().manual_seed(3))
+    g = dist.geometry_from_unit(u)
+    alone = torch.cat([disk_coverage(g[i:i + 1], 16) for i in range(len(g))])
+    m, jm = disk_coverage_jacobian(g, 16)
+    torch.testing.assert_close(m, alone, atol=0, rtol=0)
+    torch.testing.assert_close(disk_coverage(g.requires_grad_(True), 16).detach(), m,
+                               atol=0, rtol=0)
+    torch.testing.assert_close(jm[-3:], disk_coverage_jacobian(g[-3:].detach(), 16)[1],
+                               atol=0, rtol=0)
+    assert disk_coverage(g[:0].detach(), 16).shape == (0, 16, 16)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.func's internal jit use
 def test_render_jacobian_rank_5(disks):
     """render is differentiable (forward and reverse mode agree); ∂x/∂θ (d × 5) has rank 5."""
@@ -253,6 +271,17 @@ def test_bad_denoiser_inputs(disks):
 
 
 # -- the oracle (lower bound) --------------------------------------------------------------
+def test_mask_moments_are_the_three_sums():
+    """The likelihood's statistics m·y, m·1, m·m (module doc of references.disks)."""
+    gen = torch.Generator().manual_seed(2)
+    masks = torch.rand(3, 5, 7, dtype=torch.float64, generator=gen)
+    y = torch.randn(3, 7, dtype=torch.float64, generator=gen)
+    my, p, q = _mask_moments(masks, y)
+    torch.testing.assert_close(my, (masks * y[:, None, :]).sum(2))
+    torch.testing.assert_close(p, masks.sum(2))
+    torch.testing.assert_close(q, (masks * masks).sum(2))
+
+
 def brute_force_posterior_mean(x_mask, y, mean, std, sigma):
     """E[x | y, g] from the dense d×d Gaussian: x ~ N(Aμ, AΛAᵀ), y = x + σz (float64)."""
     a = torch.stack([x_mask, 1 - x_mask], 1)  # (d, 2)

@@ -150,6 +150,14 @@ def _weight_diagnostics(w_bank, w_loc) -> dict:
     return {"ess": 1 / all_w.square().sum(1), "local_mass": w_loc.sum(1)}
 
 
+def _mask_moments(masks, y):
+    """``(m·y, m·1, m·m)`` (n, K) of masks (n, K, d) against their images y (n, d): one
+    batched product for the first two and a fused norm for the third (a sixth of the time
+    of three passes that materialise ``m²``)."""
+    both = masks @ torch.stack([y, torch.ones_like(y)], 2)  # (n, K, 2)
+    return both[..., 0], both[..., 1], torch.linalg.vector_norm(masks, dim=2).square()
+
+
 def _profile(dist, model, y, s2, sy, yy, geometry):
     """Masks, their derivatives and the intensity-profiled fit at geometries (B, D), one per
     image y (B, d): ``[m (B, d), ∂m/∂g (B, D, d), α̂_f, α̂_b (B, 1), log p(y | g) (B,)]``."""
@@ -499,8 +507,8 @@ class PartialShapeOracle(ReferenceDenoiser):
             geometry[:, :, coord] = axes[:, a, index[a]]
         masks = self.dist.coverage(geometry.view(-1, g.shape[1])).reshape(n, -1, d)
         a_f, a_b, loglik, _ = self._model.solve(
-            (masks @ y[:, :, None]).squeeze(2), masks.sum(2), masks.square().sum(2),
-            y.sum(1, keepdim=True), y.square().sum(1, keepdim=True), s2, d)
+            *_mask_moments(masks, y), y.sum(1, keepdim=True), y.square().sum(1, keepdim=True),
+            s2, d)
         return axes, loglik, a_f, a_b, masks, _trapezoid([r] * dims, 0.0)
 
     @staticmethod
@@ -830,9 +838,7 @@ class ShapePosterior(ReferenceDenoiser):
         pick = torch.arange(n)[:, None]
         g_loc = means[pick, comp] + (chols[pick, comp] @ bank["z"][None, :, :, None]).squeeze(-1)
         m_loc = self._masks(g_loc).view(n, k, d)
-        lf, lb, loc_ll, _ = self._solve(
-            (m_loc @ y[:, :, None]).squeeze(2), m_loc.sum(2), m_loc.square().sum(2),
-            sy, yy, s2, d)
+        lf, lb, loc_ll, _ = self._solve(*_mask_moments(m_loc, y), sy, yy, s2, d)
         # 5. weights prior·likelihood / proposal, proposal = (K_b·prior + K_l·q_local)/(K_b + K_l)
         kb = self.bank_size
         log_mix = torch.log(weights)
