@@ -7,8 +7,9 @@ the same networks but the shuffled faces' universal one, 2000 steps in the last;
 21 s and 33 min 31 s, the same day, with the three-block disks networks, whose cells
 took as long as the two-block ones once scaled by the machine's speed that day: the 110
 cells of unchanged settings took 16 % longer than in the run before, 3044 s against
-2627 s, the 30 changed 19 %; the two runs wrote byte-identical CSVs; 33 min 37 s for
-the committed report, the same networks with faster disks references, on a day as slow:
+2627 s, the 30 changed 19 %; the two runs wrote byte-identical CSVs; with faster disks
+references, 33 min 37 s and 30 min 15 s (the committed report) the same day, as the
+machine's speed changed, with byte-identical CSVs:
 networks trained compiled with a bfloat16 forward; torch's compiler cache held the code of
 its networks from earlier runs, and a first run compiles each shape once, about 20 s each;
 runs of earlier code took 22–30 minutes, and the same cells ran 4–25 % slower in one run
