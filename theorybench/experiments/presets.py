@@ -1,21 +1,15 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 27–34 minutes (27 min 34 s,
-28 min 8 s and 27 min 46 s on an idle machine, 2026-12-06, an Intel Xeon with AMX, for
-the same networks but the shuffled faces' universal one, 2000 steps in the last; 32 min
-21 s and 33 min 31 s, the same day, with the three-block disks networks, whose cells
-took as long as the two-block ones once scaled by the machine's speed that day: the 110
-cells of unchanged settings took 16 % longer than in the run before, 3044 s against
-2627 s, the 30 changed 19 %; the two runs wrote byte-identical CSVs; with faster disks
-references, 33 min 37 s and 30 min 15 s (the committed report) the same day, as the
-machine's speed changed, with byte-identical CSVs:
-networks trained compiled with a bfloat16 forward; torch's compiler cache held the code of
-its networks from earlier runs, and a first run compiles each shape once, about 20 s each;
-runs of earlier code took 22–30 minutes, and the same cells ran 4–25 % slower in one run
-than in another) with a peak of 2.7–2.9 GB (summed RSS of the driver and its two workers,
-sampled every 3 s; 3.7–4.2 GB before the C^α estimator and the quadrature oracles bounded
-their memory; the largest cell alone, the C^α references, peaks at 1.7 GB);
+``default`` gives meaningful numbers on a 2-core CPU in 27–34 minutes, with a peak of
+2.7–3.0 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
+cell alone, the C^α references, peaks at 1.7 GB). Measured on an idle machine, an Intel
+Xeon with AMX, 2026-12-06, networks trained compiled with a bfloat16 forward, torch's
+compiler cache warm (a first run compiles each shape once, about 20 s each): 27 min 34 s,
+28 min 8 s and 27 min 46 s with two-block disks networks; with the three-block ones
+32 min 21 s, 33 min 31 s, 33 min 37 s and 30 min 15 s (the committed report), the spread
+being the machine's speed (the same cells took up to 16 % longer from one run to the
+next; runs of the same code wrote byte-identical CSVs);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
