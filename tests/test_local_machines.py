@@ -12,6 +12,7 @@ from theorybench.denoisers.local import (
     PatchEmpiricalDenoiser,
     equivariant_local_empirical,
     local_empirical,
+    location_patches,
     patches,
 )
 from theorybench.experiments.machines_sweep import agreement, calibrate, summarize_agreement
@@ -65,6 +66,16 @@ def test_constant_training_images_give_the_closed_form(boundary, equivariant):
     expected = (torch.softmax(-d2 / (2 * sigma ** 2), -1) * values).sum(-1).view(2, 1, 6, 6)
     machine = PatchEmpiricalDenoiser(train, side, equivariant=equivariant, boundary=boundary)
     assert torch.allclose(machine(y, sigma), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("boundary", ["crop", "circular"])
+@pytest.mark.parametrize("side", [1, 3, 7, 9])
+def test_location_patches_are_the_patches_location_major(boundary, side):
+    images = _rand(4, 2, 5, 6, seed=side)  # two channels, not square, P up to > h
+    expected = patches(images, side, boundary).permute(1, 2, 0)
+    got = location_patches(images, side, boundary)
+    assert got.shape == (30, 2 * side * side, 4) and got.is_contiguous()
+    assert torch.equal(got, expected)
 
 
 def test_ls_matches_brute_force():

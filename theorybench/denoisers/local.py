@@ -84,13 +84,41 @@ def patches(images: torch.Tensor, patch: int, boundary: str) -> torch.Tensor:
     """
     r = patch // 2
     if boundary == "circular":
-        # wrap in steps of at most one image side (torch's circular pad allows no more)
-        h, w = images.shape[-2:]
-        rows = torch.arange(-r, h + r, device=images.device) % h
-        cols = torch.arange(-r, w + r, device=images.device) % w
-        padded = images[..., rows[:, None], cols[None, :]]
-        return F.unfold(padded, patch).transpose(1, 2)
+        rows, cols = _wrapped(images.shape[-2:], r, images.device)
+        return F.unfold(images[..., rows, cols], patch).transpose(1, 2)
     return F.unfold(images, patch, padding=r).transpose(1, 2)
+
+
+def location_patches(images: torch.Tensor, patch: int, boundary: str) -> torch.Tensor:
+    """The same patches location-major: (n, c, h, w) → (h·w, c·P², n), equal to
+    ``patches(images, patch, boundary).permute(1, 2, 0)``, contiguous.
+
+    Built from the images laid out image-last (c, h, w, n) and padded, as one strided view
+    whose copy moves runs of n values: transposing ``patches``' output instead took 13×
+    longer (N = 1000 images 16×16, P = 15: 1.1 s against 86 ms).
+    """
+    n, c, h, w = images.shape
+    r = patch // 2
+    last = images.permute(1, 2, 3, 0)  # (c, h, w, n)
+    if boundary == "circular":
+        rows, cols = _wrapped((h, w), r, images.device)
+        padded = last[:, rows, cols].contiguous()
+    else:
+        padded = F.pad(last, (0, 0, r, r, r, r)).contiguous()
+    rs, cs = padded.stride(1), padded.stride(2)  # one row, one column of the padded images
+    view = padded.as_strided((h, w, c, patch, patch, n),
+                             (rs, cs, padded.stride(0), rs, cs, 1))
+    return view.reshape(h * w, c * patch * patch, n).contiguous()
+
+
+def _wrapped(shape, r: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row and column indices that pad periodic images of side (h, w) by r on each
+    side, shaped (h + 2r, 1) and (1, w + 2r) to index the two image dimensions together
+    (torch's circular pad wraps by at most one image side)."""
+    h, w = shape
+    rows = torch.arange(-r, h + r, device=device) % h
+    cols = torch.arange(-r, w + r, device=device) % w
+    return rows[:, None], cols[None, :]
 
 
 def patch_fits(patch: int, shape, equivariant: bool, boundary: str) -> bool:
@@ -199,7 +227,7 @@ class PatchEmpiricalDenoiser(ReferenceDenoiser):
             x, half_sq = self._candidates[key]
             return x[..., start:start + chunk], half_sq[..., start:start + chunk]
         images = train if whole else train[start:start + chunk]
-        x = patches(images, patch, self.boundary).permute(1, 2, 0).contiguous()  # (d, K, n)
+        x = location_patches(images, patch, self.boundary)  # (d, K, n)
         half_sq = 0.5 * x.pow(2).sum(1, keepdim=True)
         if not whole:
             return x, half_sq
