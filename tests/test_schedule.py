@@ -1,8 +1,12 @@
 """The executors' order: a cell starts after the cells it reads, otherwise in list order."""
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
 import pytest
 
-from theorybench.executors import Schedule, _ready
+from theorybench.executors import MALLOC_ENV, Schedule, _environment, _ready, worker_environment
 from theorybench.experiments.cells import cell_dependencies
 from theorybench.experiments.keys import cell_key
 
@@ -92,3 +96,18 @@ def test_the_longest_networks_start_first_and_the_report_keeps_the_study_order(t
     assert [(c["dataset"], c["kind"]) for c in main[:2]] == [("gaussian", "reference"),
                                                              ("gaussian", "network")]
     assert len(reported) == len(started)
+
+
+def test_workers_start_with_the_allocator_settings_unless_the_environment_has_its_own(
+        monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    variables = worker_environment()
+    assert variables == {"MALLOC_MMAP_THRESHOLD_": MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"],
+                         "MALLOC_TRIM_THRESHOLD_": "12345"}
+    with _environment(variables), ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        seen = [pool.submit(os.getenv, name).result() for name in sorted(variables)]
+    assert seen == [variables[name] for name in sorted(variables)]
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ  # restored after the block
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"

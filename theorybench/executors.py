@@ -33,10 +33,22 @@ relative); fixing it makes the tables byte-identical whatever the executor. One 
 per cell is also the fast choice for these small networks: cells run in parallel on Ray,
 and on a busy 2-core machine two threads per training step were measured 10-70x slower
 than one (OpenMP threads waiting on each other).
+
+Memory: glibc's malloc hands a freed block above its mmap threshold (adaptive, at most
+32 MB) and a free heap top above its trim threshold back to the system at once, so a cell
+that allocates and frees large tensors in a loop takes a page fault on every page of every
+reuse: 17 % of a C^α reference cell's time went to the kernel (13 M minor faults; 172 M
+in a default run, 254 s of system time). The local workers and the Ray workers this module
+starts therefore run with both thresholds raised (:data:`MALLOC_ENV`, mallopt(3); a value
+already in the environment wins; no effect with another C library), and return their free
+memory after each cell (``malloc_trim``), so that a worker does not hold one cell's peak
+through the next. The PyTorch performance tuning guide makes the same point for CPU runs
+(replace the default allocator); these two settings need no extra library.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -62,6 +74,10 @@ RAY_INSTALL = "pip install 'theorybench[ray]' (or: pip install ray)"
 CELL_THREADS = 1  # torch intra-op threads per cell (see the module docstring)
 # "auto", "local", host:port (IPv4, name or [IPv6]) or a Ray Client URL ray://host:port
 RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?([\w.\-]+|\[[0-9a-fA-F:]+\]):\d{1,5})$")
+# glibc malloc of the worker processes (module docstring): blocks up to 1 GiB from the heap,
+# and up to 1 GiB of free heap top kept for reuse
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+_C_LIBRARY = ctypes.CDLL(None) if os.name == "posix" else None  # this process's C library
 
 
 class ExecutorUnavailable(ValueError):
@@ -137,6 +153,35 @@ class Schedule:
             needs.discard(i)
 
 
+def worker_environment() -> dict[str, str]:
+    """The environment variables the workers start with: :data:`MALLOC_ENV`, where this
+    process's environment does not set them already."""
+    return {name: os.environ.get(name, value) for name, value in MALLOC_ENV.items()}
+
+
+@contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set ``variables`` in ``os.environ`` for the block (processes started in it inherit
+    them), then restore the previous values."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _free_heap() -> None:
+    """Return the free heap to the system (glibc ``malloc_trim``; nothing elsewhere)."""
+    trim = getattr(_C_LIBRARY, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def _exit_with_driver() -> None:
     """Initializer of the local worker processes: end the worker when the driver ends.
 
@@ -159,8 +204,11 @@ def _exit_with_driver() -> None:
 def _local_cell(spec: dict, cache_root, device, threads: int, progress: bool,
                 key: str) -> dict:
     """Body of one local cell (also the target of the worker processes)."""
-    with torch_threads(threads):
-        return run_cell(spec, cache_root, device=device, progress=progress, key=key)
+    try:
+        with torch_threads(threads):
+            return run_cell(spec, cache_root, device=device, progress=progress, key=key)
+    finally:
+        _free_heap()
 
 
 def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
@@ -169,7 +217,8 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
 
     ``jobs == 1``: one cell after another in this process (with per-training progress
     bars). ``jobs > 1``: that many worker processes (``spawn``), each cell in one of them
-    with ``threads`` torch threads; results are the same bits as with ``jobs == 1``.
+    with ``threads`` torch threads, started with :func:`worker_environment`; results are the
+    same bits as with ``jobs == 1``.
     """
     records: list[dict | None] = [None] * len(cells)
     keys = [cell_key(spec) for spec in cells]  # the code at the run's start
@@ -199,8 +248,8 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
                 finish(i, stored)
         schedule, running = Schedule(cells, missing, keys), {}
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
-                                 initializer=_exit_with_driver) as pool:
+        with _environment(worker_environment()), ProcessPoolExecutor(
+                max_workers=jobs, mp_context=context, initializer=_exit_with_driver) as pool:
             while len(schedule) or running:  # keep exactly `jobs` cells in flight
                 for i in _ready(schedule, jobs - len(running), busy=bool(running)):
                     running[pool.submit(_local_cell, cells[i], cache_root, device, threads,
@@ -238,7 +287,8 @@ def ray_runtime_env() -> dict:
     import tbcore
     import theorybench
 
-    return {"py_modules": [tbcore, datasets_synth, theorybench]}
+    return {"py_modules": [tbcore, datasets_synth, theorybench],
+            "env_vars": worker_environment()}
 
 
 def _ray_device(ray, device, threads: int) -> tuple[str, int]:
@@ -270,8 +320,11 @@ def _ray_device(ray, device, threads: int) -> tuple[str, int]:
 
 def _ray_cell(spec: dict, cache_root: str, device: str, threads: int, key: str) -> dict:
     """Body of one Ray task: load or compute the cell, store it in the shared cache."""
-    with torch_threads(threads):
-        return run_cell(spec, cache_root, device=device, progress=False, key=key)
+    try:
+        with torch_threads(threads):
+            return run_cell(spec, cache_root, device=device, progress=False, key=key)
+    finally:
+        _free_heap()
 
 
 def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
