@@ -5,6 +5,9 @@ The default memorization sweep's largest cell: disks 16×16, N = 1000 training i
 per-location logits and weighted sums), ELS ``2·b·d·M·(2K + 1 + c + 1)`` over its M
 distinct candidate patches (augmented rows, see ``theorybench/denoisers/local.py``).
 The reference is ``torch.matmul`` of the ELS logits' shape, (b·d, 2K + 1) @ (2K + 1, M).
+Then the LS candidates at a large side (P = 15, which the sweep's calibration picks at
+large σ; N·d·K is then over the cache budget, so they are built at every call): built
+location-major against transposing ``F.unfold``'s output (goal < 1).
 
     python bench/bench_local.py
 """
@@ -20,6 +23,8 @@ from datasets_synth import get  # noqa: E402
 from theorybench.denoisers.local import (  # noqa: E402
     equivariant_local_empirical,
     local_empirical,
+    location_patches,
+    patches,
 )
 
 
@@ -46,7 +51,15 @@ def main(n_train: int = 1000, batch: int = 32, side: int = 16, patch: int = 5,
           f"{reference / 1e9:.1f} GFLOP/s")
     for name, rate in rates.items():
         print(f"{name} ratio: {rate / reference:.2f}")
-    return {name: rate / reference for name, rate in rates.items()}
+    big = 15
+    built = best_time(lambda: location_patches(train, big, "crop"), repeats=3)
+    transposed = best_time(lambda: patches(train, big, "crop").permute(1, 2, 0).contiguous(),
+                           repeats=3)
+    print(f"LS candidates at P={big} ({n_train * d * big * big * 4 / 2 ** 20:.0f} MiB): built "
+          f"location-major {built * 1e3:.0f} ms, transposed from unfold "
+          f"{transposed * 1e3:.0f} ms; ratio {built / transposed:.2f}")
+    return {**{name: rate / reference for name, rate in rates.items()},
+            "candidates": built / transposed}
 
 
 if __name__ == "__main__":

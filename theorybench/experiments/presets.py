@@ -2,14 +2,16 @@
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
 ``default`` gives meaningful numbers on a 2-core CPU in 27–34 minutes, with a peak of
-2.7–3.0 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
+2.7–3.1 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
 cell alone, the C^α references, peaks at 1.7 GB). Measured on an idle machine, an Intel
 Xeon with AMX, 2026-12-06, networks trained compiled with a bfloat16 forward, torch's
 compiler cache warm (a first run compiles each shape once, about 20 s each): 27 min 34 s,
 28 min 8 s and 27 min 46 s with two-block disks networks; with the three-block ones
-32 min 21 s, 33 min 31 s, 33 min 37 s and 30 min 15 s (the committed report), the spread
-being the machine's speed (the same cells took up to 16 % longer from one run to the
-next; runs of the same code wrote byte-identical CSVs);
+32 min 21 s, 33 min 31 s, 33 min 37 s and 30 min 15 s, the spread being the machine's
+speed (the same cells took up to 16 % longer from one run to the next; runs of the same
+code wrote byte-identical CSVs), then 31 min 16 s (the committed report) with the workers'
+allocator settings (``executors.MALLOC_ENV``) on a day the networks trained 11 % slower
+than in the 30-minute run;
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
