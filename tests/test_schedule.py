@@ -1,4 +1,5 @@
-"""The executors' order: a cell starts after the cells it reads, otherwise in list order."""
+"""The executors: a cell starts after the cells it reads, otherwise in list order; the
+workers start with the allocator settings."""
 
 import multiprocessing
 import os
