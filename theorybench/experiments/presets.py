@@ -2,7 +2,7 @@
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
 ``default`` gives meaningful numbers on a 2-core CPU in 27–34 minutes, with a peak of
-2.7–3.1 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
+2.7–3.3 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
 cell alone, the C^α references, peaks at 1.7 GB). Measured on an idle machine, an Intel
 Xeon with AMX, 2026-12-06, networks trained compiled with a bfloat16 forward, torch's
 compiler cache warm (a first run compiles each shape once, about 20 s each): 27 min 34 s,
@@ -11,7 +11,7 @@ compiler cache warm (a first run compiles each shape once, about 20 s each): 27 
 speed (the same cells took up to 16 % longer from one run to the next; runs of the same
 code wrote byte-identical CSVs), then 31 min 16 s (the committed report) with the workers'
 allocator settings (``executors.MALLOC_ENV``) on a day the networks trained 11 % slower
-than in the 30-minute run;
+than in the 30-minute run, and 30 min 54 s in a second run that day (peak 3.25 GB);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
