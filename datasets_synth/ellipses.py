@@ -40,7 +40,9 @@ parameter ``t`` (``cos t = u/(aq)``, ``sin t = v/(bq)``). For a circle ``s = r �
 semi-minor axis inside) are covered fully. Against 64×64 supersampling of the true ellipse
 (axes in [2, 4], any angle) the max |error| is ≈ 0.05/min(a, b), as for disks
 (``tests/test_ellipses.py`` asserts ≤ 0.06/min(a, b)). Every pixel is computed (no
-window): about ``d`` evaluations per image. The images are *defined* by this renderer.
+window): about ``d`` evaluations per image. For k ≤ 5 the shape is a circle and the
+family renders with the windowed ``disks`` renderer instead (equal to rounding; for
+64–4096 circles 3–9× faster, 4–13× for ``∂m/∂g``). The images are *defined* by this renderer.
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ import torch
 
 from tbcore.validation import check_int
 
-from .manifolds import ShapeManifold, check_shape_prior, unit_square_coverage
+from .manifolds import (
+    ShapeManifold,
+    check_shape_prior,
+    disk_coverage,
+    disk_coverage_jacobian,
+    unit_square_coverage,
+)
 from .references.disks import PartialShapeOracle, ShapePosterior
 
 INNER_Q = 0.25  # pixels with q below this are fully inside (s ≥ 3b/4 − κ/24 > √½ px)
@@ -133,6 +141,9 @@ class Ellipses(ShapeManifold):
             raise ValueError(f"fg_mean and bg_mean must differ for k <= 3 (both intensities "
                              f"fixed: the ellipse would be invisible), got {fg_mean} for both")
         self.geometry_names, self.k, self.intrinsic_dim = names, k, k
+        # a circle (k <= 5): which of the disks renderer's (cx, cy, r) are free
+        self._disk_columns = ([("cx", "cy", "r").index(n) for n in names]
+                              if set(names) <= {"cx", "cy", "r"} else None)
         self.intensity_std = tuple(t if f else 0.0 for t, f in
                                    zip((params["fg_std"], params["bg_std"]), free, strict=True))
         size, r_min, r_max = self.size, self.r_min, self.r_max
@@ -153,11 +164,17 @@ class Ellipses(ShapeManifold):
         return torch.stack([cx, cy, a, b, cols.get("theta", torch.zeros_like(cx))], -1)
 
     def coverage(self, geometry):
+        if self._disk_columns is not None:  # (cx, cy, a) = (cx, cy, r): a disk
+            return disk_coverage(self.ellipse(geometry)[:, :3], self.size)
         return ellipse_coverage(self.ellipse(geometry), self.size)
 
     def coverage_jacobian(self, geometry):
-        """Coverage and ``∂m/∂g`` (N, D, size, size): autograd with one copy of the
+        """Coverage and ``∂m/∂g`` (N, D, size, size): for circles the disks renderer's
+        (its columns of the free coordinates), else autograd with one copy of the
         geometry per pixel (each pixel's coverage depends on its own copy only)."""
+        if self._disk_columns is not None:
+            m, jac = disk_coverage_jacobian(self.ellipse(geometry)[:, :3], self.size)
+            return m, jac[:, self._disk_columns]
         n, dims, size = len(geometry), geometry.shape[1], self.size
         with torch.enable_grad():
             leaves = (geometry.detach()[:, None, None, :].expand(n, size, size, dims)

@@ -521,6 +521,26 @@ def test_known_interval_oracle_limits():
     assert abs(total - 5) < 0.15 * 5, total
 
 
+def test_coarse_grid_rendered_once_per_box(monkeypatch):
+    """Every coordinate free: the coarse grid depends on its box only, so a call renders
+    it once per box (here 4 intervals of r, 12 images in chunks of 5) and gives the
+    estimates of one call per image, where nothing is shared (to rounding)."""
+    dist = Disks(size=16)
+    _, y, latents = noisy(dist, 12, 0.05, seed=3)
+    quarter = PartialShapeOracle(dist, free=(0, 1, 2), intervals={2: 4}, coarse=9, points=8)
+    boxes = len(torch.unique(((latents["params"][:, 2] - dist.r_min)
+                              / ((dist.r_max - dist.r_min) / 4)).floor()))
+    rendered = []
+    coverage = dist.coverage
+    monkeypatch.setattr(dist, "coverage", lambda g: rendered.append(len(g)) or coverage(g))
+    together = quarter(y, 0.05, latents=latents)
+    assert rendered.count(9 ** 3) == boxes > 1
+    alone = torch.cat([quarter(y[i:i + 1], 0.05, latents={"params": latents["params"][i:i + 1]})
+                       for i in range(len(y))])
+    assert rendered.count(9 ** 3) == boxes + len(y)
+    torch.testing.assert_close(together, alone, atol=1e-12, rtol=0)
+
+
 # -- the posterior (upper bound) ------------------------------------------------------------
 @pytest.mark.parametrize("sigma", [0.3, 0.1])
 def test_posterior_against_brute_force_importance_sampling(sigma):

@@ -84,6 +84,8 @@ def test_coverage_jacobian_matches_autograd(k):
     g = dist.sample_with_latents(3, seed=1)[1]["params"][:, :dist.geometry_dim]
     m, jm = dist.coverage_jacobian(g)
     torch.testing.assert_close(m, dist.coverage(g), atol=0, rtol=0)
+    # k <= 5 renders circles with the disks renderer: the ellipse formula's values
+    torch.testing.assert_close(m, ellipse_coverage(dist.ellipse(g), 16), atol=1e-12, rtol=0)
     weights = torch.randn(3, 16, 16, dtype=torch.float64,
                           generator=torch.Generator().manual_seed(2))
     q = g.clone().requires_grad_(True)

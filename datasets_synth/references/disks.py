@@ -308,7 +308,8 @@ class PartialShapeOracle(ReferenceDenoiser):
     threshold : float     nats below the maximum at which nodes are dropped (mass ≲ e^−t).
     lm_steps : int        Levenberg–Marquardt iterations.
     max_elements : int    bound on chunk·nodes·d (memory, float64 elements; default
-                          ``MAX_ELEMENTS``, 2²⁰).
+                          ``MAX_ELEMENTS``, 2²⁰); with every coordinate free a call also
+                          holds one coarse grid's masks (coarse^D · d) per box it meets.
     intervals : dict      ``{free coordinate: B}``: the oracle knows which of B equal
                           intervals of the prior range holds that coordinate (default none).
     costly : bool or None evaluate on the study's coarse σ grid only (default: with 3 or
@@ -374,6 +375,7 @@ class PartialShapeOracle(ReferenceDenoiser):
         self.low, self.high = dist.geometry_low[idx], dist.geometry_high[idx]  # (D,)
         self.prior_precision = 12 / (self.high - self.low) ** 2  # LM damping floor
         self.last_diagnostics: dict[str, torch.Tensor] = {}
+        self._box_masks: dict | None = None  # during a call: coarse-grid masks per box
 
     # -- the estimator ---------------------------------------------------------------------
     def __call__(self, y, sigma, latents=None):
@@ -385,8 +387,14 @@ class PartialShapeOracle(ReferenceDenoiser):
         g = (_true_geometry(self, latents, len(flat)).cpu() if self.oracle else
              torch.zeros(len(flat), self.dist.geometry_dim, dtype=torch.float64))
         chunk = max(1, self.max_elements // (self._grid_nodes() * flat.shape[1]))
-        parts = [self._estimate(flat[i:i + chunk], s2[i:i + chunk], g[i:i + chunk])
-                 for i in range(0, len(flat), chunk)]
+        # with every coordinate free the coarse grid depends on its box only (the prior
+        # box, or one per known interval): its masks are rendered once per box and call
+        self._box_masks = {} if len(self.free) == self.dist.geometry_dim else None
+        try:
+            parts = [self._estimate(flat[i:i + chunk], s2[i:i + chunk], g[i:i + chunk])
+                     for i in range(0, len(flat), chunk)]
+        finally:
+            self._box_masks = None
         self.last_diagnostics = {"path": torch.cat([p[1] for p in parts])}
         x_hat = torch.cat([p[0] for p in parts])
         return x_hat.view_as(y).to(device=y.device, dtype=y.dtype)
@@ -466,7 +474,7 @@ class PartialShapeOracle(ReferenceDenoiser):
 
     def _explicit_coarse(self, y, s2, g, r, low, high):
         """``_coarse`` from rendered masks: r nodes per axis over the box [low, high]."""
-        axes, loglik, a_f, a_b, masks, log_w = self._grid(y, s2, g, low, high, r)
+        axes, loglik, a_f, a_b, masks, log_w = self._grid(y, s2, g, low, high, r, boxed=True)
 
         def mean(w, idx):
             return ((w * a_b[idx]).sum(1, keepdim=True)
@@ -495,9 +503,10 @@ class PartialShapeOracle(ReferenceDenoiser):
             hi = torch.where(last == r - 1, high, hi)
         return first, last, lo, hi
 
-    def _grid(self, y, s2, g, lo, hi, r):
+    def _grid(self, y, s2, g, lo, hi, r, boxed=False):
         """Explicit uniform grid of r nodes per axis on [lo, hi] (n, D): ``(axes (n, D, r),
-        loglik (n, r^D), α̂_f, α̂_b (n, r^D), masks (n, r^D, d), log weights (r^D,))``."""
+        loglik (n, r^D), α̂_f, α̂_b (n, r^D), masks (n, r^D, d), log weights (r^D,))``.
+        ``boxed``: a grid over a box of :meth:`_box`, whose masks a call may share."""
         n, d = y.shape
         dims = len(self.free)
         axes = lo[:, :, None] + (hi - lo)[:, :, None] * torch.linspace(0, 1, r, dtype=y.dtype)
@@ -505,7 +514,15 @@ class PartialShapeOracle(ReferenceDenoiser):
         geometry = g[:, None, :].repeat(1, r ** dims, 1)
         for a, coord in enumerate(self.free):
             geometry[:, :, coord] = axes[:, a, index[a]]
-        masks = self.dist.coverage(geometry.view(-1, g.shape[1])).reshape(n, -1, d)
+        if boxed and self._box_masks is not None:  # the grid is a function of (lo, hi, r)
+            keys = [(r, *row) for row in torch.cat([lo, hi], 1).tolist()]
+            for key, grid in zip(keys, geometry, strict=True):
+                if key not in self._box_masks:
+                    self._box_masks[key] = self.dist.coverage(grid).reshape(-1, d)
+            masks = (self._box_masks[keys[0]].expand(n, -1, -1) if len(set(keys)) == 1
+                     else torch.stack([self._box_masks[key] for key in keys]))
+        else:
+            masks = self.dist.coverage(geometry.view(-1, g.shape[1])).reshape(n, -1, d)
         a_f, a_b, loglik, _ = self._model.solve(
             *_mask_moments(masks, y), y.sum(1, keepdim=True), y.square().sum(1, keepdim=True),
             s2, d)
