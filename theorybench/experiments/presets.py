@@ -1,17 +1,16 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 27–34 minutes, with a peak of
+``default`` gives meaningful numbers on a 2-core CPU in 26–29 minutes, with a peak of
 2.7–3.3 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
 cell alone, the C^α references, peaks at 1.7 GB). Measured on an idle machine, an Intel
-Xeon with AMX, 2026-12-06, networks trained compiled with a bfloat16 forward, torch's
-compiler cache warm (a first run compiles each shape once, about 20 s each): 27 min 34 s,
-28 min 8 s and 27 min 46 s with two-block disks networks; with the three-block ones
-32 min 21 s, 33 min 31 s, 33 min 37 s and 30 min 15 s, the spread being the machine's
-speed (the same cells took up to 16 % longer from one run to the next; runs of the same
-code wrote byte-identical CSVs), then 31 min 16 s (the committed report) with the workers'
-allocator settings (``executors.MALLOC_ENV``) on a day the networks trained 11 % slower
-than in the 30-minute run, and 30 min 54 s in a second run that day (peak 3.25 GB);
+Xeon with AMX, networks trained compiled with a bfloat16 forward, torch's compiler cache
+warm (a first run compiles each shape once, about 20 s each): 25 min 53 s for the
+committed report (2026-12-06, peak 3.10 GB; bare training step 24.8 ms just after, in
+``bench/bench_training.py``); the code before the ellipses rendered circles with the
+disks renderer and the disks' quarter oracle shared its coarse grids took 30 min 54 s and
+31 min 16 s on a day that step took 26–30 ms. The machine's speed moves the same cells
+by up to 16 % from one run to the next (runs of the same code wrote byte-identical CSVs);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
