@@ -5,7 +5,11 @@ Goal (issue: disks family): ``Disks(size=32).sample`` draws at least 50,000 imag
 8×8 supersampling (the obvious implementation) in the same process. Other processes share
 the CPU, so each timing is the best of several repeats; both are measured with one and
 with two torch threads (intra-op threads stall when the cores are busy).
-With ``--denoisers`` it also times the MMSE bracket (oracle and posterior) per call.
+With ``--denoisers`` it also times the MMSE bracket (oracle and posterior) per call, and
+the two ways the references save renders (one thread): the quarter oracle's coarse grid
+rendered once per box in a call of n images against one call per image (nothing shared),
+and the ``ellipses`` family's circles (k <= 5) by the disks renderer against the ellipse
+formula over the whole image.
 
     python bench/bench_disks.py [--n 25600] [--repeats 7] [--denoisers]
 """
@@ -59,6 +63,31 @@ def denoiser_costs(dist: Disks, n: int = 64, repeats: int = 3) -> None:
               f"{t_p:6.2f} s ({t_p / n * 1e3:.1f} ms/image, median ESS {ess:.0f})")
 
 
+def shared_renders(n: int = 32, repeats: int = 3) -> None:
+    """Ratios of the references' shared renders to the same work without sharing."""
+    from datasets_synth.ellipses import Ellipses, ellipse_coverage
+    from theorybench.evaluation import evaluation_noise
+
+    dist = Disks(size=32)
+    quarter = dist.reference_denoisers()["oracle-radius-quarter"]
+    x, latents = dist.sample_with_latents(n, seed=0)
+    y = x + 0.1 * evaluation_noise(dist, 0, 0)[:n]
+    params = latents["params"]
+    shared = best_time(lambda: quarter(y, 0.1, latents=latents), repeats=1)
+    alone = best_time(lambda: [quarter(y[i:i + 1], 0.1, latents={"params": params[i:i + 1]})
+                               for i in range(n)], repeats=1)
+    print(f"quarter oracle, {n} images at sigma=0.1: one call {shared:.2f} s, one call per "
+          f"image {alone:.2f} s, ratio {shared / alone:.2f}")
+    circles = Ellipses(k=3)
+    for count in (64, 4096):
+        g = circles.sample_with_latents(count, seed=0)[1]["params"][:, :3]
+        fast = best_time(lambda g=g: circles.coverage(g), repeats=repeats)
+        formula = best_time(lambda g=g: ellipse_coverage(circles.ellipse(g), circles.size),
+                            repeats=repeats)
+        print(f"ellipses k=3, {count} circles 16x16: disks renderer {fast * 1e3:.2f} ms, "
+              f"ellipse formula {formula * 1e3:.2f} ms, ratio {fast / formula:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=32)
@@ -78,6 +107,7 @@ def main() -> None:
     if args.denoisers:
         torch.set_num_threads(1)
         denoiser_costs(dist)
+        shared_renders()
     torch.set_num_threads(threads)
 
 
