@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -179,9 +180,9 @@ def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
     for path in dropped:
         path.unlink()
     out = tmp_path / "rebuilt"
-    out.mkdir()  # the run.json of another run there is not taken for this one's
-    (out / "run.json").write_text(json.dumps({"preset": "default", "overrides": [],
-                                              "wall_seconds": 1234.0}))
+    out.mkdir()  # the run.json of another run there (another seed) is not taken for this one's
+    (out / "run.json").write_text(json.dumps({"preset": "smoke", "overrides": [], "seed": 5,
+                                              "datasets": None, "wall_seconds": 1234.0}))
     assert main(["--preset", "smoke", "--out", str(out), "--cache", str(partial),
                  "--report-only", "--quiet"]) == 0
     head = (out / "README.md").read_text().split("## ")[0]
@@ -241,10 +242,15 @@ def test_gpu_preset_runs_on_cpu_with_tiny_overrides(tmp_path):
             "universal_steps=16", "per_sigma_steps=4", "batch_size=4", "n_eval=8",
             "size=16", 'datasets=[["gaussian", {"size": 16}]]', "jacobian_images=1"]
     args = ["--preset", "gpu", "--device", "cpu", "--datasets", "gaussian", "--out", str(out),
-            "--cache", str(cache), "--quiet", "--jobs", "1"]
+            "--cache", str(cache), "--quiet", "--jobs", "1", "--seed", "3"]
     assert main(args + [a for t in tiny for a in ("--override", t)]) == 0
     meta = json.loads((out / "run.json").read_text())
     assert meta["preset"] == "gpu" and meta["failed"] == 0 and len(meta["overrides"]) == len(tiny)
+    # the report's command line reruns this study: its seed, datasets and overrides
+    command = ("python run_all.py --preset gpu --seed 3 --datasets gaussian "
+               + " ".join(f"--override {shlex.quote(t)}" for t in tiny))
+    head = (out / "README.md").read_text().split("## ")[0]
+    assert f"Regenerate with `{command}`" in head and "· seed 3 ·" in head
     mse = pd.read_csv(out / "mse.csv")
     universal = mse[mse.denoiser == "network (universal)"]
     per_sigma = mse[mse.denoiser == "network (per-sigma)"]

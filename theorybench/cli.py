@@ -225,16 +225,26 @@ def record_devices(records: list[dict]) -> str:
 
 def stored_run_meta(preset, args, records: list[dict], meta_path: Path) -> dict:
     """The run metadata of a ``--report-only`` rebuild: the ``run.json`` in the output
-    folder when it is that of a run of the same preset and overrides, else what the
-    stored cells say (a run cut short writes none): the preset, the devices and hosts of
-    the cells, the date of the last one; no wall time."""
+    folder when it is that of a run of the same preset, overrides, seed and datasets (a
+    run.json without a seed is seed 0's), else what the stored cells say (a run cut short
+    writes none): the study's options, the devices and hosts of the cells, the date of
+    the last one; no wall time."""
+    study = study_options(preset, args)
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("preset") == preset.name and meta.get("overrides") == args.override:
-            return meta
+        if all(meta.get(name, 0 if name == "seed" else None) == value
+               for name, value in study.items()):
+            return {**meta, **study}
     last = max((r.get("meta", {}).get("date", "") for r in records), default="")
-    return {"preset": preset.name, "overrides": args.override, "commit": git_commit(),
-            "device": record_devices(records), "date": last or "?"}
+    return {**study, "commit": git_commit(), "device": record_devices(records),
+            "date": last or "?"}
+
+
+def study_options(preset, args) -> dict:
+    """What names the study a run computed, for its run.json and the report's command
+    line: the preset, its overrides, the seed and the chosen datasets (None: all)."""
+    return {"preset": preset.name, "overrides": args.override, "seed": args.seed,
+            "datasets": args.datasets}
 
 
 def main(argv=None) -> int:
@@ -302,8 +312,7 @@ def main(argv=None) -> int:
                                                       key=lambda pair: pair[0])]
         except ExecutorUnavailable as exc:
             parser.error(str(exc))
-        run_meta = {"preset": preset.name, "overrides": args.override,
-                    "commit": git_commit(),
+        run_meta = {**study_options(preset, args), "commit": git_commit(),
                     "device": describe_device(device) if args.executor == "local" else
                     record_devices(records),
                     "executor": args.executor, "failed": sum("failed" in r for r in records),

@@ -9,6 +9,7 @@ images. Every table is also written as CSV.
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -552,6 +553,19 @@ def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
     return rows
 
 
+def rerun_command(preset_name: str, run_meta: dict) -> str:
+    """The ``run_all.py`` command line of the study that ``run_meta`` describes: its preset,
+    seed (when not 0), datasets (when chosen) and overrides, shell-quoted."""
+    words = ["python", "run_all.py", "--preset", preset_name]
+    if run_meta.get("seed"):
+        words += ["--seed", str(run_meta["seed"])]
+    if run_meta.get("datasets"):
+        words += ["--datasets", run_meta["datasets"]]
+    for override in run_meta.get("overrides") or []:
+        words += ["--override", override]
+    return shlex.join(words)
+
+
 def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict) -> Path:
     """Write ``out/README.md`` with every table and figure; return its path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -564,7 +578,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
     lines = [
         "# theorybench report",
         "",
-        f"Preset **{preset.name}** · commit `{run_meta.get('commit', '?')}` · "
+        f"Preset **{preset.name}** · seed {run_meta.get('seed', 0)} · "
+        f"commit `{run_meta.get('commit', '?')}` · "
         f"date {run_meta.get('date', '?')} · device {run_meta.get('device', '?')} · "
         + (f"wall time {wall:.0f} s for this run " if wall is not None else
            "wall time not recorded: report rebuilt from the stored cells ")
@@ -577,7 +592,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
            f"(failed, a run cut short, --kinds, or not run yet): their rows and figures are "
            f"missing below.", ""]
           if run_meta.get("missing") else []),
-        "Regenerate with `python run_all.py --preset " + preset.name + "`; the numbers below "
+        f"Regenerate with `{rerun_command(preset.name, run_meta)}`; the numbers below "
         "come only from the stored cell results of that run.",
         *study_header(records),
         "",
