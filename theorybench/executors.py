@@ -201,9 +201,9 @@ def _exit_with_driver() -> None:
     threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
 
 
-def _local_cell(spec: dict, cache_root, device, threads: int, progress: bool,
-                key: str) -> dict:
-    """Body of one local cell (also the target of the worker processes)."""
+def _cell(spec: dict, cache_root, device, threads: int, progress: bool, key: str) -> dict:
+    """Body of one cell, wherever it runs (this process, a local worker, a Ray task): load
+    or compute it with ``threads`` torch threads, then return the free heap."""
     try:
         with torch_threads(threads):
             return run_cell(spec, cache_root, device=device, progress=progress, key=key)
@@ -235,7 +235,7 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
         while len(schedule):
             for i in _ready(schedule, 1):
                 bar.set_postfix_str(describe(cells[i])[:60])
-                finish(i, _local_cell(cells[i], cache_root, device, threads, not quiet,
+                finish(i, _cell(cells[i], cache_root, device, threads, not quiet,
                                       keys[i]))
                 schedule.finish(i)
     else:
@@ -252,7 +252,7 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
                 max_workers=jobs, mp_context=context, initializer=_exit_with_driver) as pool:
             while len(schedule) or running:  # keep exactly `jobs` cells in flight
                 for i in _ready(schedule, jobs - len(running), busy=bool(running)):
-                    running[pool.submit(_local_cell, cells[i], cache_root, device, threads,
+                    running[pool.submit(_cell, cells[i], cache_root, device, threads,
                                         False, keys[i])] = i
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -320,11 +320,7 @@ def _ray_device(ray, device, threads: int) -> tuple[str, int]:
 
 def _ray_cell(spec: dict, cache_root: str, device: str, threads: int, key: str) -> dict:
     """Body of one Ray task: load or compute the cell, store it in the shared cache."""
-    try:
-        with torch_threads(threads):
-            return run_cell(spec, cache_root, device=device, progress=False, key=key)
-    finally:
-        _free_heap()
+    return _cell(spec, cache_root, device, threads, False, key)
 
 
 def run_ray(cells: list[dict], cache_root, device=None, quiet: bool = False,
