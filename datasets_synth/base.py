@@ -143,6 +143,17 @@ class Distribution:
         """
         return None
 
+    def start_kl(self, sigma: float, mean: float) -> float | None:
+        """``KL(p_σ ‖ N(mean·1, σ² I))`` in nats, ``p_σ`` the law of ``x + σz``, where the
+        family knows it in closed form; None (the default) where it does not.
+
+        The first term of the KL bound (SCIENCE.md §4b): the samplers start from
+        ``N(μ̂, σ_max² I)`` with ``μ̂`` a scalar pixel mean. Without a closed form the bound
+        uses joint convexity, ``≤ E‖x − μ̂‖²/(2σ²)``, which for a Gaussian field overstates
+        it by ``½ Σ ln(1 + λ_k/σ²)``.
+        """
+        return None
+
     def reference_base(self) -> Distribution | None:
         """The distribution whose references this one inherits by conjugation, or None.
 

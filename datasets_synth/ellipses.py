@@ -42,8 +42,8 @@ semi-minor axis inside) are covered fully. Against 64×64 supersampling of the t
 (``tests/test_ellipses.py`` asserts ≤ 0.06/min(a, b)). Every pixel is computed (no
 window): about ``d`` evaluations per image. For k ≤ 5 the shape is a circle and the
 family renders with the windowed ``disks`` renderer instead (equal to rounding; for
-64–4096 circles 3–9× faster, 4–13× for ``∂m/∂g``). The images are *defined* by this
-renderer.
+64–4096 circles 2–11× faster, 4–13× for ``∂m/∂g``: ``bench/bench_disks.py
+--denoisers``). The images are *defined* by this renderer.
 """
 
 from __future__ import annotations

@@ -69,5 +69,16 @@ class GaussianField(Distribution):
         lam = self.eigenvalues
         return float((lam * sigma**2 / (lam + sigma**2)).mean())
 
+    def start_kl(self, sigma: float, mean: float) -> float:
+        """``KL(N(m, C + σ²I) ‖ N(mean·1, σ²I))`` (nats; ``m`` = this field's mean) in closed
+        form: ``Σ_k ½ (r_k − 1 − ln r_k)`` with ``r_k = (λ_k + σ²)/σ²`` (SCIENCE.md §4's
+        Gaussian KL with λ' = 0, both covariances diagonal in Fourier) plus the mean's
+        ``d (m − mean)²/(2σ²)``."""
+        sigma = check_float("sigma", sigma, low=0.0, low_open=True)
+        mean = check_float("mean", mean)
+        ratio = self.eigenvalues / sigma**2  # r − 1
+        shape_term = 0.5 * float((ratio - torch.log1p(ratio)).sum())
+        return shape_term + self.d * (self.mean - mean) ** 2 / (2 * sigma**2)
+
     def reference_denoisers(self):
         return {"wiener": WienerFilter(self.eigenvalues, self.mean, kind="exact")}

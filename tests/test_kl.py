@@ -72,6 +72,8 @@ def test_closing_term_bounds_the_gaussian_start_kl(sigma_max, offset):
     exact = gaussian_kl(lam, zero, sigma_max) + lam.numel() * offset**2 / (2 * sigma_max**2)
     assert math.isclose(exact, sde_gaussian_kl(lam, zero, sigma_max, sigma_max, -offset),
                         rel_tol=1e-9)
+    # the family's own closed form (Distribution.start_kl), the bound's exact first term
+    assert math.isclose(p.start_kl(sigma_max, p.mean + offset), exact, rel_tol=1e-9)
     closing = closing_term(data_variance, sigma_max)
     assert math.isclose(closing, data_variance / (2 * sigma_max**2), rel_tol=1e-12)
     assert 0 < exact <= closing
@@ -108,6 +110,20 @@ def test_b_high_bounds_the_gaussian_kl_of_a_mismatched_wiener_filter(gammas, sig
                     - gaussian_kl(p.eigenvalues, q.eigenvalues, sigma_max))
         assert abs(integral - expected) < 0.01 * expected + 1e-9
         assert row.kl_high >= gaussian_kl(p.eigenvalues, q.eigenvalues, row.sigma0)
+    # with the start's KL exact (Distribution.start_kl) B is known up to the clipping: the
+    # bound tightens by convexity's slack and still holds; both ends carry the exact term
+    start = p.start_kl(sigma_max, p.mean + offset)
+    tight = kl_bound(model, {"exact": mmse}, sigma0=[0.01, 0.05, 0.2], data_variance=data_variance,
+                     start_kl=start).table
+    assert tight.closing_exact.all() and not table.closing_exact.any()
+    assert np.allclose(tight.closing, start) and start < table.closing.iloc[0]
+    for loose, row in zip(table.itertuples(), tight.itertuples(), strict=True):
+        kl_sde = sde_gaussian_kl(p.eigenvalues, q.eigenvalues, row.sigma0, sigma_max, offset)
+        assert kl_sde <= row.kl_high < loose.kl_high
+        assert math.isclose(row.kl_high - row.closing, loose.kl_high - loose.closing)
+        assert math.isclose(row.kl_low, loose.kl_low + start)
+    with pytest.raises(ValueError, match="start_kl"):
+        kl_bound(model, {"exact": mmse}, start_kl=-1.0)
         assert math.isclose(row.kl_low, integral, rel_tol=1e-12) and row.kl_low <= row.kl_high
 
 

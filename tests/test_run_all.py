@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import datasets_synth
 from theorybench.cli import main
@@ -118,7 +119,8 @@ def test_blind_optimum_is_stored_and_floors_the_universal_network(smoke):
 
 def test_gaussian_kl_equals_integral_of_stored_gap(smoke):
     """The KL table is the trapezoid integral in ln σ of d·(MSE_θ − MMSE)/σ², clipped at 0
-    for B_low, plus the closing term E‖x − μ̂‖²/(2σ_max²) for B_high (SCIENCE.md §4b)."""
+    for B_low, plus the closing term, here the exact KL(p_σmax ‖ N(μ̂, σ_max² I)), for both
+    ends (SCIENCE.md §4b)."""
     out, _, _ = smoke
     mse, kl = pd.read_csv(out / "mse.csv"), pd.read_csv(out / "kl.csv")
     g = mse[mse.entry == "gaussian"]
@@ -132,11 +134,17 @@ def test_gaussian_kl_equals_integral_of_stored_gap(smoke):
     expected_low = np.trapezoid(np.maximum(h[keep], 0), u[keep])
     row = kl[(kl.entry == "gaussian") & (kl.network == "universal") & np.isclose(kl.sigma0, 0.02)]
     closing = row.closing.iloc[0]
-    # E‖x − μ̂‖² ≈ Σλ = d·std² = 256·0.04 on 16 images; σ_max = the grid's top σ = 1
-    assert 0.5 * 10.24 / 2 < closing < 1.5 * 10.24 / 2
+    # the Gaussian's start KL in closed form (Distribution.start_kl), not convexity's
+    # E‖x − μ̂‖²/(2σ_max²) ≈ Σλ/2 = 256·0.04/2 (σ_max = the grid's top σ = 1): its
+    # Σ ½ (λ/σ² − ln(1 + λ/σ²)) plus d (m − μ̂)²/2, μ̂ within 0.06 (5 SE) of the mean m
+    lam = datasets_synth.get("gaussian", size=16).eigenvalues
+    shape_term = float(0.5 * (lam - torch.log1p(lam)).sum())
+    assert row.closing_exact.iloc[0]
+    assert shape_term <= closing < shape_term + 256 * 0.06**2 / 2 < 10.24 / 2
     assert math.isclose(row.kl_high.iloc[0], expected + closing, rel_tol=1e-4)
-    assert math.isclose(row.kl_low.iloc[0], expected_low, rel_tol=1e-4, abs_tol=1e-9)
+    assert math.isclose(row.kl_low.iloc[0], expected_low + closing, rel_tol=1e-4)
     assert (kl.kl_low >= 0).all() and kl.closing.notna().all()
+    assert not kl[kl.entry != "gaussian"].closing_exact.any()
     assert row.clipped.iloc[0] == bool(np.any(h[keep] < 0))
     assert "B_high" in (out / "README.md").read_text()
 

@@ -72,7 +72,8 @@ def compute_reference(spec: dict) -> dict:
     ``data_variance`` estimates ``E‖x − μ̂‖²`` (summed over pixels) for that fixed μ̂
     (:func:`theorybench.kl.data_variance`); ``data_variance_se`` is its standard error.
     ``sigma_max`` is the top of the σ grid: the start ``N(μ̂, σ_max² I)`` of the bound's
-    reverse SDE. With
+    reverse SDE; ``start_kl`` is ``KL(p_σmax ‖ N(μ̂, σ_max² I))`` where the family knows it
+    in closed form (``Distribution.start_kl``), else None. With
     ``blind_range`` (σ_min, σ_max of the universal networks), an exact reference that has
     a ``blind(σ_min, σ_max)`` method adds its blind counterpart as ``<name>-blind`` (kind
     ``blind``: the floor of every universal network's KL integral from σ_min).
@@ -93,9 +94,10 @@ def compute_reference(spec: dict) -> dict:
                         **curve_record(frame)}
     # on the curves' images
     variance, variance_se, mu = data_variance(dist, spec["n_eval"], spec["seed"])
+    sigma_max = float(max(spec["sigmas"]))
     return {"curves": curves, "intrinsic_dim": dist.intrinsic_dim,
             "data_mean": mu, "data_variance": variance, "data_variance_se": variance_se,
-            "sigma_max": float(max(spec["sigmas"]))}
+            "sigma_max": sigma_max, "start_kl": dist.start_kl(sigma_max, mu)}
 
 
 def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=False) -> dict:

@@ -24,6 +24,7 @@ from ..kl import kl_bound, trapezoid_weights
 from .common import (
     architectures,
     bracket,
+    closing_inputs,
     curve_frame,
     markdown_table,
     objective_law,
@@ -626,7 +627,6 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                       "reference):",
                       "", markdown_table(pd.DataFrame(standing)), ""]
         integrands, kl_errors = {}, []
-        data_variance = study.reference["result"].get("data_variance")  # absent: old record
         blind = {f"{name} (blind optimum)": curve_frame(c)
                  for name, c in study.reference["result"]["curves"].items()
                  if c["kind"] == "blind"}
@@ -637,7 +637,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             try:
                 result = kl_bound(frame, {k: on_grid(f, grid) for k, f in refs.items()},
                                   sigma0=[x for x in preset.sigma0s if grid[0] <= x <= grid[-1]],
-                                  data_variance=data_variance)
+                                  **closing_inputs(study.reference["result"], grid))
             except ValueError as exc:  # e.g. an inverted bracket: say so, keep the report
                 kl_errors.append(f"- **KL not computed** for network {net}: {exc}")
                 continue
@@ -659,7 +659,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                 + "): `kl_low` = B_low = ∫ max(0, MSE − U) "
                 "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` "
                 "= B_high = ∫ (MSE − L) σ⁻³ dσ + `closing`, a certified upper bound on the "
-                "smoothed KL; `closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)); "
+                "smoothed KL; `closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)) "
+                "(joint convexity), or, where `closing_exact`, that KL itself in closed form "
+                "(`Distribution.start_kl`; the Gaussian field), then added to `kl_low` too; "
                 "`se_*` standard errors of the integrals; `bits_*` per pixel value; `clipped` "
                 "(`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added to kl_low).",
                 "`grid`: σ values integrated (trapezoid in ln σ; the per-σ networks' coarse "
@@ -673,7 +675,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                    "quantity of every universal network (the price of not knowing σ); its "
                    "rows at larger σ0 are indicative." if blind else ""),
                 "", markdown_table(mine[["network", "grid", "sigma0", "kl_low", "kl_high",
-                                          "closing", "se_low", "se_high", "bits_low",
+                                          "closing", "closing_exact", "se_low",
+                                          "se_high", "bits_low",
                                           "bits_high", "clipped", "clipped_nats",
                                           "converged"]]), ""]
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():

@@ -26,6 +26,7 @@ from ..kl import kl_bound
 from ..memorization import COPY_COSINE, COPY_THRESHOLD, MEMORIZED_RATIO, ON_MANIFOLD_FACTOR
 from .common import (
     bracket,
+    closing_inputs,
     curve_frame,
     markdown_table,
     objective_law,
@@ -71,7 +72,7 @@ def _kl_interval(result: dict, reference: dict | None, sigma0: float):
     if any(len(f) != len(test) for f in refs.values()):
         return math.nan, math.nan
     row = kl_bound(test, refs, sigma0=[sigma0],
-                   data_variance=reference["result"].get("data_variance")).table.iloc[0]
+                   **closing_inputs(reference["result"], test["sigma"])).table.iloc[0]
     return float(row["kl_low"]), float(row["kl_high"])  # [B_low, B_high] of SCIENCE.md §4b
 
 
