@@ -110,6 +110,7 @@ def test_b_high_bounds_the_gaussian_kl_of_a_mismatched_wiener_filter(gammas, sig
                     - gaussian_kl(p.eigenvalues, q.eigenvalues, sigma_max))
         assert abs(integral - expected) < 0.01 * expected + 1e-9
         assert row.kl_high >= gaussian_kl(p.eigenvalues, q.eigenvalues, row.sigma0)
+        assert math.isclose(row.kl_low, integral, rel_tol=1e-12) and row.kl_low <= row.kl_high
     # with the start's KL exact (Distribution.start_kl) B is known up to the clipping: the
     # bound tightens by convexity's slack and still holds; both ends carry the exact term
     start = p.start_kl(sigma_max, p.mean + offset)
@@ -124,7 +125,23 @@ def test_b_high_bounds_the_gaussian_kl_of_a_mismatched_wiener_filter(gammas, sig
         assert math.isclose(row.kl_low, loose.kl_low + start)
     with pytest.raises(ValueError, match="start_kl"):
         kl_bound(model, {"exact": mmse}, start_kl=-1.0)
-        assert math.isclose(row.kl_low, integral, rel_tol=1e-12) and row.kl_low <= row.kl_high
+
+
+@pytest.mark.parametrize("start_kl", [None, 0.3])
+def test_exact_reference_gives_one_value_despite_noise(start_kl):
+    """With an exact MMSE (L = U) and a network that Monte Carlo noise puts below it at some
+    σ, both ends clip MSE − MMSE at 0 (the true gap is ≥ 0, §4b): B_low = B_high, never an
+    inverted interval."""
+    p = datasets_synth.get("gaussian", size=8)
+    sigmas = np.geomspace(0.01, 2.0, 25)
+    mmse = exact_curve(WienerFilter(p.eigenvalues, p.mean), sigmas)
+    noisy = mmse.assign(mse=mmse["mse"] * (1 + 0.02 * np.sin(np.arange(len(sigmas)))))
+    table = kl_bound(noisy, {"exact": mmse}, sigma0=[0.01, 0.1], start_kl=start_kl).table
+    assert table.clipped.all()
+    assert np.allclose(table.kl_low, table.kl_high, rtol=1e-12)
+    integrand = kl_bound(noisy, {"exact": mmse}).integrand
+    assert (integrand.integrand_high >= 0).all()
+    assert np.allclose(integrand.integrand_low, integrand.integrand_high)
 
 
 def test_model_equal_to_data_gives_zero():

@@ -141,8 +141,10 @@ def test_gaussian_kl_equals_integral_of_stored_gap(smoke):
     shape_term = float(0.5 * (lam - torch.log1p(lam)).sum())
     assert row.closing_exact.iloc[0]
     assert shape_term <= closing < shape_term + 256 * 0.06**2 / 2 < 10.24 / 2
-    assert math.isclose(row.kl_high.iloc[0], expected + closing, rel_tol=1e-4)
+    # the exact MMSE is both ends of the bracket: both ends clip MSE − MMSE at 0 (§4b)
+    assert math.isclose(row.kl_high.iloc[0], expected_low + closing, rel_tol=1e-4)
     assert math.isclose(row.kl_low.iloc[0], expected_low + closing, rel_tol=1e-4)
+    assert expected <= expected_low
     assert (kl.kl_low >= 0).all() and kl.closing.notna().all()
     assert not kl[kl.entry != "gaussian"].closing_exact.any()
     assert row.clipped.iloc[0] == bool(np.any(h[keep] < 0))

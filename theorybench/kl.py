@@ -16,7 +16,7 @@ same mixture of ``N(μ̂, σ_max² I)``)
 σ_max is the largest σ of the grid the curves are on. With a bracket ``L ≤ MMSE ≤ U``:
 
     B_low  = ∫_{σ0}^{σmax} max(0, MSE − U) σ^{-3} dσ            ≤ B ≤
-    B_high = ∫_{σ0}^{σmax} (MSE − L) σ^{-3} dσ + closing.
+    B_high = ∫_{σ0}^{σmax} max(0, MSE − L) σ^{-3} dσ + closing.
 
 ``B_high`` is a certified upper bound on the smoothed KL (up to the Monte Carlo error of
 the curves and of E‖x − μ̂‖²). ``B_low`` is the lower end of the bound B, not a lower bound
@@ -27,7 +27,10 @@ term exactly: ``closing = K``, added to both ends.
 
 The true gap ``MSE − MMSE`` is ≥ 0 at every σ, so a negative ``MSE − U`` only
 says U is loose there (or is noise): it is clipped to 0 per σ and flagged with its size;
-no negative KL is ever reported. An exact MMSE is the bracket L = U.
+no negative KL is ever reported. ``MSE − L ≥ MSE − MMSE`` is clipped alike (a negative
+value is noise), so ``B_low ≤ B_high`` wherever ``L ≤ U``: an exact MMSE is the bracket
+L = U and gives ``B_low = B_high`` (unclipped, Monte Carlo noise at σ where the network
+is near optimal would put B_high below B_low).
 
 Integrals are ``∫ gap(σ) σ^{-2} d(ln σ)``: the integrand ``h(u) = gap(e^u) e^{−2u}`` is
 integrated in ``u = ln σ`` over the curves' grid with the trapezoid rule (the
@@ -55,19 +58,22 @@ class KLResult:
 
     table : one row per σ0: ``sigma0``; ``kl_low`` = B_low (nats, ≥ 0: the lower end of the
         bound B, gaps clipped at 0); ``kl_high`` = B_high (nats: the certified upper bound on
-        the smoothed KL, grid integral + ``closing``; the grid integral alone when
-        ``closing`` is NaN, i.e. no data variance was given, and then not certified);
+        the smoothed KL, grid integral of the gaps to L clipped at 0 + ``closing``; the grid
+        integral alone when ``closing`` is NaN, i.e. no data variance was given, and then
+        not certified);
         ``closing`` (``E‖x − μ̂‖²/(2σ_max²)``, or the exact ``start_kl``; nats, NaN when
         unknown); ``closing_exact`` (bool: ``closing`` is the exact ``start_kl``, in
         ``kl_low`` too); ``se_low``,
         ``se_high`` (standard errors of the grid integrals, nats); ``bits_low``,
         ``bits_high`` (bits per pixel value: nats / (d ln 2)); ``clipped`` (bool: MSE − U < 0
         was clipped to 0 at some σ of the integral); ``clipped_nats`` (what the clipping
-        added to ``kl_low``, nats); ``clipped_max`` (largest clipped ``U − MSE``, total
+        added to ``kl_low``, nats; the rarer clipping of MSE − L < 0 in ``kl_high`` is not
+        counted there); ``clipped_max`` (largest clipped ``U − MSE``, total
         squared error; 0 when nothing was clipped).
     integrand : one row per grid σ: ``sigma``, ``gap_low`` (MSE − U, unclipped), ``gap_high``
         (MSE − L), ``clipped`` (``max(0, U − MSE)``), all total squared error (per-pixel ×
-        d); ``integrand_low`` (``max(0, gap_low)·σ⁻²``), ``integrand_high`` (``gap_high·σ⁻²``),
+        d); ``integrand_low`` (``max(0, gap_low)·σ⁻²``), ``integrand_high``
+        (``max(0, gap_high)·σ⁻²``),
         the densities in ln σ that are integrated.
     """
 
@@ -183,6 +189,7 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     exact = start_kl is not None
     gap_low, gap_high = mse["net"] - mse["low"], mse["net"] - mse["high"]
     kept_low = np.maximum(gap_low, 0.0)  # the true gap is >= 0 (§4b): clip MSE − U
+    kept_high = np.maximum(gap_high, 0.0)  # and MSE − L >= MSE − MMSE: alike
     # U = +inf (no upper bound at that σ, e.g. above a coarse reference grid) bounds nothing
     # there: B_low gains 0 and nothing counts as clipped
     clipped = np.where(np.isfinite(mse["low"]), np.maximum(-gap_low, 0.0), 0.0)
@@ -204,8 +211,9 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         if not (sig[0] * (1 - 1e-9) <= s0 <= sig[-1] * (1 + 1e-9)):
             raise ValueError(f"sigma0 must lie in the grid [{sig[0]:.4g}, {sig[-1]:.4g}], got {s0}")
         c = trapezoid_weights(u, math.log(s0)) * inv_s2
-        weights = {"low": np.where(gap_low >= 0, c, 0.0), "high": c}  # clipped σ add 0
-        integral_high = float(c @ gap_high)
+        weights = {"low": np.where(gap_low >= 0, c, 0.0),  # clipped σ add 0
+                   "high": np.where(gap_high >= 0, c, 0.0)}
+        integral_high = float(c @ kept_high)
         row = {"sigma0": float(s0), "kl_low": float(c @ kept_low) + (closing if exact else 0.0),
                "kl_high": integral_high + (closing if math.isfinite(closing) else 0.0),
                "closing": closing, "closing_exact": exact}
@@ -227,7 +235,7 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
                                         "clipped_nats", "clipped_max"])
     integrand = pd.DataFrame({"sigma": sig, "gap_low": gap_low, "gap_high": gap_high,
                               "clipped": clipped, "integrand_low": kept_low * inv_s2,
-                              "integrand_high": gap_high * inv_s2})
+                              "integrand_high": kept_high * inv_s2})
     return KLResult(table=table, integrand=integrand)
 
 

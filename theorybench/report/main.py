@@ -658,12 +658,13 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                 + ", ".join(f"{n}: {float(f.sigma.max()):g}" for n, f in integrands.items())
                 + "): `kl_low` = B_low = ∫ max(0, MSE − U) "
                 "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` "
-                "= B_high = ∫ (MSE − L) σ⁻³ dσ + `closing`, a certified upper bound on the "
+                "= B_high = ∫ max(0, MSE − L) σ⁻³ dσ + `closing`, a certified upper bound on the "
                 "smoothed KL; `closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)) "
                 "(joint convexity), or, where `closing_exact`, that KL itself in closed form "
                 "(`Distribution.start_kl`; the Gaussian field), then added to `kl_low` too; "
                 "`se_*` standard errors of the integrals; `bits_*` per pixel value; `clipped` "
-                "(`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added to kl_low).",
+                "(`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added to kl_low; "
+                "MSE − L < 0 is set to 0 alike in kl_high, so kl_low ≤ kl_high).",
                 "`grid`: σ values integrated (trapezoid in ln σ; the per-σ networks' coarse "
                 "grid interpolates between networks, so its KL is an estimate, not certified: "
                 "compare the universal network's rows, integrated on the dense grid). "
@@ -671,7 +672,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                 "(section Training)."
                 + (" `blind optimum`: the best denoiser that does not see σ (kind `blind`, "
                    "σ ∝ σ⁻³ on the universal networks' range): at σ0 = σ_min its "
-                   "`kl_high − closing` = ∫ (MSE − MMSE) σ⁻³ dσ is a floor under the same "
+                   "`kl_high − closing` = ∫ max(0, MSE − MMSE) σ⁻³ dσ is a floor under the same "
                    "quantity of every universal network (the price of not knowing σ); its "
                    "rows at larger σ0 are indicative." if blind else ""),
                 "", markdown_table(mine[["network", "grid", "sigma0", "kl_low", "kl_high",
