@@ -1,15 +1,16 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 25–29 minutes, with a peak of
+``default`` gives meaningful numbers on a 2-core CPU in 23–29 minutes, with a peak of
 2.7–3.3 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
 cell alone, the C^α references, peaks at 1.7 GB). Measured on an idle machine, an Intel
 Xeon with AMX, networks trained compiled with a bfloat16 forward, torch's compiler cache
-warm (a first run compiles each shape once, about 20 s each): 25 min 53 s for the
-committed report (2026-12-06, peak 3.10 GB; bare training step 24.8 ms just after, in
-``bench/bench_training.py``), 26 min 18 s for the same study at ``--seed 1``
-(``reports/seed-1/``, peak 3.00 GB); the code before the ellipses rendered circles with the
-disks renderer and the disks' quarter oracle shared its coarse grids took 30 min 54 s and
+warm (a first run compiles each shape once, about 20 s each): 23 min 16 s for the
+committed report (2026-12-06, peak 3.15 GB; bare training step 21.9 ms just after, in
+``bench/bench_training.py``), 23 min 25 s for the same study at ``--seed 1``
+(``reports/seed-1/``, peak 2.91 GB); the same cells took 25 min 53 s and 26 min 18 s on a
+day that step took 24.8 ms; the code before the ellipses rendered circles with the disks
+renderer and the disks' quarter oracle shared its coarse grids took 30 min 54 s and
 31 min 16 s on a day that step took 26–30 ms. The machine's speed moves the same cells
 by up to 16 % from one run to the next (runs of the same code wrote byte-identical CSVs);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
