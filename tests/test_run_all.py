@@ -424,6 +424,25 @@ def test_training_steps_text_names_compilation_and_precision():
     assert training_steps_text({"compile": True, "precision": "bf16"}) == compiled + low
 
 
+def test_ratio_standard_error_matches_the_spread_of_repeated_ratios():
+    """The delta-method SE of MSE/U from paired per-image errors (report.common.ratio_se)
+    against the spread of the ratio over 4000 independent test sets of 64 images, whose
+    network and reference errors are correlated as on shared images and noise."""
+    from theorybench.report.common import ratio_se
+
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 1.0, size=(4000, 64))  # the images' own difficulty, shared
+    reference = base * rng.gamma(20.0, 1 / 20, size=base.shape)
+    network = 3.0 * base * rng.gamma(5.0, 1 / 5, size=base.shape)
+    ratios = network.mean(1) / reference.mean(1)
+    se = ratio_se(network, reference)  # one row per test set, as one row per σ
+    assert se.shape == (4000,) and abs(ratios.mean() - 3.0) < 0.02
+    assert abs(np.median(se) / ratios.std() - 1) < 0.1
+    # independent errors of the same spread would give a larger SE: the pairing matters
+    assert np.median(ratio_se(network, reference[::-1])) > 1.5 * np.median(se)
+    assert ratio_se(network, reference[:, :10]) is None and ratio_se(None, reference) is None
+
+
 def test_size_override_resizes_the_entries():
     from theorybench.cli import apply_overrides
     from theorybench.experiments.presets import PRESETS
@@ -457,11 +476,11 @@ def test_standing_rows_name_where_a_network_loses_to_the_baselines():
     study = StudyData("gaussian", {"size": 8}, records)
     refs, _ = bracket(curves)
     rows = {r["network"]: r for r in standing_rows(study, refs)}
-    assert rows["universal"] == {
-        "network": "universal", "worst MSE/U": "1.67 at σ = 2",
-        "worst MSE/U, σ ≤ 1": "1.5 at σ = 1", "no better than the identity at σ": "0.1",
+    assert rows["universal"] == {  # every image has the same error: a standard error of 0
+        "network": "universal", "worst MSE/U": "1.67 ± 0 at σ = 2",
+        "worst MSE/U, σ ≤ 1": "1.5 ± 0 at σ = 1", "no better than the identity at σ": "0.1",
         "no better than the mean image at σ ≥ 1": "2"}
-    assert rows["per-sigma"]["worst MSE/U"] == "1.17 at σ = 2"
+    assert rows["per-sigma"]["worst MSE/U"] == "1.17 ± 0 at σ = 2"
     assert rows["per-sigma"]["no better than the mean image at σ ≥ 1"] == "none"
     # with the blind optimum, the universal network's row says where it loses too
     curves["wiener-blind"] = curve(sig, [0.0101, 0.5, 0.04], "blind")

@@ -30,6 +30,7 @@ from .common import (
     objective_law,
     on_grid,
     preconditioned,
+    ratio_se,
     slug,
     steps_text,
     training_steps_text,
@@ -217,6 +218,12 @@ def _figure_examples(examples: list[dict]):
     return image_mosaic([panels], inches=1.3)
 
 
+def _ratio_at(ratio: np.ndarray, se: np.ndarray | None, grid: np.ndarray, k: int) -> str:
+    """``"r ± se at σ = s"`` for grid point k (without ``± se`` when it is unknown)."""
+    spread = "" if se is None else f" ± {se[k]:.2g}"
+    return f"{ratio[k]:.3g}{spread} at σ = {grid[k]:g}"
+
+
 def standing_rows(study: StudyData, refs: dict) -> list[dict]:
     """Where each network of an entry stands on its σ grid: its worst MSE/U (U: the exact
     MMSE where known, else the tightest upper reference, as in the KL bracket; below 1 the
@@ -236,13 +243,14 @@ def standing_rows(study: StudyData, refs: dict) -> list[dict]:
         if frame is None:
             continue
         grid, mse = frame["sigma"].to_numpy(), frame["mse"].to_numpy()
-        ratio = mse / on_grid(upper, grid)["mse"].to_numpy()
+        bound = on_grid(upper, grid)
+        ratio = mse / bound["mse"].to_numpy()
+        se = ratio_se(frame.attrs.get("errors"), bound.attrs.get("errors"))
         small = grid <= 1.0
-        worst = int(np.argmax(ratio))
-        row = {"network": net, "worst MSE/U": f"{ratio[worst]:.3g} at σ = {grid[worst]:g}"}
+        row = {"network": net, "worst MSE/U": _ratio_at(ratio, se, grid, int(np.argmax(ratio)))}
         if small.any():
             k = int(np.flatnonzero(small)[np.argmax(ratio[small])])
-            row["worst MSE/U, σ ≤ 1"] = f"{ratio[k]:.3g} at σ = {grid[k]:g}"
+            row["worst MSE/U, σ ≤ 1"] = _ratio_at(ratio, se, grid, k)
         for name, where, column in (("identity", np.ones(len(grid), dtype=bool),
                                      "no better than the identity at σ"),
                                     ("mean-image", grid >= 1.0,
@@ -624,7 +632,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         if standing:
             lines += ["Where the networks stand (U: the exact MMSE where known, else the "
                       "tightest upper reference, where MSE/U below 1 means better than every "
-                      "reference):",
+                      "reference; ± its standard error over the test images, paired, by the "
+                      "delta method):",
                       "", markdown_table(pd.DataFrame(standing)), ""]
         integrands, kl_errors = {}, []
         blind = {f"{name} (blind optimum)": curve_frame(c)
