@@ -425,10 +425,10 @@ def test_training_steps_text_names_compilation_and_precision():
 
 
 def test_ratio_standard_error_matches_the_spread_of_repeated_ratios():
-    """The delta-method SE of MSE/U from paired per-image errors (report.common.ratio_se)
+    """The delta-method SE of MSE/U from paired per-image errors (report.main.ratio_se)
     against the spread of the ratio over 4000 independent test sets of 64 images, whose
     network and reference errors are correlated as on shared images and noise."""
-    from theorybench.report.common import ratio_se
+    from theorybench.report.main import ratio_se
 
     rng = np.random.default_rng(0)
     base = rng.gamma(2.0, 1.0, size=(4000, 64))  # the images' own difficulty, shared

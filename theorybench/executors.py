@@ -235,8 +235,7 @@ def run_local(cells: list[dict], cache_root, device=None, quiet: bool = False,
         while len(schedule):
             for i in _ready(schedule, 1):
                 bar.set_postfix_str(describe(cells[i])[:60])
-                finish(i, _cell(cells[i], cache_root, device, threads, not quiet,
-                                      keys[i]))
+                finish(i, _cell(cells[i], cache_root, device, threads, not quiet, keys[i]))
                 schedule.finish(i)
     else:
         cache, missing = Cache(cache_root), []

@@ -87,22 +87,6 @@ def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
     return out
 
 
-def ratio_se(num, den) -> np.ndarray | None:
-    """Standard error (n_σ,) of the ratio of mean errors ``mean(num)/mean(den)`` per σ,
-    from per-image errors (n_σ, n) on the same images and noise (paired): by the delta
-    method, ``r · std(num/m_num − den/m_den)/√n``. None when the two are not paired
-    (absent, or of different shapes) or hold fewer than 2 images."""
-    if num is None or den is None:
-        return None
-    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
-    if num.shape != den.shape or num.ndim != 2 or num.shape[1] < 2:
-        return None
-    with np.errstate(divide="ignore", invalid="ignore"):  # U = 0 or ∞: NaN, as the ratio
-        a, b = num.mean(1, keepdims=True), den.mean(1, keepdims=True)
-        spread = (num / a - den / b).std(1, ddof=1)
-        return (a / b)[:, 0] * spread / math.sqrt(num.shape[1])
-
-
 def closing_inputs(reference: dict, grid) -> dict:
     """``kl_bound``'s closing-term arguments from a stored reference result: its
     ``data_variance`` (absent in old records: None), and its exact ``start_kl`` where it

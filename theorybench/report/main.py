@@ -30,7 +30,6 @@ from .common import (
     objective_law,
     on_grid,
     preconditioned,
-    ratio_se,
     slug,
     steps_text,
     training_steps_text,
@@ -74,6 +73,23 @@ def _log_mean_se(vectors, coefs) -> float:
         return float(math.sqrt(max(grad @ cov @ grad, 0.0)))
     return float(math.sqrt(sum(g**2 * v.var(ddof=1) / v.size
                                for g, v in zip(grad, vectors, strict=True))))
+
+
+def ratio_se(num, den) -> np.ndarray | None:
+    """Standard error (n_σ,) of the ratio of mean errors ``r = mean(num)/mean(den)`` per σ,
+    from per-image errors (n_σ, n) on the same images and noise (paired): ``r`` times the
+    SE of ``log r`` (:func:`_log_mean_se`, delta method). None when the two are not paired
+    (absent, or of different shapes) or hold fewer than 2 images; NaN where a mean is 0 or
+    infinite."""
+    if num is None or den is None:
+        return None
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if num.shape != den.shape or num.ndim != 2 or num.shape[1] < 2:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = num.mean(1) / den.mean(1)
+    return np.array([r * _log_mean_se([a, b], [1.0, -1.0])
+                     for r, a, b in zip(ratio, num, den, strict=True)])
 
 
 def log_slope(sigma, mse, lo: float, hi: float, errors=None) -> dict:
