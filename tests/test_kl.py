@@ -245,6 +245,59 @@ def test_swapped_bounds_are_refused():
     assert "\n" not in str(info.value)
     # within 3 standard errors: noise, accepted
     kl_bound(net, {"lower": base.assign(mse=0.605), "upper": upper})
+    # a U of +inf (no bound above a coarse reference grid) does not switch the check off
+    open_top = base.assign(mse=np.where(sigmas < 5, 0.2, np.inf))
+    with pytest.raises(ValueError, match="swapped"):
+        kl_bound(net, {"lower": base.assign(mse=0.6), "upper": open_top})
+
+
+def test_bracket_inverted_by_noise_keeps_low_below_high():
+    # L above U by less than 3 standard errors at some σ: accepted as noise; there B_high
+    # takes U, the larger gap, so it stays >= B_low, and equals it where L > U everywhere
+    sigmas = np.geomspace(0.1, 10, 10)
+    base = pd.DataFrame({"sigma": sigmas, "se": 1e-3, "d": 10})
+    net, upper = base.assign(mse=0.7), base.assign(mse=0.6)
+    inverted = kl_bound(net, {"lower": base.assign(mse=0.605), "upper": upper},
+                        sigma0=[0.1, 1.0]).table
+    assert np.allclose(inverted.kl_high, inverted.kl_low) and (inverted.kl_low > 0).all()
+    assert np.allclose(inverted.se_high, inverted.se_low)
+    partly = base.assign(mse=np.where(sigmas < 1, 0.605, 0.5))
+    mixed = kl_bound(net, {"lower": partly, "upper": upper}, sigma0=[0.1]).table.iloc[0]
+    assert mixed.kl_low < mixed.kl_high
+    # the high end's integrand: MSE − U where L > U, MSE − L elsewhere
+    grid = kl_bound(net, {"lower": partly, "upper": upper}).integrand
+    assert np.allclose(grid.gap_high, np.where(sigmas < 1, 0.1, 0.2) * 10)
+
+
+def test_quadrature_error_estimate_tracks_the_trapezoid_error():
+    # gap = c σ^p: ∫_{σ0}^{σmax} c σ^(p-3) dσ in closed form; on a grid uniform in ln σ the
+    # trapezoid's error is ∝ h², which quad_err = |I − I_½|/3 estimates (Richardson)
+    c, p = 50.0, 0.5
+    for n in (9, 29):
+        sigmas = np.geomspace(0.01, 2.0, n)
+        base = pd.DataFrame({"sigma": sigmas, "se": 0.0, "d": 1})
+        net, mmse = base.assign(mse=c * sigmas**p), base.assign(mse=0.0)
+        row = kl_bound(net, {"exact": mmse}, sigma0=[0.01]).table.iloc[0]
+        exact = c * (0.01 ** (p - 2) - 2.0 ** (p - 2)) / (2 - p)
+        error = abs(row.kl_low - exact)
+        assert error > 0 and 0.5 * row.quad_err < error < 2 * row.quad_err, (n, error, row.quad_err)
+    two = pd.DataFrame({"sigma": [0.1, 1.0], "mse": 1.0, "se": 0.0, "d": 1})
+    assert math.isnan(kl_bound(two, {"exact": two.assign(mse=0.5)}).table.quad_err[0])
+
+
+def test_closing_term_error_enters_the_high_end_only():
+    sigmas = np.geomspace(0.1, 10, 10)
+    base = pd.DataFrame({"sigma": sigmas, "se": 1e-3, "d": 10})
+    net, mmse = base.assign(mse=0.7), base.assign(mse=0.6)
+    plain = kl_bound(net, {"exact": mmse}, data_variance=40.0).table.iloc[0]
+    with_se = kl_bound(net, {"exact": mmse}, data_variance=40.0,
+                       data_variance_se=4.0).table.iloc[0]
+    assert math.isclose(with_se.se_high, math.hypot(plain.se_high, 4.0 / (2 * 10.0**2)))
+    assert with_se.se_low == plain.se_low and with_se.kl_high == plain.kl_high
+    # an exact start term carries no sampling error
+    exact = kl_bound(net, {"exact": mmse}, data_variance=40.0, data_variance_se=4.0,
+                     start_kl=0.1).table.iloc[0]
+    assert exact.se_high == plain.se_high
 
 
 def test_paired_standard_errors_from_mse_curves():

@@ -18,9 +18,10 @@ same mixture of ``N(μ̂, σ_max² I)``)
     B_low  = ∫_{σ0}^{σmax} max(0, MSE − U) σ^{-3} dσ            ≤ B ≤
     B_high = ∫_{σ0}^{σmax} max(0, MSE − L) σ^{-3} dσ + closing.
 
-``B_high`` is a certified upper bound on the smoothed KL (up to the Monte Carlo error of
-the curves and of E‖x − μ̂‖²). ``B_low`` is the lower end of the bound B, not a lower bound
-on the KL. A family that knows ``K = KL(p_σmax ‖ π)`` in closed form
+``B_high`` is an upper bound on the smoothed KL up to the Monte Carlo error of the curves
+and of E‖x − μ̂‖² (both in ``se_high``) and the quadrature error of the grid integral
+(estimated in ``quad_err``, below). ``B_low`` is the lower end of the bound B, not a lower
+bound on the KL. A family that knows ``K = KL(p_σmax ‖ π)`` in closed form
 (``Distribution.start_kl``: the Gaussian field, where convexity overstates it by
 ``½ Σ ln(1 + λ_k/σ_max²)``, 4.8 of its 5.1 nats at 32×32 and σ_max = 2) gives B's first
 term exactly: ``closing = K``, added to both ends.
@@ -28,16 +29,22 @@ term exactly: ``closing = K``, added to both ends.
 The true gap ``MSE − MMSE`` is ≥ 0 at every σ, so a negative ``MSE − U`` only
 says U is loose there (or is noise): it is clipped to 0 per σ and flagged with its size;
 no negative KL is ever reported. ``MSE − L ≥ MSE − MMSE`` is clipped alike (a negative
-value is noise), so ``B_low ≤ B_high`` wherever ``L ≤ U``: an exact MMSE is the bracket
-L = U and gives ``B_low = B_high`` (unclipped, Monte Carlo noise at σ where the network
-is near optimal would put B_high below B_low).
+value is noise), and at a σ where the measured L exceeds U (a bracket inverted by Monte
+Carlo noise, within the 3 standard errors :func:`kl_bound` accepts) B_high uses U, the
+larger gap: ``B_low ≤ B_high`` always. An exact MMSE is the bracket L = U and gives
+``B_low = B_high`` (unclipped, Monte Carlo noise at σ where the network is near optimal
+would put B_high below B_low).
 
 Integrals are ``∫ gap(σ) σ^{-2} d(ln σ)``: the integrand ``h(u) = gap(e^u) e^{−2u}`` is
 integrated in ``u = ln σ`` over the curves' grid with the trapezoid rule (the
 piecewise-linear interpolant of h, so σ0 may fall between grid points). For a model that
 is the exact posterior mean of a density q at every σ and is started from q_σmax, the
 integral up to ∞ is the KL itself (§4); beyond the grid that identity needs the gap up to
-∞, which is not measured, hence the closing term instead.
+∞, which is not measured, hence the closing term instead. The curves are measured on the
+grid only, so the integral between grid points is an interpolation: its error, of either
+sign, is estimated by Richardson's rule for the trapezoid (error ∝ h²) as ``quad_err`` =
+|I − I_½|/3, I_½ the same integral on every other grid point (counted down from σ_max,
+the lowest point kept), the larger of the two ends'.
 """
 
 from __future__ import annotations
@@ -57,24 +64,27 @@ class KLResult:
     """Output of :func:`kl_bound` (SCIENCE.md §4b).
 
     table : one row per σ0: ``sigma0``; ``kl_low`` = B_low (nats, ≥ 0: the lower end of the
-        bound B, gaps clipped at 0); ``kl_high`` = B_high (nats: the certified upper bound on
-        the smoothed KL, grid integral of the gaps to L clipped at 0 + ``closing``; the grid
-        integral alone when ``closing`` is NaN, i.e. no data variance was given, and then
-        not certified);
+        bound B, gaps clipped at 0); ``kl_high`` = B_high (nats: the upper bound on the
+        smoothed KL, up to ``se_high`` and ``quad_err``; grid integral of the gaps to L
+        clipped at 0 + ``closing``; the grid integral alone when ``closing`` is NaN, i.e.
+        no data variance was given, and then not certified);
         ``closing`` (``E‖x − μ̂‖²/(2σ_max²)``, or the exact ``start_kl``; nats, NaN when
         unknown); ``closing_exact`` (bool: ``closing`` is the exact ``start_kl``, in
         ``kl_low`` too); ``se_low``,
-        ``se_high`` (standard errors of the grid integrals, nats); ``bits_low``,
+        ``se_high`` (standard errors, nats: of the grid integrals, and in ``se_high`` of the
+        convexity closing term too, from ``data_variance_se``); ``quad_err`` (nats: the
+        estimated quadrature error of the grid integrals, module docstring; NaN on a grid
+        of fewer than 3 points); ``bits_low``,
         ``bits_high`` (bits per pixel value: nats / (d ln 2)); ``clipped`` (bool: MSE − U < 0
         was clipped to 0 at some σ of the integral); ``clipped_nats`` (what the clipping
         added to ``kl_low``, nats; the rarer clipping of MSE − L < 0 in ``kl_high`` is not
         counted there); ``clipped_max`` (largest clipped ``U − MSE``, total
         squared error; 0 when nothing was clipped).
     integrand : one row per grid σ: ``sigma``, ``gap_low`` (MSE − U, unclipped), ``gap_high``
-        (MSE − L), ``clipped`` (``max(0, U − MSE)``), all total squared error (per-pixel ×
-        d); ``integrand_low`` (``max(0, gap_low)·σ⁻²``), ``integrand_high``
-        (``max(0, gap_high)·σ⁻²``),
-        the densities in ln σ that are integrated.
+        (MSE − L; MSE − U where the measured L exceeds U), ``clipped``
+        (``max(0, U − MSE)``), all total squared error (per-pixel × d); ``integrand_low``
+        (``max(0, gap_low)·σ⁻²``), ``integrand_high`` (``max(0, gap_high)·σ⁻²``), the
+        densities in ln σ that are integrated.
     """
 
     table: pd.DataFrame
@@ -123,7 +133,8 @@ def _checked(curve: pd.DataFrame, sigmas: np.ndarray, label: str) -> pd.DataFram
 
 
 def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=None,
-             data_variance: float | None = None, start_kl: float | None = None) -> KLResult:
+             data_variance: float | None = None, start_kl: float | None = None,
+             data_variance_se: float | None = None) -> KLResult:
     """Bound on the smoothed KL between the data and the network's model, as
     ``[B_low, B_high]`` (module docstring, SCIENCE.md §4b).
 
@@ -141,13 +152,16 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     start_kl : float or None, ``KL(p_σmax ‖ N(μ̂, σ_max² I))`` exactly (nats, ≥ 0;
         ``Distribution.start_kl`` at the grid's largest σ and μ̂): the closing term of both
         ``kl_low`` and ``kl_high`` instead of the convexity bound from ``data_variance``.
+    data_variance_se : float or None, the standard error of ``data_variance``: its share of
+        the convexity closing term's error, ``data_variance_se / (2σ_max²)``, is added to
+        ``se_high`` in quadrature (None: not included).
 
     Returns
     -------
     KLResult. With paired per-image errors the standard errors are those of the per-image
     integrals (exact for the linear estimator; clipped σ contribute a constant 0);
     otherwise the curves' standard errors are combined assuming full correlation across σ
-    (conservative). They do not include the sampling error of ``data_variance``.
+    (conservative).
 
     Raises
     ------
@@ -178,7 +192,9 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     mse = {k: c["mse"].to_numpy() * d for k, c in curves.items()}  # total squared error
     se = {k: c["se"].to_numpy() * d for k, c in curves.items()}
     excess = mse["high"] - mse["low"]  # L − U, > 0 where the bracket is inverted
-    bad = excess > 3 * (se["high"] + se["low"]) + 1e-12 * np.abs(mse["low"]).max()
+    finite = np.isfinite(mse["low"])  # U = +inf above a coarse reference grid bounds nothing
+    scale = np.abs(mse["low"][finite]).max() if finite.any() else 0.0
+    bad = excess > 3 * (se["high"] + se["low"]) + 1e-12 * scale
     if np.any(bad):
         raise ValueError(f"kl_bound: the lower curve exceeds the upper curve by more than 3 "
                          f"standard errors at σ = {sig[bad][0]:.4g} (swapped 'lower'/'upper'?)")
@@ -187,7 +203,12 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     else:
         closing = math.nan if data_variance is None else closing_term(data_variance, sig[-1])
     exact = start_kl is not None
-    gap_low, gap_high = mse["net"] - mse["low"], mse["net"] - mse["high"]
+    closing_se = 0.0
+    if not exact and data_variance is not None and data_variance_se is not None:
+        closing_se = closing_term(data_variance_se, sig[-1])  # linear in data_variance
+    inverted = excess > 0  # L > U by noise (accepted above): B_high takes U, the larger gap
+    gap_low = mse["net"] - mse["low"]
+    gap_high = mse["net"] - np.where(inverted, mse["low"], mse["high"])
     kept_low = np.maximum(gap_low, 0.0)  # the true gap is >= 0 (§4b): clip MSE − U
     kept_high = np.maximum(gap_high, 0.0)  # and MSE − L >= MSE − MMSE: alike
     # U = +inf (no upper bound at that σ, e.g. above a coarse reference grid) bounds nothing
@@ -204,6 +225,9 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         spread = {side: e_net - errors[side][orders[side]] * d for side in ("low", "high")}
     else:  # per-σ standard errors of the gaps, integrated as they are
         spread = {side: np.sqrt(se["net"] ** 2 + se[side] ** 2) for side in ("low", "high")}
+    spread["high"] = np.where(inverted.reshape(-1, *[1] * (spread["high"].ndim - 1)),
+                              spread["low"], spread["high"])
+    half = np.unique(np.r_[0, np.arange(len(sig) - 1, -1, -2)])  # every other point
 
     sigma0 = sig if sigma0 is None else np.atleast_1d(np.asarray(sigma0, dtype=float))
     rows = []
@@ -214,6 +238,11 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         weights = {"low": np.where(gap_low >= 0, c, 0.0),  # clipped σ add 0
                    "high": np.where(gap_high >= 0, c, 0.0)}
         integral_high = float(c @ kept_high)
+        row_quad = math.nan
+        if len(half) < len(sig):  # Richardson: the trapezoid's error is ∝ h²
+            c_half = trapezoid_weights(u[half], math.log(s0)) * inv_s2[half]
+            row_quad = max(abs(c @ kept - c_half @ kept[half]) / 3
+                           for kept in (kept_low, kept_high))
         row = {"sigma0": float(s0), "kl_low": float(c @ kept_low) + (closing if exact else 0.0),
                "kl_high": integral_high + (closing if math.isfinite(closing) else 0.0),
                "closing": closing, "closing_exact": exact}
@@ -221,6 +250,8 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
             integral = _weighted(weights[side], spread[side])
             row[f"se_{side}"] = float(integral.std(ddof=1) / math.sqrt(integral.size)
                                       if paired else integral)
+        row["se_high"] = math.hypot(row["se_high"], closing_se)
+        row["quad_err"] = float(row_quad)
         row["bits_low"] = row["kl_low"] / (d * math.log(2))
         row["bits_high"] = row["kl_high"] / (d * math.log(2))
         used = c > 0
@@ -231,7 +262,8 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     # no rows when no σ0 was asked (e.g. a partial run's per-σ grid holds none of them)
     table = pd.DataFrame(rows, columns=["sigma0", "kl_low", "kl_high", "closing",
                                         "closing_exact", "se_low",
-                                        "se_high", "bits_low", "bits_high", "clipped",
+                                        "se_high", "quad_err", "bits_low", "bits_high",
+                                        "clipped",
                                         "clipped_nats", "clipped_max"])
     integrand = pd.DataFrame({"sigma": sig, "gap_low": gap_low, "gap_high": gap_high,
                               "clipped": clipped, "integrand_low": kept_low * inv_s2,

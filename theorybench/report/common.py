@@ -89,13 +89,14 @@ def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
 
 def closing_inputs(reference: dict, grid) -> dict:
     """``kl_bound``'s closing-term arguments from a stored reference result: its
-    ``data_variance`` (absent in old records: None), and its exact ``start_kl`` where it
-    has one for the top of ``grid`` (the σ_max of the bound)."""
+    ``data_variance`` and ``data_variance_se`` (absent in old records: None), and its exact
+    ``start_kl`` where it has one for the top of ``grid`` (the σ_max of the bound)."""
     start = reference.get("start_kl")
     top = reference.get("sigma_max")
     exact = start is not None and top is not None and math.isclose(top, float(max(grid)),
                                                                    rel_tol=1e-9)
     return {"data_variance": reference.get("data_variance"),
+            "data_variance_se": reference.get("data_variance_se"),
             "start_kl": start if exact else None}
 
 

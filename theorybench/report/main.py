@@ -683,26 +683,34 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                 + ", ".join(f"{n}: {float(f.sigma.max()):g}" for n, f in integrands.items())
                 + "): `kl_low` = B_low = ∫ max(0, MSE − U) "
                 "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` "
-                "= B_high = ∫ max(0, MSE − L) σ⁻³ dσ + `closing`, a certified upper bound on the "
-                "smoothed KL; `closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)) "
+                "= B_high = ∫ max(0, MSE − L) σ⁻³ dσ + `closing`, an upper bound on the smoothed "
+                "KL up to the Monte Carlo error (`se_high`) and the quadrature error "
+                "(`quad_err`); `closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)) "
                 "(joint convexity), or, where `closing_exact`, that KL itself in closed form "
                 "(`Distribution.start_kl`; the Gaussian field), then added to `kl_low` too; "
-                "`se_*` standard errors of the integrals; `bits_*` per pixel value; `clipped` "
+                "`se_*` standard errors over the test images (`se_high` with that of E‖x − μ̂‖² in "
+                "`closing`); `bits_*` per pixel value; `clipped` "
                 "(`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added to kl_low; "
-                "MSE − L < 0 is set to 0 alike in kl_high, so kl_low ≤ kl_high).",
-                "`grid`: σ values integrated (trapezoid in ln σ; the per-σ networks' coarse "
-                "grid interpolates between networks, so its KL is an estimate, not certified: "
-                "compare the universal network's rows, integrated on the dense grid). "
+                "MSE − L < 0 is set to 0 alike in kl_high, and where noise puts L above U "
+                "kl_high uses U, so kl_low ≤ kl_high).",
+                "`grid`: σ values integrated (trapezoid in ln σ: between them the curves are "
+                "interpolated, not measured); `quad_err`: the estimated quadrature error of "
+                "either end, of either sign, |I − I_½|/3 with I_½ the integral on every other "
+                "grid point (Richardson; the per-σ networks' coarse grid interpolates "
+                "between networks: compare the universal network's rows, integrated on the "
+                "dense grid). "
                 "`converged`: every network behind the row passed the convergence check "
                 "(section Training)."
                 + (" `blind optimum`: the best denoiser that does not see σ (kind `blind`, "
                    "σ ∝ σ⁻³ on the universal networks' range): at σ0 = σ_min its "
                    "`kl_high − closing` = ∫ max(0, MSE − MMSE) σ⁻³ dσ is a floor under the same "
-                   "quantity of every universal network (the price of not knowing σ); its "
-                   "rows at larger σ0 are indicative." if blind else ""),
+                   "quantity of every universal network (the price of not knowing σ), up to the "
+                   "Monte Carlo and quadrature errors of both (it minimizes the integral over "
+                   "σ, not its trapezoid on this grid); its rows at larger σ0 are "
+                   "indicative." if blind else ""),
                 "", markdown_table(mine[["network", "grid", "sigma0", "kl_low", "kl_high",
                                           "closing", "closing_exact", "se_low",
-                                          "se_high", "bits_low",
+                                          "se_high", "quad_err", "bits_low",
                                           "bits_high", "clipped", "clipped_nats",
                                           "converged"]]), ""]
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():
