@@ -145,7 +145,8 @@ def test_memorized_fraction_and_bootstrap():
 def test_summarize():
     train = vecs([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     samples = vecs([[1, 0.01, 0], [0.5, 0.5, 0], [0, 0, 0.99], [0.4, 0.3, 0.3]])
-    frame = memorization_measures(samples, train, other_samples=samples)
+    other = vecs([[1, 0.01, 0], [0, 1, 0], [0, 0, 0.99], [0.4, 0.3, 0.3]])  # 2nd differs
+    frame = memorization_measures(samples, train, other_samples=other)
     out = summarize(frame, seed=3)
     assert out["n"] == 4 and out["memorized_ratio_fraction"] == pytest.approx(0.5)
     p = float(frame["memorized"].mean())
@@ -153,11 +154,14 @@ def test_summarize():
     low, high = out["memorized_ci"]
     assert low <= p <= high
     assert out["median_copy_cos"] == pytest.approx(float(np.median(frame["copy_cos"])))
+    cross = frame["cross_copy_cos"].to_numpy()  # paired row by row: 1 but at the 2nd
+    assert np.allclose(cross[[0, 2, 3]], 1.0) and cross[1] < 0.99
     assert out["median_cross_copy_cos"] == pytest.approx(1.0)
     assert out["copy_threshold"] == COPY_THRESHOLD
     strict = summarize(memorization_measures(samples, train, threshold=0.005), seed=3)
     assert strict["copy_threshold"] == 0.005 and strict["memorized_fraction"] < p
     assert out["median_cross_cos"] == pytest.approx(1.0)
+    assert frame["cross_cos"][1] == pytest.approx(0.5 / math.sqrt(0.5))  # ⟨(.5,.5,0),(0,1,0)⟩
     assert out["median_ratio"] == pytest.approx(float(np.median(frame["ratio"])))
     with pytest.raises(ValueError, match="frame must be"):
         summarize(frame.drop(columns="memorized"))

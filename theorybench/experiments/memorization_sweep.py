@@ -12,9 +12,10 @@ For each distribution and training-set size N, a ``memorization`` cell
    default the deterministic Heun probability-flow ODE, SCIENCE.md §7, so the same noise
    gives comparable images);
 4. measures each sample against its generator's training set: the copy criterion
-   (``memorization.COPY_THRESHOLD``: centred cosine >= 0.98 to the nearest training image,
-   centred on the mean of the cell's unit-normalized held-out images; defined at every N,
-   N = 1 included) gives the memorized fraction with a bootstrap interval; also the
+   (``memorization.COPY_THRESHOLD``: centred cosine above 0.98 to the nearest training
+   image, centred on the mean of the cell's unit-normalized held-out images; defined at
+   every N, N = 1 included) gives the memorized fraction with a bootstrap and a Wilson
+   interval (the report shows Wilson's, not degenerate at 0 and 1); also the
    nearest-training cosines, plain and mean-subtracted, and d1/d2 (N >= 2); the two
    networks' samples against each other (cross cosine), and the S1 network's train and
    test MSE per σ (the generalization gap);
@@ -540,7 +541,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             if n >= 2:  # the unit-norm d1/d2 needs a second training image
                 unit = summarize(frame.assign(memorized=frame["memorized_unit"]), seed=seed)
                 summary["memorized_unit_fraction"] = unit["memorized_fraction"]
-                summary["memorized_unit_ci"] = unit["memorized_ci"]
+                summary["memorized_unit_ci"] = unit["memorized_ci_wilson"]
                 summary["median_ratio_unit"] = float(frame["ratio_unit"].median())
             else:
                 summary["memorized_unit_fraction"] = summary["median_ratio_unit"] = None

@@ -104,8 +104,9 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
         s = res.get("summary", {}).get(role) or {}
         new = "median_copy_cos" in s  # the copy criterion (defined at every N)
         row[f"mem {name}"] = s["memorized_fraction"] if new else math.nan
-        row[f"mem {name} lo"] = s["memorized_ci"][0] if new else math.nan
-        row[f"mem {name} hi"] = s["memorized_ci"][1] if new else math.nan
+        # Wilson's interval: the bootstrap's collapses to a point at 0 and 1
+        row[f"mem {name} lo"] = s["memorized_ci_wilson"][0] if new else math.nan
+        row[f"mem {name} hi"] = s["memorized_ci_wilson"][1] if new else math.nan
         row[f"memr {name}"] = _num(s.get("memorized_ratio_fraction") if new
                                    else s.get("memorized_fraction"))
         row[f"memu {name}"] = _num(s.get("memorized_unit_fraction"))
@@ -414,7 +415,7 @@ def verdict(frame: pd.DataFrame) -> str:
                             f"median centred cosine {c:.3f}"
                             for n, m, h, c in zip(small["N"], mem, held, cos, strict=True))
         criterion = (f"≥ {MEMORIZED_MIN:.0%} of both networks' samples copies, i.e. centred "
-                     f"cosine to the nearest training image ≥ {COPY_COSINE:.3g}")
+                     f"cosine to the nearest training image above {COPY_COSINE:.3g}")
         if (small["N"] == 1).any():
             one = mem[small["N"] == 1].iloc[0]
             parts.append(f"Memorization at N = 1 ({criterion}): "
@@ -478,8 +479,9 @@ def verdict(frame: pd.DataFrame) -> str:
                      f"needs it > 0): {steps}; {_trend(diff)}. Larger N and longer training "
                      f"(the paper preset) are the documented path to the transition.")
     if (ok["mem emp"] < 1).any():
-        parts.append("Note: the empirical denoiser's samples are not all memorized; the sampler "
-                     "stops at a σ_min too large to resolve the training images.")
+        parts.append("Note: the empirical denoiser's samples are not all memorized (one "
+                     "possible cause, not checked here: the sampler stops at a σ_min too large "
+                     "to resolve the training images).")
     return " ".join(parts)
 
 
@@ -524,11 +526,15 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
              f"the empirical denoiser of S1 is the pure-memorization baseline. A sample is "
              f"**memorized** (a copy) when the distance between its centred unit direction "
              f"and the nearest centred unit direction of a training image is below "
-             f"t = {COPY_THRESHOLD:g}, i.e. centred cosine ≥ 1 − t²/2 = {COPY_COSINE:.3g}; "
+             f"t = {COPY_THRESHOLD:g}, i.e. centred cosine above 1 − t²/2 = {COPY_COSINE:.3g}; "
              f"centred = unit-normalized, minus the mean of the cell's unit-normalized "
              f"held-out images (a mean image), unit-normalized again. The criterion is "
              f"defined at every N, N = 1 included, and ignores the image's scale (a "
-             f"bias-free network reproduces a training image only up to a scale). Baseline: "
+             f"bias-free network reproduces a training image only up to a scale): all constant "
+             f"images are then one image, and images of low contrast nearly so, so such images "
+             f"count as copies of each other (much of the held-out baseline's fraction on "
+             f"disks, of which about a sixth are near-constant). Fractions carry Wilson 95% "
+             f"intervals. Baseline: "
              f"the same measures for the cell's real held-out images against S1 (their "
              f"novelty is the data's own). d1/d2 < 1/3 (nearest over second-nearest training "
              f"image) is shown for N ≥ 2 only. Where the family can fit its own parameters "
@@ -586,7 +592,9 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
                  if _figure_grid(r, label, out / f"{s}-n{r['spec']['N']}.png")]
         if grids:
             lines += ["Same noise per row; columns: " + ", ".join(t for _, t in COLUMNS) + " "
-                  "(cosines: plain/c centred).",
+                  "(cosines: plain, to the image shown, the nearest in distance / c centred, "
+                  "the copy criterion's, to the nearest training image in its sense, which "
+                  "may be another).",
                       "", " ".join(grids), ""]
     table = pd.concat(rows, ignore_index=True)
     write_csv(table, out / "memorization.csv")
