@@ -78,6 +78,28 @@ def test_zero_network_is_the_blind_wiener_shrinkage_of_white_data(sigma):
     assert mse < float(x.pow(2).mean()) < sigma**2  # beats the mean image (0) and y
 
 
+def test_shrinkage_and_forward_are_the_stated_formulas():
+    # a = σ_d²/(σ_d² + max(0, σ̂² − θ²)) per image and y − f(y) = (1 − a) u + √a r(u), with
+    # a nonzero r (the MSE of a zero r is flat near its optimum: it cannot pin a or b down)
+    gen = torch.Generator().manual_seed(6)
+    net = build_network(SMALL, gen).eval()
+    with torch.no_grad():
+        [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.normal_(
+            0, 0.1, generator=gen)
+    net.calibrate(0.2 * torch.randn(64, 1, 16, 16, generator=gen))
+    u = torch.randn(5, 1, 16, 16, generator=gen) * torch.tensor([0.1, 0.3, 0.6, 1.0, 2.0]
+                                                                 ).view(5, 1, 1, 1)
+    theta, v = float(net.threshold), float(net.variance)
+    expected = v / (v + (noise_level(u).square() - theta**2).clamp(min=0))
+    torch.testing.assert_close(net.shrinkage(u).flatten(), expected)
+    a = expected.view(5, 1, 1, 1)
+    assert float(a.min()) < 0.5 and float(a.max()) == 1.0  # both regimes among the images
+    with torch.no_grad():
+        r = net.inner(u)
+        assert float(r.norm()) > 0.1 * float(u.norm())
+        torch.testing.assert_close(net(u), (1 - a) * u + a.sqrt() * r)
+
+
 def test_training_calibrates_and_checkpoints_keep_the_form(tmp_path):
     field = GaussianField(size=16)
     cfg = TrainConfig(mode="universal", center=True, steps=16, batch_size=8, seed=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,14 @@ from theorybench.evaluation import mse_curve
 from theorybench.jacobian import jacobian
 from theorybench.networks import NetConfig
 from theorybench.train_config import TrainConfig, edm_scales
-from theorybench.training import CHUNK_STEPS, converged, draw_sigma, objective_loss, train
+from theorybench.training import (
+    CHUNK_STEPS,
+    converged,
+    draw_sigma,
+    objective_loss,
+    tail_drop,
+    train,
+)
 
 TINY = NetConfig(arch="bfcnn", channels=4, depth=3)
 
@@ -59,6 +67,9 @@ def test_losses_are_the_weighted_squared_errors():
     s = torch.tensor([0.1, 1.0, 2.0]).view(3, 1, 1, 1)
     assert torch.allclose(objective_loss(r, n, s, "paper"), ((r - n) ** 2).mean())
     assert torch.allclose(objective_loss(r, n, s, "kl"), (((r - n) / s) ** 2).mean())
+    weight = s**-2 + 0.25**-2  # balanced: the KL weight with a floor at σ_data = 0.25
+    assert torch.allclose(objective_loss(r, n, s, "balanced", sigma_data=0.25),
+                          ((r - n) ** 2 * weight).mean())
 
 
 def test_centred_network_is_homogeneous_about_the_mean_image(tmp_path):
@@ -85,12 +96,20 @@ def test_warm_start_begins_at_the_initial_network_and_keeps_its_mean():
     dist = GaussianField(size=8)
     base = train(dist, TINY, TrainConfig(mode="universal", center=True, steps=2 * CHUNK_STEPS,
                                          batch_size=8, lr=3e-3))
+    with torch.no_grad():  # far from the identity, so that a fresh start would differ
+        base.net.layers[-1].weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(4))
     cfg = TrainConfig(sigma=0.2, steps=CHUNK_STEPS, batch_size=8, lr=1e-3, warmup=0)
     tuned = train(dist, TINY, cfg, init=base)
     monitor = tuned.history["monitor"]
     start = mse_curve(base, dist, [0.2], n=cfg.monitor_images, seed=0)  # other images
     assert monitor["sigma"] == [0.2] and monitor["step"][0] == 0
     assert math.isclose(monitor["mse"][0][0], float(start.mse[0]), rel_tol=0.3)
+    # with a negligible learning rate the tuned network is the initial one, output for output
+    still = train(dist, TINY, dataclasses.replace(cfg, lr=1e-12), init=base)
+    y = dist.sample(4, 9) + 0.2 * torch.randn(4, 1, 8, 8, generator=torch.Generator())
+    torch.testing.assert_close(still(y, 0.2), base(y, 0.2), atol=1e-6, rtol=1e-6)
+    fresh = train(dist, TINY, dataclasses.replace(cfg, lr=1e-12))
+    assert not torch.allclose(fresh(y, 0.2), base(y, 0.2), atol=1e-2)
     assert torch.equal(tuned.center, base.center)
     assert tuned.meta["warm_start"] is True
     with pytest.raises(ValueError, match="same NetConfig"):
@@ -164,6 +183,13 @@ def test_convergence_flag():
     flat = {"step": [0, 50, 80, 90, 100], "sigma": [0.1], "mse": [[1.0, 0.5, 0.50, 0.49, 0.49]]}
     falling = {"step": [0, 50, 80, 90, 100], "sigma": [0.1], "mse": [[1.0, 0.5, 0.40, 0.35, 0.3]]}
     assert converged(flat) is True and converged(falling) is False
+    # from the last measurement at or before the tail's start (60), not the nearest (90)
+    late = {"step": [0, 30, 60, 90, 100], "sigma": [0.1], "mse": [[1, 0.6, 0.5, 0.46, 0.45]]}
+    assert tail_drop(late) == pytest.approx(0.1) and converged(late) is False
+    # the held-out error is the mean of MSE/σ² over the monitored σ: the small σ weighs in
+    two = {"step": [0, 80, 100], "sigma": [0.1, 1.0], "mse": [[1e-2, 1e-2, 0.9e-2],
+                                                             [0.5, 0.5, 0.5]]}
+    assert tail_drop(two) == pytest.approx(1 - (0.9 + 0.5) / (1.0 + 0.5))
     assert converged({"step": [], "sigma": [], "mse": []}) is None
     # measured more sparsely than the tail: compared with the one before the last
     assert converged({"step": [0, 1000, 2000], "sigma": [0.1], "mse": [[1, 0.5, 0.1]]}) is False

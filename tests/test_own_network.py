@@ -102,3 +102,15 @@ def test_curves_on_different_grids_are_refused():
     refs, _ = mmse_references(dist, [0.05, 0.1, 0.3], n=4)
     with pytest.raises(ValueError, match="grid"):
         kl_bound(curve, refs)
+
+
+def test_standard_error_of_the_identity_matches_its_closed_form():
+    # the identity's per-image error is σ² mean(z²) over d pixels, of variance 2σ⁴/d: the
+    # standard error of the mean over n images is σ² √(2/d) / √n
+    dist = datasets_synth.get("gaussian", size=8)
+    n, sigma = 400, 0.3
+    curve = mse_curve(lambda y, s: y, dist, [sigma], n=n, seed=1)
+    assert curve.mse[0] == pytest.approx(sigma**2, rel=0.03)
+    assert curve.se[0] == pytest.approx(sigma**2 * np.sqrt(2 / dist.d / n), rel=0.1)
+    errors = curve.attrs["errors"]
+    assert curve.se[0] == pytest.approx(errors.std(1, ddof=1)[0] / np.sqrt(n), rel=1e-12)

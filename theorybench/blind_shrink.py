@@ -14,12 +14,13 @@ wraps ``r`` in EDM's form with that estimate:
 
 so ``f(y) = μ̂ + a u − b r(u)``: for ``σ̂ ≤ θ`` (small noise) exactly the residual form
 ``f(y) = y − r(u)``, homogeneous about μ̂; above, the scalar Wiener shrinkage of a white
-signal of variance σ_d² at the excess noise level, plus a correction whose scale ``b ≈
-σ_d/σ̂`` keeps ``r``'s target of the data's size (EDM's ``c_skip = a``, ``c_out/σ =
-b``). ``σ_d²`` (the mean per-pixel variance of ``x − μ̂``) and ``θ`` (1.1 × the largest σ̂ of
-a clean image) are measured on clean training images by :meth:`BlindShrink.calibrate` and
-kept as buffers. The map is still blind (a function of y alone) but homogeneous about μ̂
-only where σ̂ ≤ θ; the Jacobian analysis reports the homogeneity error it has elsewhere.
+signal of variance σ_d² at the excess noise level, plus a correction ``b r(u)`` of the
+data's size: with ``b ≈ σ_d/σ̂``, ``r``'s target keeps the input's size σ, as in the
+residual form (EDM's ``c_skip = a``, ``c_out/σ = b``). ``σ_d²`` (the mean per-pixel
+variance of ``x − μ̂``) and ``θ`` (1.1 × the largest σ̂ of a clean image) are measured
+on clean training images by :meth:`BlindShrink.calibrate` and kept as buffers. The map
+is still blind (a function of y alone) but homogeneous about μ̂ only where σ̂ ≤ θ; the
+Jacobian analysis reports the homogeneity error it has elsewhere.
 
 Where it helps, measured (default preset's universal networks, 2000 steps, seed 0; MSE
 with the shrinkage over MSE without, at σ = 0.01, 0.1, 0.44, 0.94, 2): Gaussian field

@@ -35,7 +35,8 @@ class TrainConfig:
     sigma_data : float > 0   ``balanced``: the σ where the weight's floor takes over
                              (about the data's standard deviation); ``precondition``: σ_d.
     sigma : float > 0        per-sigma mode: the noise level (pixel units).
-    sigma_min : float > 0    universal ``kl`` objective: the smallest noise level.
+    sigma_min : float > 0    universal ``kl`` and ``balanced`` objectives: the smallest
+                             noise level (checked below ``sigma_max`` in every mode).
     sigma_max : float > 0    universal mode: the largest noise level (pixel units).
     center : bool            subtract the training data's mean image μ̂ before the network
                              and add it back after (f(y) = y − r(y − μ̂)).

@@ -93,8 +93,8 @@ def draw_sigma(cfg: TrainConfig, count: int, generator: torch.Generator,
                device) -> torch.Tensor:
     """Noise levels (count, 1, 1, 1) of one chunk of training images (pixel units).
 
-    per-sigma: ``cfg.sigma``; universal ``kl``: ``ln σ ~ U[ln σ_min, ln σ_max]``
-    (SCIENCE.md §4c); universal ``paper``: ``σ = σ_max u²``, ``u ~ U(0, 1)``.
+    per-sigma: ``cfg.sigma``; universal ``kl`` and ``balanced``: ``ln σ ~ U[ln σ_min,
+    ln σ_max]`` (SCIENCE.md §4c); universal ``paper``: ``σ = σ_max u²``, ``u ~ U(0, 1)``.
     """
     if cfg.mode == "per-sigma":
         return torch.full((count, 1, 1, 1), cfg.sigma, device=device)
@@ -236,15 +236,16 @@ def monitored_error(monitor: dict) -> np.ndarray:
 
 
 def tail_drop(monitor: dict, tail: float = CONVERGENCE_TAIL) -> float | None:
-    """Relative fall ``1 − e_last/e_start`` of :func:`monitored_error` over the last ``tail``
-    of the steps: from the measurement nearest the tail's start, never the last itself
-    (with measurements sparser than the tail, the one before it). None when fewer than two
-    measurements were taken."""
+    """Relative fall ``1 − e_last/e_start`` of :func:`monitored_error` over at least the
+    last ``tail`` of the steps: from the last measurement at or before the tail's start,
+    never the last itself (with measurements sparser than the tail, the one before it).
+    None when fewer than two measurements were taken."""
     steps = np.asarray(monitor.get("step", []), dtype=float)
     if len(steps) < 2:
         return None
     error = monitored_error(monitor)
-    start = min(int(np.argmin(np.abs(steps - steps[-1] * (1 - tail)))), len(steps) - 2)
+    before = np.flatnonzero(steps <= steps[-1] * (1 - tail) * (1 + 1e-12))
+    start = min(int(before[-1]) if len(before) else 0, len(steps) - 2)
     return float(1.0 - error[-1] / error[start])
 
 
