@@ -5,14 +5,15 @@
 2.7–3.3 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
 cell alone, the C^α references, peaks at 1.7 GB). Measured on an idle machine, an Intel
 Xeon with AMX, networks trained compiled with a bfloat16 forward, torch's compiler cache
-warm (a first run compiles each shape once, about 20 s each): 23 min 16 s for the
-committed report (2026-12-06, peak 3.15 GB; bare training step 21.9 ms just after, in
-``bench/bench_training.py``), 23 min 25 s for the same study at ``--seed 1``
-(``reports/seed-1/``, peak 2.91 GB); the same cells took 25 min 53 s and 26 min 18 s on a
-day that step took 24.8 ms; the code before the ellipses rendered circles with the disks
-renderer and the disks' quarter oracle shared its coarse grids took 30 min 54 s and
-31 min 16 s on a day that step took 26–30 ms. The machine's speed moves the same cells
-by up to 16 % from one run to the next (runs of the same code wrote byte-identical CSVs);
+warm (a first run compiles each shape once, about 20 s each): 27 min 32 s for the
+committed report (2026-12-06, peak 3.13 GB; bare training step 26.4 ms just after, in
+``bench/bench_training.py``), 27 min 05 s for the same study at ``--seed 1``
+(``reports/seed-1/``, peak 2.95 GB); the same cells took 23 min 16 s and 23 min 25 s on a
+day that step took 21.9 ms, and 25 min 53 s and 26 min 18 s on one it took 24.8 ms; the
+code before the ellipses rendered circles with the disks renderer and the disks' quarter
+oracle shared its coarse grids took 30 min 54 s and 31 min 16 s on a day that step took
+26–30 ms. The machine's speed moves the same cells by up to 18 % from one run to the next
+(runs of the same code wrote byte-identical CSVs);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
