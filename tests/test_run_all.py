@@ -56,7 +56,8 @@ def test_dimension_study_rows(smoke):
     table = pd.read_csv(out / "dimension.csv")
     assert table["k"].tolist() == [1, 3]
     assert (table["L/σ²"] <= table["U/σ²"] + 3 * table["U_se"]).all()
-    assert table[["network/σ²", "count>0.5", "trace", "angle max°"]].notna().all().all()
+    assert table[["network/σ²", "count>0.5", "trace", "angle max°", "optimum count>0.5",
+                  "optimum trace"]].notna().all().all()
     training = pd.read_csv(out / "training.csv")  # its networks: in the training table only
     assert set(training.study[training.entry.str.startswith("ellipses")]) == {"dimension"}
     assert (training.study == "dimension").sum() == 2
@@ -64,6 +65,7 @@ def test_dimension_study_rows(smoke):
     flags = {k: dim.converged[dim.entry.str.contains(f"k={k}[,)]")].item() for k in table.k}
     assert table["converged"].tolist() == [flags[k] for k in table.k]
     readme = (out / "README.md").read_text()
+    assert "the universal networks' MSE is" in readme  # the verdict from the table
     if not table["converged"].all():  # the section names the networks still improving
         assert "Still improving when training stopped (`converged` False" in readme
     _, _, meta = smoke

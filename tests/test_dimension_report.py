@@ -1,0 +1,54 @@
+"""The dimension study's rows and verdict from synthetic records (exact numbers)."""
+
+import pandas as pd
+
+from theorybench.experiments.dimension_study import STUDY, dimension_rows
+from theorybench.report.dimension import _network_verdict
+
+
+def _curve(kind, sigma, total_over_s2, d=256):
+    return {"kind": kind, "sigma": [sigma], "mse": [total_over_s2 * sigma**2 / d], "se": [0.0],
+            "d": d}
+
+
+def _jacobian(count, trace, angles):
+    return {"count_above": [count], "trace": [trace], "tangent_angles_deg": [angles]}
+
+
+def test_rows_scale_totals_by_sigma_squared_and_keep_the_optimum_apart():
+    spec = {"study": STUDY, "params": {"k": 2}}
+    records = [
+        {"spec": {**spec, "kind": "reference"},
+         "result": {"curves": {"posterior": _curve("upper", 0.01, 2.1),
+                               "oracle": _curve("lower", 0.01, 1.9)}}},
+        {"spec": {**spec, "kind": "network"},
+         "result": {"curve": _curve("network", 0.01, 20.0), "converged": False}},
+        {"spec": {**spec, "kind": "jacobian"},
+         "result": {"sigma": 0.0454,
+                    "denoisers": {"network": _jacobian(8, 13.0, [40.0, 50.0]),
+                                  "reference": _jacobian(2, 2.0, [3.0, 7.0])}}},
+        {"spec": {"study": "main", "kind": "network", "params": {"k": 2}}, "result": {}},
+    ]
+    (row,) = dimension_rows(records)
+    assert row["k"] == 2 and row["sigma"] == 0.01
+    assert abs(row["U/σ²"] - 2.1) < 1e-12 and abs(row["L/σ²"] - 1.9) < 1e-12
+    assert row["L kind"] == "lower" and abs(row["network/σ²"] - 20.0) < 1e-12
+    assert row["converged"] is False and row["sigma_jacobian"] == 0.0454
+    assert (row["count>0.5"], row["trace"], row["angle max°"], row["angle mean°"]) == \
+        (8, 13.0, 50.0, 45.0)
+    assert (row["optimum count>0.5"], row["optimum trace"], row["optimum angle max°"]) == \
+        (2, 2.0, 7.0)
+
+
+def test_verdict_follows_the_numbers():
+    base = {"k": [1, 2], "sigma": [0.01, 0.01], "U/σ²": [1.0, 2.0], "sigma_jacobian": 0.0454,
+            "optimum count>0.5": [1.0, 2.0]}
+    good = pd.DataFrame({**base, "network/σ²": [1.05, 2.1], "count>0.5": [1.0, 2.0]})
+    text = _network_verdict(good)
+    assert "within 15% of U for k = 1, 2" in text and "the same count for k = 1, 2" in text
+    assert "tested on a network for k = 1, 2" in text and "no network reaches" not in text
+    assert "at σ = 0.0454 their Jacobians" in text
+    poor = pd.DataFrame({**base, "network/σ²": [9.0, 20.0], "count>0.5": [3.0, 2.0]})
+    text = _network_verdict(poor)
+    assert "within 15% of U for k = none" in text and "the same count for k = 2" in text
+    assert "no network reaches the small-σ regime" in text
