@@ -182,6 +182,19 @@ def test_sure_se_formula_matches_monte_carlo():
     rec = {"eigenvalues": [lam.tolist()], "mse": [float(err.mean())],
            "sure_mse": [float(sure[0])]}
     assert sure_se(rec, sigma) == pytest.approx((sure - err).std(), rel=0.1)
+    # a non-symmetric J: its antisymmetric part adds σ²‖A‖² to the error, not to the bias
+    Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    S = Q @ np.diag(lam) @ Q.T
+    A = 0.3 * (lambda m: m - m.T)(rng.standard_normal((d, d)) / np.sqrt(d))
+    J = S + A
+    f = y @ J.T
+    sure = (((f - y) ** 2).sum(1) - d * sigma**2 + 2 * sigma**2 * np.trace(J)) / d
+    err = ((f - x) ** 2).sum(1) / d
+    asym = np.linalg.norm(J - J.T) / np.linalg.norm(J)
+    rec = {"eigenvalues": [lam.tolist()], "mse": [float(err.mean())],
+           "sure_mse": [float(sure[0])], "asymmetry": [float(asym)]}
+    assert asym > 0.3
+    assert sure_se(rec, sigma) == pytest.approx((sure - err).std(), rel=0.05)
     # f ≈ 0: the familiar σ²√(2/d)
     rec0 = {"eigenvalues": [[0.0] * d], "mse": [0.0], "sure_mse": [0.0]}
     assert sure_se(rec0, sigma) == pytest.approx(sigma**2 * math.sqrt(2 / d))
@@ -223,3 +236,15 @@ def test_sure_se_of_a_top_k_record_is_empirical_only():
     assert sure_se(rec, 0.1) == pytest.approx(diff.std(ddof=1) / math.sqrt(3))
     one = {"eigenvalues": [lam], "mse": [1.0], "sure_mse": [1.1]}
     assert math.isnan(sure_se(one, 0.1))
+
+
+def test_row_adds_the_trace_estimates_error_and_gives_homogeneity_for_networks_only():
+    entry = SimpleNamespace(label="disks")
+    rec = {**jacobian_record(4, [0.5] * 8, 0.01, 0.01), "trace_se": [0.3] * 4}
+    row = _row(entry, 0.1, "network", rec)  # the same trace on every image: only the
+    assert row["trace_se"] == pytest.approx(0.3 / 2)  # estimates' error, 0.3/√4
+    assert row["homogeneity_error"] == 0.0
+    full = _row(entry, 0.1, "network", {**rec, "trace_se": [0.0] * 4})
+    assert full["trace_se"] == 0.0  # exact traces, no spread
+    reference = _row(entry, 0.1, "reference: posterior (exact)", rec)
+    assert math.isnan(reference["homogeneity_error"])

@@ -46,8 +46,10 @@ def sure_se(rec: dict, sigma: float) -> float:
     Per image, linearizing f at y (Jacobian with symmetric-part eigenvalues λ), SURE minus
     the measured error ``‖f(y) − x‖²/d`` is ``(σ²(zᵀ(I − 2J)z − tr(I − 2J)) − 2σ⟨b, z⟩)/d``
     with b the bias ``(J − I)x + c``, so its variance over the noise is
-    ``(2σ⁴ Σ(1 − 2λ)² + 4σ² ‖b‖²)/d²``, ``‖b‖² ≈ max(0, d·mse − σ² Σλ²)`` (for f ≈ y,
-    where λ = 1 and b = 0, the SE is σ²√(2/d), the familiar value). The SE of the mean
+    ``(2σ⁴ Σ(1 − 2λ)² + 4σ² ‖b‖²)/d²``, ``‖b‖² ≈ max(0, d·mse − σ² ‖J‖_F²)`` with
+    ``‖J‖_F² = Σλ² / (1 − a²/4)``, ``a`` the record's ``asymmetry`` ‖J − Jᵀ‖/‖J‖ (the
+    antisymmetric part adds to the noise's error; Σλ² alone where none is stored); for
+    f ≈ y, where λ = 1 and b = 0, the SE is σ²√(2/d), the familiar value. The SE of the mean
     over n images is √Σvar/n; with n ≥ 2 the larger of that and the empirical SE of
     (SURE − measured error) is returned. A top-k record (eigenvalues past k stored as
     NaN) has no Σ(1 − 2λ)²: only the empirical SE is returned (NaN for one image).
@@ -62,7 +64,9 @@ def sure_se(rec: dict, sigma: float) -> float:
     if np.isnan(lam).any():  # top-k spectrum: the linearized variance is unknown
         return empirical
     s2 = float(sigma) ** 2
-    bias2 = np.maximum(0.0, d * mse - s2 * (lam**2).sum(1))
+    asym = np.asarray(rec.get("asymmetry", np.zeros(n)), dtype=float).reshape(-1)
+    frobenius2 = (lam**2).sum(1) / (1 - np.minimum(asym, 2 - 1e-12) ** 2 / 4)
+    bias2 = np.maximum(0.0, d * mse - s2 * frobenius2)
     var = (2 * s2**2 * ((1 - 2 * lam) ** 2).sum(1) + 4 * s2 * bias2) / d**2
     se = math.sqrt(var.sum()) / n
     return float(max(se, empirical) if n >= 2 else se)
@@ -115,6 +119,10 @@ def _row(entry: _Entry, sigma: float, label: str, rec: dict) -> dict:
     """One table row: means over the analysed images."""
     spectrum = np.asarray(rec["eigenvalues"], dtype=float).mean(0)
     trace, trace_se = _mean_se(rec["trace"])
+    hutchinson = np.asarray(rec.get("trace_se", []), dtype=float)
+    if (hutchinson > 0).any():  # top-k: each image's trace is an estimate, add its error
+        trace_se = math.sqrt(np.nan_to_num(trace_se) ** 2
+                             + float(np.mean(hutchinson**2)) / hutchinson.size)
     mse, mse_se = _mean_se(rec["mse"])
     sure, _ = _mean_se(rec["sure_mse"])
     se_sure = sure_se(rec, sigma)
@@ -123,7 +131,9 @@ def _row(entry: _Entry, sigma: float, label: str, rec: dict) -> dict:
            f"count>{SHRINKAGE_LEVEL:g}": float(np.mean(rec["count_above"])),
            "λ1–5": _span(spectrum, 0, 5), "λ6–10": _span(spectrum, 5, 10),
            "asymmetry": float(np.mean(rec["asymmetry"])),
-           "homogeneity_error": float(np.mean(rec["homogeneity_error"])),
+           # of the networks' homogeneity about μ̂: a reference need not be homogeneous
+           "homogeneity_error": (math.nan if label.startswith("reference")
+                                 else float(np.mean(rec["homogeneity_error"]))),
            "mse": mse, "mse_se": mse_se, "sure_mse": sure, "sure_se": se_sure,
            "sure_shown": bool(se_sure < SURE_MAX_REL_SE * mse)}  # False when se is NaN
     if "tangent_angles_deg" in rec:
@@ -270,9 +280,9 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
              "f(y) = J y, for a bias-free network, and f(y) − μ̂ = J (y − μ̂) for one centred "
              "on its mean image μ̂; not where the blind shrinkage acts, whose factor depends "
              "on y: `homogeneity_error` in jacobian.csv, ‖J (y − μ̂) − (f(y) − μ̂)‖ / "
-             "‖f(y) − μ̂‖, is of order 1 there); the eigenvectors of its symmetric part are "
-             "the adaptive basis, the eigenvalues the shrinkage, tr J the effective dimension "
-             "(SCIENCE.md §6). SURE estimates the MSE from y alone: "
+             "‖f(y) − μ̂‖, is of order 1 there; given for the networks only); the eigenvectors "
+             "of its symmetric part are the adaptive basis, the eigenvalues the shrinkage, "
+             "tr J the effective dimension (SCIENCE.md §6). SURE estimates the MSE from y alone: "
              "(‖f(y) − y‖² − dσ² + 2σ² tr J)/d, shown ± the SE of SURE − measured error "
              "only where that SE (over the noise, from the linearized f; over images too "
              "when there are several) is "
@@ -313,17 +323,24 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
         dist = datasets_synth.get(entry.name, **recs[0]["spec"]["params"])
         p, k = dist.published_jacobian, dist.intrinsic_dim
         if p and k:
-            lines += [f"Published ({p['source']}, σ = {p['sigma']}): λ1–{k} = "
+            here = frame["sigma"].unique()
+            nearest = here[np.argmin(np.abs(np.log(here / p["sigma"])))]
+            lines += [f"Published ({p['source']}, σ = {p['sigma']}; the nearest σ analysed "
+                      f"here: {nearest:.3g}): λ1–{k} = "
                       f"{p['first'][0]}–{p['first'][1]}, λ{k + 1}–{2 * k} = {p['next'][0]}–"
                       f"{p['next'][1]}; the optimum keeps {k} eigenvalues near 1 (the tangent "
                       "space).", ""]
         if "tangent_max_angle_deg" in frame:
             lines += ["Angles: principal angles between the top-k eigenvectors and the true "
-                      "k-dimensional tangent space ∂x/∂θ, max over the k, mean over images.", ""]
+                      "k-dimensional tangent space ∂x/∂θ: `tangent_max_angle_deg` the largest "
+                      "of the k, `tangent_mean_angle_deg` their mean, both means over images.",
+                      ""]
         if "contour_top_k" in frame:
+            band = recs[0]["spec"]["band"]
             lines += ["Contour concentration: fraction of the energy of each top eigenvector "
-                      "within 2 pixels of the true contour (mean over the top eigenvectors and "
-                      "images), against the fraction of pixels there (chance).", ""]
+                      f"within {band:g} pixels of the true contour (mean over the top "
+                      "eigenvectors and images), against the fraction of pixels there "
+                      "(chance).", ""]
     if all_rows:
         write_csv(pd.DataFrame(all_rows), out_dir / "jacobian.csv")
         lines += ["Jacobian table as CSV: `jacobian.csv`.", ""]
