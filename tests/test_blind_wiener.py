@@ -89,8 +89,9 @@ def test_its_weighted_mse_is_the_least_among_blind_denoisers(field):
 
 
 def test_price_of_blindness_is_small_but_positive_on_the_study_field():
-    """At 32×32 the blind optimum is within 2 % of the MMSE at every σ of the default grid
-    and above it at σ = 0.01 (5 SE), where it is even above the identity."""
+    """At 32×32 the blind optimum is within 3 % of the MMSE at σ = 0.01, 0.1 and 1 (measured:
+    2.0 %, 0.2 %, 0.0 %) and above it at σ = 0.01 (5 SE), where it is even above the
+    identity."""
     dist = datasets_synth.get("gaussian", size=32)
     wiener = WienerFilter(dist.eigenvalues, dist.mean)
     sigmas = [0.01, 0.1, 1.0]
