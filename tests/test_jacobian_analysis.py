@@ -169,6 +169,8 @@ def test_build_jacobian_cells_and_sigmas():
     grid = (0.01, 0.0194, 0.0376, 0.0729, 0.141, 0.274, 0.532, 1.03, 2.0)
     assert jacobian_sigmas(grid) == [0.0376, 0.141, 0.532]
     assert jacobian_sigmas(SMOKE.sigmas) == [0.07368, 0.2714]
+    # nearest in log σ: 0.0501 (ln ratio 0.225), where the linear nearest is 0.0316
+    assert jacobian_sigmas((0.0316, 0.0501), targets=(0.04,)) == [0.0501]
     nets = [c for c in build_cells(SMOKE, [("gaussian", {"size": 16})], 0)
             if c["kind"] == "network"]
     cells = build_jacobian_cells(nets, [0.07368, 0.2714], n_images=2, seed=0)
