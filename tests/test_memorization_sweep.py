@@ -269,6 +269,11 @@ def test_section_writes_table_figures_and_csv(sweep, tmp_path):
     # a baseline per N, and the headline fraction is defined at N = 1
     assert (table["mem held"] == 0.0).all() and table["cos_c held"].notna().all()
     assert table["mem S1"].notna().all() and math.isnan(table["memr S1"].iloc[0])
+    # Wilson intervals: not a point at a fraction of 0 or 1 (the empirical denoiser's 1)
+    k = records[0]["spec"]["n_samples"]
+    assert (table["mem emp lo"] < 1).all() and (table["mem emp hi"] == 1.0).all()
+    assert table["mem emp lo"].iloc[0] == pytest.approx(k / (k + 1.96**2), rel=1e-3)
+    assert "Wilson 95% intervals" in text
     for name in ("mem-disks-vs-n.png", "mem-disks-hist.png", "mem-disks-n1.png",
                  "mem-disks-n4.png", "memorization_mse.csv", "mem-disks-trace.png"):
         assert (tmp_path / name).stat().st_size > 0
