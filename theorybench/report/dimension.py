@@ -73,15 +73,20 @@ def _networks(records: list[dict]) -> str:
             f"{t['sigma_min']:g} to {t['sigma_max']:g}{training_steps_text(t)}.")
 
 
+def _ks(flags: pd.Series, frame: pd.DataFrame) -> str:
+    """The k of the rows where ``flags`` holds, listed ("none" when there are none)."""
+    return ", ".join(str(k) for k in frame["k"][flags]) or "none"
+
+
 def _unconverged(frame: pd.DataFrame) -> str:
     """Which networks were still improving when their training stopped ("" when none)."""
     if "converged" not in frame:
         return ""
-    bad = frame["k"][frame["converged"] == False]  # noqa: E712 (None: not monitored)
-    if bad.empty:
+    bad = frame["converged"] == False  # noqa: E712 (None: not monitored)
+    if not bad.any():
         return ""
     return (f" Still improving when training stopped (`converged` False, section Training): "
-            f"k = {', '.join(str(k) for k in bad)}.")
+            f"k = {_ks(bad, frame)}.")
 
 
 def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
@@ -114,17 +119,12 @@ def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
     ]
     if "U/σ²" in frame:
         near = (frame["U/σ²"] - frame["k"]).abs() <= WITHIN * frame["k"]
-        lines += [f"Posterior U/σ² within {WITHIN:.0%} of k for k = "
-                  f"{', '.join(str(k) for k in frame['k'][near]) or 'none'}"
-                  + (f"; outside for k = {', '.join(str(k) for k in frame['k'][~near])}"
-                     if (~near).any() else "") + ".", ""]
+        lines += [f"Posterior U/σ² within {WITHIN:.0%} of k for k = {_ks(near, frame)}"
+                  + (f"; outside for k = {_ks(~near, frame)}" if (~near).any() else "")
+                  + ".", ""]
     if "network/σ²" in frame and "count>0.5" in frame:
         lines += [_network_verdict(frame) + _unconverged(frame), ""]
     return lines
-
-
-def _ks(flags: pd.Series, frame: pd.DataFrame) -> str:
-    return ", ".join(str(k) for k in frame["k"][flags]) or "none"
 
 
 def _network_verdict(frame: pd.DataFrame) -> str:
