@@ -20,11 +20,14 @@ k     free coordinates               held fixed
 
 with ``r₀ = (r_min + r_max)/2``. Priors: the centre uniform on ``[r_max, size − r_max]²``
 (every shape lies inside the image), ``r``, ``a``, ``b`` uniform on ``[r_min, r_max]``,
-``θ`` uniform on ``[0, π/4]`` (an ellipse is also ``(b, a, θ + π/2)``: on a quarter
-turn no two parameters give the same ellipse, so no posterior mass is split across
-identified edges of the box; only circles, a = b, leave θ free), free intensities
-``N(μ, τ²)`` (defaults μ_f = 0.75, μ_b = 0.25, τ = 0.1: a contrast of about 0.5 also
-where the intensities are fixed).
+``θ`` uniform on ``[0, π/4]``, free intensities ``N(μ, τ²)`` (defaults μ_f = 0.75,
+μ_b = 0.25, τ = 0.1: a contrast of about 0.5 also where the intensities are fixed).
+An ellipse is also ``(b, a, θ + π/2)`` and ``(a, b, θ + π)``, so θ on ``[0, π/2)`` would
+give every ellipse once, but its edges are identified (``θ → π/2`` with ``a, b`` swapped
+is ``θ = 0``) and posterior mass near them would split across the box. On ``[0, π/4]``
+no two parameters give the same ellipse and no edges meet; the price is half the
+orientations: the major axis lies within ``[0, π/4] ∪ [π/2, 3π/4]`` (mod π). Only
+circles, a = b, leave θ free.
 
 Coverage: the analytic antialiasing of ``disks`` (``manifolds`` module doc) with the
 ellipse's signed distance to first order. In the frame of the axes, ``u, v`` the pixel

@@ -11,7 +11,6 @@ from theorybench.memorization import (
     COPY_COSINE,
     COPY_THRESHOLD,
     ON_MANIFOLD_FACTOR,
-    bootstrap_fraction,
     cosine,
     manifold_fit,
     memorization_measures,
@@ -126,18 +125,7 @@ def test_float64_resolves_tiny_distances():
     assert frame.loc[0, "d1"] == pytest.approx(1e-6, rel=1e-3)
 
 
-def test_memorized_fraction_and_bootstrap():
-    flags = np.array([True] * 6 + [False] * 14)
-    p, low, high = bootstrap_fraction(flags, seed=0)
-    assert p == pytest.approx(0.3) and low <= p <= high
-    assert bootstrap_fraction(flags, seed=0) == (p, low, high)  # seeded
-    big = np.tile(flags, 100)  # same fraction, n = 2000
-    p2, low2, high2 = bootstrap_fraction(big, seed=0)
-    assert p2 == pytest.approx(0.3) and low2 <= p2 <= high2
-    assert (high2 - low2) < 0.35 * (high - low)  # width ∝ 1/√n: √(20/2000) = 0.1
-    # matches the normal approximation ±1.96 √(p(1−p)/n) at large n
-    half = 1.959964 * math.sqrt(0.3 * 0.7 / 2000)
-    assert (high2 - low2) / 2 == pytest.approx(half, rel=0.1)
+def test_wilson_interval():
     lo_w, hi_w = wilson_interval(6, 20)
     assert lo_w < 0.3 < hi_w and wilson_interval(0, 20)[1] > 0.1  # not degenerate at 0
 
@@ -147,18 +135,17 @@ def test_summarize():
     samples = vecs([[1, 0.01, 0], [0.5, 0.5, 0], [0, 0, 0.99], [0.4, 0.3, 0.3]])
     other = vecs([[1, 0.01, 0], [0, 1, 0], [0, 0, 0.99], [0.4, 0.3, 0.3]])  # 2nd differs
     frame = memorization_measures(samples, train, other_samples=other)
-    out = summarize(frame, seed=3)
+    out = summarize(frame)
     assert out["n"] == 4 and out["memorized_ratio_fraction"] == pytest.approx(0.5)
     p = float(frame["memorized"].mean())
     assert out["memorized_fraction"] == pytest.approx(p)
-    low, high = out["memorized_ci"]
-    assert low <= p <= high
+    assert out["memorized_ci_wilson"] == wilson_interval(round(4 * p), 4)
     assert out["median_copy_cos"] == pytest.approx(float(np.median(frame["copy_cos"])))
     cross = frame["cross_copy_cos"].to_numpy()  # paired row by row: 1 but at the 2nd
     assert np.allclose(cross[[0, 2, 3]], 1.0) and cross[1] < 0.99
     assert out["median_cross_copy_cos"] == pytest.approx(1.0)
     assert out["copy_threshold"] == COPY_THRESHOLD
-    strict = summarize(memorization_measures(samples, train, threshold=0.005), seed=3)
+    strict = summarize(memorization_measures(samples, train, threshold=0.005))
     assert strict["copy_threshold"] == 0.005 and strict["memorized_fraction"] < p
     assert out["median_cross_cos"] == pytest.approx(1.0)
     assert frame["cross_cos"][1] == pytest.approx(0.5 / math.sqrt(0.5))  # ⟨(.5,.5,0),(0,1,0)⟩

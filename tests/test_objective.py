@@ -98,7 +98,8 @@ def test_warm_start_begins_at_the_initial_network_and_keeps_its_mean():
                                          batch_size=8, lr=3e-3))
     with torch.no_grad():  # far from the identity, so that a fresh start would differ
         base.net.layers[-1].weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(4))
-    cfg = TrainConfig(sigma=0.2, steps=CHUNK_STEPS, batch_size=8, lr=1e-3, warmup=0)
+    cfg = TrainConfig(sigma=0.2, center=True, steps=CHUNK_STEPS, batch_size=8, lr=1e-3,
+                      warmup=0)
     tuned = train(dist, TINY, cfg, init=base)
     monitor = tuned.history["monitor"]
     start = mse_curve(base, dist, [0.2], n=cfg.monitor_images, seed=0)  # other images
@@ -114,6 +115,8 @@ def test_warm_start_begins_at_the_initial_network_and_keeps_its_mean():
     assert tuned.meta["warm_start"] is True
     with pytest.raises(ValueError, match="same NetConfig"):
         train(dist, NetConfig(arch="bfcnn", channels=5, depth=3), cfg, init=base)
+    with pytest.raises(ValueError, match="init has a mean image but train_cfg.center is False"):
+        train(dist, TINY, dataclasses.replace(cfg, center=False), init=base)
 
 
 def test_preconditioned_network_starts_at_the_scalar_wiener_shrinkage(tmp_path):
@@ -128,8 +131,8 @@ def test_preconditioned_network_starts_at_the_scalar_wiener_shrinkage(tmp_path):
     c_skip, c_out = edm_scales(sigma, 0.2)
     assert math.isclose(c_skip, v / (v + sigma**2)) and \
         math.isclose(c_out**-2, sigma**-2 + v**-1)  # the balanced objective's weight
-    cfg = TrainConfig(sigma=sigma, precondition="edm", sigma_data=0.2, steps=CHUNK_STEPS,
-                      batch_size=8, lr=1e-3, warmup=0, monitor_images=2000)
+    cfg = TrainConfig(sigma=sigma, precondition="edm", sigma_data=0.2, center=True,
+                      steps=CHUNK_STEPS, batch_size=8, lr=1e-3, warmup=0, monitor_images=2000)
     tuned = train(dist, TINY, cfg, init=base)
     assert (tuned.c_skip, tuned.c_out) == (c_skip, c_out)
     start = tuned.history["monitor"]["mse"][0][0]
@@ -170,7 +173,7 @@ def test_auto_precondition_keeps_the_better_start(sigma, sigma_data, chosen):
     if chosen:
         with torch.no_grad():
             base.net.layers[-1].weight.normal_(generator=torch.Generator().manual_seed(2))
-    cfg = TrainConfig(sigma=sigma, precondition="auto", sigma_data=sigma_data,
+    cfg = TrainConfig(sigma=sigma, precondition="auto", sigma_data=sigma_data, center=True,
                       steps=CHUNK_STEPS, batch_size=8, lr=1e-3, warmup=0)
     tuned = train(dist, TINY, cfg, init=base)
     assert (tuned.c_skip, tuned.c_out) == (edm_scales(sigma, sigma_data) if chosen else (1, 1))

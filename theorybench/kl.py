@@ -198,11 +198,11 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     if np.any(bad):
         raise ValueError(f"kl_bound: the lower curve exceeds the upper curve by more than 3 "
                          f"standard errors at σ = {sig[bad][0]:.4g} (swapped 'lower'/'upper'?)")
-    if start_kl is not None:
+    exact = start_kl is not None
+    if exact:
         closing = check_float("start_kl", start_kl, low=0.0)
     else:
         closing = math.nan if data_variance is None else closing_term(data_variance, sig[-1])
-    exact = start_kl is not None
     closing_se = 0.0
     if not exact and data_variance is not None and data_variance_se is not None:
         closing_se = closing_term(data_variance_se, sig[-1])  # linear in data_variance

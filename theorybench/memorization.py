@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tbcore.validation import check_float, check_int, check_seed
+from tbcore.validation import check_float, check_int
 
 MEMORIZED_RATIO = 1.0 / 3.0  # d1/d2 below this: memorized (Yoon et al. 2023; Gu et al. 2023)
 # copy criterion: distance between centred unit directions below this, i.e. centred cosine
@@ -307,28 +307,6 @@ def on_manifold(residuals: np.ndarray, shapes: np.ndarray, sigma: float) -> np.n
     return (residuals <= tolerance) & (shapes > tolerance)
 
 
-def bootstrap_fraction(flags, seed: int = 0, n_boot: int = 10_000,
-                       level: float = 0.95) -> tuple[float, float, float]:
-    """Fraction of true flags and its percentile-bootstrap interval.
-
-    Resampling n Bernoulli flags with replacement gives a count ``~ Binomial(n, p̂)``, so the
-    bootstrap is drawn exactly as ``Binomial(n, p̂)/n`` (seeded numpy generator). With
-    p̂ = 0 or 1 the bootstrap interval collapses to a point; see :func:`wilson_interval`.
-    Returns ``(p̂, low, high)``.
-    """
-    flags = np.asarray(flags, dtype=bool).ravel()
-    if flags.size == 0:
-        raise ValueError("flags must hold at least one value")
-    seed = check_seed(seed)
-    n_boot = check_int("n_boot", n_boot, low=100)
-    level = check_float("level", level, low=0.0, high=1.0, low_open=True)
-    n, p = flags.size, float(flags.mean())
-    draws = np.random.default_rng(seed).binomial(n, p, size=n_boot) / n
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return p, float(low), float(high)
-
-
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (non-degenerate at 0 and n):
     ``scipy.stats.binomtest(successes, n).proportion_ci(level, method="wilson")``."""
@@ -341,15 +319,14 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     return float(ci.low), float(ci.high)
 
 
-def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,
-              level: float = 0.95) -> dict:
+def summarize(frame: pd.DataFrame, level: float = 0.95) -> dict:
     """Summary of :func:`memorization_measures`' frame.
 
     Returns a dict: ``n``, ``memorized_fraction`` (the copy criterion, column
-    ``memorized``) with its bootstrap interval ``memorized_ci`` (low, high) and Wilson
-    interval ``memorized_ci_wilson``; ``memorized_ratio_fraction`` (d1/d2 < 1/3; None when
-    the ratio is undefined, N = 1) when the frame has ``memorized_ratio``; the medians
-    ``median_copy_cos``, ``median_copy_distance``, ``median_ratio`` (None at N = 1),
+    ``memorized``) with its Wilson interval ``memorized_ci_wilson`` (low, high; a
+    bootstrap's collapses to a point at 0 and 1); ``memorized_ratio_fraction`` (d1/d2 <
+    1/3; None when the ratio is undefined, N = 1) when the frame has ``memorized_ratio``;
+    the medians ``median_copy_cos``, ``median_copy_distance``, ``median_ratio`` (None at N = 1),
     ``median_cos_nn``, ``median_cos_nn_centered``, ``median_max_cos``,
     ``median_max_cos_centered`` (and ``median_cross_cos``, ``median_cross_cos_centered``,
     ``median_cross_copy_cos`` when the frame has the cross columns); ``copy_threshold``
@@ -359,8 +336,7 @@ def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,
     if not isinstance(frame, pd.DataFrame) or "memorized" not in frame or len(frame) == 0:
         raise ValueError("frame must be a non-empty DataFrame from memorization_measures")
     flags = frame["memorized"].to_numpy(dtype=bool)
-    p, low, high = bootstrap_fraction(flags, seed=seed, n_boot=n_boot, level=level)
-    out = {"n": len(frame), "memorized_fraction": p, "memorized_ci": (low, high),
+    out = {"n": len(frame), "memorized_fraction": float(flags.mean()),
            "memorized_ci_wilson": wilson_interval(int(flags.sum()), len(flags), level),
            "copy_threshold": frame.attrs.get("copy_threshold", COPY_THRESHOLD)}
     ratio_defined = "ratio" in frame and bool(np.isfinite(frame["ratio"].to_numpy()).all())
@@ -377,7 +353,7 @@ def summarize(frame: pd.DataFrame, seed: int = 0, n_boot: int = 10_000,
 
 
 __all__ = ["COPY_COSINE", "COPY_THRESHOLD", "MEMORIZED_RATIO", "ON_MANIFOLD_FACTOR",
-           "bootstrap_fraction", "copy_directions", "cosine", "manifold_fit",
+           "copy_directions", "cosine", "manifold_fit",
            "manifold_tolerance", "memorization_measures", "nearest_copy",
            "nearest_neighbours", "on_manifold", "reference_direction", "summarize",
            "wilson_interval"]

@@ -350,7 +350,8 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     progress : bool         show a tqdm bar.
     init : NetworkDenoiser or None   start from its weights (and its mean image) instead of
         a fresh initialization (preconditioned: with its output layer zeroed); its
-        NetConfig must equal ``net_cfg`` and it must be in the residual form.
+        NetConfig must equal ``net_cfg``, it must be in the residual form, and it has a
+        mean image exactly when ``train_cfg.center``.
 
     Returns
     -------
@@ -369,6 +370,10 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     if init is not None and (init.c_skip, init.c_out) != (1.0, 1.0):
         raise ValueError("init must be in the residual form f(y) = y − r(y − μ̂) (c_skip = "
                          "c_out = 1); a preconditioned network's scalings belong to its own σ")
+    if init is not None and (init.center is not None) != train_cfg.center:
+        raise ValueError(f"init {'has' if init.center is not None else 'lacks'} a mean image "
+                         f"but train_cfg.center is {train_cfg.center}: a warm start keeps "
+                         f"init's centring")
     device = resolve_device(device)
     if train_cfg.compile:
         check_compile_support(device)

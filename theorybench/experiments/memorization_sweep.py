@@ -14,8 +14,8 @@ For each distribution and training-set size N, a ``memorization`` cell
 4. measures each sample against its generator's training set: the copy criterion
    (``memorization.COPY_THRESHOLD``: centred cosine above 0.98 to the nearest training
    image, centred on the mean of the cell's unit-normalized held-out images; defined at
-   every N, N = 1 included) gives the memorized fraction with a bootstrap and a Wilson
-   interval (the report shows Wilson's, not degenerate at 0 and 1); also the
+   every N, N = 1 included) gives the memorized fraction with its Wilson
+   interval (not degenerate at 0 and 1, as a bootstrap's is); also the
    nearest-training cosines, plain and mean-subtracted, and d1/d2 (N >= 2); the two
    networks' samples against each other (cross cosine), and the S1 network's train and
    test MSE per σ (the generalization gap);
@@ -535,11 +535,11 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             if manifold is not None:
                 frame["manifold_residual"], frame["manifold_shape"] = manifold[1:]
             frames[role] = frame
-            summary = summarize(frame, seed=seed)
+            summary = summarize(frame)
             if manifold is not None:
                 summary.update(manifold[0])
             if n >= 2:  # the unit-norm d1/d2 needs a second training image
-                unit = summarize(frame.assign(memorized=frame["memorized_unit"]), seed=seed)
+                unit = summarize(frame.assign(memorized=frame["memorized_unit"]))
                 summary["memorized_unit_fraction"] = unit["memorized_fraction"]
                 summary["memorized_unit_ci"] = unit["memorized_ci_wilson"]
                 summary["median_ratio_unit"] = float(frame["ratio_unit"].median())
@@ -551,7 +551,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         if held is not None:  # the data's own novelty: real held-out images against S1
             frame = memorization_measures(held, s1, reference=reference)
             result["baseline"] = {
-                "summary": _json_summary(summarize(frame, seed=seed)),
+                "summary": _json_summary(summarize(frame)),
                 "per_sample": {c: frame[c].tolist() for c in BASELINE_PER_SAMPLE}}
             # the family's own images, clean and seen at the sampler's last noise level
             gen = block_generator(derived_seed(seed, STREAM_HELD_NOISE), 0, STREAM_HELD_NOISE)
