@@ -1,18 +1,20 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 23–29 minutes, with a peak of
+``default`` gives meaningful numbers on a 2-core CPU in 24–34 minutes, with a peak of
 2.7–3.3 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
 cell alone, the C^α references, peaks at 1.7 GB). Measured on an idle machine, an Intel
 Xeon with AMX, networks trained compiled with a bfloat16 forward, torch's compiler cache
-warm (a first run compiles each shape once, about 20 s each): 27 min 32 s for the
-committed report (2026-12-06, peak 3.13 GB; bare training step 26.4 ms just after, in
-``bench/bench_training.py``), 27 min 05 s for the same study at ``--seed 1``
-(``reports/seed-1/``, peak 2.95 GB); the same cells took 23 min 16 s and 23 min 25 s on a
-day that step took 21.9 ms, and 25 min 53 s and 26 min 18 s on one it took 24.8 ms; the
+warm (a first run compiles each shape once, about 20 s each): 33 min 50 s for the
+committed report (2026-12-06, peak 3.15 GB; bare training step 29.4 ms just after, in
+``bench/bench_training.py``), 31 min 37 s for the same study at ``--seed 1``
+(``reports/seed-1/``, peak 3.03 GB); before the quadrature oracles' fix of that day (about
+a minute more of reference time) the same cells took 27 min 32 s and 27 min 05 s on a day
+that step took 26.4 ms, 23 min 16 s and 23 min 25 s on one it took 21.9 ms, and 25 min 53 s
+and 26 min 18 s on one it took 24.8 ms; the
 code before the ellipses rendered circles with the disks renderer and the disks' quarter
 oracle shared its coarse grids took 30 min 54 s and 31 min 16 s on a day that step took
-26–30 ms. The machine's speed moves the same cells by up to 18 % from one run to the next
+26–30 ms. The machine's speed moves the same cells by up to a third from one day to another
 (runs of the same code wrote byte-identical CSVs);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
