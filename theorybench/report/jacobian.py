@@ -20,7 +20,7 @@ import pandas as pd
 
 import datasets_synth
 
-from ..experiments.jacobian_analysis import KIND, PAIR_KIND, SHRINKAGE_LEVEL
+from ..experiments.jacobian_analysis import KIND, PAIR_KIND, SHRINKAGE_LEVEL, jacobian_sigmas
 from ..experiments.keys import entry_label
 from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from .common import markdown_table, slug, write_csv
@@ -323,8 +323,8 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
         dist = datasets_synth.get(entry.name, **recs[0]["spec"]["params"])
         p, k = dist.published_jacobian, dist.intrinsic_dim
         if p and k:
-            here = frame["sigma"].unique()
-            nearest = here[np.argmin(np.abs(np.log(here / p["sigma"])))]
+            # the analysis's own rule: the σ analysed nearest in log σ
+            nearest = jacobian_sigmas(frame["sigma"].unique(), targets=(p["sigma"],))[0]
             lines += [f"Published ({p['source']}, σ = {p['sigma']}; the nearest σ analysed "
                       f"here: {nearest:.3g}): λ1–{k} = "
                       f"{p['first'][0]}–{p['first'][1]}, λ{k + 1}–{2 * k} = {p['next'][0]}–"

@@ -104,7 +104,7 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
         s = res.get("summary", {}).get(role) or {}
         new = "median_copy_cos" in s  # the copy criterion (defined at every N)
         row[f"mem {name}"] = s["memorized_fraction"] if new else math.nan
-        # Wilson's interval: the bootstrap's collapses to a point at 0 and 1
+        # Wilson's interval (not degenerate at 0 and 1)
         row[f"mem {name} lo"] = s["memorized_ci_wilson"][0] if new else math.nan
         row[f"mem {name} hi"] = s["memorized_ci_wilson"][1] if new else math.nan
         row[f"memr {name}"] = _num(s.get("memorized_ratio_fraction") if new
