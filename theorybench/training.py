@@ -56,6 +56,7 @@ float32.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import warnings
 from collections.abc import Iterator
@@ -279,6 +280,21 @@ def check_compile_support(device: torch.device) -> None:
                          f"PATH); install one {eagerly}") from exc
 
 
+def _check_init(init, net_cfg: NetConfig, train_cfg: TrainConfig) -> None:
+    """A warm start's network must match ``net_cfg`` and ``train_cfg``: its weights are
+    loaded as they are, in the residual form, with its own centring."""
+    if not isinstance(init, NetworkDenoiser) or init.net_config != net_cfg:
+        raise ValueError("init must be a NetworkDenoiser with the same NetConfig as net_cfg")
+    if (init.c_skip, init.c_out) != (1.0, 1.0):
+        raise ValueError("init must be in the residual form f(y) = y − r(y − μ̂) (c_skip = "
+                         "c_out = 1); a preconditioned network's scalings belong to its own σ")
+    if (init.center is not None) != train_cfg.center:
+        raise ValueError(f"init {'has' if init.center is not None else 'lacks'} a mean image "
+                         f"but train_cfg.center is {train_cfg.center}: a warm start keeps "
+                         f"init's centring")
+
+
+@functools.cache
 def has_bf16_units(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether ``device`` computes in bfloat16 natively: a CUDA device that does without
     emulation, a CPU whose flags (the ``flags`` or ``Features`` lines of ``cpuinfo``) name
@@ -364,16 +380,8 @@ def train(dist, net_cfg: NetConfig, train_cfg: TrainConfig,
     """
     if not isinstance(net_cfg, NetConfig) or not isinstance(train_cfg, TrainConfig):
         raise ValueError("train needs a NetConfig and a TrainConfig")
-    if init is not None and (not isinstance(init, NetworkDenoiser) or
-                             init.net_config != net_cfg):
-        raise ValueError("init must be a NetworkDenoiser with the same NetConfig as net_cfg")
-    if init is not None and (init.c_skip, init.c_out) != (1.0, 1.0):
-        raise ValueError("init must be in the residual form f(y) = y − r(y − μ̂) (c_skip = "
-                         "c_out = 1); a preconditioned network's scalings belong to its own σ")
-    if init is not None and (init.center is not None) != train_cfg.center:
-        raise ValueError(f"init {'has' if init.center is not None else 'lacks'} a mean image "
-                         f"but train_cfg.center is {train_cfg.center}: a warm start keeps "
-                         f"init's centring")
+    if init is not None:
+        _check_init(init, net_cfg, train_cfg)
     device = resolve_device(device)
     if train_cfg.compile:
         check_compile_support(device)

@@ -520,17 +520,15 @@ class PartialShapeOracle(ReferenceDenoiser):
                               if dims > 1 else core.sum(1) for a in range(dims)], 1)
         return ((last - first + 1) >= self.resolved).all(1) & (counts >= self.core_nodes).all(1)
 
-    def _window(self, axes, loglik, low=None, high=None, level=None, tail=None):
-        """Nodes within ``level`` (default ``threshold``) of the maximum, less the lightest
-        that hold together ≤ ``tail`` (default TAIL_MASS) of the mass: first / last index
-        per axis (n, D), and the window one node wider on each
-        side, lo / hi (n, D) in pixel units; where the retained nodes reach the grid's
-        first / last node the window reaches ``low`` / ``high`` (n, D) (default: that
-        node)."""
+    def _window(self, axes, loglik, low=None, high=None, tail=None):
+        """Nodes within ``threshold`` of the maximum, less the lightest that hold together
+        ≤ ``tail`` (default TAIL_MASS) of the mass: first / last index per axis (n, D), and
+        the window one node wider on each side, lo / hi (n, D) in pixel units; where the
+        retained nodes reach the grid's first / last node the window reaches ``low`` /
+        ``high`` (n, D) (default: that node)."""
         n, dims, r = axes.shape
-        level = self.threshold if level is None else level
         tail = TAIL_MASS if tail is None else tail
-        kept = loglik >= loglik.amax(1, keepdim=True) - level
+        kept = loglik >= loglik.amax(1, keepdim=True) - self.threshold
         if tail > 0:
             w, order = torch.softmax(loglik, 1).sort(1)
             kept = kept.scatter(1, order, kept.gather(1, order) & (w.cumsum(1) > tail))

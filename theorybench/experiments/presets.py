@@ -1,21 +1,11 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 24–34 minutes, with a peak of
-2.7–3.3 GB (summed RSS of the driver and its two workers, sampled every 3 s; the largest
-cell alone, the C^α references, peaks at 1.7 GB). Measured on an idle machine, an Intel
-Xeon with AMX, networks trained compiled with a bfloat16 forward, torch's compiler cache
-warm (a first run compiles each shape once, about 20 s each): 33 min 50 s for the
-committed report (2026-12-06, peak 3.15 GB; bare training step 29.4 ms just after, in
-``bench/bench_training.py``), 31 min 37 s for the same study at ``--seed 1``
-(``reports/seed-1/``, peak 3.03 GB); before the quadrature oracles' fix of that day (about
-a minute more of reference time) the same cells took 27 min 32 s and 27 min 05 s on a day
-that step took 26.4 ms, 23 min 16 s and 23 min 25 s on one it took 21.9 ms, and 25 min 53 s
-and 26 min 18 s on one it took 24.8 ms; the
-code before the ellipses rendered circles with the disks renderer and the disks' quarter
-oracle shared its coarse grids took 30 min 54 s and 31 min 16 s on a day that step took
-26–30 ms. The machine's speed moves the same cells by up to a third from one day to another
-(runs of the same code wrote byte-identical CSVs);
+``default`` gives meaningful numbers on a 2-core CPU in 23–34 minutes, with a peak of
+2.7–3.3 GB (summed RSS of the driver and its two workers; the largest cell alone, the C^α
+references, peaks at 1.7 GB): the machine's speed moves the same cells by up to a third
+from one day to another (docs/default-preset.md: the measured run times, and what sized
+each setting);
 ``gpu`` is sized for about 6 minutes on one H200-class GPU (32×32, wider UNets, the
 memorization sweep to N = 10⁴; the tests run it on CPU with tiny overrides); ``paper`` is
 sized for one GPU over days (80×80 images, the paper's UNet, long training) and is
@@ -234,88 +224,9 @@ PRESETS: dict[str, Preset] = {
                     "batch_size": 8, "jacobian_images": 1, "n_eval": 8},
     ),
     "default": Preset(
-        # measured on the 2-core CPU (closing note of the networks issue): the 16-channel
-        # UNet at lr 3e-3 with the balanced objective reaches MSE/U 1.9–2.8 on C^α (α = 2)
-        # at every σ (kl: 1.6–3.7 for σ ≤ 1 but 7.5 at σ = 2); per-σ networks are short
-        # fine-tunings of the universal one (warm start, frozen norms). Steps measured per
-        # CPU-second: universal 1200 → 3000 steps lowers MSE/U on the Gaussian by 4–10 %
-        # for σ ≤ 1 (1.19 → 1.10 at σ = 0.01), per-σ 80 → 250 steps on C^α (α = 2) by 7–13 %,
-        # 160 → 400 steps on faces by 2–9 % for 0.045 ≤ σ ≤ 0.94 (+4 % at σ = 0.01) and on
-        # the Gaussian the excess over the Wiener filter by 15–34 % (zero padding; 51–79 % with
-        # circular padding, against the previous 160 zero-padded steps);
-        # the memorization networks (N = 1000) put 6 % of their samples on the disks
-        # manifold after 1000 steps, 55 % after 2000 and 59 % after 4000 when flat samples
-        # counted; with them excluded (the report's criterion), 20 % after 2000 steps and
-        # 20 % after 8000 (one network, 64 samples; real held-out disks: 83 %); no variant
-        # tried reached 30 % (2026-12-05, N = 1000, one network, 64 samples: σ_max 4: 0 %,
-        # centring 12 %, 32 channels 20 %, 80 Heun steps 12 %, stochastic sampler 0–9 %,
-        # `balanced` 0 % (textures) and 25 % after 8000 steps, a paper/KL mixture 0 %, a
-        # Gaussian start with the data's covariance 17 %). Where they fail (2026-12-06, one
-        # S1 network of N = 1000 trained in float32, 64 samples): its MSE per pixel at
-        # σ = 0.01 is 9.0e-4 (the identity's 1e-4, the posterior's 2.0e-6; `balanced`:
-        # 3.4e-5, `kl`: 3.1e-5);
-        # the family's posterior down to σ = 0.1 and the network below gives 12 % images of
-        # the family (5–22 % for the others); the reverse, the network above 0.1 and the
-        # posterior below, 94–100 %, as from almost any state (the posterior's own flow
-        # lands on the family), so it says little. The report's trace shows where the
-        # samples leave the family; the posterior alone gives 80 %. Longer training
-        # (2026-12-06, one S1 network of N = 1000, 64 samples, the report's criterion):
-        # `paper` 14 % (2000 steps), 22 % (16,000), 27 % (32,000); `balanced` 0 %, 25 %
-        # (8000), 38 % (16,000), 42 % (32,000; MSE at σ = 0.01 1.2e-5, at σ = 1 1.1e-2
-        # against `paper`'s 8.4e-3; 33 % flat); with capacity, at 32,000 `balanced` steps:
-        # three blocks 64 % (50 % at 16,000), 32 channels 56 %, both **77 %** (22 % flat;
-        # the posterior's 80 %; 935 s of training on one thread, 40× the cell's), and
-        # `paper` with three blocks 31 %. What the samples need is capacity and steps
-        # beyond this preset's budget; the gpu preset's networks have both kinds of capacity.
-        # The disks universal network (eager steps, one thread): MSE/U at σ = 0.01, 0.021,
-        # 0.045, 0.21, 0.94 went 27.7, 17.6, 12.5, 4.6, 2.0 (2000 steps) → 15.9, 9.6, 7.0, 3.1, 1.5
-        # (8000), at +4.5 CPU-minutes; 3 blocks (26.3 at 0.01), 24 channels (25.1), lr 6e-3
-        # (25.5), two convolutions per block (40.9) or σ_min 0.005 (26.3) did not come close
-        # at 2000 steps; 16,000 steps gave 13.3, 7.8, 5.7, 2.6, 1.4 (2026-12-05).
-        # Compiled training steps (2026-12-05, one thread, disks universal network, 2000
-        # steps): 48 s with the compilation against 84 s eager, MSE/U 26.1 against 26.7 at
-        # σ = 0.01 (rounding: the same objective); 4000 compiled steps 19.5 (100 s). Neither
-        # a batch of 64 (26.3 at 2000 steps), nor lr 1e-2 (26.8), nor no batch normalization
-        # (27.4) helped; batch 16 at 4000 steps gave 23.3 (65 s), batch 8 at 8000 steps 32.1.
-        # The time saved goes to the disks network, 8000 → 24,000 steps.
-        # bfloat16 forward (2026-12-06, one thread of an Intel Xeon with AMX): a step of
-        # the 32×32 UNet 12.4 ms against 28 ms in float32 (16×16: 5.7 against 8.3 ms); the
-        # disks network after 6000 steps MSE/U 17.58 / 10.86 / 4.77 at σ = 0.01, 0.021,
-        # 0.097 against 17.54 / 10.76 / 4.78 in float32; the Gaussian's universal network
-        # (2000 steps) 1.050 / 1.008 / 1.024 against 1.059 / 1.006 / 1.024. The time saved
-        # goes to the disks network (24,000 → 40,000 steps: MSE/U at σ = 0.01 fell as
-        # steps^−0.33 from 8000 to 24,000, so about 9.4 expected from 11.1 at 24,000; from
-        # the eager 13.3 at 16,000, 9.8), the other universal networks (2000 → 4000;
-        # on the Gaussian the KL at σ0 = 0.05 went [55.1, 60.2] → [36.1, 41.1] nats) and the
-        # dimension study (8000 → 12,000 steps). Shuffled faces, 80 training images,
-        # keep 2000 universal steps: at 4000 (2026-12-06, bf16) its universal network
-        # over-fit at the ends, MSE/U at σ = 0.01 1.19 → 1.54, above the identity's MSE for
-        # σ ≤ 0.0258 (was ≤ 0.0176), and at σ = 2 1.001× the mean image's MSE (was 0.989×);
-        # faces, the same 80 images unshuffled, gained at σ = 0.01 (1.16 → 1.13).
-        # The disks networks have three UNet blocks (2026-12-06, bf16, compiled, one thread): the
-        # universal network's MSE at σ = 0.01 fell by 21 % at 40,000 steps (MSE/σ² 0.053 → 0.042),
-        # by 17–21 % for 0.012 ≤ σ ≤ 0.21, unchanged at σ ≥ 0.94; a step costs 1.6× (40,000 steps in
-        # 931 s against 582 s), so it trains 28,000 steps (0.046 at σ = 0.01, MSE/U 9.39 in the
-        # default run; 24,000: 0.050), still improving (7.7 % over its last 20 %: flagged not
-        # converged). On C^α (α = 4, 4000 steps) three blocks moved the MSE by −6 to +2 %: the other
-        # families keep two. Not the bottleneck: bfloat16 (3000 more steps of the two-block network
-        # in float32 or in bfloat16 gave the same MSE within 0.6 %). Training below the grid's
-        # σ_min, so that σ = 0.01 is not the edge of the blind networks' range (the Gaussian's exact
-        # blind optimum is 1.013× the identity's MSE at σ = 0.01 on [0.01, 2], 0.996× on [0.005,
-        # 2]), brought faces and shuffled faces to 1.009× and 1.014× the identity at σ = 0.01 (from
-        # 1.088 and 1.175; [0.0025, 2]: 0.992, 0.992) but cost 3–15 % at σ = 0.097, and put the
-        # Gaussian's network above the identity at 0.0146 and 0.0176: the range stays the grid's,
-        # the objective the KL bound's.
-        # Tried and not kept (2026-12-06, one seed, bf16, compiled, one thread; MSE/σ² on 64
-        # held-out images at σ = 0.01, 0.021, 0.097, 0.44, 0.94, 2): a power-function average of
-        # the weights (Karras et al. 2024, σ_rel = 0.05) with a constant learning rate in place of
-        # the cosine decay. It helps short trainings: C^α (α = 2, 4000 steps) −4 to −12 % at every
-        # σ, disks at 6000 steps −1 to −8 %, per-σ fine-tunings −1 to −4 %, the memorization
-        # networks' MSE −31 % at σ = 0.01 (their disk samples did not follow: S1's 0–17 % against
-        # 20 %). It hurts the longest: the disks network at 28,000 steps +2.4 % and +4.9 % at
-        # σ = 0.01 and 0.021 (−2 to −4 % above), the headline nearest its target; the Gaussian
-        # +1 to +3 %; ellipses k = 1 +10 % and k = 5 −9 % at σ = 0.01 (12,000 steps). With the
-        # cosine decay kept, the average changed nothing (disks, 6000 steps: within 0.4 %).
+        # every choice below was measured on the 2-core CPU: docs/default-preset.md keeps
+        # the measurements (steps per CPU-second, objectives, architecture per family,
+        # compiled bfloat16 steps, what the memorization networks' samples need)
         name="default", size=32, sigmas=_grid(0.01, 2.0, 8),
         curve_sigmas=refine(_grid(0.01, 2.0, 8), 4), n_eval=64,
         net=UNET_SHRINK, per_sigma_steps=400, universal_steps=4000,
@@ -332,12 +243,7 @@ PRESETS: dict[str, Preset] = {
                       "objective": "paper", "lr": 1e-3, "posterior_samples": True,
                       "machines": {"patches": (3, 5, 7, 11, 15), "n_samples": 32,
                                    "n_calibration": 8}},
-        # 16×16 and universal networks only: 7 networks of about 40 CPU-seconds each at
-        # 4000 eager steps (24 s at 2000); 2000 → 4000 steps lowered their MSE/σ² at
-        # σ = 0.01 by 21–39 % (k = 1: 27.2 → 16.7), and 4 of the 7 were still improving;
-        # compiled steps are 1.5× faster at 16×16 (7.4 against 11.1 ms, one thread), so
-        # 8000 steps cost about 60 s each; a bfloat16 forward 1.46× more (5.7 against
-        # 8.3 ms), so 12,000 steps cost about as much
+        # 16×16 and universal networks only (docs/default-preset.md: the dimension study)
         dimensions={"family": "ellipses", "ks": (1, 2, 3, 4, 5, 6, 7), "size": 16,
                     "net": UNET_SMALL, "steps": 12_000, "batch_size": 32, "jacobian_images": 4},
     ),
