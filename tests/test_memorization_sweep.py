@@ -258,7 +258,7 @@ def test_divergence_is_recorded(monkeypatch, tmp_path):
 
 def test_section_writes_table_figures_and_csv(sweep, tmp_path):
     _, records = sweep
-    lines = memorization_section(records, tmp_path)
+    lines, returned = memorization_section(records, tmp_path)
     text = "\n".join(lines)
     assert "### disks" in text and "| N | memorized S1 net [95% CI]" in text
     assert "Memorization at N = 1" in text and "At every N ≤ 10" in text
@@ -266,6 +266,7 @@ def test_section_writes_table_figures_and_csv(sweep, tmp_path):
     assert "t = 0.2" in text and "0.98" in text and "memorized held-out (baseline)" in text
     table = pd.read_csv(tmp_path / "memorization.csv")
     assert table["N"].tolist() == [1, 4] and (table["mem emp"] == 1.0).all()
+    assert returned["mem S1"].tolist() == table["mem S1"].tolist()  # the CSV's table
     # a baseline per N, and the headline fraction is defined at N = 1
     assert (table["mem held"] == 0.0).all() and table["cos_c held"].notna().all()
     assert table["mem S1"].notna().all() and math.isnan(table["memr S1"].iloc[0])
@@ -284,7 +285,7 @@ def test_section_writes_table_figures_and_csv(sweep, tmp_path):
     assert "For reference, the family's posterior mean (`posterior`)" in text
     assert "Along the sampler's way down" in text and "The **trace** follows" in text
     assert table["on post"].isna().tolist() == [True, False]
-    assert memorization_section([], tmp_path) == []
+    assert memorization_section([], tmp_path) == ([], None)
 
 
 def test_a_diverging_posterior_leaves_the_networks_results(monkeypatch, tmp_path):
@@ -304,7 +305,7 @@ def test_a_diverging_posterior_leaves_the_networks_results(monkeypatch, tmp_path
     assert "failed" not in res and "summary" in res and "posterior" not in res["trace"]
     post = res["posterior_samples"]
     assert post["denoiser"] == "posterior" and "diverged" in post["failed"]
-    lines = "\n".join(memorization_section([{"spec": spec, "result": res}], tmp_path))
+    lines = "\n".join(memorization_section([{"spec": spec, "result": res}], tmp_path)[0])
     assert "For reference" not in lines  # no fraction to quote
 
 
@@ -322,7 +323,7 @@ def test_section_reads_old_records(sweep, tmp_path):
         for p in r["result"]["per_sample"].values():
             for key in [k for k in p if "copy" in k]:
                 p.pop(key)
-    text = "\n".join(memorization_section(old, tmp_path))
+    text = "\n".join(memorization_section(old, tmp_path)[0])
     assert "The **trace**" not in text and "For reference" not in text
     table = pd.read_csv(tmp_path / "memorization.csv")
     assert table["mem S1"].isna().all() and table["memr S1"].notna().all()

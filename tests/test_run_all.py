@@ -32,6 +32,16 @@ def test_report_files(smoke):
     for label in ("gaussian", "calpha(alpha=2.0)", "calpha(alpha=4.0)", "disks", "faces",
                   "shuffled(base=faces)"):
         assert f"## {label}" in readme
+    # the headline numbers first, one row per entry and network, and the sweep's
+    glance = readme[readme.index("## At a glance"):readme.index("## gaussian")]
+    for row in ("| gaussian | per-sigma |", "| disks | universal |",
+                "| shuffled(base=faces) | universal |", "| disks | N = 1: "):
+        assert row in glance, row
+    section = readme[readme.index("## gaussian"):readme.index("## calpha")]
+    worst = next(line for line in section.splitlines()
+                 if line.startswith("| per-sigma |")).split(" | ")[1]  # worst MSE/U
+    row = next(line for line in glance.splitlines() if line.startswith("| gaussian | per-sigma"))
+    assert row.split(" | ")[3] == worst  # entry, network, worst for σ ≤ 1, worst
     for name in ("kl.csv", "rates.csv", "mse.csv", "shuffled.csv", "mse_gaussian.png",
                  "kl_disks.png", "examples_calpha-alpha-2-0.png", "dimension.png"):
         assert (out / name).stat().st_size > 0, name
@@ -458,7 +468,7 @@ def test_size_override_resizes_the_entries():
 
 def test_standing_rows_name_where_a_network_loses_to_the_baselines():
     from theorybench.report.common import bracket
-    from theorybench.report.main import StudyData, standing_rows
+    from theorybench.report.main import StudyData, standing, standing_rows
 
     def curve(sigmas, mses, kind=None):
         out = {"sigma": sigmas, "mse": mses, "se": [0.0] * len(sigmas), "d": 4,
@@ -477,7 +487,7 @@ def test_standing_rows_name_where_a_network_loses_to_the_baselines():
                 for s, m in ((0.1, 0.011), (2.0, 0.035))]
     study = StudyData("gaussian", {"size": 8}, records)
     refs, _ = bracket(curves)
-    rows = {r["network"]: r for r in standing_rows(study, refs)}
+    rows = {r["network"]: r for r in standing_rows(standing(study, refs))}
     assert rows["universal"] == {  # every image has the same error: a standard error of 0
         "network": "universal", "worst MSE/U": "1.67 ± 0 at σ = 2",
         "worst MSE/U, σ ≤ 1": "1.5 ± 0 at σ = 1", "no better than the identity at σ": "0.1",
@@ -486,7 +496,7 @@ def test_standing_rows_name_where_a_network_loses_to_the_baselines():
     assert rows["per-sigma"]["no better than the mean image at σ ≥ 1"] == "none"
     # with the blind optimum, the universal network's row says where it loses too
     curves["wiener-blind"] = curve(sig, [0.0101, 0.5, 0.04], "blind")
-    rows = {r["network"]: r for r in standing_rows(StudyData("gaussian", {"size": 8}, records),
-                                                    refs)}
+    rows = {r["network"]: r for r in standing_rows(
+        standing(StudyData("gaussian", {"size": 8}, records), refs))}
     assert rows["universal"]["no better than the identity at σ"] == "0.1 (blind optimum: 0.1)"
     assert rows["per-sigma"]["no better than the identity at σ"] == "0.1"  # no blind note

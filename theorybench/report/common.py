@@ -140,6 +140,15 @@ def preconditioned(result: dict) -> bool:
     return result.get("output_scales", [1.0])[0] != 1.0
 
 
+def ratio_at(ratio: np.ndarray, se: np.ndarray | None, grid: np.ndarray, k: int | None) -> str:
+    """``"r ± se at σ = s"`` for grid point k (without ``± se`` when it is unknown; ``–``
+    for k None)."""
+    if k is None:
+        return "–"
+    spread = "" if se is None else f" ± {se[k]:.2g}"
+    return f"{ratio[k]:.3g}{spread} at σ = {grid[k]:g}"
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write a table as CSV, atomically, numbers to 6 significant digits."""
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.6g").encode())

@@ -30,6 +30,7 @@ from .common import (
     objective_law,
     on_grid,
     preconditioned,
+    ratio_at,
     slug,
     steps_text,
     training_steps_text,
@@ -39,6 +40,7 @@ from .dimension import dimension_section
 from .jacobian import jacobian_section
 from .machines import machines_section
 from .memorization import memorization_section
+from .summary import summary_section
 from .training import training_section
 
 NETWORKS = ("per-sigma", "universal")
@@ -234,20 +236,20 @@ def _figure_examples(examples: list[dict]):
     return image_mosaic([panels], inches=1.3)
 
 
-def _ratio_at(ratio: np.ndarray, se: np.ndarray | None, grid: np.ndarray, k: int) -> str:
-    """``"r ± se at σ = s"`` for grid point k (without ``± se`` when it is unknown)."""
-    spread = "" if se is None else f" ± {se[k]:.2g}"
-    return f"{ratio[k]:.3g}{spread} at σ = {grid[k]:g}"
-
-
-def standing_rows(study: StudyData, refs: dict) -> list[dict]:
-    """Where each network of an entry stands on its σ grid: its worst MSE/U (U: the exact
-    MMSE where known, else the tightest upper reference, as in the KL bracket; below 1 the
-    network beats every reference, which only an upper U allows) and the σ at which it is
-    no better than the identity, or, for σ ≥ 1, than the mean-image baseline (the large-σ
-    limit of the MMSE). Where the entry has the blind optimum (kind ``blind``), the
-    universal network's identity column adds where that optimum is no better either: a
-    blind denoiser cannot do better there."""
+def standing(study: StudyData, refs: dict) -> list[dict]:
+    """Where each network of an entry stands on its σ grid, as numbers: one dict per
+    network with ``network``, ``sigma`` (its grid, pixel units), ``ratio`` (MSE/U per σ;
+    U: the exact MMSE where known, else the tightest upper reference, as in the KL bracket;
+    below 1 the network beats every reference, which only an upper U allows), ``se`` (its
+    standard error per σ, paired images, or None), ``worst`` and ``worst_small`` (the
+    indices of the largest finite ratio over the grid and over σ ≤ 1, None without one),
+    the σ (arrays) where it is no better than a baseline: ``above_identity``,
+    ``above_mean`` (σ ≥ 1 only: the mean image, the large-σ limit of the MMSE; None
+    without that baseline or without σ ≥ 1), and, for the universal network of an entry
+    with the blind optimum (kind ``blind``), ``blind_above_identity``, where that optimum
+    is no better than the identity either (a blind denoiser cannot do better there; else
+    None); ``converged``, its training's flag (None: not monitored). A network without a
+    stored curve (a failed cell) has no dict."""
     upper = refs.get("exact", refs.get("upper"))
     if upper is None:
         return []
@@ -261,23 +263,51 @@ def standing_rows(study: StudyData, refs: dict) -> list[dict]:
         grid, mse = frame["sigma"].to_numpy(), frame["mse"].to_numpy()
         bound = on_grid(upper, grid)
         ratio = mse / bound["mse"].to_numpy()
-        se = ratio_se(frame.attrs.get("errors"), bound.attrs.get("errors"))
-        small = grid <= 1.0
-        row = {"network": net, "worst MSE/U": _ratio_at(ratio, se, grid, int(np.argmax(ratio)))}
-        if small.any():
-            k = int(np.flatnonzero(small)[np.argmax(ratio[small])])
-            row["worst MSE/U, σ ≤ 1"] = _ratio_at(ratio, se, grid, k)
-        for name, where, column in (("identity", np.ones(len(grid), dtype=bool),
-                                     "no better than the identity at σ"),
-                                    ("mean-image", grid >= 1.0,
-                                     "no better than the mean image at σ ≥ 1")):
-            if name in baselines:
+        finite = np.isfinite(ratio)
+        row = {"network": net, "sigma": grid, "ratio": ratio,
+               "se": ratio_se(frame.attrs.get("errors"), bound.attrs.get("errors")),
+               "worst": _largest(ratio, finite),
+               "worst_small": _largest(ratio, finite & (grid <= 1)),
+               "above_identity": None, "above_mean": None, "blind_above_identity": None,
+               "converged": study.converged.get(net)}
+        for name, where, key in (("identity", np.ones(len(grid), dtype=bool), "above_identity"),
+                                 ("mean-image", grid >= 1.0, "above_mean")):
+            if name in baselines and where.any():
                 base = on_grid(baselines[name], grid)["mse"].to_numpy()
-                row[column] = ", ".join(f"{v:g}" for v in grid[where & (mse >= base)]) or "none"
+                row[key] = grid[where & (mse >= base)]
                 if name == "identity" and net == "universal" and blind:
                     optimum = on_grid(blind[0], grid)["mse"].to_numpy()
-                    row[column] += " (blind optimum: " + (", ".join(
-                        f"{v:g}" for v in grid[optimum >= base]) or "none") + ")"
+                    row["blind_above_identity"] = grid[optimum >= base]
+        rows.append(row)
+    return rows
+
+
+def _largest(values: np.ndarray, among: np.ndarray) -> int | None:
+    """The index of the largest of ``values`` where ``among`` (None where none is)."""
+    return int(np.flatnonzero(among)[np.argmax(values[among])]) if among.any() else None
+
+
+def _sigma_list(sigmas) -> str:
+    return ", ".join(f"{v:g}" for v in sigmas) or "none"
+
+
+def standing_rows(standings: list[dict]) -> list[dict]:
+    """The table of :func:`standing`'s dicts: per network its worst MSE/U (± SE, at σ),
+    over the grid and over σ ≤ 1, and the σ at which it is no better than the identity
+    (with the blind optimum's, where the entry has one) or, for σ ≥ 1, than the mean
+    image."""
+    rows = []
+    for st in standings:
+        ratio, se, grid = st["ratio"], st["se"], st["sigma"]
+        row = {"network": st["network"], "worst MSE/U": ratio_at(ratio, se, grid, st["worst"])}
+        if st["worst_small"] is not None:
+            row["worst MSE/U, σ ≤ 1"] = ratio_at(ratio, se, grid, st["worst_small"])
+        if st["above_identity"] is not None:
+            row["no better than the identity at σ"] = _sigma_list(st["above_identity"]) + (
+                "" if st["blind_above_identity"] is None else
+                f" (blind optimum: {_sigma_list(st['blind_above_identity'])})")
+        if st["above_mean"] is not None:
+            row["no better than the mean image at σ ≥ 1"] = _sigma_list(st["above_mean"])
         rows.append(row)
     return rows
 
@@ -622,7 +652,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         *study_header(records),
         "",
     ]
-    kl_rows, rates, mse_rows = [], [], []
+    kl_rows, rates, mse_rows, standings = [], [], [], {}
+    header = len(lines)  # the summary goes here, once every section has its numbers
     for study in studies:
         lines += [f"## {study.label}", ""]
         if study.failed:
@@ -644,13 +675,14 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                                      "se": row.se})
         _figure_mse(study, refs, out / f"mse_{s}.png")
         lines += [f"MMSE reference: {how}.", "", f"![MSE against σ](mse_{s}.png)", ""]
-        standing = standing_rows(study, refs)
-        if standing:
+        standings[study.label] = standing(study, refs)
+        if standings[study.label]:
             lines += ["Where the networks stand (U: the exact MMSE where known, else the "
                       "tightest upper reference, where MSE/U below 1 means better than every "
                       "reference; ± its standard error over the test images, paired, by the "
                       "delta method):",
-                      "", markdown_table(pd.DataFrame(standing)), ""]
+                      "", markdown_table(pd.DataFrame(standing_rows(standings[study.label]))),
+                      ""]
         integrands, kl_errors = {}, []
         blind = {f"{name} (blind optimum)": curve_frame(c)
                  for name, c in study.reference["result"]["curves"].items()
@@ -773,13 +805,22 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
     training_lines, training = training_section(records, out)  # every network of the run
     lines += training_lines
     lines += jacobian_section(study, out)
-    lines += memorization_section(records, out)  # with the sweep's own reference cells
+    # the memorization sweep, with its own reference cells
+    memorization_lines, memorization = memorization_section(records, out)
+    lines += memorization_lines
     lines += machines_section(records, out)
     lines += dimension_section(records, out)
     for name, rows in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                        ("mse", mse_rows), ("training", training)):
         if rows:
             write_csv(pd.DataFrame(rows), out / f"{name}.csv")
+    missing = []  # what the summary's table lacks, by entry
+    for study in studies:
+        parts = ([] if study.reference else ["references"]) + [
+            net for net, frame in study.networks.items() if frame is None]
+        missing += [f"{study.label} ({', '.join(parts)})"] if parts else []
+    lines[header:header] = summary_section(standings, kl_rows, preset.sigma0s, training,
+                                           memorization, missing)
     lines += ["## Files", "", "Tables as CSV: " + ", ".join(
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows), ("training", training)) if r)

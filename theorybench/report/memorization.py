@@ -485,7 +485,7 @@ def verdict(frame: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def memorization_section(records: list[dict], out_dir) -> list[str]:
+def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.DataFrame | None]:
     """Markdown lines of the memorization section; writes its figures and CSVs in out_dir.
 
     Parameters
@@ -496,15 +496,19 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
 
     Returns
     -------
-    list of str: the section's lines (a level-2 title, then one level-3 part per
-    distribution); empty when there is no memorization record.
+    lines : list of str
+        The section's lines (a level-2 title, then one level-3 part per distribution);
+        empty when there is no memorization record.
+    table : DataFrame or None
+        ``memorization.csv``'s table (one row per distribution and N; None without a
+        record).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mine = [r for r in records if r.get("spec", {}).get("kind") == "memorization"
             and "result" in r]
     if not mine:
-        return []
+        return [], None
     # entries in the order of the study's cells (not of their computation dates)
     groups: dict[str, dict[int, dict]] = {
         canonical_json([r["spec"]["dataset"], r["spec"]["params"]]): {} for r in mine}
@@ -606,7 +610,7 @@ def memorization_section(records: list[dict], out_dir) -> list[str]:
               + (", `memorization_mse.csv` (train/test MSE per σ)" if curves else "")
               + (", `memorization_trace.csv` (the fraction of the sampler's iterates that are "
                  "images of the family, per σ)" if traces else "") + ".", ""]
-    return lines
+    return lines, table
 
 
 __all__ = ["memorization_section", "stays_down_to", "summary_row", "verdict"]

@@ -130,12 +130,18 @@ def training_section(records: list[dict], out: Path) -> tuple[list[str], list[di
         name = f"training_{slug(group)}.png"
         _figure(group, mine, out / name)
         lines += [f"![training curves — {group}]({name})", ""]
-    frame = pd.DataFrame(rows)
-    for study, part in frame.groupby("study", sort=False):
+    lines += [*convergence_lines(rows), "", markdown_table(pd.DataFrame(rows)), ""]
+    return lines, rows
+
+
+def convergence_lines(rows: list[dict]) -> list[str]:
+    """One markdown item per study of :func:`training_rows`: how many of its networks
+    are flagged not converged, and which."""
+    lines = []
+    for study, part in pd.DataFrame(rows).groupby("study", sort=False):
         bad = part[part["converged"] == False]  # noqa: E712 (None: not monitored)
         names = ", ".join(f"{e} {n} σ={s:g}" if n == "per-sigma" else f"{e} {n}"
                           for e, n, s in zip(bad.entry, bad.network, bad.sigma, strict=True))
-        lines += [f"- {study}: not converged: {len(bad)} of {len(part)} networks"
-                  + (f" ({names})" if len(bad) else "") + "."]
-    lines += ["", markdown_table(frame), ""]
-    return lines, rows
+        lines.append(f"- {study}: not converged: {len(bad)} of {len(part)} networks"
+                     + (f" ({names})" if len(bad) else "") + ".")
+    return lines

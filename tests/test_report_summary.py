@@ -1,0 +1,98 @@
+"""The report's "At a glance" section: the other sections' numbers, gathered unchanged."""
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from theorybench.report.summary import memorization_rows, network_rows, summary_section
+
+
+def _standing(network, ratio, above_identity, above_mean, blind=None, converged=True, se=None):
+    sigma = np.array([0.01, 0.1, 1.0, 2.0])
+    ratio = np.asarray(ratio, dtype=float)
+    return {"network": network, "sigma": sigma, "ratio": ratio, "se": se,
+            "worst": int(np.argmax(ratio)), "worst_small": int(np.argmax(ratio[:3])),
+            "above_identity": np.array(above_identity), "above_mean": np.array(above_mean),
+            "blind_above_identity": None if blind is None else np.array(blind),
+            "converged": converged}
+
+
+def _kl(network, sigma0, low, high, se=0.5):
+    return {"entry": "gaussian", "network": network, "sigma0": sigma0, "kl_low": low,
+            "kl_high": high, "se_high": se}
+
+
+def test_network_rows_quote_the_worst_ratios_the_losses_and_the_kl():
+    standings = {"gaussian": [
+        _standing("per-sigma", [1.0, 1.2, 1.1, 3.0], [], [], se=np.array([0.1, 0.05, 0.1, 0.2])),
+        _standing("universal", [1.5, 1.1, 1.0, 1.2], [0.01], [2.0], blind=[0.01],
+                  converged=False)]}
+    kl_rows = [_kl("per-sigma", 0.01, 4.5, 4.5, se=0.66),
+               _kl("universal", 0.01, 30.0, 36.4),
+               _kl("wiener-blind (blind optimum)", 0.01, 3.2, 3.2)]  # not a network row
+    rows = network_rows(standings, kl_rows, (0.01, 0.05))
+    assert [r["network"] for r in rows] == ["per-sigma", "universal"]
+    per, uni = rows
+    # σ ≤ 1 and the whole grid are distinct maxima: 1.2 at 0.1, 3 at 2
+    assert per["worst MSE/U, σ ≤ 1"] == "1.2 ± 0.05 at σ = 0.1"
+    assert per["worst MSE/U"] == "3 ± 0.2 at σ = 2"
+    assert per["better than the identity"] == "every σ"
+    assert per["better than the mean image, σ ≥ 1"] == "every σ"
+    assert per["KL, σ0 = 0.01"] == "4.5 ± 0.66"  # an exact MMSE: one value
+    assert per["KL, σ0 = 0.05"] == "–" and per["converged"] is True
+    assert uni["better than the identity"] == "not at σ = 0.01 (blind optimum: not at σ = 0.01)"
+    assert uni["better than the mean image, σ ≥ 1"] == "not at σ = 2"
+    assert uni["KL, σ0 = 0.01"] == "[30, 36.4]" and uni["converged"] is False
+    assert uni["worst MSE/U"] == "1.5 at σ = 0.01"  # no standard error known
+    # not monitored; losing to the identity where the blind optimum does not
+    lone = _standing("universal", [1.0] * 4, [0.01], [], blind=[], converged=None)
+    row, = network_rows({"faces": [lone]}, [], (0.01,))
+    assert row["converged"] == "–"
+    assert row["better than the identity"] == "not at σ = 0.01 (blind optimum: every σ)"
+
+
+def test_memorization_rows_take_the_smallest_and_largest_n():
+    nan = math.nan
+    table = pd.DataFrame({
+        "entry": ["disks"] * 3 + ["faces"] * 2, "N": [1, 10, 1000, 1, 40],
+        "mem S1": [1.0, 0.0, 0.0, 1.0, 0.0], "mem S2": [0.98, 0.0, 0.0, 1.0, 0.0],
+        "mem held": [0.0, 0.06, 0.14, 0.0, 0.05],
+        "on S1": [1.0, 0.3, 0.203, nan, nan], "on S2": [1.0, 0.3, 0.125, nan, nan],
+        "on post": [nan, nan, 0.797, nan, nan], "on held": [0.83, 0.83, 0.828, nan, nan],
+        "failed": ["", "", "", "", ""]})
+    disks, faces = memorization_rows(table)
+    assert disks["copies, smallest N"] == "N = 1: 100 % / 98 % (held-out 0 %)"
+    assert disks["copies, largest N"] == "N = 1000: 0 % / 0 % (held-out 14 %)"
+    assert disks["images of the family, largest N"] == \
+        "20 % / 12 % (posterior 80 %, held-out 83 %)"
+    assert faces["copies, largest N"] == "N = 40: 0 % / 0 % (held-out 5 %)"
+    assert faces["images of the family, largest N"] == "–"  # faces fit no parameters
+    # a failed cell is not the largest N reached (as in the section's verdict)
+    table.loc[2, "failed"] = "sampler diverged"
+    disks, _ = memorization_rows(table)
+    assert disks["copies, largest N"].startswith("N = 10: ")
+    table.loc[:2, "failed"] = "training diverged"
+    assert [r["entry"] for r in memorization_rows(table)] == ["faces"]
+
+
+def test_section_lists_what_is_missing_and_only_studies_with_unconverged_networks():
+    standings = {"gaussian": [_standing("per-sigma", [1.0] * 4, [], [])]}
+    training = [{"study": "main", "entry": "gaussian", "network": "per-sigma", "sigma": 0.1,
+                 "converged": True},
+                {"study": "dimension", "entry": "ellipses(k=1)", "network": "universal",
+                 "sigma": math.nan, "converged": False}]
+    text = "\n".join(summary_section(standings, [], (0.01,), training, None,
+                                     ["disks (universal)"]))
+    assert "## At a glance" in text and "| gaussian | per-sigma |" in text
+    assert "not in the table: disks (universal)." in text
+    assert "- dimension: not converged: 1 of 1 networks (ellipses(k=1) universal)." in text
+    assert "- main:" not in text  # no network of the main study flagged
+    training[1]["converged"] = True
+    assert "still improving" not in "\n".join(
+        summary_section(standings, [], (0.01,), training, None, []))
+
+
+def test_section_is_empty_without_networks():
+    assert summary_section({}, [], (0.01,), [], None, []) == []
+    assert summary_section({"faces": []}, [], (0.01,), [], None, []) == []
