@@ -45,6 +45,9 @@ def test_network_rows_quote_the_worst_ratios_the_losses_and_the_kl():
     assert uni["better than the mean image, σ ≥ 1"] == "not at σ = 2"
     assert uni["KL, σ0 = 0.01"] == "[30, 36.4]" and uni["converged"] is False
     assert uni["worst MSE/U"] == "1.5 at σ = 0.01"  # no standard error known
+    wide, = network_rows({"gaussian": [standings["gaussian"][1]]},
+                         [_kl("universal", 0.01, 0.0331, 1204.6)], (0.01,))
+    assert wide["KL, σ0 = 0.01"] == "[0.0331, 1205]"  # no exponent
     # not monitored; losing to the identity where the blind optimum does not
     lone = _standing("universal", [1.0] * 4, [0.01], [], blind=[], converged=None)
     row, = network_rows({"faces": [lone]}, [], (0.01,))
@@ -60,14 +63,19 @@ def test_memorization_rows_take_the_smallest_and_largest_n():
         "mem held": [0.0, 0.06, 0.14, 0.0, 0.05],
         "on S1": [1.0, 0.3, 0.203, nan, nan], "on S2": [1.0, 0.3, 0.125, nan, nan],
         "on post": [nan, nan, 0.797, nan, nan], "on held": [0.83, 0.83, 0.828, nan, nan],
+        "cross_cc": [0.99, 0.7, 0.835, 0.99, 0.9], "cos_c S1": [0.997, 0.8, 0.868, 0.99, 0.85],
         "failed": ["", "", "", "", ""]})
     disks, faces = memorization_rows(table)
-    assert disks["copies, smallest N"] == "N = 1: 100 % / 98 % (held-out 0 %)"
-    assert disks["copies, largest N"] == "N = 1000: 0 % / 0 % (held-out 14 %)"
+    assert disks["copies, smallest N"] == "N = 1: 100% / 98% (held-out 0%)"
+    assert disks["copies, largest N"] == "N = 1000: 0% / 0% (held-out 14%)"
     assert disks["images of the family, largest N"] == \
-        "20 % / 12 % (posterior 80 %, held-out 83 %)"
-    assert faces["copies, largest N"] == "N = 40: 0 % / 0 % (held-out 5 %)"
-    assert faces["images of the family, largest N"] == "–"  # faces fit no parameters
+        "20% / 12% (posterior 80%, held-out 83%)"
+    assert faces["copies, largest N"] == "N = 40: 0% / 0% (held-out 5%)"
+    assert faces["images of the family, largest N"] == "—"  # faces fit no parameters
+    # the section's generalization criterion: cross cosine above the nearest-training one
+    assert disks["generalizes, largest N"] == \
+        "no (0.835 between the networks, 0.868 to the nearest training image)"
+    assert faces["generalizes, largest N"].startswith("yes (0.900 between")
     # a failed cell is not the largest N reached (as in the section's verdict)
     table.loc[2, "failed"] = "sampler diverged"
     disks, _ = memorization_rows(table)
@@ -83,9 +91,10 @@ def test_section_lists_what_is_missing_and_only_studies_with_unconverged_network
                 {"study": "dimension", "entry": "ellipses(k=1)", "network": "universal",
                  "sigma": math.nan, "converged": False}]
     text = "\n".join(summary_section(standings, [], (0.01,), training, None,
-                                     ["disks (universal)"]))
+                                     ["disks (no stored universal network)"]))
     assert "## At a glance" in text and "| gaussian | per-sigma |" in text
-    assert "not in the table: disks (universal)." in text
+    assert "Not in the table (a cell failed or not run, or no bound): disks (no stored universal " \
+        "network)." in text
     assert "- dimension: not converged: 1 of 1 networks (ellipses(k=1) universal)." in text
     assert "- main:" not in text  # no network of the main study flagged
     training[1]["converged"] = True

@@ -16,6 +16,7 @@ import torch
 
 import datasets_synth
 from theorybench.cli import main
+from theorybench.experiments.keys import entry_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_report_files(smoke):
     worst = next(line for line in section.splitlines()
                  if line.startswith("| per-sigma |")).split(" | ")[1]  # worst MSE/U
     row = next(line for line in glance.splitlines() if line.startswith("| gaussian | per-sigma"))
-    assert row.split(" | ")[3] == worst  # entry, network, worst for σ ≤ 1, worst
+    assert row.split(" | ")[2] == worst  # entry, network, worst, worst for σ ≤ 1
     for name in ("kl.csv", "rates.csv", "mse.csv", "shuffled.csv", "mse_gaussian.png",
                  "kl_disks.png", "examples_calpha-alpha-2-0.png", "dimension.png"):
         assert (out / name).stat().st_size > 0, name
@@ -198,7 +199,11 @@ def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
     _, cache, _ = smoke
     partial = tmp_path / "cache"
     shutil.copytree(cache, partial)
-    dropped = sorted((partial / "network").glob("*.json"))[:3]
+    cells = sorted((partial / "network").glob("*.json"))
+    specs = {path: json.loads(path.read_text())["spec"] for path in cells}
+    universal = next(path for path, spec in specs.items()  # one of the main study's
+                     if spec["train"]["mode"] == "universal" and not spec.get("study"))
+    dropped = [universal] + [path for path in cells if path != universal][:2]
     for path in dropped:
         path.unlink()
     out = tmp_path / "rebuilt"
@@ -212,6 +217,11 @@ def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
     assert "wall time not recorded" in head and "device cpu on " in head
     missing = [line for line in head.splitlines() if line.startswith("**Incomplete:**")]
     assert missing and missing[0].startswith(f"**Incomplete:** {len(dropped)} cells")
+    # the universal network dropped: its entry's row is gone from the summary, which says so
+    glance = (out / "README.md").read_text().split("## ")[1]
+    label = entry_label(specs[universal]["dataset"], specs[universal]["params"])
+    assert glance.startswith("At a glance") and f"| {label} | universal |" not in glance
+    assert f"{label} (no stored universal network" in glance
     full = tmp_path / "full"
     assert main(["--preset", "smoke", "--out", str(full), "--cache", str(cache),
                  "--report-only", "--quiet"]) == 0

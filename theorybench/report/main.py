@@ -814,10 +814,12 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                        ("mse", mse_rows), ("training", training)):
         if rows:
             write_csv(pd.DataFrame(rows), out / f"{name}.csv")
-    missing = []  # what the summary's table lacks, by entry
+    missing = []  # what the summary's table lacks, by entry, and why
     for study in studies:
-        parts = ([] if study.reference else ["references"]) + [
-            net for net, frame in study.networks.items() if frame is None]
+        parts = ([] if study.reference else ["no stored references"]) + [
+            f"no stored {net} network" for net, frame in study.networks.items() if frame is None]
+        if study.reference and not standings.get(study.label):
+            parts.append("no exact or upper reference")
         missing += [f"{study.label} ({', '.join(parts)})"] if parts else []
     lines[header:header] = summary_section(standings, kl_rows, preset.sigma0s, training,
                                            memorization, missing)

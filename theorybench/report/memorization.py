@@ -382,8 +382,16 @@ def _figure_histograms(records: list[dict], label: str):
     return fig
 
 
-def _pct(value) -> str:
+def percent(value) -> str:
+    """A fraction as a whole percentage (``—`` for None or NaN)."""
     return "—" if value is None or math.isnan(value) else f"{value:.0%}"
+
+
+def generalizes(row) -> bool:
+    """The generalization criterion on a :func:`summary_row`: the two networks' samples are
+    closer to each other (median centred cosine) than the S1 network's are to their nearest
+    training image."""
+    return bool(row["cross_cc"] > row["cos_c S1"])
 
 
 def _trend(values: np.ndarray) -> str:
@@ -411,7 +419,7 @@ def verdict(frame: pd.DataFrame) -> str:
         mem = small[["mem S1", "mem S2"]].min(axis=1)
         cos = small[["cos_c S1", "cos_c S2"]].min(axis=1)
         held = small["mem held"] if "mem held" in small else pd.Series(math.nan, small.index)
-        listing = "; ".join(f"N = {n}: {_pct(m)} memorized (held-out images: {_pct(h)}), "
+        listing = "; ".join(f"N = {n}: {percent(m)} memorized (held-out images: {percent(h)}), "
                             f"median centred cosine {c:.3f}"
                             for n, m, h, c in zip(small["N"], mem, held, cos, strict=True))
         criterion = (f"≥ {MEMORIZED_MIN:.0%} of both networks' samples copies, i.e. centred "
@@ -419,13 +427,13 @@ def verdict(frame: pd.DataFrame) -> str:
         if (small["N"] == 1).any():
             one = mem[small["N"] == 1].iloc[0]
             parts.append(f"Memorization at N = 1 ({criterion}): "
-                         f"**{'met' if one >= MEMORIZED_MIN else 'not met'}** ({_pct(one)}).")
+                         f"**{'met' if one >= MEMORIZED_MIN else 'not met'}** ({percent(one)}).")
         met = bool((mem >= MEMORIZED_MIN).all())
         parts.append(f"At every N ≤ {SMALL_N}, the talk's memorization regime (the same "
                      f"criterion): **{'met' if met else 'not met'}** ({listing}; fractions and "
                      f"cosines are the lower of the two networks').")
     last = ok.iloc[-1]
-    gen = bool(last["cross_cc"] > last["cos_c S1"])
+    gen = generalizes(last)
     gen_raw = bool(last["cross"] > last["cos_nn S1"])
     parts.append(f"At the largest N reached, N = {last['N']}, the median centred cosine "
                  f"between the two networks' samples is {last['cross_cc']:.3f} against "
@@ -433,25 +441,25 @@ def verdict(frame: pd.DataFrame) -> str:
                  f"images: {last['cos_c held']:.3f}): the generalization criterion is "
                  f"**{'met' if gen else 'not met'}** (raw cosines, dominated by the shared "
                  f"mean: {last['cross']:.4f} against {last['cos_nn S1']:.4f}, "
-                 f"{'met' if gen_raw else 'not met'}). Memorized: {_pct(last['mem S1'])} of "
-                 f"S1 samples against {_pct(last['mem held'])} of real held-out images.")
+                 f"{'met' if gen_raw else 'not met'}). Memorized: {percent(last['mem S1'])} of "
+                 f"S1 samples against {percent(last['mem held'])} of real held-out images.")
     if not math.isnan(last.get("on S1", math.nan)):
         on = min(last["on S1"], last["on S2"])
         parts.append(f"Images of the family at N = {last['N']} (best fit of the family's "
                      f"parameters within {ON_MANIFOLD_FACTOR:g}σ_last² per pixel, σ_last = "
-                     f"{last['sigma_last']:g}, and not flat): {_pct(last['on S1'])} of S1 "
-                     f"and {_pct(last['on S2'])} of S2 samples (real held-out images: "
-                     f"{_pct(last['on held'])} clean, {_pct(last['on held noisy'])} at "
+                     f"{last['sigma_last']:g}, and not flat): {percent(last['on S1'])} of S1 "
+                     f"and {percent(last['on S2'])} of S2 samples (real held-out images: "
+                     f"{percent(last['on held'])} clean, {percent(last['on held noisy'])} at "
                      f"σ_last); ≥ {ON_MANIFOLD_MIN:.0%} for both networks: "
                      f"**{'met' if on >= ON_MANIFOLD_MIN else 'not met'}**. Flat (fit within "
-                     f"that tolerance of a constant image): {_pct(last['flat S1'])} of S1 "
-                     f"and {_pct(last['flat S2'])} of S2 samples, "
-                     f"{_pct(last['flat held'])} of real held-out images.")
+                     f"that tolerance of a constant image): {percent(last['flat S1'])} of S1 "
+                     f"and {percent(last['flat S2'])} of S2 samples, "
+                     f"{percent(last['flat held'])} of real held-out images.")
         if not math.isnan(last.get("on post", math.nan)):
             parts.append(f"For reference, the family's posterior mean (`{last['post denoiser']}`)"
-                         f", sampled the same way from the same noises: {_pct(last['on post'])} "
+                         f", sampled the same way from the same noises: {percent(last['on post'])} "
                          f"images of the family [{last['on post lo']:.2f}, "
-                         f"{last['on post hi']:.2f}], {_pct(last['flat post'])} flat: what a "
+                         f"{last['on post hi']:.2f}], {percent(last['flat post'])} flat: what a "
                          f"denoiser at about the MMSE reaches with this sampler, these noises "
                          f"and this criterion.")
     if not math.isnan(last.get("trace last S1", math.nan)):
@@ -462,9 +470,9 @@ def verdict(frame: pd.DataFrame) -> str:
                      f"{_sigma(last['down to S1'])} (S1) and {_sigma(last['down to S2'])} "
                      f"(S2); at the last recorded σ (the grid's last but one; its last is "
                      f"the final denoising's), "
-                     f"{last['trace last sigma']:.3g}, {_pct(last['trace last S1'])} and "
-                     f"{_pct(last['trace last S2'])} are (held-out images with that noise: "
-                     f"{_pct(last['trace last held'])}).")
+                     f"{last['trace last sigma']:.3g}, {percent(last['trace last S1'])} and "
+                     f"{percent(last['trace last S2'])} are (held-out images with that noise: "
+                     f"{percent(last['trace last held'])}).")
     denoises = last["test mse"] < IDENTITY_FRACTION * last["sigma_mid"] ** 2
     if gen and not denoises:
         parts.append(f"Caveat: at N = {last['N']} the S1 network's test MSE at σ = "
@@ -613,4 +621,5 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
     return lines, table
 
 
-__all__ = ["memorization_section", "stays_down_to", "summary_row", "verdict"]
+__all__ = ["generalizes", "memorization_section", "percent", "stays_down_to", "summary_row",
+           "verdict"]

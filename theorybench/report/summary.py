@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .common import markdown_table, ratio_at
+from .memorization import generalizes, percent
 from .training import convergence_lines
 
 
@@ -24,19 +25,24 @@ def _losses(sigmas, everywhere: str) -> str:
     return "not at σ = " + ", ".join(f"{v:g}" for v in sigmas) if len(sigmas) else everywhere
 
 
+def _nats(value: float) -> str:
+    """Three significant digits, whole numbers from 100 on (no exponent)."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _kl(row: dict | None) -> str:
     """A KL row as ``"v ± se"`` (ends equal: an exact reference) or ``"[low, high]"``."""
     if row is None:
         return "–"
     low, high = row["kl_low"], row["kl_high"]
     if math.isclose(low, high, rel_tol=1e-9):
-        return f"{high:.3g} ± {row['se_high']:.2g}"
-    return f"[{low:.3g}, {high:.3g}]"
+        return f"{_nats(high)} ± {row['se_high']:.2g}"
+    return f"[{_nats(low)}, {_nats(high)}]"
 
 
 def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
                  sigma0s) -> list[dict]:
-    """One row per entry and network: worst MSE/U (σ ≤ 1, every σ), where it is no better
+    """One row per entry and network: worst MSE/U (every σ, σ ≤ 1), where it is no better
     than the identity and, at σ ≥ 1, the mean image, the KL interval at each σ0 (nats) and
     its convergence flag.
 
@@ -57,9 +63,9 @@ def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
                 identity += (" (blind optimum: "
                              + _losses(st["blind_above_identity"], "every σ") + ")")
             row = {"entry": entry, "network": net,
+                   "worst MSE/U": ratio_at(st["ratio"], st["se"], st["sigma"], st["worst"]),
                    "worst MSE/U, σ ≤ 1": ratio_at(st["ratio"], st["se"], st["sigma"],
                                                   st["worst_small"]),
-                   "worst MSE/U": ratio_at(st["ratio"], st["se"], st["sigma"], st["worst"]),
                    "better than the identity": identity,
                    "better than the mean image, σ ≥ 1": _losses(st["above_mean"], "every σ")}
             for s0 in sigma0s:
@@ -69,16 +75,12 @@ def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
     return rows
 
 
-def _pct(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{100 * value:.0f} %"
-
-
 def memorization_rows(table: pd.DataFrame) -> list[dict]:
     """Per entry of the memorization sweep (``memorization.csv``'s rows, less failed
-    cells): copies at the smallest N and, at the largest, copies and images of the family
-    (the networks S1 / S2, the family's posterior mean sampled alike, real held-out
-    images)."""
+    cells): copies at the smallest N and, at the largest, copies, the generalization
+    criterion (the section's verdict: the two networks' samples closer to each other than
+    to their nearest training image, median centred cosines) and images of the family (the
+    networks S1 / S2, the family's posterior mean sampled alike, real held-out images)."""
     rows = []
     for entry, part in table.groupby("entry", sort=False):
         part = part[part["failed"].fillna("") == ""]  # as the section's verdict: N reached
@@ -87,14 +89,19 @@ def memorization_rows(table: pd.DataFrame) -> list[dict]:
         first, last = part.loc[part["N"].idxmin()], part.loc[part["N"].idxmax()]
         rows.append({
             "entry": entry,
-            "copies, smallest N": f"N = {first['N']}: {_pct(first['mem S1'])} / "
-                                  f"{_pct(first['mem S2'])} (held-out {_pct(first['mem held'])})",
-            "copies, largest N": f"N = {last['N']}: {_pct(last['mem S1'])} / "
-                                 f"{_pct(last['mem S2'])} (held-out {_pct(last['mem held'])})",
+            "copies, smallest N": f"N = {first['N']}: {percent(first['mem S1'])} / "
+                                  f"{percent(first['mem S2'])} (held-out "
+                                  f"{percent(first['mem held'])})",
+            "copies, largest N": f"N = {last['N']}: {percent(last['mem S1'])} / "
+                                 f"{percent(last['mem S2'])} (held-out "
+                                 f"{percent(last['mem held'])})",
+            "generalizes, largest N": f"{'yes' if generalizes(last) else 'no'} "
+                                      f"({last['cross_cc']:.3f} between the networks, "
+                                      f"{last['cos_c S1']:.3f} to the nearest training image)",
             "images of the family, largest N": (
-                "–" if np.isnan(last["on S1"]) else
-                f"{_pct(last['on S1'])} / {_pct(last['on S2'])} (posterior "
-                f"{_pct(last['on post'])}, held-out {_pct(last['on held'])})")})
+                "—" if np.isnan(last["on S1"]) else
+                f"{percent(last['on S1'])} / {percent(last['on S2'])} (posterior "
+                f"{percent(last['on post'])}, held-out {percent(last['on held'])})")})
     return rows
 
 
@@ -109,8 +116,8 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
     standings, kl_rows, sigma0s : as :func:`network_rows`.
     training : the training table's rows (``training.training_rows``).
     memorization : ``memorization.csv``'s table, or None without a sweep.
-    missing : what the main study lacks a stored result for (failed or not run), e.g.
-        ``"disks (universal)"``, listed under the table.
+    missing : what the table lacks, with why, e.g. ``"disks (no stored universal
+        network)"``, listed under it.
     """
     rows = network_rows(standings, kl_rows, sigma0s)
     sweep = [] if memorization is None else memorization_rows(memorization)
@@ -120,16 +127,17 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
     if rows:
         lines += ["The headline numbers of the sections below, gathered (no measure of this "
                   "section's own). Per entry and network: the worst MSE/U (± its standard "
-                  "error) over σ ≤ 1 and over the whole grid (U: the exact MMSE where known, "
+                  "error) over the whole grid and over σ ≤ 1 (U: the exact MMSE where known, "
                   "else the tightest upper reference; MSE/U = 1 is the MMSE where U is "
                   "exact, below 1 better than every reference), the σ where the network is "
                   "no better than the identity or, at σ ≥ 1, than the mean image, the KL "
                   "bound in nats at each σ0 (`v ± se` where the MMSE is exact, else the "
-                  "interval [B_low, B_high]), and the convergence flag (section Training).",
+                  "interval [B_low, B_high]), and the convergence flag (section Training); "
+                  "`–`: not available (the entry's section says why).",
                   "", markdown_table(pd.DataFrame(rows), ".3g"), ""]
     if missing:
-        lines += ["No stored result (failed or not run), so not in the table: "
-                  + ", ".join(missing) + ".", ""]
+        lines += ["Not in the table (a cell failed or not run, or no bound): " + ", ".join(missing)
+                  + ".", ""]
     flagged = [r for r in training if r["converged"] is False]
     if flagged:
         lines += ["Networks still improving at the end of their training (their numbers "
@@ -138,10 +146,11 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
                   ""]
     if sweep:
         lines += ["Memorization → generalization: the fraction of the two networks' samples "
-                  "(S1 / S2) that copy a training image, at the smallest and the largest N, "
-                  "and at the largest the fraction that are images of the family (where the "
-                  "family can fit its parameters), with the family's posterior mean sampled "
-                  "alike and real held-out images as references:", "",
+                  "(S1 / S2) that copy a training image, at the smallest and the largest N; "
+                  "at the largest, whether they generalize (the section's criterion) and the "
+                  "fraction that are images of the family (where the family can fit its "
+                  "parameters), with the family's posterior mean sampled alike and real "
+                  "held-out images as references:", "",
                   markdown_table(pd.DataFrame(sweep)), ""]
     return lines
 
