@@ -5,7 +5,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from theorybench.report.summary import memorization_rows, network_rows, summary_section
+from theorybench.report.summary import (
+    memorization_rows,
+    network_rows,
+    rate_summary_rows,
+    summary_section,
+)
 
 
 def _standing(network, ratio, above_identity, above_mean, blind=None, converged=True, se=None):
@@ -91,7 +96,7 @@ def test_section_lists_what_is_missing_and_only_studies_with_unconverged_network
                 {"study": "dimension", "entry": "ellipses(k=1)", "network": "universal",
                  "sigma": math.nan, "converged": False}]
     text = "\n".join(summary_section(standings, [], (0.01,), training, None,
-                                     ["disks (no stored universal network)"]))
+                                     ["disks (no stored universal network)"], []))
     assert "## At a glance" in text and "| gaussian | per-sigma |" in text
     assert "Not in the table (a cell failed or not run, or no bound): disks (no stored universal " \
         "network)." in text
@@ -99,9 +104,25 @@ def test_section_lists_what_is_missing_and_only_studies_with_unconverged_network
     assert "- main:" not in text  # no network of the main study flagged
     training[1]["converged"] = True
     assert "still improving" not in "\n".join(
-        summary_section(standings, [], (0.01,), training, None, []))
+        summary_section(standings, [], (0.01,), training, None, [], []))
 
 
 def test_section_is_empty_without_networks():
-    assert summary_section({}, [], (0.01,), [], None, []) == []
-    assert summary_section({"faces": []}, [], (0.01,), [], None, []) == []
+    assert summary_section({}, [], (0.01,), [], None, [], []) == []
+    assert summary_section({"faces": []}, [], (0.01,), [], None, [], []) == []
+
+
+def test_rate_rows_take_the_least_squares_window_only():
+    window = {"table": "slope", "entry": "calpha(alpha=2.0)", "fit": "LS, 4 σ",
+              "σ from": 0.02132, "σ to": 0.2065, "per-σ net": 0.6924, "per-σ net se": 0.0073,
+              "universal net": 0.6995, "universal net se": 0.0078, "MMSE ≥": 0.6001,
+              "MMSE ≤": 0.7168, "theory α/(α+1)": 2 / 3}
+    rates = [window, {**window, "fit": "secant", "per-σ net": 0.5},  # a local secant: not shown
+             {"table": "ratio", "entry": "gaussian"}]
+    row, = rate_summary_rows(rates)
+    assert row == {"entry": "calpha(alpha=2.0)", "σ": "0.02132–0.2065",
+                   "per-σ net": "0.692 ± 0.0073", "universal net": "0.7 ± 0.0078",
+                   "MMSE bracket": "[0.6, 0.717]", "theory α/(α+1)": "0.667"}
+    standings = {"calpha(alpha=2.0)": [_standing("per-sigma", [1.0] * 4, [], [])]}
+    text = "\n".join(summary_section(standings, [], (0.01,), [], None, [], rates))
+    assert "| calpha(alpha=2.0) | 0.02132–0.2065 | 0.692 ± 0.0073 |" in text

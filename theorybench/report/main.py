@@ -822,7 +822,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             parts.append("no exact or upper reference")
         missing += [f"{study.label} ({', '.join(parts)})"] if parts else []
     lines[header:header] = summary_section(standings, kl_rows, preset.sigma0s, training,
-                                           memorization, missing)
+                                           memorization, missing, rates)
     lines += ["## Files", "", "Tables as CSV: " + ", ".join(
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows), ("training", training)) if r)

@@ -105,9 +105,27 @@ def memorization_rows(table: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def rate_summary_rows(rates: list[dict]) -> list[dict]:
+    """Per family with a rate law (the Rates section's least-squares rows): the slope of
+    log MSE against log σ² of each network (± SE), the MMSE's secant slope bracket implied
+    by L ≤ MMSE ≤ U, and the law's slope."""
+    rows = []
+    for r in rates:
+        if r["table"] != "slope" or not r["fit"].startswith("LS"):
+            continue
+        row = {"entry": r["entry"], "σ": f"{r['σ from']:g}–{r['σ to']:g}"}
+        for net in ("per-σ net", "universal net"):
+            if net in r:
+                row[net] = f"{r[net]:.3g} ± {r[f'{net} se']:.2g}"
+        row["MMSE bracket"] = f"[{r['MMSE ≥']:.3g}, {r['MMSE ≤']:.3g}]"
+        row.update({k: f"{v:.3g}" for k, v in r.items() if k.startswith("theory")})
+        rows.append(row)
+    return rows
+
+
 def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma0s,
                     training: list[dict], memorization: pd.DataFrame | None,
-                    missing: list[str]) -> list[str]:
+                    missing: list[str], rates: list[dict]) -> list[str]:
     """Markdown lines of the "At a glance" section (empty for a run without any network
     of the main study or of the memorization sweep).
 
@@ -118,6 +136,7 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
     memorization : ``memorization.csv``'s table, or None without a sweep.
     missing : what the table lacks, with why, e.g. ``"disks (no stored universal
         network)"``, listed under it.
+    rates : the Rates section's rows (:func:`rate_summary_rows` takes its slopes).
     """
     rows = network_rows(standings, kl_rows, sigma0s)
     sweep = [] if memorization is None else memorization_rows(memorization)
@@ -138,6 +157,12 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
     if missing:
         lines += ["Not in the table (a cell failed or not run, or no bound): " + ", ".join(missing)
                   + ".", ""]
+    slopes = rate_summary_rows(rates)
+    if slopes:
+        lines += ["Rates (section Rates): the slope of log MSE against log σ² on the window "
+                  "of the least-squares fit, per network (± SE), the MMSE's secant slope "
+                  "bracket implied by L ≤ MMSE ≤ U, and the law's slope:", "",
+                  markdown_table(pd.DataFrame(slopes)), ""]
     flagged = [r for r in training if r["converged"] is False]
     if flagged:
         lines += ["Networks still improving at the end of their training (their numbers "
