@@ -149,6 +149,11 @@ def ratio_at(ratio: np.ndarray, se: np.ndarray | None, grid: np.ndarray, k: int 
     return f"{ratio[k]:.3g}{spread} at σ = {grid[k]:g}"
 
 
+def sigma_list(sigmas) -> str:
+    """σ values as ``"0.01, 0.1"`` (empty: ``"none"``)."""
+    return ", ".join(f"{v:g}" for v in sigmas) or "none"
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write a table as CSV, atomically, numbers to 6 significant digits."""
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.6g").encode())

@@ -31,6 +31,7 @@ from .common import (
     on_grid,
     preconditioned,
     ratio_at,
+    sigma_list,
     slug,
     steps_text,
     training_steps_text,
@@ -40,7 +41,7 @@ from .dimension import dimension_section
 from .jacobian import jacobian_section
 from .machines import machines_section
 from .memorization import memorization_section
-from .summary import summary_section
+from .summary import missing_entries, summary_section
 from .training import training_section
 
 NETWORKS = ("per-sigma", "universal")
@@ -287,10 +288,6 @@ def _largest(values: np.ndarray, among: np.ndarray) -> int | None:
     return int(np.flatnonzero(among)[np.argmax(values[among])]) if among.any() else None
 
 
-def _sigma_list(sigmas) -> str:
-    return ", ".join(f"{v:g}" for v in sigmas) or "none"
-
-
 def standing_rows(standings: list[dict]) -> list[dict]:
     """The table of :func:`standing`'s dicts: per network its worst MSE/U (± SE, at σ),
     over the grid and over σ ≤ 1, and the σ at which it is no better than the identity
@@ -303,11 +300,11 @@ def standing_rows(standings: list[dict]) -> list[dict]:
         if st["worst_small"] is not None:
             row["worst MSE/U, σ ≤ 1"] = ratio_at(ratio, se, grid, st["worst_small"])
         if st["above_identity"] is not None:
-            row["no better than the identity at σ"] = _sigma_list(st["above_identity"]) + (
+            row["no better than the identity at σ"] = sigma_list(st["above_identity"]) + (
                 "" if st["blind_above_identity"] is None else
-                f" (blind optimum: {_sigma_list(st['blind_above_identity'])})")
+                f" (blind optimum: {sigma_list(st['blind_above_identity'])})")
         if st["above_mean"] is not None:
-            row["no better than the mean image at σ ≥ 1"] = _sigma_list(st["above_mean"])
+            row["no better than the mean image at σ ≥ 1"] = sigma_list(st["above_mean"])
         rows.append(row)
     return rows
 
@@ -814,15 +811,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                        ("mse", mse_rows), ("training", training)):
         if rows:
             write_csv(pd.DataFrame(rows), out / f"{name}.csv")
-    missing = []  # what the summary's table lacks, by entry, and why
-    for study in studies:
-        parts = ([] if study.reference else ["no stored references"]) + [
-            f"no stored {net} network" for net, frame in study.networks.items() if frame is None]
-        if study.reference and not standings.get(study.label):
-            parts.append("no exact or upper reference")
-        missing += [f"{study.label} ({', '.join(parts)})"] if parts else []
     lines[header:header] = summary_section(standings, kl_rows, preset.sigma0s, training,
-                                           memorization, missing, rates)
+                                           memorization, missing_entries(studies, standings),
+                                           rates)
     lines += ["## Files", "", "Tables as CSV: " + ", ".join(
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows), ("training", training)) if r)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .common import markdown_table, ratio_at
+from .common import markdown_table, ratio_at, sigma_list
 from .memorization import generalizes, percent
 from .training import convergence_lines
 
@@ -22,7 +22,7 @@ def _losses(sigmas, everywhere: str) -> str:
     """Where a network is no better than a baseline: the σ, or ``everywhere`` for none."""
     if sigmas is None:
         return "–"
-    return "not at σ = " + ", ".join(f"{v:g}" for v in sigmas) if len(sigmas) else everywhere
+    return "not at σ = " + sigma_list(sigmas) if len(sigmas) else everywhere
 
 
 def _nats(value: float) -> str:
@@ -123,6 +123,19 @@ def rate_summary_rows(rates: list[dict]) -> list[dict]:
     return rows
 
 
+def missing_entries(studies, standings: dict[str, list[dict]]) -> list[str]:
+    """What :func:`network_rows` lacks, per study entry (``main.StudyData``) and with why,
+    e.g. ``"disks (no stored universal network)"``."""
+    missing = []
+    for study in studies:
+        parts = ([] if study.reference else ["no stored references"]) + [
+            f"no stored {net} network" for net, frame in study.networks.items() if frame is None]
+        if study.reference and not standings.get(study.label):
+            parts.append("no exact or upper reference")
+        missing += [f"{study.label} ({', '.join(parts)})"] if parts else []
+    return missing
+
+
 def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma0s,
                     training: list[dict], memorization: pd.DataFrame | None,
                     missing: list[str], rates: list[dict]) -> list[str]:
@@ -180,4 +193,5 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
     return lines
 
 
-__all__ = ["memorization_rows", "network_rows", "summary_section"]
+__all__ = ["memorization_rows", "missing_entries", "network_rows", "rate_summary_rows",
+           "summary_section"]
