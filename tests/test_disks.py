@@ -484,6 +484,16 @@ def test_known_interval_oracle_quadrature_converged(disks, sigma):
     assert float(gap.flatten(1).square().sum(1).max()) / sigma**2 < 0.1
 
 
+def test_known_interval_oracle_takes_the_laplace_grid_at_small_sigma(disks):
+    """Sharp peaks take one Laplace grid, cut to the box: at σ = 0.01 the coarse window
+    (17 nodes per axis) misjudges the peak's extent; cut to it, 8 of these 16 images went to
+    the fallback (successive grids), against none now."""
+    oracle = disks.reference_denoisers()["oracle-radius-quarter"]
+    _, y, latents = noisy(disks, 16, 0.01, seed=0)
+    oracle(y, 0.01, latents=latents)
+    assert int((oracle.last_diagnostics["path"] == 2).sum()) <= 2
+
+
 def test_partial_oracles_batch_invariant_and_sigma_vector(disks):
     x, latents = disks.sample_with_latents(5, seed=1)
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))

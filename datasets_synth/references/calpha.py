@@ -251,7 +251,9 @@ class _BandModel:
         return {"ll": ll, "m": m, "mc": mc, "w": w, "LK": LK}
 
     def conditional_mean(self, st: dict) -> torch.Tensor:
-        """E[x | y, m] (n, P, d) of the evaluated candidates."""
+        """E[x | y, m] (n, P, d) of the evaluated candidates (not on a :meth:`select`-ed model)."""
+        if self.parts is None:
+            raise ValueError("a selected _BandModel has no conditional means; use the full model")
         s2 = self.s2[:, None, None]
         n, P = st["w"].shape[:2]
         x = self.y[:, None].expand(n, P, -1).clone()
@@ -268,13 +270,15 @@ class _BandModel:
         return x
 
     def select(self, rows: torch.Tensor) -> _BandModel:
-        """The model of images ``rows`` only."""
+        """The model of images ``rows`` only, for likelihoods, gradients and metrics (the
+        Gauss–Newton iterations): without the factors of F1 and F2 (``parts``, the largest
+        arrays), which only :meth:`conditional_mean` reads."""
         out = object.__new__(_BandModel)
         for name in ("lo", "hi", "s2", "y", "idx", "valid", "nb", "yB", "log_pF"):
             setattr(out, name, getattr(self, name)[rows])
         out.Q = [q[rows] for q in self.Q]
         out.r = [r[rows] for r in self.r]
-        out.parts = [tuple(t[rows] for t in part) for part in self.parts]
+        out.parts = None
         return out
 
     def _delta(self, st: dict) -> torch.Tensor:
