@@ -469,7 +469,7 @@ def test_partial_oracles_quadrature_converged(disks, cls, doubled):
         assert set(base.last_diagnostics) == {"path"}
 
 
-@pytest.mark.parametrize("sigma", [0.02, 0.3])
+@pytest.mark.parametrize("sigma", [0.01, 0.02, 0.3])
 def test_known_interval_oracle_quadrature_converged(disks, sigma):
     """The default preset's 3-D oracle (radius interval known): doubling every grid moves
     E[x | y, known] by < 0.1σ² on every image (observed ≤ 0.06σ²; before a grid had to
@@ -485,9 +485,10 @@ def test_known_interval_oracle_quadrature_converged(disks, sigma):
 
 
 def test_known_interval_oracle_takes_the_laplace_grid_at_small_sigma(disks):
-    """Sharp peaks take one Laplace grid, cut to the box: at σ = 0.01 the coarse window
-    (17 nodes per axis) misjudges the peak's extent; cut to it, 8 of these 16 images went to
-    the fallback (successive grids), against none now."""
+    """Sharp peaks take one Laplace grid, cut to the box: at σ = 0.01 the coarse grid (17
+    nodes per axis) does not resolve the peak and its window understates the peak's extent;
+    with the Laplace grid cut to that window, 8 of these 16 images went to the fallback
+    (successive grids), against none now."""
     oracle = disks.reference_denoisers()["oracle-radius-quarter"]
     _, y, latents = noisy(disks, 16, 0.01, seed=0)
     oracle(y, 0.01, latents=latents)

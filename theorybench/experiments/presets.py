@@ -1,8 +1,8 @@
 """Presets: every setting of a study, in one typed object per scale.
 
 ``smoke`` runs everything on tiny settings in well under a minute (the tests use it);
-``default`` gives meaningful numbers on a 2-core CPU in 23–34 minutes, with a peak of
-2.9–3.4 GB (summed RSS of the driver and its two workers; the largest cell alone, the C^α
+``default`` gives meaningful numbers on a 2-core CPU in 21–32 minutes, with a peak of
+2.8–3.4 GB (summed RSS of the driver and its two workers; the largest cell alone, the C^α
 references, peaks at 1.7 GB): the machine's speed moves the same cells by up to a third
 from one day to another (docs/default-preset.md: the measured run times, and what sized
 each setting);
