@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproduce theorybench's tables and figures: MMSE brackets, networks "
                     "trained at each σ, KL bounds, rates.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="study size: smoke (<1 min), default (2-core CPU, <30 min), "
-                             "gpu (one GPU, ~8 min), paper (one GPU, days)")
+                        help="study size: smoke (<1 min), default (2-core CPU, 21–32 min), "
+                             "gpu (one GPU, ~6 min), paper (one GPU, days)")
     parser.add_argument("--override", action="append", default=[], metavar="FIELD=JSON",
                         help="replace one preset field, e.g. universal_steps=50 or "
                              "'net={\"arch\": \"unet\", \"channels\": 8}' (repeatable)")
