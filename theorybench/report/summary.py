@@ -75,6 +75,12 @@ def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
     return rows
 
 
+def _copies(row) -> str:
+    """A sweep row's copies: ``"N = n: S1 / S2 (held-out h)"``."""
+    return (f"N = {row['N']}: {percent(row['mem S1'])} / {percent(row['mem S2'])} "
+            f"(held-out {percent(row['mem held'])})")
+
+
 def memorization_rows(table: pd.DataFrame) -> list[dict]:
     """Per entry of the memorization sweep (``memorization.csv``'s rows, less failed
     cells): copies at the smallest N and, at the largest, copies, the generalization
@@ -89,12 +95,8 @@ def memorization_rows(table: pd.DataFrame) -> list[dict]:
         first, last = part.loc[part["N"].idxmin()], part.loc[part["N"].idxmax()]
         rows.append({
             "entry": entry,
-            "copies, smallest N": f"N = {first['N']}: {percent(first['mem S1'])} / "
-                                  f"{percent(first['mem S2'])} (held-out "
-                                  f"{percent(first['mem held'])})",
-            "copies, largest N": f"N = {last['N']}: {percent(last['mem S1'])} / "
-                                 f"{percent(last['mem S2'])} (held-out "
-                                 f"{percent(last['mem held'])})",
+            "copies, smallest N": _copies(first),
+            "copies, largest N": _copies(last),
             "generalizes, largest N": f"{'yes' if generalizes(last) else 'no'} "
                                       f"({last['cross_cc']:.3f} between the networks, "
                                       f"{last['cos_c S1']:.3f} to the nearest training image)",
