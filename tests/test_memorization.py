@@ -11,7 +11,9 @@ from theorybench.memorization import (
     COPY_COSINE,
     COPY_THRESHOLD,
     ON_MANIFOLD_FACTOR,
+    copy_directions,
     cosine,
+    leave_one_out_references,
     manifold_fit,
     memorization_measures,
     nearest_neighbours,
@@ -233,6 +235,41 @@ def test_reference_centring_by_hand():
     frame = memorization_measures(vecs([[1, 0, 0]]), vecs([[0, 0, 3]]), reference=ref)
     assert frame.loc[0, "copy_cos"] == pytest.approx(0.0, abs=1e-12)
     assert frame.loc[0, "copy_distance"] == pytest.approx(math.sqrt(2))
+
+
+def test_leave_one_out_references_by_hand():
+    """Row i: the mean of the other held-out images' unit directions."""
+    held = vecs([[1, 0, 0], [0, 2, 0], [0, 0, 3]])
+    refs = leave_one_out_references(held)
+    assert refs.tolist() == [pytest.approx(r) for r in ([0, .5, .5], [.5, 0, .5], [.5, .5, 0])]
+    # held image 0 centred on (0,.5,.5) → (1,−.5,−.5)/‖·‖; training (0,2,0) → (0,.5,−.5)/‖·‖:
+    # cosine 0; the shared mean (⅓,⅓,⅓), to which image 0 contributes, gives
+    # (⅔,−⅓,−⅓)·(−⅓,⅔,−⅓)/(⅔) = −½
+    frame = memorization_measures(held[:1], vecs([[0, 2, 0]]), reference=refs[:1])
+    assert frame.loc[0, "copy_cos"] == pytest.approx(0.0, abs=1e-12)
+    shared = memorization_measures(held[:1], vecs([[0, 2, 0]]),
+                                   reference=reference_direction(held))
+    assert shared.loc[0, "copy_cos"] == pytest.approx(-0.5, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out_references(held[:1])
+    with pytest.raises(ValueError, match="one row of 3 per image"):
+        memorization_measures(held, TRAIN, reference=refs[:2])
+
+
+@pytest.mark.parametrize("chunk", [2, 4096])
+def test_per_sample_references_match_brute_force(chunk):
+    """One reference per sample: sample i and every training image centred on r_i, as a
+    loop over the samples with a shared reference gives it."""
+    gen = torch.Generator().manual_seed(3)
+    held = torch.rand(7, 1, 4, 4, generator=gen)
+    train = torch.rand(5, 1, 4, 4, generator=gen)
+    refs = leave_one_out_references(held)
+    frame = memorization_measures(held, train, reference=refs, chunk=chunk)
+    loop = [(copy_directions(held[i:i + 1], refs[i]) @ copy_directions(train, refs[i]).T)[0]
+            for i in range(len(held))]
+    np.testing.assert_allclose(frame["copy_cos"], [c.max().item() for c in loop], atol=1e-12)
+    np.testing.assert_array_equal(frame["copy_index"],
+                                  [int(c.argmax()) for c in loop])
 
 
 def test_on_manifold_accepts_disks_and_rejects_blends_and_flat_images():

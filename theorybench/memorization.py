@@ -4,8 +4,10 @@ For each generated image ``s`` and a training set ``{x_i}``:
 
 * the copy criterion (the headline "memorized" flag, defined at every N including N = 1):
   each image is unit-normalized, centred by subtracting a *reference direction* — the
-  mean of the unit-normalized held-out images (a mean image), or, without held-out
-  images, each image's own pixel mean — and unit-normalized again. The sample is a copy
+  mean of the unit-normalized held-out images (a mean image; for a held-out image itself
+  measured against the training set, the mean of the *other* held-out images, so that
+  no image sets its own centring: :func:`leave_one_out_references`), or, without
+  held-out images, each image's own pixel mean — and unit-normalized again. The sample is a copy
   when the distance between its centred direction and the nearest centred training
   direction is below ``COPY_THRESHOLD`` = 0.2, i.e. when the largest *centred cosine*
   over the training set is at least ``1 − 0.2²/2 = 0.98`` (``copy_cos``). Scale-free: a
@@ -82,19 +84,39 @@ def reference_direction(held_out: torch.Tensor) -> torch.Tensor:
     return _unit_rows(_flat64(held_out, "held_out")).mean(0)
 
 
+def leave_one_out_references(held_out: torch.Tensor) -> torch.Tensor:
+    """The copy criterion's centring for the held-out images themselves (n, d) float64:
+    row i is the mean of the unit-normalized held-out images *other than* i,
+    ``(n·r̄ − u_i)/(n − 1)`` (r̄ = :func:`reference_direction`). Measured against the
+    shared mean r̄, image i would take part in its own centring, which pulls every
+    training direction ``w − r̄`` away from it by ``(u_i − r̄)/(n − 1)`` and lowers its
+    centred cosines. Needs n >= 2."""
+    u = _unit_rows(_flat64(held_out, "held_out"))
+    if len(u) < 2:
+        raise ValueError(f"held_out must hold at least 2 images, got {len(u)}")
+    return (u.sum(0, keepdim=True) - u) / (len(u) - 1)
+
+
+def _references(reference: torch.Tensor, n: int, d: int, device) -> torch.Tensor:
+    """``reference`` as float64 on ``device``: (d,) shared, or (n, d) one per image."""
+    ref = torch.as_tensor(reference).to(device=device, dtype=torch.float64)
+    if ref.dim() == 2 and ref.shape == (n, d):
+        return ref
+    if ref.numel() != d:
+        raise ValueError(f"reference must have {d} values, or one row of {d} per image "
+                         f"({n}, {d}), got shape {tuple(ref.shape)}")
+    return ref.flatten()
+
+
 def copy_directions(images: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Centred unit directions (n, d) float64: unit-normalize, subtract ``reference`` (a
-    flattened direction from :func:`reference_direction`; None: each image's own pixel
-    mean), unit-normalize again. Invariant to a positive scale of the image."""
+    flattened direction (d,) from :func:`reference_direction`, or one per image (n, d)
+    from :func:`leave_one_out_references`; None: each image's own pixel mean),
+    unit-normalize again. Invariant to a positive scale of the image."""
     u = _unit_rows(_flat64(images, "images"))
     if reference is None:
-        u = _centered(u)
-    else:
-        ref = torch.as_tensor(reference).to(device=u.device, dtype=torch.float64).flatten()
-        if ref.numel() != u.shape[1]:
-            raise ValueError(f"reference must have {u.shape[1]} values, got {ref.numel()}")
-        u = u - ref[None]
-    return _unit_rows(u)
+        return _unit_rows(_centered(u))
+    return _unit_rows(u - _references(reference, *u.shape, u.device))
 
 
 def nearest_copy(samples: torch.Tensor, train_images: torch.Tensor,
@@ -102,18 +124,41 @@ def nearest_copy(samples: torch.Tensor, train_images: torch.Tensor,
                  ) -> dict[str, torch.Tensor]:
     """Largest centred cosine of each sample over the training set (N >= 1).
 
+    ``reference``: as for :func:`copy_directions`. With one reference per sample (n, d),
+    sample i and every training image are centred on ``r_i``; the cosines then come from
+    the expansion ``⟨u − r, w − r⟩ = ⟨u − r, w⟩ − ⟨u − r, r⟩`` and
+    ``‖w − r‖² = ‖w‖² − 2⟨r, w⟩ + ‖r‖²`` (u, w the unit-normalized sample and training
+    image), two (n, d) × (d, chunk) products per chunk.
+
     Returns (n,) tensors ``copy_cos`` (centred cosine to the nearest centred training
     direction), ``copy_distance`` (``√(2 − 2·copy_cos)``, the distance between the two
     centred unit directions) and ``copy_index``.
     """
-    s = copy_directions(samples, reference)
+    u = _unit_rows(_flat64(samples, "samples"))
+    r = None if reference is None else _references(reference, *u.shape, u.device)
+    if r is None or r.dim() == 1:  # each training image's centring is its own
+        s = copy_directions(samples, r)
+
+        def cosines(x: torch.Tensor) -> torch.Tensor:
+            return s @ copy_directions(x, r).T
+
+    else:
+        a = u - r
+        a_r, a_norm = (a * r).sum(1, keepdim=True), a.norm(dim=1, keepdim=True)
+        r_sq = r.square().sum(1, keepdim=True)
+
+        def cosines(x: torch.Tensor) -> torch.Tensor:
+            w = _unit_rows(_flat64(x, "train_images"))
+            w_r_sq = (w.square().sum(1)[None] - 2 * (r @ w.T) + r_sq).clamp_min(0)  # ‖w − r‖²
+            return (a @ w.T - a_r) / (a_norm * w_r_sq.sqrt()).clamp_min(_TINY)
+
     chunk = check_int("chunk", chunk, low=1)
-    best = torch.full((len(s),), -math.inf, dtype=torch.float64, device=s.device)
-    best_i = torch.zeros(len(s), dtype=torch.int64, device=s.device)
+    best = torch.full((len(u),), -math.inf, dtype=torch.float64, device=u.device)
+    best_i = torch.zeros(len(u), dtype=torch.int64, device=u.device)
     flat = train_images.detach()
     for start in range(0, len(flat), chunk):
-        x = copy_directions(flat[start:start + chunk].to(s.device), reference)
-        c_max, c_arg = (s @ x.T).max(1)
+        cos = cosines(flat[start:start + chunk].to(u.device))
+        c_max, c_arg = cos.max(1)
         better = c_max > best
         best, best_i = torch.where(better, c_max, best), torch.where(better, c_arg + start,
                                                                       best_i)
@@ -227,8 +272,9 @@ def memorization_measures(samples: torch.Tensor, train_images: torch.Tensor,
     train_images : tensor (N, c, h, w)   the generating network's training set, N >= 1.
     other_samples : tensor (n, c, h, w) or None   images of a second network from the same
         noise, paired row by row with ``samples`` (adds the cross columns).
-    reference : tensor or None   centring of the copy criterion, from
-        :func:`reference_direction` of held-out images (None: each image's pixel mean).
+    reference : tensor or None   centring of the copy criterion: (d,) from
+        :func:`reference_direction` of held-out images, or one per sample (n, d) from
+        :func:`leave_one_out_references` (None: each image's pixel mean).
     chunk : int   training images per chunk of the distance computation.
     threshold : float   copy threshold on the centred-direction distance.
 
@@ -353,7 +399,7 @@ def summarize(frame: pd.DataFrame, level: float = 0.95) -> dict:
 
 
 __all__ = ["COPY_COSINE", "COPY_THRESHOLD", "MEMORIZED_RATIO", "ON_MANIFOLD_FACTOR",
-           "copy_directions", "cosine", "manifold_fit",
+           "copy_directions", "cosine", "leave_one_out_references", "manifold_fit",
            "manifold_tolerance", "memorization_measures", "nearest_copy",
            "nearest_neighbours", "on_manifold", "reference_direction", "summarize",
            "wilson_interval"]

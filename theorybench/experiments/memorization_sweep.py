@@ -20,7 +20,9 @@ For each distribution and training-set size N, a ``memorization`` cell
    networks' samples against each other (cross cosine), and the S1 network's train and
    test MSE per σ (the generalization gap);
 5. the baseline: the same measures for the cell's real held-out images against S1, so that
-   a sample's novelty reads against the data's own;
+   a sample's novelty reads against the data's own (each held-out image's copy criterion
+   centred on the mean of the *other* held-out images,
+   :func:`memorization.leave_one_out_references`: no image sets its own centring);
 6. for a family that can project onto its manifold (``Distribution.project``: disks),
    which samples are images of the family: the squared distance to the best fit per
    pixel at most ``memorization.ON_MANIFOLD_FACTOR``·σ_last² (σ_last: the sampler's last
@@ -69,6 +71,7 @@ from ..evaluation import check_sigmas, mse_curve
 from ..memorization import (
     COPY_THRESHOLD,
     ON_MANIFOLD_FACTOR,
+    leave_one_out_references,
     manifold_fit,
     manifold_tolerance,
     memorization_measures,
@@ -453,26 +456,26 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     ``converged_s1``/``converged_s2`` (held-out error during training and its convergence
     flag, :func:`~theorybench.training.converged`); ``mse_train``/``mse_test`` (curves of
     the S1 network: per-pixel MSE on S1 images and on held-out images, per σ of
-    ``spec["sigmas"]``); ``summary`` ``{role: summarize(...)}`` and ``per_sample``
-    ``{role: {column: K values}}`` (``memorized``: the copy criterion) for roles ``s1``
-    (S1 network vs S1, cross vs S2 network), ``s2`` (S2 network vs S2, cross vs S1
-    network), ``empirical`` (empirical denoiser of S1 vs S1, cross vs the S1 network);
-    ``examples`` (the first noises' images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``,
+    ``spec["sigmas"]``); ``summary`` ``{role: summarize(...)}`` and ``per_sample`` ``{role:
+    {column: K values}}`` (``memorized``: the copy criterion) for roles ``s1`` (S1 network
+    vs S1, cross vs S2 network), ``s2`` (S2 network vs S2, cross vs S1 network),
+    ``empirical`` (empirical denoiser of S1 vs S1, cross vs the S1 network); ``examples``
+    (the first noises' images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``,
     ``empirical``, each (E, c, h, w) lists); ``centring`` (the copy criterion's, in words)
-    and ``copy_threshold``; ``baseline`` (the cell's held-out images against S1:
-    ``summary`` and ``per_sample`` as for a role; absent without held-out images). For a
-    family with ``project``: ``manifold`` (``sigma_last``, ``factor``), each role's
-    summary adds ``on_manifold_fraction``, ``on_manifold_ci``, ``flat_fraction`` and
-    ``median_manifold_residual`` (per sample: ``manifold_residual``, ``manifold_shape``), and
-    ``baseline["manifold"]`` holds those of the held-out images, ``clean`` and ``noisy``
-    (plus σ_last noise); ``trace`` (ODE samplers: ``sigma``, the grid's levels but the
-    last, and per level the fractions of ``s1``'s and ``s2``'s iterates, of the held-out
-    images with that noise, ``held``, and with ``posterior_samples`` of the posterior's
-    iterates, ``posterior``, that lie within the tolerance of the family); with
-    ``spec["posterior_samples"]``, ``posterior_samples``: the summary of item 6 for the
-    posterior mean's samples, with its ``denoiser`` name and ``kind`` (``failed`` if its
-    sampler diverged). A diverging training or sampler gives ``failed`` (the message)
-    and whatever was computed before.
+    and ``copy_threshold``; ``baseline`` (the cell's held-out images against S1, each
+    centred on the mean of the others: ``summary`` and ``per_sample`` as for a role; absent
+    without held-out images). For a family with ``project``: ``manifold`` (``sigma_last``,
+    ``factor``), each role's summary adds ``on_manifold_fraction``, ``on_manifold_ci``,
+    ``flat_fraction`` and ``median_manifold_residual`` (per sample: ``manifold_residual``,
+    ``manifold_shape``), and ``baseline["manifold"]`` holds those of the held-out images,
+    ``clean`` and ``noisy`` (plus σ_last noise); ``trace`` (ODE samplers: ``sigma``, the
+    grid's levels but the last, and per level the fractions of ``s1``'s and ``s2``'s
+    iterates, of the held-out images with that noise, ``held``, and with
+    ``posterior_samples`` of the posterior's iterates, ``posterior``, that lie within the
+    tolerance of the family); with ``spec["posterior_samples"]``, ``posterior_samples``: the
+    summary of item 6 for the posterior mean's samples, with its ``denoiser`` name and
+    ``kind`` (``failed`` if its sampler diverged). A diverging training or sampler gives
+    ``failed`` (the message) and whatever was computed before.
     """
     device = resolve_device(device)
     n, seed = spec["N"], spec["seed"]
@@ -522,7 +525,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
                   "empirical": (s1, samples["s1"])}
         # copy criterion centred on the mean of the unit-normalized held-out images
         reference = None if held is None else reference_direction(held)
-        result["centring"] = ("mean of the unit-normalized held-out images" if held is not None
+        result["centring"] = ("mean of the unit-normalized held-out images (for a held-out "
+                              "image: of the others)" if held is not None
                               else "each image's own pixel mean (no held-out images)")
         result["copy_threshold"] = COPY_THRESHOLD
         sigma_last = last_sigma(method, options)
@@ -549,7 +553,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             result["per_sample"][role] = {c: frame[c].tolist() for c in PER_SAMPLE
                                           if c in frame}
         if held is not None:  # the data's own novelty: real held-out images against S1
-            frame = memorization_measures(held, s1, reference=reference)
+            frame = memorization_measures(held, s1, reference=leave_one_out_references(held))
             result["baseline"] = {
                 "summary": _json_summary(summarize(frame)),
                 "per_sample": {c: frame[c].tolist() for c in BASELINE_PER_SAMPLE}}
