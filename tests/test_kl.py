@@ -156,6 +156,22 @@ def test_model_equal_to_data_gives_zero():
     assert len(empty.integrand) == len(sigmas)
 
 
+def test_constant_relative_gap_gives_its_log_length():
+    """A network at MMSE + ε·σ² per pixel: the integrand d·(MSE − MMSE)/σ² = d·ε is constant
+    in ln σ, so both ends equal d·ε·ln(σ_max/σ0) (the trapezoid is exact; no closing term
+    without ``data_variance``)."""
+    p = datasets_synth.get("gaussian", size=8)
+    sigmas = np.geomspace(0.01, 10, 37)
+    curve = exact_curve(WienerFilter(p.eigenvalues, p.mean), sigmas)
+    eps = 0.02
+    table = kl_bound(curve.assign(mse=curve.mse + eps * sigmas**2), {"exact": curve},
+                     sigma0=[0.01, 0.1, 1.0]).table
+    for row in table.itertuples():
+        expected = 64 * eps * math.log(10 / row.sigma0)
+        assert math.isclose(row.kl_low, expected, rel_tol=1e-9), (row.sigma0, row.kl_low)
+        assert math.isclose(row.kl_high, expected, rel_tol=1e-9)
+
+
 def test_trapezoid_weights_integrate_linear_functions_exactly():
     u = np.array([0.0, 0.5, 1.5, 3.0])
     h = 2.0 * u + 1.0

@@ -252,8 +252,20 @@ def test_leave_one_out_references_by_hand():
     assert shared.loc[0, "copy_cos"] == pytest.approx(-0.5, abs=1e-12)
     with pytest.raises(ValueError, match="at least 2"):
         leave_one_out_references(held[:1])
-    with pytest.raises(ValueError, match="one row of 3 per image"):
+    with pytest.raises(ValueError, match=r"shape \(3,\), shared, or \(3, 3\), one row per"):
         memorization_measures(held, TRAIN, reference=refs[:2])
+
+
+def test_training_image_at_its_reference_has_cosine_zero():
+    """Two held-out images: each one's leave-one-out reference is the other's unit direction,
+    so a training image that is a scaled copy of held-out image 1 sits at image 0's
+    reference: a zero centred vector, cosine 0 (as for ``copy_directions``), not the
+    rounding of 0/0."""
+    held = vecs([[0.3, 1.7, 0.2], [2.9, 0.4, 1.3]])
+    refs = leave_one_out_references(held)
+    frame = memorization_measures(held, 7.1 * held[1:], reference=refs)
+    assert frame.loc[0, "copy_cos"] == 0.0
+    assert frame["memorized"].tolist() == [False, True]  # held-out image 1 is copied
 
 
 @pytest.mark.parametrize("chunk", [2, 4096])
@@ -270,6 +282,12 @@ def test_per_sample_references_match_brute_force(chunk):
     np.testing.assert_allclose(frame["copy_cos"], [c.max().item() for c in loop], atol=1e-12)
     np.testing.assert_array_equal(frame["copy_index"],
                                   [int(c.argmax()) for c in loop])
+    # paired samples of a second network: pair i centred on r_i
+    other = torch.rand(7, 1, 4, 4, generator=gen)
+    cross = memorization_measures(held, train, other_samples=other, reference=refs)
+    expected = [float(copy_directions(held[i:i + 1], refs[i])
+                      @ copy_directions(other[i:i + 1], refs[i]).T) for i in range(len(held))]
+    np.testing.assert_allclose(cross["cross_copy_cos"], expected, atol=1e-12)
 
 
 def test_on_manifold_accepts_disks_and_rejects_blends_and_flat_images():

@@ -16,7 +16,7 @@ from theorybench.evaluation import mse_curve
 from theorybench.experiments import memorization_sweep as ms
 from theorybench.experiments.cells import run_cell
 from theorybench.experiments.keys import cell_key
-from theorybench.memorization import cosine
+from theorybench.memorization import cosine, leave_one_out_references, memorization_measures
 from theorybench.report.memorization import memorization_section, stays_down_to, verdict
 from theorybench.report.training import training_section
 from theorybench.sampling import SampleResult, SamplingDiverged, sigma_grid
@@ -163,9 +163,14 @@ def test_sweep_results(sweep):
         emp = res["summary"]["empirical"]
         assert emp["memorized_fraction"] == 1.0 and emp["median_cos_nn"] > 0.9999
         assert emp["median_copy_cos"] > 0.999 and res["copy_threshold"] == 0.2
-        assert "held-out" in res["centring"]
-        # baseline: the cell's real held-out images against S1 are not copies
+        assert "held-out" in res["centring"] and "of the others" in res["centring"]
+        # baseline: the cell's real held-out images against S1 are not copies, each centred
+        # on the mean of the other held-out images
         base = res["baseline"]
+        inputs = ms.cell_inputs(record["spec"])
+        own = memorization_measures(inputs.held, inputs.s1,
+                                    reference=leave_one_out_references(inputs.held))
+        np.testing.assert_array_equal(base["per_sample"]["copy_cos"], own["copy_cos"])
         assert base["summary"]["n"] == 16 and len(base["per_sample"]["copy_cos"]) == 16
         assert base["summary"]["memorized_fraction"] == 0.0
         assert base["summary"]["median_copy_cos"] < 0.9

@@ -128,6 +128,13 @@ def test_blind_optimum_is_stored_and_floors_the_universal_network(smoke):
     rows = kl[(kl.entry == "gaussian") & np.isclose(kl.sigma0, 0.02)].set_index("network")
     gap = rows.kl_high - rows.closing
     assert 0 < gap["wiener-blind (blind optimum)"] < gap["universal"]
+    # its integral is the trapezoid in ln σ of its stored gap to the exact MMSE, from σ0 on
+    wiener = mse[(mse.entry == "gaussian") & (mse.denoiser == "wiener")]
+    pair = blind.merge(wiener, on="sigma", suffixes=("", "_mmse")).sort_values("sigma")
+    pair = pair[pair.sigma >= 0.02 - 1e-12]
+    h = np.maximum(256 * (pair.mse - pair.mse_mmse), 0) / pair.sigma**2
+    assert len(pair) >= 2 and math.isclose(gap["wiener-blind (blind optimum)"],
+                                           np.trapezoid(h, np.log(pair.sigma)), rel_tol=1e-4)
     assert "price of not knowing σ" in (out / "README.md").read_text()
 
 

@@ -98,25 +98,34 @@ def leave_one_out_references(held_out: torch.Tensor) -> torch.Tensor:
 
 
 def _references(reference: torch.Tensor, n: int, d: int, device) -> torch.Tensor:
-    """``reference`` as float64 on ``device``: (d,) shared, or (n, d) one per image."""
+    """``reference`` as float64 on ``device``: (d,) shared by every image, or (n, d), row i
+    centring image i."""
     ref = torch.as_tensor(reference).to(device=device, dtype=torch.float64)
-    if ref.dim() == 2 and ref.shape == (n, d):
-        return ref
-    if ref.numel() != d:
-        raise ValueError(f"reference must have {d} values, or one row of {d} per image "
-                         f"({n}, {d}), got shape {tuple(ref.shape)}")
-    return ref.flatten()
+    if ref.shape not in ((d,), (n, d)):
+        raise ValueError(f"reference must have shape ({d},), shared, or ({n}, {d}), one row "
+                         f"per image, got {tuple(ref.shape)}")
+    return ref
 
 
 def copy_directions(images: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
-    """Centred unit directions (n, d) float64: unit-normalize, subtract ``reference`` (a
-    flattened direction (d,) from :func:`reference_direction`, or one per image (n, d)
-    from :func:`leave_one_out_references`; None: each image's own pixel mean),
-    unit-normalize again. Invariant to a positive scale of the image."""
+    """Centred unit directions (n, d) float64: unit-normalize, subtract ``reference`` (d,)
+    from :func:`reference_direction`, or (n, d) with row i for image i (from
+    :func:`leave_one_out_references`; None: each image's own pixel mean), unit-normalize
+    again. Invariant to a positive scale of the image."""
     u = _unit_rows(_flat64(images, "images"))
     if reference is None:
         return _unit_rows(_centered(u))
     return _unit_rows(u - _references(reference, *u.shape, u.device))
+
+
+def _check_training_set(train_images: torch.Tensor, samples: torch.Tensor) -> None:
+    if not isinstance(train_images, torch.Tensor) or train_images.dim() < 2:
+        raise ValueError("train_images must be a tensor (N, c, h, w)")
+    if len(train_images) < 1:
+        raise ValueError("train_images must hold at least 1 image")
+    if train_images[0].numel() != samples[0].numel():
+        raise ValueError(f"samples and train_images must have the same image size, got "
+                         f"{tuple(samples.shape[1:])} and {tuple(train_images.shape[1:])}")
 
 
 def nearest_copy(samples: torch.Tensor, train_images: torch.Tensor,
@@ -125,15 +134,19 @@ def nearest_copy(samples: torch.Tensor, train_images: torch.Tensor,
     """Largest centred cosine of each sample over the training set (N >= 1).
 
     ``reference``: as for :func:`copy_directions`. With one reference per sample (n, d),
-    sample i and every training image are centred on ``r_i``; the cosines then come from
-    the expansion ``⟨u − r, w − r⟩ = ⟨u − r, w⟩ − ⟨u − r, r⟩`` and
-    ``‖w − r‖² = ‖w‖² − 2⟨r, w⟩ + ‖r‖²`` (u, w the unit-normalized sample and training
-    image), two (n, d) × (d, chunk) products per chunk.
+    sample i and every training image are centred on ``r_i``. With ``r̄`` the references'
+    mean and ``δ_i = r_i − r̄`` (small for :func:`leave_one_out_references`), the cosines
+    come from ``c = w − r̄`` (w: a unit-normalized training image) by
+    ``⟨u − r_i, w − r_i⟩ = ⟨u − r_i, c⟩ − ⟨u − r_i, δ_i⟩`` and
+    ``‖w − r_i‖² = ‖c‖² − 2⟨δ_i, c⟩ + ‖δ_i‖²``: two (n, d) × (d, chunk) products per
+    chunk, with no cancellation beyond ``δ``'s. A training image within rounding of
+    ``r_i`` (``‖w − r_i‖² ≤ 1e-12 (‖c‖² + ‖δ_i‖²)``) is a zero centred vector: cosine 0.
 
     Returns (n,) tensors ``copy_cos`` (centred cosine to the nearest centred training
     direction), ``copy_distance`` (``√(2 − 2·copy_cos)``, the distance between the two
     centred unit directions) and ``copy_index``.
     """
+    _check_training_set(train_images, samples)
     u = _unit_rows(_flat64(samples, "samples"))
     r = None if reference is None else _references(reference, *u.shape, u.device)
     if r is None or r.dim() == 1:  # each training image's centring is its own
@@ -143,14 +156,17 @@ def nearest_copy(samples: torch.Tensor, train_images: torch.Tensor,
             return s @ copy_directions(x, r).T
 
     else:
-        a = u - r
-        a_r, a_norm = (a * r).sum(1, keepdim=True), a.norm(dim=1, keepdim=True)
-        r_sq = r.square().sum(1, keepdim=True)
+        centre = r.mean(0)
+        delta, a = r - centre, u - r
+        a_delta, a_norm = (a * delta).sum(1, keepdim=True), a.norm(dim=1, keepdim=True)
+        delta_sq = delta.square().sum(1, keepdim=True)
 
         def cosines(x: torch.Tensor) -> torch.Tensor:
-            w = _unit_rows(_flat64(x, "train_images"))
-            w_r_sq = (w.square().sum(1)[None] - 2 * (r @ w.T) + r_sq).clamp_min(0)  # ‖w − r‖²
-            return (a @ w.T - a_r) / (a_norm * w_r_sq.sqrt()).clamp_min(_TINY)
+            c = _unit_rows(_flat64(x, "train_images")) - centre
+            c_sq = c.square().sum(1)[None]
+            w_r_sq = c_sq - 2 * (delta @ c.T) + delta_sq  # ‖w − r_i‖², (n, chunk)
+            cos = (a @ c.T - a_delta) / (a_norm * w_r_sq.clamp_min(0).sqrt()).clamp_min(_TINY)
+            return torch.where(w_r_sq > 1e-12 * (c_sq + delta_sq), cos, torch.zeros_like(cos))
 
     chunk = check_int("chunk", chunk, low=1)
     best = torch.full((len(u),), -math.inf, dtype=torch.float64, device=u.device)
@@ -202,13 +218,7 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor,
     (the largest cosine over the training set and its argmax).
     """
     s = _flat64(samples, "samples")
-    if not isinstance(train_images, torch.Tensor) or train_images.dim() < 2:
-        raise ValueError("train_images must be a tensor (N, c, h, w)")
-    if len(train_images) < 1:
-        raise ValueError("train_images must hold at least 1 image")
-    if train_images[0].numel() != s.shape[1]:
-        raise ValueError(f"samples and train_images must have the same image size, got "
-                         f"{tuple(samples.shape[1:])} and {tuple(train_images.shape[1:])}")
+    _check_training_set(train_images, samples)
     chunk = check_int("chunk", chunk, low=1)
     n, device = s.shape[0], s.device
     sc = _centered(s)

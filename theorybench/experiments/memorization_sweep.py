@@ -463,19 +463,20 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     (the first noises' images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``,
     ``empirical``, each (E, c, h, w) lists); ``centring`` (the copy criterion's, in words)
     and ``copy_threshold``; ``baseline`` (the cell's held-out images against S1, each
-    centred on the mean of the others: ``summary`` and ``per_sample`` as for a role; absent
-    without held-out images). For a family with ``project``: ``manifold`` (``sigma_last``,
-    ``factor``), each role's summary adds ``on_manifold_fraction``, ``on_manifold_ci``,
-    ``flat_fraction`` and ``median_manifold_residual`` (per sample: ``manifold_residual``,
-    ``manifold_shape``), and ``baseline["manifold"]`` holds those of the held-out images,
-    ``clean`` and ``noisy`` (plus σ_last noise); ``trace`` (ODE samplers: ``sigma``, the
-    grid's levels but the last, and per level the fractions of ``s1``'s and ``s2``'s
-    iterates, of the held-out images with that noise, ``held``, and with
-    ``posterior_samples`` of the posterior's iterates, ``posterior``, that lie within the
-    tolerance of the family); with ``spec["posterior_samples"]``, ``posterior_samples``: the
-    summary of item 6 for the posterior mean's samples, with its ``denoiser`` name and
-    ``kind`` (``failed`` if its sampler diverged). A diverging training or sampler gives
-    ``failed`` (the message) and whatever was computed before.
+    centred on the mean of the others (on its own, when alone): ``summary`` and
+    ``per_sample`` as for a role; absent without held-out images). For a family with
+    ``project``: ``manifold`` (``sigma_last``, ``factor``), each role's summary adds
+    ``on_manifold_fraction``, ``on_manifold_ci``, ``flat_fraction`` and
+    ``median_manifold_residual`` (per sample: ``manifold_residual``, ``manifold_shape``),
+    and ``baseline["manifold"]`` holds those of the held-out images, ``clean`` and ``noisy``
+    (plus σ_last noise); ``trace`` (ODE samplers: ``sigma``, the grid's levels but the last,
+    and per level the fractions of ``s1``'s and ``s2``'s iterates, of the held-out images
+    with that noise, ``held``, and with ``posterior_samples`` of the posterior's iterates,
+    ``posterior``, that lie within the tolerance of the family); with
+    ``spec["posterior_samples"]``, ``posterior_samples``: the summary of item 6 for the
+    posterior mean's samples, with its ``denoiser`` name and ``kind`` (``failed`` if its
+    sampler diverged). A diverging training or sampler gives ``failed`` (the message) and
+    whatever was computed before.
     """
     device = resolve_device(device)
     n, seed = spec["N"], spec["seed"]
@@ -525,9 +526,10 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
                   "empirical": (s1, samples["s1"])}
         # copy criterion centred on the mean of the unit-normalized held-out images
         reference = None if held is None else reference_direction(held)
-        result["centring"] = ("mean of the unit-normalized held-out images (for a held-out "
-                              "image: of the others)" if held is not None
-                              else "each image's own pixel mean (no held-out images)")
+        result["centring"] = ("each image's own pixel mean (no held-out images)" if held is None
+                              else "mean of the unit-normalized held-out images"
+                              + (" (for a held-out image: of the others)" if len(held) >= 2
+                                 else ""))
         result["copy_threshold"] = COPY_THRESHOLD
         sigma_last = last_sigma(method, options)
         result["manifold"] = {"sigma_last": sigma_last, "factor": ON_MANIFOLD_FACTOR}
@@ -553,7 +555,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             result["per_sample"][role] = {c: frame[c].tolist() for c in PER_SAMPLE
                                           if c in frame}
         if held is not None:  # the data's own novelty: real held-out images against S1
-            frame = memorization_measures(held, s1, reference=leave_one_out_references(held))
+            own = leave_one_out_references(held) if len(held) >= 2 else reference
+            frame = memorization_measures(held, s1, reference=own)
             result["baseline"] = {
                 "summary": _json_summary(summarize(frame)),
                 "per_sample": {c: frame[c].tolist() for c in BASELINE_PER_SAMPLE}}
