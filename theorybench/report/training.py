@@ -18,7 +18,7 @@ import pandas as pd
 from ..experiments.keys import entry_label
 from ..figures import cached_figure, plt
 from ..training import monitored_error, tail_drop
-from .common import markdown_table, preconditioned, slug
+from .common import markdown_table, preconditioned, sigma_list, slug
 
 
 def trained_networks(records: list[dict]) -> list[dict]:
@@ -94,7 +94,7 @@ def _figure(group: str, nets: list[dict]):
         else:
             mse = np.asarray(monitor["mse"][0])
             axes[1].plot(steps, mse / mse[-1], label=f"σ={t['sigma']:g}")
-    sigmas = ", ".join(f"{s:g}" for s in universal[0]["monitor"]["sigma"]) if universal else ""
+    sigmas = sigma_list(universal[0]["monitor"]["sigma"] if universal else [])
     axes[0].set(yscale="log", xlabel="step",
                 ylabel="held-out MSE/σ² (per pixel)" if len(universal) == 1 else
                 f"held-out mean MSE/σ², σ = {sigmas}",
