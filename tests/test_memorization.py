@@ -11,11 +11,13 @@ from theorybench.memorization import (
     COPY_COSINE,
     COPY_THRESHOLD,
     ON_MANIFOLD_FACTOR,
+    baseline_reference,
     copy_directions,
     cosine,
     leave_one_out_references,
     manifold_fit,
     memorization_measures,
+    nearest_copy,
     nearest_neighbours,
     on_manifold,
     reference_direction,
@@ -254,6 +256,27 @@ def test_leave_one_out_references_by_hand():
         leave_one_out_references(held[:1])
     with pytest.raises(ValueError, match=r"shape \(3,\), shared, or \(3, 3\), one row per"):
         memorization_measures(held, TRAIN, reference=refs[:2])
+
+
+def test_baseline_reference_leaves_each_image_out_and_a_lone_one_on_its_pixel_mean():
+    """Two or more held-out images: the leave-one-out rows; one: None (its own shared
+    mean would centre it to a zero vector, cosine 0 to everything)."""
+    held = vecs([[1, 0, 0], [0, 2, 0], [0, 0, 3]])
+    torch.testing.assert_close(baseline_reference(held), leave_one_out_references(held))
+    assert baseline_reference(held[:1]) is None
+    lone = memorization_measures(held[:1], vecs([[2, 0.1, 0.1]]),
+                                 reference=baseline_reference(held[:1]))
+    assert lone.loc[0, "copy_cos"] > 0.99  # (1,0,0) against (2,.1,.1), pixel-mean centred
+    shared = memorization_measures(held[:1], vecs([[2, 0.1, 0.1]]),
+                                   reference=reference_direction(held[:1]))
+    assert shared.loc[0, "copy_cos"] == 0.0
+
+
+def test_nearest_copy_rejects_bad_samples_and_sizes_in_one_line():
+    with pytest.raises(ValueError, match="samples must be a non-empty tensor"):
+        nearest_copy(torch.zeros(0, 1, 1, 3), TRAIN)
+    with pytest.raises(ValueError, match="same image size"):
+        nearest_copy(vecs([[1, 0, 0, 0]]), TRAIN, reference=torch.zeros(1, 4))
 
 
 def test_training_image_at_its_reference_has_cosine_zero():

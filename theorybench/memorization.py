@@ -84,6 +84,13 @@ def reference_direction(held_out: torch.Tensor) -> torch.Tensor:
     return _unit_rows(_flat64(held_out, "held_out")).mean(0)
 
 
+def baseline_reference(held_out: torch.Tensor) -> torch.Tensor | None:
+    """The copy criterion's centring for the held-out images measured themselves:
+    :func:`leave_one_out_references`, or with a single image (whose own mean it would be)
+    None, each image's own pixel mean."""
+    return leave_one_out_references(held_out) if len(held_out) >= 2 else None
+
+
 def leave_one_out_references(held_out: torch.Tensor) -> torch.Tensor:
     """The copy criterion's centring for the held-out images themselves (n, d) float64:
     row i is the mean of the unit-normalized held-out images *other than* i,
@@ -110,8 +117,8 @@ def _references(reference: torch.Tensor, n: int, d: int, device) -> torch.Tensor
 def copy_directions(images: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Centred unit directions (n, d) float64: unit-normalize, subtract ``reference`` (d,)
     from :func:`reference_direction`, or (n, d) with row i for image i (from
-    :func:`leave_one_out_references`; None: each image's own pixel mean), unit-normalize
-    again. Invariant to a positive scale of the image."""
+    :func:`leave_one_out_references`), or with None each image's own pixel mean, and
+    unit-normalize again. Invariant to a positive scale of the image."""
     u = _unit_rows(_flat64(images, "images"))
     if reference is None:
         return _unit_rows(_centered(u))
@@ -146,8 +153,8 @@ def nearest_copy(samples: torch.Tensor, train_images: torch.Tensor,
     direction), ``copy_distance`` (``√(2 − 2·copy_cos)``, the distance between the two
     centred unit directions) and ``copy_index``.
     """
-    _check_training_set(train_images, samples)
     u = _unit_rows(_flat64(samples, "samples"))
+    _check_training_set(train_images, samples)
     r = None if reference is None else _references(reference, *u.shape, u.device)
     if r is None or r.dim() == 1:  # each training image's centring is its own
         s = copy_directions(samples, r)
@@ -409,7 +416,7 @@ def summarize(frame: pd.DataFrame, level: float = 0.95) -> dict:
 
 
 __all__ = ["COPY_COSINE", "COPY_THRESHOLD", "MEMORIZED_RATIO", "ON_MANIFOLD_FACTOR",
-           "copy_directions", "cosine", "leave_one_out_references", "manifold_fit",
-           "manifold_tolerance", "memorization_measures", "nearest_copy",
+           "baseline_reference", "copy_directions", "cosine", "leave_one_out_references",
+           "manifold_fit", "manifold_tolerance", "memorization_measures", "nearest_copy",
            "nearest_neighbours", "on_manifold", "reference_direction", "summarize",
            "wilson_interval"]

@@ -22,7 +22,7 @@ For each distribution and training-set size N, a ``memorization`` cell
 5. the baseline: the same measures for the cell's real held-out images against S1, so that
    a sample's novelty reads against the data's own (each held-out image's copy criterion
    centred on the mean of the *other* held-out images,
-   :func:`memorization.leave_one_out_references`: no image sets its own centring);
+   :func:`memorization.baseline_reference`: no image sets its own centring);
 6. for a family that can project onto its manifold (``Distribution.project``: disks),
    which samples are images of the family: the squared distance to the best fit per
    pixel at most ``memorization.ON_MANIFOLD_FACTOR``·σ_last² (σ_last: the sampler's last
@@ -71,7 +71,7 @@ from ..evaluation import check_sigmas, mse_curve
 from ..memorization import (
     COPY_THRESHOLD,
     ON_MANIFOLD_FACTOR,
-    leave_one_out_references,
+    baseline_reference,
     manifold_fit,
     manifold_tolerance,
     memorization_measures,
@@ -463,7 +463,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     (the first noises' images: ``s1``, ``s1_nearest``, ``s2``, ``s2_nearest``,
     ``empirical``, each (E, c, h, w) lists); ``centring`` (the copy criterion's, in words)
     and ``copy_threshold``; ``baseline`` (the cell's held-out images against S1, each
-    centred on the mean of the others (on its own, when alone): ``summary`` and
+    centred on the mean of the others (a lone one on its own pixel mean): ``summary`` and
     ``per_sample`` as for a role; absent without held-out images). For a family with
     ``project``: ``manifold`` (``sigma_last``, ``factor``), each role's summary adds
     ``on_manifold_fraction``, ``on_manifold_ci``, ``flat_fraction`` and
@@ -529,7 +529,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         result["centring"] = ("each image's own pixel mean (no held-out images)" if held is None
                               else "mean of the unit-normalized held-out images"
                               + (" (for a held-out image: of the others)" if len(held) >= 2
-                                 else ""))
+                                 else " (for the one held-out image: its own pixel mean)"))
         result["copy_threshold"] = COPY_THRESHOLD
         sigma_last = last_sigma(method, options)
         result["manifold"] = {"sigma_last": sigma_last, "factor": ON_MANIFOLD_FACTOR}
@@ -555,8 +555,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             result["per_sample"][role] = {c: frame[c].tolist() for c in PER_SAMPLE
                                           if c in frame}
         if held is not None:  # the data's own novelty: real held-out images against S1
-            own = leave_one_out_references(held) if len(held) >= 2 else reference
-            frame = memorization_measures(held, s1, reference=own)
+            frame = memorization_measures(held, s1, reference=baseline_reference(held))
             result["baseline"] = {
                 "summary": _json_summary(summarize(frame)),
                 "per_sample": {c: frame[c].tolist() for c in BASELINE_PER_SAMPLE}}
