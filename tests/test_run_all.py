@@ -116,6 +116,17 @@ def test_gaussian_reference_is_the_exact_mmse(smoke):
         assert abs(row.mse - dist.mmse(row.sigma)) < 3 * row.se + 1e-9
 
 
+def _gaussian_gap_integrand(mse: pd.DataFrame, denoiser: str, sigma0: float):
+    """The KL integrand d·(MSE − MMSE)/σ² (d = 256; SCIENCE.md §4b) of a Gaussian denoiser's
+    stored curve against the Wiener filter's, at the stored σ ≥ σ0, with ln σ."""
+    g = mse[mse.entry == "gaussian"]
+    pair = g[g.denoiser == denoiser].merge(g[g.denoiser == "wiener"], on="sigma",
+                                           suffixes=("", "_mmse")).sort_values("sigma")
+    pair = pair[pair.sigma >= sigma0 - 1e-12]
+    sigma = pair.sigma.to_numpy()
+    return 256 * (pair.mse - pair.mse_mmse).to_numpy() / sigma**2, np.log(sigma)
+
+
 def test_blind_optimum_is_stored_and_floors_the_universal_network(smoke):
     """The Gaussian's blind Wiener filter is a reference of kind ``blind`` on the dense grid,
     never part of the bracket, and its KL integral from σ_min is below the universal
@@ -129,12 +140,9 @@ def test_blind_optimum_is_stored_and_floors_the_universal_network(smoke):
     gap = rows.kl_high - rows.closing
     assert 0 < gap["wiener-blind (blind optimum)"] < gap["universal"]
     # its integral is the trapezoid in ln σ of its stored gap to the exact MMSE, from σ0 on
-    wiener = mse[(mse.entry == "gaussian") & (mse.denoiser == "wiener")]
-    pair = blind.merge(wiener, on="sigma", suffixes=("", "_mmse")).sort_values("sigma")
-    pair = pair[pair.sigma >= 0.02 - 1e-12]
-    h = np.maximum(256 * (pair.mse - pair.mse_mmse), 0) / pair.sigma**2
-    assert len(pair) >= 2 and math.isclose(gap["wiener-blind (blind optimum)"],
-                                           np.trapezoid(h, np.log(pair.sigma)), rel_tol=1e-4)
+    h, u = _gaussian_gap_integrand(mse, "wiener-blind", sigma0=0.02)
+    assert len(u) >= 2 and math.isclose(gap["wiener-blind (blind optimum)"],
+                                         np.trapezoid(np.maximum(h, 0), u), rel_tol=1e-4)
     assert "price of not knowing σ" in (out / "README.md").read_text()
 
 
@@ -144,15 +152,9 @@ def test_gaussian_kl_equals_integral_of_stored_gap(smoke):
     ends (SCIENCE.md §4b)."""
     out, _, _ = smoke
     mse, kl = pd.read_csv(out / "mse.csv"), pd.read_csv(out / "kl.csv")
-    g = mse[mse.entry == "gaussian"]
-    net = g[g.denoiser == "network (universal)"].sort_values("sigma")
-    ref = g[g.denoiser == "wiener"].sort_values("sigma")
-    sig = net.sigma.to_numpy()
-    h = 256 * (net.mse.to_numpy() - ref.mse.to_numpy()) / sig**2
-    u = np.log(sig)
-    keep = sig >= 0.02 - 1e-12
-    expected = np.trapezoid(h[keep], u[keep])
-    expected_low = np.trapezoid(np.maximum(h[keep], 0), u[keep])
+    h, u = _gaussian_gap_integrand(mse, "network (universal)", sigma0=0.02)
+    expected = np.trapezoid(h, u)
+    expected_low = np.trapezoid(np.maximum(h, 0), u)
     row = kl[(kl.entry == "gaussian") & (kl.network == "universal") & np.isclose(kl.sigma0, 0.02)]
     closing = row.closing.iloc[0]
     # the Gaussian's start KL in closed form (Distribution.start_kl), not convexity's
@@ -168,7 +170,7 @@ def test_gaussian_kl_equals_integral_of_stored_gap(smoke):
     assert expected <= expected_low
     assert (kl.kl_low >= 0).all() and kl.closing.notna().all()
     assert not kl[kl.entry != "gaussian"].closing_exact.any()
-    assert row.clipped.iloc[0] == bool(np.any(h[keep] < 0))
+    assert row.clipped.iloc[0] == bool(np.any(h < 0))
     assert "B_high" in (out / "README.md").read_text()
 
 
