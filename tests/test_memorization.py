@@ -22,6 +22,7 @@ from theorybench.memorization import (
     on_manifold,
     reference_direction,
     summarize,
+    unit_images,
     wilson_interval,
 )
 
@@ -258,14 +259,25 @@ def test_leave_one_out_references_by_hand():
         memorization_measures(held, TRAIN, reference=refs[:2])
 
 
+def test_unit_images_divide_each_image_by_its_norm():
+    images = vecs([[3, 4, 0], [0, 0, 0], [0, -2, 0]])
+    unit = unit_images(images)
+    assert unit.shape == images.shape and unit.dtype == torch.float64
+    torch.testing.assert_close(unit.flatten(1), torch.tensor(
+        [[0.6, 0.8, 0.0], [0.0, 0.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(unit_images(5 * images), unit)
+
+
 def test_baseline_reference_leaves_each_image_out_and_a_lone_one_on_its_pixel_mean():
     """Two or more held-out images: the leave-one-out rows; one: None (its own shared
     mean would centre it to a zero vector, cosine 0 to everything)."""
     held = vecs([[1, 0, 0], [0, 2, 0], [0, 0, 3]])
-    torch.testing.assert_close(baseline_reference(held), leave_one_out_references(held))
-    assert baseline_reference(held[:1]) is None
+    refs, words = baseline_reference(held)
+    torch.testing.assert_close(refs, leave_one_out_references(held))
+    assert words == "for a held-out image: of the others"
+    assert baseline_reference(held[:1]) == (None, "for the one held-out image: its own pixel mean")
     lone = memorization_measures(held[:1], vecs([[2, 0.1, 0.1]]),
-                                 reference=baseline_reference(held[:1]))
+                                 reference=baseline_reference(held[:1])[0])
     assert lone.loc[0, "copy_cos"] > 0.99  # (1,0,0) against (2,.1,.1), pixel-mean centred
     shared = memorization_measures(held[:1], vecs([[2, 0.1, 0.1]]),
                                    reference=reference_direction(held[:1]))

@@ -125,14 +125,6 @@ def test_held_out_uses_the_test_split():
     assert held.params["split"] == "test" and held.num_images == 20
 
 
-def test_tensor_images_tiles_a_small_set():
-    images = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 1, 2, 2)
-    dist = ms.TensorImages(images, count=8)
-    drawn = dist.sample(8, seed=0)
-    counts = np.bincount(drawn[:, 0, 0, 0].long().numpy(), minlength=3)
-    assert dist.num_images == 8 and counts.tolist() == [3, 3, 2]
-
-
 def test_single_image_copy_criterion():
     """N = 1: an exact and a scaled copy are memorized, a different image is not; d1/d2 is
     undefined (the old criterion borrowed d2 from held-out images)."""

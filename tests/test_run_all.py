@@ -146,6 +146,80 @@ def test_blind_optimum_is_stored_and_floors_the_universal_network(smoke):
     assert "price of not knowing σ" in (out / "README.md").read_text()
 
 
+def test_finite_training_sets_get_the_networks_curve_on_their_images(smoke):
+    """Networks trained on a finite set (faces, shuffled faces: 80 images) store their MSE
+    curve on those images, the one ``training_curve`` gives for their checkpoint, and the
+    report shows it against the test curve; networks trained on fresh images store None."""
+    from theorybench.cache import Cache
+    from theorybench.denoisers.network import NetworkDenoiser
+    from theorybench.evaluation import training_curve
+
+    out, cache, _ = smoke
+    records = [json.loads(p.read_text()) for p in (cache / "network").glob("*.json")]
+    finite = [r for r in records if r["spec"]["dataset"] in ("faces", "shuffled")]
+    assert finite and all(r["result"]["curve_train"] is None for r in records
+                          if r not in finite)
+    universal = next(r for r in finite if r["spec"]["dataset"] == "faces"
+                     and r["spec"]["train"]["mode"] == "universal")
+    stored = universal["result"]["curve_train"]
+    assert len(stored["errors"][0]) == 80 and stored["sigma"] == universal["spec"]["eval_sigmas"]
+    net = NetworkDenoiser.load(Cache(cache).artifact_path(universal["key"], ".pt"))
+    images = datasets_synth.get("faces", split="test").train_images()
+    again = training_curve(net, images, stored["sigma"], universal["spec"]["seed"])
+    np.testing.assert_allclose(again["mse"], stored["mse"], rtol=1e-6)
+    mse = pd.read_csv(out / "mse.csv")
+    rows = mse[mse.kind == "network-train"]
+    assert set(rows.entry) == {"faces", "shuffled(base=faces)"}
+    faces = rows[(rows.entry == "faces")
+                 & (rows.denoiser == "network (universal), training images")]
+    np.testing.assert_allclose(faces.mse, stored["mse"], rtol=1e-5)
+    readme = (out / "README.md").read_text()
+    section = readme[readme.index("## faces"):readme.index("## shuffled")]
+    assert "Generalization gap: each network on the 80 images it was trained on" in section
+    assert "Generalization gap" not in readme[readme.index("## gaussian"):readme.index("## faces")]
+
+
+def test_training_curve_only_for_test_images_apart_from_the_training_set():
+    """faces' split "train" evaluates on its training images, split "all" partly: no
+    generalization gap to measure there."""
+    from theorybench.experiments.cells import _apart
+
+    train = datasets_synth.get("faces", split="test").train_images()
+    assert _apart(train, datasets_synth.get("faces", split="test").sample(20, 0))
+    assert not _apart(train, datasets_synth.get("faces", split="train").sample(5, 0))
+    assert not _apart(train, torch.cat([train[7:8] + 1, train[3:4]]))
+
+
+def test_generalization_rows_divide_the_test_curve_by_the_training_one():
+    from theorybench.report.main import StudyData, generalization_rows
+
+    def curve(sigmas, mses):
+        return {"sigma": sigmas, "mse": mses, "se": [0.0] * len(sigmas), "d": 4,
+                "errors": [[m, m] for m in mses]}
+
+    sig = [0.1, 0.5, 1.0]
+    identity = {**curve(sig, [0.0102, 0.255, 1.02]), "kind": "upper"}
+    records = [{"spec": {"kind": "reference"}, "result": {"curves": {"identity": identity}}},
+               {"spec": {"kind": "network", "train": {"mode": "universal"}},
+                "result": {"curve": curve(sig, [0.011, 0.1, 0.3]), "examples": {},
+                           "curve_train": curve(sig, [0.0088, 0.08, 0.3])}},
+               {"spec": {"kind": "network", "train": {"mode": "per-sigma"}},  # no train curve
+                "result": {"curve": curve([0.1], [0.01]), "examples": {}, "curve_train": None}}]
+    rows = generalization_rows(StudyData("faces", {}, records), sigmas=[0.1, 1.0])
+    assert [(r["network"], r["σ"]) for r in rows] == [("universal", 0.1), ("universal", 1.0)]
+    first = rows[0]  # every image has the same error: standard errors of 0
+    assert first["MSE/σ², training images"] == "0.88 ± 0"
+    assert first["MSE/σ², test images"] == "1.1 ± 0"
+    assert first["test/training"] == "1.25 ± 0"
+    assert math.isclose(first["identity MSE/σ², test images"], 1.02)
+    assert rows[1]["test/training"] == "1 ± 0"
+    # unpaired curves: the ratio's SE by the delta method, from both relative SEs
+    records[1]["result"]["curve"]["se"] = [0.0011, 0.0, 0.0]  # 10 % of 0.011
+    records[1]["result"]["curve_train"]["se"] = [0.00066, 0.0, 0.0]  # 7.5 % of 0.0088
+    rows = generalization_rows(StudyData("faces", {}, records), sigmas=[0.1])
+    assert rows[0]["test/training"] == "1.25 ± 0.16"  # 1.25 · √(0.1² + 0.075²) = 0.156
+
+
 def test_gaussian_kl_equals_integral_of_stored_gap(smoke):
     """The KL table is the trapezoid integral in ln σ of d·(MSE_θ − MMSE)/σ², clipped at 0
     for B_low, plus the closing term, here the exact KL(p_σmax ‖ N(μ̂, σ_max² I)), for both

@@ -5,6 +5,8 @@ of ``seed``, its noise ``z_k`` comes from block ``k // NOISE_BLOCK`` of a genera
 by ``(seed, block)``, and the same ``z_k`` serves every σ (``y = x + σ z``). Every
 denoiser evaluated with the same ``(dist, n, seed)`` therefore sees exactly the same
 inputs, and differences between curves are paired (:func:`paired_difference`).
+:func:`training_curve` measures a denoiser on its own training images (a
+:class:`TensorImages` set), with noise apart from the test images'.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from datasets_synth.base import FiniteDistribution
 from tbcore.denoiser import check_eval_mode, check_output
-from tbcore.seeding import block_generator
+from tbcore.seeding import block_generator, derived_seed
 from tbcore.validation import check_int, check_seed
 
 NOISE_BLOCK = 256
 NOISE_STREAM = 7  # generator stream reserved for evaluation noise
 SIGMA_SCALE_WARNING = 20  # warn when σ exceeds this many times the images' value range
+TRAINING_IMAGES_STREAM = 34  # derived_seed stream of the noise on training images
 
 
 def check_sigmas(sigmas, name: str = "sigmas") -> list[float]:
@@ -123,6 +127,43 @@ def mse_curve(
     })
     frame.attrs["errors"] = errors
     return frame
+
+
+class TensorImages(FiniteDistribution):
+    """A tensor of images as a finite Distribution (sampled without replacement).
+
+    Parameters
+    ----------
+    images : tensor (N, c, h, w)
+    count : int   the set is tiled (image k = ``images[k mod N]``) to at least ``count``
+        images, so that ``mse_curve(..., n=count)`` runs even when N < count: each copy
+        then gets its own noise.
+    """
+
+    name = "tensor-images"
+
+    def __init__(self, images: torch.Tensor, count: int = 0):
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
+            raise ValueError("images must be a non-empty tensor (N, c, h, w)")
+        count = check_int("count", count, low=0)
+        super().__init__(n_images=len(images), count=count)
+        reps = math.ceil(max(count, len(images)) / len(images))
+        self.images = images.float().cpu().repeat(reps, 1, 1, 1)[:max(count, len(images))]
+        self.num_images = len(self.images)
+        self.shape = tuple(self.images.shape[1:])
+
+
+def training_curve(denoiser, images: torch.Tensor, sigmas, seed: int, n: int | None = None,
+                   device=None) -> pd.DataFrame:
+    """:func:`mse_curve` of ``denoiser`` on its own training images (N, c, h, w): per-pixel
+    MSE (pixel units squared) at each σ of ``sigmas``, a frame with ``mse_curve``'s columns
+    and per-image errors. ``n`` images (default N; the set tiled when n > N), with the
+    noise of stream ``TRAINING_IMAGES_STREAM`` of ``seed``, independent of the test
+    images' noise. Against the curve on held-out images it measures the generalization
+    gap."""
+    count = len(images) if n is None else check_int("n", n, low=1)
+    return mse_curve(denoiser, TensorImages(images, count), sigmas, n=count,
+                     seed=derived_seed(seed, TRAINING_IMAGES_STREAM), device=device)
 
 
 def paired_difference(curve_a: pd.DataFrame, curve_b: pd.DataFrame) -> pd.DataFrame:

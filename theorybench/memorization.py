@@ -84,11 +84,14 @@ def reference_direction(held_out: torch.Tensor) -> torch.Tensor:
     return _unit_rows(_flat64(held_out, "held_out")).mean(0)
 
 
-def baseline_reference(held_out: torch.Tensor) -> torch.Tensor | None:
-    """The copy criterion's centring for the held-out images measured themselves:
-    :func:`leave_one_out_references`, or with a single image (whose own mean it would be)
-    None, each image's own pixel mean."""
-    return leave_one_out_references(held_out) if len(held_out) >= 2 else None
+def baseline_reference(held_out: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+    """The copy criterion's centring for the held-out images measured themselves, and a
+    phrase saying which (for the records, after "mean of the unit-normalized held-out
+    images"): :func:`leave_one_out_references`, or with a single image (whose own mean it
+    would be) None, each image's own pixel mean."""
+    if len(held_out) >= 2:
+        return leave_one_out_references(held_out), "for a held-out image: of the others"
+    return None, "for the one held-out image: its own pixel mean"
 
 
 def leave_one_out_references(held_out: torch.Tensor) -> torch.Tensor:
@@ -114,15 +117,26 @@ def _references(reference: torch.Tensor, n: int, d: int, device) -> torch.Tensor
     return ref
 
 
+def unit_images(images: torch.Tensor) -> torch.Tensor:
+    """Each image (n, c, h, w) divided by its Euclidean norm (float64, same shape; a zero
+    image stays 0)."""
+    return _unit_rows(_flat64(images, "images")).view(images.shape)
+
+
+def _directions(u: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+    """Unit rows ``u`` (n, d) centred on ``ref`` ((d,) or (n, d), as :func:`_references`
+    returns it; None: each row's own mean) and unit-normalized again."""
+    return _unit_rows(_centered(u) if ref is None else u - ref)
+
+
 def copy_directions(images: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Centred unit directions (n, d) float64: unit-normalize, subtract ``reference`` (d,)
     from :func:`reference_direction`, or (n, d) with row i for image i (from
     :func:`leave_one_out_references`), or with None each image's own pixel mean, and
     unit-normalize again. Invariant to a positive scale of the image."""
     u = _unit_rows(_flat64(images, "images"))
-    if reference is None:
-        return _unit_rows(_centered(u))
-    return _unit_rows(u - _references(reference, *u.shape, u.device))
+    return _directions(u, None if reference is None
+                       else _references(reference, *u.shape, u.device))
 
 
 def _check_training_set(train_images: torch.Tensor, samples: torch.Tensor) -> None:
@@ -157,10 +171,10 @@ def nearest_copy(samples: torch.Tensor, train_images: torch.Tensor,
     _check_training_set(train_images, samples)
     r = None if reference is None else _references(reference, *u.shape, u.device)
     if r is None or r.dim() == 1:  # each training image's centring is its own
-        s = copy_directions(samples, r)
+        s = _directions(u, r)
 
         def cosines(x: torch.Tensor) -> torch.Tensor:
-            return s @ copy_directions(x, r).T
+            return s @ _directions(_unit_rows(_flat64(x, "train_images")), r).T
 
     else:
         centre = r.mean(0)

@@ -9,6 +9,7 @@ A cell is a plain spec dict (JSON-serializable, so any executor can ship it) wit
   range), store its checkpoint, evaluate its MSE curve on the same images and noise. A
   per-σ network may start from the universal network's weights (``init_key``: the key of
   that cell, whose checkpoint it reads; such cells run after the cells they start from).
+  A network trained on a finite set is also evaluated on it (``curve_train``).
 
 and the kinds of the side studies, each declared in its module as a
 :class:`~.keys.CellKind` (``memorization_sweep``, ``machines_sweep``,
@@ -34,7 +35,7 @@ from ..blind_shrink import shrink_threshold
 from ..cache import Cache
 from ..denoisers import reference_denoisers
 from ..denoisers.network import NetworkDenoiser
-from ..evaluation import evaluation_noise, mse_curve
+from ..evaluation import evaluation_noise, mse_curve, training_curve
 from ..kl import data_variance
 from ..networks import net_config_for
 from ..sampling import SamplingDiverged
@@ -100,8 +101,16 @@ def compute_reference(spec: dict) -> dict:
             "sigma_max": sigma_max, "start_kl": dist.start_kl(sigma_max, mu)}
 
 
+def _apart(train_images: torch.Tensor, test_images: torch.Tensor) -> bool:
+    """Whether no test image (n, c, h, w) is one of the training images (N, c, h, w)."""
+    same = test_images.flatten(1)[:, None, :] == train_images.flatten(1)[None]  # (n, N, d)
+    return not bool(same.all(dim=2).any())
+
+
 def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=False) -> dict:
-    """Train the cell's network, save its checkpoint, evaluate it on the σ grid."""
+    """Train the cell's network, save its checkpoint, evaluate it on the σ grid (with a
+    finite training set apart from the test images, also on the training images:
+    ``curve_train``, else None)."""
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
     net_cfg = net_config_for(spec["net"], dist)
     train_cfg = TrainConfig.from_dict(spec["train"])
@@ -112,14 +121,23 @@ def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=Fa
             raise MissingCheckpoint(f"{describe(spec)}: no checkpoint {path.name} of the "
                                     f"network it starts from (not run, or failed)")
         init = NetworkDenoiser.load(path, map_location=resolve_device(device))
-    denoiser = train(dist, net_cfg, train_cfg, train_images=dist.train_images(),
+    train_images = dist.train_images()
+    denoiser = train(dist, net_cfg, train_cfg, train_images=train_images,
                      device=device, progress=progress, init=init)
     denoiser.save(cache.artifact_path(key, ".pt"))
     sigmas = spec["eval_sigmas"]
     frame = mse_curve(denoiser, dist, sigmas, n=spec["n_eval"], seed=spec["seed"],
                       device=resolve_device(device))
     monitor = denoiser.history.get("monitor", {})
+    # a finite training set apart from the test images: the same curve on it, against
+    # which the test curve measures the generalization gap (None: fresh images every step,
+    # or test images drawn from the training set, e.g. faces' split "train" or "all")
+    apart = train_images is not None and _apart(train_images,
+                                                dist.sample(spec["n_eval"], spec["seed"]))
+    on_train = training_curve(denoiser, train_images, sigmas, spec["seed"],
+                              device=resolve_device(device)) if apart else None
     return {"curve": curve_record(frame),
+            "curve_train": None if on_train is None else curve_record(on_train),
             "examples": _examples(dist, denoiser, sigmas, spec["seed"]),
             "loss": denoiser.history["loss"][-1] if denoiser.history["loss"] else None,
             "history": {"step": denoiser.history["step"], "loss": denoiser.history["loss"]},

@@ -61,13 +61,13 @@ import pandas as pd
 import torch
 
 import datasets_synth
-from datasets_synth.base import Distribution, FiniteDistribution
+from datasets_synth.base import Distribution
 from datasets_synth.references.empirical import EmpiricalDenoiser
 from tbcore.seeding import block_generator, derived_seed
 from tbcore.validation import check_int, check_seed, resolve_device
 
 from ..cache import Cache
-from ..evaluation import check_sigmas, mse_curve
+from ..evaluation import TensorImages, check_sigmas, mse_curve, training_curve
 from ..memorization import (
     COPY_THRESHOLD,
     ON_MANIFOLD_FACTOR,
@@ -78,6 +78,7 @@ from ..memorization import (
     on_manifold,
     reference_direction,
     summarize,
+    unit_images,
     wilson_interval,
 )
 from ..networks import net_config_for
@@ -88,7 +89,7 @@ from .keys import CellKind, MissingCheckpoint, curve_record, entry_label
 
 KIND = "memorization"
 STUDY = "memorization"  # the tag of the sweep's own reference cells (kept out of the main tables)
-STREAM_TRAINSET, STREAM_NOISE, STREAM_NETS, STREAM_TRAIN_EVAL = 31, 32, 33, 34
+STREAM_TRAINSET, STREAM_NOISE, STREAM_NETS = 31, 32, 33  # 34: evaluation.TRAINING_IMAGES_STREAM
 STREAM_HELD_NOISE = 35  # noise of the held-out images in the on-manifold baseline
 EXAMPLES = 6  # initial noises whose images are kept for the report's grids
 DEFAULT_SAMPLER = {"method": "heun", "sigma_min": 0.01, "steps": 40, "mean": "auto"}
@@ -232,30 +233,6 @@ def describe_memorization(spec: dict) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-class TensorImages(FiniteDistribution):
-    """A tensor of images as a finite Distribution (sampled without replacement).
-
-    Parameters
-    ----------
-    images : tensor (N, c, h, w)
-    count : int   the set is tiled (image k = ``images[k mod N]``) to at least ``count``
-        images, so that ``mse_curve(..., n=count)`` runs even when N < count: each copy
-        then gets its own noise.
-    """
-
-    name = "tensor-images"
-
-    def __init__(self, images: torch.Tensor, count: int = 0):
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
-            raise ValueError("images must be a non-empty tensor (N, c, h, w)")
-        count = check_int("count", count, low=0)
-        super().__init__(n_images=len(images), count=count)
-        reps = math.ceil(max(count, len(images)) / len(images))
-        self.images = images.float().cpu().repeat(reps, 1, 1, 1)[:max(count, len(images))]
-        self.num_images = len(self.images)
-        self.shape = tuple(self.images.shape[1:])
-
-
 def training_sets(dist, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Disjoint training sets S1, S2 of ``n`` images each, and the rest of a finite set.
 
@@ -294,14 +271,6 @@ def held_out(dist, name: str, params: dict, rest: torch.Tensor):
 # ----------------------------------------------------------------------------- measures
 
 
-def _unit(images: torch.Tensor | None) -> torch.Tensor | None:
-    """Each image divided by its Euclidean norm (float64)."""
-    if images is None:
-        return None
-    flat = images.flatten(1).double()
-    return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)).view(images.shape)
-
-
 def _measures(samples, train_images, other, reference=None) -> pd.DataFrame:
     """``memorization_measures`` (copy criterion centred on ``reference``), plus
     ``ratio_unit``/``memorized_unit``: d1/d2 between unit-norm images (NaN/False at N = 1).
@@ -312,7 +281,7 @@ def _measures(samples, train_images, other, reference=None) -> pd.DataFrame:
     """
     frame = memorization_measures(samples, train_images, other_samples=other,
                                   reference=reference)
-    unit = memorization_measures(_unit(samples), _unit(train_images))
+    unit = memorization_measures(unit_images(samples), unit_images(train_images))
     frame["ratio_unit"] = unit["ratio"].to_numpy()
     frame["memorized_unit"] = unit["memorized_ratio"].to_numpy()
     return frame
@@ -498,9 +467,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             result[f"monitor_s{i}"], result[f"converged_s{i}"] = monitor, converged(monitor)
 
         # generalization gap: the S1 network on its training images vs held-out images
-        train_seed = derived_seed(seed, STREAM_TRAIN_EVAL)
-        frame = mse_curve(nets[0], TensorImages(s1, spec["n_eval"]), spec["sigmas"],
-                          n=spec["n_eval"], seed=train_seed, device=device)
+        frame = training_curve(nets[0], s1, spec["sigmas"], seed, n=spec["n_eval"],
+                               device=device)
         result["mse_train"] = curve_record(frame)
         if test_dist is not None:
             frame = mse_curve(nets[0], test_dist, spec["sigmas"], n=n_test, seed=seed,
@@ -526,10 +494,11 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
                   "empirical": (s1, samples["s1"])}
         # copy criterion centred on the mean of the unit-normalized held-out images
         reference = None if held is None else reference_direction(held)
-        result["centring"] = ("each image's own pixel mean (no held-out images)" if held is None
-                              else "mean of the unit-normalized held-out images"
-                              + (" (for a held-out image: of the others)" if len(held) >= 2
-                                 else " (for the one held-out image: its own pixel mean)"))
+        if held is None:
+            result["centring"] = "each image's own pixel mean (no held-out images)"
+        else:
+            held_reference, held_centring = baseline_reference(held)
+            result["centring"] = f"mean of the unit-normalized held-out images ({held_centring})"
         result["copy_threshold"] = COPY_THRESHOLD
         sigma_last = last_sigma(method, options)
         result["manifold"] = {"sigma_last": sigma_last, "factor": ON_MANIFOLD_FACTOR}
@@ -555,7 +524,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
             result["per_sample"][role] = {c: frame[c].tolist() for c in PER_SAMPLE
                                           if c in frame}
         if held is not None:  # the data's own novelty: real held-out images against S1
-            frame = memorization_measures(held, s1, reference=baseline_reference(held))
+            frame = memorization_measures(held, s1, reference=held_reference)
             result["baseline"] = {
                 "summary": _json_summary(summarize(frame)),
                 "per_sample": {c: frame[c].tolist() for c in BASELINE_PER_SAMPLE}}
@@ -591,7 +560,7 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
 CELL = CellKind(KIND, compute_memorization, describe_memorization, gpu=True,
                 artifacts=("-s1.pt", "-s2.pt"))
 
-__all__ = ["CELL", "KIND", "TensorImages", "build_memorization_cells",
+__all__ = ["CELL", "KIND", "build_memorization_cells",
            "compute_memorization", "describe_memorization", "fraction_within",
            "has_projection", "held_out", "posterior_mean", "resolve_sampler",
            "trace_fractions", "training_sets"]

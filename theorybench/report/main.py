@@ -1,9 +1,10 @@
 """Build ``reports/``: tables (markdown + CSV) and figures, from stored cell records only.
 
 Per study entry: a log–log figure of per-pixel MSE against σ (the MMSE bracket as a band,
-the networks as lines), the KL integrand, a KL-interval table at several σ0, rate rows
-(C^α slopes, disks MSE/σ², shuffled against base) and a row of clean / noisy / denoised
-images. Every table is also written as CSV.
+the networks as lines), where the networks stand against the references and baselines,
+their generalization gap (networks trained on a finite set), the KL integrand, a
+KL-interval table at several σ0, rate rows (C^α slopes, disks MSE/σ², shuffled against
+base) and a row of clean / noisy / denoised images. Every table is also written as CSV.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ from .training import training_section
 NETWORKS = ("per-sigma", "universal")
 
 
-def network_curve(records: list[dict]) -> pd.DataFrame | None:
-    """The per-σ family (one network per σ, each at its own σ) or a universal curve."""
+def network_curve(records: list[dict], field: str = "curve") -> pd.DataFrame | None:
+    """The per-σ family (one network per σ, each at its own σ) or a universal curve, from
+    the records' ``result[field]`` (``curve``: test images; ``curve_train``: the
+    network's training images); None without records."""
     if not records:
         return None
-    curves = [r["result"]["curve"] for r in records]
+    curves = [r["result"][field] for r in records]
     merged = {key: [v for c in curves for v in c[key]] for key in ("sigma", "mse", "se", "errors")}
     order = np.argsort(merged["sigma"])
     return curve_frame({**{k: [v[i] for i in order] for k, v in merged.items()},
@@ -162,6 +165,10 @@ class StudyData:
         self.networks = {mode: network_curve([r for r in nets
                                                if r["spec"]["train"]["mode"] == mode])
                          for mode in NETWORKS}
+        trained = [r for r in nets if r["result"].get("curve_train")]  # finite training sets
+        self.on_training_images = {
+            mode: network_curve([r for r in trained if r["spec"]["train"]["mode"] == mode],
+                                "curve_train") for mode in NETWORKS}
         self.examples = [r["result"]["examples"] for r in nets
                          if r["spec"]["train"]["mode"] == "per-sigma"]
         flags = {mode: [r["result"].get("converged") for r in nets
@@ -280,6 +287,36 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
                     optimum = on_grid(blind[0], grid)["mse"].to_numpy()
                     row["blind_above_identity"] = grid[optimum >= base]
         rows.append(row)
+    return rows
+
+
+def generalization_rows(study: StudyData, sigmas) -> list[dict]:
+    """Per network trained on a finite set and σ of ``sigmas`` on its grid: per-pixel
+    MSE/σ² on its training images and on the test images, and their ratio test/training,
+    each as ``value ± standard error`` (the two curves are independent: images and noise
+    apart; the ratio's SE by the delta method). Identity: MSE/σ² = 1 in expectation (its
+    value on the test images' noise beside, a float)."""
+    identity = study.reference["result"]["curves"].get("identity") if study.reference else None
+    rows = []
+    for net, train in study.on_training_images.items():
+        test = study.networks.get(net)
+        if train is None or test is None:
+            continue
+        test = test.set_index("sigma")
+        for row in train.itertuples():
+            if row.sigma not in test.index or not np.isclose(sigmas, row.sigma).any():
+                continue
+            s2, mse_test = row.sigma**2, float(test.loc[row.sigma, "mse"])
+            ratio = mse_test / row.mse  # unpaired: independent images and noise
+            se = ratio * math.hypot(float(test.loc[row.sigma, "se"]) / mse_test, row.se / row.mse)
+            rows.append({"network": net, "σ": row.sigma,
+                         "MSE/σ², training images": f"{row.mse / s2:.4g} ± {row.se / s2:.2g}",
+                         "MSE/σ², test images": f"{mse_test / s2:.4g} ± "
+                                                f"{float(test.loc[row.sigma, 'se']) / s2:.2g}",
+                         "test/training": f"{ratio:.4g} ± {se:.2g}",
+                         **({"identity MSE/σ², test images": float(
+                             on_grid(curve_frame(identity), [row.sigma])["mse"].iloc[0]) / s2}
+                            if identity else {})})
     return rows
 
 
@@ -670,6 +707,13 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                     mse_rows.append({"entry": study.label, "denoiser": f"network ({net})",
                                      "kind": "network", "sigma": row.sigma, "mse": row.mse,
                                      "se": row.se})
+        for net, frame in study.on_training_images.items():
+            if frame is not None:
+                for row in frame.itertuples():
+                    mse_rows.append({"entry": study.label,
+                                     "denoiser": f"network ({net}), training images",
+                                     "kind": "network-train", "sigma": row.sigma,
+                                     "mse": row.mse, "se": row.se})
         _figure_mse(study, refs, out / f"mse_{s}.png")
         lines += [f"MMSE reference: {how}.", "", f"![MSE against σ](mse_{s}.png)", ""]
         standings[study.label] = standing(study, refs)
@@ -680,6 +724,22 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                       "delta method):",
                       "", markdown_table(pd.DataFrame(standing_rows(standings[study.label]))),
                       ""]
+        gap = generalization_rows(study, preset.sigmas)
+        if gap:
+            counts = sorted({len(f.attrs["errors"][0])
+                             for f in study.on_training_images.values() if f is not None})
+            lines += [f"Generalization gap: each network on the {', '.join(map(str, counts))} "
+                      f"images it was trained on (noise drawn apart from the test images') "
+                      f"against the {len(study.networks[gap[0]['network']].attrs['errors'][0])} "
+                      "test images, at the per-σ networks' σ (± standard errors over the "
+                      "images; `mse.csv`: kind `network-train`). The ratio test/training "
+                      "mixes what the network fits of its own images with how much harder "
+                      "the test images are; this table does not separate the two (a "
+                      "denoiser that never saw the training set, measured on both, would). "
+                      "Where MSE/σ² is below 1 (the identity's expectation) on the training "
+                      "images and above the identity's on the test images, the network's "
+                      "loss to the identity is consistent with fitting its training set.", "",
+                      markdown_table(pd.DataFrame(gap), ".4g"), ""]
         integrands, kl_errors = {}, []
         blind = {f"{name} (blind optimum)": curve_frame(c)
                  for name, c in study.reference["result"]["curves"].items()
