@@ -167,6 +167,17 @@ def test_finite_training_sets_get_the_networks_curve_on_their_images(smoke):
     images = datasets_synth.get("faces", split="test").train_images()
     again = training_curve(net, images, stored["sigma"], universal["spec"]["seed"])
     np.testing.assert_allclose(again["mse"], stored["mse"], rtol=1e-6)
+    # the reference cell's controls: on the same images, with the same noise at every σ
+    reference = next(json.loads(p.read_text()) for p in (cache / "reference").glob("*.json")
+                     if json.loads(p.read_text())["spec"]["dataset"] == "faces")
+    controls = reference["result"]["curves_train"]
+    assert set(controls) == {"identity", "wavelet"}
+    identity = controls["identity"]
+    z2 = np.asarray(identity["errors"]) / np.square(identity["sigma"])[:, None]
+    assert z2.shape[1] == 80 and np.allclose(z2, z2[0])  # each image's mean z², every σ
+    assert not any(json.loads(p.read_text())["result"]["curves_train"]
+                   for p in (cache / "reference").glob("*.json")
+                   if json.loads(p.read_text())["spec"]["dataset"] not in ("faces", "shuffled"))
     mse = pd.read_csv(out / "mse.csv")
     rows = mse[mse.kind == "network-train"]
     assert set(rows.entry) == {"faces", "shuffled(base=faces)"}
@@ -193,13 +204,17 @@ def test_training_curve_only_for_test_images_apart_from_the_training_set():
 def test_generalization_rows_divide_the_test_curve_by_the_training_one():
     from theorybench.report.main import StudyData, generalization_rows
 
-    def curve(sigmas, mses):
-        return {"sigma": sigmas, "mse": mses, "se": [0.0] * len(sigmas), "d": 4,
+    def curve(sigmas, mses, se=None):
+        return {"sigma": sigmas, "mse": mses, "se": se or [0.0] * len(sigmas), "d": 4,
                 "errors": [[m, m] for m in mses]}
 
     sig = [0.1, 0.5, 1.0]
-    identity = {**curve(sig, [0.0102, 0.255, 1.02]), "kind": "upper"}
-    records = [{"spec": {"kind": "reference"}, "result": {"curves": {"identity": identity}}},
+    curves = {"identity": {**curve(sig, [0.0102, 0.255, 1.02]), "kind": "upper"},
+              "wavelet": {**curve(sig, [0.009, 0.1, 0.2]), "kind": "upper"}}
+    on_training = {"identity": curve(sig, [0.0098, 0.245, 0.98]),
+                   "wavelet": curve(sig, [0.009, 0.08, 0.1])}
+    records = [{"spec": {"kind": "reference"},
+                "result": {"curves": curves, "curves_train": on_training}},
                {"spec": {"kind": "network", "train": {"mode": "universal"}},
                 "result": {"curve": curve(sig, [0.011, 0.1, 0.3]), "examples": {},
                            "curve_train": curve(sig, [0.0088, 0.08, 0.3])}},
@@ -207,17 +222,20 @@ def test_generalization_rows_divide_the_test_curve_by_the_training_one():
                 "result": {"curve": curve([0.1], [0.01]), "examples": {}, "curve_train": None}}]
     rows = generalization_rows(StudyData("faces", {}, records), sigmas=[0.1, 1.0])
     assert [(r["network"], r["σ"]) for r in rows] == [("universal", 0.1), ("universal", 1.0)]
-    first = rows[0]  # every image has the same error: standard errors of 0
-    assert first["MSE/σ², training images"] == "0.88 ± 0"
-    assert first["MSE/σ², test images"] == "1.1 ± 0"
-    assert first["test/training"] == "1.25 ± 0"
-    assert math.isclose(first["identity MSE/σ², test images"], 1.02)
-    assert rows[1]["test/training"] == "1 ± 0"
+    assert rows[0] == {  # every image has the same error: standard errors of 0
+        "network": "universal", "σ": 0.1, "MSE/σ², training images": "0.88 ± 0",
+        "MSE/σ², test images": "1.1 ± 0", "test/training": "1.25 ± 0",
+        "identity MSE/σ², training / test images": "0.98 / 1.02", "wavelet test/training": "1 ± 0"}
+    assert rows[1]["test/training"] == "1 ± 0" and rows[1]["wavelet test/training"] == "2 ± 0"
     # unpaired curves: the ratio's SE by the delta method, from both relative SEs
     records[1]["result"]["curve"]["se"] = [0.0011, 0.0, 0.0]  # 10 % of 0.011
     records[1]["result"]["curve_train"]["se"] = [0.00066, 0.0, 0.0]  # 7.5 % of 0.0088
     rows = generalization_rows(StudyData("faces", {}, records), sigmas=[0.1])
     assert rows[0]["test/training"] == "1.25 ± 0.16"  # 1.25 · √(0.1² + 0.075²) = 0.156
+    # without the reference's controls (an older record): the network's columns only
+    del records[0]["result"]["curves_train"]
+    assert set(generalization_rows(StudyData("faces", {}, records), [0.1])[0]) == {
+        "network", "σ", "MSE/σ², training images", "MSE/σ², test images", "test/training"}
 
 
 def test_gaussian_kl_equals_integral_of_stored_gap(smoke):

@@ -9,7 +9,8 @@ A cell is a plain spec dict (JSON-serializable, so any executor can ship it) wit
   range), store its checkpoint, evaluate its MSE curve on the same images and noise. A
   per-σ network may start from the universal network's weights (``init_key``: the key of
   that cell, whose checkpoint it reads; such cells run after the cells they start from).
-  A network trained on a finite set is also evaluated on it (``curve_train``).
+  A network trained on a finite set is also evaluated on it (``curve_train``), and so
+  are the reference cell's ``CONTROLS`` baselines (``curves_train``).
 
 and the kinds of the side studies, each declared in its module as a
 :class:`~.keys.CellKind` (``memorization_sweep``, ``machines_sweep``,
@@ -45,6 +46,10 @@ from . import jacobian_analysis, machines_sweep, memorization_sweep
 from .keys import CellKind, MissingCheckpoint, cell_key, curve_record, entry_label
 
 EXAMPLES = 4  # test images kept per cell for the report's image rows
+# baselines measured on the training images too: fitted to them by at most one threshold
+# per σ, their ratio test/training is the test images' own difficulty, the control of the
+# networks' generalization gap (the identity's: the two noises')
+CONTROLS = ("identity", "wavelet")
 
 
 # a cell that fails this way is reported and not cached; a later run retries it
@@ -78,6 +83,9 @@ def compute_reference(spec: dict) -> dict:
     ``blind_range`` (σ_min, σ_max of the universal networks), an exact reference that has
     a ``blind(σ_min, σ_max)`` method adds its blind counterpart as ``<name>-blind`` (kind
     ``blind``: the floor of every universal network's KL integral from σ_min).
+    ``curves_train``: the ``CONTROLS`` baselines' curves on the
+    :func:`measured_training_set` (empty without one), with the noise of the networks'
+    ``curve_train``.
     """
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
     refs = reference_denoisers(dist)
@@ -85,7 +93,8 @@ def compute_reference(spec: dict) -> dict:
         refs.update({f"{name}-blind": den.blind(*spec["blind_range"])
                      for name, den in list(refs.items())
                      if den.kind == "exact" and hasattr(den, "blind")})
-    curves = {}
+    train_images = measured_training_set(dist, spec)
+    curves, on_training = {}, {}
     for name in list(refs):  # each reference is released once measured (an oracle may
         den = refs.pop(name)  # hold a per-image decomposition: 0.5 GB for C^α's)
         costly = getattr(den, "costly", False)
@@ -93,10 +102,13 @@ def compute_reference(spec: dict) -> dict:
         frame = mse_curve(den, dist, sigmas, n=spec["n_eval"], seed=spec["seed"])
         curves[name] = {"kind": den.kind, "description": getattr(den, "description", ""),
                         **curve_record(frame)}
+        if train_images is not None and name in CONTROLS:
+            on_training[name] = curve_record(training_curve(den, train_images, sigmas,
+                                                            spec["seed"]))
     # on the curves' images
     variance, variance_se, mu = data_variance(dist, spec["n_eval"], spec["seed"])
     sigma_max = float(max(spec["sigmas"]))
-    return {"curves": curves, "intrinsic_dim": dist.intrinsic_dim,
+    return {"curves": curves, "curves_train": on_training, "intrinsic_dim": dist.intrinsic_dim,
             "data_mean": mu, "data_variance": variance, "data_variance_se": variance_se,
             "sigma_max": sigma_max, "start_kl": dist.start_kl(sigma_max, mu)}
 
@@ -105,6 +117,17 @@ def _apart(train_images: torch.Tensor, test_images: torch.Tensor) -> bool:
     """Whether no test image (n, c, h, w) is one of the training images (N, c, h, w)."""
     same = test_images.flatten(1)[:, None, :] == train_images.flatten(1)[None]  # (n, N, d)
     return not bool(same.all(dim=2).any())
+
+
+def measured_training_set(dist, spec: dict) -> torch.Tensor | None:
+    """The distribution's finite training set (N, c, h, w) when none of the cell's test
+    images is one of its images, else None (fresh images every step, or test images drawn
+    from the training set, e.g. faces' split "train" or "all"): the images on which a
+    cell measures the generalization gap."""
+    train = dist.train_images()
+    if train is None or not _apart(train, dist.sample(spec["n_eval"], spec["seed"])):
+        return None
+    return train
 
 
 def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=False) -> dict:
@@ -129,13 +152,9 @@ def compute_network(spec: dict, cache: Cache, key: str, device=None, progress=Fa
     frame = mse_curve(denoiser, dist, sigmas, n=spec["n_eval"], seed=spec["seed"],
                       device=resolve_device(device))
     monitor = denoiser.history.get("monitor", {})
-    # a finite training set apart from the test images: the same curve on it, against
-    # which the test curve measures the generalization gap (None: fresh images every step,
-    # or test images drawn from the training set, e.g. faces' split "train" or "all")
-    apart = train_images is not None and _apart(train_images,
-                                                dist.sample(spec["n_eval"], spec["seed"]))
-    on_train = training_curve(denoiser, train_images, sigmas, spec["seed"],
-                              device=resolve_device(device)) if apart else None
+    measured = measured_training_set(dist, spec)  # the generalization gap's images
+    on_train = None if measured is None else training_curve(
+        denoiser, measured, sigmas, spec["seed"], device=resolve_device(device))
     return {"curve": curve_record(frame),
             "curve_train": None if on_train is None else curve_record(on_train),
             "examples": _examples(dist, denoiser, sigmas, spec["seed"]),
