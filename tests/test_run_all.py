@@ -149,7 +149,8 @@ def test_blind_optimum_is_stored_and_floors_the_universal_network(smoke):
 def test_finite_training_sets_get_the_networks_curve_on_their_images(smoke):
     """Networks trained on a finite set (faces, shuffled faces: 80 images) store their MSE
     curve on those images, the one ``training_curve`` gives for their checkpoint, and the
-    report shows it against the test curve; networks trained on fresh images store None."""
+    report shows it against the test curve; networks trained on fresh images store None.
+    The main reference cells store the control baselines on the same images and noise."""
     from theorybench.cache import Cache
     from theorybench.denoisers.network import NetworkDenoiser
     from theorybench.evaluation import training_curve
@@ -167,20 +168,27 @@ def test_finite_training_sets_get_the_networks_curve_on_their_images(smoke):
     images = datasets_synth.get("faces", split="test").train_images()
     again = training_curve(net, images, stored["sigma"], universal["spec"]["seed"])
     np.testing.assert_allclose(again["mse"], stored["mse"], rtol=1e-6)
-    # the reference cell's controls: on the same images, with the same noise at every σ
-    reference = next(json.loads(p.read_text()) for p in (cache / "reference").glob("*.json")
-                     if json.loads(p.read_text())["spec"]["dataset"] == "faces")
-    controls = reference["result"]["curves_train"]
-    assert set(controls) == {"identity", "wavelet"}
-    identity = controls["identity"]
-    z2 = np.asarray(identity["errors"]) / np.square(identity["sigma"])[:, None]
-    assert z2.shape[1] == 80 and np.allclose(z2, z2[0])  # each image's mean z², every σ
-    assert not any(json.loads(p.read_text())["result"]["curves_train"]
-                   for p in (cache / "reference").glob("*.json")
-                   if json.loads(p.read_text())["spec"]["dataset"] not in ("faces", "shuffled"))
+    # the main reference cells' controls: the networks' images and noise (the identity's
+    # errors are the noise's alone), none in side studies' reference cells or without a set
+    references = [json.loads(p.read_text()) for p in (cache / "reference").glob("*.json")]
+    for entry in ("faces", "shuffled"):
+        reference = next(r for r in references
+                         if r["spec"]["dataset"] == entry and not r["spec"].get("study"))
+        controls = reference["result"]["curves_train"]
+        assert set(controls) == {"identity", "mean-image", "wavelet"}
+        identity = controls["identity"]
+        expected = training_curve(lambda y, sigma: y, datasets_synth.get(
+            entry, **reference["spec"]["params"]).train_images(), identity["sigma"],
+            universal["spec"]["seed"])
+        np.testing.assert_allclose(identity["mse"], expected["mse"], rtol=1e-6)
+    assert not any(r["result"]["curves_train"] for r in references
+                   if r["spec"].get("study") or r["spec"]["dataset"] not in ("faces", "shuffled"))
     mse = pd.read_csv(out / "mse.csv")
     rows = mse[mse.kind == "network-train"]
     assert set(rows.entry) == {"faces", "shuffled(base=faces)"}
+    baselines = mse[(mse.kind == "baseline-train") & (mse.entry == "faces")]
+    assert set(baselines.denoiser) == {f"{name}, training images"
+                                       for name in ("identity", "mean-image", "wavelet")}
     faces = rows[(rows.entry == "faces")
                  & (rows.denoiser == "network (universal), training images")]
     np.testing.assert_allclose(faces.mse, stored["mse"], rtol=1e-5)
@@ -204,14 +212,16 @@ def test_training_curve_only_for_test_images_apart_from_the_training_set():
 def test_generalization_rows_divide_the_test_curve_by_the_training_one():
     from theorybench.report.main import StudyData, generalization_rows
 
-    def curve(sigmas, mses, se=None):
-        return {"sigma": sigmas, "mse": mses, "se": se or [0.0] * len(sigmas), "d": 4,
+    def curve(sigmas, mses):
+        return {"sigma": sigmas, "mse": mses, "se": [0.0] * len(sigmas), "d": 4,
                 "errors": [[m, m] for m in mses]}
 
     sig = [0.1, 0.5, 1.0]
     curves = {"identity": {**curve(sig, [0.0102, 0.255, 1.02]), "kind": "upper"},
+              "mean-image": {**curve(sig, [0.06] * 3), "kind": "upper"},
               "wavelet": {**curve(sig, [0.009, 0.1, 0.2]), "kind": "upper"}}
     on_training = {"identity": curve(sig, [0.0098, 0.245, 0.98]),
+                   "mean-image": curve(sig, [0.05] * 3),
                    "wavelet": curve(sig, [0.009, 0.08, 0.1])}
     records = [{"spec": {"kind": "reference"},
                 "result": {"curves": curves, "curves_train": on_training}},
@@ -225,7 +235,8 @@ def test_generalization_rows_divide_the_test_curve_by_the_training_one():
     assert rows[0] == {  # every image has the same error: standard errors of 0
         "network": "universal", "σ": 0.1, "MSE/σ², training images": "0.88 ± 0",
         "MSE/σ², test images": "1.1 ± 0", "test/training": "1.25 ± 0",
-        "identity MSE/σ², training / test images": "0.98 / 1.02", "wavelet test/training": "1 ± 0"}
+        "identity MSE/σ², training / test images": "0.98 / 1.02",
+        "mean-image test/training": "1.2 ± 0", "wavelet test/training": "1 ± 0"}
     assert rows[1]["test/training"] == "1 ± 0" and rows[1]["wavelet test/training"] == "2 ± 0"
     # unpaired curves: the ratio's SE by the delta method, from both relative SEs
     records[1]["result"]["curve"]["se"] = [0.0011, 0.0, 0.0]  # 10 % of 0.011

@@ -159,7 +159,9 @@ def training_curve(denoiser, images: torch.Tensor, sigmas, seed: int, n: int | N
     MSE (pixel units squared) at each σ of ``sigmas``, a frame with ``mse_curve``'s columns
     and per-image errors. ``n`` images (default N; the set tiled when n > N), with the
     noise of stream ``TRAINING_IMAGES_STREAM`` of ``seed``, independent of the test
-    images' noise. Against the curve on held-out images it measures the generalization
+    images' noise (and not permuted as :func:`evaluation_noise` permutes a shuffled
+    family's: the curves of a family and of its shuffled copy on their training images
+    are not paired). Against the curve on held-out images it measures the generalization
     gap."""
     count = len(images) if n is None else check_int("n", n, low=1)
     return mse_curve(denoiser, TensorImages(images, count), sigmas, n=count,

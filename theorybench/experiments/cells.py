@@ -46,10 +46,14 @@ from . import jacobian_analysis, machines_sweep, memorization_sweep
 from .keys import CellKind, MissingCheckpoint, cell_key, curve_record, entry_label
 
 EXAMPLES = 4  # test images kept per cell for the report's image rows
-# baselines measured on the training images too: fitted to them by at most one threshold
-# per σ, their ratio test/training is the test images' own difficulty, the control of the
-# networks' generalization gap (the identity's: the two noises')
-CONTROLS = ("identity", "wavelet")
+# baselines measured on the training images too, beside the networks' curve_train, each
+# fitted to them by little: the identity by nothing (its ratio test/training: the two
+# noises'), the mean image by the training images' mean (its ratio: the test images'
+# variance about μ̂ against the training images', their difficulty at large σ), the
+# wavelet by one threshold per σ (on the 25×25 faces, one level: most of its error at
+# small σ is noise passed through, its ratio near the identity's). None of them measures
+# how hard the test images are at small σ for a network.
+CONTROLS = ("identity", "mean-image", "wavelet")
 
 
 # a cell that fails this way is reported and not cached; a later run retries it
@@ -84,8 +88,9 @@ def compute_reference(spec: dict) -> dict:
     a ``blind(σ_min, σ_max)`` method adds its blind counterpart as ``<name>-blind`` (kind
     ``blind``: the floor of every universal network's KL integral from σ_min).
     ``curves_train``: the ``CONTROLS`` baselines' curves on the
-    :func:`measured_training_set` (empty without one), with the noise of the networks'
-    ``curve_train``.
+    :func:`measured_training_set`, with the noise of the main study's networks'
+    ``curve_train`` (empty without that set, and in a side study's reference cells, whose
+    networks train on other sets).
     """
     dist = datasets_synth.get(spec["dataset"], **spec["params"])
     refs = reference_denoisers(dist)
@@ -93,7 +98,7 @@ def compute_reference(spec: dict) -> dict:
         refs.update({f"{name}-blind": den.blind(*spec["blind_range"])
                      for name, den in list(refs.items())
                      if den.kind == "exact" and hasattr(den, "blind")})
-    train_images = measured_training_set(dist, spec)
+    train_images = None if spec.get("study") else measured_training_set(dist, spec)
     curves, on_training = {}, {}
     for name in list(refs):  # each reference is released once measured (an oracle may
         den = refs.pop(name)  # hold a per-image decomposition: 0.5 GB for C^α's)

@@ -309,7 +309,7 @@ def generalization_rows(study: StudyData, sigmas) -> list[dict]:
     apart; the ratio's SE by the delta method); then, from the reference cell's
     ``curves_train`` (the control baselines on the same training images and noise as the
     network's), the identity's MSE/σ² on both sets and each other control's ratio
-    test/training, the test images' own difficulty."""
+    test/training (what each measures: ``cells.CONTROLS``)."""
     result = study.reference["result"] if study.reference else {}
     controls = {name: (curve_frame(result["curves"][name]), curve_frame(train))
                 for name, train in result.get("curves_train", {}).items()}
@@ -727,13 +727,14 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                     mse_rows.append({"entry": study.label, "denoiser": f"network ({net})",
                                      "kind": "network", "sigma": row.sigma, "mse": row.mse,
                                      "se": row.se})
-        for net, frame in study.on_training_images.items():
-            if frame is not None:
-                for row in frame.itertuples():
-                    mse_rows.append({"entry": study.label,
-                                     "denoiser": f"network ({net}), training images",
-                                     "kind": "network-train", "sigma": row.sigma,
-                                     "mse": row.mse, "se": row.se})
+        trained = [(f"network ({net}), training images", "network-train", frame)
+                   for net, frame in study.on_training_images.items() if frame is not None]
+        trained += [(f"{name}, training images", "baseline-train", curve_frame(curve))
+                    for name, curve in study.reference["result"].get("curves_train", {}).items()]
+        for denoiser, kind, frame in trained:
+            for row in frame.itertuples():
+                mse_rows.append({"entry": study.label, "denoiser": denoiser, "kind": kind,
+                                 "sigma": row.sigma, "mse": row.mse, "se": row.se})
         _figure_mse(study, refs, out / f"mse_{s}.png")
         lines += [f"MMSE reference: {how}.", "", f"![MSE against σ](mse_{s}.png)", ""]
         standings[study.label] = standing(study, refs)
@@ -752,19 +753,22 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                       f"images it was trained on (noise drawn apart from the test images') "
                       f"against the {len(study.networks[gap[0]['network']].attrs['errors'][0])} "
                       "test images, at the per-σ networks' σ (± standard errors over the "
-                      "images; `mse.csv`: kind `network-train`). The ratio test/training "
-                      "mixes what the network fits of its own images with how much harder "
-                      "the test images are. The controls separate the two: the baselines "
-                      "measured on the same training images and noise (the reference "
-                      "record's `curves_train`), the identity (MSE/σ² = 1 in expectation: "
-                      "the two noises) and the wavelet baseline, fitted to the training "
-                      "images by one threshold per σ only, whose ratio test/training is the "
-                      "test images' own difficulty. A network's ratio above the wavelet's "
-                      "points to what it fits of its training set (so far as the test images "
-                      "are as much harder for it as for the wavelet); where its MSE/σ² is "
-                      "below the "
-                      "identity's on the training images and above it on the test images, "
-                      "that fit is consistent with its loss to the identity.", "",
+                      "images, the two sets independent; `mse.csv`: kinds `network-train` and "
+                      "`baseline-train`). The ratio test/training mixes what a network fits "
+                      "of its own images with how much harder the test images are, and no "
+                      "column here separates the two at small σ. Beside it, baselines on the "
+                      "same training images and noise (the reference record's "
+                      "`curves_train`), each fitted to those images by little: the identity "
+                      "(MSE/σ² = 1 in expectation; its two values differ by the two noises), "
+                      "the mean image (its ratio: the test images' variance about μ̂ against "
+                      "the training images', their difficulty at large σ) and the wavelet "
+                      "baseline (one threshold per σ; on small images most of its error at "
+                      "small σ is noise passed through, so its ratio there stays near the "
+                      "identity's and says little of the images). Where a network's MSE/σ² "
+                      "is below the identity's on its training images and above it on the "
+                      "test images, its loss to the identity comes with a gap between the two "
+                      "sets, as fitting its training set would produce; harder test images "
+                      "could too.", "",
                       markdown_table(pd.DataFrame(gap), ".4g"), ""]
         integrands, kl_errors = {}, []
         blind = {f"{name} (blind optimum)": curve_frame(c)
