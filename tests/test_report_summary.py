@@ -13,13 +13,15 @@ from theorybench.report.summary import (
 )
 
 
-def _standing(network, ratio, above_identity, above_mean, blind=None, converged=True, se=None):
+def _standing(network, ratio, above_identity, above_mean, blind=None, converged=True, se=None,
+              train=None):
     sigma = np.array([0.01, 0.1, 1.0, 2.0])
     ratio = np.asarray(ratio, dtype=float)
     return {"network": network, "sigma": sigma, "ratio": ratio, "se": se,
             "worst": int(np.argmax(ratio)), "worst_small": int(np.argmax(ratio[:3])),
             "above_identity": np.array(above_identity), "above_mean": np.array(above_mean),
             "blind_above_identity": None if blind is None else np.array(blind),
+            "train_above_identity": None if train is None else np.array(train),
             "converged": converged}
 
 
@@ -58,6 +60,14 @@ def test_network_rows_quote_the_worst_ratios_the_losses_and_the_kl():
     row, = network_rows({"faces": [lone]}, [], (0.01,))
     assert row["converged"] == "–"
     assert row["better than the identity"] == "not at σ = 0.01 (blind optimum: every σ)"
+    # trained on a finite set: where it loses on its own training images too
+    fitted = _standing("universal", [1.0] * 4, [0.01, 0.1], [], train=[0.01])
+    row, = network_rows({"faces": [fitted]}, [], (0.01,))
+    assert row["better than the identity"] == ("not at σ = 0.01, 0.1 (on its training "
+                                               "images: not at σ = 0.01)")
+    fitted = _standing("universal", [1.0] * 4, [], [], train=[])  # no loss: nothing added
+    assert network_rows({"faces": [fitted]}, [], (0.01,))[0]["better than the identity"] == (
+        "every σ")
 
 
 def test_memorization_rows_take_the_smallest_and_largest_n():

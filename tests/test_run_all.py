@@ -623,3 +623,12 @@ def test_standing_rows_name_where_a_network_loses_to_the_baselines():
         standing(StudyData("gaussian", {"size": 8}, records), refs))}
     assert rows["universal"]["no better than the identity at σ"] == "0.1 (blind optimum: 0.1)"
     assert rows["per-sigma"]["no better than the identity at σ"] == "0.1"  # no blind note
+    # trained on a finite set: against the identity on the same training images and noise
+    curves.pop("wiener-blind")
+    records[0]["result"]["curves_train"] = {"identity": curve(sig, [0.0098, 0.98, 3.9])}
+    records[1]["result"]["curve_train"] = curve(sig, [0.0099, 0.02, 3.95])
+    rows = {r["network"]: r for r in standing_rows(
+        standing(StudyData("gaussian", {"size": 8}, records), refs))}
+    assert rows["universal"]["no better than the identity at σ"] == (
+        "0.1 (on its training images: 0.1, 2)")
+    assert rows["per-sigma"]["no better than the identity at σ"] == "0.1"  # no train curve

@@ -256,14 +256,17 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
     without that baseline or without σ ≥ 1), and, for the universal network of an entry
     with the blind optimum (kind ``blind``), ``blind_above_identity``, where that optimum
     is no better than the identity either (a blind denoiser cannot do better there; else
-    None); ``converged``, its training's flag (None: not monitored). A network without a
-    stored curve (a failed cell) has no dict."""
+    None), ``train_above_identity``, where on its own training images it is no better than
+    the identity on the same images and noise (the reference's ``curves_train``; None
+    without them); ``converged``, its training's flag (None: not monitored). A network
+    without a stored curve (a failed cell) has no dict."""
     upper = refs.get("exact", refs.get("upper"))
     if upper is None:
         return []
     curves = study.reference["result"]["curves"]
     baselines = {n: curve_frame(curves[n]) for n in ("identity", "mean-image") if n in curves}
     blind = [curve_frame(c) for c in curves.values() if c.get("kind") == "blind"]
+    identity_train = study.reference["result"].get("curves_train", {}).get("identity")
     rows = []
     for net, frame in study.networks.items():
         if frame is None:
@@ -277,7 +280,12 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
                "worst": _largest(ratio, finite),
                "worst_small": _largest(ratio, finite & (grid <= 1)),
                "above_identity": None, "above_mean": None, "blind_above_identity": None,
-               "converged": study.converged.get(net)}
+               "train_above_identity": None, "converged": study.converged.get(net)}
+        train = study.on_training_images.get(net)
+        if train is not None and identity_train is not None:  # paired: same images, noise
+            at = train["sigma"].to_numpy()
+            base = on_grid(curve_frame(identity_train), at)["mse"].to_numpy()
+            row["train_above_identity"] = at[train["mse"].to_numpy() >= base]
         for name, where, key in (("identity", np.ones(len(grid), dtype=bool), "above_identity"),
                                  ("mean-image", grid >= 1.0, "above_mean")):
             if name in baselines and where.any():
@@ -359,7 +367,9 @@ def standing_rows(standings: list[dict]) -> list[dict]:
         if st["above_identity"] is not None:
             row["no better than the identity at σ"] = sigma_list(st["above_identity"]) + (
                 "" if st["blind_above_identity"] is None else
-                f" (blind optimum: {sigma_list(st['blind_above_identity'])})")
+                f" (blind optimum: {sigma_list(st['blind_above_identity'])})") + (
+                "" if st["train_above_identity"] is None else
+                f" (on its training images: {sigma_list(st['train_above_identity'])})")
         if st["above_mean"] is not None:
             row["no better than the mean image at σ ≥ 1"] = sigma_list(st["above_mean"])
         rows.append(row)

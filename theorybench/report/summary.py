@@ -59,9 +59,10 @@ def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
         for st in nets:
             net = st["network"]
             identity = _losses(st["above_identity"], "every σ")
-            if st["blind_above_identity"] is not None and len(st["above_identity"]):
-                identity += (" (blind optimum: "
-                             + _losses(st["blind_above_identity"], "every σ") + ")")
+            for key, whose in (("blind_above_identity", "blind optimum"),
+                               ("train_above_identity", "on its training images")):
+                if st.get(key) is not None and len(st["above_identity"]):
+                    identity += f" ({whose}: {_losses(st[key], 'every σ')})"
             row = {"entry": entry, "network": net,
                    "worst MSE/U": ratio_at(st["ratio"], st["se"], st["sigma"], st["worst"]),
                    "worst MSE/U, σ ≤ 1": ratio_at(st["ratio"], st["se"], st["sigma"],
