@@ -12,7 +12,7 @@ import datasets_synth
 from tbcore.seeding import derived_seed
 from theorybench.cache import Cache
 from theorybench.denoisers.network import NetworkDenoiser
-from theorybench.evaluation import mse_curve
+from theorybench.evaluation import mse_curve, training_curve
 from theorybench.experiments import memorization_sweep as ms
 from theorybench.experiments.cells import run_cell
 from theorybench.experiments.keys import cell_key
@@ -201,6 +201,14 @@ def test_sweep_results(sweep):
         dist = datasets_synth.get("disks", size=16)
         curve = mse_curve(net, dist, record["spec"]["sigmas"], n=16, seed=0)
         assert curve["mse"].tolist() == pytest.approx(res["mse_test"]["mse"], rel=1e-6)
+        # the train curve and the S2 network's on the same S1 images and noise
+        spec = record["spec"]
+        s1 = ms.cell_inputs(spec).s1
+        other = NetworkDenoiser.load(Cache(root).artifact_path(key, "-s2.pt"))
+        for den, name in ((net, "mse_train"), (other, "mse_cross")):
+            again = training_curve(den, s1, spec["sigmas"], spec["seed"], n=spec["n_eval"])
+            assert again["mse"].tolist() == pytest.approx(res[name]["mse"], rel=1e-6), name
+        assert res["mse_cross"]["mse"] != res["mse_train"]["mse"]
     one, four = records[0]["result"], records[1]["result"]
     # the posterior mean, sampled at the largest N only, stays on the family all the way
     assert "posterior_samples" not in one and "posterior" not in one["trace"]

@@ -17,8 +17,9 @@ For each distribution and training-set size N, a ``memorization`` cell
    every N, N = 1 included) gives the memorized fraction with its Wilson
    interval (not degenerate at 0 and 1, as a bootstrap's is); also the
    nearest-training cosines, plain and mean-subtracted, and d1/d2 (N >= 2); the two
-   networks' samples against each other (cross cosine), and the S1 network's train and
-   test MSE per σ (the generalization gap);
+   networks' samples against each other (cross cosine), the S1 network's train and test
+   MSE per σ (the generalization gap), and the S2 network's MSE on the S1 images (the
+   gap on the same images and noise, free of the held-out images' difficulty);
 5. the baseline: the same measures for the cell's real held-out images against S1, so that
    a sample's novelty reads against the data's own (each held-out image's copy criterion
    centred on the mean of the *other* held-out images,
@@ -425,7 +426,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
     ``converged_s1``/``converged_s2`` (held-out error during training and its convergence
     flag, :func:`~theorybench.training.converged`); ``mse_train``/``mse_test`` (curves of
     the S1 network: per-pixel MSE on S1 images and on held-out images, per σ of
-    ``spec["sigmas"]``); ``summary`` ``{role: summarize(...)}`` and ``per_sample`` ``{role:
+    ``spec["sigmas"]``), ``mse_cross`` (the S2 network on the S1 images and noise of
+    ``mse_train``); ``summary`` ``{role: summarize(...)}`` and ``per_sample`` ``{role:
     {column: K values}}`` (``memorized``: the copy criterion) for roles ``s1`` (S1 network
     vs S1, cross vs S2 network), ``s2`` (S2 network vs S2, cross vs S1 network),
     ``empirical`` (empirical denoiser of S1 vs S1, cross vs the S1 network); ``examples``
@@ -470,6 +472,12 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         frame = training_curve(nets[0], s1, spec["sigmas"], seed, n=spec["n_eval"],
                                device=device)
         result["mse_train"] = curve_record(frame)
+        # the same S1 images and noise through the S2 network, which never saw them: over
+        # mse_train, what the S1 network fits of its own images, free of any difference in
+        # difficulty between S1 and the held-out images
+        frame = training_curve(nets[1], s1, spec["sigmas"], seed, n=spec["n_eval"],
+                               device=device)
+        result["mse_cross"] = curve_record(frame)
         if test_dist is not None:
             frame = mse_curve(nets[0], test_dist, spec["sigmas"], n=n_test, seed=seed,
                               device=device)

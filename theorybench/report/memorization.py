@@ -7,8 +7,9 @@ its nearest training image, S2 sample and empirical-denoiser sample from the sam
 histograms of the nearest-training and cross-network similarities per N (as the paper's
 figure 2), where the family can fit its images the fraction of the sampler's iterates that
 are images of the family at each σ (the trace), and a sentence checking the expected
-behaviour. All rows also go to ``memorization.csv``, the train/test MSE curves to
-``memorization_mse.csv``, the traces to ``memorization_trace.csv``.
+behaviour. All rows also go to ``memorization.csv``, the train/test MSE curves (and the
+S2 network's on the S1 images, curve ``cross``) to ``memorization_mse.csv``, the traces to
+``memorization_trace.csv``.
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
     row["train mse"] = res["mse_train"]["mse"][mid] if "mse_train" in res else math.nan
     row["test mse"] = res["mse_test"]["mse"][mid] if "mse_test" in res else math.nan
     row["test/train"] = row["test mse"] / row["train mse"] if row["train mse"] > 0 else math.nan
+    cross = res["mse_cross"]["mse"][mid] if "mse_cross" in res else math.nan
+    row["cross/train"] = cross / row["train mse"] if row["train mse"] > 0 else math.nan
     row["kl low"], row["kl high"] = _kl_interval(res, reference, min(sigmas))
     row["sigma0"] = min(sigmas)
     row["failed"] = res.get("failed", "")
@@ -180,6 +183,7 @@ def _table(frame: pd.DataFrame) -> str:
         f"train MSE σ={sigma_mid:g}": frame["train mse"],
         f"test MSE σ={sigma_mid:g}": frame["test mse"],
         "test/train": frame["test/train"],
+        "S2 net / S1 net on S1": frame["cross/train"],
         "memorized empirical": frame["mem emp"],
     })
     if frame["on S1"].notna().any():  # the family can tell its own images (project)
@@ -563,7 +567,11 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
              f"baselines.{_trace_text(mine)} Cosines "
              f"are medians over samples; raw cosines carry little information on families "
              f"with a strong mean. Train/test MSE: the S1 network on S1 images and on "
-             f"held-out images.",
+             f"held-out images; their ratio also carries any difference in difficulty "
+             f"between the two sets. S2 net / S1 net on S1: the S2 network's MSE on the "
+             f"same S1 images and noise over the S1 network's (at the same σ): what the S1 "
+             f"network fits of its own images, free of that difference (two networks that "
+             f"generalize give 1).",
              ""]
     rows, curves, traces = [], [], []
     for by_n in groups.values():
@@ -575,7 +583,7 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
         frame = pd.DataFrame([summary_row(r, reference) for r in group])
         rows.append(frame)
         for r in group:
-            for which in ("mse_train", "mse_test"):
+            for which in ("mse_train", "mse_test", "mse_cross"):
                 c = r["result"].get(which)
                 if c:
                     curves += [{"entry": label, "N": r["spec"]["N"], "curve": which[4:],
@@ -618,7 +626,8 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
     if traces:
         write_csv(pd.DataFrame(traces), out / "memorization_trace.csv")
     lines += ["Tables as CSV: `memorization.csv` (one row per distribution and N)"
-              + (", `memorization_mse.csv` (train/test MSE per σ)" if curves else "")
+              + (", `memorization_mse.csv` (train/test MSE per σ, and `cross`: the S2 network "
+                 "on the S1 images)" if curves else "")
               + (", `memorization_trace.csv` (the fraction of the sampler's iterates that are "
                  "images of the family, per σ)" if traces else "") + ".", ""]
     return lines, table
