@@ -152,7 +152,8 @@ def secant_bracket(lower: pd.DataFrame, upper: pd.DataFrame, sigma_a: float,
 
 
 class StudyData:
-    """Records of one study entry, grouped: references, per-σ networks, universal network."""
+    """Records of one study entry, grouped: references, per-σ networks, universal network,
+    and, with a finite training set, the networks' and the control baselines' curves on it."""
 
     def __init__(self, name: str, params: dict, records: list[dict]):
         self.name, self.params = name, params
@@ -169,6 +170,8 @@ class StudyData:
         self.on_training_images = {
             mode: network_curve([r for r in trained if r["spec"]["train"]["mode"] == mode],
                                 "curve_train") for mode in NETWORKS}
+        stored = self.reference["result"].get("curves_train", {}) if self.reference else {}
+        self.controls_on_training_images = {name: curve_frame(c) for name, c in stored.items()}
         self.examples = [r["result"]["examples"] for r in nets
                          if r["spec"]["train"]["mode"] == "per-sigma"]
         flags = {mode: [r["result"].get("converged") for r in nets
@@ -266,7 +269,7 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
     curves = study.reference["result"]["curves"]
     baselines = {n: curve_frame(curves[n]) for n in ("identity", "mean-image") if n in curves}
     blind = [curve_frame(c) for c in curves.values() if c.get("kind") == "blind"]
-    identity_train = study.reference["result"].get("curves_train", {}).get("identity")
+    identity_train = study.controls_on_training_images.get("identity")
     rows = []
     for net, frame in study.networks.items():
         if frame is None:
@@ -284,7 +287,7 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
         train = study.on_training_images.get(net)
         if train is not None and identity_train is not None:  # paired: same images, noise
             at = train["sigma"].to_numpy()
-            base = on_grid(curve_frame(identity_train), at)["mse"].to_numpy()
+            base = on_grid(identity_train, at)["mse"].to_numpy()
             row["train_above_identity"] = at[train["mse"].to_numpy() >= base]
         for name, where, key in (("identity", np.ones(len(grid), dtype=bool), "above_identity"),
                                  ("mean-image", grid >= 1.0, "above_mean")):
@@ -318,9 +321,8 @@ def generalization_rows(study: StudyData, sigmas) -> list[dict]:
     ``curves_train`` (the control baselines on the same training images and noise as the
     network's), the identity's MSE/σ² on both sets and each other control's ratio
     test/training (what each measures: ``cells.CONTROLS``)."""
-    result = study.reference["result"] if study.reference else {}
-    controls = {name: (curve_frame(result["curves"][name]), curve_frame(train))
-                for name, train in result.get("curves_train", {}).items()}
+    controls = {name: (curve_frame(study.reference["result"]["curves"][name]), train)
+                for name, train in study.controls_on_training_images.items()}
     rows = []
     for net, train in study.on_training_images.items():
         test = study.networks.get(net)
@@ -739,8 +741,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                                      "se": row.se})
         trained = [(f"network ({net}), training images", "network-train", frame)
                    for net, frame in study.on_training_images.items() if frame is not None]
-        trained += [(f"{name}, training images", "baseline-train", curve_frame(curve))
-                    for name, curve in study.reference["result"].get("curves_train", {}).items()]
+        trained += [(f"{name}, training images", "baseline-train", frame)
+                    for name, frame in study.controls_on_training_images.items()]
         for denoiser, kind, frame in trained:
             for row in frame.itertuples():
                 mse_rows.append({"entry": study.label, "denoiser": denoiser, "kind": kind,
