@@ -13,15 +13,22 @@ from theorybench.report.summary import (
 )
 
 
+def _lost(sigmas, ratio=1.05, se=0.01):
+    """A ``losses`` dict: the σ where a curve loses, each with ``ratio`` ± ``se``."""
+    n = len(sigmas)
+    return {"sigma": np.array(sigmas, dtype=float), "ratio": np.full(n, ratio),
+            "se": None if se is None else np.full(n, se)}
+
+
 def _standing(network, ratio, above_identity, above_mean, blind=None, converged=True, se=None,
               train=None):
     sigma = np.array([0.01, 0.1, 1.0, 2.0])
     ratio = np.asarray(ratio, dtype=float)
     return {"network": network, "sigma": sigma, "ratio": ratio, "se": se,
             "worst": int(np.argmax(ratio)), "worst_small": int(np.argmax(ratio[:3])),
-            "above_identity": np.array(above_identity), "above_mean": np.array(above_mean),
-            "blind_above_identity": None if blind is None else np.array(blind),
-            "train_above_identity": None if train is None else np.array(train),
+            "above_identity": _lost(above_identity), "above_mean": _lost(above_mean),
+            "blind_above_identity": None if blind is None else _lost(blind, 1.01, 0.004),
+            "train_above_identity": None if train is None else _lost(train, 1.2, None),
             "converged": converged}
 
 
@@ -48,8 +55,9 @@ def test_network_rows_quote_the_worst_ratios_the_losses_and_the_kl():
     assert per["better than the mean image, σ ≥ 1"] == "every σ"
     assert per["KL, σ0 = 0.01"] == "4.5 ± 0.66"  # an exact MMSE: one value
     assert per["KL, σ0 = 0.05"] == "–" and per["converged"] is True
-    assert uni["better than the identity"] == "not at σ = 0.01 (blind optimum: not at σ = 0.01)"
-    assert uni["better than the mean image, σ ≥ 1"] == "not at σ = 2"
+    assert uni["better than the identity"] == ("not at σ = 0.01 (×1.05 ± 0.01); blind optimum: "
+                                               "not at σ = 0.01 (×1.01 ± 0.004)")
+    assert uni["better than the mean image, σ ≥ 1"] == "not at σ = 2 (×1.05 ± 0.01)"
     assert uni["KL, σ0 = 0.01"] == "[30, 36.4]" and uni["converged"] is False
     assert uni["worst MSE/U"] == "1.5 at σ = 0.01"  # no standard error known
     wide, = network_rows({"gaussian": [standings["gaussian"][1]]},
@@ -59,12 +67,13 @@ def test_network_rows_quote_the_worst_ratios_the_losses_and_the_kl():
     lone = _standing("universal", [1.0] * 4, [0.01], [], blind=[], converged=None)
     row, = network_rows({"faces": [lone]}, [], (0.01,))
     assert row["converged"] == "–"
-    assert row["better than the identity"] == "not at σ = 0.01 (blind optimum: every σ)"
+    assert row["better than the identity"] == "not at σ = 0.01 (×1.05 ± 0.01); blind optimum: " \
+        "every σ"
     # trained on a finite set: where it loses on its own training images too
     fitted = _standing("universal", [1.0] * 4, [0.01, 0.1], [], train=[0.01])
     row, = network_rows({"faces": [fitted]}, [], (0.01,))
-    assert row["better than the identity"] == ("not at σ = 0.01, 0.1 (on its training "
-                                               "images: not at σ = 0.01)")
+    assert row["better than the identity"] == ("not at σ = 0.01, 0.1 (×1.05 ± 0.01); on its "
+                                               "training images: not at σ = 0.01 (×1.2)")
     fitted = _standing("universal", [1.0] * 4, [], [], train=[])  # no loss: nothing added
     assert network_rows({"faces": [fitted]}, [], (0.01,))[0]["better than the identity"] == (
         "every σ")

@@ -613,22 +613,63 @@ def test_standing_rows_name_where_a_network_loses_to_the_baselines():
     rows = {r["network"]: r for r in standing_rows(standing(study, refs))}
     assert rows["universal"] == {  # every image has the same error: a standard error of 0
         "network": "universal", "worst MSE/U": "1.67 ± 0 at σ = 2",
-        "worst MSE/U, σ ≤ 1": "1.5 ± 0 at σ = 1", "no better than the identity at σ": "0.1",
-        "no better than the mean image at σ ≥ 1": "2"}
+        "worst MSE/U, σ ≤ 1": "1.5 ± 0 at σ = 1",
+        "better than the identity": "not at σ = 0.1 (×1.2 ± 0)",
+        "better than the mean image, σ ≥ 1": "not at σ = 2 (×1.25 ± 0)"}
     assert rows["per-sigma"]["worst MSE/U"] == "1.17 ± 0 at σ = 2"
-    assert rows["per-sigma"]["no better than the mean image at σ ≥ 1"] == "none"
+    assert rows["per-sigma"]["better than the mean image, σ ≥ 1"] == "every σ"
     # with the blind optimum, the universal network's row says where it loses too
     curves["wiener-blind"] = curve(sig, [0.0101, 0.5, 0.04], "blind")
     rows = {r["network"]: r for r in standing_rows(
         standing(StudyData("gaussian", {"size": 8}, records), refs))}
-    assert rows["universal"]["no better than the identity at σ"] == "0.1 (blind optimum: 0.1)"
-    assert rows["per-sigma"]["no better than the identity at σ"] == "0.1"  # no blind note
+    assert rows["universal"]["better than the identity"] == (
+        "not at σ = 0.1 (×1.2 ± 0); blind optimum: not at σ = 0.1 (×1.01 ± 0)")
+    assert rows["per-sigma"]["better than the identity"] == "not at σ = 0.1 (×1.1 ± 0)"
     # trained on a finite set: against the identity on the same training images and noise
     curves.pop("wiener-blind")
     records[0]["result"]["curves_train"] = {"identity": curve(sig, [0.0098, 0.98, 3.9])}
     records[1]["result"]["curve_train"] = curve(sig, [0.0099, 0.02, 3.95])
     rows = {r["network"]: r for r in standing_rows(
         standing(StudyData("gaussian", {"size": 8}, records), refs))}
-    assert rows["universal"]["no better than the identity at σ"] == (
-        "0.1 (on its training images: 0.1, 2)")
-    assert rows["per-sigma"]["no better than the identity at σ"] == "0.1"  # no train curve
+    assert rows["universal"]["better than the identity"] == (  # the larger of 1.0102, 1.0128
+        "not at σ = 0.1 (×1.2 ± 0); on its training images: not at σ = 0.1, 2 (×1.013 ± 0)")
+    assert rows["per-sigma"]["better than the identity"] == "not at σ = 0.1 (×1.1 ± 0)"
+
+
+def test_losses_quote_the_paired_ratio_where_a_network_loses():
+    """``losses``: the σ where a curve is no better than a baseline on the same images and
+    noise, the ratio of the two MSEs there and its paired standard error (``ratio_se``)."""
+    from theorybench.report.common import curve_frame, losses_text
+    from theorybench.report.main import losses, ratio_se
+
+    rng = np.random.default_rng(1)
+    sig = [0.01, 0.1, 1.0, 2.0]
+    base = rng.gamma(4.0, 1.0, size=(4, 50)) * np.array(sig)[:, None] ** 2
+    net = base * np.array([1.05, 0.9, 1.2, 0.99])[:, None] * rng.gamma(50.0, 1 / 50, base.shape)
+
+    def curve(errors):
+        return curve_frame({"sigma": sig, "mse": errors.mean(1).tolist(), "se": [0.0] * 4,
+                            "d": 4, "errors": errors.tolist()})
+
+    lost = losses(curve(net), curve(base))
+    ratio = net.mean(1) / base.mean(1)
+    lose = ratio >= 1
+    assert lose.tolist() == [True, False, True, False]
+    np.testing.assert_allclose(lost["sigma"], np.array(sig)[lose])
+    np.testing.assert_allclose(lost["ratio"], ratio[lose])
+    np.testing.assert_allclose(lost["se"], ratio_se(net, base)[lose])
+    k = int(np.argmax(ratio))
+    assert losses_text(lost) == (f"not at σ = 0.01, 1 (×{ratio[k]:.4g} ± "
+                                 f"{ratio_se(net, base)[k]:.2g})")
+    # a mask keeps only its σ; a baseline on a denser grid is read at the curve's σ
+    only_large = losses(curve(net), curve(base), np.array(sig) >= 1)
+    assert only_large["sigma"].tolist() == [1.0]
+    coarse = curve_frame({"sigma": sig[1:3], "mse": net[1:3].mean(1).tolist(),
+                          "se": [0.0] * 2, "d": 4, "errors": net[1:3].tolist()})
+    assert losses(coarse, curve(base))["sigma"].tolist() == [1.0]
+    # without per-image errors: no standard error
+    bare = curve(net)
+    bare.attrs.pop("errors")
+    assert losses_text(losses(bare, curve(base))) == f"not at σ = 0.01, 1 (×{ratio[k]:.4g})"
+    assert losses_text(None) == "–" and losses_text(losses(curve(base), curve(net * 2))) == \
+        "every σ"

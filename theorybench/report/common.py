@@ -154,6 +154,33 @@ def sigma_list(sigmas) -> str:
     return ", ".join(f"{v:g}" for v in sigmas) or "none"
 
 
+def losses_text(loss: dict | None, everywhere: str = "every σ") -> str:
+    """Where a denoiser is no better than a baseline (a :func:`theorybench.report.main.losses`
+    dict): ``"not at σ = 0.01, 0.0121 (×1.048 ± 0.013)"``, the σ and the largest ratio of
+    the two MSEs among them with its paired standard error (without ``± se`` where it is
+    unknown); ``everywhere`` where it loses at no σ; ``"–"`` for None (no such baseline)."""
+    if loss is None:
+        return "–"
+    if not len(loss["sigma"]):
+        return everywhere
+    k = int(np.argmax(loss["ratio"]))
+    spread = "" if loss["se"] is None else f" ± {loss['se'][k]:.2g}"
+    return f"not at σ = {sigma_list(loss['sigma'])} (×{loss['ratio'][k]:.4g}{spread})"
+
+
+def identity_text(st: dict) -> str:
+    """A network's losses to the identity (``standing``'s dict ``st``), followed, where it
+    loses somewhere, by the blind optimum's (a universal network's floor) and its own on
+    its training images, each in :func:`losses_text`'s words, separated by semicolons."""
+    parts = [losses_text(st["above_identity"])]
+    if st["above_identity"] is not None and len(st["above_identity"]["sigma"]):
+        parts += [f"{whose}: {losses_text(st[key])}"
+                  for key, whose in (("blind_above_identity", "blind optimum"),
+                                     ("train_above_identity", "on its training images"))
+                  if st.get(key) is not None]
+    return "; ".join(parts)
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write a table as CSV, atomically, numbers to 6 significant digits."""
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.6g").encode())

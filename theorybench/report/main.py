@@ -27,12 +27,13 @@ from .common import (
     bracket,
     closing_inputs,
     curve_frame,
+    identity_text,
+    losses_text,
     markdown_table,
     objective_law,
     on_grid,
     preconditioned,
     ratio_at,
-    sigma_list,
     slug,
     steps_text,
     training_steps_text,
@@ -254,7 +255,7 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
     below 1 the network beats every reference, which only an upper U allows), ``se`` (its
     standard error per σ, paired images, or None), ``worst`` and ``worst_small`` (the
     indices of the largest finite ratio over the grid and over σ ≤ 1, None without one),
-    the σ (arrays) where it is no better than a baseline: ``above_identity``,
+    where it is no better than a baseline (:func:`losses`): ``above_identity``,
     ``above_mean`` (σ ≥ 1 only: the mean image, the large-σ limit of the MMSE; None
     without that baseline or without σ ≥ 1), and, for the universal network of an entry
     with the blind optimum (kind ``blind``), ``blind_above_identity``, where that optimum
@@ -285,20 +286,32 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
                "above_identity": None, "above_mean": None, "blind_above_identity": None,
                "train_above_identity": None, "converged": study.converged.get(net)}
         train = study.on_training_images.get(net)
-        if train is not None and identity_train is not None:  # paired: same images, noise
-            at = train["sigma"].to_numpy()
-            base = on_grid(identity_train, at)["mse"].to_numpy()
-            row["train_above_identity"] = at[train["mse"].to_numpy() >= base]
+        if train is not None and identity_train is not None:
+            row["train_above_identity"] = losses(train, identity_train)
         for name, where, key in (("identity", np.ones(len(grid), dtype=bool), "above_identity"),
                                  ("mean-image", grid >= 1.0, "above_mean")):
             if name in baselines and where.any():
-                base = on_grid(baselines[name], grid)["mse"].to_numpy()
-                row[key] = grid[where & (mse >= base)]
+                row[key] = losses(frame, baselines[name], where)
                 if name == "identity" and net == "universal" and blind:
-                    optimum = on_grid(blind[0], grid)["mse"].to_numpy()
-                    row["blind_above_identity"] = grid[optimum >= base]
+                    row["blind_above_identity"] = losses(on_grid(blind[0], grid),
+                                                         baselines[name])
         rows.append(row)
     return rows
+
+
+def losses(frame: pd.DataFrame, baseline: pd.DataFrame, where=None) -> dict:
+    """Where the curve ``frame`` is no better than ``baseline`` (a curve on the same images
+    and noise whose grid holds ``frame``'s), among the σ of the mask ``where`` (None: all):
+    ``{"sigma", "ratio", "se"}``, the σ (pixel units), the ratio of the two MSEs there and
+    its standard error (:func:`ratio_se`, paired; None without per-image errors)."""
+    grid = frame["sigma"].to_numpy()
+    base = on_grid(baseline, grid)
+    ratio = frame["mse"].to_numpy() / base["mse"].to_numpy()
+    lose = ratio >= 1.0
+    if where is not None:
+        lose &= where
+    se = ratio_se(frame.attrs.get("errors"), base.attrs.get("errors"))
+    return {"sigma": grid[lose], "ratio": ratio[lose], "se": None if se is None else se[lose]}
 
 
 def _at(frame: pd.DataFrame, sigma: float) -> tuple[float, float] | None:
@@ -357,9 +370,9 @@ def _largest(values: np.ndarray, among: np.ndarray) -> int | None:
 
 def standing_rows(standings: list[dict]) -> list[dict]:
     """The table of :func:`standing`'s dicts: per network its worst MSE/U (± SE, at σ),
-    over the grid and over σ ≤ 1, and the σ at which it is no better than the identity
-    (with the blind optimum's, where the entry has one) or, for σ ≥ 1, than the mean
-    image."""
+    over the grid and over σ ≤ 1, and where it is no better than the identity (with the
+    blind optimum's, where the entry has one, and its own on its training images) or, for
+    σ ≥ 1, than the mean image (:func:`~.common.losses_text`)."""
     rows = []
     for st in standings:
         ratio, se, grid = st["ratio"], st["se"], st["sigma"]
@@ -367,13 +380,9 @@ def standing_rows(standings: list[dict]) -> list[dict]:
         if st["worst_small"] is not None:
             row["worst MSE/U, σ ≤ 1"] = ratio_at(ratio, se, grid, st["worst_small"])
         if st["above_identity"] is not None:
-            row["no better than the identity at σ"] = sigma_list(st["above_identity"]) + (
-                "" if st["blind_above_identity"] is None else
-                f" (blind optimum: {sigma_list(st['blind_above_identity'])})") + (
-                "" if st["train_above_identity"] is None else
-                f" (on its training images: {sigma_list(st['train_above_identity'])})")
+            row["better than the identity"] = identity_text(st)
         if st["above_mean"] is not None:
-            row["no better than the mean image at σ ≥ 1"] = sigma_list(st["above_mean"])
+            row["better than the mean image, σ ≥ 1"] = losses_text(st["above_mean"])
         rows.append(row)
     return rows
 
@@ -754,7 +763,10 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             lines += ["Where the networks stand (U: the exact MMSE where known, else the "
                       "tightest upper reference, where MSE/U below 1 means better than every "
                       "reference; ± its standard error over the test images, paired, by the "
-                      "delta method):",
+                      "delta method); where a network is no better than the identity or, at "
+                      "σ ≥ 1, the mean image: those σ and (×r ± se) the largest ratio of its "
+                      "MSE to that baseline's among them (± its standard error, paired: the "
+                      "same images and noise):",
                       "", markdown_table(pd.DataFrame(standing_rows(standings[study.label]))),
                       ""]
         gap = generalization_rows(study, preset.sigmas)

@@ -13,16 +13,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .common import markdown_table, ratio_at, sigma_list
+from .common import identity_text, losses_text, markdown_table, ratio_at
 from .memorization import generalizes, percent
 from .training import convergence_lines
-
-
-def _losses(sigmas, everywhere: str) -> str:
-    """Where a network is no better than a baseline: the σ, or ``everywhere`` for none."""
-    if sigmas is None:
-        return "–"
-    return "not at σ = " + sigma_list(sigmas) if len(sigmas) else everywhere
 
 
 def _nats(value: float) -> str:
@@ -58,17 +51,12 @@ def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
     for entry, nets in standings.items():
         for st in nets:
             net = st["network"]
-            identity = _losses(st["above_identity"], "every σ")
-            for key, whose in (("blind_above_identity", "blind optimum"),
-                               ("train_above_identity", "on its training images")):
-                if st.get(key) is not None and len(st["above_identity"]):
-                    identity += f" ({whose}: {_losses(st[key], 'every σ')})"
             row = {"entry": entry, "network": net,
                    "worst MSE/U": ratio_at(st["ratio"], st["se"], st["sigma"], st["worst"]),
                    "worst MSE/U, σ ≤ 1": ratio_at(st["ratio"], st["se"], st["sigma"],
                                                   st["worst_small"]),
-                   "better than the identity": identity,
-                   "better than the mean image, σ ≥ 1": _losses(st["above_mean"], "every σ")}
+                   "better than the identity": identity_text(st),
+                   "better than the mean image, σ ≥ 1": losses_text(st["above_mean"])}
             for s0 in sigma0s:
                 row[f"KL, σ0 = {s0:g}"] = _kl(kl.get((entry, net, s0)))
             row["converged"] = "–" if st["converged"] is None else st["converged"]
@@ -165,7 +153,8 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
                   "error) over the whole grid and over σ ≤ 1 (U: the exact MMSE where known, "
                   "else the tightest upper reference; MSE/U = 1 is the MMSE where U is "
                   "exact, below 1 better than every reference), the σ where the network is "
-                  "no better than the identity or, at σ ≥ 1, than the mean image, the KL "
+                  "no better than the identity or, at σ ≥ 1, than the mean image (×r ± se: "
+                  "the largest ratio of the two MSEs there, ± its paired standard error), the KL "
                   "bound in nats at each σ0 (`v ± se` where the MMSE is exact, else the "
                   "interval [B_low, B_high]), and the convergence flag (section Training); "
                   "`–`: not available (the entry's section says why).",
