@@ -306,6 +306,23 @@ def test_report_only_rebuilds_from_cache(smoke, tmp_path):
     assert (out / "kl.csv").exists()
 
 
+def test_compare_sets_another_seed_s_report_beside_this_one(smoke, tmp_path):
+    """``--compare DIR``: the section "Across seeds" and ``seeds.csv``; here the other run
+    is this one's report under another seed's run.json, so every z is 0 up to the CSV's
+    rounding (6 significant digits: the other run's values are read from its files)."""
+    out, cache, meta = smoke
+    other = tmp_path / "seed-1"
+    shutil.copytree(out, other)
+    (other / "run.json").write_text(json.dumps({**meta, "seed": 1}))
+    again = tmp_path / "again"
+    assert main(["--preset", "smoke", "--out", str(again), "--cache", str(cache),
+                 "--report-only", "--quiet", "--compare", str(other)]) == 0
+    text = (again / "README.md").read_text()
+    assert "## Across seeds" in text and "`seeds.csv`" in text.split("## Files")[1]
+    z = pd.read_csv(again / "seeds.csv")
+    assert len(z) and set(z["seed"]) == {1} and np.abs(z["z"]).max() < 1e-3
+
+
 def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):
     """A run killed before its end stores some cells and no run.json: the rebuilt report
     says how many cells are missing and where the stored ones ran, and gives no wall time."""
@@ -369,6 +386,7 @@ def test_kinds_computes_only_those_cells(smoke, tmp_path):
     ["--kinds", "reference,nope"],
     ["--kinds", ","],
     ["--datasets", "faces-folder"],
+    ["--compare", "{empty}"],
 ])
 def test_bad_options_exit_2_with_one_line(args, tmp_path):
     args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="reports", help="report folder (default: reports)")
     parser.add_argument("--cache", default=".cache/theorybench",
                         help="result cache folder (default: .cache/theorybench)")
+    parser.add_argument("--compare", action="append", default=[], metavar="DIR",
+                        help="the report folder (--out) of a run of the same study at another "
+                             "--seed: the report adds a section setting its networks beside "
+                             "this run's (repeatable)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the reports from stored results, compute nothing")
     parser.add_argument("--list", action="store_true",
@@ -290,6 +294,11 @@ def main(argv=None) -> int:
             raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
                              f"--report-only first")
         cache = Cache(args.cache)
+        if args.compare:  # checked before a long run, not after it
+            from .report.seeds import check_comparable
+
+            for folder in args.compare:
+                check_comparable(study_options(preset, args), folder)
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out)
@@ -329,7 +338,8 @@ def main(argv=None) -> int:
     from .report import build_report
 
     with figure_store(Path(args.cache) / "figures"):  # figures kept by content, as results
-        readme = build_report(preset, entries, records, out, run_meta)
+        readme = build_report(preset, entries, records, out, run_meta,
+                              compare=tuple(Path(f) for f in args.compare))
     failed = [r["failed"] for r in records if "failed" in r]
     print(f"wrote {readme} ({len(records)} cells, {len(failed)} failed) in "
           f"{time.perf_counter() - start:.1f} s")

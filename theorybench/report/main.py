@@ -43,6 +43,7 @@ from .dimension import dimension_section
 from .jacobian import jacobian_section
 from .machines import machines_section
 from .memorization import memorization_section
+from .seeds import run_tables, seeds_section
 from .summary import missing_entries, summary_section
 from .training import training_section
 
@@ -696,8 +697,11 @@ def rerun_command(preset_name: str, run_meta: dict) -> str:
     return shlex.join(words)
 
 
-def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict) -> Path:
-    """Write ``out/README.md`` with every table and figure; return its path."""
+def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict,
+                 compare: tuple[Path, ...] = ()) -> Path:
+    """Write ``out/README.md`` with every table and figure; return its path. ``compare``:
+    the report folders of runs of the same study at other seeds, set beside this one in
+    the section "Across seeds" (:mod:`.seeds`)."""
     out.mkdir(parents=True, exist_ok=True)
     studies = []
     for name, params in entries:  # side studies (tagged "study") have their own sections
@@ -925,6 +929,10 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                        ("mse", mse_rows), ("training", training)):
         if rows:
             write_csv(pd.DataFrame(rows), out / f"{name}.csv")
+    seed_lines = seeds_section(run_tables(out, run_meta, pd.DataFrame(rates),
+                                          pd.DataFrame(kl_rows), pd.DataFrame(training)),
+                               list(compare), preset.sigma0s) if compare and rates else []
+    lines += seed_lines
     lines[header:header] = summary_section(standings, kl_rows, preset.sigma0s, training,
                                            memorization, missing_entries(studies, standings),
                                            rates)
@@ -932,7 +940,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows), ("training", training)) if r)
               + ", `jacobian.csv`, `jacobian_pairs.csv`, `memorization.csv`, "
-                "`memorization_mse.csv`, `machines.csv`, `dimension.csv` (when computed).", ""]
+                "`memorization_mse.csv`, `machines.csv`, `dimension.csv` (when computed)"
+              + (", `seeds.csv`" if seed_lines else "") + ".", ""]
     readme = out / "README.md"
     atomic_write_bytes(readme, "\n".join(lines).encode())
     return readme

@@ -23,7 +23,7 @@ def _nats(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def _kl(row: dict | None) -> str:
+def kl_text(row: dict | None) -> str:
     """A KL row as ``"v ± se"`` (ends equal: an exact reference) or ``"[low, high]"``."""
     if row is None:
         return "–"
@@ -58,7 +58,7 @@ def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
                    "better than the identity": identity_text(st),
                    "better than the mean image, σ ≥ 1": losses_text(st["above_mean"])}
             for s0 in sigma0s:
-                row[f"KL, σ0 = {s0:g}"] = _kl(kl.get((entry, net, s0)))
+                row[f"KL, σ0 = {s0:g}"] = kl_text(kl.get((entry, net, s0)))
             row["converged"] = "–" if st["converged"] is None else st["converged"]
             rows.append(row)
     return rows
@@ -185,5 +185,5 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
     return lines
 
 
-__all__ = ["memorization_rows", "missing_entries", "network_rows", "rate_summary_rows",
-           "summary_section"]
+__all__ = ["kl_text", "memorization_rows", "missing_entries", "network_rows",
+           "rate_summary_rows", "summary_section"]
