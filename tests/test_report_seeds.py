@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theorybench.report.seeds import check_comparable, read_run, seed_rows, seeds_section
+from theorybench.report.common import write_csv
+from theorybench.report.seeds import check_compare, run_tables, seed_rows, seeds_section
 
-SIGMA = [0.01, 0.1, 1.0, 2.0]
+SIGMA = [0.0123456789, 0.1, 1.0, 2.0]  # more digits than the CSV keeps: both sides rounded
 
 
 def _rates(ratios, ses):
@@ -33,14 +34,18 @@ def _training(flags):
                                                   "network": "universal", "converged": False}])
 
 
+def _meta(seed, preset="smoke"):
+    return {"preset": preset, "overrides": [], "datasets": None, "seed": seed,
+            "commit": "abc1234", "date": "today"}
+
+
 def _write(folder, seed, ratios, ses, kl, flags, preset="smoke"):
+    """A run's report folder, written as the report writes it (6 significant digits)."""
     folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"preset": preset, "overrides": [],
-                                                 "datasets": None, "seed": seed,
-                                                 "commit": "abc1234", "date": "today"}))
-    _rates(ratios, ses).to_csv(folder / "rates.csv", index=False)
-    kl.to_csv(folder / "kl.csv", index=False)
-    _training(flags).to_csv(folder / "training.csv", index=False)
+    (folder / "run.json").write_text(json.dumps(_meta(seed, preset)))
+    write_csv(_rates(ratios, ses), folder / "rates.csv")
+    write_csv(kl, folder / "kl.csv")
+    write_csv(_training(flags), folder / "training.csv")
     return folder
 
 
@@ -59,10 +64,10 @@ def two_runs(tmp_path):
 
 def test_rows_set_the_runs_side_by_side_with_their_z(two_runs):
     a, b = two_runs
-    rows, z = seed_rows([read_run(a), read_run(b)], (0.05, 0.2))
+    rows, z = seed_rows([run_tables(a), run_tables(b)], (0.05, 0.2))
     per, uni = rows
     assert per["worst MSE/U, σ ≤ 1"] == "1.2 ± 0.1 at σ = 0.1 / 1.6 ± 0.2 at σ = 0.1"
-    # z = (1.6 − 1.2)/√(0.1² + 0.2²) at σ = 0.1, 0 elsewhere
+    # z = (1.6 − 1.2)/√(0.1² + 0.2²) at σ = 0.1, 0 elsewhere, at every σ of the grid
     z01 = 0.4 / np.sqrt(0.05)
     assert per["RMS z"] == f"{np.sqrt(z01**2 / 4):.2f}"
     assert per["largest z"] == f"+{z01:.2f} at σ = 0.1"
@@ -71,36 +76,64 @@ def test_rows_set_the_runs_side_by_side_with_their_z(two_runs):
     # every per-σ network of the main study must pass; the side study's row is not read
     assert per["converged"] == "True / False" and uni["converged"] == "False / True"
     assert list(z.columns) == ["entry", "network", "seed", "sigma", "z"] and len(z) == 8
-    bare = {**read_run(b), "kl": pd.DataFrame(), "training": pd.DataFrame()}  # nothing stored
-    rows, _ = seed_rows([read_run(a), bare], (0.05,))
-    assert rows[0]["KL, σ0 = 0.05"] == "4.5 ± 0.6 / –" and rows[0]["converged"] == "True / –"
     assert set(z["seed"]) == {1}
     np.testing.assert_allclose(z[z["network"] == "per-sigma"]["z"], [0, z01, 0, 0], atol=1e-12)
+    bare = {**run_tables(b), "kl": pd.DataFrame(), "training": pd.DataFrame()}  # nothing stored
+    rows, _ = seed_rows([run_tables(a), bare], (0.05,))
+    assert rows[0]["KL, σ0 = 0.05"] == "4.5 ± 0.6 / –" and rows[0]["converged"] == "True / –"
 
 
-def test_section_writes_the_z_and_names_the_runs(two_runs):
+def test_non_finite_ratios_and_errors_are_left_out(two_runs):
     a, b = two_runs
-    this = read_run(a)
-    (a / "seeds.csv").unlink(missing_ok=True)
-    text = "\n".join(seeds_section(this, [b], (0.05,)))
+    this, other = run_tables(a), run_tables(b)
+    this["ratio"].loc[1, "MSE/U"] = np.nan  # per-sigma at σ = 0.1: an infinite U upstream
+    other["ratio"].loc[0, "se(MSE/U)"] = 0.0  # σ ≈ 0.0123: equal values, no error: 0/0
+    this["ratio"].loc[0, "se(MSE/U)"] = 0.0
+    (per, _), z = seed_rows([this, other], (0.05,))
+    assert per["worst MSE/U, σ ≤ 1"].startswith("1.1 ± 0.1 at σ = 1 / ")
+    assert z[z["network"] == "per-sigma"]["sigma"].tolist() == [1.0, 2.0]
+    assert per["RMS z"] == "0.00" and per["largest z"] == "+0.00 at σ = 1"
+
+
+def test_section_writes_the_z_names_the_runs_and_clears_a_stale_file(two_runs, tmp_path):
+    a, b = two_runs
+    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,)))
     assert text.startswith("## Across seeds")
     assert f"seed 1: `{b}`, commit `abc1234`, today" in text and "order 0 / 1" in text
-    assert "| gaussian | per-sigma |" in text
+    assert "| gaussian | per-sigma |" in text and "Not in this run" not in text
     assert len(pd.read_csv(a / "seeds.csv")) == 8
-    assert seeds_section(this, [], (0.05,)) == []
+    assert seeds_section(a, _meta(0), [], (0.05,)) == []
+    assert not (a / "seeds.csv").exists()  # no comparison: no z of an earlier one
+    # a network the other run has and this one lacks is named
+    extra = pd.read_csv(b / "rates.csv")
+    extra.loc[extra["network"] == "universal", "entry"] = "disks"
+    write_csv(extra, b / "rates.csv")
+    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,)))
+    assert "Not in this run, so not compared: disks universal (seed 1)." in text
+    # a folder that stopped being comparable after the command line's check: said, not raised
+    lines = seeds_section(a, _meta(1), [b], (0.05,))
+    assert lines[2].startswith(f"Not compared: --compare {b}: seed 1, as this run")
 
 
-def test_only_runs_of_the_same_study_at_another_seed_compare(two_runs, tmp_path):
+def test_only_runs_of_the_same_study_at_other_seeds_compare(two_runs, tmp_path):
     a, b = two_runs
-    here = json.loads((a / "run.json").read_text())
-    check_comparable(here, b)
-    with pytest.raises(ValueError, match="the same seed"):
-        check_comparable(here, a)
-    other = _write(tmp_path / "c", 1, {"per-sigma": [1] * 4, "universal": [1] * 4},
+    out = tmp_path / "out"
+    check_compare(_meta(0), [b], out)
+    with pytest.raises(ValueError, match="seed 0, as this run"):
+        check_compare(_meta(0), [a], out)
+    with pytest.raises(ValueError, match="the folder this run writes"):
+        check_compare(_meta(2), [a], a)
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    for name in ("run.json", "rates.csv", "kl.csv", "training.csv"):
+        (twin / name).write_bytes((b / name).read_bytes())
+    with pytest.raises(ValueError, match=f"seed 1, as {b}"):
+        check_compare(_meta(0), [b, twin], out)
+    other = _write(tmp_path / "c", 3, {"per-sigma": [1] * 4, "universal": [1] * 4},
                    {"per-sigma": [0.1] * 4, "universal": [0.1] * 4}, _kl(1, 1, 0.1), [],
                    preset="default")
     with pytest.raises(ValueError, match="preset 'default', this one 'smoke'"):
-        check_comparable(here, other)
+        check_compare(_meta(0), [other], out)
     (b / "kl.csv").unlink()
     with pytest.raises(ValueError, match=r"not the report folder .* \(no kl.csv\)"):
-        check_comparable(here, b)
+        check_compare(_meta(0), [b], out)

@@ -306,10 +306,10 @@ def test_report_only_rebuilds_from_cache(smoke, tmp_path):
     assert (out / "kl.csv").exists()
 
 
-def test_compare_sets_another_seed_s_report_beside_this_one(smoke, tmp_path):
-    """``--compare DIR``: the section "Across seeds" and ``seeds.csv``; here the other run
-    is this one's report under another seed's run.json, so every z is 0 up to the CSV's
-    rounding (6 significant digits: the other run's values are read from its files)."""
+def test_compare_sets_another_seed_s_report_beside_this_one(smoke, tmp_path, capsys):
+    """``--compare DIR``: the section "Across seeds" and ``seeds.csv``, both runs read from
+    their report files; here the other run is this one's report under another seed's
+    run.json, so every z is 0. The folder the run writes is refused before any cell."""
     out, cache, meta = smoke
     other = tmp_path / "seed-1"
     shutil.copytree(out, other)
@@ -319,8 +319,13 @@ def test_compare_sets_another_seed_s_report_beside_this_one(smoke, tmp_path):
                  "--report-only", "--quiet", "--compare", str(other)]) == 0
     text = (again / "README.md").read_text()
     assert "## Across seeds" in text and "`seeds.csv`" in text.split("## Files")[1]
+    assert f"--compare {other}`; the numbers below" in text.split("## ")[0]
     z = pd.read_csv(again / "seeds.csv")
-    assert len(z) and set(z["seed"]) == {1} and np.abs(z["z"]).max() < 1e-3
+    assert len(z) and set(z["seed"]) == {1} and (z["z"] == 0).all()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset", "smoke", "--out", str(other), "--cache", str(cache), "--quiet",
+              "--compare", str(other)])
+    assert exit_.value.code == 2 and "the folder this run writes" in capsys.readouterr().err
 
 
 def test_report_only_of_a_run_cut_short_says_what_is_missing(smoke, tmp_path):

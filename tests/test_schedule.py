@@ -84,8 +84,8 @@ def test_the_longest_networks_start_first_and_the_report_keeps_the_study_order(t
     run_cells, build_report = cli.run_cells, report.build_report
     monkeypatch.setattr(cli, "run_cells", lambda cells, *a, **k: started.extend(cells)
                         or run_cells(cells, *a, **k))
-    monkeypatch.setattr(report, "build_report", lambda p, e, records, *a: reported.extend(
-        records) or build_report(p, e, records, *a))
+    monkeypatch.setattr(report, "build_report", lambda p, e, records, *a, **k: reported.extend(
+        records) or build_report(p, e, records, *a, **k))
     assert cli.main(["--preset", "smoke", "--datasets", "gaussian,disks", "--kinds",
                      "reference,network", "--override", 'universal_steps_by_family={"disks": 20}',
                      "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"),

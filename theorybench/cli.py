@@ -295,10 +295,9 @@ def main(argv=None) -> int:
                              f"--report-only first")
         cache = Cache(args.cache)
         if args.compare:  # checked before a long run, not after it
-            from .report.seeds import check_comparable
+            from .report.seeds import check_compare
 
-            for folder in args.compare:
-                check_comparable(study_options(preset, args), folder)
+            check_compare(study_options(preset, args), args.compare, Path(args.out))
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out)

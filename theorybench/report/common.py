@@ -140,6 +140,12 @@ def preconditioned(result: dict) -> bool:
     return result.get("output_scales", [1.0])[0] != 1.0
 
 
+def largest(values: np.ndarray, among: np.ndarray) -> int | None:
+    """The index of the largest of ``values`` where the mask ``among`` holds (None where it
+    holds nowhere)."""
+    return int(np.flatnonzero(among)[np.argmax(values[among])]) if among.any() else None
+
+
 def ratio_at(ratio: np.ndarray, se: np.ndarray | None, grid: np.ndarray, k: int | None) -> str:
     """``"r ± se at σ = s"`` for grid point k (without ``± se`` when it is unknown; ``–``
     for k None)."""
@@ -156,7 +162,7 @@ def sigma_list(sigmas) -> str:
 
 def losses_text(loss: dict | None, everywhere: str = "every σ") -> str:
     """Where a denoiser is no better than a baseline (a :func:`theorybench.report.main.losses`
-    dict): ``"not at σ = 0.01, 0.0121 (×1.048 ± 0.013)"``, the σ and the largest ratio of
+    dict): ``"not at σ = 0.01, 0.01208 (×1.048 ± 0.013)"``, the σ and the largest ratio of
     the two MSEs among them with its paired standard error (without ``± se`` where it is
     unknown); ``everywhere`` where it loses at no σ; ``"–"`` for None (no such baseline)."""
     if loss is None:

@@ -28,6 +28,7 @@ from .common import (
     closing_inputs,
     curve_frame,
     identity_text,
+    largest,
     losses_text,
     markdown_table,
     objective_law,
@@ -43,7 +44,7 @@ from .dimension import dimension_section
 from .jacobian import jacobian_section
 from .machines import machines_section
 from .memorization import memorization_section
-from .seeds import run_tables, seeds_section
+from .seeds import seeds_section
 from .summary import missing_entries, summary_section
 from .training import training_section
 
@@ -282,8 +283,8 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
         finite = np.isfinite(ratio)
         row = {"network": net, "sigma": grid, "ratio": ratio,
                "se": ratio_se(frame.attrs.get("errors"), bound.attrs.get("errors")),
-               "worst": _largest(ratio, finite),
-               "worst_small": _largest(ratio, finite & (grid <= 1)),
+               "worst": largest(ratio, finite),
+               "worst_small": largest(ratio, finite & (grid <= 1)),
                "above_identity": None, "above_mean": None, "blind_above_identity": None,
                "train_above_identity": None, "converged": study.converged.get(net)}
         train = study.on_training_images.get(net)
@@ -362,11 +363,6 @@ def generalization_rows(study: StudyData, sigmas) -> list[dict]:
                     row[f"{name} test/training"] = _ratio(a, b)
             rows.append(row)
     return rows
-
-
-def _largest(values: np.ndarray, among: np.ndarray) -> int | None:
-    """The index of the largest of ``values`` where ``among`` (None where none is)."""
-    return int(np.flatnonzero(among)[np.argmax(values[among])]) if among.any() else None
 
 
 def standing_rows(standings: list[dict]) -> list[dict]:
@@ -684,9 +680,10 @@ def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
     return rows
 
 
-def rerun_command(preset_name: str, run_meta: dict) -> str:
+def rerun_command(preset_name: str, run_meta: dict, compare=()) -> str:
     """The ``run_all.py`` command line of the study that ``run_meta`` describes: its preset,
-    seed (when not 0), datasets (when chosen) and overrides, shell-quoted."""
+    seed (when not 0), datasets (when chosen) and overrides, and the report folders it was
+    compared with (``compare``), shell-quoted."""
     words = ["python", "run_all.py", "--preset", preset_name]
     if run_meta.get("seed"):
         words += ["--seed", str(run_meta["seed"])]
@@ -694,6 +691,8 @@ def rerun_command(preset_name: str, run_meta: dict) -> str:
         words += ["--datasets", run_meta["datasets"]]
     for override in run_meta.get("overrides") or []:
         words += ["--override", override]
+    for folder in compare:
+        words += ["--compare", str(folder)]
     return shlex.join(words)
 
 
@@ -726,8 +725,10 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
            f"(failed, a run cut short, --kinds, or not run yet): their rows and figures are "
            f"missing below.", ""]
           if run_meta.get("missing") else []),
-        f"Regenerate with `{rerun_command(preset.name, run_meta)}`; the numbers below "
-        "come only from the stored cell results of that run.",
+        f"Regenerate with `{rerun_command(preset.name, run_meta, compare)}`; the numbers "
+        "below come only from the stored cell results of that run"
+        + (" (section Across seeds: also from the compared runs' report files)" if compare
+           else "") + ".",
         *study_header(records),
         "",
     ]
@@ -929,9 +930,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                        ("mse", mse_rows), ("training", training)):
         if rows:
             write_csv(pd.DataFrame(rows), out / f"{name}.csv")
-    seed_lines = seeds_section(run_tables(out, run_meta, pd.DataFrame(rates),
-                                          pd.DataFrame(kl_rows), pd.DataFrame(training)),
-                               list(compare), preset.sigma0s) if compare and rates else []
+        else:  # not an earlier report's table beside this one
+            (out / f"{name}.csv").unlink(missing_ok=True)
+    seed_lines = seeds_section(out, run_meta, list(compare), preset.sigma0s)
     lines += seed_lines
     lines[header:header] = summary_section(standings, kl_rows, preset.sigma0s, training,
                                            memorization, missing_entries(studies, standings),
