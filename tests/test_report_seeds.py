@@ -97,21 +97,29 @@ def test_non_finite_ratios_and_errors_are_left_out(two_runs):
 
 def test_section_writes_the_z_names_the_runs_and_clears_a_stale_file(two_runs, tmp_path):
     a, b = two_runs
-    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,)))
+    lines, summary = seeds_section(a, _meta(0), [b], (0.05,))
+    text = "\n".join(lines)
     assert text.startswith("## Across seeds")
+    # 8 z, one beyond ±2: per-sigma 0.4/√0.05 = 1.79 at σ = 0.1, universal 0.5/√0.02 =
+    # 3.54 at σ = 2, the others 0
+    z = pd.read_csv(a / "seeds.csv")["z"].to_numpy()
+    assert summary == (f"8 z, 1 beyond ±2 (N(0, 1): about 0.4), RMS "
+                       f"{np.sqrt(np.mean(z**2)):.2f}")
+    assert f"Over every network: {summary}." in text
     assert f"seed 1: `{b}`, commit `abc1234`, today" in text and "order 0 / 1" in text
     assert "| gaussian | per-sigma |" in text and "Not in this run" not in text
     assert len(pd.read_csv(a / "seeds.csv")) == 8
-    assert seeds_section(a, _meta(0), [], (0.05,)) == []
+    assert seeds_section(a, _meta(0), [], (0.05,)) == ([], None)
     assert not (a / "seeds.csv").exists()  # no comparison: no z of an earlier one
     # a network the other run has and this one lacks is named
     extra = pd.read_csv(b / "rates.csv")
     extra.loc[extra["network"] == "universal", "entry"] = "disks"
     write_csv(extra, b / "rates.csv")
-    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,)))
+    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,))[0])
     assert "Not in this run, so not compared: disks universal (seed 1)." in text
     # a folder that stopped being comparable after the command line's check: said, not raised
-    lines = seeds_section(a, _meta(1), [b], (0.05,))
+    lines, summary = seeds_section(a, _meta(1), [b], (0.05,))
+    assert summary is None
     assert lines[2].startswith(f"Not compared: --compare {b}: seed 1, as this run")
 
 

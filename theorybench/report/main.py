@@ -932,17 +932,17 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             write_csv(pd.DataFrame(rows), out / f"{name}.csv")
         else:  # not an earlier report's table beside this one
             (out / f"{name}.csv").unlink(missing_ok=True)
-    seed_lines = seeds_section(out, run_meta, list(compare), preset.sigma0s)
+    seed_lines, seed_summary = seeds_section(out, run_meta, list(compare), preset.sigma0s)
     lines += seed_lines
     lines[header:header] = summary_section(standings, kl_rows, preset.sigma0s, training,
                                            memorization, missing_entries(studies, standings),
-                                           rates)
+                                           rates, seed_summary)
     lines += ["## Files", "", "Tables as CSV: " + ", ".join(
         f"`{n}.csv`" for n, r in (("kl", kl_rows), ("rates", rates), ("shuffled", shuffled),
                                    ("mse", mse_rows), ("training", training)) if r)
               + ", `jacobian.csv`, `jacobian_pairs.csv`, `memorization.csv`, "
                 "`memorization_mse.csv`, `machines.csv`, `dimension.csv` (when computed)"
-              + (", `seeds.csv`" if seed_lines else "") + ".", ""]
+              + (", `seeds.csv`" if (out / "seeds.csv").exists() else "") + ".", ""]
     readme = out / "README.md"
     atomic_write_bytes(readme, "\n".join(lines).encode())
     return readme

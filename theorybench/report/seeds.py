@@ -160,6 +160,14 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
     return rows, z
 
 
+def z_summary(z: pd.DataFrame) -> str:
+    """The z of :func:`seed_rows` (every network, σ and other run) in one clause: how many,
+    how many beyond ±2 against the count N(0, 1) gives (4.55 %), and their RMS."""
+    values = z["z"].to_numpy(dtype=float)
+    return (f"{len(values)} z, {int(np.sum(np.abs(values) > 2))} beyond ±2 (N(0, 1): about "
+            f"{0.0455 * len(values):.1f}), RMS {np.sqrt(np.mean(values**2)):.2f}")
+
+
 def _absent(runs: list[dict]) -> list[str]:
     """``"entry network (seed s)"`` for each network of another run that this one lacks."""
     here = set(zip(runs[0]["ratio"]["entry"], runs[0]["ratio"]["network"], strict=True))
@@ -169,30 +177,35 @@ def _absent(runs: list[dict]) -> list[str]:
             if (entry, network) not in here]
 
 
-def seeds_section(out: Path, run_meta: dict, others: list[Path], sigma0s) -> list[str]:
+def seeds_section(out: Path, run_meta: dict, others: list[Path],
+                  sigma0s) -> tuple[list[str], str | None]:
     """The section "Across seeds": this run (its report folder ``out``, CSV files written,
     its metadata ``run_meta``) beside the runs whose report folders are ``others``; writes
-    ``out/seeds.csv`` (the z per σ; removes a stale one otherwise). Empty without
-    ``others``; a line saying why where they cannot be compared."""
+    ``out/seeds.csv`` (the z per σ; removes a stale one otherwise).
+
+    Returns the section's lines (none without ``others``; a line saying why where they
+    cannot be compared) and :func:`z_summary`'s clause (None without a z)."""
     (out / "seeds.csv").unlink(missing_ok=True)
     if not others:
-        return []
+        return [], None
     head = ["## Across seeds", ""]
     try:  # the command line checked it before the run; a folder may have changed since
         check_compare(run_meta, others, out)
     except ValueError as exc:
-        return head + [f"Not compared: {exc}.", ""]
+        return head + [f"Not compared: {exc}.", ""], None
     runs = [run_tables(out, run_meta)] + [run_tables(folder) for folder in others]
     rows, z = seed_rows(runs, sigma0s)
     if not rows:
-        return head + ["Not compared: this run has no network's MSE/U (`rates.csv`).", ""]
+        return head + ["Not compared: this run has no network's MSE/U (`rates.csv`).", ""], None
     write_csv(z, out / "seeds.csv")
+    summary = z_summary(z) if len(z) else None
     seeds = " / ".join(str(r["meta"].get("seed", 0)) for r in runs)
     described = "; ".join(f"seed {r['meta'].get('seed', 0)}: `{r['folder']}`, commit "
                           f"`{r['meta'].get('commit', '?')}`, {r['meta'].get('date', '?')}"
                           for r in runs)
     absent = _absent(runs)
-    return head + [
+    return [
+        *head,
         f"This run beside the same study at other seeds ({described}), each read from its "
         f"report folder's files (`{' '.join(f'--compare {f}' for f in others)}`). Values "
         f"are given per seed in the order {seeds}. Every standard error of this report "
@@ -213,7 +226,10 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path], sigma0s) -> lis
         "here is on the per-σ grid, which a universal network's worst on the dense grid "
         "(At a glance) may exceed.", "",
         markdown_table(pd.DataFrame(rows)), "",
-        *([f"Not in this run, so not compared: {', '.join(absent)}.", ""] if absent else [])]
+        *([f"Over every network: {summary}.", ""] if summary else []),
+        *([f"Not in this run, so not compared: {', '.join(absent)}.", ""] if absent else [])
+    ], summary
 
 
-__all__ = ["check_compare", "run_tables", "seed_rows", "seeds_section", "z_scores"]
+__all__ = ["check_compare", "run_tables", "seed_rows", "seeds_section", "z_scores",
+           "z_summary"]

@@ -129,7 +129,8 @@ def missing_entries(studies, standings: dict[str, list[dict]]) -> list[str]:
 
 def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma0s,
                     training: list[dict], memorization: pd.DataFrame | None,
-                    missing: list[str], rates: list[dict]) -> list[str]:
+                    missing: list[str], rates: list[dict],
+                    seeds: str | None = None) -> list[str]:
     """Markdown lines of the "At a glance" section (empty for a run without any network
     of the main study or of the memorization sweep).
 
@@ -141,6 +142,8 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
     missing : what the table lacks, with why, e.g. ``"disks (no stored universal
         network)"``, listed under it.
     rates : the Rates section's rows (:func:`rate_summary_rows` takes its slopes).
+    seeds : the section "Across seeds"' count of its z (``seeds.z_summary``), or None
+        without a compared run.
     """
     rows = network_rows(standings, kl_rows, sigma0s)
     sweep = [] if memorization is None else memorization_rows(memorization)
@@ -159,6 +162,12 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
                   "interval [B_low, B_high]), and the convergence flag (section Training); "
                   "`–`: not available (the entry's section says why).",
                   "", markdown_table(pd.DataFrame(rows), ".3g"), ""]
+    if seeds:
+        lines += [f"Across seeds (section Across seeds: the networks' MSE/U against the same "
+                  f"study's at another seed, z = their difference over its standard error): "
+                  f"{seeds}. The standard errors above count the test images and noise "
+                  f"only; an RMS above 1 points to the spread of the trainings (the "
+                  f"section says how far).", ""]
     if missing:
         lines += ["Not in the table (a cell failed or not run, or no bound): " + ", ".join(missing)
                   + ".", ""]
