@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from theorybench.report.common import write_csv
-from theorybench.report.seeds import check_compare, run_tables, seed_rows, seeds_section
+from theorybench.report.seeds import (
+    check_compare,
+    run_tables,
+    seed_rows,
+    seeds_section,
+    sweep_rows,
+)
 
 SIGMA = [0.0123456789, 0.1, 1.0, 2.0]  # more digits than the CSV keeps: both sides rounded
 
@@ -145,3 +151,25 @@ def test_only_runs_of_the_same_study_at_other_seeds_compare(two_runs, tmp_path):
     (b / "kl.csv").unlink()
     with pytest.raises(ValueError, match=r"not the report folder .* \(no kl.csv\)"):
         check_compare(_meta(0), [b], out)
+
+
+def test_sweep_rows_set_the_memorization_sweeps_side_by_side(two_runs):
+    a, b = two_runs
+    nan = float("nan")
+
+    def sweep(folder, rows):
+        write_csv(pd.DataFrame(rows), folder / "memorization.csv")
+
+    cell = {"entry": "disks", "mem S1": 1.0, "mem S2": 0.03125, "on S1": 1.0, "on S2": 0.40625,
+            "cross/train": 10.39, "cross_cc": 0.26, "cos_c S1": 0.99, "failed": ""}
+    sweep(a, [{**cell, "N": 1}, {**cell, "N": 10, "cross_cc": 0.9, "failed": "diverged"},
+              {**cell, "N": 100, "on S1": nan, "on S2": nan}])
+    sweep(b, [{**cell, "N": 1, "mem S2": 1.0, "cross/train": 15.6}])
+    rows = sweep_rows([run_tables(a), run_tables(b)])
+    assert [(r["entry"], r["N"]) for r in rows] == [("disks", 1), ("disks", 100)]  # no failed
+    one, hundred = rows
+    assert one["copies S1, S2"] == "100%, 3% / 100%, 100%"
+    assert one["images of the family S1, S2"] == "100%, 41% / 100%, 41%"
+    assert one["S2 net / S1 net on S1"] == "10.4 / 15.6" and one["generalizes"] == "no / no"
+    assert hundred["images of the family S1, S2"] == "—, — / —"  # no fit; b lacks N = 100
+    assert sweep_rows([run_tables(b) | {"memorization": pd.DataFrame()}]) == []

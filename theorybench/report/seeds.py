@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .common import largest, markdown_table, ratio_at, write_csv
+from .memorization import generalizes, percent
 from .summary import kl_text
 
 STUDY = ("preset", "overrides", "datasets")  # run.json fields two compared runs share
@@ -35,17 +36,19 @@ def _frame(path: Path) -> pd.DataFrame:
 
 
 def run_tables(folder: Path, meta: dict | None = None) -> dict:
-    """One run as the section reads it: ``{"folder", "meta", "ratio", "kl", "training"}``,
-    its run.json dict (``meta`` where given: this run's, whose run.json a ``--report-only``
-    rebuild does not write), the MSE/U rows of its ``rates.csv`` (:data:`RATIO_COLUMNS`;
-    none without a network) and its ``kl.csv`` and ``training.csv`` (empty where absent)."""
+    """One run as the section reads it: ``{"folder", "meta", "ratio", "kl", "training",
+    "memorization"}``, its run.json dict (``meta`` where given: this run's, whose run.json a
+    ``--report-only`` rebuild does not write), the MSE/U rows of its ``rates.csv``
+    (:data:`RATIO_COLUMNS`; none without a network) and its ``kl.csv``, ``training.csv`` and
+    ``memorization.csv`` (empty where absent)."""
     folder = Path(folder)
     rates = _frame(folder / "rates.csv")
     ratio = (rates[rates["table"] == "ratio"][RATIO_COLUMNS]
              if set(RATIO_COLUMNS) <= set(rates) else pd.DataFrame(columns=RATIO_COLUMNS))
     meta = json.loads((folder / "run.json").read_text()) if meta is None else meta
     return {"folder": folder, "meta": meta, "ratio": ratio.reset_index(drop=True),
-            "kl": _frame(folder / "kl.csv"), "training": _frame(folder / "training.csv")}
+            "kl": _frame(folder / "kl.csv"), "training": _frame(folder / "training.csv"),
+            "memorization": _frame(folder / "memorization.csv")}
 
 
 def check_compare(here: dict, folders, out: Path) -> None:
@@ -160,6 +163,42 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
     return rows, z
 
 
+def sweep_rows(runs: list[dict]) -> list[dict]:
+    """The memorization sweep of each run side by side: per entry and N of the first run's
+    sweep (cells that did not fail), the fraction of the networks' samples (S1 / S2) that
+    copy a training image, the fraction that are images of the family (where the family
+    fits its parameters), the ratio S2 net / S1 net on S1's images at the table's σ and the
+    generalization verdict (:func:`~.memorization.generalizes`); values of several runs
+    joined by ``" / "`` (``—`` where a run lacks that cell)."""
+    def done(run):
+        table = run["memorization"]
+        if "failed" not in table:
+            return table
+        failed = table["failed"]
+        return table[failed.isna() | (failed.astype(str) == "")]
+
+    tables = [done(r) for r in runs]
+    rows = []
+    for entry, n in zip(tables[0].get("entry", []), tables[0].get("N", []), strict=True):
+        cells = [t[(t["entry"] == entry) & (t["N"] == n)] for t in tables]
+        cells = [c.iloc[0] if len(c) else None for c in cells]
+        rows.append({"entry": entry, "N": int(n),
+                     "copies S1, S2": _per_run(cells, lambda c: f"{percent(c['mem S1'])}, "
+                                                                f"{percent(c['mem S2'])}"),
+                     "images of the family S1, S2": _per_run(
+                         cells, lambda c: f"{percent(c['on S1'])}, {percent(c['on S2'])}"),
+                     "S2 net / S1 net on S1": _per_run(cells,
+                                                       lambda c: f"{c['cross/train']:.3g}"),
+                     "generalizes": _per_run(cells,
+                                             lambda c: "yes" if generalizes(c) else "no")})
+    return rows
+
+
+def _per_run(cells: list, text) -> str:
+    """``text(cell)`` of each run's cell joined by ``" / "`` (``—`` for a run without it)."""
+    return " / ".join("—" if c is None else text(c) for c in cells)
+
+
 def z_summary(z: pd.DataFrame) -> str:
     """The z of :func:`seed_rows` (every network, σ and other run) in one clause: how many,
     how many beyond ±2 against the count N(0, 1) gives (4.55 %), and their RMS."""
@@ -204,6 +243,7 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
                           f"`{r['meta'].get('commit', '?')}`, {r['meta'].get('date', '?')}"
                           for r in runs)
     absent = _absent(runs)
+    sweep = sweep_rows(runs)
     return [
         *head,
         f"This run beside the same study at other seeds ({described}), each read from its "
@@ -227,9 +267,15 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
         "(At a glance) may exceed.", "",
         markdown_table(pd.DataFrame(rows)), "",
         *([f"Over every network: {summary}.", ""] if summary else []),
-        *([f"Not in this run, so not compared: {', '.join(absent)}.", ""] if absent else [])
+        *([f"Not in this run, so not compared: {', '.join(absent)}.", ""] if absent else []),
+        *(["The memorization sweep at each seed (section Memorization; the same order of "
+           "seeds): the fraction of the two networks' samples that copy a training image, "
+           "the fraction that are images of the family (`—`: the family fits no "
+           "parameters), the S2 network's MSE over the S1 network's on the S1 training "
+           "images and noise at the table's σ (`cross/train`), and the generalization "
+           "verdict:", "", markdown_table(pd.DataFrame(sweep)), ""] if sweep else [])
     ], summary
 
 
-__all__ = ["check_compare", "run_tables", "seed_rows", "seeds_section", "z_scores",
-           "z_summary"]
+__all__ = ["check_compare", "run_tables", "seed_rows", "seeds_section", "sweep_rows",
+           "z_scores", "z_summary"]
