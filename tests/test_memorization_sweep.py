@@ -291,6 +291,9 @@ def test_section_writes_table_figures_and_csv(sweep, tmp_path):
     assert "Along the sampler's way down" in text and "The **trace** follows" in text
     assert table["on post"].isna().tolist() == [True, False]
     assert memorization_section([], tmp_path) == ([], None)
+    # a report without a sweep leaves no earlier report's sweep tables in its folder
+    assert not any((tmp_path / name).exists() for name in
+                   ("memorization.csv", "memorization_mse.csv", "memorization_trace.csv"))
 
 
 def test_a_diverging_posterior_leaves_the_networks_results(monkeypatch, tmp_path):

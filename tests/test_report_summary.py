@@ -122,10 +122,9 @@ def test_section_lists_what_is_missing_and_only_studies_with_unconverged_network
     assert "- dimension: not converged: 1 of 1 networks (ellipses(k=1) universal)." in text
     assert "- main:" not in text  # no network of the main study flagged
     assert "Across seeds" not in text  # no compared run
-    text = "\n".join(summary_section(standings, [], (0.01,), training, None, [], [],
-                                     "96 z, 14 beyond ±2 (N(0, 1): about 4.4), RMS 1.25"))
-    assert "at another seed, z = their difference over its standard error): 96 z, 14 " \
-        "beyond ±2 (N(0, 1): about 4.4), RMS 1.25. The standard errors above" in text
+    seeds = "seed 1: 14 of 96 z beyond ±2 (N(0, 1): about 4.4), RMS 1.25"
+    text = "\n".join(summary_section(standings, [], (0.01,), training, None, [], [], seeds))
+    assert f"the z of one run are correlated): {seeds}. The standard errors above" in text
     training[1]["converged"] = True
     assert "still improving" not in "\n".join(
         summary_section(standings, [], (0.01,), training, None, [], []))

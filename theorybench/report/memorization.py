@@ -39,6 +39,7 @@ from .common import (
 SMALL_N = 10  # "N ≤ 10": the memorization regime checked by the sentence
 MEMORIZED_MIN = 0.9  # ≥ 90% of samples memorized (copy criterion) at N ≤ SMALL_N
 ON_MANIFOLD_MIN = 0.8  # ≥ 80% of the samples are images of the family at the largest N
+TABLES = ("memorization.csv", "memorization_mse.csv", "memorization_trace.csv")  # written
 IDENTITY_FRACTION = 0.5  # a network with test MSE ≥ this × σ² barely denoises
 GRID_ROWS = 4  # noises shown per image grid
 COLUMNS = (("s1", "S1 network"), ("s1_nearest", "nearest in S1"), ("s2", "S2 network"),
@@ -409,10 +410,17 @@ def _trend(values: np.ndarray) -> str:
     return f"not monotone ({net} from first to last)"
 
 
+def finished(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a ``memorization.csv`` table whose cell did not fail (``failed`` empty:
+    ``""`` as built, NaN as read back from the CSV)."""
+    failed = table["failed"]
+    return table[failed.isna() | (failed.astype(str) == "")]
+
+
 def verdict(frame: pd.DataFrame) -> str:
     """The honest sentence: memorization at N = 1 and at every N ≤ 10, generalization at
     the largest N."""
-    ok = frame[frame["failed"] == ""].sort_values("N")
+    ok = finished(frame).sort_values("N")
     if ok.empty:
         return "No memorization cell finished; nothing to conclude."
     parts = []
@@ -520,6 +528,8 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
     mine = [r for r in records if r.get("spec", {}).get("kind") == "memorization"
             and "result" in r]
     if not mine:
+        for name in TABLES:  # not an earlier report's tables beside this one
+            (out / name).unlink(missing_ok=True)
         return [], None
     # entries in the order of the study's cells (not of their computation dates)
     groups: dict[str, dict[int, dict]] = {
@@ -620,11 +630,12 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
                   "may be another).",
                       "", " ".join(grids), ""]
     table = pd.concat(rows, ignore_index=True)
-    write_csv(table, out / "memorization.csv")
-    if curves:
-        write_csv(pd.DataFrame(curves), out / "memorization_mse.csv")
-    if traces:
-        write_csv(pd.DataFrame(traces), out / "memorization_trace.csv")
+    for name, frame in zip(TABLES, (table, pd.DataFrame(curves), pd.DataFrame(traces)),
+                           strict=True):
+        if len(frame):
+            write_csv(frame, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
     lines += ["Tables as CSV: `memorization.csv` (one row per distribution and N)"
               + (", `memorization_mse.csv` (train/test MSE per σ, and `cross`: the S2 network "
                  "on the S1 images)" if curves else "")

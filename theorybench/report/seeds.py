@@ -9,7 +9,8 @@ by their test images and noise alone, each z would be about N(0, 1); a training 
 per run adds to it, ``E[z²] ≈ 1 + 2τ²/(se_a² + se_b²)``.
 
 Every run is read from its report folder's files (``run.json``, ``rates.csv``,
-``kl.csv``, ``training.csv``) as its report wrote them, this one's too (once written):
+``kl.csv``, ``training.csv``, ``memorization.csv``) as its report wrote them, this one's
+too (once written):
 the section needs no cell of the other runs, and both sides carry the same rounding.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .common import largest, markdown_table, ratio_at, write_csv
-from .memorization import generalizes, percent
+from .memorization import finished, generalizes, percent
 from .summary import kl_text
 
 STUDY = ("preset", "overrides", "datasets")  # run.json fields two compared runs share
@@ -163,23 +164,22 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
     return rows, z
 
 
+SWEEP_COLUMNS = ["entry", "N", "failed", "mem S1", "mem S2", "on S1", "on S2", "cross/train",
+                 "cross_cc", "cos_c S1"]  # memorization.csv's columns sweep_rows reads
+
+
 def sweep_rows(runs: list[dict]) -> list[dict]:
     """The memorization sweep of each run side by side: per entry and N of the first run's
     sweep (cells that did not fail), the fraction of the networks' samples (S1 / S2) that
     copy a training image, the fraction that are images of the family (where the family
     fits its parameters), the ratio S2 net / S1 net on S1's images at the table's σ and the
-    generalization verdict (:func:`~.memorization.generalizes`); values of several runs
-    joined by ``" / "`` (``—`` where a run lacks that cell)."""
-    def done(run):
-        table = run["memorization"]
-        if "failed" not in table:
-            return table
-        failed = table["failed"]
-        return table[failed.isna() | (failed.astype(str) == "")]
-
-    tables = [done(r) for r in runs]
+    generalization criterion (:func:`~.memorization.generalizes`, which the section's
+    verdict reads at the largest N); values of several runs joined by ``" / "`` (``—``
+    where a run lacks that cell, or a sweep table with these columns: an older report)."""
+    tables = [finished(r["memorization"]) if set(SWEEP_COLUMNS) <= set(r["memorization"])
+              else pd.DataFrame(columns=SWEEP_COLUMNS) for r in runs]
     rows = []
-    for entry, n in zip(tables[0].get("entry", []), tables[0].get("N", []), strict=True):
+    for entry, n in zip(tables[0]["entry"], tables[0]["N"], strict=True):
         cells = [t[(t["entry"] == entry) & (t["N"] == n)] for t in tables]
         cells = [c.iloc[0] if len(c) else None for c in cells]
         rows.append({"entry": entry, "N": int(n),
@@ -189,8 +189,8 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
                          cells, lambda c: f"{percent(c['on S1'])}, {percent(c['on S2'])}"),
                      "S2 net / S1 net on S1": _per_run(cells,
                                                        lambda c: f"{c['cross/train']:.3g}"),
-                     "generalizes": _per_run(cells,
-                                             lambda c: "yes" if generalizes(c) else "no")})
+                     "generalization criterion": _per_run(
+                         cells, lambda c: "met" if generalizes(c) else "not met")})
     return rows
 
 
@@ -200,11 +200,15 @@ def _per_run(cells: list, text) -> str:
 
 
 def z_summary(z: pd.DataFrame) -> str:
-    """The z of :func:`seed_rows` (every network, σ and other run) in one clause: how many,
-    how many beyond ±2 against the count N(0, 1) gives (4.55 %), and their RMS."""
-    values = z["z"].to_numpy(dtype=float)
-    return (f"{len(values)} z, {int(np.sum(np.abs(values) > 2))} beyond ±2 (N(0, 1): about "
-            f"{0.0455 * len(values):.1f}), RMS {np.sqrt(np.mean(values**2)):.2f}")
+    """The z of :func:`seed_rows`, per other run (seed): how many, how many beyond ±2
+    against the count N(0, 1) gives (4.55 %), and their RMS; runs joined by ``"; "``."""
+    parts = []
+    for seed, part in z.groupby("seed", sort=False):
+        values = part["z"].to_numpy(dtype=float)
+        parts.append(f"seed {seed}: {int(np.sum(np.abs(values) > 2))} of {len(values)} z "
+                     f"beyond ±2 (N(0, 1): about {0.0455 * len(values):.1f}), RMS "
+                     f"{np.sqrt(np.mean(values**2)):.2f}")
+    return "; ".join(parts)
 
 
 def _absent(runs: list[dict]) -> list[str]:
@@ -266,16 +270,20 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
         "here is on the per-σ grid, which a universal network's worst on the dense grid "
         "(At a glance) may exceed.", "",
         markdown_table(pd.DataFrame(rows)), "",
-        *([f"Over every network: {summary}.", ""] if summary else []),
+        *([f"Over every network ({summary}). The z of one run share its images, noise and "
+           "trainings: they are not independent tests.", ""] if summary else []),
         *([f"Not in this run, so not compared: {', '.join(absent)}.", ""] if absent else []),
         *(["The memorization sweep at each seed (section Memorization; the same order of "
            "seeds): the fraction of the two networks' samples that copy a training image, "
            "the fraction that are images of the family (`—`: the family fits no "
-           "parameters), the S2 network's MSE over the S1 network's on the S1 training "
-           "images and noise at the table's σ (`cross/train`), and the generalization "
-           "verdict:", "", markdown_table(pd.DataFrame(sweep)), ""] if sweep else [])
+           "parameters, or the run has no such cell), the S2 network's MSE over the S1 "
+           "network's on the S1 training images and noise at the table's σ "
+           "(`cross/train`), and the generalization criterion (the two networks' samples "
+           "closer to each other than to their nearest training image; the section's "
+           "verdict reads it at the largest N):", "", markdown_table(pd.DataFrame(sweep)),
+           ""] if sweep else [])
     ], summary
 
 
-__all__ = ["check_compare", "run_tables", "seed_rows", "seeds_section", "sweep_rows",
-           "z_scores", "z_summary"]
+__all__ = ["SWEEP_COLUMNS", "check_compare", "run_tables", "seed_rows", "seeds_section",
+           "sweep_rows", "z_scores", "z_summary"]

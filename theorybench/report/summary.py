@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .common import identity_text, losses_text, markdown_table, ratio_at
-from .memorization import generalizes, percent
+from .memorization import finished, generalizes, percent
 from .training import convergence_lines
 
 
@@ -78,7 +78,7 @@ def memorization_rows(table: pd.DataFrame) -> list[dict]:
     networks S1 / S2, the family's posterior mean sampled alike, real held-out images)."""
     rows = []
     for entry, part in table.groupby("entry", sort=False):
-        part = part[part["failed"].fillna("") == ""]  # as the section's verdict: N reached
+        part = finished(part)  # as the section's verdict: the N reached
         if not len(part):
             continue
         first, last = part.loc[part["N"].idxmin()], part.loc[part["N"].idxmax()]
@@ -164,10 +164,10 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
                   "", markdown_table(pd.DataFrame(rows), ".3g"), ""]
     if seeds:
         lines += [f"Across seeds (section Across seeds: the networks' MSE/U against the same "
-                  f"study's at another seed, z = their difference over its standard error): "
-                  f"{seeds}. The standard errors above count the test images and noise "
-                  f"only; an RMS above 1 points to the spread of the trainings (the "
-                  f"section says how far).", ""]
+                  f"study's at another seed, z = their difference over its standard error; "
+                  f"the z of one run are correlated): {seeds}. The standard errors above "
+                  f"count the test images and noise only; an RMS above 1 points to the "
+                  f"spread of the trainings (the section says how far).", ""]
     if missing:
         lines += ["Not in the table (a cell failed or not run, or no bound): " + ", ".join(missing)
                   + ".", ""]
