@@ -147,6 +147,9 @@ def test_only_runs_of_the_same_study_at_other_seeds_compare(two_runs, tmp_path):
                    preset="default")
     with pytest.raises(ValueError, match="preset 'default', this one 'smoke'"):
         check_compare(_meta(0), [other], out)
+    (twin / "run.json").write_text("{cut short")
+    with pytest.raises(ValueError, match="its run.json is not JSON"):
+        check_compare(_meta(0), [twin], out)
     (b / "kl.csv").unlink()
     with pytest.raises(ValueError, match=r"not the report folder .* \(no kl.csv\)"):
         check_compare(_meta(0), [b], out)

@@ -10,8 +10,8 @@ per run adds to it, ``E[z²] ≈ 1 + 2τ²/(se_a² + se_b²)``.
 
 Every run is read from its report folder's files (``run.json``, ``rates.csv``,
 ``kl.csv``, ``training.csv``, ``memorization.csv``) as its report wrote them, this one's
-too (once written):
-the section needs no cell of the other runs, and both sides carry the same rounding.
+too (once written): the section needs no cell of the other runs, and both sides carry the
+same rounding.
 """
 
 from __future__ import annotations
@@ -67,7 +67,11 @@ def check_compare(here: dict, folders, out: Path) -> None:
             raise ValueError(f"--compare {folder}: not the report folder of a run with "
                              f"networks (no {', '.join(missing)}); give the --out folder of "
                              f"a run of the same study at another seed")
-        other = json.loads((folder / "run.json").read_text())
+        try:
+            other = json.loads((folder / "run.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--compare {folder}: its run.json is not JSON ({exc}); give "
+                             f"the --out folder of a finished run") from exc
         for name in STUDY:
             if here.get(name) != other.get(name):
                 raise ValueError(f"--compare {folder}: its run has {name} "
@@ -175,7 +179,8 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
     fits its parameters), the ratio S2 net / S1 net on S1's images at the table's σ and the
     generalization criterion (:func:`~.memorization.generalizes`, which the section's
     verdict reads at the largest N); values of several runs joined by ``" / "`` (``—``
-    where a run lacks that cell, or a sweep table with these columns: an older report)."""
+    where a run lacks that cell, or lacks a sweep table with :data:`SWEEP_COLUMNS`: a run
+    without a sweep, or an older report's table)."""
     tables = [finished(r["memorization"]) if set(SWEEP_COLUMNS) <= set(r["memorization"])
               else pd.DataFrame(columns=SWEEP_COLUMNS) for r in runs]
     rows = []
