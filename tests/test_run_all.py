@@ -236,6 +236,7 @@ def test_generalization_rows_divide_the_test_curve_by_the_training_one():
         "network": "universal", "σ": 0.1, "MSE/σ², training images": "0.88 ± 0",
         "MSE/σ², test images": "1.1 ± 0", "test/training": "1.25 ± 0",
         "identity MSE/σ², training / test images": "0.98 / 1.02",
+        "test/training, each over the identity": "1.201 ± 0",  # (0.011/0.0102)/(0.0088/0.0098)
         "mean-image test/training": "1.2 ± 0", "wavelet test/training": "1 ± 0"}
     assert rows[1]["test/training"] == "1 ± 0" and rows[1]["wavelet test/training"] == "2 ± 0"
     # unpaired curves: the ratio's SE by the delta method, from both relative SEs
@@ -243,6 +244,17 @@ def test_generalization_rows_divide_the_test_curve_by_the_training_one():
     records[1]["result"]["curve_train"]["se"] = [0.00066, 0.0, 0.0]  # 7.5 % of 0.0088
     rows = generalization_rows(StudyData("faces", {}, records), sigmas=[0.1])
     assert rows[0]["test/training"] == "1.25 ± 0.16"  # 1.25 · √(0.1² + 0.075²) = 0.156
+    # images of unequal difficulty, the network a fixed multiple of the identity on each:
+    # the unpaired ratio carries the images' spread, the paired one none of it
+    spread = np.array([0.5, 3.0])  # two images, as every curve here
+    records[0]["result"]["curves"]["identity"]["errors"][0] = list(0.0102 * spread)
+    records[0]["result"]["curves_train"]["identity"]["errors"][0] = list(0.0098 * spread)
+    records[1]["result"]["curve"]["errors"][0] = list(0.011 * spread)
+    records[1]["result"]["curve_train"]["errors"][0] = list(0.0088 * spread)
+    row = generalization_rows(StudyData("faces", {}, records), sigmas=[0.1])[0]
+    assert row["test/training"] == "1.25 ± 0.16"
+    value, se = row["test/training, each over the identity"].split(" ± ")
+    assert value == "1.201" and float(se) < 1e-6  # rounding only
     # without the reference's controls (an older record): the network's columns only
     del records[0]["result"]["curves_train"]
     assert set(generalization_rows(StudyData("faces", {}, records), [0.1])[0]) == {

@@ -328,14 +328,30 @@ def _ratio(test: tuple[float, float], train: tuple[float, float]) -> str:
     return f"{ratio:.4g} ± {ratio * math.hypot(test[1] / test[0], train[1] / train[0]):.2g}"
 
 
+def _versus(frame: pd.DataFrame, baseline: pd.DataFrame,
+            sigma: float) -> tuple[float, float] | None:
+    """(ratio, se) of ``frame``'s MSE over ``baseline``'s at ``sigma``, paired (the same
+    images and noise: :func:`ratio_se`); None where either lacks that σ or per-image
+    errors."""
+    try:
+        a, b = on_grid(frame, [sigma]), on_grid(baseline, [sigma])
+    except ValueError:
+        return None
+    se = ratio_se(a.attrs.get("errors"), b.attrs.get("errors"))
+    return None if se is None else (float(a["mse"].iloc[0] / b["mse"].iloc[0]), float(se[0]))
+
+
 def generalization_rows(study: StudyData, sigmas) -> list[dict]:
     """Per network trained on a finite set and σ of ``sigmas`` on its grid: per-pixel
     MSE/σ² on its training images and on the test images, and their ratio test/training,
     each as ``value ± standard error`` (the two curves are independent: images and noise
     apart; the ratio's SE by the delta method); then, from the reference cell's
     ``curves_train`` (the control baselines on the same training images and noise as the
-    network's), the identity's MSE/σ² on both sets and each other control's ratio
-    test/training (what each measures: ``cells.CONTROLS``)."""
+    network's), the identity's MSE/σ² on both sets, the network's ratio test/training
+    with each set's MSE first divided by the identity's on the same images and noise
+    (paired within each set: the two noises' difference cancels, and at small σ most of
+    the images' spread), and each other control's ratio test/training (what each
+    measures: ``cells.CONTROLS``)."""
     controls = {name: (curve_frame(study.reference["result"]["curves"][name]), train)
                 for name, train in study.controls_on_training_images.items()}
     rows = []
@@ -359,6 +375,9 @@ def generalization_rows(study: StudyData, sigmas) -> list[dict]:
                 if name == "identity":
                     row["identity MSE/σ², training / test images"] = (f"{b[0] / s2:.4g} / "
                                                                       f"{a[0] / s2:.4g}")
+                    paired = _versus(test, c_test, sigma), _versus(train, c_train, sigma)
+                    if None not in paired:
+                        row["test/training, each over the identity"] = _ratio(*paired)
                 else:
                     row[f"{name} test/training"] = _ratio(a, b)
             rows.append(row)
@@ -788,7 +807,12 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                       "column here separates the two at small σ. Beside it, baselines on the "
                       "same training images and noise (the reference record's "
                       "`curves_train`), each fitted to those images by little: the identity "
-                      "(MSE/σ² = 1 in expectation; its two values differ by the two noises), "
+                      "(MSE/σ² = 1 in expectation; its two values differ by the two noises; "
+                      "`test/training, each over the identity`: the network's ratio with each "
+                      "set's MSE first divided by the identity's on the same images and "
+                      "noise, paired within each set, so that the two noises' difference "
+                      "cancels and, at small σ, most of the images' spread: a sharper "
+                      "test/training there), "
                       "the mean image (its ratio: the test images' variance about μ̂ against "
                       "the training images', their difficulty at large σ) and the wavelet "
                       "baseline (one threshold per σ; on small images most of its error at "
