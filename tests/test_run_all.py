@@ -311,11 +311,18 @@ def test_second_run_hits_the_cache_and_changes_nothing(smoke):
 
 
 def test_report_only_rebuilds_from_cache(smoke, tmp_path):
-    _, cache, _ = smoke
+    _, cache, meta = smoke
     out = tmp_path / "again"
     assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache),
                  "--report-only", "--quiet"]) == 0
     assert (out / "kl.csv").exists()
+    assert "report rebuilt from the stored cells by" not in (out / "README.md").read_text()
+    # the run's run.json names an older commit: the header names the report's code too
+    (out / "run.json").write_text(json.dumps({**meta, "commit": "0ld0ld0"}))
+    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache),
+                 "--report-only", "--quiet"]) == 0
+    head = (out / "README.md").read_text().split("## ")[0]
+    assert "commit `0ld0ld0` · report rebuilt from the stored cells by commit `" in head
 
 
 def test_compare_sets_another_seed_s_report_beside_this_one(smoke, tmp_path, capsys):

@@ -307,7 +307,9 @@ def main(argv=None) -> int:
         if not records:
             parser.error(f"--report-only: nothing stored in {args.cache} for preset "
                          f"{preset.name!r}; run without --report-only first")
-        run_meta = stored_run_meta(preset, args, records, meta_path)
+        # the report's own code may be newer than the run's: the header names both
+        run_meta = {**stored_run_meta(preset, args, records, meta_path),
+                    "report_commit": git_commit()}
     else:
         try:
             order = start_order(cells, preset)

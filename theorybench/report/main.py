@@ -732,7 +732,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         "",
         f"Preset **{preset.name}** · seed {run_meta.get('seed', 0)} · "
         f"commit `{run_meta.get('commit', '?')}` · "
-        f"date {run_meta.get('date', '?')} · device {run_meta.get('device', '?')} · "
+        + (f"report rebuilt from the stored cells by commit `{run_meta['report_commit']}` · "
+           if run_meta.get("report_commit") not in (None, run_meta.get("commit")) else "")
+        + f"date {run_meta.get('date', '?')} · device {run_meta.get('device', '?')} · "
         + (f"wall time {wall:.0f} s for this run " if wall is not None else
            "wall time not recorded: report rebuilt from the stored cells ")
         + f"(compute of its {len(records)} cells, as stored in the cache: "
