@@ -301,18 +301,27 @@ def standing(study: StudyData, refs: dict) -> list[dict]:
     return rows
 
 
+def paired_ratio(frame: pd.DataFrame,
+                 baseline: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ratio of the curve ``frame``'s MSE to ``baseline``'s at each σ of ``frame``
+    (``baseline``: a curve on the same images and noise whose grid holds those σ; ValueError
+    otherwise) and its standard error (:func:`ratio_se`, paired; None without per-image
+    errors)."""
+    base = on_grid(baseline, frame["sigma"].to_numpy())
+    return (frame["mse"].to_numpy() / base["mse"].to_numpy(),
+            ratio_se(frame.attrs.get("errors"), base.attrs.get("errors")))
+
+
 def losses(frame: pd.DataFrame, baseline: pd.DataFrame, where=None) -> dict:
-    """Where the curve ``frame`` is no better than ``baseline`` (a curve on the same images
-    and noise whose grid holds ``frame``'s), among the σ of the mask ``where`` (None: all):
-    ``{"sigma", "ratio", "se"}``, the σ (pixel units), the ratio of the two MSEs there and
-    its standard error (:func:`ratio_se`, paired; None without per-image errors)."""
+    """Where the curve ``frame`` is no better than ``baseline`` (:func:`paired_ratio`),
+    among the σ of the mask ``where`` (None: all): ``{"sigma", "ratio", "se"}``, the σ
+    (pixel units), the ratio of the two MSEs there and its standard error (None without
+    per-image errors)."""
     grid = frame["sigma"].to_numpy()
-    base = on_grid(baseline, grid)
-    ratio = frame["mse"].to_numpy() / base["mse"].to_numpy()
+    ratio, se = paired_ratio(frame, baseline)
     lose = ratio >= 1.0
     if where is not None:
         lose &= where
-    se = ratio_se(frame.attrs.get("errors"), base.attrs.get("errors"))
     return {"sigma": grid[lose], "ratio": ratio[lose], "se": None if se is None else se[lose]}
 
 
@@ -330,15 +339,13 @@ def _ratio(test: tuple[float, float], train: tuple[float, float]) -> str:
 
 def _versus(frame: pd.DataFrame, baseline: pd.DataFrame,
             sigma: float) -> tuple[float, float] | None:
-    """(ratio, se) of ``frame``'s MSE over ``baseline``'s at ``sigma``, paired (the same
-    images and noise: :func:`ratio_se`); None where either lacks that σ or per-image
-    errors."""
+    """(ratio, se) of ``frame``'s MSE over ``baseline``'s at ``sigma`` (:func:`paired_ratio`);
+    None where either lacks that σ or per-image errors."""
     try:
-        a, b = on_grid(frame, [sigma]), on_grid(baseline, [sigma])
+        ratio, se = paired_ratio(on_grid(frame, [sigma]), baseline)
     except ValueError:
         return None
-    se = ratio_se(a.attrs.get("errors"), b.attrs.get("errors"))
-    return None if se is None else (float(a["mse"].iloc[0] / b["mse"].iloc[0]), float(se[0]))
+    return None if se is None else (float(ratio[0]), float(se[0]))
 
 
 def generalization_rows(study: StudyData, sigmas) -> list[dict]:

@@ -152,7 +152,7 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
             z = z_scores(part, other)
             zs.append(z.assign(entry=entry, network=network, seed=run["meta"].get("seed", 0)))
             values = z["z"].to_numpy()
-            k = largest(np.abs(values), np.ones(len(values), dtype=bool))
+            k = int(np.argmax(np.abs(values))) if len(values) else None
             rms.append("–" if k is None else f"{np.sqrt(np.mean(values**2)):.2f}")
             extreme.append("–" if k is None else
                            f"{values[k]:+.2f} at σ = {z['sigma'].iloc[k]:g}")
