@@ -3,7 +3,7 @@
 import pandas as pd
 
 from theorybench.experiments.dimension_study import STUDY, dimension_rows
-from theorybench.report.dimension import _network_verdict
+from theorybench.report.dimension import _network_verdict, _posterior_verdict
 
 
 def _curve(kind, sigma, total_over_s2, d=256):
@@ -50,5 +50,14 @@ def test_verdict_follows_the_numbers():
     assert "at σ = 0.0454 their Jacobians" in text
     poor = pd.DataFrame({**base, "network/σ²": [9.0, 20.0], "count>0.5": [3.0, 2.0]})
     text = _network_verdict(poor)
-    assert "within 15% of U for k = none" in text and "the same count for k = 2" in text
+    assert "within 15% of U for no k" in text and "the same count for k = 2" in text
     assert "no network reaches the small-σ regime" in text
+
+
+def test_posterior_verdict_says_where_its_noise_hides_the_tolerance():
+    frame = pd.DataFrame({"k": [1, 2, 5], "U/σ²": [0.94, 2.5, 5.2], "U_se": [0.19, 0.1, 0.3]})
+    assert _posterior_verdict(frame) == (
+        "Posterior U/σ² within 15% of k for k = 1, 5; outside for k = 2 (for k = 1 twice its "
+        "standard error exceeds 15% of k: the test does not resolve it).")
+    frame["U_se"] = 0.01
+    assert _posterior_verdict(frame).endswith("outside for k = 2.")

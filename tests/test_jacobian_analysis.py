@@ -243,7 +243,9 @@ def test_section_writes_figures_and_csv(study, tmp_path):
     pairs = [{"spec": {"kind": PAIR_KIND}, "result": {**pair, "N": n}} for n in (10, 100)]
     lines = jacobian_section(pairs, tmp_path / "pairs")
     assert "jacobian_pairs.png" in "\n".join(lines)
-    assert len(pd.read_csv(tmp_path / "pairs" / "jacobian_pairs.csv")) == 2
+    pairs = pd.read_csv(tmp_path / "pairs" / "jacobian_pairs.csv")
+    assert len(pairs) == 2  # the mean over images and its standard error, per N
+    assert np.allclose(pairs["overlap"], 0.55) and np.allclose(pairs["overlap_se"], 0.05)
 
 
 # ----------------------------------------------------------------------------- pairs

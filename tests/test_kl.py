@@ -349,3 +349,43 @@ def test_bad_inputs():
     twice = curve.assign(sigma=[0.1, 0.2, 0.2, 0.4])
     with pytest.raises(ValueError, match="distinct σ values, got σ = 0.2 twice"):
         kl_bound(twice, {"exact": twice})
+
+
+def test_monotone_envelope_tightens_both_ends_with_their_errors():
+    """MMSE(σ) is non-decreasing (SCIENCE.md §4b; report.common.extend_monotone): U at σ'
+    ≥ σ bounds it from above, L at σ' ≤ σ from below. The envelope takes, per σ, the
+    nearest such σ' with the best value, its per-image errors and SE with it."""
+    from theorybench.report.common import bracket, monotone_envelope
+
+    sigmas = [0.1, 0.2, 0.4, 0.8]
+    mse = np.array([1.0, 3.0, 2.0, 2.0])
+    frame = pd.DataFrame({"sigma": sigmas, "mse": mse, "se": [0.1, 0.3, 0.2, 0.25], "d": 4})
+    frame.attrs["errors"] = np.stack([mse * (1 + 0.1 * k) for k in range(3)], 1)
+    up = monotone_envelope(frame, "upper")
+    assert up["mse"].tolist() == [1.0, 2.0, 2.0, 2.0]  # 0.2 takes 0.4's, not 0.8's (nearest)
+    assert up["se"].tolist() == [0.1, 0.2, 0.2, 0.25]
+    assert np.array_equal(up.attrs["errors"], frame.attrs["errors"][[0, 2, 2, 3]])
+    assert up.attrs["borrowed"].tolist() == [False, True, False, False]
+    assert up["sigma"].tolist() == sigmas and frame["mse"].tolist() == mse.tolist()
+    low = monotone_envelope(frame, "lower")
+    assert low["mse"].tolist() == [1.0, 3.0, 3.0, 3.0]
+    assert np.array_equal(low.attrs["errors"], frame.attrs["errors"][[0, 1, 1, 1]])
+    assert low.attrs["borrowed"].tolist() == [False, False, True, True]
+    # a monotone bound is its own envelope; +inf above a coarse grid stays +inf
+    rising = frame.assign(mse=[1.0, 2.0, np.inf, np.inf])
+    assert monotone_envelope(rising, "upper")["mse"].tolist() == [1.0, 2.0, np.inf, np.inf]
+    assert not monotone_envelope(rising, "lower").attrs["borrowed"].any()
+
+    # bracket: the tightest of the references, then its envelope; an exact MMSE as measured
+    def stored(kind, values):
+        return {"kind": kind, "sigma": sigmas, "mse": values, "se": [0.0] * 4, "d": 4,
+                "errors": [[v, v] for v in values]}
+
+    refs, how = bracket({"a": stored("upper", [1.0, 3.0, 2.5, 2.6]),
+                         "b": stored("upper", [1.5, 3.5, 2.0, 3.0]),
+                         "l": stored("lower", [0.5, 0.9, 0.8, 1.0])})
+    assert how == "bracket"
+    assert refs["upper"]["mse"].tolist() == [1.0, 2.0, 2.0, 2.6]
+    assert refs["lower"]["mse"].tolist() == [0.5, 0.9, 0.9, 1.0]
+    exact, _ = bracket({"m": stored("exact", [1.0, 3.0, 2.0, 2.0])})
+    assert exact["exact"]["mse"].tolist() == [1.0, 3.0, 2.0, 2.0]

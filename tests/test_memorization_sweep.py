@@ -17,7 +17,12 @@ from theorybench.experiments import memorization_sweep as ms
 from theorybench.experiments.cells import run_cell
 from theorybench.experiments.keys import cell_key
 from theorybench.memorization import cosine, leave_one_out_references, memorization_measures
-from theorybench.report.memorization import memorization_section, stays_down_to, verdict
+from theorybench.report.memorization import (
+    generalizes,
+    memorization_section,
+    stays_down_to,
+    verdict,
+)
 from theorybench.report.training import training_section
 from theorybench.sampling import SampleResult, SamplingDiverged, sigma_grid
 from theorybench.training import TrainingDiverged, converged
@@ -219,7 +224,7 @@ def test_sweep_results(sweep):
     assert one["summary"]["s1"]["memorized_ratio_fraction"] is None  # no d2 at N = 1
     assert one["summary"]["s1"]["memorized_unit_fraction"] is None
     assert four["summary"]["s1"]["memorized_ratio_fraction"] is not None
-    assert json.loads(json.dumps(one)) is not None
+    assert json.loads(json.dumps(one)) == one  # the record is plain JSON, as stored
 
 
 def test_recomputing_gives_identical_numbers(sweep, tmp_path):
@@ -357,6 +362,11 @@ def test_verdict_states_both_criteria():
     assert "**met** (100%)" in split and "At every N ≤ 10, the talk's memorization regime " \
         "(the same criterion): **not met**" in split
     assert "not monotone (up from first to last)" in split  # −0.49, −0.15, +0.03, −0.04
+    # neither network is singled out: S2's samples nearer its own training set than to S1's
+    lopsided = {**_row(1000, 0.0, 0.8, 0.85), "cos_c S2": 0.9}
+    assert not generalizes(lopsided) and generalizes({**lopsided, "cos_c S2": 0.84})
+    assert "0.850 against 0.800 / 0.900 to their nearest training image" in verdict(
+        pd.DataFrame([lopsided]))
     # agreeing networks that do not denoise: flagged
     flat = verdict(pd.DataFrame([_row(100, 0.0, 0.3, 0.95, test=math.inf)]))
     assert "Caveat" in flat

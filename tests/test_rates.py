@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import datasets_synth
 from theorybench.report.jacobian import SURE_MAX_REL_SE, _row, sure_cell, sure_se
-from theorybench.report.main import log_slope, rate_rows, secant_bracket
+from theorybench.report.main import log_slope, rate_rows, ratio_se, secant_bracket
 
 SIGMAS = np.geomspace(0.01, 2.0, 8)
 
@@ -71,20 +72,22 @@ def test_secant_bracket_contains_the_true_slope():
     m = mmse(SIGMAS)
     lower = exact_frame(m * (1 - rng.uniform(0.05, 0.4, m.size)))
     upper = exact_frame(m * (1 + rng.uniform(0.05, 1.0, m.size)))
+    missed = 0  # pairs where the slopes of L and U themselves do not bracket the truth
     for a in range(len(SIGMAS)):
         for b in range(a + 1, len(SIGMAS)):
             sa, sb = SIGMAS[a], SIGMAS[b]
             true = math.log(m[b] / m[a]) / math.log(sb**2 / sa**2)
             br = secant_bracket(lower, upper, sa, sb)
             assert br["low"] <= true <= br["high"]
+            own = [math.log(c.mse[b] / c.mse[a]) / math.log(sb**2 / sa**2)
+                   for c in (lower, upper)]
+            missed += not min(own) <= true <= max(own)
             width = math.log(upper.mse[b] * upper.mse[a] / (lower.mse[b] * lower.mse[a]))
             assert br["high"] - br["low"] == pytest.approx(width / math.log(sb**2 / sa**2))
             # the same relative perturbation of every image in L and U: paired, it cancels
             assert br["se_low"] == pytest.approx(0, abs=1e-9)
             assert br["se_high"] == pytest.approx(0, abs=1e-9)
-    # the slopes of L and U themselves need not bracket it (why the secant bracket exists)
-    wide = secant_bracket(lower, upper, SIGMAS[0], SIGMAS[-1])
-    assert wide["high"] - wide["low"] < secant_bracket(lower, upper, SIGMAS[3], SIGMAS[4])["high"]
+    assert missed > 0  # why the secant bracket exists: L's and U's slopes need not do it
     # L = 0 (no lower bound) or U infinite (a bound beyond its grid): no bracket end
     zero = exact_frame(0 * m)
     assert math.isnan(secant_bracket(zero, upper, SIGMAS[1], SIGMAS[2])["high"])
@@ -124,15 +127,20 @@ def test_rate_rows_of_a_calpha_entry():
     for label in ("per-σ net", "universal net", "L", "U"):
         assert slopes[f"{label} se"].between(0, 0.1).all()
     assert slopes["theory α/(α+1)"].eq(2 / 3).all()
-    assert slopes["region fields Wiener"].between(0, 1).all()
+    field_slope = datasets_synth.get("calpha", alpha=2.0, size=16).rate_law()["component_slope"]
+    assert np.allclose(slopes["region fields Wiener"], [field_slope(16, s, t)
+                                                        for s, t in zip(a, b, strict=True)])
     ratios = rows[rows.table == "ratio"]
     assert len(ratios) == 2 * 8  # two networks × the coarse grid
     ps = ratios[ratios.network == "per-sigma"]
     assert np.allclose(ps["MSE/U"], per_sigma.mse / refs["upper"].mse.to_numpy()[::4])
     assert np.allclose(ps["MSE/L"], per_sigma.mse / refs["lower"].mse.to_numpy()[::4])
     assert (ratios["se(MSE/U)"] > 0).all() and (ratios["se(MSE/L)"] > 0).all()
-    note = rows[rows.table == "note"].note.iloc[0]
-    assert "0.667" in note
+    # paired with the reference on the same 32 images: the delta-method SE of the ratio
+    assert np.allclose(ps["se(MSE/U)"], ratio_se(per_sigma.attrs["errors"],
+                                                 refs["upper"].attrs["errors"][::4]))
+    note = rows[rows.table == "note"].note.iloc[0]  # the window's bracket is about [0.82, 1.02]
+    assert "above the theory α/(α+1) = 0.667" in note and "below" not in note
 
 
 def test_rate_rows_without_networks_on_the_coarse_reference_grid():

@@ -13,6 +13,7 @@ from theorybench.report.seeds import (
     seed_rows,
     seeds_section,
     sweep_rows,
+    z_summary,
 )
 
 SIGMA = [0.0123456789, 0.1, 1.0, 2.0]  # more digits than the CSV keeps: both sides rounded
@@ -78,7 +79,7 @@ def test_rows_set_the_runs_side_by_side_with_their_z(two_runs):
     assert per["RMS z"] == f"{np.sqrt(z01**2 / 4):.2f}"
     assert per["largest z"] == f"+{z01:.2f} at σ = 0.1"
     assert uni["largest z"] == "+3.54 at σ = 2"  # 0.5/√0.02
-    assert per["KL, σ0 = 0.05"] == "4.5 ± 0.6 / [30, 36.4]" and per["KL, σ0 = 0.2"] == "– / –"
+    assert per["B, σ0 = 0.05"] == "4.5 ± 0.6 / [30, 36.4]" and per["B, σ0 = 0.2"] == "– / –"
     # every per-σ network of the main study must pass; the side study's row is not read
     assert per["converged"] == "True / False" and uni["converged"] == "False / True"
     assert list(z.columns) == ["entry", "network", "seed", "sigma", "z"] and len(z) == 8
@@ -86,7 +87,7 @@ def test_rows_set_the_runs_side_by_side_with_their_z(two_runs):
     np.testing.assert_allclose(z[z["network"] == "per-sigma"]["z"], [0, z01, 0, 0], atol=1e-12)
     bare = {**run_tables(b), "kl": pd.DataFrame(), "training": pd.DataFrame()}  # nothing stored
     rows, _ = seed_rows([run_tables(a), bare], (0.05,))
-    assert rows[0]["KL, σ0 = 0.05"] == "4.5 ± 0.6 / –" and rows[0]["converged"] == "True / –"
+    assert rows[0]["B, σ0 = 0.05"] == "4.5 ± 0.6 / –" and rows[0]["converged"] == "True / –"
 
 
 def test_non_finite_ratios_and_errors_are_left_out(two_runs):
@@ -108,7 +109,11 @@ def test_section_writes_the_z_names_the_runs_and_clears_a_stale_file(two_runs, t
     assert text.startswith("## Across seeds")
     # 8 z, one beyond ±2: per-sigma 0.4/√0.05 = 1.79 at σ = 0.1, universal 0.5/√0.02 =
     # 3.54 at σ = 2, the others 0
-    assert summary == "seed 1: 1 of 8 z beyond ±2 (N(0, 1): about 0.4), RMS 1.40"
+    assert summary == ("seed 1: 1 of 8 z beyond ±2 (N(0, 1): about 0.4), RMS 1.40, a "
+                       "training spread of about 0.98 quoted standard errors")  # √(1.4² − 1)
+    calm = pd.DataFrame({"seed": [2, 2], "sigma": [1.0, 2.0], "z": [0.5, -0.5]})
+    assert z_summary(calm) == ("seed 2: 0 of 2 z beyond ±2 (N(0, 1): about 0.1), RMS 0.50, "
+                               "no training spread seen beyond the quoted errors")
     assert f"Over every network ({summary})." in text
     assert "memorization sweep" not in text  # neither run has one
     assert f"seed 1: `{b}`, commit `abc1234`, today" in text and "order 0 / 1" in text
@@ -163,9 +168,11 @@ def test_sweep_rows_set_the_memorization_sweeps_side_by_side(two_runs):
         write_csv(pd.DataFrame(rows), folder / "memorization.csv")
 
     cell = {"entry": "disks", "mem S1": 1.0, "mem S2": 0.03125, "on S1": 1.0, "on S2": 0.40625,
-            "cross/train": 10.39, "cross_cc": 0.26, "cos_c S1": 0.99, "failed": ""}
+            "cross/train": 10.39, "cross_cc": 0.26, "cos_c S1": 0.99, "cos_c S2": 0.99,
+            "failed": ""}
     sweep(a, [{**cell, "N": 1}, {**cell, "N": 10, "cross_cc": 0.9, "failed": "diverged"},
-              {**cell, "N": 100, "on S1": nan, "on S2": nan}])
+              {**cell, "N": 100, "on S1": nan, "on S2": nan, "cross_cc": 0.995,
+               "cos_c S2": 0.999}])
     sweep(b, [{**cell, "N": 1, "mem S2": 1.0, "cross/train": 15.6}])
     rows = sweep_rows([run_tables(a), run_tables(b)])
     assert [(r["entry"], r["N"]) for r in rows] == [("disks", 1), ("disks", 100)]  # no failed
@@ -175,6 +182,7 @@ def test_sweep_rows_set_the_memorization_sweeps_side_by_side(two_runs):
     assert one["S2 net / S1 net on S1"] == "10.4 / 15.6"
     assert one["generalization criterion"] == "not met / not met"
     assert hundred["images of the family S1, S2"] == "—, — / —"  # no fit; b lacks N = 100
+    assert hundred["generalization criterion"] == "not met / —"  # above S1's, not S2's
     # a run without a sweep, or with an older table (no cross column): "—", no error
     bare = run_tables(b) | {"memorization": pd.DataFrame()}
     older = run_tables(b) | {"memorization": run_tables(b)["memorization"].drop(

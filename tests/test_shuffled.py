@@ -93,7 +93,9 @@ def test_shuffled_faces_upper_bound_equals_the_base_one():
                                    atol=1e-10, err_msg=name)
 
 
-def test_shuffled_rows_report_u_of_both_families():
+@pytest.mark.parametrize("kind", ["upper", "exact"])
+def test_shuffled_rows_report_u_of_both_families(kind):
+    """Each family's own U (its exact MMSE where it has one), matched by σ."""
     from theorybench.report.main import StudyData, shuffled_rows
 
     def curve(sigmas, mses):
@@ -102,19 +104,21 @@ def test_shuffled_rows_report_u_of_both_families():
 
     def records(u, nets):
         ref = {"spec": {"kind": "reference"},
-               "result": {"curves": {"wavelet": {"kind": "upper", **curve([0.1, 0.2], u)}}}}
+               "result": {"curves": {"wavelet": {"kind": "upper", **curve([0.1, 0.2], u)},
+                                     "best": {"kind": kind, **curve([0.1, 0.2],
+                                                                    [x / 2 for x in u])}}}}
         return [ref] + [{"spec": {"kind": "network", "train": {"mode": "per-sigma"}},
                          "result": {"curve": curve([s], [m]), "examples": {}}}
                         for s, m in nets]
 
     params = {"base": "faces", "seed": 0, "split": "test"}
     studies = [StudyData("faces", {"split": "test"},
-                         records([1.0, 2.0], [(0.1, 0.5), (0.2, 1.0)])),
+                         records([1.0, 2.5], [(0.1, 0.5), (0.2, 1.0)])),
                StudyData("shuffled", params, records([1.0, 2.0], [(0.2, 1.5)]))]
     rows = shuffled_rows(studies)
     assert len(rows) == 1
     row = rows[0]
     assert row["sigma"] == pytest.approx(0.2)  # matched by σ, not by position
     assert row["network base"] == 1.0 and row["ratio shuffled/base"] == pytest.approx(1.5)
-    assert row["U shuffled"] == row["U base"] == 2.0
+    assert (row["U shuffled"], row["U base"]) == (1.0, 1.25)  # the lower upper bound, or exact
     assert not any("P f P" in key for key in row)

@@ -24,15 +24,23 @@ def slug(label: str) -> str:
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A GitHub markdown table (no extra dependency)."""
+    """A GitHub markdown table (no extra dependency); missing values (None, NaN) as ``–``."""
     def cell(v):
+        if v is None:
+            return "–"
         if isinstance(v, (float, np.floating)):
-            return "nan" if math.isnan(v) else format(v, floatfmt)
+            return "–" if math.isnan(v) else format(v, floatfmt)
         return str(v)
     head = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *rows])
+
+
+def image_size(d: int) -> str:
+    """An image of ``d`` pixels as ``"side×side"`` (``"d = …"`` when not square)."""
+    side = math.isqrt(int(d))
+    return f"{side}×{side}" if side * side == int(d) else f"d = {int(d)}"
 
 
 def curve_frame(curve: dict) -> pd.DataFrame:
@@ -76,6 +84,36 @@ def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
     return out
 
 
+def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
+    """The tightest bound that the monotonicity of the MMSE gives from a bound on one grid.
+
+    The MMSE is non-decreasing in σ (:func:`extend_monotone`): ``side="upper"`` takes at
+    each σ the lowest upper bound at any σ' ≥ σ, ``"lower"`` the highest lower bound at any
+    σ' ≤ σ (each the nearest such σ' on ties, σ itself first). Per-image errors and the
+    standard error follow the chosen σ'; ``attrs["borrowed"]`` (bool per σ) marks the σ
+    whose value comes from another σ'. Every value is a Monte Carlo estimate on the same
+    images and noise (scaled): the envelope picks the smallest (largest) of estimates whose
+    errors are strongly correlated across σ.
+    """
+    mse = frame["mse"].to_numpy(dtype=float)
+    i, j = np.indices((len(mse), len(mse)))
+    if side == "upper":
+        allowed = j >= i
+        best = np.where(allowed, mse[j], np.inf).min(axis=1)
+        index = np.argmax(allowed & (mse[j] == best[:, None]), axis=1)  # the first from σ up
+    else:
+        allowed = j <= i
+        best = np.where(allowed, mse[j], -np.inf).max(axis=1)
+        hit = allowed & (mse[j] == best[:, None])
+        index = len(mse) - 1 - np.argmax(hit[:, ::-1], axis=1)  # the first from σ down
+    out = frame.copy()
+    out["mse"] = mse[index]
+    out["se"] = frame["se"].to_numpy()[index]
+    out.attrs["errors"] = np.asarray(frame.attrs["errors"])[index]
+    out.attrs["borrowed"] = index != np.arange(len(mse))
+    return out
+
+
 def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
     """The rows of a curve at ``sigmas`` (each must be on the curve's grid), errors kept."""
     stored = frame["sigma"].to_numpy()
@@ -104,13 +142,17 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     """The tightest MMSE reference of stored curves (:func:`kl.tightest_references`).
 
     Curves stored on a coarser grid (costly references) are first extended to the densest
-    grid by :func:`extend_monotone`.
+    grid by :func:`extend_monotone`; the bracket's ends are then tightened by
+    :func:`monotone_envelope` (an upper bound at a larger σ bounds the MMSE at a smaller
+    one): ``U`` is non-decreasing in σ, and so is ``L``. The exact MMSE is kept as measured.
     """
     kinds = {name: c["kind"] for name, c in ref_curves.items()}
     grid = max((c["sigma"] for c in ref_curves.values()), key=len)  # the dense grid
     frames = {name: extend_monotone(curve_frame(c), grid, "lower" if kinds[name] == "lower"
                                     else "upper") for name, c in ref_curves.items()}
-    return tightest_references(frames, kinds)
+    refs, how = tightest_references(frames, kinds)
+    return {side: curve if side == "exact" else monotone_envelope(curve, side)
+            for side, curve in refs.items()}, how
 
 
 def objective_law(t: dict) -> str:
@@ -213,11 +255,14 @@ def architectures(specs: list[dict]) -> str:
     # ties go to zero padding, the configuration a periodic family is the exception to
     common = max(nets, key=lambda net: (nets.count(net), net.get("padding", "zeros") == "zeros"))
 
-    def differences(net: dict) -> str:
-        return str({k: net.get(k) for k in sorted(common.keys() | net.keys())
-                    if common.get(k) != net.get(k)})
+    def fields(net: dict) -> str:
+        return "`" + ", ".join(f"{k}={v}" for k, v in net.items()) + "`"
 
-    return str(common) + _exceptions(specs, lambda spec: spec["net"], common, differences)
+    def differences(net: dict) -> str:
+        return fields({k: net.get(k) for k in sorted(common.keys() | net.keys())
+                       if common.get(k) != net.get(k)})
+
+    return fields(common) + _exceptions(specs, lambda spec: spec["net"], common, differences)
 
 
 def steps_text(specs: list[dict]) -> str:

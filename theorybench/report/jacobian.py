@@ -115,6 +115,18 @@ class _Entry:
         return out
 
 
+def _images_text(counts: list[int]) -> str:
+    """How many noisy images each row's values come from (``counts``: the cells' numbers of
+    analysed images), and what one image leaves out."""
+    if not counts:
+        return ""
+    if counts == [1]:
+        return ("Every value below is that of one noisy image per entry and σ (the cells "
+                "analyse one: no standard error, no spread over images). ")
+    return (f"Values are means over the analysed images ({', '.join(map(str, counts))} per "
+            f"entry and σ; `images` in jacobian.csv). ")
+
+
 def _row(entry: _Entry, sigma: float, label: str, rec: dict) -> dict:
     """One table row: means over the analysed images."""
     spectrum = np.asarray(rec["eigenvalues"], dtype=float).mean(0)
@@ -211,7 +223,7 @@ def _figure_trace(entry: _Entry, rows: list[dict]):
 
 
 TABLE_COLUMNS = ("sigma", "denoiser", "trace", f"count>{SHRINKAGE_LEVEL:g}", "λ1–5", "λ6–10",
-                 "asymmetry", "mse", "SURE")
+                 "asymmetry", "homogeneity_error", "mse", "SURE")
 
 
 @cached_figure
@@ -279,8 +291,10 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
              "At a noisy image y the denoiser acts as the linear map J = ∇f(y) (exactly, "
              "f(y) = J y, for a bias-free network, and f(y) − μ̂ = J (y − μ̂) for one centred "
              "on its mean image μ̂; not where the blind shrinkage acts, whose factor depends "
-             "on y: `homogeneity_error` in jacobian.csv, ‖J (y − μ̂) − (f(y) − μ̂)‖ / "
-             "‖f(y) − μ̂‖, is of order 1 there; given for the networks only); the eigenvectors "
+             "on y: `homogeneity_error`, ‖J (y − μ̂) − (f(y) − μ̂)‖ / ‖f(y) − μ̂‖, is of "
+             "order 1 there, and J, its eigenvalues and tr J then describe the map's "
+             "linearization at y, not f itself; given for the networks only, `–` for the "
+             "references); the eigenvectors "
              "of its symmetric part are the adaptive basis, the eigenvalues the shrinkage, "
              "tr J the effective dimension (SCIENCE.md §6). SURE estimates the MSE from y alone: "
              "(‖f(y) − y‖² − dσ² + 2σ² tr J)/d, shown ± the SE of SURE − measured error "
@@ -288,7 +302,8 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
              "when there are several) is "
              f"below {SURE_MAX_REL_SE:.0%} of the measured MSE: one image of d pixels gives "
              "an SE near σ²√(2/d), too large where f shrinks strongly. "
-             "Means over the analysed images; references: "
+             + _images_text(sorted({int(r["spec"]["n_images"]) for r in done}))
+             + "References: "
              "exact posterior mean (Gaussian), posterior mixture Cov[x|y]/σ² (disks), oracle "
              "given the true contour (C^α, an oracle: lower bound).", ""]
     lines += [f"- **failed cell**: {msg}" for msg in failed] + ([""] if failed else [])
@@ -333,13 +348,13 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
         if "tangent_max_angle_deg" in frame:
             lines += ["Angles: principal angles between the top-k eigenvectors and the true "
                       "k-dimensional tangent space ∂x/∂θ: `tangent_max_angle_deg` the largest "
-                      "of the k, `tangent_mean_angle_deg` their mean, both means over images.",
+                      "of the k, `tangent_mean_angle_deg` their mean (over the images analysed).",
                       ""]
         if "contour_top_k" in frame:
             band = recs[0]["spec"]["band"]
             lines += ["Contour concentration: fraction of the energy of each top eigenvector "
                       f"within {band:g} pixels of the true contour (mean over the top "
-                      "eigenvectors and images), against the fraction of pixels there "
+                      "eigenvectors and the images analysed), against the fraction of pixels there "
                       "(chance).", ""]
     if all_rows:
         write_csv(pd.DataFrame(all_rows), out_dir / "jacobian.csv")

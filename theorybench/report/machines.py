@@ -201,7 +201,7 @@ def machines_section(records: list[dict], out_dir) -> list[str]:
              f"reports the median r² between the ELS machine and trained convolutional "
              f"networks, {ANCHOR_R2[0]}–{ANCHOR_R2[1]} (0.77 with attention). MSE/U: "
              f"held-out MSE over the estimator upper bound U of the MMSE on the same "
-             f"images and noise (the MMSE lies between L/U and 1).", ""]
+             f"images and noise (MMSE/U lies between L/U and 1).", ""]
     frames = []
     by_entry: dict[str, list[dict]] = {}
     for r in mine:

@@ -28,6 +28,7 @@ from .common import (
     closing_inputs,
     curve_frame,
     identity_text,
+    image_size,
     largest,
     losses_text,
     markdown_table,
@@ -49,6 +50,78 @@ from .summary import missing_entries, summary_section
 from .training import training_section
 
 NETWORKS = ("per-sigma", "universal")
+
+# The legends of the tables every entry section repeats, written once (section "How to read
+# the entries"), each with the key of the table it explains.
+LEGENDS = {
+    "standing": (
+        "**Where the networks stand.** U: the exact MMSE where known, else the tightest upper "
+        "reference (the lowest upper bound at σ or any larger σ: the MMSE does not decrease "
+        "with σ); MSE/U below 1 means better than every reference; ± its standard error over "
+        "the test images, paired, by the delta method. Where a network is no better than the "
+        "identity or, at σ ≥ 1, the mean image: those σ and (×r ± se) the largest ratio of "
+        "its MSE to that baseline's among them (± its standard error, paired: the same images "
+        "and noise)."),
+    "gap": (
+        "**Generalization gap** (entries with a finite training set): each network on the "
+        "images it was trained on against the test images, at the per-σ networks' σ (± "
+        "standard errors over the images, the two sets independent; `mse.csv`: kinds "
+        "`network-train` and `baseline-train`). The ratio test/training mixes what a network "
+        "fits of its own images with how much harder the test images are, and no column "
+        "here separates the two at small σ. Beside it, baselines on the same training images "
+        "and noise (the reference record's `curves_train`), each fitted to those images by "
+        "little: the identity (MSE/σ² = 1 in expectation; its two values differ by the two "
+        "noises; `test/training, each over the identity`: the network's ratio with each "
+        "set's MSE first divided by the identity's on the same images and noise, paired "
+        "within each set, so that the two noises' difference cancels and, at small σ, most "
+        "of the images' spread: a sharper test/training there), the mean image (its ratio: "
+        "the test images' variance about μ̂ against the training images', their difficulty "
+        "at large σ; the same at every σ) and the wavelet baseline (one threshold per σ; on "
+        "small images most of its error at small σ is noise passed through, so its ratio "
+        "there stays near the identity's and says little of the images). Where a network's "
+        "MSE/σ² is below the identity's on its training images and above it on the test "
+        "images, its loss to the identity comes with a gap between the two sets, as fitting "
+        "its training set would produce; harder test images could too."),
+    "kl": (
+        "**KL bound** (SCIENCE.md §4b; Song et al. 2021, Thm 1), nats, at smoothing level "
+        "σ0, for the reverse SDE driven by the network from N(μ̂, σ_max² I), σ_max = the top "
+        "of the row's σ grid, μ̂ the mean pixel value: `kl_low` = B_low = ∫ max(0, MSE − U) "
+        "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` = "
+        "B_high = ∫ max(0, MSE − L) σ⁻³ dσ + `closing`, an upper bound on the smoothed KL up "
+        "to the Monte Carlo error (`se_high`) and the quadrature error (`quad_err`); "
+        "`closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)) (joint convexity), "
+        "or, where `closing_exact`, that KL itself in closed form (`Distribution.start_kl`; "
+        "the Gaussian field), then added to `kl_low` too; `se_*` standard errors over the "
+        "test images (`se_high` with that of E‖x − μ̂‖² in `closing`); `bits_*` per pixel "
+        "value; `clipped` (`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added "
+        "to kl_low; MSE − L < 0 is set to 0 alike in kl_high, and where noise puts L above U "
+        "kl_high uses U, so kl_low ≤ kl_high). `grid`: σ values integrated (trapezoid in "
+        "ln σ: between them the curves are interpolated, not measured); `quad_err`: the "
+        "estimated quadrature error of either end, of either sign, |I − I_½|/3 with I_½ the "
+        "integral on every other grid point (Richardson; the per-σ networks' coarse grid "
+        "interpolates between networks: compare the universal network's rows, integrated on "
+        "the dense grid). `converged`: every network behind the row passed the convergence "
+        "check (section Training)."),
+    "blind": (
+        "`blind optimum` (KL rows of the entries that have one): the best denoiser that does "
+        "not see σ (kind `blind`, the optimum for σ drawn with density ∝ σ⁻³ on the "
+        "universal networks' range): at σ0 = σ_min its `kl_high − closing` = ∫ max(0, MSE − "
+        "MMSE) σ⁻³ dσ is a floor under the same quantity of every universal network (the "
+        "price of not knowing σ), up to the Monte Carlo and quadrature errors of both (it "
+        "minimizes the integral over σ, not its trapezoid on this grid); its rows at larger "
+        "σ0 are indicative."),
+}
+
+
+def legend_section(used: set[str]) -> list[str]:
+    """The section that explains, once, the tables the entry sections share (the keys of
+    :data:`LEGENDS` in ``used``, in that order); none where no entry has such a table."""
+    shown = [text for key, text in LEGENDS.items() if key in used]
+    if not shown:
+        return []
+    return ["## How to read the entries", "",
+            "Every entry section below has the tables this section explains (where the entry "
+            "has what they measure).", "", *[line for text in shown for line in (text, "")]]
 
 
 def network_curve(records: list[dict], field: str = "curve") -> pd.DataFrame | None:
@@ -556,7 +629,7 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
         if study is None or study.reference is None:
             return {}
         ref, _ = bracket(study.reference["result"]["curves"])
-        frame = ref.get("exact", ref["upper"])
+        frame = ref["exact"] if "exact" in ref else ref["upper"]
         return dict(zip(frame["sigma"].round(12), frame["mse"], strict=True))
 
     def by_sigma(frame):
@@ -609,10 +682,13 @@ def _interpolated_clipping(curves: dict, integrands: dict[str, pd.DataFrame]) ->
 
 def study_header(records: list[dict]) -> list[str]:
     """What the stored cells were run with (grids, test images, networks, objectives)."""
-    refs = [r["spec"] for r in records if r["spec"]["kind"] == "reference" and "result" in r]
+    done = [r for r in records if r["spec"]["kind"] == "reference" and "result" in r]
+    refs = [r["spec"] for r in done]
     nets = [r["spec"] for r in records if r["spec"]["kind"] == "network" and "result" in r]
     lines = []
     if refs:
+        sizes = {r["spec"]["dataset"]: image_size(next(iter(r["result"]["curves"].values()))["d"])
+                 for r in done if not r["spec"].get("study")}  # the main study's families
         dense = max((r["sigmas"] for r in refs), key=len)
         coarse = sorted({t["train"]["sigma"] for t in nets if t["train"]["mode"] == "per-sigma"})
         n_eval = sorted({(r["dataset"], r["n_eval"]) for r in refs})
@@ -621,7 +697,10 @@ def study_header(records: list[dict]) -> list[str]:
             f"{dense[0]:g} to {dense[-1]:g} (pixel units, images in about [0, 1]); per-σ "
             f"networks at {', '.join(f'{s:g}' for s in coarse)}. Test images per curve "
             f"(the same images and noise for every denoiser of an entry): "
-            + ", ".join(f"{name} {n}" for name, n in dict(n_eval).items()) + ".")
+            + ", ".join(f"{name} {n}" for name, n in dict(n_eval).items()) + ". Image size "
+            "in the entry sections (pixels; d, their number, in every total MSE, trace and "
+            "bit rate): "
+            + ", ".join(f"{name} {size}" for name, size in sorted(sizes.items())) + ".")
     for mode in NETWORKS:  # the main study's networks only (not the dimension study's)
         mine = [t for t in nets if t["train"]["mode"] == mode and not t.get("study")]
         if not mine:
@@ -760,7 +839,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         *study_header(records),
         "",
     ]
-    kl_rows, rates, mse_rows, standings = [], [], [], {}
+    kl_rows, rates, mse_rows, standings, used = [], [], [], {}, set()
     header = len(lines)  # the summary goes here, once every section has its numbers
     for study in studies:
         lines += [f"## {study.label}", ""]
@@ -793,44 +872,20 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         lines += [f"MMSE reference: {how}.", "", f"![MSE against σ](mse_{s}.png)", ""]
         standings[study.label] = standing(study, refs)
         if standings[study.label]:
-            lines += ["Where the networks stand (U: the exact MMSE where known, else the "
-                      "tightest upper reference, where MSE/U below 1 means better than every "
-                      "reference; ± its standard error over the test images, paired, by the "
-                      "delta method); where a network is no better than the identity or, at "
-                      "σ ≥ 1, the mean image: those σ and (×r ± se) the largest ratio of its "
-                      "MSE to that baseline's among them (± its standard error, paired: the "
-                      "same images and noise):",
+            used.add("standing")
+            lines += ["Where the networks stand (section How to read the entries):",
                       "", markdown_table(pd.DataFrame(standing_rows(standings[study.label]))),
                       ""]
         gap = generalization_rows(study, preset.sigmas)
         if gap:
+            used.add("gap")
             counts = sorted({len(f.attrs["errors"][0])
                              for f in study.on_training_images.values() if f is not None})
             lines += [f"Generalization gap: each network on the {', '.join(map(str, counts))} "
                       f"images it was trained on (noise drawn apart from the test images') "
                       f"against the {len(study.networks[gap[0]['network']].attrs['errors'][0])} "
-                      "test images, at the per-σ networks' σ (± standard errors over the "
-                      "images, the two sets independent; `mse.csv`: kinds `network-train` and "
-                      "`baseline-train`). The ratio test/training mixes what a network fits "
-                      "of its own images with how much harder the test images are, and no "
-                      "column here separates the two at small σ. Beside it, baselines on the "
-                      "same training images and noise (the reference record's "
-                      "`curves_train`), each fitted to those images by little: the identity "
-                      "(MSE/σ² = 1 in expectation; its two values differ by the two noises; "
-                      "`test/training, each over the identity`: the network's ratio with each "
-                      "set's MSE first divided by the identity's on the same images and "
-                      "noise, paired within each set, so that the two noises' difference "
-                      "cancels and, at small σ, most of the images' spread: a sharper "
-                      "test/training there), "
-                      "the mean image (its ratio: the test images' variance about μ̂ against "
-                      "the training images', their difficulty at large σ) and the wavelet "
-                      "baseline (one threshold per σ; on small images most of its error at "
-                      "small σ is noise passed through, so its ratio there stays near the "
-                      "identity's and says little of the images). Where a network's MSE/σ² "
-                      "is below the identity's on its training images and above it on the "
-                      "test images, its loss to the identity comes with a gap between the two "
-                      "sets, as fitting its training set would produce; harder test images "
-                      "could too.", "",
+                      "test images, at the per-σ networks' σ (section How to read the "
+                      "entries):", "",
                       markdown_table(pd.DataFrame(gap), ".4g"), ""]
         integrands, kl_errors = {}, []
         blind = {f"{name} (blind optimum)": curve_frame(c)
@@ -854,41 +909,15 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                                 "converged": study.converged.get(net)})
         lines += [*kl_errors, ""] if kl_errors else []
         if integrands:
+            used |= {"kl", "blind"} if blind else {"kl"}
             _figure_kl(study, integrands, out / f"kl_{s}.png")
             lines += [f"![KL integrand](kl_{s}.png)", ""]
             mine = pd.DataFrame([r for r in kl_rows if r["entry"] == study.label])
             lines += [
-                "KL bound (SCIENCE.md §4b; Song et al. 2021, Thm 1), nats, at smoothing level "
-                "σ0, for the reverse SDE driven by the network from N(μ̂, σ_max² I), σ_max = "
-                "the top of the row's σ grid ("
+                "KL bound, nats, at smoothing level σ0 (section How to read the entries); "
+                "σ_max, the top of each row's σ grid: "
                 + ", ".join(f"{n}: {float(f.sigma.max()):g}" for n, f in integrands.items())
-                + "): `kl_low` = B_low = ∫ max(0, MSE − U) "
-                "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` "
-                "= B_high = ∫ max(0, MSE − L) σ⁻³ dσ + `closing`, an upper bound on the smoothed "
-                "KL up to the Monte Carlo error (`se_high`) and the quadrature error "
-                "(`quad_err`); `closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)) "
-                "(joint convexity), or, where `closing_exact`, that KL itself in closed form "
-                "(`Distribution.start_kl`; the Gaussian field), then added to `kl_low` too; "
-                "`se_*` standard errors over the test images (`se_high` with that of E‖x − μ̂‖² in "
-                "`closing`); `bits_*` per pixel value; `clipped` "
-                "(`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added to kl_low; "
-                "MSE − L < 0 is set to 0 alike in kl_high, and where noise puts L above U "
-                "kl_high uses U, so kl_low ≤ kl_high).",
-                "`grid`: σ values integrated (trapezoid in ln σ: between them the curves are "
-                "interpolated, not measured); `quad_err`: the estimated quadrature error of "
-                "either end, of either sign, |I − I_½|/3 with I_½ the integral on every other "
-                "grid point (Richardson; the per-σ networks' coarse grid interpolates "
-                "between networks: compare the universal network's rows, integrated on the "
-                "dense grid). "
-                "`converged`: every network behind the row passed the convergence check "
-                "(section Training)."
-                + (" `blind optimum`: the best denoiser that does not see σ (kind `blind`, "
-                   "σ ∝ σ⁻³ on the universal networks' range): at σ0 = σ_min its "
-                   "`kl_high − closing` = ∫ max(0, MSE − MMSE) σ⁻³ dσ is a floor under the same "
-                   "quantity of every universal network (the price of not knowing σ), up to the "
-                   "Monte Carlo and quadrature errors of both (it minimizes the integral over "
-                   "σ, not its trapezoid on this grid); its rows at larger σ0 are "
-                   "indicative." if blind else ""),
+                + ".",
                 "", markdown_table(mine[["network", "grid", "sigma0", "kl_low", "kl_high",
                                           "closing", "closing_exact", "se_low",
                                           "se_high", "quad_err", "bits_low",
@@ -908,6 +937,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         rates += rate_rows(study, refs, preset)
         if _figure_examples(study.examples, out / f"examples_{s}.png"):
             lines += [f"![clean, noisy, denoised](examples_{s}.png)", ""]
+    lines[header:header] = legend_section(used)
     shuffled = shuffled_rows(studies)
     if rates:
         lines += ["## Rates", "", f"Families with a rate law (`Distribution.rate_law`; C^α: "
@@ -937,9 +967,10 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                 lines += [""]
     if shuffled:
         lines += ["## Shuffled against base", "",
-                  "Per-σ networks on the pixel-shuffled family against the same networks on "
-                  "its base, at each σ of their grid (per-pixel MSE; `U`: each family's "
-                  "tightest upper reference, the same MMSE on both, SCIENCE.md §5):", "",
+                  "Per-σ networks on the pixel-shuffled family against networks of the same "
+                  "configuration trained on its base, at each σ of their grid (per-pixel "
+                  "MSE; `U`: each family's tightest upper reference, the same MMSE on both, "
+                  "SCIENCE.md §5):", "",
                   markdown_table(pd.DataFrame(shuffled)), ""]
         shuffled_kl = shuffled_kl_rows(studies, preset.sigma0s)
         if shuffled_kl:

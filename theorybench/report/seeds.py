@@ -159,7 +159,7 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
         row["RMS z"] = " / ".join(rms)
         row["largest z"] = " / ".join(extreme)
         for s0 in sigma0s:
-            row[f"KL, σ0 = {s0:g}"] = " / ".join(_kl_value(r["kl"], entry, network, s0)
+            row[f"B, σ0 = {s0:g}"] = " / ".join(_kl_value(r["kl"], entry, network, s0)
                                                 for r in runs)
         row["converged"] = " / ".join(_converged(r["training"], entry, network) for r in runs)
         rows.append(row)
@@ -169,7 +169,7 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
 
 
 SWEEP_COLUMNS = ["entry", "N", "failed", "mem S1", "mem S2", "on S1", "on S2", "cross/train",
-                 "cross_cc", "cos_c S1"]  # memorization.csv's columns sweep_rows reads
+                 "cross_cc", "cos_c S1", "cos_c S2"]  # memorization.csv's columns sweep_rows reads
 
 
 def sweep_rows(runs: list[dict]) -> list[dict]:
@@ -206,13 +206,18 @@ def _per_run(cells: list, text) -> str:
 
 def z_summary(z: pd.DataFrame) -> str:
     """The z of :func:`seed_rows`, per other run (seed): how many, how many beyond ±2
-    against the count N(0, 1) gives (4.55 %), and their RMS; runs joined by ``"; "``."""
+    against the count N(0, 1) gives (4.55 %), their RMS and the training spread it implies,
+    τ ≈ √(RMS² − 1) quoted standard errors (``E[z²] ≈ 1 + 2τ²/(se_a² + se_b²)`` with the
+    two runs' errors alike; none seen where RMS ≤ 1); runs joined by ``"; "``."""
     parts = []
     for seed, part in z.groupby("seed", sort=False):
         values = part["z"].to_numpy(dtype=float)
+        rms = float(np.sqrt(np.mean(values**2)))
+        spread = (f"a training spread of about {np.sqrt(rms**2 - 1):.2f} quoted standard "
+                  f"errors" if rms > 1 else "no training spread seen beyond the quoted errors")
         parts.append(f"seed {seed}: {int(np.sum(np.abs(values) > 2))} of {len(values)} z "
-                     f"beyond ±2 (N(0, 1): about {0.0455 * len(values):.1f}), RMS "
-                     f"{np.sqrt(np.mean(values**2)):.2f}")
+                     f"beyond ±2 (N(0, 1): about {0.0455 * len(values):.1f}), RMS {rms:.2f}, "
+                     f"{spread}")
     return "; ".join(parts)
 
 
@@ -257,7 +262,10 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
         *head,
         f"This run beside the same study at other seeds ({described}), each read from its "
         f"report folder's files (`{' '.join(f'--compare {f}' for f in others)}`). Values "
-        f"are given per seed in the order {seeds}. Every standard error of this report "
+        f"are given per seed in the order {seeds}; `RMS z` and `largest z`, one per other "
+        f"run, in the order {seeds.split(' / ', 1)[1]}. Runs at other commits are compared "
+        f"as they are: their commits are above (a report rebuilt by newer code from the "
+        f"same cells says so in its header). Every standard error of this report "
         "counts the test images and noise only; a run at another seed also draws each "
         "training anew. `RMS z`: over the per-σ networks' grid (`rates.csv`), the root "
         "mean square of z = (r_b − r_a)/√(se_a² + se_b²), the difference of two runs' "
@@ -265,7 +273,8 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
         "largest magnitude, with the σ (`seeds.csv`: every z). Runs that differed by "
         "their test images and noise alone would give z about N(0, 1) at each σ; a "
         "training spread τ per run adds to it, E[z²] ≈ 1 + 2τ²/(se_a² + se_b²), so that "
-        "√(RMS² − 1) is about τ in units of the quoted error (an upper estimate: standard "
+        "√(RMS² − 1) is about τ in units of the quoted error (below the table, per run; an "
+        "upper estimate: standard "
         "errors from 20–64 images are themselves noisy, which alone puts E[z²] a little "
         "above 1). The z of one network at several σ, and of an entry's two networks, are "
         "correlated (the same images and noise): their RMS varies more than that of "
@@ -273,7 +282,7 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
         "seed (the fixed split): the images' own spread, part of each standard error, "
         "cancels in r_b − r_a, so their z understate the training's part. The worst MSE/U "
         "here is on the per-σ grid, which a universal network's worst on the dense grid "
-        "(At a glance) may exceed.", "",
+        "(At a glance) may exceed; `B, σ0`: the KL bound as in At a glance.", "",
         markdown_table(pd.DataFrame(rows)), "",
         *([f"Over every network ({summary}). The z of one run share its images, noise and "
            "trainings: they are not independent tests.", ""] if summary else []),
@@ -284,7 +293,8 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
            "parameters, or the run has no such cell), the S2 network's MSE over the S1 "
            "network's on the S1 training images and noise at the table's σ "
            "(`cross/train`), and the generalization criterion (the two networks' samples "
-           "closer to each other than to their nearest training image; the section's "
+           "closer to each other than either network's to its nearest training image; the "
+           "section's "
            "verdict reads it at the largest N):", "", markdown_table(pd.DataFrame(sweep)),
            ""] if sweep else [])
     ], summary

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .common import identity_text, losses_text, markdown_table, ratio_at
-from .memorization import finished, generalizes, percent
+from .memorization import finished, generalizes, nearest_text, percent
 from .training import convergence_lines
 
 
@@ -58,7 +58,7 @@ def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
                    "better than the identity": identity_text(st),
                    "better than the mean image, σ ≥ 1": losses_text(st["above_mean"])}
             for s0 in sigma0s:
-                row[f"KL, σ0 = {s0:g}"] = kl_text(kl.get((entry, net, s0)))
+                row[f"B, σ0 = {s0:g}"] = kl_text(kl.get((entry, net, s0)))
             row["converged"] = "–" if st["converged"] is None else st["converged"]
             rows.append(row)
     return rows
@@ -74,8 +74,9 @@ def memorization_rows(table: pd.DataFrame) -> list[dict]:
     """Per entry of the memorization sweep (``memorization.csv``'s rows, less failed
     cells): copies at the smallest N and, at the largest, copies, the generalization
     criterion (the section's verdict: the two networks' samples closer to each other than
-    to their nearest training image, median centred cosines) and images of the family (the
-    networks S1 / S2, the family's posterior mean sampled alike, real held-out images)."""
+    either network's to its nearest training image, median centred cosines) and images of
+    the family (the networks S1 / S2, the family's posterior mean sampled alike, real
+    held-out images)."""
     rows = []
     for entry, part in table.groupby("entry", sort=False):
         part = finished(part)  # as the section's verdict: the N reached
@@ -88,7 +89,8 @@ def memorization_rows(table: pd.DataFrame) -> list[dict]:
             "copies, largest N": _copies(last),
             "generalizes, largest N": f"{'yes' if generalizes(last) else 'no'} "
                                       f"({last['cross_cc']:.3f} between the networks, "
-                                      f"{last['cos_c S1']:.3f} to the nearest training image)",
+                                      f"{nearest_text(last)} to their nearest training "
+                                      f"image, S1 / S2 net)",
             "images of the family, largest N": (
                 "—" if np.isnan(last["on S1"]) else
                 f"{percent(last['on S1'])} / {percent(last['on S2'])} (posterior "
@@ -157,17 +159,20 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
                   "else the tightest upper reference; MSE/U = 1 is the MMSE where U is "
                   "exact, below 1 better than every reference), the σ where the network is "
                   "no better than the identity or, at σ ≥ 1, than the mean image (×r ± se: "
-                  "the largest ratio of the two MSEs there, ± its paired standard error), the KL "
-                  "bound in nats at each σ0 (`v ± se` where the MMSE is exact, else the "
-                  "interval [B_low, B_high]), and the convergence flag (section Training); "
+                  "the largest ratio of the two MSEs there, ± its paired standard error), the "
+                  "bound B on the KL in nats at each σ0 (`B, σ0`: `v ± se` where the MMSE is "
+                  "exact, else [B_low, B_high], whose upper end bounds the KL and whose lower "
+                  "end does not bound it from below; per-σ rows integrate the gap between "
+                  "the σ of separate networks, which no one sampler uses; standard errors of "
+                  "the ends: `kl.csv`), and the convergence flag (section Training); "
                   "`–`: not available (the entry's section says why).",
                   "", markdown_table(pd.DataFrame(rows), ".3g"), ""]
     if seeds:
         lines += [f"Across seeds (section Across seeds: the networks' MSE/U against the same "
                   f"study's at another seed, z = their difference over its standard error; "
                   f"the z of one run are correlated): {seeds}. The standard errors above "
-                  f"count the test images and noise only; an RMS above 1 points to the "
-                  f"spread of the trainings (the section says how far).", ""]
+                  f"count the test images and noise only: the values above are this seed's, "
+                  f"and the section gives each network's at every seed.", ""]
     if missing:
         lines += ["Not in the table (a cell failed or not run, or no bound): " + ", ".join(missing)
                   + ".", ""]

@@ -67,7 +67,8 @@ def training_rows(nets: list[dict]) -> list[dict]:
             "preconditioned": n["preconditioned"],
             "warm start": n["warm start"],
             "steps": t["steps"],
-            "held-out drop, last 20 %": float("nan") if drop is None else drop,
+            "held-out fall over the last 20 % of steps (%)": (
+                float("nan") if drop is None else 100 * drop),
             "converged": n["converged"],
         })
     return rows
