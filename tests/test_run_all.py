@@ -718,3 +718,33 @@ def test_losses_quote_the_paired_ratio_where_a_network_loses():
     assert losses_text(losses(bare, curve(base))) == f"not at σ = 0.01, 1 (×{ratio[k]:.4g})"
     assert losses_text(None) == "–" and losses_text(losses(curve(base), curve(net * 2))) == \
         "every σ"
+
+
+def test_a_bf16_preset_runs_in_float32_where_bfloat16_is_emulated(monkeypatch, tmp_path, capsys):
+    """The default preset's bfloat16 forward, on a CPU without bfloat16 units, becomes an
+    override the run records; a chosen precision, another executor, a device whose units
+    cannot be told and a float32 preset are left alone."""
+    from theorybench import cli
+    from theorybench.experiments.presets import PRESETS
+
+    cpu = torch.device("cpu")
+    units = {"value": False}
+    monkeypatch.setattr(cli, "has_bf16_units", lambda device: units["value"])
+    default, smoke = PRESETS["default"], PRESETS["smoke"]
+    assert default.precision == "bf16" and smoke.precision == "fp32"
+    overrides, note = cli.native_precision(default, ["universal_steps=50"], cpu, "local")
+    assert overrides == ["universal_steps=50", 'precision="fp32"'] and "no bfloat16 units" in note
+    assert cli.apply_overrides(default, overrides).precision == "fp32"
+    for args in ((default, ['precision="bf16"'], cpu, "local"), (default, [], cpu, "ray"),
+                 (smoke, [], cpu, "local")):
+        assert cli.native_precision(*args) == (args[1], None)
+    for value in (True, None):
+        units["value"] = value
+        assert cli.native_precision(default, [], cpu, "local") == ([], None)
+    # a run records the override it computed with, and says so once
+    units["value"] = False
+    out = tmp_path / "out"
+    assert main(["--datasets", "gaussian", "--kinds", "reference", "--device", "cpu", "--out",
+                 str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["overrides"] == ['precision="fp32"']
+    assert capsys.readouterr().err.count("no bfloat16 units") == 1
