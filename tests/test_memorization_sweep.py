@@ -365,6 +365,7 @@ def test_verdict_states_both_criteria():
     # neither network is singled out: S2's samples nearer its own training set than to S1's
     lopsided = {**_row(1000, 0.0, 0.8, 0.85), "cos_c S2": 0.9}
     assert not generalizes(lopsided) and generalizes({**lopsided, "cos_c S2": 0.84})
+    assert not generalizes({**lopsided, "cos_c S2": math.nan})  # a cosine missing: not met
     assert "0.850 against 0.800 / 0.900 to their nearest training image" in verdict(
         pd.DataFrame([lopsided]))
     # agreeing networks that do not denoise: flagged

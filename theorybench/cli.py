@@ -253,7 +253,7 @@ def native_precision(preset, overrides: list[str], device: torch.device,
     the local executor on a device without bfloat16 units (``training.has_bf16_units``
     False), gets ``precision="fp32"`` added, unless an override sets the precision: there
     bfloat16 is emulated, and a training step of the default preset took 626 ms against
-    93 ms in float32 (compiled, one thread, 2-core AMD EPYC with AVX2 only, 2026-12-07;
+    72–93 ms in float32 (compiled, one thread, 2-core AMD EPYC with AVX2 only, 2026-12-07;
     ``bench/bench_training.py``). The run's ``run.json`` and the report's command line
     carry the added override, so the study is named as computed.
     """

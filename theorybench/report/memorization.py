@@ -398,8 +398,9 @@ def generalizes(row, prefix: str = "cos_c", cross: str = "cross_cc") -> bool:
     """The generalization criterion on a :func:`summary_row`: the two networks' samples are
     closer to each other (median centred cosine, ``cross``) than either network's samples
     are to their nearest image of its own training set (``prefix`` S1 and S2; the raw
-    cosines with ``"cos_nn"``, ``"cross"``): neither network is singled out."""
-    return bool(row[cross] > max(row[f"{prefix} S1"], row[f"{prefix} S2"]))
+    cosines with ``"cos_nn"``, ``"cross"``): neither network is singled out.
+    Not met where a cosine is missing (NaN)."""
+    return bool(row[cross] > np.max([row[f"{prefix} S1"], row[f"{prefix} S2"]]))
 
 
 def nearest_text(row, prefix: str = "cos_c", digits: int = 3) -> str:
