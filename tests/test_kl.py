@@ -375,6 +375,18 @@ def test_monotone_envelope_tightens_both_ends_with_their_errors():
     rising = frame.assign(mse=[1.0, 2.0, np.inf, np.inf])
     assert monotone_envelope(rising, "upper")["mse"].tolist() == [1.0, 2.0, np.inf, np.inf]
     assert not monotone_envelope(rising, "lower").attrs["borrowed"].any()
+    # only a value better by more than 2 SE of the paired difference is taken: not noise
+    noisy = frame.assign(mse=[1.0, 2.0, 1.9, 2.5])
+    noisy.attrs["errors"] = np.array([[1.0, 1.0], [2.0, 2.0], [1.5, 2.3], [2.5, 2.5]])
+    assert monotone_envelope(noisy, "upper")["mse"].tolist() == [1.0, 2.0, 1.9, 2.5]
+    noisy.attrs["errors"][2] = [1.86, 1.94]  # the same mean, a paired difference of 2.5 SE
+    assert monotone_envelope(noisy, "upper")["mse"].tolist() == [1.0, 1.9, 1.9, 2.5]
+    single = frame.copy()
+    single.attrs["errors"] = mse[:, None]  # one image: no noise estimate, nothing taken
+    assert monotone_envelope(single, "upper")["mse"].tolist() == mse.tolist()
+    for bad in (frame.assign(mse=[1.0, np.nan, 2.0, 2.0]), frame.assign(sigma=sigmas[::-1])):
+        with pytest.raises(ValueError, match="increasing σ without NaN"):
+            monotone_envelope(bad, "upper")
 
     # bracket: the tightest of the references, then its envelope; an exact MMSE as measured
     def stored(kind, values):

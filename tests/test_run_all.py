@@ -748,3 +748,54 @@ def test_a_bf16_preset_runs_in_float32_where_bfloat16_is_emulated(monkeypatch, t
                  str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
     assert json.loads((out / "run.json").read_text())["overrides"] == ['precision="fp32"']
     assert capsys.readouterr().err.count("no bfloat16 units") == 1
+    # a rebuild reads the cells the run computed, with the precision from its run.json
+    assert main(["--datasets", "gaussian", "--kinds", "reference", "--report-only", "--out",
+                 str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    command = next(line for line in (out / "README.md").read_text().splitlines()
+                   if line.startswith("Regenerate with"))
+    assert "precision=" in command and "fp32" in command
+    parse = cli.build_parser().parse_args
+    assert cli.rebuild_overrides(parse(["--datasets", "gaussian"]), out / "run.json") == [
+        'precision="fp32"']
+    for other in (["--datasets", "gaussian", "--seed", "1"], ["--datasets", "faces"],
+                  ["--datasets", "gaussian", "--override", 'precision="bf16"']):
+        assert cli.rebuild_overrides(parse(other), out / "run.json") == parse(other).override
+
+
+def test_readme_explains_the_shared_tables_once_and_names_the_image_sizes(smoke):
+    """The legends of the entry sections' tables sit in one section between At a glance and
+    the first entry; every entry section points to it; the header gives each entry's size."""
+    out, _, _ = smoke
+    readme = (out / "README.md").read_text()
+    legend = readme.index("## How to read the entries")
+    assert readme.index("## At a glance") < legend < readme.index("## gaussian")
+    for table in ("**Where the networks stand.**", "**KL bound**", "**Generalization gap**"):
+        assert readme.count(table) == 1 and readme.index(table) > legend
+    assert readme.count("Where the networks stand (section How to read the entries):") == 6
+    assert "Image size in the entry sections" in readme and "gaussian 16×16" in readme
+    assert "faces 25×25" in readme
+
+
+def test_small_report_helpers():
+    from theorybench.report.common import image_size
+    from theorybench.report.jacobian import _images_text
+    from theorybench.report.main import LEGENDS, _borrowed_text, legend_section
+    from theorybench.report.memorization import _against_identity
+
+    assert (image_size(1024), image_size(625), image_size(10)) == ("32×32", "25×25", "d = 10")
+    assert legend_section(set()) == []
+    shown = "\n".join(legend_section({"kl"}))
+    assert LEGENDS["kl"] in shown and LEGENDS["standing"] not in shown
+    assert "one noisy image per entry and σ" in _images_text([1])
+    assert "(1, 4 per entry and σ" in _images_text([1, 4]) and _images_text([]) == ""
+    curve = {"sigma": [0.01, 0.1], "mse": [4e-4, 1e-3]}
+    group = [{"spec": {"N": n}, "result": {"mse_test": curve}} for n in (1, 10)]
+    assert "At σ = 0.01 of their test curves" in _against_identity(group)
+    assert "N = 1: 4, N = 10: 4" in _against_identity(group)
+    assert _against_identity([{"spec": {"N": 1}, "result": {}}]) == ""
+    upper = pd.DataFrame({"sigma": [0.1, 0.2, 0.4]})
+    upper.attrs["borrowed"] = np.array([False, True, True])
+    assert _borrowed_text({"upper": upper}) == (
+        "; U from a larger σ at 2 of 3 σ (0.2–0.4; the MMSE does not decrease with σ)")
+    upper.attrs["borrowed"][:] = False
+    assert _borrowed_text({"upper": upper, "exact": upper}) == ""

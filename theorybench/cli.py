@@ -255,15 +255,37 @@ def native_precision(preset, overrides: list[str], device: torch.device,
     bfloat16 is emulated, and a training step of the default preset took 626 ms against
     72–93 ms in float32 (compiled, one thread, 2-core AMD EPYC with AVX2 only, 2026-12-07;
     ``bench/bench_training.py``). The run's ``run.json`` and the report's command line
-    carry the added override, so the study is named as computed.
+    carry the added override, so the study is named as computed (a ``--report-only``
+    rebuild takes it from there: :func:`rebuild_overrides`).
     """
     chosen = any(item.partition("=")[0] == "precision" for item in overrides)
     if (preset.precision != "bf16" or chosen or executor != "local"
             or has_bf16_units(device) is not False):
         return overrides, None
     note = (f"note: this {device.type} has no bfloat16 units (emulated bfloat16 is several "
-            f"times slower than float32): running with --override 'precision=\"fp32\"'")
-    return [*overrides, 'precision="fp32"'], note
+            f"times slower than float32): running with --override 'precision=\"fp32\"' "
+            f"(--override 'precision=\"bf16\"' keeps bfloat16)")
+    return [*overrides, FLOAT32], note
+
+
+FLOAT32 = 'precision="fp32"'  # the override native_precision adds
+
+
+def rebuild_overrides(args, meta_path: Path) -> list[str]:
+    """The overrides a ``--report-only`` rebuild reads the cells with: ``args.override``,
+    plus the precision :func:`native_precision` added to the run whose ``run.json`` is
+    ``meta_path`` (the same preset, seed and datasets, its overrides those of ``args``
+    and that one), unless ``args`` sets the precision."""
+    if any(item.partition("=")[0] == "precision" for item in args.override):
+        return args.override
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return args.override
+    same = ((meta.get("preset"), meta.get("seed", 0), meta.get("datasets"))
+            == (args.preset, args.seed, args.datasets))
+    added = [*args.override, FLOAT32]
+    return added if same and meta.get("overrides") == added else args.override
 
 
 def study_options(preset, args) -> dict:
@@ -300,12 +322,14 @@ def main(argv=None) -> int:
         if args.executor == "local" and device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but CUDA is not available; "
                              "valid: auto, cpu")
-        if not args.report_only:  # a rebuild names the run's overrides, as run.json has them
+        if args.report_only:  # the precision its run added, as its run.json has it
+            args.override = rebuild_overrides(args, Path(args.out) / "run.json")
+        else:
             args.override, note = native_precision(preset, args.override, device,
                                                    args.executor)
             if note:
                 print(note, file=sys.stderr)
-                preset = apply_overrides(PRESETS[args.preset], args.override)
+        preset = apply_overrides(PRESETS[args.preset], args.override)
         entries = study_entries(preset, args.datasets)
         check_entries(entries)
         if any(registered_in_process(name) for name, _ in entries):

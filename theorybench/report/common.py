@@ -84,32 +84,49 @@ def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
     return out
 
 
-def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
-    """The tightest bound that the monotonicity of the MMSE gives from a bound on one grid.
+BORROW_Z = 2.0  # a bound is taken from another σ only where it is better by this many SE
 
-    The MMSE is non-decreasing in σ (:func:`extend_monotone`): ``side="upper"`` takes at
-    each σ the lowest upper bound at any σ' ≥ σ, ``"lower"`` the highest lower bound at any
-    σ' ≤ σ (each the nearest such σ' on ties, σ itself first). Per-image errors and the
-    standard error follow the chosen σ'; ``attrs["borrowed"]`` (bool per σ) marks the σ
-    whose value comes from another σ'. Every value is a Monte Carlo estimate on the same
-    images and noise (scaled): the envelope picks the smallest (largest) of estimates whose
-    errors are strongly correlated across σ.
+
+def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
+    """A bound on one grid tightened by the monotonicity of the MMSE.
+
+    The MMSE is non-decreasing in σ (:func:`extend_monotone`): an upper bound at σ' ≥ σ
+    bounds MMSE(σ), and a lower bound at σ' ≤ σ does too. ``side="upper"`` takes at each σ
+    the lowest upper bound among σ itself and the σ' ≥ σ whose value is below σ's by more
+    than ``BORROW_Z`` standard errors of the paired difference (per-image errors on the same
+    images and noise, scaled); ``"lower"`` the highest lower bound among σ and the σ' ≤ σ
+    above it by as much (ties: the nearest σ', σ itself first). Every value is a Monte Carlo
+    estimate: taking the best of several would bias the bound by their noise, which the
+    threshold keeps out. Per-image errors and the standard error follow the chosen σ';
+    ``attrs["borrowed"]`` (bool per σ) marks the σ whose value comes from another σ'. A
+    curve without per-image errors of at least 2 images is returned unchanged.
     """
+    sigma = frame["sigma"].to_numpy(dtype=float)
     mse = frame["mse"].to_numpy(dtype=float)
+    if np.isnan(mse).any() or np.any(np.diff(sigma) <= 0):
+        raise ValueError("monotone_envelope: needs a curve on increasing σ without NaN MSE")
+    errors = np.asarray(frame.attrs.get("errors", []), dtype=float)
+    out = frame.copy()
+    out.attrs["borrowed"] = np.zeros(len(mse), dtype=bool)
+    if errors.ndim != 2 or errors.shape != (len(mse), errors.shape[1]) or errors.shape[1] < 2:
+        return out
+    with np.errstate(invalid="ignore"):  # inf − inf beyond a coarse grid: NaN, never taken
+        diff = errors[:, None, :] - errors[None, :, :]  # [i, j]: e(σ_i) − e(σ_j), per image
+        gain = diff.mean(axis=2) if side == "upper" else -diff.mean(axis=2)
+        significant = gain > BORROW_Z * diff.std(axis=2, ddof=1) / math.sqrt(errors.shape[1])
     i, j = np.indices((len(mse), len(mse)))
     if side == "upper":
-        allowed = j >= i
+        allowed = (j == i) | ((j > i) & significant)
         best = np.where(allowed, mse[j], np.inf).min(axis=1)
         index = np.argmax(allowed & (mse[j] == best[:, None]), axis=1)  # the first from σ up
     else:
-        allowed = j <= i
+        allowed = (j == i) | ((j < i) & significant)
         best = np.where(allowed, mse[j], -np.inf).max(axis=1)
         hit = allowed & (mse[j] == best[:, None])
         index = len(mse) - 1 - np.argmax(hit[:, ::-1], axis=1)  # the first from σ down
-    out = frame.copy()
     out["mse"] = mse[index]
     out["se"] = frame["se"].to_numpy()[index]
-    out.attrs["errors"] = np.asarray(frame.attrs["errors"])[index]
+    out.attrs["errors"] = errors[index]
     out.attrs["borrowed"] = index != np.arange(len(mse))
     return out
 

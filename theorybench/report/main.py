@@ -56,9 +56,11 @@ NETWORKS = ("per-sigma", "universal")
 LEGENDS = {
     "standing": (
         "**Where the networks stand.** U: the exact MMSE where known, else the tightest upper "
-        "reference (the lowest upper bound at σ or any larger σ: the MMSE does not decrease "
-        "with σ); MSE/U below 1 means better than every reference; ± its standard error over "
-        "the test images, paired, by the delta method. Where a network is no better than the "
+        "reference (the lowest upper bound at σ or at a larger σ, where it is lower by more "
+        "than twice the standard error of the paired difference: the MMSE does not decrease "
+        "with σ; the entry's section says at how many σ); MSE/U below 1 means better than "
+        "every reference; ± its standard error over the test images, paired, by the delta "
+        "method. Where a network is no better than the "
         "identity or, at σ ≥ 1, the mean image: those σ and (×r ± se) the largest ratio of "
         "its MSE to that baseline's among them (± its standard error, paired: the same images "
         "and noise)."),
@@ -619,9 +621,11 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
     """Network on shuffled images against its base: same MMSE, different inductive fit.
 
     ``U`` is a family's best reference per σ (the exact MMSE when known, else its lowest
-    upper bound). Every reference of the shuffled family is ``P f P⁻¹`` of one of the
-    base's, so ``U shuffled`` = ``U base`` up to the Monte Carlo error of the noise
-    (drawn in shuffled pixel coordinates); the networks' ratio is the inductive-bias cost.
+    upper bound, at σ or a larger σ: :func:`~theorybench.report.common.bracket`). Every
+    reference of the shuffled family is ``P f P⁻¹`` of one of the base's, so ``U shuffled``
+    = ``U base`` up to the Monte Carlo error of the noise (drawn in shuffled pixel
+    coordinates), which can also make the two take U from different σ; the networks' ratio
+    is the inductive-bias cost.
     One row per σ of the shuffled network, matched by σ value (NaN where the base network
     or a reference lacks that σ).
     """
@@ -654,10 +658,25 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
     return rows
 
 
+def _borrowed_text(refs: dict) -> str:
+    """Where the bracket's ends come from another σ (:func:`~.common.monotone_envelope`):
+    ``"; U from a larger σ at 9 of 29 σ (0.364–1.66)"``, ``""`` where nowhere."""
+    parts = []
+    for side, word in (("upper", "U from a larger σ"), ("lower", "L from a smaller σ")):
+        curve = refs.get(side)
+        borrowed = curve.attrs.get("borrowed") if curve is not None else None
+        if borrowed is not None and borrowed.any():
+            sigma = curve["sigma"].to_numpy()[borrowed]
+            parts.append(f"{word} at {int(borrowed.sum())} of {len(borrowed)} σ "
+                         f"({sigma.min():.3g}–{sigma.max():.3g}; the MMSE does not decrease "
+                         f"with σ)")
+    return "".join(f"; {p}" for p in parts)
+
+
 def _interpolated_clipping(curves: dict, integrands: dict[str, pd.DataFrame]) -> str:
     """Where clipping falls between the stored σ of an upper reference kept on a coarser
-    grid (:func:`~theorybench.report.common.extend_monotone`): there U is the value at the
-    next stored σ above, so the clipping measures that extension, not the network."""
+    grid (:func:`~theorybench.report.common.extend_monotone`): there U is a value stored at
+    a larger σ, so the clipping measures that extension, not the network."""
     dense = max(len(frame) for frame in integrands.values())
     coarse = {name: np.asarray(c["sigma"]) for name, c in curves.items()
               if c["kind"] == "upper" and len(c["sigma"]) < dense}
@@ -674,8 +693,8 @@ def _interpolated_clipping(curves: dict, integrands: dict[str, pd.DataFrame]) ->
         return ""
     names = ", ".join(f"`{n}` ({len(g)} σ)" for n, g in coarse.items())
     return (f" Clipped σ between the stored σ of upper references kept on a coarser grid "
-            f"({names}): {'; '.join(counts.values())}. Between stored σ, U is the value at "
-            f"the next stored σ above (the MMSE does not decrease with σ), a valid but loose "
+            f"({names}): {'; '.join(counts.values())}. Between stored σ, U is a value stored "
+            f"at a larger σ (the MMSE does not decrease with σ), a valid but loose "
             f"bound: there kl_low drops because U is loose, not because the network is "
             f"good, so it does not compare with a kl_low integrated on U's own stored σ.")
 
@@ -687,8 +706,9 @@ def study_header(records: list[dict]) -> list[str]:
     nets = [r["spec"] for r in records if r["spec"]["kind"] == "network" and "result" in r]
     lines = []
     if refs:
-        sizes = {r["spec"]["dataset"]: image_size(next(iter(r["result"]["curves"].values()))["d"])
-                 for r in done if not r["spec"].get("study")}  # the main study's families
+        sizes = {entry_label(r["spec"]["dataset"], r["spec"]["params"]):
+                 image_size(next(iter(r["result"]["curves"].values()))["d"])
+                 for r in done if not r["spec"].get("study")}  # the main study's entries
         dense = max((r["sigmas"] for r in refs), key=len)
         coarse = sorted({t["train"]["sigma"] for t in nets if t["train"]["mode"] == "per-sigma"})
         n_eval = sorted({(r["dataset"], r["n_eval"]) for r in refs})
@@ -869,7 +889,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                 mse_rows.append({"entry": study.label, "denoiser": denoiser, "kind": kind,
                                  "sigma": row.sigma, "mse": row.mse, "se": row.se})
         _figure_mse(study, refs, out / f"mse_{s}.png")
-        lines += [f"MMSE reference: {how}.", "", f"![MSE against σ](mse_{s}.png)", ""]
+        lines += [f"MMSE reference: {how}{_borrowed_text(refs)}.", "",
+                  f"![MSE against σ](mse_{s}.png)", ""]
         standings[study.label] = standing(study, refs)
         if standings[study.label]:
             used.add("standing")

@@ -503,7 +503,7 @@ def verdict(frame: pd.DataFrame) -> str:
                      f"denoise, so their agreement reflects the shared noise more than a "
                      f"learned density.")
     if not gen:
-        diff = (ok["cross_cc"] - ok[["cos_c S1", "cos_c S2"]].max(axis=1)).to_numpy()
+        diff = (ok["cross_cc"] - ok[["cos_c S1", "cos_c S2"]].max(axis=1, skipna=False)).to_numpy()
         steps = ", ".join(f"{d:+.3f} (N = {n})" for n, d in zip(ok["N"], diff, strict=True))
         parts.append(f"Cross minus the larger nearest-training centred cosine (S1 or S2 net) "
                      f"over N (the criterion needs it > 0): {steps}; {_trend(diff)}. Larger "
@@ -524,14 +524,17 @@ def _against_identity(group: list[dict]) -> str:
               if r["result"].get("mse_test")]
     if not curves:
         return ""
+    lowest = [float(np.min(c["sigma"])) for _, c in curves]
+    same = len(set(lowest)) == 1
     ratios = []
-    for n, c in curves:
+    for (n, c), sigma in zip(curves, lowest, strict=True):
         k = int(np.argmin(c["sigma"]))
-        ratios.append(f"N = {n}: {c['mse'][k] / c['sigma'][k] ** 2:.3g}")
-    sigma = min(curves[0][1]["sigma"])
-    return (f" At σ = {sigma:g}, the smallest σ of their test curves, the S1 networks' MSE "
-            f"over the identity's (σ²): {', '.join(ratios)} (above 1: the network adds error "
-            f"to the image it is handed; the samplers end near there).")
+        ratios.append(f"N = {n}{'' if same else f' (σ = {sigma:g})'}: "
+                      f"{c['mse'][k] / sigma**2:.3g}")
+    where = f"At σ = {lowest[0]:g}" if same else "At the smallest σ"
+    return (f" {where} of their test curves, the S1 networks' MSE over σ², the identity's "
+            f"expected MSE: {', '.join(ratios)} (above 1: the network adds error to the "
+            f"image it is handed; the samplers end near there).")
 
 
 def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.DataFrame | None]:
