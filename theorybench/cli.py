@@ -245,6 +245,9 @@ def stored_run_meta(preset, args, records: list[dict], meta_path: Path) -> dict:
             "date": last or "?"}
 
 
+FLOAT32 = 'precision="fp32"'  # the override native_precision adds
+
+
 def native_precision(preset, overrides: list[str], device: torch.device,
                      executor: str) -> tuple[list[str], str | None]:
     """The overrides a run computes with, and the note to print (None: unchanged).
@@ -266,9 +269,6 @@ def native_precision(preset, overrides: list[str], device: torch.device,
             f"times slower than float32): running with --override 'precision=\"fp32\"' "
             f"(--override 'precision=\"bf16\"' keeps bfloat16)")
     return [*overrides, FLOAT32], note
-
-
-FLOAT32 = 'precision="fp32"'  # the override native_precision adds
 
 
 def rebuild_overrides(args, meta_path: Path) -> list[str]:

@@ -161,7 +161,8 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     Curves stored on a coarser grid (costly references) are first extended to the densest
     grid by :func:`extend_monotone`; the bracket's ends are then tightened by
     :func:`monotone_envelope` (an upper bound at a larger σ bounds the MMSE at a smaller
-    one): ``U`` is non-decreasing in σ, and so is ``L``. The exact MMSE is kept as measured.
+    one, where it is lower by more than its noise; a lower bound alike from a smaller σ).
+    The exact MMSE is kept as measured.
     """
     kinds = {name: c["kind"] for name, c in ref_curves.items()}
     grid = max((c["sigma"] for c in ref_curves.values()), key=len)  # the dense grid

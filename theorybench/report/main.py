@@ -660,7 +660,8 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
 
 def _borrowed_text(refs: dict) -> str:
     """Where the bracket's ends come from another σ (:func:`~.common.monotone_envelope`):
-    ``"; U from a larger σ at 9 of 29 σ (0.364–1.66)"``, ``""`` where nowhere."""
+    ``"; U from a larger σ at 9 of 29 σ (0.364–1.66; the MMSE does not decrease with σ)"``,
+    ``""`` where nowhere."""
     parts = []
     for side, word in (("upper", "U from a larger σ"), ("lower", "L from a smaller σ")):
         curve = refs.get(side)
