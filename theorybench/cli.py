@@ -248,6 +248,11 @@ def stored_run_meta(preset, args, records: list[dict], meta_path: Path) -> dict:
 FLOAT32 = 'precision="fp32"'  # the override native_precision adds
 
 
+def _sets_precision(overrides: list[str]) -> bool:
+    """Whether one of ``overrides`` (``FIELD=JSON``) chooses the preset's precision."""
+    return any(item.partition("=")[0] == "precision" for item in overrides)
+
+
 def native_precision(preset, overrides: list[str], device: torch.device,
                      executor: str) -> tuple[list[str], str | None]:
     """The overrides a run computes with, and the note to print (None: unchanged).
@@ -261,8 +266,7 @@ def native_precision(preset, overrides: list[str], device: torch.device,
     carry the added override, so the study is named as computed (a ``--report-only``
     rebuild takes it from there: :func:`rebuild_overrides`).
     """
-    chosen = any(item.partition("=")[0] == "precision" for item in overrides)
-    if (preset.precision != "bf16" or chosen or executor != "local"
+    if (preset.precision != "bf16" or _sets_precision(overrides) or executor != "local"
             or has_bf16_units(device) is not False):
         return overrides, None
     note = (f"note: this {device.type} has no bfloat16 units (emulated bfloat16 is several "
@@ -276,7 +280,7 @@ def rebuild_overrides(args, meta_path: Path) -> list[str]:
     plus the precision :func:`native_precision` added to the run whose ``run.json`` is
     ``meta_path`` (the same preset, seed and datasets, its overrides those of ``args``
     and that one), unless ``args`` sets the precision."""
-    if any(item.partition("=")[0] == "precision" for item in args.override):
+    if _sets_precision(args.override):
         return args.override
     try:
         meta = json.loads(meta_path.read_text())
