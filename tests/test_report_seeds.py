@@ -9,9 +9,13 @@ import pytest
 from theorybench.report.common import write_csv
 from theorybench.report.seeds import (
     check_compare,
+    dimension_seed_rows,
+    jacobian_seed_rows,
+    machine_seed_rows,
     run_tables,
     seed_rows,
     seeds_section,
+    side_by_side,
     sweep_rows,
     z_summary,
 )
@@ -193,3 +197,64 @@ def test_sweep_rows_set_the_memorization_sweeps_side_by_side(two_runs):
     # the section shows the table
     text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,))[0])
     assert "The memorization sweep at each seed" in text and "| disks | 1 | 100%, 3% / " in text
+
+
+def test_side_by_side_matches_rows_on_their_keys():
+    first = pd.DataFrame({"entry": ["a", "a", "b"], "N": [1, 10, 1], "v": [1.0, 2.0, 3.0]})
+    other = pd.DataFrame({"entry": ["b", "a"], "N": [1, 10], "v": [30.0, 20.0]})
+    empty = pd.DataFrame(columns=["entry", "N", "v"])
+    rows = side_by_side([first, other, empty], ["entry", "N"],
+                        {"v": lambda cells: "|".join("-" if c is None else f"{c['v']:g}"
+                                                     for c in cells)})
+    assert rows == [{"entry": "a", "N": 1, "v": "1|-|-"}, {"entry": "a", "N": 10, "v": "2|20|-"},
+                    {"entry": "b", "N": 1, "v": "3|30|-"}]
+    assert side_by_side([empty, first], ["entry"], {}) == []
+
+
+def _dimension(network, se, count, converged):
+    return pd.DataFrame({"k": [1, 2], "sigma": [0.01, 0.01], "network/σ²": network,
+                         "network_se": se, "count>0.5": count, "converged": converged})
+
+
+def test_dimension_rows_give_each_seed_and_the_z_of_the_others(two_runs, tmp_path):
+    a, b = two_runs
+    write_csv(_dimension([9.0, 20.0], [0.3, 0.6], [3.0, 8.0], [False, True]),
+              a / "dimension.csv")
+    write_csv(_dimension([10.0, 20.0], [0.4, 0.0], [3.25, 7.5], [True, True]).iloc[:1],
+              b / "dimension.csv")
+    one, two = dimension_seed_rows([run_tables(a), run_tables(b)])
+    assert one == {"k": 1, "network/σ²": "9 ± 0.3 / 10 ± 0.4", "z": "+2.00",  # 1/√(0.3²+0.4²)
+                   "eigenvalues > 0.5": "3 / 3.25", "converged": "False / True"}
+    assert two["network/σ²"] == "20 ± 0.6 / —" and two["z"] == "—"  # b lacks k = 2
+    assert dimension_seed_rows([run_tables(b), run_tables(a)])[0]["z"] == "-2.00"
+    bare = run_tables(b) | {"dimension": pd.DataFrame()}
+    assert dimension_seed_rows([bare, run_tables(a)]) == []
+    assert dimension_seed_rows([run_tables(a), bare])[0]["z"] == "—"
+
+
+def test_jacobian_and_machine_rows_set_the_seeds_side_by_side(two_runs):
+    a, b = two_runs
+
+    def jacobian(counts, traces):
+        return pd.DataFrame({"entry": "disks", "sigma": [0.04544] * 3,
+                             "denoiser": ["network (per-σ)", "network (universal)",
+                                          "reference: posterior (upper)"],
+                             "count>0.5": counts, "trace": traces})
+    write_csv(jacobian([19, 1024, 5], [22.3, 29.5, 5.0]), a / "jacobian.csv")
+    write_csv(jacobian([14, 1022, 5], [14.7, 27.7, 5.0]), b / "jacobian.csv")
+    rows = jacobian_seed_rows([run_tables(a), run_tables(b)])
+    assert [r["denoiser"] for r in rows] == ["network (per-σ)", "network (universal)"]
+    assert rows[0]["eigenvalues > 0.5"] == "19 / 14" and rows[0]["trace"] == "22.3 / 14.7"
+    assert rows[0]["range / median"] == f"{5 / 16.5:.0%}"  # (19 − 14)/median(19, 14)
+    assert rows[1]["eigenvalues > 0.5"] == "1024 / 1022"  # counts in full
+    assert jacobian_seed_rows([run_tables(a)])[0]["range / median"] == "–"  # one run: none
+    for folder, r2 in ((a, [0.029, 0.211]), (b, [0.023, 0.175])):
+        write_csv(pd.DataFrame({"entry": "disks", "N": [1, 1000], "r2 els": r2,
+                                "r2 s2": [0.196, 0.69]}), folder / "machines.csv")
+    rows = machine_seed_rows([run_tables(a), run_tables(b)])
+    assert rows[1] == {"entry": "disks", "N": 1000, "r² S1 net vs ELS": "0.211 / 0.175",
+                       "r² S1 net vs S2 net": "0.690 / 0.690"}
+    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,))[0])
+    assert "The networks' Jacobians at each seed" in text and "| disks | 0.04544 |" in text
+    assert "The machines at each seed" in text and "| disks | 1000 | 0.211 / 0.175 |" in text
+    assert "The intrinsic-dimension study at each seed" not in text  # neither run has one

@@ -9,9 +9,12 @@ by their test images and noise alone, each z would be about N(0, 1); a training 
 per run adds to it, ``E[z²] ≈ 1 + 2τ²/(se_a² + se_b²)``.
 
 Every run is read from its report folder's files (``run.json``, ``rates.csv``,
-``kl.csv``, ``training.csv``, ``memorization.csv``) as its report wrote them, this one's
-too (once written): the section needs no cell of the other runs, and both sides carry the
-same rounding.
+``kl.csv``, ``training.csv``, and where written ``memorization.csv``, ``dimension.csv``,
+``jacobian.csv``, ``machines.csv``) as its report wrote them, this one's too (once
+written): the section needs no cell of the other runs, and both sides carry the same
+rounding. The studies whose sections quote one training and one draw of images without a
+training spread (the memorization sweep, the intrinsic dimension, the Jacobians, the
+machines) are set side by side too: across seeds is where their spread shows.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .summary import kl_text
 STUDY = ("preset", "overrides", "datasets")  # run.json fields two compared runs share
 FILES = ("run.json", "rates.csv", "kl.csv", "training.csv")
 RATIO_COLUMNS = ["entry", "network", "sigma", "MSE/U", "se(MSE/U)"]
+STUDIES = ("memorization", "dimension", "jacobian", "machines")  # optional tables, per run
 
 
 def _frame(path: Path) -> pd.DataFrame:
@@ -38,10 +42,11 @@ def _frame(path: Path) -> pd.DataFrame:
 
 def run_tables(folder: Path, meta: dict | None = None) -> dict:
     """One run as the section reads it: ``{"folder", "meta", "ratio", "kl", "training",
-    "memorization"}``, its run.json dict (``meta`` where given: this run's, whose run.json a
-    ``--report-only`` rebuild does not write), the MSE/U rows of its ``rates.csv``
-    (:data:`RATIO_COLUMNS`; none without a network) and its ``kl.csv``, ``training.csv`` and
-    ``memorization.csv`` (empty where absent)."""
+    "memorization", "dimension", "jacobian", "machines"}``, its run.json dict (``meta``
+    where given: this run's, whose run.json a ``--report-only`` rebuild does not write),
+    the MSE/U rows of its ``rates.csv`` (:data:`RATIO_COLUMNS`; none without a network) and
+    its ``kl.csv``, ``training.csv`` and the tables of :data:`STUDIES` (empty where
+    absent)."""
     folder = Path(folder)
     rates = _frame(folder / "rates.csv")
     ratio = (rates[rates["table"] == "ratio"][RATIO_COLUMNS]
@@ -49,7 +54,7 @@ def run_tables(folder: Path, meta: dict | None = None) -> dict:
     meta = json.loads((folder / "run.json").read_text()) if meta is None else meta
     return {"folder": folder, "meta": meta, "ratio": ratio.reset_index(drop=True),
             "kl": _frame(folder / "kl.csv"), "training": _frame(folder / "training.csv"),
-            "memorization": _frame(folder / "memorization.csv")}
+            **{name: _frame(folder / f"{name}.csv") for name in STUDIES}}
 
 
 def check_compare(here: dict, folders, out: Path) -> None:
@@ -168,8 +173,56 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
     return rows, z
 
 
+def _columns(table: pd.DataFrame, columns) -> pd.DataFrame:
+    """``table`` where it has every one of ``columns``, otherwise an empty frame with them (a
+    run without that study, or an older report's table: its values read as absent)."""
+    return table if set(columns) <= set(table) else pd.DataFrame(columns=list(columns))
+
+
+def side_by_side(tables: list[pd.DataFrame], keys: list[str], columns: dict) -> list[dict]:
+    """One row per row of ``tables[0]``: its ``keys`` values, then per label of
+    ``columns`` its ``text(cells)``, where ``cells`` holds each table's row with the same
+    ``keys`` values (None for a table without one), the first table's first."""
+    rows = []
+    for _, first in tables[0].iterrows():
+        cells = []
+        for table in tables:
+            hit = table[np.logical_and.reduce([(table[k] == first[k]).to_numpy()
+                                               for k in keys])]
+            cells.append(hit.iloc[0] if len(hit) else None)
+        rows.append({**{k: first[k] for k in keys},
+                     **{label: text(cells) for label, text in columns.items()}})
+    return rows
+
+
+def _each(text):
+    """``text(cell)`` of each run's cell joined by ``" / "`` (``—`` for a run without it),
+    as a column of :func:`side_by_side`."""
+    return lambda cells: " / ".join("—" if c is None else text(c) for c in cells)
+
+
+def _z_each(value: str, se: str):
+    """Per other run, ``z = (b − a)/√(se_a² + se_b²)`` of column ``value`` against the first
+    run's (``—`` where the other run lacks the row, ``–`` where z is not finite), joined by
+    ``" / "``, as a column of :func:`side_by_side`."""
+    def text(cells):
+        first, parts = cells[0], []
+        for other in cells[1:]:
+            if other is None:
+                parts.append("—")
+                continue
+            spread = float(np.hypot(first[se], other[se]))
+            z = (float(other[value]) - float(first[value])) / spread if spread > 0 else np.nan
+            parts.append(f"{z:+.2f}" if np.isfinite(z) else "–")
+        return " / ".join(parts)
+    return text
+
+
 SWEEP_COLUMNS = ["entry", "N", "failed", "mem S1", "mem S2", "on S1", "on S2", "cross/train",
                  "cross_cc", "cos_c S1", "cos_c S2"]  # memorization.csv's columns sweep_rows reads
+DIMENSION_COLUMNS = ["k", "network/σ²", "network_se", "count>0.5", "converged"]
+JACOBIAN_COLUMNS = ["entry", "sigma", "denoiser", "count>0.5", "trace"]
+MACHINE_COLUMNS = ["entry", "N", "r2 els", "r2 s2"]
 
 
 def sweep_rows(runs: list[dict]) -> list[dict]:
@@ -181,27 +234,58 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
     verdict reads at the largest N); values of several runs joined by ``" / "`` (``—``
     where a run lacks that cell, or lacks a sweep table with :data:`SWEEP_COLUMNS`: a run
     without a sweep, or an older report's table)."""
-    tables = [finished(r["memorization"]) if set(SWEEP_COLUMNS) <= set(r["memorization"])
-              else pd.DataFrame(columns=SWEEP_COLUMNS) for r in runs]
-    rows = []
-    for entry, n in zip(tables[0]["entry"], tables[0]["N"], strict=True):
-        cells = [t[(t["entry"] == entry) & (t["N"] == n)] for t in tables]
-        cells = [c.iloc[0] if len(c) else None for c in cells]
-        rows.append({"entry": entry, "N": int(n),
-                     "copies S1, S2": _per_run(cells, lambda c: f"{percent(c['mem S1'])}, "
-                                                                f"{percent(c['mem S2'])}"),
-                     "images of the family S1, S2": _per_run(
-                         cells, lambda c: f"{percent(c['on S1'])}, {percent(c['on S2'])}"),
-                     "S2 net / S1 net on S1": _per_run(cells,
-                                                       lambda c: f"{c['cross/train']:.3g}"),
-                     "generalization criterion": _per_run(
-                         cells, lambda c: "met" if generalizes(c) else "not met")})
-    return rows
+    tables = [finished(_columns(r["memorization"], SWEEP_COLUMNS)) for r in runs]
+    rows = side_by_side(tables, ["entry", "N"], {
+        "copies S1, S2": _each(lambda c: f"{percent(c['mem S1'])}, {percent(c['mem S2'])}"),
+        "images of the family S1, S2": _each(
+            lambda c: f"{percent(c['on S1'])}, {percent(c['on S2'])}"),
+        "S2 net / S1 net on S1": _each(lambda c: f"{c['cross/train']:.3g}"),
+        "generalization criterion": _each(lambda c: "met" if generalizes(c) else "not met")})
+    return [{**row, "N": int(row["N"])} for row in rows]
 
 
-def _per_run(cells: list, text) -> str:
-    """``text(cell)`` of each run's cell joined by ``" / "`` (``—`` for a run without it)."""
-    return " / ".join("—" if c is None else text(c) for c in cells)
+def dimension_seed_rows(runs: list[dict]) -> list[dict]:
+    """The intrinsic-dimension study of each run side by side (``dimension.csv``): per k of
+    the first run, the universal network's total MSE/σ² at the smallest σ ± its standard
+    error, z of each other run against the first, its Jacobian's eigenvalues above 0.5
+    (mean over its images) and its convergence flag; ``—`` where a run lacks the row."""
+    tables = [_columns(r["dimension"], DIMENSION_COLUMNS) for r in runs]
+    rows = side_by_side(tables, ["k"], {
+        "network/σ²": _each(lambda c: f"{c['network/σ²']:.3g} ± {c['network_se']:.2g}"),
+        "z": _z_each("network/σ²", "network_se"),
+        "eigenvalues > 0.5": _each(lambda c: f"{c['count>0.5']:.4g}"),
+        "converged": _each(lambda c: str(c["converged"]))})
+    return [{**row, "k": int(row["k"])} for row in rows]
+
+
+def jacobian_seed_rows(runs: list[dict]) -> list[dict]:
+    """The networks' Jacobians of each run side by side (``jacobian.csv``, the rows of a
+    ``network …`` denoiser): per entry, σ and network of the first run, the count of
+    eigenvalues above 0.5 and the trace of each run, and the count's range over the runs
+    that have the row divided by their median (one image per run: no standard error)."""
+    tables = [_columns(r["jacobian"], JACOBIAN_COLUMNS) for r in runs]
+    tables = [t[t["denoiser"].astype(str).str.startswith("network")] for t in tables]
+
+    def spread(cells) -> str:
+        counts = np.array([float(c["count>0.5"]) for c in cells if c is not None])
+        middle = float(np.median(counts))
+        return (f"{(counts.max() - counts.min()) / middle:.0%}"
+                if len(counts) > 1 and middle > 0 else "–")
+    return side_by_side(tables, ["entry", "sigma", "denoiser"], {
+        "eigenvalues > 0.5": _each(lambda c: f"{c['count>0.5']:.4g}"),
+        "trace": _each(lambda c: f"{c['trace']:.3g}"),
+        "range / median": spread})
+
+
+def machine_seed_rows(runs: list[dict]) -> list[dict]:
+    """The machines of each run side by side (``machines.csv``): per entry and N of the
+    first run, the median r² of the S1 network's samples against the ELS machine's and
+    against the S2 network's."""
+    tables = [_columns(r["machines"], MACHINE_COLUMNS) for r in runs]
+    rows = side_by_side(tables, ["entry", "N"], {
+        "r² S1 net vs ELS": _each(lambda c: f"{c['r2 els']:.3f}"),
+        "r² S1 net vs S2 net": _each(lambda c: f"{c['r2 s2']:.3f}")})
+    return [{**row, "N": int(row["N"])} for row in rows]
 
 
 def z_summary(z: pd.DataFrame) -> str:
@@ -296,9 +380,38 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
            "closer to each other than either network's to its nearest training image; the "
            "section's "
            "verdict reads it at the largest N):", "", markdown_table(pd.DataFrame(sweep)),
-           ""] if sweep else [])
+           ""] if sweep else []),
+        *study_lines(runs, seeds),
     ], summary
 
 
-__all__ = ["SWEEP_COLUMNS", "check_compare", "run_tables", "seed_rows", "seeds_section",
-           "sweep_rows", "z_scores", "z_summary"]
+def study_lines(runs: list[dict], seeds: str) -> list[str]:
+    """The intrinsic dimension, the networks' Jacobians and the machines of each run side
+    by side (each where the first run has that table): a sentence and a table per study,
+    values in the order of ``seeds`` (``"0 / 1 / …"``)."""
+    lines = []
+    for rows, text in (
+            (dimension_seed_rows(runs),
+             "The intrinsic-dimension study at each seed (section Intrinsic dimension): per k, "
+             "the universal network's total MSE/σ² at the smallest σ ± its standard error, "
+             "z of each other run against this one (as above; each seed draws its own test "
+             "images), its Jacobian's eigenvalues above 0.5 and its convergence flag"),
+            (jacobian_seed_rows(runs),
+             "The networks' Jacobians at each seed (section Jacobian eigen-analysis): the "
+             "eigenvalues above 0.5 and the trace, each of one image that the seed draws "
+             "(the seeds analyse different images), without an error bar: their range over "
+             "the seeds, divided by their median, measures how much one training and one "
+             "image move them"),
+            (machine_seed_rows(runs),
+             "The machines at each seed (section What the networks compute): the median r² "
+             "between the S1 network's samples and the ELS machine's, and the S2 "
+             "network's, from the same noise")):
+        if rows:
+            lines += [f"{text}; the seeds in the order {seeds}:", "",
+                      markdown_table(pd.DataFrame(rows)), ""]
+    return lines
+
+
+__all__ = ["SWEEP_COLUMNS", "check_compare", "dimension_seed_rows", "jacobian_seed_rows",
+           "machine_seed_rows", "run_tables", "seed_rows", "seeds_section", "side_by_side",
+           "study_lines", "sweep_rows", "z_scores", "z_summary"]
