@@ -251,3 +251,35 @@ def test_row_adds_the_trace_estimates_error_and_gives_homogeneity_for_networks_o
     assert full["trace_se"] == 0.0  # exact traces, no spread
     reference = _row(entry, 0.1, "reference: posterior (exact)", rec)
     assert math.isnan(reference["homogeneity_error"])
+
+
+def test_rate_rows_take_the_slopes_of_l_and_u_through_their_own_values_only():
+    """A U that the monotone envelope took from a larger σ measures no estimator there: its
+    slope leaves that σ out (two σ sharing one value would read 0 ± 0), while the MMSE
+    secant bracket keeps the tighter, still valid, bound."""
+    from theorybench.report.common import monotone_envelope
+
+    m = mmse(SIGMAS)[:, None]
+    spread = 1 + 0.01 * np.array([1, -1] * 8)
+    lower = frame(SIGMAS, 0.8 * m * spread)
+    loose = 1.3 * m * spread
+    loose[2:4] *= 20  # U at σ[2], σ[3] far above U at σ[4]: the envelope takes σ[4]'s
+    upper = monotone_envelope(frame(SIGMAS, loose), "upper")
+    assert upper.attrs["borrowed"].tolist() == [False] * 2 + [True] * 2 + [False] * 4
+    study = SimpleNamespace(name="calpha", label="c", params={"alpha": 2.0, "size": 16},
+                            networks={"per-sigma": None, "universal": None},
+                            reference={"result": {"curves": {"a": {"sigma": list(SIGMAS)}}}})
+    rows = pd.DataFrame(rate_rows(study, {"lower": lower, "upper": upper},
+                                  SimpleNamespace(rate_range=(0.02, 0.25))))
+    local = rows[(rows.table == "slope") & (rows.fit == "secant")].reset_index(drop=True)
+    # intervals [σ1, σ2], [σ2, σ3], [σ3, σ4] touch a borrowed U: no slope of U there
+    assert local["U"].isna().tolist() == [False, True, True, True, False, False, False]
+    own = np.log(loose[5].mean() / loose[4].mean()) / np.log(SIGMAS[5] ** 2 / SIGMAS[4] ** 2)
+    assert local["U"].iloc[4] == pytest.approx(own)
+    # the bracket's upper end uses the envelope: on [σ2, σ3] both ends hold U(σ4)
+    br = secant_bracket(lower, upper, SIGMAS[2], SIGMAS[3])
+    assert local["MMSE ≤"].iloc[2] == pytest.approx(br["high"])
+    assert br["high"] == pytest.approx(np.log(upper.mse[3] / lower.mse[2])
+                                       / np.log(SIGMAS[3] ** 2 / SIGMAS[2] ** 2))
+    window = rows[(rows.table == "slope") & (rows.fit != "secant")].iloc[0]
+    assert window["fit"] == "LS, 4 σ" and np.isfinite(window["U"])  # σ1 and σ4 are its own

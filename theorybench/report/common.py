@@ -132,13 +132,16 @@ def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
 
 
 def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
-    """The rows of a curve at ``sigmas`` (each must be on the curve's grid), errors kept."""
+    """The rows of a curve at ``sigmas`` (each must be on the curve's grid), its per-image
+    errors and :func:`monotone_envelope`'s ``borrowed`` flags (where it has them) kept."""
     stored = frame["sigma"].to_numpy()
     index = [int(np.argmin(np.abs(np.log(stored / s)))) for s in sigmas]
     if not np.allclose(stored[index], sigmas, rtol=1e-6):
         raise ValueError("on_grid: a σ is not on the curve's grid")
     out = frame.iloc[index].reset_index(drop=True)
-    out.attrs["errors"] = np.asarray(frame.attrs["errors"])[index]
+    for name in ("errors", "borrowed"):
+        if name in frame.attrs:
+            out.attrs[name] = np.asarray(frame.attrs[name])[index]
     return out
 
 

@@ -485,13 +485,27 @@ def standing_rows(standings: list[dict]) -> list[dict]:
     return rows
 
 
+def _own_values(bound: pd.DataFrame) -> pd.DataFrame:
+    """A bound with NaN MSE at the σ where :func:`~.common.monotone_envelope` took its value
+    from another σ (``attrs["borrowed"]``): a slope through a borrowed value measures no
+    estimator, and two σ borrowing one value would give a slope of 0 ± 0; the bound's
+    secant bracket keeps every value."""
+    borrowed = np.asarray(bound.attrs.get("borrowed", np.zeros(len(bound), dtype=bool)))
+    if not borrowed.any():
+        return bound
+    out = bound.copy()
+    out.loc[borrowed, "mse"] = math.nan
+    return out
+
+
 def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
     """Rates and summaries of SCIENCE.md §5 for this entry, as rows of several tables.
 
     Every row has a ``table`` key: ``"slope"`` (a family with a ``rate_law``, e.g. C^α: per
     curve, the least-squares slope of log MSE vs log σ² on ``preset.rate_range`` and the
     local secant slope on each interval of the coarse grid, each ± its SE over the test
-    images by the delta method of :func:`log_slope`; the MMSE secant bracket implied by
+    images by the delta method of :func:`log_slope` (L and U through their own values only,
+    :func:`_own_values`); the MMSE secant bracket implied by
     L ≤ MMSE ≤ U, :func:`secant_bracket`; the law's slope, α/(α+1), and its component's,
     the Wiener slope of the region fields alone), ``"note"`` (whether the law's slope is
     reachable on this window),
@@ -541,7 +555,8 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
         theory_col, field_col = law["label"], f"{law['component']} Wiener"
         curves = {"per-σ net": aligned(nets["per-sigma"]) if "per-sigma" in nets else None,
                   "universal net": aligned(nets["universal"]) if "universal" in nets else None}
-        curves.update({"MMSE": lo_ref} if "exact" in refs else {"L": lo_ref, "U": up_ref})
+        curves.update({"MMSE": lo_ref} if "exact" in refs
+                      else {"L": _own_values(lo_ref), "U": _own_values(up_ref)})
         curves = {k: v for k, v in curves.items() if v is not None}
 
         paper = int(PRESETS["paper"].size)
@@ -968,7 +983,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                   "adds `se_fit` from its residuals: curvature, not noise) and secant on each "
                   "interval of the "
                   "coarse grid; `se`: SE over the test images (delta method, the images' "
-                  "errors paired across σ and curves). `MMSE ≥`/`MMSE ≤`: the secant slope "
+                  "errors paired across σ and curves; the slopes of L and U use their own "
+                  "values only, none taken from another σ by monotonicity). `MMSE ≥`/"
+                  "`MMSE ≤`: the secant slope "
                   "of the MMSE implied by L ≤ MMSE ≤ U, (log L(σb) − log U(σa))/(log σb² − "
                   "log σa²) and (log U(σb) − log L(σa))/(…); `<component> Wiener`: the "
                   "slope of the Wiener MSE of the part that dominates small images alone "
