@@ -200,15 +200,24 @@ def test_sweep_rows_set_the_memorization_sweeps_side_by_side(two_runs):
 
 
 def test_side_by_side_matches_rows_on_their_keys():
-    first = pd.DataFrame({"entry": ["a", "a", "b"], "N": [1, 10, 1], "v": [1.0, 2.0, 3.0]})
+    first = pd.DataFrame({"entry": ["a", "a", "b", None], "N": [1, 10, 1, 5],
+                          "v": [1.0, 2.0, 3.0, 4.0]})
     other = pd.DataFrame({"entry": ["b", "a"], "N": [1, 10], "v": [30.0, 20.0]})
     empty = pd.DataFrame(columns=["entry", "N", "v"])
     rows = side_by_side([first, other, empty], ["entry", "N"],
                         {"v": lambda cells: "|".join("-" if c is None else f"{c['v']:g}"
                                                      for c in cells)})
+    # the row without an entry is left out; the others matched on both keys
     assert rows == [{"entry": "a", "N": 1, "v": "1|-|-"}, {"entry": "a", "N": 10, "v": "2|20|-"},
                     {"entry": "b", "N": 1, "v": "3|30|-"}]
-    assert side_by_side([empty, first], ["entry"], {}) == []
+    assert side_by_side([empty, first], ["entry", "N"], {}) == []
+    # float keys match to a relative 1e-5 (another writer's last digits), not beyond
+    sigma = pd.DataFrame({"sigma": [0.0454399, 0.1]})
+    near = pd.DataFrame({"sigma": [0.04544, 0.1001]})
+    found = side_by_side([sigma, near], ["sigma"], {"hit": lambda cells: cells[1] is not None})
+    assert [r["hit"] for r in found] == [True, False]
+    with pytest.raises(ValueError, match="two rows with the same entry, N"):
+        side_by_side([first, pd.concat([other, other])], ["entry", "N"], {})
 
 
 def _dimension(network, se, count, converged):
@@ -216,9 +225,9 @@ def _dimension(network, se, count, converged):
                          "network_se": se, "count>0.5": count, "converged": converged})
 
 
-def test_dimension_rows_give_each_seed_and_the_z_of_the_others(two_runs, tmp_path):
+def test_dimension_rows_give_each_seed_and_the_z_of_the_others(two_runs):
     a, b = two_runs
-    write_csv(_dimension([9.0, 20.0], [0.3, 0.6], [3.0, 8.0], [False, True]),
+    write_csv(_dimension([9.0, 20.0], [0.3, 0.6], [3.0, 8.0], [False, None]),
               a / "dimension.csv")
     write_csv(_dimension([10.0, 20.0], [0.4, 0.0], [3.25, 7.5], [True, True]).iloc[:1],
               b / "dimension.csv")
@@ -226,7 +235,15 @@ def test_dimension_rows_give_each_seed_and_the_z_of_the_others(two_runs, tmp_pat
     assert one == {"k": 1, "network/σ²": "9 ± 0.3 / 10 ± 0.4", "z": "+2.00",  # 1/√(0.3²+0.4²)
                    "eigenvalues > 0.5": "3 / 3.25", "converged": "False / True"}
     assert two["network/σ²"] == "20 ± 0.6 / —" and two["z"] == "—"  # b lacks k = 2
+    assert two["converged"] == "– / —"  # not monitored in a
     assert dimension_seed_rows([run_tables(b), run_tables(a)])[0]["z"] == "-2.00"
+    # equal values without an error: no z; an older table without the Jacobian's count
+    write_csv(_dimension([9.0, 20.0], [0.0, 0.6], [3.0, 8.0], [False, None]),
+              a / "dimension.csv")
+    write_csv(_dimension([9.0, 20.0], [0.0, 0.6], [3.0, 8.0], [True, True])
+              .drop(columns="count>0.5"), b / "dimension.csv")
+    one = dimension_seed_rows([run_tables(a), run_tables(b)])[0]
+    assert one["z"] == "–" and one["eigenvalues > 0.5"] == "3 / –"
     bare = run_tables(b) | {"dimension": pd.DataFrame()}
     assert dimension_seed_rows([bare, run_tables(a)]) == []
     assert dimension_seed_rows([run_tables(a), bare])[0]["z"] == "—"
@@ -235,19 +252,28 @@ def test_dimension_rows_give_each_seed_and_the_z_of_the_others(two_runs, tmp_pat
 def test_jacobian_and_machine_rows_set_the_seeds_side_by_side(two_runs):
     a, b = two_runs
 
-    def jacobian(counts, traces):
-        return pd.DataFrame({"entry": "disks", "sigma": [0.04544] * 3,
+    def jacobian(counts, traces, images=1):
+        return pd.DataFrame({"entry": "disks", "sigma": [0.04544] * 4,
                              "denoiser": ["network (per-σ)", "network (universal)",
-                                          "reference: posterior (upper)"],
-                             "count>0.5": counts, "trace": traces})
-    write_csv(jacobian([19, 1024, 5], [22.3, 29.5, 5.0]), a / "jacobian.csv")
-    write_csv(jacobian([14, 1022, 5], [14.7, 27.7, 5.0]), b / "jacobian.csv")
+                                          "network (shifted)", "reference: posterior (upper)"],
+                             "images": images, "count>0.5": counts, "trace": traces})
+    write_csv(jacobian([19, 1024, 0, 5], [22.3, 29.5, 1.0, 5.0]), a / "jacobian.csv")
+    write_csv(jacobian([14, 1022, 0, 5], [14.7, 27.7, 3.0, 5.0]), b / "jacobian.csv")
     rows = jacobian_seed_rows([run_tables(a), run_tables(b)])
-    assert [r["denoiser"] for r in rows] == ["network (per-σ)", "network (universal)"]
-    assert rows[0]["eigenvalues > 0.5"] == "19 / 14" and rows[0]["trace"] == "22.3 / 14.7"
-    assert rows[0]["range / median"] == f"{5 / 16.5:.0%}"  # (19 − 14)/median(19, 14)
-    assert rows[1]["eigenvalues > 0.5"] == "1024 / 1022"  # counts in full
-    assert jacobian_seed_rows([run_tables(a)])[0]["range / median"] == "–"  # one run: none
+    assert [r["denoiser"] for r in rows] == ["network (per-σ)", "network (universal)",
+                                             "network (shifted)"]
+    per, universal, shifted = rows
+    assert per["eigenvalues > 0.5"] == "19 / 14" and per["trace"] == "22.3 / 14.7"
+    assert per["count: range / median"] == f"{5 / 16.5:.0%}"  # (19 − 14)/median(19, 14)
+    assert per["trace: range / median"] == f"{7.6 / 18.5:.0%}"
+    assert universal["eigenvalues > 0.5"] == "1024 / 1022"  # counts in full
+    assert shifted["count: range / median"] == "–" and shifted["trace: range / median"] == "100%"
+    assert jacobian_seed_rows([run_tables(a)])[0]["count: range / median"] == "–"  # one run
+    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,))[0])
+    assert "each of one image that the seed draws" in text
+    write_csv(jacobian([19, 1024, 0, 5], [22.3, 29.5, 1.0, 5.0], images=4), b / "jacobian.csv")
+    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,))[0])
+    assert "each a mean over 1/4 images" in text and "one image" not in text
     for folder, r2 in ((a, [0.029, 0.211]), (b, [0.023, 0.175])):
         write_csv(pd.DataFrame({"entry": "disks", "N": [1, 1000], "r2 els": r2,
                                 "r2 s2": [0.196, 0.69]}), folder / "machines.csv")
@@ -258,3 +284,7 @@ def test_jacobian_and_machine_rows_set_the_seeds_side_by_side(two_runs):
     assert "The networks' Jacobians at each seed" in text and "| disks | 0.04544 |" in text
     assert "The machines at each seed" in text and "| disks | 1000 | 0.211 / 0.175 |" in text
     assert "The intrinsic-dimension study at each seed" not in text  # neither run has one
+    # a study only the other run has is not set beside anything
+    (a / "machines.csv").unlink()
+    text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,))[0])
+    assert "The machines at each seed" not in text

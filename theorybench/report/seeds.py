@@ -48,9 +48,8 @@ def run_tables(folder: Path, meta: dict | None = None) -> dict:
     its ``kl.csv``, ``training.csv`` and the tables of :data:`STUDIES` (empty where
     absent)."""
     folder = Path(folder)
-    rates = _frame(folder / "rates.csv")
-    ratio = (rates[rates["table"] == "ratio"][RATIO_COLUMNS]
-             if set(RATIO_COLUMNS) <= set(rates) else pd.DataFrame(columns=RATIO_COLUMNS))
+    rates = _columns(_frame(folder / "rates.csv"), ["table", *RATIO_COLUMNS])
+    ratio = rates[rates["table"] == "ratio"][RATIO_COLUMNS]
     meta = json.loads((folder / "run.json").read_text()) if meta is None else meta
     return {"folder": folder, "meta": meta, "ratio": ratio.reset_index(drop=True),
             "kl": _frame(folder / "kl.csv"), "training": _frame(folder / "training.csv"),
@@ -95,9 +94,7 @@ def z_scores(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     :func:`run_tables` restricted to that network): σ and ``z = (r_b − r_a)/√(se_a² +
     se_b²)``."""
     both = a.merge(b, on="sigma", suffixes=("_a", "_b"))
-    spread = np.sqrt(both["se(MSE/U)_a"] ** 2 + both["se(MSE/U)_b"] ** 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = ((both["MSE/U_b"] - both["MSE/U_a"]) / spread).to_numpy(dtype=float)
+    z = _z(both["MSE/U_a"], both["se(MSE/U)_a"], both["MSE/U_b"], both["se(MSE/U)_b"])
     keep = np.isfinite(z)
     return pd.DataFrame({"sigma": both["sigma"].to_numpy()[keep], "z": z[keep]})
 
@@ -173,56 +170,78 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
     return rows, z
 
 
-def _columns(table: pd.DataFrame, columns) -> pd.DataFrame:
-    """``table`` where it has every one of ``columns``, otherwise an empty frame with them (a
-    run without that study, or an older report's table: its values read as absent)."""
-    return table if set(columns) <= set(table) else pd.DataFrame(columns=list(columns))
+def _columns(table: pd.DataFrame, required, optional=()) -> pd.DataFrame:
+    """``table`` where it has every one of ``required`` (with NaN for any of ``optional`` it
+    lacks: an older report's table), otherwise an empty frame with both (a run without that
+    study: its values read as absent)."""
+    if not set(required) <= set(table):
+        return pd.DataFrame(columns=[*required, *optional])
+    return table.assign(**{c: np.nan for c in optional if c not in table})
 
 
 def side_by_side(tables: list[pd.DataFrame], keys: list[str], columns: dict) -> list[dict]:
     """One row per row of ``tables[0]``: its ``keys`` values, then per label of
     ``columns`` its ``text(cells)``, where ``cells`` holds each table's row with the same
-    ``keys`` values (None for a table without one), the first table's first."""
+    ``keys`` values (float keys to a relative 1e-5, the CSVs' 6 digits; None for a table
+    without one), the first table's first. Rows with a missing key are left out; a table
+    with two rows of one key is refused (ValueError)."""
+    tables = [t.dropna(subset=keys) for t in tables]
+    for table in tables:
+        if table.duplicated(subset=keys).any():
+            raise ValueError(f"two rows with the same {', '.join(keys)} in a compared table")
     rows = []
     for _, first in tables[0].iterrows():
         cells = []
         for table in tables:
-            hit = table[np.logical_and.reduce([(table[k] == first[k]).to_numpy()
-                                               for k in keys])]
+            same = [np.isclose(table[k].to_numpy(dtype=float), float(first[k]), rtol=1e-5,
+                               atol=0) if isinstance(first[k], float)
+                    else (table[k] == first[k]).to_numpy() for k in keys]
+            hit = table[np.logical_and.reduce(same)]
             cells.append(hit.iloc[0] if len(hit) else None)
         rows.append({**{k: first[k] for k in keys},
                      **{label: text(cells) for label, text in columns.items()}})
     return rows
 
 
-def _each(text):
-    """``text(cell)`` of each run's cell joined by ``" / "`` (``—`` for a run without it),
-    as a column of :func:`side_by_side`."""
-    return lambda cells: " / ".join("—" if c is None else text(c) for c in cells)
+def _each(text, *needed: str):
+    """``text(cell)`` of each run's cell joined by ``" / "``, as a column of
+    :func:`side_by_side`: ``—`` for a run without the row, ``–`` where one of the cell's
+    ``needed`` values is missing."""
+    def joined(cells):
+        return " / ".join("—" if c is None else "–" if any(pd.isna(c[n]) for n in needed)
+                          else text(c) for c in cells)
+    return joined
+
+
+def _z(a, se_a, b, se_b) -> np.ndarray:
+    """``z = (b − a)/√(se_a² + se_b²)``, elementwise (NaN where it is not finite: no
+    error, or a value missing)."""
+    a, se_a, b, se_b = (np.asarray(v, dtype=float) for v in (a, se_a, b, se_b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (b - a) / np.hypot(se_a, se_b)
+    return np.where(np.isfinite(z), z, np.nan)
 
 
 def _z_each(value: str, se: str):
-    """Per other run, ``z = (b − a)/√(se_a² + se_b²)`` of column ``value`` against the first
-    run's (``—`` where the other run lacks the row, ``–`` where z is not finite), joined by
-    ``" / "``, as a column of :func:`side_by_side`."""
+    """Per other run, :func:`_z` of column ``value`` against the first run's (``—`` where
+    the other run lacks the row, ``–`` where z is not finite), joined by ``" / "``, as a
+    column of :func:`side_by_side`."""
     def text(cells):
         first, parts = cells[0], []
-        for other in cells[1:]:
-            if other is None:
-                parts.append("—")
-                continue
-            spread = float(np.hypot(first[se], other[se]))
-            z = (float(other[value]) - float(first[value])) / spread if spread > 0 else np.nan
-            parts.append(f"{z:+.2f}" if np.isfinite(z) else "–")
+        for c in cells[1:]:
+            z = np.nan if c is None else float(_z(first[value], first[se], c[value], c[se]))
+            parts.append("—" if c is None else "–" if np.isnan(z) else f"{z:+.2f}")
         return " / ".join(parts)
     return text
 
 
+def _flag(value) -> str:
+    """A stored convergence flag as the report prints it (``–``: not monitored)."""
+    return "–" if pd.isna(value) else str(bool(value))
+
+
 SWEEP_COLUMNS = ["entry", "N", "failed", "mem S1", "mem S2", "on S1", "on S2", "cross/train",
                  "cross_cc", "cos_c S1", "cos_c S2"]  # memorization.csv's columns sweep_rows reads
-DIMENSION_COLUMNS = ["k", "network/σ²", "network_se", "count>0.5", "converged"]
-JACOBIAN_COLUMNS = ["entry", "sigma", "denoiser", "count>0.5", "trace"]
-MACHINE_COLUMNS = ["entry", "N", "r2 els", "r2 s2"]
 
 
 def sweep_rows(runs: list[dict]) -> list[dict]:
@@ -247,44 +266,55 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
 def dimension_seed_rows(runs: list[dict]) -> list[dict]:
     """The intrinsic-dimension study of each run side by side (``dimension.csv``): per k of
     the first run, the universal network's total MSE/σ² at the smallest σ ± its standard
-    error, z of each other run against the first, its Jacobian's eigenvalues above 0.5
-    (mean over its images) and its convergence flag; ``—`` where a run lacks the row."""
-    tables = [_columns(r["dimension"], DIMENSION_COLUMNS) for r in runs]
+    error, z of each other run against the first, the mean count of its Jacobian's
+    eigenvalues above 0.5 at ``sigma_jacobian`` and its convergence flag (``—`` where a run
+    lacks the row, ``–`` where it lacks the value)."""
+    tables = [_columns(r["dimension"], ["k", "network/σ²", "network_se"],
+                       ["count>0.5", "converged"]) for r in runs]
     rows = side_by_side(tables, ["k"], {
-        "network/σ²": _each(lambda c: f"{c['network/σ²']:.3g} ± {c['network_se']:.2g}"),
+        "network/σ²": _each(lambda c: f"{c['network/σ²']:.3g} ± {c['network_se']:.2g}",
+                            "network/σ²", "network_se"),
         "z": _z_each("network/σ²", "network_se"),
-        "eigenvalues > 0.5": _each(lambda c: f"{c['count>0.5']:.4g}"),
-        "converged": _each(lambda c: str(c["converged"]))})
+        "eigenvalues > 0.5": _each(lambda c: f"{c['count>0.5']:.4g}", "count>0.5"),
+        "converged": _each(lambda c: _flag(c["converged"]))})
     return [{**row, "k": int(row["k"])} for row in rows]
+
+
+def _spread(column: str):
+    """The range of ``column`` over the runs that have the row, divided by its median
+    (``–`` for one run, or a median of 0), as a column of :func:`side_by_side`."""
+    def text(cells):
+        values = np.array([float(c[column]) for c in cells if c is not None])
+        values = values[np.isfinite(values)]
+        middle = float(np.median(values)) if len(values) else 0.0
+        return (f"{(values.max() - values.min()) / middle:.0%}"
+                if len(values) > 1 and middle > 0 else "–")
+    return text
 
 
 def jacobian_seed_rows(runs: list[dict]) -> list[dict]:
     """The networks' Jacobians of each run side by side (``jacobian.csv``, the rows of a
     ``network …`` denoiser): per entry, σ and network of the first run, the count of
-    eigenvalues above 0.5 and the trace of each run, and the count's range over the runs
-    that have the row divided by their median (one image per run: no standard error)."""
-    tables = [_columns(r["jacobian"], JACOBIAN_COLUMNS) for r in runs]
+    eigenvalues above 0.5 and the trace of each run (means over the run's images), and
+    each one's range over the runs that have the row divided by their median."""
+    tables = [_columns(r["jacobian"], ["entry", "sigma", "denoiser", "count>0.5", "trace"])
+              for r in runs]
     tables = [t[t["denoiser"].astype(str).str.startswith("network")] for t in tables]
-
-    def spread(cells) -> str:
-        counts = np.array([float(c["count>0.5"]) for c in cells if c is not None])
-        middle = float(np.median(counts))
-        return (f"{(counts.max() - counts.min()) / middle:.0%}"
-                if len(counts) > 1 and middle > 0 else "–")
     return side_by_side(tables, ["entry", "sigma", "denoiser"], {
-        "eigenvalues > 0.5": _each(lambda c: f"{c['count>0.5']:.4g}"),
-        "trace": _each(lambda c: f"{c['trace']:.3g}"),
-        "range / median": spread})
+        "eigenvalues > 0.5": _each(lambda c: f"{c['count>0.5']:.4g}", "count>0.5"),
+        "trace": _each(lambda c: f"{c['trace']:.3g}", "trace"),
+        "count: range / median": _spread("count>0.5"),
+        "trace: range / median": _spread("trace")})
 
 
 def machine_seed_rows(runs: list[dict]) -> list[dict]:
     """The machines of each run side by side (``machines.csv``): per entry and N of the
     first run, the median r² of the S1 network's samples against the ELS machine's and
     against the S2 network's."""
-    tables = [_columns(r["machines"], MACHINE_COLUMNS) for r in runs]
+    tables = [_columns(r["machines"], ["entry", "N", "r2 els", "r2 s2"]) for r in runs]
     rows = side_by_side(tables, ["entry", "N"], {
-        "r² S1 net vs ELS": _each(lambda c: f"{c['r2 els']:.3f}"),
-        "r² S1 net vs S2 net": _each(lambda c: f"{c['r2 s2']:.3f}")})
+        "r² S1 net vs ELS": _each(lambda c: f"{c['r2 els']:.3f}", "r2 els"),
+        "r² S1 net vs S2 net": _each(lambda c: f"{c['r2 s2']:.3f}", "r2 s2")})
     return [{**row, "N": int(row["N"])} for row in rows]
 
 
@@ -385,23 +415,39 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
     ], summary
 
 
+def _images_text(runs: list[dict]) -> str:
+    """How many images each run's Jacobian rows average (``images`` of ``jacobian.csv``)."""
+    counts = sorted({int(n) for r in runs if "images" in r["jacobian"]
+                     for n in r["jacobian"]["images"].dropna()})
+    if counts == [1]:
+        return ("each of one image that the seed draws (the seeds analyse different "
+                "images), without an error bar")
+    many = "/".join(map(str, counts)) if counts else "the"
+    return (f"each a mean over {many} images that the seed draws (the seeds analyse "
+            f"different images; the standard errors over them are in each run's "
+            f"`jacobian.csv`)")
+
+
 def study_lines(runs: list[dict], seeds: str) -> list[str]:
     """The intrinsic dimension, the networks' Jacobians and the machines of each run side
     by side (each where the first run has that table): a sentence and a table per study,
-    values in the order of ``seeds`` (``"0 / 1 / …"``)."""
+    values in the order of ``seeds`` (``"0 / 1 / …"``), z in that of the other runs."""
+    others = seeds.split(" / ", 1)[-1]
     lines = []
     for rows, text in (
             (dimension_seed_rows(runs),
-             "The intrinsic-dimension study at each seed (section Intrinsic dimension): per k, "
-             "the universal network's total MSE/σ² at the smallest σ ± its standard error, "
-             "z of each other run against this one (as above; each seed draws its own test "
-             "images), its Jacobian's eigenvalues above 0.5 and its convergence flag"),
+             "The intrinsic-dimension study at each seed (section Intrinsic dimension): per "
+             "k, the universal network's total MSE/σ² at the smallest σ ± its standard "
+             f"error, z of each other run against this one (as above, in the order {others}; "
+             "each seed draws its own test images), the mean count of its Jacobian's "
+             "eigenvalues above 0.5 at `sigma_jacobian` (over its images) and its "
+             "convergence flag"),
             (jacobian_seed_rows(runs),
              "The networks' Jacobians at each seed (section Jacobian eigen-analysis): the "
-             "eigenvalues above 0.5 and the trace, each of one image that the seed draws "
-             "(the seeds analyse different images), without an error bar: their range over "
-             "the seeds, divided by their median, measures how much one training and one "
-             "image move them"),
+             f"count of eigenvalues above 0.5 and the trace, {_images_text(runs)}; the "
+             "range of each over the seeds divided by its median (`–`: one run, or a "
+             "median of 0) measures how much one training and its images move them (a "
+             "count at the number of pixels is saturated; the trace still moves)"),
             (machine_seed_rows(runs),
              "The machines at each seed (section What the networks compute): the median r² "
              "between the S1 network's samples and the ELS machine's, and the S2 "
