@@ -61,3 +61,15 @@ def test_posterior_verdict_says_where_its_noise_hides_the_tolerance():
         "standard error exceeds 15% of k: the test does not resolve it).")
     frame["U_se"] = 0.01
     assert _posterior_verdict(frame).endswith("outside for k = 2.")
+
+
+def test_an_inverted_bracket_is_named_with_its_margin():
+    from theorybench.report.dimension import _inverted
+
+    frame = pd.DataFrame({"k": [1, 2, 3], "U/σ²": [0.936744, 2.05651, 3.07],
+                          "U_se": [0.188, 0.251, 0.34], "L/σ²": [0.936808, 2.0586, 2.09]})
+    assert _inverted(frame) == (
+        " L/σ² lies above U/σ² for k = 1, 2, by at most 0.0083 of U's standard errors: the "
+        "Monte Carlo noise of the two estimates, each a bound only up to its error.")
+    assert _inverted(frame.assign(**{"L/σ²": [0.5, 1.0, 2.0]})) == ""
+    assert _inverted(frame.drop(columns="L/σ²")) == ""

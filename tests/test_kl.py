@@ -401,3 +401,12 @@ def test_monotone_envelope_tightens_both_ends_with_their_errors():
     assert refs["lower"]["mse"].tolist() == [0.5, 0.9, 0.9, 1.0]
     exact, _ = bracket({"m": stored("exact", [1.0, 3.0, 2.0, 2.0])})
     assert exact["exact"]["mse"].tolist() == [1.0, 3.0, 2.0, 2.0]
+    # a reference stored at every other σ: extended (extend_monotone), flagged where picked
+    coarse = {"kind": "upper", "sigma": [0.2, 0.8], "mse": [1.2, 2.2], "se": [0.0] * 2,
+              "d": 4, "errors": [[1.2, 1.2], [2.2, 2.2]]}
+    refs, _ = bracket({"a": stored("upper", [1.5, 3.0, 2.5, 2.6]), "c": coarse,
+                       "l": stored("lower", [0.5, 0.9, 0.8, 1.0])})
+    assert refs["upper"]["mse"].tolist() == [1.2, 1.2, 2.2, 2.2]  # c's, extended to 0.1, 0.4
+    assert refs["upper"].attrs["extended"].tolist() == [True, False, True, False]
+    assert not refs["upper"].attrs["borrowed"].any()  # within 2 SE: nothing else taken
+    assert not refs["lower"].attrs["extended"].any()

@@ -283,3 +283,21 @@ def test_rate_rows_take_the_slopes_of_l_and_u_through_their_own_values_only():
                                        / np.log(SIGMAS[3] ** 2 / SIGMAS[2] ** 2))
     window = rows[(rows.table == "slope") & (rows.fit != "secant")].iloc[0]
     assert window["fit"] == "LS, 4 σ" and np.isfinite(window["U"])  # σ1 and σ4 are its own
+
+
+def test_rate_note_says_when_the_bracket_also_holds_the_components_wiener_slope():
+    """A bracket wide enough to hold the law's slope and the region fields' own Wiener slope
+    (0.619 on this window at 16×16) cannot tell the two apart: the note says so."""
+    u = 0.3 * SIGMAS ** (2 * 2 / 3)
+    study = SimpleNamespace(name="calpha", label="c", params={"alpha": 2.0, "size": 16},
+                            networks={"per-sigma": None, "universal": None},
+                            reference={"result": {"curves": {"a": {"sigma": list(SIGMAS)}}}})
+
+    def note(k):  # L = U/k: the secant bracket 2/3 ± ln k / ln(σb²/σa²)
+        refs = {"lower": exact_frame(u / k), "upper": exact_frame(u)}
+        rows = pd.DataFrame(rate_rows(study, refs, SimpleNamespace(rate_range=(0.02, 0.25))))
+        return rows[rows.table == "note"].note.iloc[0]
+    wide, narrow = note(1.5), note(1.05)  # half widths 0.089 and 0.011
+    assert "contains the theory α/(α+1) = 0.667" in wide
+    assert "also contains the region fields' own Wiener slope 0.619" in wide
+    assert "contains the theory α/(α+1) = 0.667" in narrow and "also contains" not in narrow

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from theorybench.report.summary import (
+    kl_text,
     memorization_rows,
     network_rows,
     rate_summary_rows,
@@ -152,3 +153,13 @@ def test_rate_rows_take_the_least_squares_window_only():
     standings = {"calpha(alpha=2.0)": [_standing("per-sigma", [1.0] * 4, [], [])]}
     text = "\n".join(summary_section(standings, [], (0.01,), [], None, [], rates))
     assert "| calpha(alpha=2.0) | 0.02132–0.2065 | 0.692 ± 0.0073 |" in text
+
+
+def test_kl_text_gives_the_bound_and_what_clipping_added():
+    exact = {"kl_low": 21.5, "kl_high": 21.5, "se_high": 0.71, "clipped_nats": 0.0125}
+    assert kl_text(exact) == "21.5 ± 0.71 (0.0125 clipped)"
+    bracket = {"kl_low": 68.19, "kl_high": 241.7, "se_high": 5.0, "clipped_nats": 45.82}
+    assert kl_text(bracket) == "[68.2, 242] (45.8 clipped)"
+    assert kl_text(bracket | {"clipped_nats": 0.0}) == "[68.2, 242]"
+    assert kl_text({"kl_low": 4.52, "kl_high": 4.52, "se_high": 0.6}) == "4.52 ± 0.6"
+    assert kl_text(None) == "–"

@@ -106,6 +106,17 @@ def test_machines_rows(smoke):
     readme = (out / "README.md").read_text()
     assert "## What the networks compute" in readme
     assert pd.read_csv(out / "memorization.csv")["kl high"].notna().all()
+    # the closest machine by the median, and whether its quartiles overlap another's
+    for _, part in table.groupby("entry"):
+        last = part.iloc[-1]
+        roles = {"empirical": "empirical", "ls": "LS", "els": "ELS"}
+        top = max(roles, key=lambda r: last[f"r2 {r}"])
+        sentence = (f"At N = {last['N']}, the S1 network's samples agree most, by the median, "
+                    f"with the {roles[top]} machine's (median r² {last[f'r2 {top}']:.3f}")
+        assert sentence in readme
+        tied = any(last[f"r2 {r} q3"] >= last[f"r2 {top} q1"] for r in roles if r != top)
+        follows = readme.split(sentence, 1)[1]
+        assert follows.startswith(", its quartiles overlapping") == tied
 
 
 def test_gaussian_reference_is_the_exact_mmse(smoke):
@@ -796,6 +807,12 @@ def test_small_report_helpers():
     upper = pd.DataFrame({"sigma": [0.1, 0.2, 0.4]})
     upper.attrs["borrowed"] = np.array([False, True, True])
     assert _borrowed_text({"upper": upper}) == (
-        "; U from a larger σ at 2 of 3 σ (0.2–0.4; the MMSE does not decrease with σ)")
+        "; U from a larger σ at 2 of 3 σ (0.2–0.4: 0 stored on a coarser grid, 2 by the "
+        "monotone envelope; the MMSE does not decrease with σ)")
+    upper.attrs["extended"] = np.array([True, False, True])  # 0.4 borrowed from an extension
+    assert _borrowed_text({"upper": upper}) == (
+        "; U from a larger σ at 3 of 3 σ (0.1–0.4: 1 stored on a coarser grid, 2 by the "
+        "monotone envelope; the MMSE does not decrease with σ)")
     upper.attrs["borrowed"][:] = False
+    upper.attrs["extended"][:] = False
     assert _borrowed_text({"upper": upper, "exact": upper}) == ""

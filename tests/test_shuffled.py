@@ -122,3 +122,32 @@ def test_shuffled_rows_report_u_of_both_families(kind):
     assert row["network base"] == 1.0 and row["ratio shuffled/base"] == pytest.approx(1.5)
     assert (row["U shuffled"], row["U base"]) == (1.0, 1.25)  # the lower upper bound, or exact
     assert not any("P f P" in key for key in row)
+
+
+def test_the_section_names_how_the_two_families_networks_were_trained_differently():
+    """The shuffled family's networks against its base's: each setting that differs."""
+    from theorybench.report.main import StudyData, _recipes_text, recipe_differences
+
+    def records(steps, scales):
+        curve = {"sigma": [0.1], "mse": [1.0], "se": [0.0], "d": 4, "errors": [[1.0, 1.0]]}
+        nets = [{"spec": {"kind": "network", "train": {"mode": "universal", "steps": steps,
+                                                       "seed": 0, "lr": 1e-3}},
+                 "result": {"curve": curve}}]
+        nets += [{"spec": {"kind": "network", "train": {"mode": "per-sigma", "steps": 400,
+                                                       "sigma": s, "seed": 0}},
+                  "result": {"curve": curve, "examples": {}, "output_scales": [scale]}}
+                 for s, scale in zip((0.1, 0.2), scales, strict=True)]
+        return nets
+
+    faces = StudyData("faces", {"split": "test"}, records(4000, [1.0, 1.0]))
+    shuffled = StudyData("shuffled", {"base": "faces", "seed": 0, "split": "test"},
+                         records(2000, [1.0, 0.7]))
+    assert recipe_differences(shuffled, faces) == [
+        "per-sigma preconditioned 1 of 2 against 0 of 2", "universal steps 2000 against 4000"]
+    assert recipe_differences(faces, faces) == []
+    assert _recipes_text([faces, shuffled]) == (
+        f" ({shuffled.label} against faces: per-sigma preconditioned 1 of 2 against 0 of "
+        "2; universal steps 2000 against 4000)")
+    same = StudyData("shuffled", {"base": "faces", "seed": 0, "split": "test"},
+                     records(4000, [1.0, 1.0]))
+    assert _recipes_text([faces, same]) == " (here the same for both)"

@@ -58,7 +58,7 @@ def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
     upper bound at σ' ≥ σ bounds MMSE(σ) and a lower bound at σ' ≤ σ bounds it too:
     ``side="upper"`` takes the nearest stored σ' ≥ σ, ``"lower"`` the nearest σ' ≤ σ
     (MSE 0 below the grid: the trivial lower bound; +inf above it). Per-image errors follow
-    the chosen σ'.
+    the chosen σ'; ``attrs["extended"]`` (bool per σ) marks the σ off the stored grid.
     """
     stored = frame["sigma"].to_numpy()
     sigmas = np.asarray(sigmas, dtype=float)
@@ -81,6 +81,7 @@ def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
                         "se": np.where(valid, frame["se"].to_numpy()[index], 0.0),
                         "d": frame["d"].iloc[0]})
     out.attrs["errors"] = errors
+    out.attrs["extended"] = ~np.isclose(stored[index], sigmas, rtol=1e-9, atol=0) | ~valid
     return out
 
 
@@ -97,9 +98,10 @@ def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
     images and noise, scaled); ``"lower"`` the highest lower bound among σ and the σ' ≤ σ
     above it by as much (ties: the nearest σ', σ itself first). Every value is a Monte Carlo
     estimate: taking the best of several would bias the bound by their noise, which the
-    threshold keeps out. Per-image errors and the standard error follow the chosen σ';
-    ``attrs["borrowed"]`` (bool per σ) marks the σ whose value comes from another σ'. A
-    curve without per-image errors of at least 2 images is returned unchanged.
+    threshold keeps out. Per-image errors, the standard error and ``attrs["extended"]``
+    (:func:`extend_monotone`) follow the chosen σ'; ``attrs["borrowed"]`` (bool per σ)
+    marks the σ whose value comes from another σ'. A curve without per-image errors of at
+    least 2 images is returned unchanged.
     """
     sigma = frame["sigma"].to_numpy(dtype=float)
     mse = frame["mse"].to_numpy(dtype=float)
@@ -128,18 +130,29 @@ def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
     out["se"] = frame["se"].to_numpy()[index]
     out.attrs["errors"] = errors[index]
     out.attrs["borrowed"] = index != np.arange(len(mse))
+    if "extended" in frame.attrs:
+        out.attrs["extended"] = np.asarray(frame.attrs["extended"])[index]
     return out
+
+
+def elsewhere(bound: pd.DataFrame) -> np.ndarray:
+    """Bool per σ: the bound's value there was measured at another σ, either stored on a
+    coarser grid (:func:`extend_monotone`'s ``extended``) or taken by
+    :func:`monotone_envelope` (``borrowed``)."""
+    none = np.zeros(len(bound), dtype=bool)
+    return (np.asarray(bound.attrs.get("extended", none), dtype=bool)
+            | np.asarray(bound.attrs.get("borrowed", none), dtype=bool))
 
 
 def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
     """The rows of a curve at ``sigmas`` (each must be on the curve's grid), its per-image
-    errors and :func:`monotone_envelope`'s ``borrowed`` flags (where it has them) kept."""
+    errors and the ``borrowed`` and ``extended`` flags (where it has them) kept."""
     stored = frame["sigma"].to_numpy()
     index = [int(np.argmin(np.abs(np.log(stored / s)))) for s in sigmas]
     if not np.allclose(stored[index], sigmas, rtol=1e-6):
         raise ValueError("on_grid: a σ is not on the curve's grid")
     out = frame.iloc[index].reset_index(drop=True)
-    for name in ("errors", "borrowed"):
+    for name in ("errors", "borrowed", "extended"):
         if name in frame.attrs:
             out.attrs[name] = np.asarray(frame.attrs[name])[index]
     return out
@@ -172,8 +185,25 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     frames = {name: extend_monotone(curve_frame(c), grid, "lower" if kinds[name] == "lower"
                                     else "upper") for name, c in ref_curves.items()}
     refs, how = tightest_references(frames, kinds)
+    for side in ("lower", "upper"):
+        if side in refs:
+            refs[side].attrs["extended"] = _picked_extended(frames, kinds, side)
     return {side: curve if side == "exact" else monotone_envelope(curve, side)
             for side, curve in refs.items()}, how
+
+
+def _picked_extended(frames: dict, kinds: dict, side: str) -> np.ndarray:
+    """Bool per σ: the bound that :func:`kl.tightest_references` picks on ``side`` there
+    (the lowest upper, the highest lower: ``kl._pick``'s choice) is a value
+    :func:`extend_monotone` took from another σ."""
+    named = [frame for name, frame in frames.items() if kinds[name] == side]
+    if not named:
+        return np.zeros(len(next(iter(frames.values()))), dtype=bool)
+    mse = np.stack([frame["mse"].to_numpy() for frame in named])
+    choice = (np.argmin if side == "upper" else np.argmax)(mse, axis=0)
+    flags = np.stack([np.asarray(frame.attrs.get("extended", np.zeros(len(frame), dtype=bool)))
+                      for frame in named])
+    return flags[choice, np.arange(mse.shape[1])]
 
 
 def objective_law(t: dict) -> str:

@@ -121,7 +121,7 @@ def dimension_section(records: list[dict], out_dir: Path) -> list[str]:
         markdown_table(shown.astype(object).where(shown.notna(), ""), ".3g"), "",
     ]
     if "U/σ²" in frame:
-        lines += [_posterior_verdict(frame), ""]
+        lines += [_posterior_verdict(frame) + _inverted(frame), ""]
     if "network/σ²" in frame and "count>0.5" in frame:
         lines += [_network_verdict(frame) + _unconverged(frame), ""]
     return lines
@@ -136,6 +136,21 @@ def _posterior_verdict(frame: pd.DataFrame) -> str:
             + (f"; outside for {_ks(~near, frame)}" if (~near).any() else "")
             + (f" (for {_ks(~resolved, frame)} twice its standard error exceeds {WITHIN:.0%} "
                f"of k: the test does not resolve it)" if (~resolved).any() else "") + ".")
+
+
+def _inverted(frame: pd.DataFrame) -> str:
+    """Where the table's L/σ² lies above its U/σ² (Monte Carlo noise of two estimates on the
+    same images: each is a bound only up to its standard error), by how many of U's
+    standard errors ("" where nowhere)."""
+    if "L/σ²" not in frame:
+        return ""
+    above = frame["L/σ²"] > frame["U/σ²"]
+    if not above.any():
+        return ""
+    margin = ((frame["L/σ²"] - frame["U/σ²"]) / frame["U_se"])[above]
+    return (f" L/σ² lies above U/σ² for {_ks(above, frame)}, by at most {margin.max():.2g} of "
+            f"U's standard errors: the Monte Carlo noise of the two estimates, each a bound "
+            f"only up to its error.")
 
 
 def _network_verdict(frame: pd.DataFrame) -> str:

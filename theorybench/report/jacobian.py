@@ -82,9 +82,9 @@ def sure_cell(row: dict) -> str:
 
 
 def _span(values, lo: int, hi: int) -> str:
-    """Eigenvalues ``lo+1 … hi`` of a mean spectrum as 'first–last'."""
+    """Eigenvalues ``lo+1 … hi`` of a mean spectrum as ``"first → last"``."""
     part = values[lo:hi]
-    return f"{part[0]:.3g}–{part[-1]:.3g}" if len(part) else ""
+    return f"{part[0]:.3g} → {part[-1]:.3g}" if len(part) else ""
 
 
 class _Entry:
@@ -258,7 +258,9 @@ def _pair_section(pairs: list[dict], out_dir: Path) -> tuple[list[str], list[dic
     _figure_pairs(frame, out_dir / "jacobian_pairs.png")
     lines = ["### Two networks trained on disjoint sets", "",
              "Overlap of the spans of the top-k eigenvectors of their Jacobians at the same "
-             "noisy input (mean cos² of the principal angles; 1 = same span).", "",
+             "noisy input (`k`; mean cos² of the principal angles; 1 = same span, `chance` = "
+             "k/d for random spans); `jacobian_distance`: ‖J_a − J_b‖/‖J_a‖ (Frobenius; "
+             "estimated from random probes above the exact size).", "",
              "![Jacobian overlap against N](jacobian_pairs.png)", "",
              markdown_table(frame[["entry", "n_train", "sigma", "k", "overlap", "chance",
                                    "jacobian_distance"]]), ""]
@@ -296,7 +298,11 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
              "linearization at y, not f itself; given for the networks only, `–` for the "
              "references); the eigenvectors "
              "of its symmetric part are the adaptive basis, the eigenvalues the shrinkage, "
-             "tr J the effective dimension (SCIENCE.md §6). SURE estimates the MSE from y alone: "
+             "tr J the effective dimension (SCIENCE.md §6). Columns: `count>0.5` the "
+             "eigenvalues of the symmetric part (J + Jᵀ)/2 above 0.5; `λ1–5`, `λ6–10` its "
+             "eigenvalues of those ranks, the first → the last; `asymmetry` ‖J − Jᵀ‖/‖J‖ "
+             "(Frobenius norms; 0 for an MMSE denoiser, whose Jacobian is symmetric). "
+             "SURE estimates the MSE from y alone: "
              "(‖f(y) − y‖² − dσ² + 2σ² tr J)/d, shown ± the SE of SURE − measured error "
              "only where that SE (over the noise, from the linearized f; over images too "
              "when there are several) is "
@@ -352,10 +358,11 @@ def jacobian_section(records: list[dict], out_dir) -> list[str]:
                       ""]
         if "contour_top_k" in frame:
             band = recs[0]["spec"]["band"]
+            top_k = recs[0]["spec"]["top_k"]
             lines += ["Contour concentration: fraction of the energy of each top eigenvector "
-                      f"within {band:g} pixels of the true contour (mean over the top "
-                      "eigenvectors and the images analysed), against the fraction of pixels there "
-                      "(chance).", ""]
+                      f"within {band:g} pixels of the true contour (mean over the top {top_k} "
+                      "eigenvectors and the images analysed), against the fraction of pixels "
+                      "there (chance).", ""]
     if all_rows:
         write_csv(pd.DataFrame(all_rows), out_dir / "jacobian.csv")
         lines += ["Jacobian table as CSV: `jacobian.csv`.", ""]

@@ -197,7 +197,9 @@ def machines_section(records: list[dict], out_dir) -> list[str]:
              f"whose output is closest to the network's. Then the S1 network, the "
              f"empirical denoiser of S1, both machines and the S2 network sample from the "
              f"same {first['n_samples']} noises. Agreement per image: r, the Pearson "
-             f"correlation of two samples' pixels (centred cosine), and r²; the anchor "
+             f"correlation of two samples' pixels (each centred on its own pixel mean; the "
+             f"Memorization section's centred cosine subtracts a mean image instead), and "
+             f"r²; the anchor "
              f"reports the median r² between the ELS machine and trained convolutional "
              f"networks, {ANCHOR_R2[0]}–{ANCHOR_R2[1]} (0.77 with attention). MSE/U: "
              f"held-out MSE over the estimator upper bound U of the MMSE on the same "
@@ -216,8 +218,13 @@ def machines_section(records: list[dict], out_dir) -> list[str]:
         lines += [f"### {label}", "", _table(frame), ""]
         best = frame.iloc[-1]
         closest = max(ROLES[:3], key=lambda rt: best[f"r2 {rt[0]}"])
-        lines += [f"At N = {best['N']}, the S1 network's samples agree best with the "
-                  f"{closest[1]} machine's (median r² {best[f'r2 {closest[0]}']:.3f}); the "
+        tied = [text for role, text in ROLES[:3] if role != closest[0]
+                and best[f"r2 {role} q3"] >= best[f"r2 {closest[0]} q1"]]
+        overlap = (f", its quartiles overlapping those of the {' and '.join(tied)} "
+                   f"machine's over {best['K']} samples" if tied else "")
+        lines += [f"At N = {best['N']}, the S1 network's samples agree most, by the median, "
+                  f"with the {closest[1]} machine's (median r² "
+                  f"{best[f'r2 {closest[0]}']:.3f}{overlap}); the "
                   f"ELS machine's median r² is {best['r2 els']:.3f} against the anchor's "
                   f"{ANCHOR_R2[0]}–{ANCHOR_R2[1]}, and the two networks' (S1 vs S2) "
                   f"{best['r2 s2']:.3f}.", ""]

@@ -27,6 +27,7 @@ from .common import (
     bracket,
     closing_inputs,
     curve_frame,
+    elsewhere,
     identity_text,
     image_size,
     largest,
@@ -63,7 +64,9 @@ LEGENDS = {
         "method. Where a network is no better than the "
         "identity or, at σ ≥ 1, the mean image: those σ and (×r ± se) the largest ratio of "
         "its MSE to that baseline's among them (± its standard error, paired: the same images "
-        "and noise)."),
+        "and noise). A σ is listed where the measured ratio is at least 1: within about two "
+        "standard errors of 1 it is a tie that the test images and noise decide, either way "
+        "(\"every σ\" too)."),
     "gap": (
         "**Generalization gap** (entries with a finite training set): each network on the "
         "images it was trained on against the test images, at the per-σ networks' σ (± "
@@ -86,17 +89,19 @@ LEGENDS = {
         "its training set would produce; harder test images could too."),
     "kl": (
         "**KL bound** (SCIENCE.md §4b; Song et al. 2021, Thm 1), nats, at smoothing level "
-        "σ0, for the reverse SDE driven by the network from N(μ̂, σ_max² I), σ_max = the top "
-        "of the row's σ grid, μ̂ the mean pixel value: `kl_low` = B_low = ∫ max(0, MSE − U) "
+        "σ0, for the reverse SDE driven by the network from N(μ̄, σ_max² I), σ_max = the top "
+        "of the row's σ grid, μ̄ the constant image at the mean pixel value (not the mean "
+        "image μ̂ that centred networks subtract): `kl_low` = B_low = ∫ max(0, MSE − U) "
         "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` = "
         "B_high = ∫ max(0, MSE − L) σ⁻³ dσ + `closing`, an upper bound on the smoothed KL up "
         "to the Monte Carlo error (`se_high`) and the quadrature error (`quad_err`); "
-        "`closing` = E‖x − μ̂‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̂, σ_max² I)) (joint convexity), "
+        "`closing` = E‖x − μ̄‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̄, σ_max² I)) (joint convexity), "
         "or, where `closing_exact`, that KL itself in closed form (`Distribution.start_kl`; "
         "the Gaussian field), then added to `kl_low` too; `se_*` standard errors over the "
-        "test images (`se_high` with that of E‖x − μ̂‖² in `closing`); `bits_*` per pixel "
+        "test images (`se_high` with that of E‖x − μ̄‖² in `closing`); `bits_*` per pixel "
         "value; `clipped` (`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added "
-        "to kl_low; MSE − L < 0 is set to 0 alike in kl_high, and where noise puts L above U "
+        "to kl_low; `clipped_max`: the largest U − MSE so set, a total squared error over "
+        "the pixels; MSE − L < 0 is set to 0 alike in kl_high, and where noise puts L above U "
         "kl_high uses U, so kl_low ≤ kl_high). `grid`: σ values integrated (trapezoid in "
         "ln σ: between them the curves are interpolated, not measured); `quad_err`: the "
         "estimated quadrature error of either end, of either sign, |I − I_½|/3 with I_½ the "
@@ -256,6 +261,30 @@ class StudyData:
                         if r["spec"]["train"]["mode"] == mode] for mode in NETWORKS}
         self.converged = {mode: None if not f or None in f else all(f)
                           for mode, f in flags.items()}
+        self.recipes = {mode: [(r["spec"]["train"], preconditioned(r["result"])) for r in nets
+                               if r["spec"]["train"]["mode"] == mode] for mode in NETWORKS}
+
+
+def recipe_differences(a: StudyData, b: StudyData) -> list[str]:
+    """How the networks of two entries were trained differently, per kind of network: each
+    training setting whose values differ (the noise level and seed aside), and the count
+    trained in the preconditioned form; ``"universal steps 2000 against 4000"``."""
+    out = []
+    for mode in NETWORKS:
+        mine, theirs = a.recipes[mode], b.recipes[mode]
+        if not mine or not theirs:
+            continue
+        keys = sorted(set().union(*(t for t, _ in mine + theirs)) - {"sigma", "seed"})
+        for key in keys:
+            va, vb = ({str(t.get(key)) for t, _ in recipes} for recipes in (mine, theirs))
+            if va != vb:
+                out.append(f"{mode} {key} {', '.join(sorted(va))} against "
+                           f"{', '.join(sorted(vb))}")
+        pa, pb = (sum(p for _, p in recipes) for recipes in (mine, theirs))
+        if pa != pb:
+            out.append(f"{mode} preconditioned {pa} of {len(mine)} against {pb} of "
+                       f"{len(theirs)}")
+    return out
 
 
 @cached_figure
@@ -486,11 +515,11 @@ def standing_rows(standings: list[dict]) -> list[dict]:
 
 
 def _own_values(bound: pd.DataFrame) -> pd.DataFrame:
-    """A bound with NaN MSE at the σ where :func:`~.common.monotone_envelope` took its value
-    from another σ (``attrs["borrowed"]``): a slope through a borrowed value measures no
-    estimator, and two σ borrowing one value would give a slope of 0 ± 0; the bound's
-    secant bracket keeps every value."""
-    borrowed = np.asarray(bound.attrs.get("borrowed", np.zeros(len(bound), dtype=bool)))
+    """A bound with NaN MSE at the σ where its value was measured at another σ
+    (:func:`~.common.elsewhere`): a slope through such a value measures no estimator, and
+    two σ sharing one value would give a slope of 0 ± 0; the bound's secant bracket keeps
+    every value."""
+    borrowed = elsewhere(bound)
     if not borrowed.any():
         return bound
     out = bound.copy()
@@ -590,6 +619,10 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
                      f"[{window['MMSE ≥']:.3g}, {window['MMSE ≤']:.3g}]")
             if low <= theory <= high:
                 note = f"{where}, which contains the {theory_col} = {theory:.3g}."
+                if low <= window[field_col] <= high:
+                    note += (f" It also contains the {law['component']}' own Wiener slope "
+                             f"{window[field_col]:.3g}: on this window the bracket does not "
+                             f"tell the law from that estimator's rate.")
             elif low > theory:
                 note = (f"{where}: above the {theory_col} = {theory:.3g} on this window "
                         f"(where the pixel grid is resolved the slope tends to 1, SCIENCE.md "
@@ -673,19 +706,36 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
     return rows
 
 
+def _recipes_text(studies: list[StudyData]) -> str:
+    """:func:`recipe_differences` of each shuffled entry against its base, as a clause
+    (``" (faces shuffled against faces: universal steps 2000 against 4000)"``; ``""`` where
+    the recipes agree)."""
+    bases = base_studies(studies)
+    parts = [f"{s.label} against {bases[s.label].label}: {'; '.join(diff)}"
+             for s in studies if bases.get(s.label) is not None
+             for diff in [recipe_differences(s, bases[s.label])] if diff]
+    return f" ({'; '.join(parts)})" if parts else " (here the same for both)"
+
+
 def _borrowed_text(refs: dict) -> str:
-    """Where the bracket's ends come from another σ (:func:`~.common.monotone_envelope`):
-    ``"; U from a larger σ at 9 of 29 σ (0.364–1.66; the MMSE does not decrease with σ)"``,
-    ``""`` where nowhere."""
+    """Where the bracket's ends were measured at another σ (:func:`~.common.elsewhere`), and
+    why: ``"; U from a larger σ at 21 of 29 σ (0.0121–1.66: 21 stored on a coarser grid, 0
+    by the monotone envelope; the MMSE does not decrease with σ)"``, ``""`` where nowhere."""
     parts = []
     for side, word in (("upper", "U from a larger σ"), ("lower", "L from a smaller σ")):
         curve = refs.get(side)
-        borrowed = curve.attrs.get("borrowed") if curve is not None else None
-        if borrowed is not None and borrowed.any():
-            sigma = curve["sigma"].to_numpy()[borrowed]
-            parts.append(f"{word} at {int(borrowed.sum())} of {len(borrowed)} σ "
-                         f"({sigma.min():.3g}–{sigma.max():.3g}; the MMSE does not decrease "
-                         f"with σ)")
+        if curve is None:
+            continue
+        moved = elsewhere(curve)
+        if moved.any():
+            sigma = curve["sigma"].to_numpy()[moved]
+            none = np.zeros(len(curve), dtype=bool)
+            envelope = np.asarray(curve.attrs.get("borrowed", none), dtype=bool)
+            coarse, envelope = int(np.sum(moved & ~envelope)), int(np.sum(envelope))
+            parts.append(f"{word} at {int(moved.sum())} of {len(moved)} σ "
+                         f"({sigma.min():.3g}–{sigma.max():.3g}: {coarse} stored on a coarser "
+                         f"grid, {envelope} by the monotone envelope; the MMSE does not "
+                         f"decrease with σ)")
     return "".join(f"; {p}" for p in parts)
 
 
@@ -759,8 +809,11 @@ def study_header(records: list[dict]) -> list[str]:
                f"which): f(y) = μ̂ + c_skip (y − μ̂) − c_out r(y − μ̂) with EDM's c_skip = "
                f"σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² + σ_d²), σ_d = "
                f"{t.get('sigma_data', 0.25):g}"
-               + (", the started-from network's output layer zeroed, where that start had "
-                  "the lower MSE on the first training images" if warm else "")
+               + ("; a network took this form where it started closer to the images "
+                  "(the lower MSE on the first training images at its σ) than the "
+                  "residual form, and then started from the universal network with its "
+                  "output layer zeroed, i.e. from the scalar shrinkage μ̂ + c_skip (y − μ̂)"
+                  if warm else "")
                if precond else "")
             + (shrink_sentence(records) if mode == "universal" else "")
             + ".")
@@ -816,7 +869,7 @@ def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
             for s0 in [x for x in sigma0s if sig[0] <= x <= sig[-1]]:
                 per_image = (trapezoid_weights(np.log(sig), math.log(s0)) * sig**-2.0) @ diff
                 rows.append({"entry": s.label, "network": mode, "sigma0": s0,
-                             "KL shuffled − KL base (nats)": float(per_image.mean()),
+                             "bound shuffled − bound base (nats)": float(per_image.mean()),
                              "se": float(per_image.std(ddof=1) / math.sqrt(per_image.size))})
     return rows
 
@@ -961,7 +1014,10 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                                           "bits_high", "clipped", "clipped_nats",
                                           "converged"]]), ""]
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():
-                lines += ["Flag: the network's MSE falls below the reference upper bound U at "
+                clipping = ", ".join(mine[mine["network"].isin(NETWORKS)
+                                          & mine["clipped"]]["network"].unique())
+                lines += [f"Flag ({clipping}): the network's MSE falls below the reference "
+                          "upper bound U at "
                           "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all): "
                           "the true gap is ≥ 0, so U is loose there (or it is noise)."
                           + _interpolated_clipping(study.reference["result"]["curves"],
@@ -1006,15 +1062,19 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                 lines += [""]
     if shuffled:
         lines += ["## Shuffled against base", "",
-                  "Per-σ networks on the pixel-shuffled family against networks of the same "
-                  "configuration trained on its base, at each σ of their grid (per-pixel "
-                  "MSE; `U`: each family's tightest upper reference, the same MMSE on both, "
-                  "SCIENCE.md §5):", "",
+                  "Per-σ networks on the pixel-shuffled family against its base's per-σ "
+                  "networks, at each σ of their grid (per-pixel MSE; `U`: each family's "
+                  "tightest upper reference, the same MMSE on both, SCIENCE.md §5). The "
+                  "two families' networks share the architecture and the study's recipe, "
+                  "whose settings adapt per family" + _recipes_text(studies) + ": the "
+                  "ratio measures the cost of the convolutional inductive bias on "
+                  "shuffled pixels together with those differences.", "",
                   markdown_table(pd.DataFrame(shuffled)), ""]
         shuffled_kl = shuffled_kl_rows(studies, preset.sigma0s)
         if shuffled_kl:
             lines += ["The same MMSE on both families cancels in the difference of the "
-                      "networks' KL gaps, ∫ (MSE_shuffled − MSE_base) σ⁻³ dσ from σ0: no "
+                      "networks' KL bounds (their MSE gaps over the MMSE, integrated), "
+                      "∫ (MSE_shuffled − MSE_base) σ⁻³ dσ from σ0: no "
                       "bracket, paired image by image (same images and noise, permuted); the "
                       "integral is the trapezoid on the network's grid, an estimate between "
                       "the per-σ networks' σ as in the KL tables.", "",

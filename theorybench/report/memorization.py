@@ -613,7 +613,11 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
              f"between the two sets. S2 net / S1 net on S1: the S2 network's MSE on the "
              f"same S1 images and noise over the S1 network's (at the same σ): what the S1 "
              f"network fits of its own images, free of that difference (two networks that "
-             f"generalize give 1).",
+             f"generalize give 1). KL σ0 [low, high]: the S1 network's KL bound [B_low, "
+             f"B_high] (section How to read the entries) on its held-out curve, integrated "
+             f"on the sweep's σ grid from its smallest σ up to its largest, for the reverse "
+             f"SDE from N(μ̄, σ_max² I) at that largest σ: a bound for that process, not "
+             f"for the {sampler['method']} sampler above, with its own start and steps.",
              ""]
     rows, curves, traces = [], [], []
     for by_n in groups.values():

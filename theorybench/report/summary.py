@@ -24,13 +24,17 @@ def _nats(value: float) -> str:
 
 
 def kl_text(row: dict | None) -> str:
-    """A KL row as ``"v ± se"`` (ends equal: an exact reference) or ``"[low, high]"``."""
+    """A KL row as ``"v ± se"`` (ends equal: an exact reference) or ``"[low, high]"``, with
+    ``" (c clipped)"`` where the row's ``clipped_nats`` c is positive (MSE − U < 0 set to 0
+    at some σ)."""
     if row is None:
         return "–"
     low, high = row["kl_low"], row["kl_high"]
+    clipped = row.get("clipped_nats", 0.0)
+    note = f" ({_nats(clipped)} clipped)" if clipped > 0 else ""
     if math.isclose(low, high, rel_tol=1e-9):
-        return f"{_nats(high)} ± {row['se_high']:.2g}"
-    return f"[{_nats(low)}, {_nats(high)}]"
+        return f"{_nats(high)} ± {row['se_high']:.2g}{note}"
+    return f"[{_nats(low)}, {_nats(high)}]{note}"
 
 
 def network_rows(standings: dict[str, list[dict]], kl_rows: list[dict],
@@ -159,12 +163,17 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
                   "else the tightest upper reference; MSE/U = 1 is the MMSE where U is "
                   "exact, below 1 better than every reference), the σ where the network is "
                   "no better than the identity or, at σ ≥ 1, than the mean image (×r ± se: "
-                  "the largest ratio of the two MSEs there, ± its paired standard error), the "
+                  "the largest ratio of the two MSEs there, ± its paired standard error; "
+                  "measured ratios, so a σ within noise of 1 may fall either side), the "
                   "bound B on the KL in nats at each σ0 (`B, σ0`: `v ± se` where the MMSE is "
                   "exact, else [B_low, B_high], whose upper end bounds the KL and whose lower "
                   "end does not bound it from below; per-σ rows integrate the gap between "
                   "the σ of separate networks, which no one sampler uses; standard errors of "
-                  "the ends: `kl.csv`), and the convergence flag (section Training); "
+                  "the ends: `kl.csv`; `(c clipped)`: at some σ the network's MSE is below "
+                  "U, where B_low counts 0 instead of the negative gap, c nats in all "
+                  "(`clipped_nats`): a U loose there, or a network better than every "
+                  "reference; B_low of two rows compare only where neither clips much), "
+                  "and the convergence flag (section Training); "
                   "`–`: not available (the entry's section says why).",
                   "", markdown_table(pd.DataFrame(rows), ".3g"), ""]
     if seeds:
