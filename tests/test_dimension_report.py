@@ -67,9 +67,12 @@ def test_an_inverted_bracket_is_named_with_its_margin():
     from theorybench.report.dimension import _inverted
 
     frame = pd.DataFrame({"k": [1, 2, 3], "U/σ²": [0.936744, 2.05651, 3.07],
-                          "U_se": [0.188, 0.251, 0.34], "L/σ²": [0.936808, 2.0586, 2.09]})
-    assert _inverted(frame) == (
-        " L/σ² lies above U/σ² for k = 1, 2, by at most 0.0083 of U's standard errors: the "
-        "Monte Carlo noise of the two estimates, each a bound only up to its error.")
+                          "U_se": [0.188, 0.251, 0.34], "L/σ²": [0.936808, 2.0586, 2.09],
+                          "L kind": ["exact", "exact", "lower"]})
+    text = _inverted(frame)  # (2.0586 − 2.05651)/2.05651 = 0.10 %
+    assert text.startswith(" L/σ² lies above U/σ² for k = 1, 2, by at most 0.001 of U (L the "
+                           "exact posterior by quadrature")
+    lower = frame.assign(**{"L kind": ["lower"] * 3})
+    assert "by at most 0.001 of U: both are estimates" in _inverted(lower)
     assert _inverted(frame.assign(**{"L/σ²": [0.5, 1.0, 2.0]})) == ""
     assert _inverted(frame.drop(columns="L/σ²")) == ""

@@ -410,3 +410,14 @@ def test_monotone_envelope_tightens_both_ends_with_their_errors():
     assert refs["upper"].attrs["extended"].tolist() == [True, False, True, False]
     assert not refs["upper"].attrs["borrowed"].any()  # within 2 SE: nothing else taken
     assert not refs["lower"].attrs["extended"].any()
+    # picked per σ: the coarse curve's extension only where it is the tightest; a σ beyond
+    # its grid holds no bound (U = ∞), taken from nowhere
+    short = coarse | {"sigma": [0.2, 0.4], "mse": [1.2, 2.4], "errors": [[1.2, 1.2], [2.4, 2.4]]}
+    refs, how = bracket({"c": short, "a": stored("upper", [1.0, 3.0, 2.5, 2.6])})
+    assert how == "upper only (L = 0)"
+    assert refs["upper"]["mse"].tolist() == [1.0, 1.2, 2.4, 2.6]
+    assert refs["upper"].attrs["extended"].tolist() == [False, False, False, False]
+    refs, _ = bracket({"c": short, "a": stored("upper", [1.3, 3.0, 2.5, 2.6])})
+    assert refs["upper"]["mse"].tolist() == [1.2, 1.2, 2.4, 2.6]  # c's σ = 0.2 value at 0.1
+    assert refs["upper"].attrs["extended"].tolist() == [True, False, False, False]
+    assert not refs["lower"].attrs["extended"].any()

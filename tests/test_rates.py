@@ -282,7 +282,8 @@ def test_rate_rows_take_the_slopes_of_l_and_u_through_their_own_values_only():
     assert br["high"] == pytest.approx(np.log(upper.mse[3] / lower.mse[2])
                                        / np.log(SIGMAS[3] ** 2 / SIGMAS[2] ** 2))
     window = rows[(rows.table == "slope") & (rows.fit != "secant")].iloc[0]
-    assert window["fit"] == "LS, 4 σ" and np.isfinite(window["U"])  # σ1 and σ4 are its own
+    # the window's 4 σ include two borrowed U: no LS slope of U over its other two
+    assert window["fit"] == "LS, 4 σ" and np.isnan(window["U"]) and np.isfinite(window["L"])
 
 
 def test_rate_note_says_when_the_bracket_also_holds_the_components_wiener_slope():
@@ -299,5 +300,5 @@ def test_rate_note_says_when_the_bracket_also_holds_the_components_wiener_slope(
         return rows[rows.table == "note"].note.iloc[0]
     wide, narrow = note(1.5), note(1.05)  # half widths 0.089 and 0.011
     assert "contains the theory α/(α+1) = 0.667" in wide
-    assert "also contains the region fields' own Wiener slope 0.619" in wide
+    assert "also contains the Wiener slope of the region fields alone, 0.619" in wide
     assert "contains the theory α/(α+1) = 0.667" in narrow and "also contains" not in narrow

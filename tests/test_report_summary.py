@@ -163,3 +163,5 @@ def test_kl_text_gives_the_bound_and_what_clipping_added():
     assert kl_text(bracket | {"clipped_nats": 0.0}) == "[68.2, 242]"
     assert kl_text({"kl_low": 4.52, "kl_high": 4.52, "se_high": 0.6}) == "4.52 ± 0.6"
     assert kl_text(None) == "–"
+    for missing in (float("nan"), None):  # a CSV's empty cell, a record without it
+        assert kl_text(bracket | {"clipped_nats": missing}) == "[68.2, 242]"

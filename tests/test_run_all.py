@@ -805,11 +805,11 @@ def test_small_report_helpers():
     assert "N = 1: 4, N = 10: 4" in _against_identity(group)
     assert _against_identity([{"spec": {"N": 1}, "result": {}}]) == ""
     upper = pd.DataFrame({"sigma": [0.1, 0.2, 0.4]})
-    upper.attrs["borrowed"] = np.array([False, True, True])
+    upper.attrs["borrowed"] = np.array([True, True, False])  # U from σ = 0.4 below it
     assert _borrowed_text({"upper": upper}) == (
-        "; U from a larger σ at 2 of 3 σ (0.2–0.4: 0 stored on a coarser grid, 2 by the "
+        "; U from a larger σ at 2 of 3 σ (0.1–0.2: 0 stored on a coarser grid, 2 by the "
         "monotone envelope; the MMSE does not decrease with σ)")
-    upper.attrs["extended"] = np.array([True, False, True])  # 0.4 borrowed from an extension
+    upper.attrs["extended"] = np.array([True, False, True])  # 0.4 a coarse grid's 0.8
     assert _borrowed_text({"upper": upper}) == (
         "; U from a larger σ at 3 of 3 σ (0.1–0.4: 1 stored on a coarser grid, 2 by the "
         "monotone envelope; the MMSE does not decrease with σ)")

@@ -125,29 +125,48 @@ def test_shuffled_rows_report_u_of_both_families(kind):
 
 
 def test_the_section_names_how_the_two_families_networks_were_trained_differently():
-    """The shuffled family's networks against its base's: each setting that differs."""
+    """The shuffled family's networks against its base's: each setting that differs, from
+    the cells' own TrainConfig dicts (per-σ settings that each network sets apart, its σ and
+    monitored σ, are not differences; a setting one record lacks is not compared)."""
     from theorybench.report.main import StudyData, _recipes_text, recipe_differences
+    from theorybench.train_config import TrainConfig
 
-    def records(steps, scales):
-        curve = {"sigma": [0.1], "mse": [1.0], "se": [0.0], "d": 4, "errors": [[1.0, 1.0]]}
-        nets = [{"spec": {"kind": "network", "train": {"mode": "universal", "steps": steps,
-                                                       "seed": 0, "lr": 1e-3}},
+    curve = {"sigma": [0.1], "mse": [1.0], "se": [0.0], "d": 4, "errors": [[1.0, 1.0]]}
+    net = {"arch": "unet", "channels": 16}
+
+    def records(steps, scales, per_sigma=(0.1, 0.2), padding="zeros"):
+        universal = TrainConfig(mode="universal", steps=steps).to_dict()
+        nets = [{"spec": {"kind": "network", "train": universal, "net": net},
                  "result": {"curve": curve}}]
-        nets += [{"spec": {"kind": "network", "train": {"mode": "per-sigma", "steps": 400,
-                                                       "sigma": s, "seed": 0}},
+        nets += [{"spec": {"kind": "network", "net": {**net, "padding": padding},
+                           "init_key": "abc",
+                           "train": TrainConfig(mode="per-sigma", sigma=s, steps=400,
+                                                monitor_sigmas=(s,)).to_dict()},
                   "result": {"curve": curve, "examples": {}, "output_scales": [scale]}}
-                 for s, scale in zip((0.1, 0.2), scales, strict=True)]
+                 for s, scale in zip(per_sigma, scales, strict=True)]
         return nets
 
     faces = StudyData("faces", {"split": "test"}, records(4000, [1.0, 1.0]))
-    shuffled = StudyData("shuffled", {"base": "faces", "seed": 0, "split": "test"},
-                         records(2000, [1.0, 0.7]))
+    params = {"base": "faces", "seed": 0, "split": "test"}
+    shuffled = StudyData("shuffled", params, records(12000, [1.0, 0.7]))
     assert recipe_differences(shuffled, faces) == [
-        "per-sigma preconditioned 1 of 2 against 0 of 2", "universal steps 2000 against 4000"]
+        "per-sigma preconditioned 1 of 2 against 0 of 2", "universal steps 12000 against 4000"]
     assert recipe_differences(faces, faces) == []
     assert _recipes_text([faces, shuffled]) == (
-        f" ({shuffled.label} against faces: per-sigma preconditioned 1 of 2 against 0 of "
-        "2; universal steps 2000 against 4000)")
-    same = StudyData("shuffled", {"base": "faces", "seed": 0, "split": "test"},
-                     records(4000, [1.0, 1.0]))
-    assert _recipes_text([faces, same]) == " (here the same for both)"
+        f" ({shuffled.label} against faces: per-sigma preconditioned 1 of 2 against 0 of 2, "
+        "universal steps 12000 against 4000)")
+    # one per-σ cell fewer: no difference; another padding: the architecture differs
+    fewer = StudyData("shuffled", params, records(4000, [1.0], per_sigma=(0.1,)))
+    assert recipe_differences(fewer, faces) == []
+    assert _recipes_text([faces, fewer]) == " (here the same for both)"
+    circular = StudyData("shuffled", params, records(4000, [1.0, 1.0], padding="circular"))
+    assert recipe_differences(circular, faces) == [
+        'per-sigma net {"arch": "unet", "channels": 16, "padding": "circular"} against '
+        '{"arch": "unet", "channels": 16, "padding": "zeros"}']
+    # an older record without a setting: not compared; a kind only one entry has: said
+    older = records(2000, [1.0, 1.0])
+    del older[0]["spec"]["train"]["precision"]
+    older = StudyData("shuffled", params, older)
+    assert recipe_differences(older, faces) == ["universal steps 2000 against 4000"]
+    alone = StudyData("shuffled", params, records(4000, [1.0, 1.0])[:1])
+    assert recipe_differences(alone, faces) == ["per-sigma networks in one only"]

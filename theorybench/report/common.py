@@ -58,7 +58,8 @@ def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
     upper bound at σ' ≥ σ bounds MMSE(σ) and a lower bound at σ' ≤ σ bounds it too:
     ``side="upper"`` takes the nearest stored σ' ≥ σ, ``"lower"`` the nearest σ' ≤ σ
     (MSE 0 below the grid: the trivial lower bound; +inf above it). Per-image errors follow
-    the chosen σ'; ``attrs["extended"]`` (bool per σ) marks the σ off the stored grid.
+    the chosen σ'; ``attrs["extended"]`` (bool per σ) marks the σ off the stored grid
+    that took a stored value (not those beyond it, which hold no bound).
     """
     stored = frame["sigma"].to_numpy()
     sigmas = np.asarray(sigmas, dtype=float)
@@ -81,8 +82,14 @@ def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
                         "se": np.where(valid, frame["se"].to_numpy()[index], 0.0),
                         "d": frame["d"].iloc[0]})
     out.attrs["errors"] = errors
-    out.attrs["extended"] = ~np.isclose(stored[index], sigmas, rtol=1e-9, atol=0) | ~valid
+    out.attrs["extended"] = valid & ~np.isclose(stored[index], sigmas, rtol=1e-9, atol=0)
     return out
+
+
+def flag(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """A frame's bool-per-σ attribute ``name`` (``extended``, ``borrowed``), all False where
+    it has none."""
+    return np.asarray(frame.attrs.get(name, np.zeros(len(frame), dtype=bool)), dtype=bool)
 
 
 BORROW_Z = 2.0  # a bound is taken from another σ only where it is better by this many SE
@@ -139,9 +146,7 @@ def elsewhere(bound: pd.DataFrame) -> np.ndarray:
     """Bool per σ: the bound's value there was measured at another σ, either stored on a
     coarser grid (:func:`extend_monotone`'s ``extended``) or taken by
     :func:`monotone_envelope` (``borrowed``)."""
-    none = np.zeros(len(bound), dtype=bool)
-    return (np.asarray(bound.attrs.get("extended", none), dtype=bool)
-            | np.asarray(bound.attrs.get("borrowed", none), dtype=bool))
+    return flag(bound, "extended") | flag(bound, "borrowed")
 
 
 def on_grid(frame: pd.DataFrame, sigmas) -> pd.DataFrame:
@@ -187,23 +192,25 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     refs, how = tightest_references(frames, kinds)
     for side in ("lower", "upper"):
         if side in refs:
-            refs[side].attrs["extended"] = _picked_extended(frames, kinds, side)
+            refs[side].attrs["extended"] = _measured_elsewhere(frames, kinds, side, refs[side])
     return {side: curve if side == "exact" else monotone_envelope(curve, side)
             for side, curve in refs.items()}, how
 
 
-def _picked_extended(frames: dict, kinds: dict, side: str) -> np.ndarray:
-    """Bool per σ: the bound that :func:`kl.tightest_references` picks on ``side`` there
-    (the lowest upper, the highest lower: ``kl._pick``'s choice) is a value
-    :func:`extend_monotone` took from another σ."""
-    named = [frame for name, frame in frames.items() if kinds[name] == side]
-    if not named:
-        return np.zeros(len(next(iter(frames.values()))), dtype=bool)
-    mse = np.stack([frame["mse"].to_numpy() for frame in named])
-    choice = (np.argmin if side == "upper" else np.argmax)(mse, axis=0)
-    flags = np.stack([np.asarray(frame.attrs.get("extended", np.zeros(len(frame), dtype=bool)))
-                      for frame in named])
-    return flags[choice, np.arange(mse.shape[1])]
+def _measured_elsewhere(frames: dict, kinds: dict, side: str, bound: pd.DataFrame):
+    """Bool per σ: the tightest bound on ``side`` (``bound``) is better there than every
+    bound of that side measured at σ itself, so it is a value :func:`extend_monotone` took
+    from another σ (ties count as measured at σ; no bound, U = ∞ or L = 0, as neither)."""
+    mine = [frame for name, frame in frames.items() if kinds[name] == side]
+    values = bound["mse"].to_numpy(dtype=float)
+    if not mine:
+        return np.zeros(len(values), dtype=bool)
+    fill = np.inf if side == "upper" else -np.inf  # σ where no bound was measured
+    measured = np.stack([np.where(flag(frame, "extended"), fill, frame["mse"].to_numpy())
+                         for frame in mine])
+    if side == "upper":
+        return np.isfinite(values) & (values < measured.min(axis=0))
+    return (values > 0) & (values > measured.max(axis=0))
 
 
 def objective_law(t: dict) -> str:

@@ -139,18 +139,21 @@ def _posterior_verdict(frame: pd.DataFrame) -> str:
 
 
 def _inverted(frame: pd.DataFrame) -> str:
-    """Where the table's L/σ² lies above its U/σ² (Monte Carlo noise of two estimates on the
-    same images: each is a bound only up to its standard error), by how many of U's
-    standard errors ("" where nowhere)."""
+    """Where the table's L/σ² lies above its U/σ², and by how much relative to U ("" where
+    nowhere): two estimates on the same images, each a bound only up to its numerical
+    error."""
     if "L/σ²" not in frame:
         return ""
     above = frame["L/σ²"] > frame["U/σ²"]
     if not above.any():
         return ""
-    margin = ((frame["L/σ²"] - frame["U/σ²"]) / frame["U_se"])[above]
-    return (f" L/σ² lies above U/σ² for {_ks(above, frame)}, by at most {margin.max():.2g} of "
-            f"U's standard errors: the Monte Carlo noise of the two estimates, each a bound "
-            f"only up to its error.")
+    excess = ((frame["L/σ²"] - frame["U/σ²"]) / frame["U/σ²"].abs())[above]
+    exact = "L kind" in frame and set(frame["L kind"][above]) == {"exact"}
+    how = (" (L the exact posterior by quadrature, U importance-sampled: two estimates of "
+           "the same MMSE)" if exact else "")
+    return (f" L/σ² lies above U/σ² for {_ks(above, frame)}, by at most {excess.max():.2g} "
+            f"of U{how}: both are estimates on the same images, each a bound only up to its "
+            f"numerical error, which this difference measures.")
 
 
 def _network_verdict(frame: pd.DataFrame) -> str:

@@ -9,6 +9,7 @@ base) and a row of clean / noisy / denoised images. Every table is also written 
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from pathlib import Path
@@ -28,6 +29,7 @@ from .common import (
     closing_inputs,
     curve_frame,
     elsewhere,
+    flag,
     identity_text,
     image_size,
     largest,
@@ -76,7 +78,8 @@ LEGENDS = {
         "here separates the two at small σ. Beside it, baselines on the same training images "
         "and noise (the reference record's `curves_train`), each fitted to those images by "
         "little: the identity (MSE/σ² = 1 in expectation; its two values differ by the two "
-        "noises; `test/training, each over the identity`: the network's ratio with each "
+        "noises, each the same at every σ: one noise draw per image, scaled by σ; "
+        "`test/training, each over the identity`: the network's ratio with each "
         "set's MSE first divided by the identity's on the same images and noise, paired "
         "within each set, so that the two noises' difference cancels and, at small σ, most "
         "of the images' spread: a sharper test/training there), the mean image (its ratio: "
@@ -90,8 +93,9 @@ LEGENDS = {
     "kl": (
         "**KL bound** (SCIENCE.md §4b; Song et al. 2021, Thm 1), nats, at smoothing level "
         "σ0, for the reverse SDE driven by the network from N(μ̄, σ_max² I), σ_max = the top "
-        "of the row's σ grid, μ̄ the constant image at the mean pixel value (not the mean "
-        "image μ̂ that centred networks subtract): `kl_low` = B_low = ∫ max(0, MSE − U) "
+        "of the row's σ grid, μ̄ the constant image at the mean pixel value (SCIENCE.md "
+        "§4b's μ̂; not the mean image μ̂ that centred networks subtract): `kl_low` = B_low = "
+        "∫ max(0, MSE − U) "
         "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` = "
         "B_high = ∫ max(0, MSE − L) σ⁻³ dσ + `closing`, an upper bound on the smoothed KL up "
         "to the Monte Carlo error (`se_high`) and the quadrature error (`quad_err`); "
@@ -261,30 +265,57 @@ class StudyData:
                         if r["spec"]["train"]["mode"] == mode] for mode in NETWORKS}
         self.converged = {mode: None if not f or None in f else all(f)
                           for mode, f in flags.items()}
-        self.recipes = {mode: [(r["spec"]["train"], preconditioned(r["result"])) for r in nets
-                               if r["spec"]["train"]["mode"] == mode] for mode in NETWORKS}
+        self.recipes = {mode: [_recipe(r) for r in nets if r["spec"]["train"]["mode"] == mode]
+                        for mode in NETWORKS}
+
+
+PER_NETWORK = {"sigma", "seed", "monitor_sigmas"}  # settings each network of a kind sets apart
+
+
+def _recipe(record: dict) -> dict:
+    """How one network cell was trained, as :func:`recipe_differences` compares it: its
+    training settings but :data:`PER_NETWORK`, its architecture (``net``), whether it
+    started from another network (``warm start``) and whether it was trained in the
+    preconditioned form; each value as sorted JSON."""
+    spec = record["spec"]
+    settings = {k: v for k, v in spec["train"].items() if k not in PER_NETWORK}
+    settings.update(net=spec.get("net"), **{"warm start": bool(spec.get("init_key")),
+                                        "preconditioned": preconditioned(record["result"])})
+    return {k: json.dumps(v, sort_keys=True) for k, v in settings.items()}
 
 
 def recipe_differences(a: StudyData, b: StudyData) -> list[str]:
     """How the networks of two entries were trained differently, per kind of network: each
-    training setting whose values differ (the noise level and seed aside), and the count
-    trained in the preconditioned form; ``"universal steps 2000 against 4000"``."""
+    setting of :func:`_recipe` that both record and whose values differ (``"universal
+    steps 2000 against 4000"``: the values each entry's networks took), the count trained
+    in the preconditioned form where it differs, and a kind only one entry has."""
     out = []
     for mode in NETWORKS:
         mine, theirs = a.recipes[mode], b.recipes[mode]
+        if bool(mine) != bool(theirs):
+            out.append(f"{mode} networks in one only")
         if not mine or not theirs:
             continue
-        keys = sorted(set().union(*(t for t, _ in mine + theirs)) - {"sigma", "seed"})
-        for key in keys:
-            va, vb = ({str(t.get(key)) for t, _ in recipes} for recipes in (mine, theirs))
+        for key in sorted(set.intersection(*(set(r) for r in mine + theirs)) - {"preconditioned"}):
+            va, vb = ({r[key] for r in recipes} for recipes in (mine, theirs))
             if va != vb:
-                out.append(f"{mode} {key} {', '.join(sorted(va))} against "
-                           f"{', '.join(sorted(vb))}")
-        pa, pb = (sum(p for _, p in recipes) for recipes in (mine, theirs))
+                out.append(f"{mode} {key} {_values(va)} against {_values(vb)}")
+        pa, pb = (sum(r["preconditioned"] == "true" for r in recipes)
+                  for recipes in (mine, theirs))
         if pa != pb:
             out.append(f"{mode} preconditioned {pa} of {len(mine)} against {pb} of "
                        f"{len(theirs)}")
     return out
+
+
+def _values(values: set[str]) -> str:
+    """A setting's JSON values, numbers in numeric order, joined by ``" / "``."""
+    def order(v):
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+    return " / ".join(sorted(values, key=order))
 
 
 @cached_figure
@@ -533,8 +564,9 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
     Every row has a ``table`` key: ``"slope"`` (a family with a ``rate_law``, e.g. C^α: per
     curve, the least-squares slope of log MSE vs log σ² on ``preset.rate_range`` and the
     local secant slope on each interval of the coarse grid, each ± its SE over the test
-    images by the delta method of :func:`log_slope` (L and U through their own values only,
-    :func:`_own_values`); the MMSE secant bracket implied by
+    images by the delta method of :func:`log_slope` (the references through their own values
+    only, :func:`_own_values`; no window slope for a curve that lacks one of the window's σ);
+    the MMSE secant bracket implied by
     L ≤ MMSE ≤ U, :func:`secant_bracket`; the law's slope, α/(α+1), and its component's,
     the Wiener slope of the region fields alone), ``"note"`` (whether the law's slope is
     reachable on this window),
@@ -584,7 +616,7 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
         theory_col, field_col = law["label"], f"{law['component']} Wiener"
         curves = {"per-σ net": aligned(nets["per-sigma"]) if "per-sigma" in nets else None,
                   "universal net": aligned(nets["universal"]) if "universal" in nets else None}
-        curves.update({"MMSE": lo_ref} if "exact" in refs
+        curves.update({"MMSE": _own_values(lo_ref)} if "exact" in refs
                       else {"L": _own_values(lo_ref), "U": _own_values(up_ref)})
         curves = {k: v for k, v in curves.items() if v is not None}
 
@@ -602,6 +634,8 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
                    "σ from": a, "σ to": b}
             for label, f in curves.items():
                 res = log_slope(f["sigma"], f["mse"], a, b, f.attrs["errors"])
+                if kind == "window" and res["points"] < len(inside):
+                    res = {**res, "slope": math.nan, "se": math.nan, "se_fit": math.nan}
                 row[label], row[f"{label} se"] = res["slope"], res["se"]
                 if kind == "window":
                     row[f"{label} se_fit"] = res["se_fit"]
@@ -620,9 +654,9 @@ def rate_rows(study: StudyData, refs: dict, preset) -> list[dict]:
             if low <= theory <= high:
                 note = f"{where}, which contains the {theory_col} = {theory:.3g}."
                 if low <= window[field_col] <= high:
-                    note += (f" It also contains the {law['component']}' own Wiener slope "
-                             f"{window[field_col]:.3g}: on this window the bracket does not "
-                             f"tell the law from that estimator's rate.")
+                    note += (f" It also contains the Wiener slope of the {law['component']} "
+                             f"alone, {window[field_col]:.3g}: on this window the bracket does "
+                             f"not tell the law from that estimator's rate.")
             elif low > theory:
                 note = (f"{where}: above the {theory_col} = {theory:.3g} on this window "
                         f"(where the pixel grid is resolved the slope tends to 1, SCIENCE.md "
@@ -708,10 +742,10 @@ def shuffled_rows(studies: list[StudyData]) -> list[dict]:
 
 def _recipes_text(studies: list[StudyData]) -> str:
     """:func:`recipe_differences` of each shuffled entry against its base, as a clause
-    (``" (faces shuffled against faces: universal steps 2000 against 4000)"``; ``""`` where
-    the recipes agree)."""
+    (``" (shuffled(base=faces) against faces: universal steps 2000 against 4000)"``; ``"
+    (here the same for both)"`` where the recipes agree)."""
     bases = base_studies(studies)
-    parts = [f"{s.label} against {bases[s.label].label}: {'; '.join(diff)}"
+    parts = [f"{s.label} against {bases[s.label].label}: {', '.join(diff)}"
              for s in studies if bases.get(s.label) is not None
              for diff in [recipe_differences(s, bases[s.label])] if diff]
     return f" ({'; '.join(parts)})" if parts else " (here the same for both)"
@@ -729,8 +763,7 @@ def _borrowed_text(refs: dict) -> str:
         moved = elsewhere(curve)
         if moved.any():
             sigma = curve["sigma"].to_numpy()[moved]
-            none = np.zeros(len(curve), dtype=bool)
-            envelope = np.asarray(curve.attrs.get("borrowed", none), dtype=bool)
+            envelope = flag(curve, "borrowed")
             coarse, envelope = int(np.sum(moved & ~envelope)), int(np.sum(envelope))
             parts.append(f"{word} at {int(moved.sum())} of {len(moved)} σ "
                          f"({sigma.min():.3g}–{sigma.max():.3g}: {coarse} stored on a coarser "
@@ -846,7 +879,7 @@ def shrink_sentence(records: list[dict]) -> str:
 
 
 def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
-    """KL(shuffled) − KL(base) of the networks: ``∫ (MSE_shuffled − MSE_base) σ⁻³ dσ``.
+    """The networks' KL bounds, shuffled − base: ``∫ (MSE_shuffled − MSE_base) σ⁻³ dσ``.
 
     The MMSE of the two families is identical (SCIENCE.md §5), so it cancels: the difference
     of the two networks' KL gaps needs no bracket (the integral is still the trapezoid on
@@ -1039,8 +1072,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                   "adds `se_fit` from its residuals: curvature, not noise) and secant on each "
                   "interval of the "
                   "coarse grid; `se`: SE over the test images (delta method, the images' "
-                  "errors paired across σ and curves; the slopes of L and U use their own "
-                  "values only, none taken from another σ by monotonicity). `MMSE ≥`/"
+                  "errors paired across σ and curves; the references' slopes use their own "
+                  "values only, none taken from another σ by monotonicity, and a curve "
+                  "without a value at every σ of the window has no LS slope). `MMSE ≥`/"
                   "`MMSE ≤`: the secant slope "
                   "of the MMSE implied by L ≤ MMSE ≤ U, (log L(σb) − log U(σa))/(log σb² − "
                   "log σa²) and (log U(σb) − log L(σa))/(…); `<component> Wiener`: the "
@@ -1065,8 +1099,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                   "Per-σ networks on the pixel-shuffled family against its base's per-σ "
                   "networks, at each σ of their grid (per-pixel MSE; `U`: each family's "
                   "tightest upper reference, the same MMSE on both, SCIENCE.md §5). The "
-                  "two families' networks share the architecture and the study's recipe, "
-                  "whose settings adapt per family" + _recipes_text(studies) + ": the "
+                  "two families' networks follow the study's recipe, whose settings adapt "
+                  "per family" + _recipes_text(studies) + ": the "
                   "ratio measures the cost of the convolutional inductive bias on "
                   "shuffled pixels together with those differences.", "",
                   markdown_table(pd.DataFrame(shuffled)), ""]

@@ -616,7 +616,8 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
              f"generalize give 1). KL σ0 [low, high]: the S1 network's KL bound [B_low, "
              f"B_high] (section How to read the entries) on its held-out curve, integrated "
              f"on the sweep's σ grid from its smallest σ up to its largest, for the reverse "
-             f"SDE from N(μ̄, σ_max² I) at that largest σ: a bound for that process, not "
+             f"SDE from N(μ̄, σ_max² I) at that largest σ (B_high with the closing term "
+             f"where the reference stores the data variance): a bound for that process, not "
              f"for the {sampler['method']} sampler above, with its own start and steps.",
              ""]
     rows, curves, traces = [], [], []

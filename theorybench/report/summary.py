@@ -30,8 +30,8 @@ def kl_text(row: dict | None) -> str:
     if row is None:
         return "–"
     low, high = row["kl_low"], row["kl_high"]
-    clipped = row.get("clipped_nats", 0.0)
-    note = f" ({_nats(clipped)} clipped)" if clipped > 0 else ""
+    clipped = row.get("clipped_nats") or 0.0
+    note = f" ({_nats(clipped)} clipped)" if math.isfinite(clipped) and clipped > 0 else ""
     if math.isclose(low, high, rel_tol=1e-9):
         return f"{_nats(high)} ± {row['se_high']:.2g}{note}"
     return f"[{_nats(low)}, {_nats(high)}]{note}"

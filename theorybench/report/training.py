@@ -124,7 +124,7 @@ def training_section(records: list[dict], out: Path) -> tuple[list[str], list[di
              "still improving: its numbers measure the training budget. A network whose "
              "held-out error rose at the end passes: the flag asks whether more steps of "
              "this schedule would still help, and a rise (noise, or fitting a finite "
-             "training set) says they would not. The flag reads one "
+             "training set) gives no sign that they would. The flag reads one "
              "schedule's tail: the learning rate decays to zero over the last steps, so a "
              "network that passes it may still improve with a longer schedule (converged "
              "means converged for this budget); nor does a longer schedule clear it where "
