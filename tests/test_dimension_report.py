@@ -73,6 +73,6 @@ def test_an_inverted_bracket_is_named_with_its_margin():
     assert text.startswith(" L/σ² lies above U/σ² for k = 1, 2, by at most 0.001 of U (L the "
                            "exact posterior by quadrature")
     lower = frame.assign(**{"L kind": ["lower"] * 3})
-    assert "by at most 0.001 of U: both are estimates" in _inverted(lower)
+    assert "by at most 0.001 of U: both are measured on the same" in _inverted(lower)
     assert _inverted(frame.assign(**{"L/σ²": [0.5, 1.0, 2.0]})) == ""
     assert _inverted(frame.drop(columns="L/σ²")) == ""

@@ -111,8 +111,9 @@ def test_machines_rows(smoke):
         last = part.iloc[-1]
         roles = {"empirical": "empirical", "ls": "LS", "els": "ELS"}
         top = max(roles, key=lambda r: last[f"r2 {r}"])
-        sentence = (f"At N = {last['N']}, the S1 network's samples agree most, by the median, "
-                    f"with the {roles[top]} machine's (median r² {last[f'r2 {top}']:.3f}")
+        sentence = (f"At N = {last['N']}, the S1 network's samples agree most among the three "
+                    f"machines, by the median, with the {roles[top]} machine's (median r² "
+                    f"{last[f'r2 {top}']:.3f}")
         assert sentence in readme
         tied = any(last[f"r2 {r} q3"] >= last[f"r2 {top} q1"] for r in roles if r != top)
         follows = readme.split(sentence, 1)[1]

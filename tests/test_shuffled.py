@@ -134,10 +134,11 @@ def test_the_section_names_how_the_two_families_networks_were_trained_differentl
     curve = {"sigma": [0.1], "mse": [1.0], "se": [0.0], "d": 4, "errors": [[1.0, 1.0]]}
     net = {"arch": "unet", "channels": 16}
 
-    def records(steps, scales, per_sigma=(0.1, 0.2), padding="zeros"):
+    def records(steps, scales, per_sigma=(0.1, 0.2), padding="zeros", shrink=None):
         universal = TrainConfig(mode="universal", steps=steps).to_dict()
         nets = [{"spec": {"kind": "network", "train": universal, "net": net},
-                 "result": {"curve": curve}}]
+                 "result": {"curve": curve, **({} if shrink is None
+                                               else {"shrink_threshold": shrink})}}]
         nets += [{"spec": {"kind": "network", "net": {**net, "padding": padding},
                            "init_key": "abc",
                            "train": TrainConfig(mode="per-sigma", sigma=s, steps=400,
@@ -170,3 +171,9 @@ def test_the_section_names_how_the_two_families_networks_were_trained_differentl
     assert recipe_differences(older, faces) == ["universal steps 2000 against 4000"]
     alone = StudyData("shuffled", params, records(4000, [1.0, 1.0])[:1])
     assert recipe_differences(alone, faces) == ["per-sigma networks in one only"]
+    # the blind shrinkage's calibrated threshold, stored in the universal network's result
+    calibrated = StudyData("faces", {"split": "test"}, records(4000, [1.0, 1.0], shrink=0.083))
+    shrunk = StudyData("shuffled", params, records(4000, [1.0, 1.0], shrink=0.283))
+    assert recipe_differences(shrunk, calibrated) == [
+        "universal shrink threshold 0.283 against 0.083"]
+    assert recipe_differences(shrunk, faces) == []  # a threshold one side lacks: not compared

@@ -152,8 +152,9 @@ def _inverted(frame: pd.DataFrame) -> str:
     how = (" (L the exact posterior by quadrature, U importance-sampled: two estimates of "
            "the same MMSE)" if exact else "")
     return (f" L/σ² lies above U/σ² for {_ks(above, frame)}, by at most {excess.max():.2g} "
-            f"of U{how}: both are estimates on the same images, each a bound only up to its "
-            f"numerical error, which this difference measures.")
+            f"of U{how}: both are measured on the same finite set of images, on which an "
+            f"estimator that is optimal in expectation can lose to another by chance, and "
+            f"each bounds the MMSE only up to that sampling error and its numerical one.")
 
 
 def _network_verdict(frame: pd.DataFrame) -> str:

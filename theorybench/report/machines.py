@@ -222,8 +222,8 @@ def machines_section(records: list[dict], out_dir) -> list[str]:
                 and best[f"r2 {role} q3"] >= best[f"r2 {closest[0]} q1"]]
         overlap = (f", its quartiles overlapping those of the {' and '.join(tied)} "
                    f"machine's over {best['K']} samples" if tied else "")
-        lines += [f"At N = {best['N']}, the S1 network's samples agree most, by the median, "
-                  f"with the {closest[1]} machine's (median r² "
+        lines += [f"At N = {best['N']}, the S1 network's samples agree most among the three "
+                  f"machines, by the median, with the {closest[1]} machine's (median r² "
                   f"{best[f'r2 {closest[0]}']:.3f}{overlap}); the "
                   f"ELS machine's median r² is {best['r2 els']:.3f} against the anchor's "
                   f"{ANCHOR_R2[0]}–{ANCHOR_R2[1]}, and the two networks' (S1 vs S2) "

@@ -104,8 +104,9 @@ LEGENDS = {
         "the Gaussian field), then added to `kl_low` too; `se_*` standard errors over the "
         "test images (`se_high` with that of E‖x − μ̄‖² in `closing`); `bits_*` per pixel "
         "value; `clipped` (`clipped_nats`): MSE − U < 0 set to 0 at some σ (what that added "
-        "to kl_low; `clipped_max`: the largest U − MSE so set, a total squared error over "
-        "the pixels; MSE − L < 0 is set to 0 alike in kl_high, and where noise puts L above U "
+        "to kl_low; `clipped_max` in kl.csv: the largest U − MSE so set, a total squared "
+        "error over the pixels; MSE − L < 0 is set to 0 alike in kl_high, and where noise "
+        "puts L above U "
         "kl_high uses U, so kl_low ≤ kl_high). `grid`: σ values integrated (trapezoid in "
         "ln σ: between them the curves are interpolated, not measured); `quad_err`: the "
         "estimated quadrature error of either end, of either sign, |I − I_½|/3 with I_½ the "
@@ -275,12 +276,15 @@ PER_NETWORK = {"sigma", "seed", "monitor_sigmas"}  # settings each network of a 
 def _recipe(record: dict) -> dict:
     """How one network cell was trained, as :func:`recipe_differences` compares it: its
     training settings but :data:`PER_NETWORK`, its architecture (``net``), whether it
-    started from another network (``warm start``) and whether it was trained in the
-    preconditioned form; each value as sorted JSON."""
+    started from another network (``warm start``), whether it was trained in the
+    preconditioned form and its blind shrinkage's calibrated threshold (where it has one);
+    each value as sorted JSON."""
     spec = record["spec"]
     settings = {k: v for k, v in spec["train"].items() if k not in PER_NETWORK}
     settings.update(net=spec.get("net"), **{"warm start": bool(spec.get("init_key")),
                                         "preconditioned": preconditioned(record["result"])})
+    if "shrink_threshold" in record["result"]:  # blind shrinkage's θ, calibrated per family
+        settings["shrink threshold"] = record["result"]["shrink_threshold"]
     return {k: json.dumps(v, sort_keys=True) for k, v in settings.items()}
 
 

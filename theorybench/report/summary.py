@@ -172,7 +172,11 @@ def summary_section(standings: dict[str, list[dict]], kl_rows: list[dict], sigma
                   "the ends: `kl.csv`; `(c clipped)`: at some σ the network's MSE is below "
                   "U, where B_low counts 0 instead of the negative gap, c nats in all "
                   "(`clipped_nats`): a U loose there, or a network better than every "
-                  "reference; B_low of two rows compare only where neither clips much), "
+                  "reference; B_low of two rows compare only where both were integrated "
+                  "against U measured at their own σ: a row on the dense grid takes U "
+                  "between the stored σ of a reference kept on a coarser grid from the "
+                  "next stored σ, a looser U that lowers B_low with or without clipping; "
+                  "the entry's section says at how many σ), "
                   "and the convergence flag (section Training); "
                   "`–`: not available (the entry's section says why).",
                   "", markdown_table(pd.DataFrame(rows), ".3g"), ""]
