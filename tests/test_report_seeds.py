@@ -288,3 +288,16 @@ def test_jacobian_and_machine_rows_set_the_seeds_side_by_side(two_runs):
     (a / "machines.csv").unlink()
     text = "\n".join(seeds_section(a, _meta(0), [b], (0.05,))[0])
     assert "The machines at each seed" not in text
+
+
+def test_a_compared_table_with_a_repeated_key_is_said_not_raised(two_runs):
+    a, b = two_runs
+    machines = pd.DataFrame({"entry": "disks", "N": [1, 1], "r2 els": [0.1, 0.2],
+                             "r2 s2": [0.3, 0.4]})
+    write_csv(machines, b / "machines.csv")
+    write_csv(machines.iloc[:1], a / "machines.csv")
+    lines, summary = seeds_section(a, _meta(0), [b], (0.05,))
+    text = "\n".join(lines)
+    assert summary is not None and "| gaussian | per-sigma |" in text  # the rest stands
+    assert ("The other studies not set side by side: two rows with the same entry, N in a "
+            "compared table.") in text

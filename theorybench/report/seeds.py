@@ -371,7 +371,10 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
                           f"`{r['meta'].get('commit', '?')}`, {r['meta'].get('date', '?')}"
                           for r in runs)
     absent = _absent(runs)
-    sweep = sweep_rows(runs)
+    try:  # a compared folder's table with two rows of one key: said, not raised
+        sweep, studies = sweep_rows(runs), study_lines(runs, seeds)
+    except ValueError as exc:
+        sweep, studies = [], [f"The other studies not set side by side: {exc}.", ""]
     return [
         *head,
         f"This run beside the same study at other seeds ({described}), each read from its "
@@ -411,7 +414,7 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
            "section's "
            "verdict reads it at the largest N):", "", markdown_table(pd.DataFrame(sweep)),
            ""] if sweep else []),
-        *study_lines(runs, seeds),
+        *studies,
     ], summary
 
 
