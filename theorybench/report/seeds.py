@@ -117,6 +117,11 @@ def _kl_value(kl: pd.DataFrame, entry: str, network: str, sigma0: float) -> str:
     return kl_text(hit.iloc[0].to_dict() if len(hit) else None)
 
 
+def _flag_text(value) -> str:
+    """A stored convergence flag as the report prints it (``–``: not monitored)."""
+    return "–" if pd.isna(value) else str(bool(value))
+
+
 def _converged(training: pd.DataFrame, entry: str, network: str) -> str:
     """Whether every network of the main study behind ``entry``/``network`` passed the
     convergence check (``"–"`` where none was monitored)."""
@@ -124,7 +129,7 @@ def _converged(training: pd.DataFrame, entry: str, network: str) -> str:
         return "–"
     mine = training[(training["study"] == "main") & (training["entry"] == entry)
                     & (training["network"] == network)]["converged"].dropna()
-    return "–" if not len(mine) else str(bool(mine.astype(bool).all()))
+    return _flag_text(mine.astype(bool).all() if len(mine) else None)
 
 
 def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
@@ -235,11 +240,6 @@ def _z_each(value: str, se: str):
     return text
 
 
-def _flag(value) -> str:
-    """A stored convergence flag as the report prints it (``–``: not monitored)."""
-    return "–" if pd.isna(value) else str(bool(value))
-
-
 SWEEP_COLUMNS = ["entry", "N", "failed", "mem S1", "mem S2", "on S1", "on S2", "cross/train",
                  "cross_cc", "cos_c S1", "cos_c S2"]  # memorization.csv's columns sweep_rows reads
 
@@ -276,7 +276,7 @@ def dimension_seed_rows(runs: list[dict]) -> list[dict]:
                             "network/σ²", "network_se"),
         "z": _z_each("network/σ²", "network_se"),
         "eigenvalues > 0.5": _each(lambda c: f"{c['count>0.5']:.4g}", "count>0.5"),
-        "converged": _each(lambda c: _flag(c["converged"]))})
+        "converged": _each(lambda c: _flag_text(c["converged"]))})
     return [{**row, "k": int(row["k"])} for row in rows]
 
 
