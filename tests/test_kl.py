@@ -11,7 +11,13 @@ import torch
 import datasets_synth
 from datasets_synth.references.wiener import WienerFilter
 from theorybench import mse_curve
-from theorybench.kl import closing_term, gaussian_kl, kl_bound, trapezoid_weights
+from theorybench.kl import (
+    closing_term,
+    gaussian_kl,
+    kl_bound,
+    trapezoid_error_weights,
+    trapezoid_weights,
+)
 
 
 def exact_curve(filter_, sigmas, data_eigenvalues=None):
@@ -287,9 +293,10 @@ def test_bracket_inverted_by_noise_keeps_low_below_high():
 
 def test_quadrature_error_estimate_tracks_the_trapezoid_error():
     # gap = c σ^p: ∫_{σ0}^{σmax} c σ^(p-3) dσ in closed form; on a grid uniform in ln σ the
-    # trapezoid's error is ∝ h², which quad_err = |I − I_½|/3 estimates (Richardson)
+    # trapezoid's error is ∝ h², which quad_err estimates from the integrand's curvature; an
+    # even number of points too (the per-σ networks' 8), where halving the grid is uneven
     c, p = 50.0, 0.5
-    for n in (9, 29):
+    for n in (8, 9, 29):
         sigmas = np.geomspace(0.01, 2.0, n)
         base = pd.DataFrame({"sigma": sigmas, "se": 0.0, "d": 1})
         net, mmse = base.assign(mse=c * sigmas**p), base.assign(mse=0.0)
@@ -299,6 +306,30 @@ def test_quadrature_error_estimate_tracks_the_trapezoid_error():
         assert error > 0 and 0.5 * row.quad_err < error < 2 * row.quad_err, (n, error, row.quad_err)
     two = pd.DataFrame({"sigma": [0.1, 1.0], "mse": 1.0, "se": 0.0, "d": 1})
     assert math.isnan(kl_bound(two, {"exact": two.assign(mse=0.5)}).table.quad_err[0])
+
+
+def test_quadrature_error_is_exact_for_a_quadratic_integrand_on_any_grid():
+    # gap = σ² (a + b ln σ + e ln² σ): the integrand in u = ln σ is the quadratic
+    # a + b u + e u², whose integral is closed form; the trapezoid's error is then exactly
+    # what quad_err estimates, on an uneven grid of 8 points and from a σ0 between points
+    rng = np.random.default_rng(3)
+    u = np.sort(np.r_[np.log(0.01), np.log(2.0), rng.uniform(np.log(0.01), np.log(2.0), 6)])
+    sigmas = np.exp(u)
+    a, b, e = 3.0, 0.4, 0.7
+    base = pd.DataFrame({"sigma": sigmas, "se": 0.0, "d": 1})
+    net = base.assign(mse=sigmas**2 * (a + b * u + e * u**2))
+    for u0 in (u[0], 0.5 * (u[2] + u[3])):
+        row = kl_bound(net, {"exact": base.assign(mse=0.0)},
+                       sigma0=[math.exp(u0)]).table.iloc[0]
+
+        def primitive(t):
+            return a * t + b * t**2 / 2 + e * t**3 / 3
+
+        exact = primitive(u[-1]) - primitive(u0)
+        assert row.kl_low > exact  # the trapezoid over-estimates a convex integrand
+        assert row.quad_err == pytest.approx(row.kl_low - exact, rel=1e-9)
+    with pytest.raises(ValueError, match="at least 3 grid points"):
+        trapezoid_error_weights(u[:2], u[0])
 
 
 def test_closing_term_error_enters_the_high_end_only():
