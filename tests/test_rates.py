@@ -253,19 +253,25 @@ def test_row_adds_the_trace_estimates_error_and_gives_homogeneity_for_networks_o
     assert math.isnan(reference["homogeneity_error"])
 
 
-def test_rate_rows_take_the_slopes_of_l_and_u_through_their_own_values_only():
-    """A U that the monotone envelope took from a larger σ measures no estimator there: its
+@pytest.mark.parametrize("taken", ["borrowed", "extended"])
+def test_rate_rows_take_the_slopes_of_l_and_u_through_their_own_values_only(taken):
+    """A U taken from a larger σ measures no estimator there, whether the monotone envelope
+    took it (``borrowed``) or the reference was stored on a coarser grid (``extended``): its
     slope leaves that σ out (two σ sharing one value would read 0 ± 0), while the MMSE
     secant bracket keeps the tighter, still valid, bound."""
-    from theorybench.report.common import monotone_envelope
+    from theorybench.report.common import extend_monotone, monotone_envelope
 
     m = mmse(SIGMAS)[:, None]
     spread = 1 + 0.01 * np.array([1, -1] * 8)
     lower = frame(SIGMAS, 0.8 * m * spread)
     loose = 1.3 * m * spread
     loose[2:4] *= 20  # U at σ[2], σ[3] far above U at σ[4]: the envelope takes σ[4]'s
-    upper = monotone_envelope(frame(SIGMAS, loose), "upper")
-    assert upper.attrs["borrowed"].tolist() == [False] * 2 + [True] * 2 + [False] * 4
+    if taken == "borrowed":
+        upper = monotone_envelope(frame(SIGMAS, loose), "upper")
+    else:  # U stored without σ[2], σ[3]: both take σ[4]'s
+        stored = [0, 1, 4, 5, 6, 7]
+        upper = extend_monotone(frame(SIGMAS[stored], loose[stored]), SIGMAS, "upper")
+    assert upper.attrs[taken].tolist() == [False] * 2 + [True] * 2 + [False] * 4
     study = SimpleNamespace(name="calpha", label="c", params={"alpha": 2.0, "size": 16},
                             networks={"per-sigma": None, "universal": None},
                             reference={"result": {"curves": {"a": {"sigma": list(SIGMAS)}}}})
