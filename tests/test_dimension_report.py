@@ -1,14 +1,17 @@
 """The dimension study's rows and verdict from synthetic records (exact numbers)."""
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from theorybench.experiments.dimension_study import STUDY, dimension_rows
 from theorybench.report.dimension import _network_verdict, _posterior_verdict
 
 
 def _curve(kind, sigma, total_over_s2, d=256):
-    return {"kind": kind, "sigma": [sigma], "mse": [total_over_s2 * sigma**2 / d], "se": [0.0],
-            "d": d}
+    mse = total_over_s2 * sigma**2 / d  # two images of that error each
+    return {"kind": kind, "sigma": [sigma], "mse": [mse], "se": [0.0], "d": d,
+            "errors": [[mse, mse]]}
 
 
 def _jacobian(count, trace, angles):
@@ -38,6 +41,26 @@ def test_rows_scale_totals_by_sigma_squared_and_keep_the_optimum_apart():
         (8, 13.0, 50.0, 45.0)
     assert (row["optimum count>0.5"], row["optimum trace"], row["optimum angle max°"]) == \
         (2, 2.0, 7.0)
+
+
+def test_rows_give_the_paired_standard_error_of_l_minus_u():
+    # per-image errors of L and U sharing one noise: the difference's spread, not the sum
+    # of the two spreads; differences ±δ about their mean over n images: SE = δ/√(n − 1)
+    d, sigma, n, delta = 256, 0.01, 8, 0.05
+    common = np.linspace(1.0, 3.0, n)  # the images' own difficulty, shared by L and U
+    upper = common + delta * np.array([1, -1] * (n // 2))
+    scale = sigma**2 / d  # total MSE/σ² → per-pixel MSE
+
+    def curve(kind, totals):
+        return {"kind": kind, "sigma": [sigma], "mse": [totals.mean() * scale],
+                "se": [totals.std(ddof=1) / np.sqrt(n) * scale], "d": d,
+                "errors": [list(totals * scale)]}
+
+    spec = {"study": STUDY, "params": {"k": 1}, "kind": "reference"}
+    (row,) = dimension_rows([{"spec": spec, "result": {"curves": {
+        "posterior": curve("upper", upper), "quadrature": curve("exact", common)}}}])
+    assert row["L−U_se"] == pytest.approx(delta / np.sqrt(n - 1), rel=1e-9)
+    assert row["L−U_se"] < row["U_se"] / 5  # pairing removes the images' own spread
 
 
 def test_verdict_follows_the_numbers():
@@ -74,5 +97,8 @@ def test_an_inverted_bracket_is_named_with_its_margin():
                            "exact posterior by quadrature")
     lower = frame.assign(**{"L kind": ["lower"] * 3})
     assert "by at most 0.001 of U: both are measured on the same" in _inverted(lower)
+    paired = _inverted(lower.assign(**{"L−U_se": [0.0001, 0.001, 0.01]}))
+    assert ("by at most 0.001 of U, by 0.64–2.1 paired standard errors of L − U (`L−U_se` in "
+            "`dimension.csv`: the same images and noise): both") in paired
     assert _inverted(frame.assign(**{"L/σ²": [0.5, 1.0, 2.0]})) == ""
     assert _inverted(frame.drop(columns="L/σ²")) == ""

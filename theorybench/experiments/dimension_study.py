@@ -80,13 +80,23 @@ def _total_over_s2(curve: dict, index: int) -> tuple[float, float]:
     return curve["mse"][index] * scale, curve["se"][index] * scale
 
 
+def _paired_se(first: dict, second: dict, index: int) -> float:
+    """Standard error of ``first − second`` in total MSE/σ² at ``sigma[index]``, over the
+    images both curves measured with the same noise (their per-image ``errors``)."""
+    diff = (np.asarray(first["errors"][index]) - np.asarray(second["errors"][index])) * (
+        first["d"] / first["sigma"][index] ** 2)
+    return float(diff.std(ddof=1) / math.sqrt(diff.size))
+
+
 def dimension_rows(records: list[dict]) -> list[dict]:
     """One row per k from the study's stored records (cells tagged ``study = dimension``).
 
     Columns: ``k``; at the smallest σ of the grid (``sigma``): ``U/σ²`` (the posterior,
     an upper bound), ``L/σ²`` (the best lower bound, or the quadrature posterior where it
     is exact: k ≤ 2), ``network/σ²`` (the universal network), each a total MSE over the
-    pixels divided by σ², with ``*_se``, and the network's ``converged`` flag
+    pixels divided by σ², with ``*_se``, ``L−U_se`` (the paired standard error of
+    ``L/σ² − U/σ²``: one reference cell measures both on the same images and noise), and
+    the network's ``converged`` flag
     (:func:`~theorybench.training.converged`); at ``sigma_jacobian``: the network Jacobian's
     mean ``count>0.5`` (eigenvalues above 0.5), mean ``trace`` and the mean over images
     of the largest and of the mean principal angle (degrees) between its top-k
@@ -110,6 +120,8 @@ def dimension_rows(records: list[dict]) -> list[dict]:
                 best = max(lows, key=lambda c: c["mse"][0])
                 row["L/σ²"], row["L_se"] = _total_over_s2(best, 0)
                 row["L kind"] = best["kind"]
+                if upper is not None:
+                    row["L−U_se"] = _paired_se(best, upper, 0)
         elif spec["kind"] == "network":
             row["network/σ²"], row["network_se"] = _total_over_s2(result["curve"], 0)
             row["converged"] = result.get("converged")

@@ -147,14 +147,22 @@ def _inverted(frame: pd.DataFrame) -> str:
     above = frame["L/σ²"] > frame["U/σ²"]
     if not above.any():
         return ""
-    excess = ((frame["L/σ²"] - frame["U/σ²"]) / frame["U/σ²"].abs())[above]
+    gap = frame["L/σ²"] - frame["U/σ²"]
+    excess = (gap / frame["U/σ²"].abs())[above]
     exact = "L kind" in frame and set(frame["L kind"][above]) == {"exact"}
     how = (" (L the exact posterior by quadrature, U importance-sampled: two estimates of "
            "the same MMSE)" if exact else "")
+    paired = ""
+    if "L−U_se" in frame:
+        z = (gap / frame["L−U_se"])[above]
+        span = f"{z.min():.2g}" if len(z) == 1 else f"{z.min():.2g}–{z.max():.2g}"
+        paired = (f", by {span} paired standard errors of L − U (`L−U_se` in "
+                  f"`dimension.csv`: the same images and noise)")
     return (f" L/σ² lies above U/σ² for {_ks(above, frame)}, by at most {excess.max():.2g} "
-            f"of U{how}: both are measured on the same finite set of images, on which an "
-            f"estimator that is optimal in expectation can lose to another by chance, and "
-            f"each bounds the MMSE only up to that sampling error and its numerical one.")
+            f"of U{how}{paired}: both are measured on the same finite set of images, on "
+            f"which an estimator that is optimal in expectation can lose to another by "
+            f"chance, and each bounds the MMSE only up to that sampling error and its "
+            f"numerical one.")
 
 
 def _network_verdict(frame: pd.DataFrame) -> str:
