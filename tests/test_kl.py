@@ -294,40 +294,51 @@ def test_bracket_inverted_by_noise_keeps_low_below_high():
 def test_quadrature_error_estimate_tracks_the_trapezoid_error():
     # gap = c σ^p: ∫_{σ0}^{σmax} c σ^(p-3) dσ in closed form; on a grid uniform in ln σ the
     # trapezoid's error is ∝ h², which quad_err estimates from the integrand's curvature; an
-    # even number of points too (the per-σ networks' 8), where halving the grid is uneven
+    # even number of points too (the per-σ networks' 8), where halving the grid is uneven,
+    # from the lowest σ (the bottom segment, h'' extrapolated, carries most of the error)
+    # and from a middle one
     c, p = 50.0, 0.5
     for n in (8, 9, 29):
         sigmas = np.geomspace(0.01, 2.0, n)
         base = pd.DataFrame({"sigma": sigmas, "se": 0.0, "d": 1})
         net, mmse = base.assign(mse=c * sigmas**p), base.assign(mse=0.0)
-        row = kl_bound(net, {"exact": mmse}, sigma0=[0.01]).table.iloc[0]
-        exact = c * (0.01 ** (p - 2) - 2.0 ** (p - 2)) / (2 - p)
-        error = abs(row.kl_low - exact)
-        assert error > 0 and 0.5 * row.quad_err < error < 2 * row.quad_err, (n, error, row.quad_err)
+        for s0 in (sigmas[0], sigmas[n // 2]):
+            row = kl_bound(net, {"exact": mmse}, sigma0=[s0]).table.iloc[0]
+            exact = c * (s0 ** (p - 2) - 2.0 ** (p - 2)) / (2 - p)
+            error = abs(row.kl_low - exact)
+            assert error > 0 and 0.5 * row.quad_err < error < 2 * row.quad_err, \
+                (n, s0, error, row.quad_err)
     two = pd.DataFrame({"sigma": [0.1, 1.0], "mse": 1.0, "se": 0.0, "d": 1})
     assert math.isnan(kl_bound(two, {"exact": two.assign(mse=0.5)}).table.quad_err[0])
 
 
-def test_quadrature_error_is_exact_for_a_quadratic_integrand_on_any_grid():
-    # gap = σ² (a + b ln σ + e ln² σ): the integrand in u = ln σ is the quadratic
-    # a + b u + e u², whose integral is closed form; the trapezoid's error is then exactly
-    # what quad_err estimates, on an uneven grid of 8 points and from a σ0 between points
+def test_quadrature_error_is_exact_for_a_cubic_integrand_on_any_grid():
+    # gap = σ² h(ln σ), h(u) = a + b u + e u² + f u³: the integrand in u = ln σ is h, whose
+    # integral is closed form; the trapezoid's error (true − trapezoid, signed) is then
+    # exactly what the weights give, on uneven grids and from a σ0 between points; and
+    # kl_bound's quad_err is that error's size, at the end (here the high one) that has it
     rng = np.random.default_rng(3)
-    u = np.sort(np.r_[np.log(0.01), np.log(2.0), rng.uniform(np.log(0.01), np.log(2.0), 6)])
+    a, b, e, f = 30.0, 0.4, 0.7, 0.3  # h > 0 on [ln 0.01, ln 2]: an MSE
+
+    def h(t):
+        return a + b * t + e * t**2 + f * t**3
+
+    def primitive(t):
+        return a * t + b * t**2 / 2 + e * t**3 / 3 + f * t**4 / 4
+
+    for n in (4, 8, 9):
+        u = np.sort(np.r_[np.log(0.01), np.log(2.0),
+                          rng.uniform(np.log(0.01), np.log(2.0), n - 2)])
+        for u0 in (u[0], 0.5 * (u[2] + u[3]), 0.3 * u[-2] + 0.7 * u[-1]):
+            error = primitive(u[-1]) - primitive(u0) - trapezoid_weights(u, u0) @ h(u)
+            assert trapezoid_error_weights(u, u0) @ h(u) == pytest.approx(error, rel=1e-9)
     sigmas = np.exp(u)
-    a, b, e = 3.0, 0.4, 0.7
     base = pd.DataFrame({"sigma": sigmas, "se": 0.0, "d": 1})
-    net = base.assign(mse=sigmas**2 * (a + b * u + e * u**2))
-    for u0 in (u[0], 0.5 * (u[2] + u[3])):
-        row = kl_bound(net, {"exact": base.assign(mse=0.0)},
-                       sigma0=[math.exp(u0)]).table.iloc[0]
-
-        def primitive(t):
-            return a * t + b * t**2 / 2 + e * t**3 / 3
-
-        exact = primitive(u[-1]) - primitive(u0)
-        assert row.kl_low > exact  # the trapezoid over-estimates a convex integrand
-        assert row.quad_err == pytest.approx(row.kl_low - exact, rel=1e-9)
+    net = base.assign(mse=sigmas**2 * h(u))
+    refs = {"lower": base.assign(mse=0.0), "upper": net}  # B_low 0: the gap is all B_high's
+    row = kl_bound(net, refs, sigma0=[math.exp(u0)]).table.iloc[0]
+    exact = primitive(u[-1]) - primitive(u0)
+    assert row.kl_low == 0 and row.quad_err == pytest.approx(abs(row.kl_high - exact), rel=1e-9)
     with pytest.raises(ValueError, match="at least 3 grid points"):
         trapezoid_error_weights(u[:2], u[0])
 

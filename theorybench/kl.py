@@ -42,15 +42,19 @@ is the exact posterior mean of a density q at every σ and is started from q_σm
 integral up to ∞ is the KL itself (§4); beyond the grid that identity needs the gap up to
 ∞, which is not measured, hence the closing term instead. The curves are measured on the
 grid only, so the integral between grid points is an interpolation: its error, of either
-sign, is estimated from the interpolation error of a straight line,
-``h(u) − line(u) = ½ h''(ξ) (u − u_j)(u − u_{j+1})`` on the segment ``[u_j, u_{j+1}]``
-(a full segment of width δ: ``−h'' δ³/12``, the trapezoid rule's error), with ``h''`` on each
-segment the mean of the second divided differences at its end points that have two
-neighbours (:func:`trapezoid_error_weights`): ``quad_err`` is the larger of the two ends'
-``|Σ_j ½ h''_j ∫ (u − u_j)(u − u_{j+1}) du|``. It is exact for an ``h`` quadratic in
-``ln σ`` on any grid, uneven ones and a σ0 between grid points included, where Richardson's
-``|I − I_½|/3`` on every other point is exact only when the halved grid is uniform (not on
-a grid of an even number of points).
+sign, is the integral of ``h − line``, the integrand less its straight line between grid
+points, ``h[u_j, u_{j+1}, u] (u − u_j)(u − u_{j+1})`` on the segment ``[u_j, u_{j+1}]``
+(a full segment of width δ and constant h'': ``−h'' δ³/12``, the trapezoid rule's error).
+:func:`trapezoid_error_weights` estimates it with h'' linear on each segment, through the
+second divided differences of the two nearest inner grid points: exact for an ``h`` cubic
+in ``ln σ`` on any grid, uneven ones and a σ0 between grid points included. ``quad_err``
+is the larger of the two ends' absolute values. Richardson's ``|I − I_½|/3`` on every
+other point needs each coarse segment split into two equal ones, which a grid of an even
+number of points cannot give (one segment stays whole, its error dropped). On the end
+segments h'' is extrapolated: for an integrand that changes by a large factor per grid
+step (e.g. ``e^{−3u}`` on 8 points over [0.01, 2]) the estimate on the bottom segment is
+about 0.8 of the true error, and from a σ0 inside the top segment it can have the wrong sign
+and be many times off (a small error there, where σ⁻² is smallest).
 """
 
 from __future__ import annotations
@@ -126,11 +130,15 @@ def trapezoid_weights(u: np.ndarray, u0: float) -> np.ndarray:
 
 def trapezoid_error_weights(u: np.ndarray, u0: float) -> np.ndarray:
     """Weights q with ``Σ q_i h_i`` ≈ ``∫_{u0}^{u_max} h − Σ c_i h_i`` (c:
-    :func:`trapezoid_weights`): the error of the trapezoid rule, exactly for h quadratic.
+    :func:`trapezoid_weights`): the error of the trapezoid rule, exactly for h cubic.
 
-    On the segment ``[u_j, u_{j+1}]`` (width δ_j), ``h − line = ½ h'' (u − u_j)(u − u_{j+1})``;
-    ``h''`` there is the mean of the second divided differences
-    ``2 h[u_{i−1}, u_i, u_{i+1}]`` at its end points i with two neighbours. ``u`` is
+    On the segment ``[u_j, u_{j+1}]`` (width δ), ``h(u) − line(u) =
+    h[u_j, u_{j+1}, u] (u − u_j)(u − u_{j+1})``, and for a cubic
+    ``2 h[u_j, u_{j+1}, u] = h″((u_j + u_{j+1} + u)/3)``. h″ is taken linear on each
+    segment, through the second divided differences ``D_i = 2 h[u_{i−1}, u_i, u_{i+1}]``
+    (``= h″`` at ``(u_{i−1} + u_i + u_{i+1})/3`` for a cubic) of the two inner points
+    nearest the segment: its own end points where both are inside the grid, else the two
+    nearest (an end segment: extrapolated); constant on a grid of 3 points. ``u`` is
     increasing, of at least 3 points; ``u0`` in ``[u[0], u[-1]]``.
     """
     n = len(u)
@@ -139,21 +147,26 @@ def trapezoid_error_weights(u: np.ndarray, u0: float) -> np.ndarray:
     delta = np.diff(u)
     inner = np.arange(1, n - 1)
     left, right, span = delta[inner - 1], delta[inner], u[inner + 1] - u[inner - 1]
-    second = np.zeros((n - 2, n))  # second[i − 1] @ h = 2 h[u_{i−1}, u_i, u_{i+1}]
+    second = np.zeros((n - 2, n))  # second[i − 1] @ h = D_i
     second[inner - 1, inner - 1] = 2 / (left * span)
     second[inner - 1, inner] = -2 / (left * right)
     second[inner - 1, inner + 1] = 2 / (right * span)
-    ends = np.zeros((n - 1, n - 2))  # segment j: its end points j, j + 1 with two neighbours
-    ends[inner, inner - 1] = 1.0
-    ends[inner - 1, inner - 1] = 1.0
-    curvature = (ends / ends.sum(axis=1, keepdims=True)) @ second  # (n − 1, n): h'' on j
+    at = (u[inner - 1] + u[inner] + u[inner + 1]) / 3  # where D_i is h″ for a cubic
+    first = np.clip(np.arange(n - 1), 1, max(n - 3, 1)) - 1  # segment j: rows first, first + 1
+    d_first = second[first]
+    slope = np.zeros((n - 1, n))  # h‴ @ h on each segment (0 with one inner point)
+    if n > 3:
+        slope = (second[first + 1] - d_first) / (at[first + 1] - at[first])[:, None]
     a = np.clip(u0, u[:-1], u[1:]) - u[:-1]  # the part of each segment above u0, from u_j
-    b = delta
+    # with t = u − u_j: h − line = ½ (D_first + h‴ (u_j + δ/3 − at_first + t/3)) t (t − δ)
+    offset = u[:-1] + delta / 3 - at[first]
 
-    def moment(t):  # ∫_0^t s (s − δ) ds
-        return t**3 / 3 - delta * t**2 / 2
+    def moments(t):  # ∫_0^t s (s − δ) ds and ∫_0^t s² (s − δ) ds
+        return t**3 / 3 - delta * t**2 / 2, t**4 / 4 - delta * t**3 / 3
 
-    return 0.5 * (moment(b) - moment(a)) @ curvature
+    (m0_b, m1_b), (m0_a, m1_a) = moments(delta), moments(a)
+    m0, m1 = m0_b - m0_a, m1_b - m1_a
+    return 0.5 * (m0 @ d_first + (m0 * offset + m1 / 3) @ slope)
 
 
 def _weighted(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:

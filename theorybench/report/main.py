@@ -109,14 +109,13 @@ LEGENDS = {
         "puts L above U "
         "kl_high uses U, so kl_low ≤ kl_high). `grid`: σ values integrated (trapezoid in "
         "ln σ: between them the curves are interpolated, not measured); `quad_err`: the "
-        "estimated quadrature error of either end, of either sign: the integrand "
-        "h = gap·σ⁻² in u = ln σ, less its straight line between grid points, "
-        "½ h″ (u − u_j)(u − u_{j+1}), integrated over each segment, h″ from second "
-        "differences of h (exact where h is quadratic in ln σ; the per-σ networks' coarse "
-        "grid interpolates between networks: compare the universal network's rows, "
-        "integrated on the dense grid). `converged`: every network behind the row passed "
-        "the convergence "
-        "check (section Training)."),
+        "estimated quadrature error, the larger of the two ends' in absolute value (the "
+        "error itself may have either sign): the integrand h = gap·σ⁻² in u = ln σ, less "
+        "its straight line between grid points, integrated over each segment, with h″ "
+        "linear through second differences of h (exact where h is cubic in ln σ; the per-σ "
+        "networks' coarse grid interpolates between networks: compare the universal "
+        "network's rows, integrated on the dense grid). `converged`: every network behind "
+        "the row passed the convergence check (section Training)."),
     "blind": (
         "`blind optimum` (KL rows of the entries that have one): the best denoiser that does "
         "not see σ (kind `blind`, the optimum for σ drawn with density ∝ σ⁻³ on the "
