@@ -2,9 +2,11 @@
 (SCIENCE.md §4, §4b).
 
 For any network f_θ, let q be the law of the reverse SDE driven by f_θ and started at the
-samplers' Gaussian ``π = N(μ̂, σ_max² I)``. The score-matching bound (Song, Durkan, Murray,
-Ermon 2021, "Maximum likelihood training of score-based diffusion models", Thm 1), with
-Tweedie turning the score error into ``E‖f_θ − f*‖² = MSE − MMSE``, gives (total MSE, nats)
+samplers' Gaussian ``π = N(μ̂, σ_max² I)``, μ̂ the constant image at the data's mean pixel
+value (:func:`data_variance`; not the mean image that centred networks subtract). The
+score-matching bound (Song, Durkan, Murray, Ermon 2021, "Maximum likelihood training of
+score-based diffusion models", Thm 1), with Tweedie turning the score error into
+``E‖f_θ − f*‖² = MSE − MMSE``, gives (total MSE, nats)
 
     KL(p_σ0 ‖ q_σ0) ≤ B = KL(p_σmax ‖ π) + ∫_{σ0}^{σmax} (MSE(f_θ, σ) − MMSE(σ)) σ^{-3} dσ,
 
@@ -197,7 +199,7 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         σ grid (same images and noise for paired standard errors).
     sigma0 : float or sequence, smoothing levels within the grid (default: every grid σ).
     data_variance : float or None, ``E‖x − μ̂‖²`` (summed over the pixels of one image)
-        around the mean image μ̂ of the samplers' start ``N(μ̂, σ_max² I)``, σ_max = the
+        around the constant image μ̂ of the samplers' start ``N(μ̂, σ_max² I)``, σ_max = the
         grid's largest σ. It gives the closing term ``data_variance / (2σ_max²)`` of
         ``kl_high``; None leaves ``closing`` NaN and ``kl_high`` without it (not certified).
     start_kl : float or None, ``KL(p_σmax ‖ N(μ̂, σ_max² I))`` exactly (nats, ≥ 0;
