@@ -306,17 +306,19 @@ def test_quadrature_error_estimate_tracks_the_trapezoid_error():
             row = kl_bound(net, {"exact": mmse}, sigma0=[s0]).table.iloc[0]
             exact = c * (s0 ** (p - 2) - 2.0 ** (p - 2)) / (2 - p)
             error = abs(row.kl_low - exact)
-            assert error > 0 and 0.5 * row.quad_err < error < 2 * row.quad_err, \
-                (n, s0, error, row.quad_err)
+            assert row.quad_err_low == row.quad_err_high  # an exact MMSE: one integrand
+            assert error > 0 and 0.5 * row.quad_err_low < error < 2 * row.quad_err_low, \
+                (n, s0, error, row.quad_err_low)
     two = pd.DataFrame({"sigma": [0.1, 1.0], "mse": 1.0, "se": 0.0, "d": 1})
-    assert math.isnan(kl_bound(two, {"exact": two.assign(mse=0.5)}).table.quad_err[0])
+    short = kl_bound(two, {"exact": two.assign(mse=0.5)}).table
+    assert short.quad_err_low.isna().all() and short.quad_err_high.isna().all()
 
 
 def test_quadrature_error_is_exact_for_a_cubic_integrand_on_any_grid():
     # gap = σ² h(ln σ), h(u) = a + b u + e u² + f u³: the integrand in u = ln σ is h, whose
     # integral is closed form; the trapezoid's error (true − trapezoid, signed) is then
     # exactly what the weights give, on uneven grids and from a σ0 between points; and
-    # kl_bound's quad_err is that error's size, at the end (here the high one) that has it
+    # kl_bound's quad_err_high is that error's size, quad_err_low 0 with no gap to U
     rng = np.random.default_rng(3)
     a, b, e, f = 30.0, 0.4, 0.7, 0.3  # h > 0 on [ln 0.01, ln 2]: an MSE
 
@@ -338,7 +340,8 @@ def test_quadrature_error_is_exact_for_a_cubic_integrand_on_any_grid():
     refs = {"lower": base.assign(mse=0.0), "upper": net}  # B_low 0: the gap is all B_high's
     row = kl_bound(net, refs, sigma0=[math.exp(u0)]).table.iloc[0]
     exact = primitive(u[-1]) - primitive(u0)
-    assert row.kl_low == 0 and row.quad_err == pytest.approx(abs(row.kl_high - exact), rel=1e-9)
+    assert row.kl_low == 0 and row.quad_err_low == 0
+    assert row.quad_err_high == pytest.approx(abs(row.kl_high - exact), rel=1e-9)
     with pytest.raises(ValueError, match="at least 3 grid points"):
         trapezoid_error_weights(u[:2], u[0])
 

@@ -22,7 +22,7 @@ same mixture of ``N(μ̂, σ_max² I)``)
 
 ``B_high`` is an upper bound on the smoothed KL up to the Monte Carlo error of the curves
 and of E‖x − μ̂‖² (both in ``se_high``) and the quadrature error of the grid integral
-(estimated in ``quad_err``, below). ``B_low`` is the lower end of the bound B, not a lower
+(estimated in ``quad_err_high``, below). ``B_low`` is the lower end of the bound B, not a lower
 bound on the KL. A family that knows ``K = KL(p_σmax ‖ π)`` in closed form
 (``Distribution.start_kl``: the Gaussian field, where convexity overstates it by
 ``½ Σ ln(1 + λ_k/σ_max²)``, 4.8 of its 5.1 nats at 32×32 and σ_max = 2) gives B's first
@@ -49,14 +49,19 @@ points, ``h[u_j, u_{j+1}, u] (u − u_j)(u − u_{j+1})`` on the segment ``[u_j,
 (a full segment of width δ and constant h'': ``−h'' δ³/12``, the trapezoid rule's error).
 :func:`trapezoid_error_weights` estimates it with h'' linear on each segment, through the
 second divided differences of the two nearest inner grid points: exact for an ``h`` cubic
-in ``ln σ`` on any grid, uneven ones and a σ0 between grid points included. ``quad_err``
-is the larger of the two ends' absolute values. Richardson's ``|I − I_½|/3`` on every
-other point needs each coarse segment split into two equal ones, which a grid of an even
-number of points cannot give (one segment stays whole, its error dropped). On the end
-segments h'' is extrapolated: for an integrand that changes by a large factor per grid
-step (e.g. ``e^{−3u}`` on 8 points over [0.01, 2]) the estimate on the bottom segment is
-about 0.8 of the true error, and from a σ0 inside the top segment it can have the wrong sign
-and be many times off (a small error there, where σ⁻² is smallest).
+in ``ln σ`` on any grid, uneven ones and a σ0 between grid points included. ``quad_err_low``
+and ``quad_err_high`` are each end's estimate in absolute value.
+
+The estimate assumes an integrand smooth between grid points. Where an end's bound is a
+value taken from another σ (a reference stored on a coarser grid, or a monotone envelope),
+its integrand jumps, and the trapezoid's error there, of the order of the jump times the
+segment, is not in it. On the end segments h'' is extrapolated: for an integrand that
+changes by a large factor per grid step (e.g. ``e^{−3u}`` on 8 points over [0.01, 2]) the
+estimate on the bottom segment is about 0.8 of the true error, and from a σ0 inside the top
+segment it can have the wrong sign and be many times off (a small error there, where σ⁻² is
+smallest). Richardson's ``|I − I_½|/3`` on every other point would need each coarse segment
+split into two equal ones, which a grid of an even number of points cannot give (one
+segment stays whole, its error dropped).
 """
 
 from __future__ import annotations
@@ -77,16 +82,17 @@ class KLResult:
 
     table : one row per σ0: ``sigma0``; ``kl_low`` = B_low (nats, ≥ 0: the lower end of the
         bound B, gaps clipped at 0); ``kl_high`` = B_high (nats: the upper bound on the
-        smoothed KL, up to ``se_high`` and ``quad_err``; grid integral of the gaps to L
+        smoothed KL, up to ``se_high`` and ``quad_err_high``; grid integral of the gaps to L
         clipped at 0 + ``closing``; the grid integral alone when ``closing`` is NaN, i.e.
         no data variance was given, and then not certified);
         ``closing`` (``E‖x − μ̂‖²/(2σ_max²)``, or the exact ``start_kl``; nats, NaN when
         unknown); ``closing_exact`` (bool: ``closing`` is the exact ``start_kl``, in
         ``kl_low`` too); ``se_low``,
         ``se_high`` (standard errors, nats: of the grid integrals, and in ``se_high`` of the
-        convexity closing term too, from ``data_variance_se``); ``quad_err`` (nats: the
-        estimated quadrature error of the grid integrals, module docstring; NaN on a grid
-        of fewer than 3 points); ``bits_low``,
+        convexity closing term too, from ``data_variance_se``); ``quad_err_low``,
+        ``quad_err_high`` (nats: the estimated quadrature error of each end's grid integral,
+        in absolute value, module docstring; NaN on a grid of fewer than 3 points);
+        ``bits_low``,
         ``bits_high`` (bits per pixel value: nats / (d ln 2)); ``clipped`` (bool: MSE − U < 0
         was clipped to 0 at some σ of the integral); ``clipped_nats`` (what the clipping
         added to ``kl_low``, nats; the rarer clipping of MSE − L < 0 in ``kl_high`` is not
@@ -290,10 +296,10 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         weights = {"low": np.where(gap_low >= 0, c, 0.0),  # clipped σ add 0
                    "high": np.where(gap_high >= 0, c, 0.0)}
         integral_high = float(c @ kept_high)
-        row_quad = math.nan
+        quad = {"low": math.nan, "high": math.nan}
         if len(sig) >= 3:  # the interpolation's error, from h'' (module docstring)
             q = trapezoid_error_weights(u, math.log(s0)) * inv_s2
-            row_quad = max(abs(q @ kept) for kept in (kept_low, kept_high))
+            quad = {"low": abs(float(q @ kept_low)), "high": abs(float(q @ kept_high))}
         row = {"sigma0": float(s0), "kl_low": float(c @ kept_low) + (closing if exact else 0.0),
                "kl_high": integral_high + (closing if math.isfinite(closing) else 0.0),
                "closing": closing, "closing_exact": exact}
@@ -302,7 +308,7 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
             row[f"se_{side}"] = float(integral.std(ddof=1) / math.sqrt(integral.size)
                                       if paired else integral)
         row["se_high"] = math.hypot(row["se_high"], closing_se)
-        row["quad_err"] = float(row_quad)
+        row["quad_err_low"], row["quad_err_high"] = quad["low"], quad["high"]
         row["bits_low"] = row["kl_low"] / (d * math.log(2))
         row["bits_high"] = row["kl_high"] / (d * math.log(2))
         used = c > 0
@@ -313,7 +319,8 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     # no rows when no σ0 was asked (e.g. a partial run's per-σ grid holds none of them)
     table = pd.DataFrame(rows, columns=["sigma0", "kl_low", "kl_high", "closing",
                                         "closing_exact", "se_low",
-                                        "se_high", "quad_err", "bits_low", "bits_high",
+                                        "se_high", "quad_err_low", "quad_err_high",
+                                        "bits_low", "bits_high",
                                         "clipped",
                                         "clipped_nats", "clipped_max"])
     integrand = pd.DataFrame({"sigma": sig, "gap_low": gap_low, "gap_high": gap_high,

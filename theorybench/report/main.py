@@ -98,7 +98,7 @@ LEGENDS = {
         "∫ max(0, MSE − U) "
         "σ⁻³ dσ, the lower end of the bound B (not a lower bound on the KL); `kl_high` = "
         "B_high = ∫ max(0, MSE − L) σ⁻³ dσ + `closing`, an upper bound on the smoothed KL up "
-        "to the Monte Carlo error (`se_high`) and the quadrature error (`quad_err`); "
+        "to the Monte Carlo error (`se_high`) and the quadrature error (`quad_err_high`); "
         "`closing` = E‖x − μ̄‖²/(2σ_max²) ≥ KL(p_σmax ‖ N(μ̄, σ_max² I)) (joint convexity), "
         "or, where `closing_exact`, that KL itself in closed form (`Distribution.start_kl`; "
         "the Gaussian field), then added to `kl_low` too; `se_*` standard errors over the "
@@ -108,13 +108,17 @@ LEGENDS = {
         "error over the pixels; MSE − L < 0 is set to 0 alike in kl_high, and where noise "
         "puts L above U "
         "kl_high uses U, so kl_low ≤ kl_high). `grid`: σ values integrated (trapezoid in "
-        "ln σ: between them the curves are interpolated, not measured); `quad_err`: the "
-        "estimated quadrature error, the larger of the two ends' in absolute value (the "
+        "ln σ: between them the curves are interpolated, not measured); `quad_err_low`, "
+        "`quad_err_high`: the estimated quadrature error of each end, in absolute value (the "
         "error itself may have either sign): the integrand h = gap·σ⁻² in u = ln σ, less "
         "its straight line between grid points, integrated over each segment, with h″ "
         "linear through second differences of h (exact where h is cubic in ln σ; the per-σ "
         "networks' coarse grid interpolates between networks: compare the universal "
-        "network's rows, integrated on the dense grid). `converged`: every network behind "
+        "network's rows, integrated on the dense grid); `–` (NaN in kl.csv) where that "
+        "end's bound takes a value from another σ inside the integral (U from a larger σ, "
+        "L from a smaller: the entry's section says where), so that its integrand jumps "
+        "there: the trapezoid's error at a jump, of the order of the jump times the "
+        "segment, is not estimated. `converged`: every network behind "
         "the row passed the convergence check (section Training)."),
     "blind": (
         "`blind optimum` (KL rows of the entries that have one): the best denoiser that does "
@@ -549,6 +553,17 @@ def standing_rows(standings: list[dict]) -> list[dict]:
             row["better than the mean image, σ ≥ 1"] = losses_text(st["above_mean"])
         rows.append(row)
     return rows
+
+
+def _jumps(row: dict, bounds: dict, grid: np.ndarray) -> dict:
+    """``quad_err_low``/``quad_err_high`` set to NaN where that end's bound (U, L) holds a
+    value taken from another σ (:func:`~.common.elsewhere`) on the integral's segments, from
+    the one holding σ0 up: its integrand jumps there, an error the estimate does not cover
+    (:mod:`theorybench.kl`)."""
+    start = grid[grid <= row["sigma0"] * (1 + 1e-9)].max()
+    inside = grid >= start
+    return {f"quad_err_{side}": math.nan for side, name in (("low", "upper"), ("high", "lower"))
+            if name in bounds and (elsewhere(bounds[name]) & inside).any()}
 
 
 def _own_values(bound: pd.DataFrame) -> pd.DataFrame:
@@ -1024,8 +1039,9 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             if frame is None or len(frame) < 2:
                 continue
             grid = frame["sigma"].to_numpy()  # per-σ: the coarse grid; universal: the dense
+            bounds = {k: on_grid(f, grid) for k, f in refs.items()}
             try:
-                result = kl_bound(frame, {k: on_grid(f, grid) for k, f in refs.items()},
+                result = kl_bound(frame, bounds,
                                   sigma0=[x for x in preset.sigma0s if grid[0] <= x <= grid[-1]],
                                   **closing_inputs(study.reference["result"], grid))
             except ValueError as exc:  # e.g. an inverted bracket: say so, keep the report
@@ -1034,7 +1050,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             integrands[net] = result.integrand
             for row in result.table.to_dict("records"):
                 kl_rows.append({"entry": study.label, "network": net, "reference": how,
-                                "grid": len(grid), **row,
+                                "grid": len(grid), **row, **_jumps(row, bounds, grid),
                                 "converged": study.converged.get(net)})
         lines += [*kl_errors, ""] if kl_errors else []
         if integrands:
@@ -1049,7 +1065,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                 + ".",
                 "", markdown_table(mine[["network", "grid", "sigma0", "kl_low", "kl_high",
                                           "closing", "closing_exact", "se_low",
-                                          "se_high", "quad_err", "bits_low",
+                                          "se_high", "quad_err_low", "quad_err_high",
+                                          "bits_low",
                                           "bits_high", "clipped", "clipped_nats",
                                           "converged"]]), ""]
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():
