@@ -100,5 +100,6 @@ def test_an_inverted_bracket_is_named_with_its_margin():
     paired = _inverted(lower.assign(**{"L−U_se": [0.0001, 0.001, 0.01]}))
     assert ("by at most 0.001 of U, by 0.64–2.1 paired standard errors of L − U (`L−U_se` in "
             "`dimension.csv`: the same images and noise): both") in paired
+    assert "paired" not in _inverted(lower.assign(**{"L−U_se": [np.nan, 0.0, 0.01]}))
     assert _inverted(frame.assign(**{"L/σ²": [0.5, 1.0, 2.0]})) == ""
     assert _inverted(frame.drop(columns="L/σ²")) == ""

@@ -314,6 +314,19 @@ def test_quadrature_error_estimate_tracks_the_trapezoid_error():
     assert short.quad_err_low.isna().all() and short.quad_err_high.isna().all()
 
 
+def test_quadrature_error_weights_take_h2_of_a_segment_from_its_nearest_points():
+    # any linear h'' is exact for a cubic: the pair of second differences each segment
+    # uses shows on an integrand that is not one, e^{a u} on 8 points over [0.01, 2] (the
+    # module docstring's ratios of estimate to true error; a pair shifted by one segment
+    # gives other ratios)
+    u = np.linspace(math.log(0.01), math.log(2.0), 8)
+    for a, ratios in ((-1.5, (0.9572, 1.2243)), (-3.0, (0.7914, 2.2692))):
+        h = np.exp(a * u)
+        for k, ratio in zip((0, 3), ratios, strict=True):
+            error = (math.exp(a * u[-1]) - math.exp(a * u[k])) / a - trapezoid_weights(u, u[k]) @ h
+            assert trapezoid_error_weights(u, u[k]) @ h / error == pytest.approx(ratio, abs=1e-4)
+
+
 def test_quadrature_error_is_exact_for_a_cubic_integrand_on_any_grid():
     # gap = σ² h(ln σ), h(u) = a + b u + e u² + f u³: the integrand in u = ln σ is h, whose
     # integral is closed form; the trapezoid's error (true − trapezoid, signed) is then
@@ -334,14 +347,16 @@ def test_quadrature_error_is_exact_for_a_cubic_integrand_on_any_grid():
         for u0 in (u[0], 0.5 * (u[2] + u[3]), 0.3 * u[-2] + 0.7 * u[-1]):
             error = primitive(u[-1]) - primitive(u0) - trapezoid_weights(u, u0) @ h(u)
             assert trapezoid_error_weights(u, u0) @ h(u) == pytest.approx(error, rel=1e-9)
-    sigmas = np.exp(u)
+    grid = np.sort(np.r_[np.log(0.01), np.log(2.0), rng.uniform(np.log(0.01), np.log(2.0), 6)])
+    sigmas = np.exp(grid)
     base = pd.DataFrame({"sigma": sigmas, "se": 0.0, "d": 1})
-    net = base.assign(mse=sigmas**2 * h(u))
+    net = base.assign(mse=sigmas**2 * h(grid))
     refs = {"lower": base.assign(mse=0.0), "upper": net}  # B_low 0: the gap is all B_high's
-    row = kl_bound(net, refs, sigma0=[math.exp(u0)]).table.iloc[0]
-    exact = primitive(u[-1]) - primitive(u0)
-    assert row.kl_low == 0 and row.quad_err_low == 0
-    assert row.quad_err_high == pytest.approx(abs(row.kl_high - exact), rel=1e-9)
+    for u0 in (grid[0], 0.5 * (grid[2] + grid[3])):
+        row = kl_bound(net, refs, sigma0=[math.exp(u0)]).table.iloc[0]
+        exact = primitive(grid[-1]) - primitive(u0)
+        assert row.kl_low == 0 and row.quad_err_low == 0
+        assert row.quad_err_high == pytest.approx(abs(row.kl_high - exact), rel=1e-9)
     with pytest.raises(ValueError, match="at least 3 grid points"):
         trapezoid_error_weights(u[:2], u[0])
 

@@ -55,13 +55,14 @@ and ``quad_err_high`` are each end's estimate in absolute value.
 The estimate assumes an integrand smooth between grid points. Where an end's bound is a
 value taken from another σ (a reference stored on a coarser grid, or a monotone envelope),
 its integrand jumps, and the trapezoid's error there, of the order of the jump times the
-segment, is not in it. On the end segments h'' is extrapolated: for an integrand that
-changes by a large factor per grid step (e.g. ``e^{−3u}`` on 8 points over [0.01, 2]) the
-estimate on the bottom segment is about 0.8 of the true error, and from a σ0 inside the top
-segment it can have the wrong sign and be many times off (a small error there, where σ⁻² is
-smallest). Richardson's ``|I − I_½|/3`` on every other point would need each coarse segment
-split into two equal ones, which a grid of an even number of points cannot give (one
-segment stays whole, its error dropped).
+segment, is not in it. On the end segments h'' is extrapolated, so for an integrand that
+changes by a large factor per grid step the estimate is rough: for ``e^{−3u}`` on 8 points
+over [0.01, 2] it is 0.79 of the true error from the lowest σ, 2.3 times it from the 4th,
+and from a σ0 inside the top segment it can have the wrong sign and be many times off (a
+small error there, where σ⁻² is smallest); for ``e^{−1.5u}``, 0.96 and 1.22. Richardson's
+``|I − I_½|/3`` on every other point would need each coarse segment split into two equal
+ones, which a grid of an even number of points cannot give (one segment stays whole, its
+error dropped).
 """
 
 from __future__ import annotations

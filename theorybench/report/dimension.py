@@ -153,8 +153,9 @@ def _inverted(frame: pd.DataFrame) -> str:
     how = (" (L the exact posterior by quadrature, U importance-sampled: two estimates of "
            "the same MMSE)" if exact else "")
     paired = ""
-    if "L−U_se" in frame:
-        z = (gap / frame["L−U_se"])[above]
+    se = frame["L−U_se"][above] if "L−U_se" in frame else pd.Series(dtype=float)
+    if len(se) and (se > 0).all():  # NaN or 0 (one image) gives no z
+        z = gap[above] / se
         span = f"{z.min():.2g}" if len(z) == 1 else f"{z.min():.2g}–{z.max():.2g}"
         paired = (f", by {span} paired standard errors of L − U (`L−U_se` in "
                   f"`dimension.csv`: the same images and noise)")

@@ -22,7 +22,7 @@ import datasets_synth
 from ..cache import atomic_write_bytes
 from ..experiments.keys import entry_label
 from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
-from ..kl import kl_bound, trapezoid_weights
+from ..kl import kl_bound, trapezoid_error_weights, trapezoid_weights
 from .common import (
     architectures,
     bracket,
@@ -115,10 +115,11 @@ LEGENDS = {
         "linear through second differences of h (exact where h is cubic in ln σ; the per-σ "
         "networks' coarse grid interpolates between networks: compare the universal "
         "network's rows, integrated on the dense grid); `–` (NaN in kl.csv) where that "
-        "end's bound takes a value from another σ inside the integral (U from a larger σ, "
-        "L from a smaller: the entry's section says where), so that its integrand jumps "
-        "there: the trapezoid's error at a jump, of the order of the jump times the "
-        "segment, is not estimated. `converged`: every network behind "
+        "end's bound takes a value from another σ on the σ the estimate reads (U from a "
+        "larger σ, L from a smaller: the entry's section says where) or is missing at some "
+        "of them (U = ∞ above a reference's grid), so that its integrand jumps there: the "
+        "trapezoid's error at a jump, of the order of the jump times the segment, is not "
+        "estimated; `–` also on a grid of 2 σ. `converged`: every network behind "
         "the row passed the convergence check (section Training)."),
     "blind": (
         "`blind optimum` (KL rows of the entries that have one): the best denoiser that does "
@@ -556,14 +557,32 @@ def standing_rows(standings: list[dict]) -> list[dict]:
 
 
 def _jumps(row: dict, bounds: dict, grid: np.ndarray) -> dict:
-    """``quad_err_low``/``quad_err_high`` set to NaN where that end's bound (U, L) holds a
-    value taken from another σ (:func:`~.common.elsewhere`) on the integral's segments, from
-    the one holding σ0 up: its integrand jumps there, an error the estimate does not cover
+    """``quad_err_low``/``quad_err_high`` set to NaN where that end's integrand may jump on
+    the σ its estimate reads (every σ of non-zero weight in :func:`~theorybench.kl.
+    trapezoid_weights` or :func:`~theorybench.kl.trapezoid_error_weights` from σ0): its bound
+    (U for the low end, L for the high end, an exact MMSE for both) holds a value taken from
+    another σ there (:func:`~.common.elsewhere`), or no bound at some of those σ and one at
+    others (U = ∞ above a reference's grid, L = 0 below it); the high end also where U's
+    integrand jumps and L > U (B_high takes U there). The estimate does not cover a jump
     (:mod:`theorybench.kl`)."""
-    start = grid[grid <= row["sigma0"] * (1 + 1e-9)].max()
-    inside = grid >= start
-    return {f"quad_err_{side}": math.nan for side, name in (("low", "upper"), ("high", "lower"))
-            if name in bounds and (elsewhere(bounds[name]) & inside).any()}
+    u, u0 = np.log(grid), math.log(row["sigma0"])
+    read = trapezoid_weights(u, u0) != 0
+    if len(grid) >= 3:
+        read |= trapezoid_error_weights(u, u0) != 0
+
+    def jumps(name: str, absent) -> bool:
+        bound = bounds.get(name, bounds.get("exact"))
+        if bound is None:
+            return False
+        gone = absent(bound["mse"].to_numpy())[read]
+        return bool(elsewhere(bound)[read].any() or (gone.any() and not gone.all()))
+
+    low = jumps("upper", lambda mse: ~np.isfinite(mse))
+    high = jumps("lower", lambda mse: mse == 0)
+    if low and {"lower", "upper"} <= set(bounds):
+        high |= bool((bounds["lower"]["mse"] > bounds["upper"]["mse"]).to_numpy()[read].any())
+    return {f"quad_err_{side}": math.nan for side, jump in (("low", low), ("high", high))
+            if jump}
 
 
 def _own_values(bound: pd.DataFrame) -> pd.DataFrame:
