@@ -323,6 +323,10 @@ def test_second_run_hits_the_cache_and_changes_nothing(smoke):
     assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
     assert json.loads((out / "run.json").read_text())["computed"] == 0
     assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == before
+    # the header says the cells came from the cache, computed before, and when
+    head = (out / "README.md").read_text().splitlines()[2]
+    assert "0 of them computed by this run; the other " in head
+    assert "read from the cache, computed before this run" in head and "records are dated" in head
 
 
 def test_report_only_rebuilds_from_cache(smoke, tmp_path):

@@ -112,15 +112,19 @@ LEGENDS = {
         "`quad_err_high`: the estimated quadrature error of each end, in absolute value (the "
         "error itself may have either sign): the integrand h = gap·σ⁻² in u = ln σ, less "
         "its straight line between grid points, integrated over each segment, with h″ "
-        "linear through second differences of h (exact where h is cubic in ln σ; the per-σ "
-        "networks' coarse grid interpolates between networks: compare the universal "
-        "network's rows, integrated on the dense grid); `–` (NaN in kl.csv) where that "
-        "end's bound takes a value from another σ on the σ the estimate reads (U from a "
-        "larger σ, L from a smaller: the entry's section says where) or is missing at some "
-        "of them (U = ∞ above a reference's grid), so that its integrand jumps there: the "
-        "trapezoid's error at a jump, of the order of the jump times the segment, is not "
-        "estimated; `–` also on a grid of 2 σ. `converged`: every network behind "
-        "the row passed the convergence check (section Training)."),
+        "linear through second differences of h (exact where h is cubic in ln σ; on the "
+        "per-σ networks' 8 σ a rough guide: for an integrand steep in ln σ, 0.8–2.3 times "
+        "the true error in `theorybench.kl`'s examples, and a small value can be segments' "
+        "errors of opposite signs cancelling; that coarse grid also interpolates between "
+        "networks: compare the universal network's rows, integrated on the dense grid); "
+        "`–` (NaN in kl.csv) where that end's bound, on the σ the estimate reads (from the "
+        "grid σ below σ0 up), takes a value from another σ (U from a larger σ, L from a "
+        "smaller: the entry's section says where) or is missing at some of them (U = ∞ above "
+        "a reference's grid, L = 0 below it; the high end also where L > U and U jumps), so "
+        "that its integrand jumps there: the trapezoid's error at a jump, of the order of "
+        "the jump times the segment, is not estimated; `–` also on a grid of 2 σ. "
+        "`converged`: every network behind the row passed the convergence check (section "
+        "Training)."),
     "blind": (
         "`blind optimum` (KL rows of the entries that have one): the best denoiser that does "
         "not see σ (kind `blind`, the optimum for σ drawn with density ∝ σ⁻³ on the "
@@ -963,6 +967,19 @@ def rerun_command(preset_name: str, run_meta: dict, compare=()) -> str:
     return shlex.join(words)
 
 
+def _from_cache(records: list[dict], run_meta: dict) -> str:
+    """The header's clause on the cells a run found stored, computed before it (by code of
+    the same source, their keys say), with the span of every record's date ("" when the
+    run computed them all or did not count)."""
+    stored = len(records) - run_meta.get("computed", len(records))
+    if stored <= 0:
+        return ""
+    dates = sorted(r["meta"]["date"] for r in records if r.get("meta", {}).get("date"))
+    span = f"; the {len(dates)} cells' records are dated {dates[0]} to {dates[-1]}" if dates else ""
+    return (f"; the other {stored} read from the cache, computed before this run by code "
+            f"of the same source (their keys){span}")
+
+
 def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict,
                  compare: tuple[Path, ...] = ()) -> Path:
     """Write ``out/README.md`` with every table and figure; return its path. ``compare``:
@@ -988,7 +1005,7 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
         + f"(compute of its {len(records)} cells, as stored in the cache: "
         f"{sum(r.get('meta', {}).get('seconds', 0.0) for r in records):.0f} s"
         + (f"; {run_meta['computed']} of them computed by this run" if "computed" in run_meta
-           else "") + ").",
+           else "") + _from_cache(records, run_meta) + ").",
         "",
         *([f"**Incomplete:** {run_meta['missing']} cells of this preset have no stored result "
            f"(failed, a run cut short, --kinds, or not run yet): their rows and figures are "
