@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from theorybench.report.common import extend_monotone, monotone_envelope
+from theorybench.report.common import curve_frame, extend_monotone, monotone_envelope
 from theorybench.report.main import _jumps
 
 GRID = np.geomspace(0.01, 2.0, 29)
@@ -15,10 +15,10 @@ ROW = {"sigma0": 0.05, "quad_err_low": 1.0, "quad_err_high": 2.0}
 
 
 def curve(sigma, mse, images=1) -> pd.DataFrame:
+    """A stored curve of ``images`` equal per-image errors, as the report reads it."""
     mse = np.asarray(mse, dtype=float)
-    out = pd.DataFrame({"sigma": sigma, "mse": mse, "se": 0.0, "d": 1})
-    out.attrs["errors"] = np.repeat(mse[:, None], images, axis=1)
-    return out
+    return curve_frame({"sigma": sigma, "mse": mse, "se": np.zeros_like(mse), "d": 1,
+                        "errors": np.repeat(mse[:, None], images, axis=1)})
 
 
 def test_an_end_whose_bound_jumps_where_its_estimate_reads_has_no_quadrature_error():
