@@ -113,6 +113,32 @@ def test_stochastic_seeded_and_batch_independent(wiener):
                               a.images[3:], atol=1e-3)
 
 
+def zero_denoiser(y, sigma):
+    """f = 0: d = −y, so the effective noise σ_t is the iterate's own RMS."""
+    return torch.zeros_like(y)
+
+
+@pytest.mark.parametrize("beta", [0.2, 0.5, 1.0])
+def test_stochastic_steps_aim_at_one_minus_beta_h_sigma(beta):
+    """Each step aims at the noise level (1 − βh_t)σ_t (SCIENCE.md §7): with f = 0 and mean
+    0, ``y ← (1 − h_t) y + γ_t z`` has E‖y‖²/d = ((1 − h_t)² σ_t² + γ_t²) = (1 − βh_t)² σ_t²
+    exactly, so the measured σ falls by that factor per step (64×64 images: the relative
+    spread of one ratio is about γ_t/(σ_t √d), ≤ 0.01); γ_t independent of β would give 1."""
+    h0, steps = 0.5, 5
+    with pytest.warns(UserWarning, match="did not reach sigma_stop"):
+        r = sample(zero_denoiser, normal(8, size=64, seed=15), "stochastic", mean=0.0,
+                   h0=h0, beta=beta, sigma_stop=1e-9, max_steps=steps)
+    t = torch.arange(1, steps, dtype=torch.float64)
+    h = h0 * t / (1 + h0 * (t - 1))
+    measured = r.sigmas[:, 1:] / r.sigmas[:, :-1]  # (8, steps − 1)
+    assert torch.allclose(measured, (1 - beta * h).expand_as(measured), atol=0.03)
+    if beta == 1.0:  # no noise injected: the same path for every seed
+        with pytest.warns(UserWarning, match="did not reach sigma_stop"):
+            again = sample(zero_denoiser, normal(8, size=64, seed=15), "stochastic",
+                           mean=0.0, h0=h0, beta=beta, sigma_stop=1e-9, max_steps=steps, seed=3)
+        assert torch.equal(again.images, r.images)
+
+
 def radial_band_ratios(images, eigenvalues, mean):
     """Measured Fourier variance / λ per integer radial band (DC joins band 1)."""
     size = images.shape[-1]
