@@ -16,6 +16,8 @@ from theorybench.denoisers.local import (
     patches,
 )
 from theorybench.experiments.machines_sweep import agreement, calibrate, summarize_agreement
+from theorybench.report.common import bracket
+from theorybench.report.machines import _bracket_at
 from theorybench.sampling import sample
 
 
@@ -202,3 +204,18 @@ def test_machines_need_an_ode_sampler():
     assert len(ode) == 1 and ode[0]["kind"] == "machines"
     with pytest.raises(ValueError, match="machines need an ODE sampler .*'stochastic'"):
         build_machine_cells(memorization({"method": "stochastic"}), [3], 2, 1, [0.1, 1.0])
+
+
+def test_machines_bracket_reads_an_exact_mmse_as_both_ends():
+    """A family with an exact MMSE (its bracket is ``{"exact": curve}``) gives L = U = that
+    MMSE in the machines table, not NaN; a bracket gives its own ends."""
+    def curve(kind, mse):
+        return {"kind": kind, "sigma": [0.01, 0.1], "mse": mse, "se": [1e-6, 1e-5], "d": 4,
+                "errors": [[m, m] for m in mse]}
+
+    exact = bracket({"wiener": curve("exact", [1e-4, 5e-3]),
+                     "identity": curve("upper", [1e-4, 1e-2])})[0]
+    assert _bracket_at(exact, 0.1) == {"L": 5e-3, "L se": 1e-5, "U": 5e-3, "U se": 1e-5}
+    pair = bracket({"oracle": curve("lower", [5e-5, 2e-3]),
+                    "identity": curve("upper", [1e-4, 1e-2])})[0]
+    assert _bracket_at(pair, 0.01) == {"L": 5e-5, "L se": 1e-6, "U": 1e-4, "U se": 1e-6}

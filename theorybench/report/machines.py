@@ -29,10 +29,10 @@ GRID_ROWS = 4
 
 def _bracket_at(refs: dict, sigma: float) -> dict:
     """``L``, ``L se``, ``U``, ``U se`` per pixel at σ from the bracket's curves ``refs``
-    (:func:`report.bracket`; NaN where absent)."""
+    (:func:`report.bracket`: an exact MMSE is both ends; NaN where absent)."""
     out = {k: math.nan for k in ("L", "L se", "U", "U se")}
     for side, name in (("lower", "L"), ("upper", "U")):
-        frame = refs.get(side)
+        frame = refs.get(side, refs.get("exact"))
         hit = None if frame is None else frame[np.isclose(frame["sigma"], sigma)]
         if hit is not None and len(hit):
             out[name], out[f"{name} se"] = float(hit["mse"].iloc[0]), float(hit["se"].iloc[0])
@@ -202,8 +202,10 @@ def machines_section(records: list[dict], out_dir) -> list[str]:
              f"r²; the anchor "
              f"reports the median r² between the ELS machine and trained convolutional "
              f"networks, {ANCHOR_R2[0]}–{ANCHOR_R2[1]} (0.77 with attention). MSE/U: "
-             f"held-out MSE over the estimator upper bound U of the MMSE on the same "
-             f"images and noise (MMSE/U lies between L/U and 1).", ""]
+             f"held-out MSE over the estimator upper bound U of the MMSE, on the same "
+             f"images and noise where the held-out images are the family's own draws or "
+             f"its test split (a finite set without one: its unused training images, and "
+             f"U from the reference cell's images); MMSE/U lies between L/U and 1.", ""]
     frames = []
     by_entry: dict[str, list[dict]] = {}
     for r in mine:
