@@ -29,7 +29,8 @@ def test_rows_scale_totals_by_sigma_squared_and_keep_the_optimum_apart():
         {"spec": {**spec, "kind": "jacobian"},
          "result": {"sigma": 0.0454,
                     "denoisers": {"network": _jacobian(8, 13.0, [40.0, 50.0]),
-                                  "reference": _jacobian(2, 2.0, [3.0, 7.0])}}},
+                                  "reference": {**_jacobian(2, 2.0, [3.0, 7.0]),
+                                                "kind": "upper"}}}},
         {"spec": {"study": "main", "kind": "network", "params": {"k": 2}}, "result": {}},
     ]
     (row,) = dimension_rows(records)
@@ -41,6 +42,7 @@ def test_rows_scale_totals_by_sigma_squared_and_keep_the_optimum_apart():
         (8, 13.0, 50.0, 45.0)
     assert (row["optimum count>0.5"], row["optimum trace"], row["optimum angle max°"]) == \
         (2, 2.0, 7.0)
+    assert row["optimum kind"] == "upper"  # the estimator the Jacobian cell differentiated
 
 
 def test_rows_give_the_paired_standard_error_of_l_minus_u():
@@ -75,6 +77,11 @@ def test_verdict_follows_the_numbers():
     text = _network_verdict(poor)
     assert "within 15% of U for no k" in text and "the same count for k = 2" in text
     assert "no network reaches the small-σ regime" in text
+    # far below U is not within 15 % of it either (a U loose by half, or noise)
+    below = pd.DataFrame({**base, "network/σ²": [0.5, 1.9], "count>0.5": [1.0, 2.0]})
+    text = _network_verdict(below)
+    assert "0.5–0.95× U (within 15% of U for k = 2)" in text
+    assert "tested on a network for k = 2." in text
 
 
 def test_posterior_verdict_says_where_its_noise_hides_the_tolerance():

@@ -101,7 +101,8 @@ def dimension_rows(records: list[dict]) -> list[dict]:
     mean ``count>0.5`` (eigenvalues above 0.5), mean ``trace`` and the mean over images
     of the largest and of the mean principal angle (degrees) between its top-k
     eigenvectors and the tangent space; the same for the optimum (``optimum …``: the
-    posterior's ``Cov[x|y]/σ²``). Missing cells leave NaN.
+    ``Cov[x|y]/σ²`` of the reference estimator the Jacobian cell differentiates, whose kind,
+    ``exact`` or ``upper``, is ``optimum kind``). Missing cells leave NaN.
     """
     mine = [r for r in records if r["spec"].get("study") == STUDY and "result" in r]
     rows = {}
@@ -130,6 +131,8 @@ def dimension_rows(records: list[dict]) -> list[dict]:
             for who, prefix in (("network", ""), ("reference", "optimum ")):
                 if who in result["denoisers"]:
                     row.update(_jacobian_measures(result["denoisers"][who], prefix))
+            if "reference" in result["denoisers"]:
+                row["optimum kind"] = result["denoisers"]["reference"]["kind"]
     return [rows[k] for k in sorted(rows)]
 
 
