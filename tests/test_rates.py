@@ -244,8 +244,13 @@ def test_sure_se_of_a_top_k_record_is_empirical_only():
 def test_row_adds_the_trace_estimates_error_and_gives_homogeneity_for_networks_only():
     entry = SimpleNamespace(label="disks")
     rec = {**jacobian_record(4, [0.5] * 8, 0.01, 0.01), "trace_se": [0.3] * 4}
-    row = _row(entry, 0.1, "network", rec)  # the same trace on every image: only the
-    assert row["trace_se"] == pytest.approx(0.3 / 2)  # estimates' error, 0.3/√4
+    row = _row(entry, 0.1, "network", rec)  # the same trace on every image: the estimates'
+    assert row["trace_se"] == pytest.approx(0.3)  # error, shared probes: not 0.3/√4
+    spread = {**rec, "trace": [1.0, 2.0, 3.0, 4.0]}  # the images' spread (SE 0.645) and h
+    assert _row(entry, 0.1, "network", spread)["trace_se"] == pytest.approx(
+        math.hypot(np.std([1, 2, 3, 4], ddof=1) / 2, 0.3))
+    one = {**jacobian_record(1, [0.5] * 8, 0.01, 0.01), "trace_se": [0.3]}
+    assert _row(entry, 0.1, "network", one)["trace_se"] == pytest.approx(0.3)
     assert row["homogeneity_error"] == 0.0
     full = _row(entry, 0.1, "network", {**rec, "trace_se": [0.0] * 4})
     assert full["trace_se"] == 0.0  # exact traces, no spread

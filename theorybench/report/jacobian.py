@@ -132,9 +132,12 @@ def _row(entry: _Entry, sigma: float, label: str, rec: dict) -> dict:
     spectrum = np.asarray(rec["eigenvalues"], dtype=float).mean(0)
     trace, trace_se = _mean_se(rec["trace"])
     hutchinson = np.asarray(rec.get("trace_se", []), dtype=float)
-    if (hutchinson > 0).any():  # top-k: each image's trace is an estimate, add its error
-        trace_se = math.sqrt(np.nan_to_num(trace_se) ** 2
-                             + float(np.mean(hutchinson**2)) / hutchinson.size)
+    if (hutchinson > 0).any():  # top-k: each image's trace is a Hutchinson estimate
+        # The images share one set of probes (jacobian_spectrum's seed), so the estimates'
+        # errors e_i may be correlated (ρ): the spread over images holds (1 − ρ) of their
+        # variance h², the mean's error has (1 + (n − 1)ρ)/n of it; the difference is at
+        # most h² for any ρ ≤ 1, added in full (one image: h alone).
+        trace_se = math.sqrt(np.nan_to_num(trace_se) ** 2 + float(np.mean(hutchinson**2)))
     mse, mse_se = _mean_se(rec["mse"])
     sure, _ = _mean_se(rec["sure_mse"])
     se_sure = sure_se(rec, sigma)
