@@ -156,7 +156,14 @@ def test_blind_optimum_is_stored_and_floors_the_universal_network(smoke):
     h, u = _gaussian_gap_integrand(mse, "wiener-blind", sigma0=0.02)
     assert len(u) >= 2 and math.isclose(gap["wiener-blind (blind optimum)"],
                                          np.trapezoid(np.maximum(h, 0), u), rel_tol=1e-4)
-    assert "price of not knowing σ" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "price of not knowing σ" in readme
+    # a clipped blind row is flagged with the exact MMSE's cause, never as a network's
+    clipped = kl[(kl.network == "wiener-blind (blind optimum)") & kl.clipped]
+    flag = ("Flag (wiener-blind (blind optimum)): the blind optimum's MSE falls below U at "
+            "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all): U is the "
+            "exact MMSE, which no estimator beats in expectation")
+    assert (flag in readme) == (len(clipped) > 0)
 
 
 def test_finite_training_sets_get_the_networks_curve_on_their_images(smoke):

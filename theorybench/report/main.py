@@ -1114,6 +1114,14 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
                           "the true gap is ≥ 0, so U is loose there (or it is noise)."
                           + _interpolated_clipping(study.reference["result"]["curves"],
                                                    integrands), ""]
+            blind_clipped = mine[~mine["network"].isin(NETWORKS) & mine["clipped"]]
+            if len(blind_clipped):
+                cause = ("U is the exact MMSE, which no estimator beats in expectation: the "
+                         "test images' sampling noise" if how == "exact" else
+                         "U is loose there, or it is the test images' sampling noise")
+                lines += [f"Flag ({', '.join(blind_clipped['network'].unique())}): the blind "
+                          "optimum's MSE falls below U at some σ; MSE − U was clipped to 0 "
+                          f"there (`clipped_nats` nats in all): {cause}.", ""]
             if mine["closing"].isna().any():
                 lines += ["Flag: the reference record stores no data variance (computed before "
                           "it was recorded): the closing term is missing, so `kl_high` is the "

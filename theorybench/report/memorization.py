@@ -226,7 +226,10 @@ def _trace_text(records: list[dict]) -> str:
         text += (f" The **trace** follows the samples of an ODE sampler on their way down: at "
                  f"each σ of the sampler's grid but the last, the fraction of the iterates "
                  f"(which still carry noise σ) within {ON_MANIFOLD_FACTOR:g}σ² per pixel of "
-                 f"their best fit, against held-out images with noise σ.")
+                 f"their best fit, against held-out images with noise σ; flat fits count "
+                 f"here (the noise hides whether an iterate shows a shape), unlike in the "
+                 f"samples' criterion, so the held-out images' trace fraction can exceed "
+                 f"their fraction of images of the family.")
     if any("posterior_samples" in r["result"] for r in records):
         text += (" At the largest N the family's posterior mean (an estimate from y alone "
                  "where no exact one exists) is sampled with the same sampler and noises, a "
