@@ -67,7 +67,8 @@ def test_trace_fractions_tell_noisy_images_of_the_family_from_others():
     """Iterates that are disks with noise σ_k are images of the family at σ_k; a texture
     of unit amplitude is one at σ = 1 only, where the tolerance 2σ² exceeds its energy.
     With textures at every other level the fractions alternate: each level reads its own
-    iterates."""
+    iterates. A run that records every other step is read at the σ of the steps it
+    recorded."""
     dist = datasets_synth.get("disks", size=16)
     grid = sigma_grid(1.0, 0.01, 6)
     clean = dist.sample(8, 3)
@@ -75,13 +76,21 @@ def test_trace_fractions_tell_noisy_images_of_the_family_from_others():
     noisy = clean.unsqueeze(1) + grid.float().view(1, -1, 1, 1, 1) * z
     texture = clean.mean() + torch.randn(noisy.shape, generator=torch.Generator().manual_seed(1))
 
-    def run(trajectory):
-        return SampleResult(clean, None, None, None, None, "heun", grid, trajectory)
+    def run(trajectory, steps=range(5)):  # an ODE run records steps 0 .. len(grid) − 2
+        steps = torch.tensor(list(steps))
+        return SampleResult(clean, None, None, None, None, "heun", grid, trajectory[:, steps],
+                            steps)
 
     assert ms.trace_fractions(run(noisy), dist) == [1.0] * 5
     assert ms.trace_fractions(run(texture), dist) == [1.0, 0.0, 0.0, 0.0, 0.0]
     alternate = torch.where((torch.arange(6) % 2 == 1).view(1, -1, 1, 1, 1), texture, noisy)
     assert ms.trace_fractions(run(alternate), dist) == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert ms.trace_fractions(run(texture, (0, 2, 4)), dist) == [1.0, 0.0, 0.0]
+    assert ms.trace_fractions(run(noisy, (0, 2, 4)), dist) == [1.0] * 3
+    # iterates at σ_2 read as if at σ_4: their noise exceeds that level's tolerance
+    at_2 = SampleResult(clean, None, None, None, None, "heun", grid, noisy[:, [2]],
+                        torch.tensor([4]))
+    assert ms.trace_fractions(at_2, dist) == [0.0]
 
 
 def test_stays_down_to():
@@ -92,6 +101,7 @@ def test_stays_down_to():
 
 @pytest.mark.parametrize("sampler, match", [({"method": "ddim"}, "method must be one of"),
                                             ({"sigma0": 1.0}, "unknown sampler option"),
+                                            ({"record_every": 2}, "unknown sampler option"),
                                             ({"mean": "data"}, "mean must be")])
 def test_bad_sampler_raises(sampler, match):
     with pytest.raises(ValueError, match=match):

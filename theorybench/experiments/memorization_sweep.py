@@ -124,6 +124,7 @@ def resolve_sampler(sampler: dict | None, sigma_max: float) -> dict:
         options.setdefault("sigma0", sigma_max)
     else:
         options.setdefault("sigma_max", sigma_max)
+    valid.remove("record_every")  # the cell records the iterates it traces itself
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown sampler option(s) {unknown} for method {method!r}; "
@@ -325,10 +326,11 @@ def fraction_within(images: torch.Tensor, dist, sigma: float) -> float:
 
 
 def trace_fractions(run, dist) -> list[float]:
-    """Per σ_k of an ODE run's grid but the last (the final denoising's input, not
-    recorded), :func:`fraction_within` of its iterates at σ_k."""
-    return [fraction_within(run.trajectory[:, k].cpu(), dist, sigma)
-            for k, sigma in enumerate(run.grid[:-1].tolist())]
+    """Per recorded iterate of an ODE run (``run.trajectory_steps``: step k is at σ_k of
+    its grid; the last σ, the final denoising's input, is never recorded),
+    :func:`fraction_within` of the iterates at that σ."""
+    return [fraction_within(run.trajectory[:, j].cpu(), dist, float(run.grid[k]))
+            for j, k in enumerate(run.trajectory_steps.tolist())]
 
 
 def _json_summary(summary: dict) -> dict:
