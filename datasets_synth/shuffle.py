@@ -64,6 +64,10 @@ class Shuffled(Distribution):
         x, latents = self.base._take(n, seed, offset)
         return self.shuffle(x), latents
 
+    def start_kl(self, sigma: float, mean: float) -> float | None:
+        """The base's: ``N(mean·1, σ² I)`` is invariant to the permutation, so the KL is."""
+        return self.base.start_kl(sigma, mean)
+
     def reference_base(self):
         """The base: ``theorybench.denoisers.reference_denoisers`` conjugates all of its
         references (own, identity, wavelet, empirical), so ``U_shuffled = U_base``."""

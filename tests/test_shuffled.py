@@ -78,6 +78,19 @@ def test_conjugated_references_err_as_the_base_ones(base, params):
                                    err_msg=name)
 
 
+def test_shuffled_gaussian_keeps_the_exact_start_kl_and_the_blind_optimum():
+    """The permutation leaves N(μ̂·1, σ² I) and the blind posterior's error unchanged: the
+    shuffled Gaussian's exact closing term and blind Wiener filter are the base's."""
+    sh, refs, base_refs = _families("gaussian", {"size": 16})
+    assert sh.start_kl(2.0, 0.5) == sh.base.start_kl(2.0, 0.5) > 0
+    assert not hasattr(refs["identity"], "blind")  # only where the base has one
+    blind, base_blind = refs["wiener"].blind(0.01, 2.0), base_refs["wiener"].blind(0.01, 2.0)
+    assert blind.kind == base_blind.kind == "blind"
+    a = mse_curve(base_blind, sh.base, SIGMAS, n=6, seed=2)
+    b = mse_curve(Conjugated(blind, _Inverse(sh)), sh.base, SIGMAS, n=6, seed=2)
+    np.testing.assert_allclose(b.attrs["errors"], a.attrs["errors"], rtol=1e-5, atol=1e-9)
+
+
 def test_shuffled_faces_upper_bound_equals_the_base_one():
     """The issue's symptom: at σ ≈ 0.21 the shuffled wavelet gave U ≈ 0.030 against 0.016.
 

@@ -22,6 +22,13 @@ class Conjugated(ReferenceDenoiser):
         self.differentiable = getattr(denoiser, "differentiable", True)
         self.description = f"P f P^-1 of {getattr(denoiser, 'description', denoiser)!s}"
 
+    @property
+    def blind(self):
+        """The base's blind counterpart conjugated, ``(σ_min, σ_max) -> P f_blind P⁻¹``,
+        where the base denoiser has one (``AttributeError`` otherwise, so ``hasattr`` tells)."""
+        make = self.denoiser.blind  # AttributeError where the base has none
+        return lambda sigma_min, sigma_max: Conjugated(make(sigma_min, sigma_max), self.shuffler)
+
     def __call__(self, y, sigma, latents=None):
         y_base = self.shuffler.unshuffle(y)
         if self.oracle:
