@@ -2,7 +2,8 @@
 
 A distribution draws images deterministically from a seed. Randomness is addressed by
 image index: the stream of a seed is cut into blocks of ``block_size`` images, and block
-``b`` is drawn from its own generator seeded by ``SeedSequence([seed, b])``. Image ``k``
+``b`` is drawn from its own generator, ``tbcore.block_generator(seed, b)`` (seeded by
+``SeedSequence([seed, 0, b])``: stream 0, the images). Image ``k``
 of a seed is therefore the same whatever the batch split (``sample(n, seed, offset)``
 returns images ``offset … offset + n − 1`` of the stream), and no global random state is
 touched.

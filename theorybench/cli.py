@@ -28,6 +28,11 @@ from .experiments.presets import PRESETS
 from .experiments.study import start_order, study_cells
 from .training import has_bf16_units
 
+# A run's seed is one 32-bit word: seeds >= 2³² are the project's reserved ones (training
+# images 2⁴¹ + seed, monitor 2⁴², calibration 2⁴⁰ + 17), and a larger --seed would draw
+# its test images from another run's training stream (tbcore.seeding: word aliasing).
+RUN_SEED_LIMIT = 2**32 - 1
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -312,8 +317,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         preset = apply_overrides(PRESETS[args.preset], args.override)
-        if args.seed < 0:
-            raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+        if not 0 <= args.seed <= RUN_SEED_LIMIT:
+            raise ValueError(f"--seed must be an integer in [0, {RUN_SEED_LIMIT}], got "
+                             f"{args.seed}")
         if args.jobs is not None and args.executor == "ray":
             raise ValueError("--jobs is for --executor local; Ray runs as many cells at once "
                              "as its cluster's resources allow")

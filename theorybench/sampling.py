@@ -33,7 +33,7 @@ from tbcore.denoiser import check_eval_mode, check_output
 from tbcore.seeding import block_generator
 from tbcore.validation import check_float, check_int, check_seed
 
-SAMPLING_STREAM = 11  # generator stream reserved for the stochastic sampler's injected noise
+SAMPLING_STREAM = 21  # generator stream reserved for the stochastic sampler's injected noise
 
 
 @dataclass
