@@ -23,9 +23,9 @@ from .denoisers import (
     empirical_denoiser,
     reference_denoisers,
 )
-from .evaluation import mse_curve, paired_difference
+from .evaluation import data_variance, mse_curve, paired_difference
 from .jacobian import jacobian, jacobian_spectrum, subspace_angles, sure_mse
-from .kl import data_variance, kl_bound, mmse_references
+from .kl import kl_bound, mmse_references
 from .memorization import memorization_measures, summarize
 from .networks import NetConfig, build_network, net_config_for
 from .sampling import SampleResult, SamplingDiverged, sample

@@ -3,9 +3,10 @@
 
 For any network f_θ, let q be the law of the reverse SDE driven by f_θ and started at the
 samplers' Gaussian ``π = N(μ̂, σ_max² I)``, μ̂ the constant image at the data's mean pixel
-value (:func:`data_variance`; not the mean image that centred networks subtract). The
-score-matching bound (Song, Durkan, Murray, Ermon 2021, "Maximum likelihood training of
-score-based diffusion models", Thm 1), with Tweedie turning the score error into
+value (:func:`theorybench.evaluation.data_variance`; not the mean image that centred
+networks subtract). The score-matching bound (Song, Durkan, Murray, Ermon 2021, "Maximum
+likelihood training of score-based diffusion models", Thm 1), with Tweedie turning the
+score error into
 ``E‖f_θ − f*‖² = MSE − MMSE``, gives (total MSE, nats)
 
     KL(p_σ0 ‖ q_σ0) ≤ B = KL(p_σmax ‖ π) + ∫_{σ0}^{σmax} (MSE(f_θ, σ) − MMSE(σ)) σ^{-3} dσ,
@@ -74,7 +75,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tbcore.validation import check_float, check_int, check_seed
+from tbcore.validation import check_float
 
 
 @dataclass
@@ -402,20 +403,3 @@ def mmse_references(dist, sigmas, n: int = 256, seed: int = 0,
     frames = {name: mse_curve(den, dist, sigmas, n=n, seed=seed, progress=progress)
               for name, den in refs.items()}
     return tightest_references(frames, {name: den.kind for name, den in refs.items()})
-
-
-def data_variance(dist, n: int = 256, seed: int = 0) -> tuple[float, float, float]:
-    """``E‖x − μ̂‖²`` (summed over the pixels of one image) for μ̂ the scalar pixel mean of
-    ``n`` images of ``dist`` (seed ``seed``): the input of :func:`closing_term`.
-
-    The mean of ``‖x_i − μ̂‖²`` over the same images plus ``2d·Var(μ̂)`` (Var from the
-    spread of the per-image means): fitting μ̂ on the images lowers the mean by ``d·Var(μ̂)``
-    in expectation, and a fixed μ̂ raises the population value by as much. Returns
-    ``(value, standard error of the mean, μ̂)``.
-    """
-    n, seed = check_int("n", n, low=2), check_seed(seed)
-    x = dist.sample(n, seed).double().flatten(1)
-    mu = float(x.mean())
-    dev = (x - mu).pow(2).sum(1)
-    var_mu = float(x.mean(1).var()) / n
-    return (float(dev.mean()) + 2 * x.shape[1] * var_mu, float(dev.std() / math.sqrt(n)), mu)
