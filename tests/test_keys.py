@@ -21,9 +21,11 @@ CASES = [
      []),
     ("theorybench/kl.py",  # the bound is integrated by the report, from stored curves
      [], [spec(kind, "gaussian") for kind in ("reference", "network", "jacobian")]),
-    ("theorybench/evaluation.py",  # the analyses draw the evaluation's noise; the
-     [spec("jacobian", "gaussian"), spec("jacobian-pair", "disks"),  # references store
-      spec("reference", "gaussian")], []),  # its data_variance
+    ("theorybench/data_stats.py",  # the reference cells store its data_variance
+     [spec("reference", "gaussian")],
+     [spec(kind, "gaussian") for kind in ("network", "jacobian", "memorization")]),
+    ("theorybench/evaluation.py",  # the analyses draw the evaluation's noise
+     [spec("jacobian", "gaussian"), spec("jacobian-pair", "disks")], []),
     ("theorybench/experiments/memorization_sweep.py",  # the pair analysis loads its networks
      [spec("jacobian-pair", "disks"), spec("machines", "disks")], [spec("network", "disks")]),
     ("theorybench/report/main.py", [],  # drawing a report changes no result

@@ -16,6 +16,7 @@ Public API (one Denoiser interface ``denoiser(y, sigma) -> x_hat``, see ``tbcore
 * :func:`jacobian`, :func:`jacobian_spectrum`: the adaptive basis of a denoiser.
 """
 
+from .data_stats import data_variance
 from .denoisers import (
     EmpiricalDenoiser,
     NetworkDenoiser,
@@ -23,7 +24,7 @@ from .denoisers import (
     empirical_denoiser,
     reference_denoisers,
 )
-from .evaluation import data_variance, mse_curve, paired_difference
+from .evaluation import mse_curve, paired_difference
 from .jacobian import jacobian, jacobian_spectrum, subspace_angles, sure_mse
 from .kl import kl_bound, mmse_references
 from .memorization import memorization_measures, summarize

@@ -6,8 +6,7 @@ by ``(seed, block)``, and the same ``z_k`` serves every σ (``y = x + σ z``). E
 denoiser evaluated with the same ``(dist, n, seed)`` therefore sees exactly the same
 inputs, and differences between curves are paired (:func:`paired_difference`).
 :func:`training_curve` measures a denoiser on its own training images (a
-:class:`TensorImages` set), with noise apart from the test images'. :func:`data_variance`
-measures the data's spread about its pixel mean (the KL bound's closing term).
+:class:`TensorImages` set), with noise apart from the test images'.
 """
 
 from __future__ import annotations
@@ -219,20 +218,3 @@ def convergence(build, settings, dist, sigma: float, n: int = 64, seed: int = 0)
                      "total_over_s2": mse * dist.d / sigma ** 2,
                      "diff_to_last": float(diff["diff"][0]), "diff_se": float(diff["se"][0])})
     return pd.DataFrame(rows)
-
-
-def data_variance(dist, n: int = 256, seed: int = 0) -> tuple[float, float, float]:
-    """``E‖x − μ̂‖²`` (summed over the pixels of one image) for μ̂ the scalar pixel mean of
-    ``n`` images of ``dist`` (seed ``seed``): the input of :func:`theorybench.kl.closing_term`.
-
-    The mean of ``‖x_i − μ̂‖²`` over the same images plus ``2d·Var(μ̂)`` (Var from the
-    spread of the per-image means): fitting μ̂ on the images lowers the mean by ``d·Var(μ̂)``
-    in expectation, and a fixed μ̂ raises the population value by as much. Returns
-    ``(value, standard error of the mean, μ̂)``.
-    """
-    n, seed = check_int("n", n, low=2), check_seed(seed)
-    x = dist.sample(n, seed).double().flatten(1)
-    mu = float(x.mean())
-    dev = (x - mu).pow(2).sum(1)
-    var_mu = float(x.mean(1).var()) / n
-    return (float(dev.mean()) + 2 * x.shape[1] * var_mu, float(dev.std() / math.sqrt(n)), mu)

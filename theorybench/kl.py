@@ -3,7 +3,7 @@
 
 For any network f_θ, let q be the law of the reverse SDE driven by f_θ and started at the
 samplers' Gaussian ``π = N(μ̂, σ_max² I)``, μ̂ the constant image at the data's mean pixel
-value (:func:`theorybench.evaluation.data_variance`; not the mean image that centred
+value (:func:`theorybench.data_stats.data_variance`; not the mean image that centred
 networks subtract). The score-matching bound (Song, Durkan, Murray, Ermon 2021, "Maximum
 likelihood training of score-based diffusion models", Thm 1), with Tweedie turning the
 score error into

@@ -34,9 +34,10 @@ from tbcore.validation import resolve_device
 
 from ..blind_shrink import shrink_threshold
 from ..cache import Cache
+from ..data_stats import data_variance
 from ..denoisers import reference_denoisers
 from ..denoisers.network import NetworkDenoiser
-from ..evaluation import data_variance, evaluation_noise, mse_curve, training_curve
+from ..evaluation import evaluation_noise, mse_curve, training_curve
 from ..networks import net_config_for
 from ..sampling import SamplingDiverged
 from ..train_config import TrainConfig
@@ -79,7 +80,7 @@ def compute_reference(spec: dict) -> dict:
     ``data_mean`` is μ̂, the scalar pixel mean of the cell's ``n_eval`` test images (the
     images of the curves): what the samplers' ``mean="auto"`` computes on held-out images.
     ``data_variance`` estimates ``E‖x − μ̂‖²`` (summed over pixels) for that fixed μ̂
-    (:func:`theorybench.evaluation.data_variance`); ``data_variance_se`` is its standard error.
+    (:func:`theorybench.data_stats.data_variance`); ``data_variance_se`` is its standard error.
     ``sigma_max`` is the top of the σ grid: the start ``N(μ̂, σ_max² I)`` of the bound's
     reverse SDE; ``start_kl`` is ``KL(p_σmax ‖ N(μ̂, σ_max² I))`` where the family knows it
     in closed form (``Distribution.start_kl``), else None. With

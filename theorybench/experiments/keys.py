@@ -64,7 +64,7 @@ _JACOBIAN = ("theorybench.jacobian", "theorybench.evaluation",
              "theorybench.experiments.jacobian_analysis",
              "theorybench.experiments.memorization_sweep")
 COMPONENTS = {  # every module whose code a kind's result depends on, beyond code_version's
-    "reference": ("theorybench.evaluation", *_DENOISERS,
+    "reference": ("theorybench.evaluation", "theorybench.data_stats", *_DENOISERS,
                   "theorybench.experiments.cells"),
     "network": (*_TRAINING, "theorybench.experiments.cells"),
     "jacobian": (*_JACOBIAN, *_DENOISERS),
