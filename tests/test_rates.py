@@ -229,15 +229,19 @@ def test_sure_hidden_when_too_few_images():
     assert near["sure_shown"]
 
 
-def test_sure_se_of_a_top_k_record_is_empirical_only():
-    """Eigenvalues past k are unknown (NaN): no linearized variance, only the spread of
-    SURE − measured error over the images (undefined for one image)."""
+def test_sure_se_of_a_top_k_record_is_empirical_plus_its_traces_error():
+    """Eigenvalues past k are unknown (NaN): no linearized variance, the spread of
+    SURE − measured error over the images (undefined for one image), plus in full the
+    error its Hutchinson traces put in SURE, 2σ²h/d (shared probes)."""
     lam = [0.9, 0.5] + [math.nan] * 62
     rec = {"eigenvalues": [lam, lam, lam], "mse": [1.0, 2.0, 3.0],
            "sure_mse": [1.1, 1.9, 3.3]}
     diff = np.array([0.1, -0.1, 0.3])
     assert sure_se(rec, 0.1) == pytest.approx(diff.std(ddof=1) / math.sqrt(3))
-    one = {"eigenvalues": [lam], "mse": [1.0], "sure_mse": [1.1]}
+    h = 0.5  # a trace's standard error: 2σ²h/d = 2·0.01·0.5/64 in SURE
+    assert sure_se({**rec, "trace_se": [h] * 3}, 0.1) == pytest.approx(
+        math.hypot(diff.std(ddof=1) / math.sqrt(3), 2 * 0.01 * h / 64))
+    one = {"eigenvalues": [lam], "mse": [1.0], "sure_mse": [1.1], "trace_se": [h]}
     assert math.isnan(sure_se(one, 0.1))
 
 

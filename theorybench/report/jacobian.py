@@ -52,7 +52,9 @@ def sure_se(rec: dict, sigma: float) -> float:
     f ≈ y, where λ = 1 and b = 0, the SE is σ²√(2/d), the familiar value. The SE of the mean
     over n images is √Σvar/n; with n ≥ 2 the larger of that and the empirical SE of
     (SURE − measured error) is returned. A top-k record (eigenvalues past k stored as
-    NaN) has no Σ(1 − 2λ)²: only the empirical SE is returned (NaN for one image).
+    NaN) has no Σ(1 − 2λ)²: the empirical SE is returned (NaN for one image), with the
+    error of its Hutchinson traces (``trace_se`` h, in SURE ``2σ²h/d``) added in full, as
+    in the table's ``trace_se``: the images share one set of probes.
     """
     lam = np.atleast_2d(np.asarray(rec["eigenvalues"], dtype=float))
     mse = np.asarray(rec["mse"], dtype=float).reshape(-1)
@@ -62,7 +64,9 @@ def sure_se(rec: dict, sigma: float) -> float:
     diff = np.asarray(rec["sure_mse"], dtype=float).reshape(-1) - mse
     empirical = float(diff.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
     if np.isnan(lam).any():  # top-k spectrum: the linearized variance is unknown
-        return empirical
+        hutchinson = np.asarray(rec.get("trace_se", [0.0]), dtype=float)
+        return math.hypot(empirical, 2 * float(sigma) ** 2 / d
+                          * math.sqrt(float(np.mean(hutchinson**2))))
     s2 = float(sigma) ** 2
     asym = np.asarray(rec.get("asymmetry", np.zeros(n)), dtype=float).reshape(-1)
     frobenius2 = (lam**2).sum(1) / (1 - np.minimum(asym, 2 - 1e-12) ** 2 / 4)
