@@ -17,10 +17,11 @@ def derived_seed(seed: int, stream: int, index: int = 0, bits: int = 32) -> int:
     random stream of the project is seeded (:func:`block_generator` uses it).
 
     SeedSequence splits a seed of 2³² or more into 32-bit words and ignores trailing zero
-    words, so ``(lo + 2³²·hi, stream, 0)`` is the use ``(lo, hi, stream)``: the project's
-    reserved seeds (2⁴⁰ + 17, 2⁴¹ + s, 2⁴²) alias streams 256, 512 and 1024 of small
-    seeds, which no use takes (``tests/test_distributions.py`` checks the stream
-    constants), and a run's seed stays below 2³² (``run_all.py`` refuses more)."""
+    words within its 4-word pool, so ``(lo + 2³²·hi, stream, 0)`` is the use
+    ``(lo, hi, stream)``: the project's reserved seeds (2⁴⁰ + 17, 2⁴¹ + s, 2⁴²) alias
+    streams 256, 512 and 1024 of small seeds, which no use takes
+    (``tests/test_seeding.py`` checks the stream constants), and a run's seed stays below
+    2³² (``run_all.py`` refuses more)."""
     words = np.random.SeedSequence([seed, stream, index]).generate_state(bits // 32, np.uint32)
     return int(words[0]) if bits == 32 else int(words[0]) << 32 | int(words[1])
 

@@ -29,10 +29,11 @@ WAVELET_IMAGES = 64  # the first of them, on which the wavelet threshold is tune
 
 def calibration_images(dist, n: int):
     """Images for tuning baselines: a finite distribution's training split; a finite one
-    without a split, its own images (seed 0's draw, which the test images of seed 0 share:
-    its law is uniform on those images, so a baseline tuned on them is still a function
-    of y alone and its MSE an upper bound on that law's MMSE, but not on that of a
-    population the set stands in for); else a reserved seed, disjoint from any test draw."""
+    without a split, its own images (up to ``n``, drawn without replacement: for a set of
+    at most ``n`` images all of them, so every test draw is among them; its law is
+    uniform on those images, so a baseline tuned on them is still a function of y alone
+    and its MSE an upper bound on that law's MMSE, but not on that of a population the
+    set stands in for); else a reserved seed, disjoint from any test draw."""
     train = dist.train_images()
     if train is not None:
         return train[:n]

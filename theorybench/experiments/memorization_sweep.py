@@ -496,7 +496,8 @@ def compute_memorization(spec: dict, cache: Cache, key: str, device=None,
         samples = {role: run.images.cpu() for role, run in runs.items()}
         if trace:
             grid = runs["s1"].grid
-            result["trace"] = {"sigma": grid[:-1].tolist(),
+            steps = runs["s1"].trajectory_steps  # every step but the last one's input
+            result["trace"] = {"sigma": grid[steps].tolist(),
                                **{role: trace_fractions(runs[role], dist)
                                   for role in ("s1", "s2")}}
 
