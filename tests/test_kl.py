@@ -324,14 +324,17 @@ def test_quadrature_error_weights_take_h2_of_a_segment_from_its_nearest_points()
         h = np.exp(a * u)
         for k, ratio in zip((0, 3), ratios, strict=True):
             error = (math.exp(a * u[-1]) - math.exp(a * u[k])) / a - trapezoid_weights(u, u[k]) @ h
-            assert trapezoid_error_weights(u, u[k]) @ h / error == pytest.approx(ratio, abs=1e-4)
+            estimate = trapezoid_error_weights(u, u[k]).sum(0) @ h
+            assert estimate / error == pytest.approx(ratio, abs=1e-4)
 
 
 def test_quadrature_error_is_exact_for_a_cubic_integrand_on_any_grid():
     # gap = σ² h(ln σ), h(u) = a + b u + e u² + f u³: the integrand in u = ln σ is h, whose
     # integral is closed form; the trapezoid's error (true − trapezoid, signed) is then
-    # exactly what the weights give, on uneven grids and from a σ0 between points; and
-    # kl_bound's quad_err_high is that error's size, quad_err_low 0 with no gap to U
+    # exactly what the weights give, segment by segment, on uneven grids and from a σ0
+    # between points; kl_bound's quad_err_high adds the segments' errors in absolute value
+    # (this h'' changes sign at u = −0.78: more than the total's size), quad_err_low is 0
+    # with no gap to U
     rng = np.random.default_rng(3)
     a, b, e, f = 30.0, 0.4, 0.7, 0.3  # h > 0 on [ln 0.01, ln 2]: an MSE
 
@@ -341,12 +344,20 @@ def test_quadrature_error_is_exact_for_a_cubic_integrand_on_any_grid():
     def primitive(t):
         return a * t + b * t**2 / 2 + e * t**3 / 3 + f * t**4 / 4
 
+    def segment_errors(u, u0):  # true − trapezoid on each segment's part above u0
+        lo, hi = np.clip(u0, u[:-1], u[1:]), u[1:]
+        slope = np.diff(h(u)) / np.diff(u)
+        line = (hi - lo) * (h(u[:-1]) + slope * ((lo + hi) / 2 - u[:-1]))
+        return primitive(hi) - primitive(lo) - line
+
     for n in (4, 8, 9):
         u = np.sort(np.r_[np.log(0.01), np.log(2.0),
                           rng.uniform(np.log(0.01), np.log(2.0), n - 2)])
         for u0 in (u[0], 0.5 * (u[2] + u[3]), 0.3 * u[-2] + 0.7 * u[-1]):
             error = primitive(u[-1]) - primitive(u0) - trapezoid_weights(u, u0) @ h(u)
-            assert trapezoid_error_weights(u, u0) @ h(u) == pytest.approx(error, rel=1e-9)
+            weights = trapezoid_error_weights(u, u0)
+            assert weights.sum(0) @ h(u) == pytest.approx(error, rel=1e-9)
+            assert weights @ h(u) == pytest.approx(segment_errors(u, u0), rel=1e-9, abs=1e-12)
     grid = np.sort(np.r_[np.log(0.01), np.log(2.0), rng.uniform(np.log(0.01), np.log(2.0), 6)])
     sigmas = np.exp(grid)
     base = pd.DataFrame({"sigma": sigmas, "se": 0.0, "d": 1})
@@ -356,7 +367,9 @@ def test_quadrature_error_is_exact_for_a_cubic_integrand_on_any_grid():
         row = kl_bound(net, refs, sigma0=[math.exp(u0)]).table.iloc[0]
         exact = primitive(grid[-1]) - primitive(u0)
         assert row.kl_low == 0 and row.quad_err_low == 0
-        assert row.quad_err_high == pytest.approx(abs(row.kl_high - exact), rel=1e-9)
+        per_segment = np.abs(segment_errors(grid, u0)).sum()
+        assert row.quad_err_high == pytest.approx(per_segment, rel=1e-9)
+        assert row.quad_err_high > 1.01 * abs(row.kl_high - exact)
     with pytest.raises(ValueError, match="at least 3 grid points"):
         trapezoid_error_weights(u[:2], u[0])
 
@@ -391,6 +404,14 @@ def test_paired_standard_errors_from_mse_curves():
     # Monte Carlo integral within 4 paired standard errors of the exact-curve integral
     assert abs(table.kl_low[0] - exact_table.kl_low[0]) < 4 * table.se_low[0]
     assert 0 < table.se_low[0] < 0.2 * table.kl_low[0]
+    # that standard error is the spread of the per-image integrals of the paired gap, not
+    # of the network's errors alone nor of the two curves' combined unpaired
+    d = int(model["d"].iloc[0])
+    gap = (model.attrs["errors"] - mmse.attrs["errors"]) * d  # (σ, images)
+    c = trapezoid_weights(np.log(sigmas), math.log(0.05)) * sigmas**-2.0
+    c = np.where(gap.mean(1) >= 0, c, 0.0)
+    per_image = c @ gap
+    assert table.se_low[0] == pytest.approx(per_image.std(ddof=1) / math.sqrt(300), rel=1e-9)
 
 
 def test_bad_inputs():
@@ -404,6 +425,18 @@ def test_bad_inputs():
         kl_bound(curve, {"exact": curve.assign(sigma=sigmas * 2)})
     with pytest.raises(ValueError, match="grid"):
         kl_bound(curve, {"exact": curve.iloc[:3]})
+    with pytest.raises(ValueError, match="the upper curve has no MSE .NaN. at σ = 0.2154"):
+        kl_bound(curve, {"lower": curve.assign(mse=0.0),
+                         "upper": curve.assign(mse=[0.2, np.nan, 0.2, 0.2])})
+    with pytest.raises(ValueError, match="data_variance_se must be"):
+        kl_bound(curve, {"lower": curve.assign(mse=0.0), "upper": curve},
+                 data_variance=1.0, data_variance_se=-1.0)
+    # an infinite MSE at a σ that neither the integral from σ0 nor its error estimate reads
+    # leaves both finite
+    eight = pd.DataFrame({"sigma": np.geomspace(0.1, 1, 8), "mse": 0.1, "se": 0.0, "d": 4})
+    wild = eight.assign(mse=[np.inf] + [0.2] * 7)
+    row = kl_bound(wild, {"exact": eight}, sigma0=[eight.sigma[4]]).table.iloc[0]
+    assert np.isfinite([row.kl_low, row.kl_high, row.quad_err_low, row.quad_err_high]).all()
     with pytest.raises(ValueError, match="data_variance"):
         kl_bound(curve, {"exact": curve}, data_variance=float("nan"))
     twice = curve.assign(sigma=[0.1, 0.2, 0.2, 0.4])
@@ -481,3 +514,15 @@ def test_monotone_envelope_tightens_both_ends_with_their_errors():
     assert refs["upper"]["mse"].tolist() == [1.2, 1.2, 2.4, 2.6]  # c's σ = 0.2 value at 0.1
     assert refs["upper"].attrs["extended"].tolist() == [True, False, False, False]
     assert not refs["lower"].attrs["extended"].any()
+    # an exact MMSE stored at every other σ is exact only there: between them its next
+    # larger σ's value bounds the MMSE from above and its next smaller σ's from below (0
+    # below its grid), and a tighter upper bound measured at σ is taken where it is lower
+    exact_coarse = coarse | {"kind": "exact"}
+    refs, how = bracket({"m": exact_coarse, "a": stored("upper", [1.1, 3.0, 2.5, 2.6])})
+    assert how == "bracket" and "exact" not in refs
+    assert refs["upper"]["mse"].tolist() == [1.1, 1.2, 2.2, 2.2]
+    assert refs["lower"]["mse"].tolist() == [0.0, 1.2, 1.2, 2.2]
+    assert refs["lower"].attrs["extended"].tolist() == [False, False, True, False]
+    # measured at every σ, it stays the exact MMSE
+    refs, how = bracket({"m": stored("exact", [1.0, 1.2, 2.0, 2.2]), "c": exact_coarse})
+    assert how == "exact" and refs["exact"]["mse"].tolist() == [1.0, 1.2, 2.0, 2.2]

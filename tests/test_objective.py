@@ -28,12 +28,19 @@ TINY = NetConfig(arch="bfcnn", channels=4, depth=3)
 
 def test_kl_objective_equals_the_kl_integral_on_the_gaussian_family():
     """d·ln(σ_hi/σ_lo)·E[loss] = ∫ MSE σ⁻³ dσ for the Wiener filter, whose total MSE is
-    Σ λσ²/(λ+σ²): the integral is Σ ½ ln(σ_hi²(λ+σ_lo²) / (σ_lo²(λ+σ_hi²)))."""
+    Σ λσ²/(λ+σ²): the integral is Σ ½ ln(σ_hi²(λ+σ_lo²) / (σ_lo²(λ+σ_hi²))).
+
+    The plain average of 20,000 draws has a relative standard error of about 0.55 %, most
+    of it from the σ drawn; with the loss's expectation at each drawn σ, ``mean_k λ_k/(λ_k
+    + σ²)``, as a control variate (its mean under the law is the integral, closed form) what
+    remains is the loss's spread at a given σ, and the identity is checked within 1 %. The
+    law of σ itself is tested in :func:`test_sigma_laws_of_the_objectives`."""
     dist = GaussianField(size=16)
     wiener = dist.reference_denoisers()["wiener"]
     cfg = TrainConfig(mode="universal", objective="kl", sigma_min=0.01, sigma_max=2.0)
+    lam = dist.eigenvalues.double().flatten()
     gen = torch.Generator().manual_seed(0)
-    losses = []
+    losses, given_sigma = [], []
     for block in range(10):  # 20,000 (image, σ, noise) draws
         x = dist.sample(2000, seed=block)
         sigma = draw_sigma(cfg, len(x), gen, "cpu")
@@ -41,11 +48,15 @@ def test_kl_objective_equals_the_kl_integral_on_the_gaussian_family():
         y = x + noise
         residual = y - wiener(y, sigma.flatten())
         losses.append(float(objective_loss(residual, noise, sigma, "kl")))
-    estimate = dist.d * math.log(cfg.sigma_max / cfg.sigma_min) * sum(losses) / len(losses)
-    lam = dist.eigenvalues.double().flatten()
+        s2 = sigma.double().flatten()[:, None] ** 2
+        given_sigma.append(float((lam / (lam + s2)).mean()))
+    scale = dist.d * math.log(cfg.sigma_max / cfg.sigma_min)
     lo, hi = cfg.sigma_min ** 2, cfg.sigma_max ** 2
     closed = float((0.5 * torch.log(hi * (lam + lo) / (lo * (lam + hi)))).sum())
-    assert abs(estimate / closed - 1) < 0.01, (estimate, closed)
+    plain = scale * sum(losses) / len(losses)
+    assert abs(plain / closed - 1) < 0.03, (plain, closed)  # 5 standard errors
+    controlled = closed + scale * (sum(losses) - sum(given_sigma)) / len(losses)
+    assert abs(controlled / closed - 1) < 0.01, (controlled, closed)
 
 
 def test_sigma_laws_of_the_objectives():

@@ -62,6 +62,21 @@ def test_data_variance_is_the_field_variance():
     assert abs(value - 256 * 0.04) < 4 * se + 0.05 * 256 * 0.04 and abs(mean - 0.5) < 0.05
 
 
+def test_data_variance_corrects_for_the_fitted_mean():
+    """Flat images of gray level c ~ N(0.5, s²): E‖x − μ̂‖² for a fresh x and μ̂ fitted on n
+    images is d s² (1 + 1/n); the in-sample mean alone is d s² (1 − 1/n) in expectation, and
+    the 2d·Var(μ̂) term restores the difference (n = 4: 1.25 against 0.75 d s²)."""
+
+    class Flat:
+        def sample(self, n, seed):
+            g = torch.Generator().manual_seed(seed)
+            level = 0.5 + 0.2 * torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64)
+            return level.expand(n, 1, 4, 4)
+
+    values = [data_variance(Flat(), n=4, seed=s)[0] for s in range(10_000)]
+    assert np.mean(values) / (16 * 0.04) == pytest.approx(1.25, rel=0.03)
+
+
 def test_wrong_output_shape_is_refused():
     dist = datasets_synth.get("gaussian", size=16)
     squeezed = lambda y, sigma: y[:, 0]  # (n, h, w): would broadcast silently  # noqa: E731

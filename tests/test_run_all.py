@@ -460,8 +460,8 @@ def test_gpu_preset_runs_on_cpu_with_tiny_overrides(tmp_path):
     meta = json.loads((out / "run.json").read_text())
     assert meta["preset"] == "gpu" and meta["failed"] == 0 and len(meta["overrides"]) == len(tiny)
     # the report's command line reruns this study: its seed, datasets and overrides
-    command = ("python run_all.py --preset gpu --seed 3 --datasets gaussian "
-               + " ".join(f"--override {shlex.quote(t)}" for t in tiny))
+    command = (f"python run_all.py --preset gpu --out {shlex.quote(str(out))} --seed 3 "
+               "--datasets gaussian " + " ".join(f"--override {shlex.quote(t)}" for t in tiny))
     head = (out / "README.md").read_text().split("## ")[0]
     assert f"Regenerate with `{command}`" in head and "· seed 3 ·" in head
     mse = pd.read_csv(out / "mse.csv")
@@ -784,6 +784,18 @@ def test_a_bf16_preset_runs_in_float32_where_bfloat16_is_emulated(monkeypatch, t
                   ["--datasets", "gaussian", "--override", 'precision="bf16"']):
         assert cli.rebuild_overrides(parse(other), out / "run.json") == parse(other).override
 
+
+
+def test_the_rerun_command_names_a_report_folder_other_than_the_default():
+    """Following another seed's "Regenerate with" line must not overwrite ``reports/``."""
+    from theorybench.report.main import rerun_command
+
+    meta = {"seed": 1, "overrides": ['precision="fp32"']}
+    assert rerun_command("default", meta, out=Path("reports")) == (
+        "python run_all.py --preset default --seed 1 --override 'precision=\"fp32\"'")
+    assert rerun_command("default", meta, ["reports"], Path("reports/seed-1")) == (
+        "python run_all.py --preset default --out reports/seed-1 --seed 1 "
+        "--override 'precision=\"fp32\"' --compare reports")
 
 def test_readme_explains_the_shared_tables_once_and_names_the_image_sizes(smoke):
     """The legends of the entry sections' tables sit in one section between At a glance and

@@ -48,10 +48,14 @@ grid only, so the integral between grid points is an interpolation: its error, o
 sign, is the integral of ``h − line``, the integrand less its straight line between grid
 points, ``h[u_j, u_{j+1}, u] (u − u_j)(u − u_{j+1})`` on the segment ``[u_j, u_{j+1}]``
 (a full segment of width δ and constant h'': ``−h'' δ³/12``, the trapezoid rule's error).
-:func:`trapezoid_error_weights` estimates it with h'' linear on each segment, through the
-second divided differences of the two nearest inner grid points: exact for an ``h`` cubic
-in ``ln σ`` on any grid, uneven ones and a σ0 between grid points included. ``quad_err_low``
-and ``quad_err_high`` are each end's estimate in absolute value.
+:func:`trapezoid_error_weights` estimates it on each segment with h'' linear there, through
+the second divided differences of the two nearest inner grid points: exact for an ``h``
+cubic in ``ln σ`` on any grid, uneven ones and a σ0 between grid points included.
+``quad_err_low`` and ``quad_err_high`` add each end's segment estimates in absolute value:
+the segments' errors may cancel, but where h'' changes sign between segments (a noisy
+integrand, or one clipped at 0) each estimate is rough, and crediting their cancellation
+gave estimates 8–50 times smaller than this sum on the committed report's noisier rows
+(for an integrand whose h'' keeps one sign, the sum is the signed estimate).
 
 The estimate assumes an integrand smooth between grid points. Where an end's bound is a
 value taken from another σ (a reference stored on a coarser grid, or a monotone envelope),
@@ -93,7 +97,8 @@ class KLResult:
         ``se_high`` (standard errors, nats: of the grid integrals, and in ``se_high`` of the
         convexity closing term too, from ``data_variance_se``); ``quad_err_low``,
         ``quad_err_high`` (nats: the estimated quadrature error of each end's grid integral,
-        in absolute value, module docstring; NaN on a grid of fewer than 3 points);
+        its segments' estimates added in absolute value, module docstring; NaN on a grid of
+        fewer than 3 points);
         ``bits_low``,
         ``bits_high`` (bits per pixel value: nats / (d ln 2)); ``clipped`` (bool: MSE − U < 0
         was clipped to 0 at some σ of the integral); ``clipped_nats`` (what the clipping
@@ -139,8 +144,9 @@ def trapezoid_weights(u: np.ndarray, u0: float) -> np.ndarray:
 
 
 def trapezoid_error_weights(u: np.ndarray, u0: float) -> np.ndarray:
-    """Weights q with ``Σ q_i h_i`` ≈ ``∫_{u0}^{u_max} h − Σ c_i h_i`` (c:
-    :func:`trapezoid_weights`): the error of the trapezoid rule, exactly for h cubic.
+    """Weights Q, one row per grid segment (``(len(u) − 1, len(u))``), with ``Q[j] @ h`` ≈
+    the error of the trapezoid rule (:func:`trapezoid_weights`) on the part of segment j
+    above u0, exactly for h cubic: ``Q.sum(0) @ h`` ≈ ``∫_{u0}^{u_max} h − Σ c_i h_i``.
 
     On the segment ``[u_j, u_{j+1}]`` (width δ), ``h(u) − line(u) =
     h[u_j, u_{j+1}, u] (u − u_j)(u − u_{j+1})``, and for a cubic
@@ -176,20 +182,23 @@ def trapezoid_error_weights(u: np.ndarray, u0: float) -> np.ndarray:
 
     (m0_b, m1_b), (m0_a, m1_a) = moments(delta), moments(a)
     m0, m1 = m0_b - m0_a, m1_b - m1_a
-    return 0.5 * (m0 @ d_first + (m0 * offset + m1 / 3) @ slope)
+    return 0.5 * (m0[:, None] * d_first + (m0 * offset + m1 / 3)[:, None] * slope)
 
 
 def _weighted(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``weights @ rows`` over the σ that carry weight (rows (n_σ, ...)): a σ of weight 0,
-    where a curve may be ±inf, adds 0, not NaN."""
-    used = weights != 0
-    return weights[used] @ rows[used]
+    """``weights @ rows`` over the σ that carry weight (weights (..., n_σ), rows (n_σ, ...)):
+    a σ of weight 0, where a curve may be ±inf, adds 0, not NaN."""
+    used = (weights != 0).reshape(-1, weights.shape[-1]).any(0)
+    return weights[..., used] @ rows[used]
 
 
 def _checked(curve: pd.DataFrame, sigmas: np.ndarray, label: str) -> pd.DataFrame:
     grid = curve["sigma"].to_numpy()
     if grid.shape != sigmas.shape or not np.allclose(grid, sigmas):
         raise ValueError(f"kl_bound: the {label} curve is not on the network's σ grid")
+    nan = np.isnan(curve["mse"].to_numpy(dtype=float))
+    if nan.any():
+        raise ValueError(f"kl_bound: the {label} curve has no MSE (NaN) at σ = {grid[nan][0]:.4g}")
     return curve
 
 
@@ -266,6 +275,7 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         closing = math.nan if data_variance is None else closing_term(data_variance, sig[-1])
     closing_se = 0.0
     if not exact and data_variance is not None and data_variance_se is not None:
+        data_variance_se = check_float("data_variance_se", data_variance_se, low=0.0)
         closing_se = closing_term(data_variance_se, sig[-1])  # linear in data_variance
     inverted = excess > 0  # L > U by noise (accepted above): B_high takes U, the larger gap
     gap_low = mse["net"] - mse["low"]
@@ -297,12 +307,14 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         c = trapezoid_weights(u, math.log(s0)) * inv_s2
         weights = {"low": np.where(gap_low >= 0, c, 0.0),  # clipped σ add 0
                    "high": np.where(gap_high >= 0, c, 0.0)}
-        integral_high = float(c @ kept_high)
+        integral_high = float(_weighted(c, kept_high))
         quad = {"low": math.nan, "high": math.nan}
         if len(sig) >= 3:  # the interpolation's error, from h'' (module docstring)
             q = trapezoid_error_weights(u, math.log(s0)) * inv_s2
-            quad = {"low": abs(float(q @ kept_low)), "high": abs(float(q @ kept_high))}
-        row = {"sigma0": float(s0), "kl_low": float(c @ kept_low) + (closing if exact else 0.0),
+            quad = {"low": float(np.abs(_weighted(q, kept_low)).sum()),
+                    "high": float(np.abs(_weighted(q, kept_high)).sum())}
+        row = {"sigma0": float(s0),
+               "kl_low": float(_weighted(c, kept_low)) + (closing if exact else 0.0),
                "kl_high": integral_high + (closing if math.isfinite(closing) else 0.0),
                "closing": closing, "closing_exact": exact}
         for side in ("low", "high"):
@@ -314,7 +326,7 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         row["bits_low"] = row["kl_low"] / (d * math.log(2))
         row["bits_high"] = row["kl_high"] / (d * math.log(2))
         used = c > 0
-        row["clipped_nats"] = float(c @ clipped)
+        row["clipped_nats"] = float(_weighted(c, clipped))
         row["clipped"] = bool(row["clipped_nats"] > 0)
         row["clipped_max"] = float(clipped[used].max()) if used.any() else 0.0
         rows.append(row)

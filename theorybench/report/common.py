@@ -183,12 +183,21 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     grid by :func:`extend_monotone`; the bracket's ends are then tightened by
     :func:`monotone_envelope` (an upper bound at a larger σ bounds the MMSE at a smaller
     one, where it is lower by more than its noise; a lower bound alike from a smaller σ).
-    The exact MMSE is kept as measured.
+    The exact MMSE is kept as measured where it was measured at every σ of the grid; an
+    exact MMSE stored on a coarser grid is exact only at its own σ and, between them,
+    brackets the MMSE by its value at the next larger σ (an upper bound) and at the next
+    smaller one (a lower bound), so it enters as those two bounds.
     """
-    kinds = {name: c["kind"] for name, c in ref_curves.items()}
     grid = max((c["sigma"] for c in ref_curves.values()), key=len)  # the dense grid
-    frames = {name: extend_monotone(curve_frame(c), grid, "lower" if kinds[name] == "lower"
-                                    else "upper") for name, c in ref_curves.items()}
+    frames, kinds = {}, {}
+    for name, c in ref_curves.items():
+        frame, kind = curve_frame(c), c["kind"]
+        dense = len(frame) == len(grid) and np.allclose(frame["sigma"], grid)
+        sides = ("upper", "lower") if kind == "exact" and not dense else (kind,)
+        for side in sides:
+            key = name if len(sides) == 1 else f"{name} ({side})"
+            frames[key] = extend_monotone(frame, grid, "lower" if side == "lower" else "upper")
+            kinds[key] = side
     refs, how = tightest_references(frames, kinds)
     for side in ("lower", "upper"):
         if side in refs:

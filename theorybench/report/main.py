@@ -109,14 +109,15 @@ LEGENDS = {
         "puts L above U "
         "kl_high uses U, so kl_low ≤ kl_high). `grid`: σ values integrated (trapezoid in "
         "ln σ: between them the curves are interpolated, not measured); `quad_err_low`, "
-        "`quad_err_high`: the estimated quadrature error of each end, in absolute value (the "
-        "error itself may have either sign): the integrand h = gap·σ⁻² in u = ln σ, less "
-        "its straight line between grid points, integrated over each segment, with h″ "
-        "linear through second differences of h (exact where h is cubic in ln σ; on the "
-        "per-σ networks' 8 σ a rough guide: for an integrand steep in ln σ, 0.8–2.3 times "
-        "the true error in `theorybench.kl`'s examples, and a small value can be segments' "
-        "errors of opposite signs cancelling; that coarse grid also interpolates between "
-        "networks: compare the universal network's rows, integrated on the dense grid); "
+        "`quad_err_high`: the estimated quadrature error of each end (the error itself "
+        "may have either sign): the integrand h = gap·σ⁻² in u = ln σ, less its straight "
+        "line between grid points, integrated over each segment, with h″ linear through "
+        "second differences of h, the segments' estimates added in absolute value (no "
+        "cancellation between segments credited; each segment's estimate exact where h "
+        "is cubic in ln σ; on the per-σ networks' 8 σ a rough guide: for an integrand steep "
+        "in ln σ, 0.8–2.3 times the true error in `theorybench.kl`'s examples; that coarse "
+        "grid also interpolates between networks: compare the universal network's rows, "
+        "integrated on the dense grid); "
         "`–` (NaN in kl.csv) where that end's bound, on the σ the estimate reads (from the "
         "grid σ below σ0 up), takes a value from another σ (U from a larger σ, L from a "
         "smaller: the entry's section says where) or is missing at some of them (U = ∞ above "
@@ -572,7 +573,7 @@ def _jumps(row: dict, bounds: dict, grid: np.ndarray) -> dict:
     u, u0 = np.log(grid), math.log(row["sigma0"])
     read = trapezoid_weights(u, u0) != 0
     if len(grid) >= 3:
-        read |= trapezoid_error_weights(u, u0) != 0
+        read |= (trapezoid_error_weights(u, u0) != 0).any(axis=0)
 
     def jumps(name: str, absent) -> bool:
         bound = bounds.get(name, bounds.get("exact"))
@@ -951,11 +952,15 @@ def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
     return rows
 
 
-def rerun_command(preset_name: str, run_meta: dict, compare=()) -> str:
+def rerun_command(preset_name: str, run_meta: dict, compare=(), out: Path | None = None) -> str:
     """The ``run_all.py`` command line of the study that ``run_meta`` describes: its preset,
-    seed (when not 0), datasets (when chosen) and overrides, and the report folders it was
-    compared with (``compare``), shell-quoted."""
+    seed (when not 0), datasets (when chosen) and overrides, its report folder ``out``
+    (unless ``reports``, run_all.py's default, so that rerunning one seed's report does not
+    overwrite another's) and the report folders it was compared with (``compare``),
+    shell-quoted."""
     words = ["python", "run_all.py", "--preset", preset_name]
+    if out is not None and Path(out).as_posix() != "reports":
+        words += ["--out", str(out)]
     if run_meta.get("seed"):
         words += ["--seed", str(run_meta["seed"])]
     if run_meta.get("datasets"):
@@ -1011,8 +1016,8 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
            f"(failed, a run cut short, --kinds, or not run yet): their rows and figures are "
            f"missing below.", ""]
           if run_meta.get("missing") else []),
-        f"Regenerate with `{rerun_command(preset.name, run_meta, compare)}`; the numbers "
-        "below come only from the stored cell results of that run"
+        f"Regenerate with `{rerun_command(preset.name, run_meta, compare, out)}`; the "
+        "numbers below come only from the stored cell results of that run"
         + (" (section Across seeds: also from the compared runs' report files)" if compare
            else "") + ".",
         *study_header(records),
@@ -1108,10 +1113,12 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():
                 clipping = ", ".join(mine[mine["network"].isin(NETWORKS)
                                           & mine["clipped"]]["network"].unique())
+                cause = ("U is the exact MMSE, so it is the test images' sampling noise"
+                         if how == "exact" else "U is loose there (or it is noise)")
                 lines += [f"Flag ({clipping}): the network's MSE falls below the reference "
                           "upper bound U at "
                           "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all): "
-                          "the true gap is ≥ 0, so U is loose there (or it is noise)."
+                          f"the true gap is ≥ 0, so {cause}."
                           + _interpolated_clipping(study.reference["result"]["curves"],
                                                    integrands), ""]
             blind_clipped = mine[~mine["network"].isin(NETWORKS) & mine["clipped"]]
