@@ -524,5 +524,7 @@ def test_monotone_envelope_tightens_both_ends_with_their_errors():
     assert refs["lower"]["mse"].tolist() == [0.0, 1.2, 1.2, 2.2]
     assert refs["lower"].attrs["extended"].tolist() == [False, False, True, False]
     # measured at every σ, it stays the exact MMSE
-    refs, how = bracket({"m": stored("exact", [1.0, 1.2, 2.0, 2.2]), "c": exact_coarse})
+    refs, how = bracket({"c": exact_coarse, "m": stored("exact", [1.0, 1.2, 2.0, 2.2])})
     assert how == "exact" and refs["exact"]["mse"].tolist() == [1.0, 1.2, 2.0, 2.2]
+    with pytest.raises(ValueError, match="two reference curves named 'c .upper.'"):
+        bracket({"c (upper)": stored("upper", [1.0] * 4), "c": exact_coarse})

@@ -785,7 +785,6 @@ def test_a_bf16_preset_runs_in_float32_where_bfloat16_is_emulated(monkeypatch, t
         assert cli.rebuild_overrides(parse(other), out / "run.json") == parse(other).override
 
 
-
 def test_the_rerun_command_names_a_report_folder_other_than_the_default():
     """Following another seed's "Regenerate with" line must not overwrite ``reports/``."""
     from theorybench.report.main import rerun_command
@@ -796,6 +795,7 @@ def test_the_rerun_command_names_a_report_folder_other_than_the_default():
     assert rerun_command("default", meta, ["reports"], Path("reports/seed-1")) == (
         "python run_all.py --preset default --out reports/seed-1 --seed 1 "
         "--override 'precision=\"fp32\"' --compare reports")
+
 
 def test_readme_explains_the_shared_tables_once_and_names_the_image_sizes(smoke):
     """The legends of the entry sections' tables sit in one section between At a glance and

@@ -50,12 +50,14 @@ points, ``h[u_j, u_{j+1}, u] (u − u_j)(u − u_{j+1})`` on the segment ``[u_j,
 (a full segment of width δ and constant h'': ``−h'' δ³/12``, the trapezoid rule's error).
 :func:`trapezoid_error_weights` estimates it on each segment with h'' linear there, through
 the second divided differences of the two nearest inner grid points: exact for an ``h``
-cubic in ``ln σ`` on any grid, uneven ones and a σ0 between grid points included.
+cubic in ``ln σ`` on any grid of at least 4 points, uneven ones and a σ0 between grid
+points included (on 3 points h'' is one constant: exact for a quadratic).
 ``quad_err_low`` and ``quad_err_high`` add each end's segment estimates in absolute value:
 the segments' errors may cancel, but where h'' changes sign between segments (a noisy
 integrand, or one clipped at 0) each estimate is rough, and crediting their cancellation
-gave estimates 8–50 times smaller than this sum on the committed report's noisier rows
-(for an integrand whose h'' keeps one sign, the sum is the signed estimate).
+gave estimates up to about 180 times smaller than this sum on the committed report's
+noisier rows (where the segments' estimates, extrapolated on the end segments, keep one
+sign, the sum is the signed estimate's size).
 
 The estimate assumes an integrand smooth between grid points. Where an end's bound is a
 value taken from another σ (a reference stored on a coarser grid, or a monotone envelope),
@@ -154,7 +156,8 @@ def trapezoid_error_weights(u: np.ndarray, u0: float) -> np.ndarray:
     segment, through the second divided differences ``D_i = 2 h[u_{i−1}, u_i, u_{i+1}]``
     (``= h″`` at ``(u_{i−1} + u_i + u_{i+1})/3`` for a cubic) of the two inner points
     nearest the segment: its own end points where both are inside the grid, else the two
-    nearest (an end segment: extrapolated); constant on a grid of 3 points. ``u`` is
+    nearest (an end segment: extrapolated); constant on a grid of 3 points (exact then for
+    h quadratic only). ``u`` is
     increasing, of at least 3 points; ``u0`` in ``[u[0], u[-1]]``.
     """
     n = len(u)
@@ -186,10 +189,10 @@ def trapezoid_error_weights(u: np.ndarray, u0: float) -> np.ndarray:
 
 
 def _weighted(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``weights @ rows`` over the σ that carry weight (weights (..., n_σ), rows (n_σ, ...)):
-    a σ of weight 0, where a curve may be ±inf, adds 0, not NaN."""
-    used = (weights != 0).reshape(-1, weights.shape[-1]).any(0)
-    return weights[..., used] @ rows[used]
+    """``weights @ rows`` over the σ that carry weight (rows (n_σ, ...)): a σ of weight 0,
+    where a curve may be ±inf, adds 0, not NaN."""
+    used = weights != 0
+    return weights[used] @ rows[used]
 
 
 def _checked(curve: pd.DataFrame, sigmas: np.ndarray, label: str) -> pd.DataFrame:
@@ -235,9 +238,10 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
 
     Raises
     ------
-    ValueError (one line) for missing references, curves on different σ grids, σ0 outside
-    the grid, a bad ``data_variance``, or a lower curve above the upper curve by more than
-    3 standard errors (``3·(se_L + se_U)``, valid for any correlation) at some σ.
+    ValueError (one line) for missing references, curves on different σ grids or with a NaN
+    MSE, σ0 outside the grid, a bad ``data_variance``, ``data_variance_se`` or
+    ``start_kl``, or a lower curve above the upper curve by more than 3 standard errors
+    (``3·(se_L + se_U)``, valid for any correlation) at some σ.
     """
     if "exact" in references:
         low_ref = high_ref = references["exact"]
@@ -274,8 +278,9 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     else:
         closing = math.nan if data_variance is None else closing_term(data_variance, sig[-1])
     closing_se = 0.0
-    if not exact and data_variance is not None and data_variance_se is not None:
+    if data_variance_se is not None:
         data_variance_se = check_float("data_variance_se", data_variance_se, low=0.0)
+    if not exact and data_variance is not None and data_variance_se is not None:
         closing_se = closing_term(data_variance_se, sig[-1])  # linear in data_variance
     inverted = excess > 0  # L > U by noise (accepted above): B_high takes U, the larger gap
     gap_low = mse["net"] - mse["low"]
@@ -311,8 +316,8 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         quad = {"low": math.nan, "high": math.nan}
         if len(sig) >= 3:  # the interpolation's error, from h'' (module docstring)
             q = trapezoid_error_weights(u, math.log(s0)) * inv_s2
-            quad = {"low": float(np.abs(_weighted(q, kept_low)).sum()),
-                    "high": float(np.abs(_weighted(q, kept_high)).sum())}
+            quad = {side: sum(abs(float(_weighted(segment, kept))) for segment in q)
+                    for side, kept in (("low", kept_low), ("high", kept_high))}
         row = {"sigma0": float(s0),
                "kl_low": float(_weighted(c, kept_low)) + (closing if exact else 0.0),
                "kl_high": integral_high + (closing if math.isfinite(closing) else 0.0),

@@ -196,6 +196,8 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
         sides = ("upper", "lower") if kind == "exact" and not dense else (kind,)
         for side in sides:
             key = name if len(sides) == 1 else f"{name} ({side})"
+            if key in frames or (key != name and key in ref_curves):
+                raise ValueError(f"bracket: two reference curves named {key!r}")
             frames[key] = extend_monotone(frame, grid, "lower" if side == "lower" else "upper")
             kinds[key] = side
     refs, how = tightest_references(frames, kinds)

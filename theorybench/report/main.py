@@ -114,7 +114,8 @@ LEGENDS = {
         "line between grid points, integrated over each segment, with h″ linear through "
         "second differences of h, the segments' estimates added in absolute value (no "
         "cancellation between segments credited; each segment's estimate exact where h "
-        "is cubic in ln σ; on the per-σ networks' 8 σ a rough guide: for an integrand steep "
+        "is cubic in ln σ, on 4 or more σ; on the per-σ networks' 8 σ a rough guide: for "
+        "an integrand steep "
         "in ln σ, 0.8–2.3 times the true error in `theorybench.kl`'s examples; that coarse "
         "grid also interpolates between networks: compare the universal network's rows, "
         "integrated on the dense grid); "
@@ -818,12 +819,13 @@ def _borrowed_text(refs: dict) -> str:
 
 
 def _interpolated_clipping(curves: dict, integrands: dict[str, pd.DataFrame]) -> str:
-    """Where clipping falls between the stored σ of an upper reference kept on a coarser
-    grid (:func:`~theorybench.report.common.extend_monotone`): there U is a value stored at
-    a larger σ, so the clipping measures that extension, not the network."""
+    """Where clipping falls between the stored σ of an upper reference (or an exact MMSE,
+    which is one there: :func:`~theorybench.report.common.bracket`) kept on a coarser grid
+    (:func:`~theorybench.report.common.extend_monotone`): there U is a value stored at a
+    larger σ, so the clipping measures that extension, not the network."""
     dense = max(len(frame) for frame in integrands.values())
     coarse = {name: np.asarray(c["sigma"]) for name, c in curves.items()
-              if c["kind"] == "upper" and len(c["sigma"]) < dense}
+              if c["kind"] in ("upper", "exact") and len(c["sigma"]) < dense}
     if not coarse:
         return ""
     stored = np.concatenate(list(coarse.values()))
@@ -1113,14 +1115,15 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():
                 clipping = ", ".join(mine[mine["network"].isin(NETWORKS)
                                           & mine["clipped"]]["network"].unique())
-                cause = ("U is the exact MMSE, so it is the test images' sampling noise"
-                         if how == "exact" else "U is loose there (or it is noise)")
+                cause = ("and U is the exact MMSE, so it is the test images' sampling noise "
+                         "(or the reference's quadrature error)" if how == "exact" else
+                         "so U is loose there (or it is noise)")
                 lines += [f"Flag ({clipping}): the network's MSE falls below the reference "
                           "upper bound U at "
                           "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all): "
-                          f"the true gap is ≥ 0, so {cause}."
-                          + _interpolated_clipping(study.reference["result"]["curves"],
-                                                   integrands), ""]
+                          f"the true gap is ≥ 0 {cause}."
+                          + ("" if how == "exact" else _interpolated_clipping(
+                              study.reference["result"]["curves"], integrands)), ""]
             blind_clipped = mine[~mine["network"].isin(NETWORKS) & mine["clipped"]]
             if len(blind_clipped):
                 cause = ("U is the exact MMSE, which no estimator beats in expectation: the "
