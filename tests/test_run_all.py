@@ -797,6 +797,27 @@ def test_the_rerun_command_names_a_report_folder_other_than_the_default():
         "--override 'precision=\"fp32\"' --compare reports")
 
 
+
+def test_a_run_records_the_commit_it_started_with(monkeypatch, tmp_path):
+    """A commit in the checkout while the cells run (a long run) is not the code that
+    computed them: run.json names the commit at the start."""
+    from theorybench import cli
+
+    ran = []
+    run_cells = cli.run_cells
+
+    def running(*args, **kwargs):
+        records = run_cells(*args, **kwargs)
+        ran.append(True)  # a commit happens here, as the cells finish
+        return records
+
+    monkeypatch.setattr(cli, "run_cells", running)
+    monkeypatch.setattr(cli, "git_commit", lambda: "later" if ran else "started")
+    out = tmp_path / "out"
+    assert main(["--preset", "smoke", "--datasets", "gaussian", "--kinds", "reference",
+                 "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["commit"] == "started"
+
 def test_readme_explains_the_shared_tables_once_and_names_the_image_sizes(smoke):
     """The legends of the entry sections' tables sit in one section between At a glance and
     the first entry; every entry section points to it; the header gives each entry's size."""

@@ -364,6 +364,12 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     out = Path(args.out)
     meta_path = out / "run.json"
+    # the code the run starts with is the code it reports with and the commit it records:
+    # an edit or a commit in the checkout during a long run reaches neither
+    from .figures import figure_store
+    from .report import build_report
+
+    commit = git_commit()
     if args.report_only:
         records = [r for r in (cache.load(c["kind"], cell_key(c)) for c in cells) if r]
         if not records:
@@ -371,7 +377,7 @@ def main(argv=None) -> int:
                          f"{preset.name!r}; run without --report-only first")
         # the report's own code may be newer than the run's: the header names both
         run_meta = {**stored_run_meta(preset, args, records, meta_path),
-                    "report_commit": git_commit()}
+                    "report_commit": commit}
     else:
         try:
             order = start_order(cells, preset)
@@ -384,7 +390,7 @@ def main(argv=None) -> int:
                                                       key=lambda pair: pair[0])]
         except ExecutorUnavailable as exc:
             parser.error(str(exc))
-        run_meta = {**study_options(preset, args), "commit": git_commit(),
+        run_meta = {**study_options(preset, args), "commit": commit,
                     "device": describe_device(device) if args.executor == "local" else
                     record_devices(records),
                     "executor": args.executor, "failed": sum("failed" in r for r in records),
@@ -397,9 +403,6 @@ def main(argv=None) -> int:
     if not args.report_only:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(meta_path, json.dumps(run_meta, indent=1).encode())
-    from .figures import figure_store
-    from .report import build_report
-
     with figure_store(Path(args.cache) / "figures"):  # figures kept by content, as results
         readme = build_report(preset, entries, records, out, run_meta,
                               compare=tuple(Path(f) for f in args.compare))

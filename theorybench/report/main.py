@@ -1115,13 +1115,13 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():
                 clipping = ", ".join(mine[mine["network"].isin(NETWORKS)
                                           & mine["clipped"]]["network"].unique())
-                cause = ("and U is the exact MMSE, so it is the test images' sampling noise "
+                cause = (" and U is the exact MMSE, so it is the test images' sampling noise "
                          "(or the reference's quadrature error)" if how == "exact" else
-                         "so U is loose there (or it is noise)")
+                         ", so U is loose there (or it is noise)")
                 lines += [f"Flag ({clipping}): the network's MSE falls below the reference "
                           "upper bound U at "
                           "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all): "
-                          f"the true gap is ≥ 0 {cause}."
+                          f"the true gap is ≥ 0{cause}."
                           + ("" if how == "exact" else _interpolated_clipping(
                               study.reference["result"]["curves"], integrands)), ""]
             blind_clipped = mine[~mine["network"].isin(NETWORKS) & mine["clipped"]]
