@@ -797,7 +797,6 @@ def test_the_rerun_command_names_a_report_folder_other_than_the_default():
         "--override 'precision=\"fp32\"' --compare reports")
 
 
-
 def test_a_run_records_the_commit_it_started_with(monkeypatch, tmp_path):
     """A commit in the checkout while the cells run (a long run) is not the code that
     computed them: run.json names the commit at the start."""

@@ -51,6 +51,11 @@ def curve_frame(curve: dict) -> pd.DataFrame:
     return frame
 
 
+def _same_grid(stored, sigmas) -> bool:
+    """Whether a curve stored at ``stored`` is already on the grid ``sigmas``."""
+    return len(stored) == len(sigmas) and bool(np.allclose(stored, sigmas))
+
+
 def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
     """A bound stored on a coarser grid, extended to ``sigmas`` by monotonicity of the MMSE.
 
@@ -63,7 +68,7 @@ def extend_monotone(frame: pd.DataFrame, sigmas, side: str) -> pd.DataFrame:
     """
     stored = frame["sigma"].to_numpy()
     sigmas = np.asarray(sigmas, dtype=float)
-    if len(stored) == len(sigmas) and np.allclose(stored, sigmas):
+    if _same_grid(stored, sigmas):
         return frame
     tol = 1e-9 * sigmas
     if side == "upper":
@@ -192,8 +197,8 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
     frames, kinds = {}, {}
     for name, c in ref_curves.items():
         frame, kind = curve_frame(c), c["kind"]
-        dense = len(frame) == len(grid) and np.allclose(frame["sigma"], grid)
-        sides = ("upper", "lower") if kind == "exact" and not dense else (kind,)
+        coarse = kind == "exact" and not _same_grid(frame["sigma"], grid)
+        sides = ("upper", "lower") if coarse else (kind,)
         for side in sides:
             key = name if len(sides) == 1 else f"{name} ({side})"
             if key in frames or (key != name and key in ref_curves):

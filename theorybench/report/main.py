@@ -115,10 +115,9 @@ LEGENDS = {
         "second differences of h, the segments' estimates added in absolute value (no "
         "cancellation between segments credited; each segment's estimate exact where h "
         "is cubic in ln σ, on 4 or more σ; on the per-σ networks' 8 σ a rough guide: for "
-        "an integrand steep "
-        "in ln σ, 0.8–2.3 times the true error in `theorybench.kl`'s examples; that coarse "
-        "grid also interpolates between networks: compare the universal network's rows, "
-        "integrated on the dense grid); "
+        "an integrand steep in ln σ, 0.8–2.3 times the true error in `theorybench.kl`'s "
+        "examples; that coarse grid also interpolates between networks: compare the "
+        "universal network's rows, integrated on the dense grid); "
         "`–` (NaN in kl.csv) where that end's bound, on the σ the estimate reads (from the "
         "grid σ below σ0 up), takes a value from another σ (U from a larger σ, L from a "
         "smaller: the entry's section says where) or is missing at some of them (U = ∞ above "
@@ -818,11 +817,23 @@ def _borrowed_text(refs: dict) -> str:
     return "".join(f"; {p}" for p in parts)
 
 
-def _interpolated_clipping(curves: dict, integrands: dict[str, pd.DataFrame]) -> str:
+def _clipping_cause(how: str) -> str:
+    """Why an MSE fell below U (the true gap to the MMSE is ≥ 0), given the bracket's kind
+    (:func:`~theorybench.report.common.bracket`'s ``how``)."""
+    if how == "exact":
+        return ("U is the exact MMSE, which no estimator beats in expectation: the test "
+                "images' sampling noise (or the reference's quadrature error)")
+    return "U is loose there, or it is the test images' sampling noise"
+
+
+def _interpolated_clipping(curves: dict, integrands: dict[str, pd.DataFrame], how: str) -> str:
     """Where clipping falls between the stored σ of an upper reference (or an exact MMSE,
     which is one there: :func:`~theorybench.report.common.bracket`) kept on a coarser grid
     (:func:`~theorybench.report.common.extend_monotone`): there U is a value stored at a
-    larger σ, so the clipping measures that extension, not the network."""
+    larger σ, so the clipping measures that extension, not the network. Nothing where the
+    bracket is an exact MMSE measured at every σ (``how == "exact"``): it is U there."""
+    if how == "exact":
+        return ""
     dense = max(len(frame) for frame in integrands.values())
     coarse = {name: np.asarray(c["sigma"]) for name, c in curves.items()
               if c["kind"] in ("upper", "exact") and len(c["sigma"]) < dense}
@@ -1115,23 +1126,17 @@ def build_report(preset, entries, records: list[dict], out: Path, run_meta: dict
             if mine[mine["network"].isin(NETWORKS)]["clipped"].any():
                 clipping = ", ".join(mine[mine["network"].isin(NETWORKS)
                                           & mine["clipped"]]["network"].unique())
-                cause = (" and U is the exact MMSE, so it is the test images' sampling noise "
-                         "(or the reference's quadrature error)" if how == "exact" else
-                         ", so U is loose there (or it is noise)")
                 lines += [f"Flag ({clipping}): the network's MSE falls below the reference "
                           "upper bound U at "
-                          "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all): "
-                          f"the true gap is ≥ 0{cause}."
-                          + ("" if how == "exact" else _interpolated_clipping(
-                              study.reference["result"]["curves"], integrands)), ""]
+                          "some σ; MSE − U was clipped to 0 there (`clipped_nats` nats in all); "
+                          f"the true gap is ≥ 0: {_clipping_cause(how)}."
+                          + _interpolated_clipping(study.reference["result"]["curves"],
+                                                   integrands, how), ""]
             blind_clipped = mine[~mine["network"].isin(NETWORKS) & mine["clipped"]]
             if len(blind_clipped):
-                cause = ("U is the exact MMSE, which no estimator beats in expectation: the "
-                         "test images' sampling noise" if how == "exact" else
-                         "U is loose there, or it is the test images' sampling noise")
                 lines += [f"Flag ({', '.join(blind_clipped['network'].unique())}): the blind "
                           "optimum's MSE falls below U at some σ; MSE − U was clipped to 0 "
-                          f"there (`clipped_nats` nats in all): {cause}.", ""]
+                          f"there (`clipped_nats` nats in all): {_clipping_cause(how)}.", ""]
             if mine["closing"].isna().any():
                 lines += ["Flag: the reference record stores no data variance (computed before "
                           "it was recorded): the closing term is missing, so `kl_high` is the "
