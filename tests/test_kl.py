@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 import torch
 
 import datasets_synth
@@ -409,9 +410,59 @@ def test_paired_standard_errors_from_mse_curves():
     d = int(model["d"].iloc[0])
     gap = (model.attrs["errors"] - mmse.attrs["errors"]) * d  # (σ, images)
     c = trapezoid_weights(np.log(sigmas), math.log(0.05)) * sigmas**-2.0
-    c = np.where(gap.mean(1) >= 0, c, 0.0)
+    gap_se = gap.std(1, ddof=1) / math.sqrt(300)
+    c = c * clipped_sd(gap.mean(1), gap_se)  # the share of each σ's SE max(0, ·) keeps
     per_image = c @ gap
     assert table.se_low[0] == pytest.approx(per_image.std(ddof=1) / math.sqrt(300), rel=1e-9)
+
+
+def clipped_sd(mean, se):
+    """sd(max(0, X))/se for X ~ N(mean, se²): a mixture of 0 (probability 1 − Φ(z)) and the
+    normal truncated to (0, ∞) (probability Φ(z)), z = mean/se."""
+    z = np.atleast_1d(np.asarray(mean, dtype=float) / np.asarray(se, dtype=float))
+    kept = scipy.stats.norm.cdf(z)
+    m, v = scipy.stats.truncnorm.stats(-z, np.inf, loc=z, moments="mv")
+    return np.sqrt(np.maximum(kept * (v + m**2) - (kept * m) ** 2, 0.0))
+
+
+def test_standard_error_of_a_clipped_gap_is_continuous_in_the_gap():
+    """max(0, gap) enters the standard errors as the share of each σ's standard error that
+    survives it, sd(max(0, X))/se for X ~ N(gap, se²): a σ whose measured gap crosses 0 by
+    a tenth of its standard error moves se_low by little (it used to jump from all of that
+    σ's variance to none of it), one at 0 keeps 0.584 of it, and a σ clipped by many
+    standard errors adds nothing."""
+    sigmas = np.geomspace(0.1, 1, 4)
+    rng = np.random.default_rng(0)
+    n, d = 400, 10
+    ref = rng.gamma(2.0, 0.05, size=(4, n))
+    noise = rng.normal(0, 0.2, size=(4, n))
+    c = trapezoid_weights(np.log(sigmas), math.log(0.1)) * sigmas**-2.0
+
+    def errors_with(shift_at_1):  # the network's gap at σ[1] set to shift_at_1 of its SE
+        errors = ref + noise - noise.mean(1, keepdims=True) + 0.5  # 50 SE: kept whole
+        errors[1] -= 0.5
+        gap = (errors - ref) * d
+        errors[1] += shift_at_1 * gap[1].std(ddof=1) / math.sqrt(n) / d
+        return errors
+
+    def se_low(shift_at_1):
+        curves = []
+        for e in (errors_with(shift_at_1), ref):
+            curves.append(pd.DataFrame({"sigma": sigmas, "mse": e.mean(1), "se": e.std(1) / 20,
+                                        "d": d}))
+            curves[-1].attrs["errors"] = e
+        return kl_bound(curves[0], {"exact": curves[1]}, sigma0=[0.1]).table.se_low[0]
+
+    def expected(shift_at_1, share):  # the per-image integrals with σ[1]'s term scaled
+        gap = (errors_with(shift_at_1) - ref) * d
+        per_image = (c * np.where(np.arange(4) == 1, share, 1.0)) @ gap
+        return per_image.std(ddof=1) / math.sqrt(n)
+
+    below, above = se_low(-0.1), se_low(0.1)
+    assert abs(below - above) < 0.1 * above
+    assert se_low(0.0) == pytest.approx(expected(0.0, clipped_sd(0.0, 1.0)[0]), rel=1e-6)
+    assert se_low(-10.0) == pytest.approx(expected(-10.0, 0.0), abs=1e-9)
+    assert se_low(10.0) == pytest.approx(expected(10.0, 1.0), rel=1e-9)
 
 
 def test_bad_inputs():

@@ -80,6 +80,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import ndtr
 
 from tbcore.validation import check_float
 
@@ -195,6 +196,34 @@ def _weighted(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return weights[used] @ rows[used]
 
 
+def _per_sigma_se(spread: np.ndarray, paired: bool) -> np.ndarray:
+    """Per σ, the standard error of a gap: from its per-image values (n_σ, n_images) when
+    paired, else ``spread`` is already that standard error (n_σ,)."""
+    if not paired:
+        return spread
+    n = spread.shape[1]
+    finite = np.isfinite(spread).all(axis=1)  # a σ with U = +inf has no gap to spread
+    out = np.full(len(spread), np.nan)
+    if n > 1:
+        out[finite] = spread[finite].std(axis=1, ddof=1) / math.sqrt(n)
+    return out
+
+
+def _clipped_spread(gap: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """``sd(max(0, X))/se`` for ``X ~ N(gap, se²)``, per σ: how much of a gap's standard
+    error survives the clipping at 0. With ``z = gap/se``, ``E max(0, X)/se = zΦ(z) + φ(z)``
+    and ``E max(0, X)²/se² = (1 + z²)Φ(z) + zφ(z)``; → 1 for z ≫ 1, 0.584 at z = 0, → 0
+    for z ≪ −1. A standard error of 0 (or unknown) gives the step ``gap ≥ 0``."""
+    step = (gap >= 0).astype(float)
+    ok = np.isfinite(se) & (se > 0) & np.isfinite(gap)
+    z = np.divide(gap, se, out=np.zeros_like(step), where=ok)
+    inner = np.clip(z, -8.0, 8.0)  # beyond, 0 and 1 to double precision
+    cdf, pdf = ndtr(inner), np.exp(-0.5 * inner**2) / math.sqrt(2 * math.pi)
+    var = (1 + inner**2) * cdf + inner * pdf - (inner * cdf + pdf) ** 2
+    share = np.where(z < -8.0, 0.0, np.where(z > 8.0, 1.0, np.sqrt(np.clip(var, 0.0, 1.0))))
+    return np.where(ok, share, step)
+
+
 def _checked(curve: pd.DataFrame, sigmas: np.ndarray, label: str) -> pd.DataFrame:
     grid = curve["sigma"].to_numpy()
     if grid.shape != sigmas.shape or not np.allclose(grid, sigmas):
@@ -232,7 +261,10 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     Returns
     -------
     KLResult. With paired per-image errors the standard errors are those of the per-image
-    integrals (exact for the linear estimator; clipped σ contribute a constant 0);
+    integrals (exact for the linear estimator), each σ's term scaled by
+    ``sd(max(0, X))/se`` for its gap ``X ~ N(gap, se²)`` (the clipping's share, exact per
+    σ; across σ the per-image gaps' correlation is kept): a σ clipped by many standard
+    errors adds nothing to them, one within noise of 0 about a third of its variance;
     otherwise the curves' standard errors are combined assuming full correlation across σ
     (conservative).
 
@@ -303,6 +335,11 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         spread = {side: np.sqrt(se["net"] ** 2 + se[side] ** 2) for side in ("low", "high")}
     spread["high"] = np.where(inverted.reshape(-1, *[1] * (spread["high"].ndim - 1)),
                               spread["low"], spread["high"])
+    # the clipping max(0, ·) in the standard errors: each σ's gap scaled by the share of
+    # its standard error that survives the clipping, at the measured gap (1 for a gap many
+    # standard errors above 0, 0.58 at 0, → 0 where U is loose by many of them)
+    surviving = {side: _clipped_spread(gap, _per_sigma_se(spread[side], paired))
+                 for side, gap in (("low", gap_low), ("high", gap_high))}
 
     sigma0 = sig if sigma0 is None else np.atleast_1d(np.asarray(sigma0, dtype=float))
     rows = []
@@ -310,8 +347,7 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
         if not (sig[0] * (1 - 1e-9) <= s0 <= sig[-1] * (1 + 1e-9)):
             raise ValueError(f"sigma0 must lie in the grid [{sig[0]:.4g}, {sig[-1]:.4g}], got {s0}")
         c = trapezoid_weights(u, math.log(s0)) * inv_s2
-        weights = {"low": np.where(gap_low >= 0, c, 0.0),  # clipped σ add 0
-                   "high": np.where(gap_high >= 0, c, 0.0)}
+        weights = {side: c * surviving[side] for side in ("low", "high")}
         integral_high = float(_weighted(c, kept_high))
         quad = {"low": math.nan, "high": math.nan}
         if len(sig) >= 3:  # the interpolation's error, from h'' (module docstring)
