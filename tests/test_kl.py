@@ -16,6 +16,7 @@ from theorybench.kl import (
     closing_term,
     gaussian_kl,
     kl_bound,
+    tightest_references,
     trapezoid_error_weights,
     trapezoid_weights,
 )
@@ -479,6 +480,8 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="the upper curve has no MSE .NaN. at σ = 0.2154"):
         kl_bound(curve, {"lower": curve.assign(mse=0.0),
                          "upper": curve.assign(mse=[0.2, np.nan, 0.2, 0.2])})
+    with pytest.raises(ValueError, match="the lower curve has a negative MSE at σ = 0.1 "):
+        kl_bound(curve, {"lower": curve.assign(mse=[-0.01, 0.0, 0.0, 0.0]), "upper": curve})
     with pytest.raises(ValueError, match="data_variance_se must be"):
         kl_bound(curve, {"lower": curve.assign(mse=0.0), "upper": curve},
                  data_variance=1.0, data_variance_se=-1.0)
@@ -579,3 +582,52 @@ def test_monotone_envelope_tightens_both_ends_with_their_errors():
     assert how == "exact" and refs["exact"]["mse"].tolist() == [1.0, 1.2, 2.0, 2.2]
     with pytest.raises(ValueError, match="two reference curves named 'c .upper.'"):
         bracket({"c (upper)": stored("upper", [1.0] * 4), "c": exact_coarse})
+
+
+def bound_curve(sigmas, errors):
+    """A reference curve from per-image errors (σ, images), per pixel, d = 1."""
+    errors = np.asarray(errors, dtype=float)
+    with np.errstate(invalid="ignore"):  # a row of ∞ (no bound there): its SE NaN
+        se = errors.std(1, ddof=1) / math.sqrt(errors.shape[1])
+    curve = pd.DataFrame({"sigma": sigmas, "mse": errors.mean(1), "se": se, "d": 1})
+    curve.attrs["errors"] = errors
+    return curve
+
+
+def test_tightest_references_do_not_select_noise():
+    """Per σ another bound replaces the primary one (the tightest at the most σ) only where
+    it is tighter by more than SELECTION_Z standard errors of the paired difference: two
+    estimates of the same bound are not the minimum of their noise (the winner's curse),
+    one clearly tighter is taken, and a missing bound (U = ∞) gives way to a finite one."""
+    sigmas = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    rng = np.random.default_rng(1)
+    n = 200
+    base = rng.gamma(2.0, 0.5, size=(5, n))
+    noise = rng.normal(0.0, 0.1, size=(5, n))
+    noise -= noise.mean(1, keepdims=True)
+    se = noise.std(1, ddof=1) / math.sqrt(n)
+
+    def shifted(by_se):  # base + paired noise, its mean moved by ``by_se`` SE per σ
+        return base + noise + (np.asarray(by_se) * se)[:, None]
+
+    # B against A: tighter by 5 SE at σ[0], by 1 SE at σ[1] (noise), looser above
+    a, b = bound_curve(sigmas, base), bound_curve(sigmas, shifted([-5, -1, 1, 1, 1]))
+    refs, how = tightest_references({"a": a, "b": b}, {"a": "upper", "b": "upper"})
+    assert how == "upper only (L = 0)"
+    assert b.mse[1] < a.mse[1]  # the plain minimum would take B's noise at σ[1]
+    assert np.allclose(refs["upper"].mse, [b.mse[0], *a.mse[1:]])
+    assert np.allclose(refs["upper"].attrs["errors"][1], base[1])
+    # the same rule for lower bounds: higher by more than SELECTION_Z SE
+    low_a = bound_curve(sigmas, base * 0.5)
+    low_b = bound_curve(sigmas, base * 0.5 - (shifted([-5, -1, 1, 1, 1]) - base))
+    refs, how = tightest_references({"u": a, "la": low_a, "lb": low_b},
+                                    {"u": "upper", "la": "lower", "lb": "lower"})
+    assert how == "bracket"
+    assert np.allclose(refs["lower"].mse, [low_b.mse[0], *low_a.mse[1:]])
+    # no bound at σ[4] in the primary: a finite one is taken there, however loose
+    missing = base.copy()
+    missing[4] = np.inf
+    loose = bound_curve(sigmas, shifted([3, 3, 3, 3, 3]))
+    refs, _ = tightest_references({"a": bound_curve(sigmas, missing), "b": loose},
+                                  {"a": "upper", "b": "upper"})
+    assert np.allclose(refs["upper"].mse, [*a.mse[:4], loose.mse[4]])

@@ -231,6 +231,10 @@ def _checked(curve: pd.DataFrame, sigmas: np.ndarray, label: str) -> pd.DataFram
     nan = np.isnan(curve["mse"].to_numpy(dtype=float))
     if nan.any():
         raise ValueError(f"kl_bound: the {label} curve has no MSE (NaN) at σ = {grid[nan][0]:.4g}")
+    negative = curve["mse"].to_numpy(dtype=float) < 0
+    if negative.any():
+        raise ValueError(f"kl_bound: the {label} curve has a negative MSE at σ = "
+                         f"{grid[negative][0]:.4g} (an MSE is ≥ 0)")
     return curve
 
 
@@ -271,7 +275,7 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     Raises
     ------
     ValueError (one line) for missing references, curves on different σ grids or with a NaN
-    MSE, σ0 outside the grid, a bad ``data_variance``, ``data_variance_se`` or
+    or negative MSE, σ0 outside the grid, a bad ``data_variance``, ``data_variance_se`` or
     ``start_kl``, or a lower curve above the upper curve by more than 3 standard errors
     (``3·(se_L + se_U)``, valid for any correlation) at some σ.
     """
@@ -391,15 +395,39 @@ def gaussian_kl(lam_p: torch.Tensor, lam_q: torch.Tensor, sigma0: float) -> floa
     return float((0.5 * (r - 1 - torch.log(r))).sum())
 
 
-def _pick(curves: list[pd.DataFrame], best) -> pd.DataFrame:
-    """Per σ, the curve whose MSE is best (``np.argmax``/``np.argmin``), errors included."""
-    mse = np.stack([c["mse"].to_numpy() for c in curves])
-    choice = best(mse, axis=0)
+SELECTION_Z = 2.0  # one Monte Carlo bound replaces another only where better by this many SE
+
+
+def _pick(curves: list[pd.DataFrame], side: str) -> pd.DataFrame:
+    """Per σ, the tightest of several bounds on one side (``"upper"``: the lowest, ``"lower"``:
+    the highest) without selecting Monte Carlo noise, errors included.
+
+    The primary curve is the tightest at the most σ (the first on ties); at each σ another
+    replaces it only where it is tighter by more than ``SELECTION_Z`` standard errors of
+    their paired difference (per-image errors on the same images and noise), and then the
+    tightest of those does. Taking the plain minimum of several noisy estimates of nearly
+    equal bounds would bias it by their noise (the winner's curse). A primary value that is
+    not finite (no bound at that σ) gives way to any finite one; curves without per-image
+    errors of at least 2 images are compared by their values alone.
+    """
+    sign = 1.0 if side == "upper" else -1.0
+    mse = sign * np.stack([c["mse"].to_numpy(dtype=float) for c in curves])  # lower: −L
+    errors = np.stack([np.asarray(c.attrs["errors"], dtype=float) for c in curves])
     cols = np.arange(mse.shape[1])
+    primary = int(np.bincount(np.argmin(mse, axis=0), minlength=len(curves)).argmax())
+    allowed = np.ones_like(mse, dtype=bool)
+    if errors.ndim == 3 and errors.shape[2] >= 2:
+        with np.errstate(invalid="ignore"):  # inf − inf: NaN, never significant
+            diff = sign * (errors[primary] - errors)  # (curves, σ, images): > 0 where tighter
+            gain = diff.mean(axis=2)
+            significant = gain > SELECTION_Z * diff.std(axis=2, ddof=1) / math.sqrt(
+                errors.shape[2])
+        allowed = significant | (~np.isfinite(mse[primary]) & np.isfinite(mse))
+        allowed[primary] = True
+    choice = np.argmin(np.where(allowed, mse, np.inf), axis=0)
     out = curves[0].copy()
-    out["mse"] = mse[choice, cols]
+    out["mse"] = sign * mse[choice, cols]
     out["se"] = np.stack([c["se"].to_numpy() for c in curves])[choice, cols]
-    errors = np.stack([c.attrs["errors"] for c in curves])
     out.attrs["errors"] = errors[choice, cols]
     return out
 
@@ -418,7 +446,10 @@ def tightest_references(frames: dict[str, pd.DataFrame],
     -------
     ``({"exact": curve}, "exact")`` when an exact MMSE exists; otherwise
     ``({"lower": L, "upper": U}, how)`` with, per σ, U the lowest upper bound and L the
-    highest lower bound (each a valid bound, so their pointwise min/max are too);
+    highest lower bound (each a valid bound, so their pointwise min/max are too), another
+    curve than the one tightest at the most σ taken only where it is tighter by more than
+    ``SELECTION_Z`` standard errors of the paired difference (:func:`_pick`: no selection of
+    Monte Carlo noise);
     ``how`` = ``"bracket"``, or ``"upper only (L = 0)"`` without any lower bound (the
     trivial MMSE ≥ 0; the KL's upper end is then correspondingly weak). ``blind`` curves
     are not bounds on the MMSE and are ignored.
@@ -430,9 +461,9 @@ def tightest_references(frames: dict[str, pd.DataFrame],
     lowers = [frames[n] for n in frames if kinds[n] == "lower"]
     if not uppers:
         raise ValueError(f"no exact or upper reference among {sorted(frames)}")
-    upper = _pick(uppers, np.argmin)
+    upper = _pick(uppers, "upper")
     if lowers:
-        return {"lower": _pick(lowers, np.argmax), "upper": upper}, "bracket"
+        return {"lower": _pick(lowers, "lower"), "upper": upper}, "bracket"
     zero = upper.copy()
     zero["mse"], zero["se"] = 0.0, 0.0
     zero.attrs["errors"] = np.zeros_like(upper.attrs["errors"])

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..cache import atomic_write_bytes
 from ..experiments.keys import entry_label
-from ..kl import tightest_references
+from ..kl import SELECTION_Z, tightest_references
 
 
 def slug(label: str) -> str:
@@ -97,16 +97,13 @@ def flag(frame: pd.DataFrame, name: str) -> np.ndarray:
     return np.asarray(frame.attrs.get(name, np.zeros(len(frame), dtype=bool)), dtype=bool)
 
 
-BORROW_Z = 2.0  # a bound is taken from another σ only where it is better by this many SE
-
-
 def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
     """A bound on one grid tightened by the monotonicity of the MMSE.
 
     The MMSE is non-decreasing in σ (:func:`extend_monotone`): an upper bound at σ' ≥ σ
     bounds MMSE(σ), and a lower bound at σ' ≤ σ does too. ``side="upper"`` takes at each σ
     the lowest upper bound among σ itself and the σ' ≥ σ whose value is below σ's by more
-    than ``BORROW_Z`` standard errors of the paired difference (per-image errors on the same
+    than ``SELECTION_Z`` standard errors of the paired difference (per-image errors on the same
     images and noise, scaled); ``"lower"`` the highest lower bound among σ and the σ' ≤ σ
     above it by as much (ties: the nearest σ', σ itself first). Every value is a Monte Carlo
     estimate: taking the best of several would bias the bound by their noise, which the
@@ -127,7 +124,7 @@ def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):  # inf − inf beyond a coarse grid: NaN, never taken
         diff = errors[:, None, :] - errors[None, :, :]  # [i, j]: e(σ_i) − e(σ_j), per image
         gain = diff.mean(axis=2) if side == "upper" else -diff.mean(axis=2)
-        significant = gain > BORROW_Z * diff.std(axis=2, ddof=1) / math.sqrt(errors.shape[1])
+        significant = gain > SELECTION_Z * diff.std(axis=2, ddof=1) / math.sqrt(errors.shape[1])
     i, j = np.indices((len(mse), len(mse)))
     if side == "upper":
         allowed = (j == i) | ((j > i) & significant)

@@ -59,9 +59,11 @@ NETWORKS = ("per-sigma", "universal")
 LEGENDS = {
     "standing": (
         "**Where the networks stand.** U: the exact MMSE where known, else the tightest upper "
-        "reference (the lowest upper bound at σ or at a larger σ, where it is lower by more "
-        "than twice the standard error of the paired difference: the MMSE does not decrease "
-        "with σ; the entry's section says at how many σ); MSE/U below 1 means better than "
+        "reference (the lowest upper bound at σ or at a larger σ, the MMSE not decreasing "
+        "with σ, where it is lower by more than twice the standard error of the paired "
+        "difference, not by noise; the entry's section says at how many σ it came from a "
+        "larger σ; at σ itself likewise, the reference lowest at the most σ unless another is "
+        "lower by as much); MSE/U below 1 means better than "
         "every reference; ± its standard error over the test images, paired, by the delta "
         "method. Where a network is no better than the "
         "identity or, at σ ≥ 1, the mean image: those σ and (×r ± se) the largest ratio of "
