@@ -610,16 +610,27 @@ def test_tightest_references_do_not_select_noise():
     def shifted(by_se):  # base + paired noise, its mean moved by ``by_se`` SE per σ
         return base + noise + (np.asarray(by_se) * se)[:, None]
 
-    # B against A: tighter by 5 SE at σ[0], by 1 SE at σ[1] (noise), looser above
-    a, b = bound_curve(sigmas, base), bound_curve(sigmas, shifted([-5, -1, 1, 1, 1]))
-    refs, how = tightest_references({"a": a, "b": b}, {"a": "upper", "b": "upper"})
+    # B against A: tighter by 3 SE at σ[0] (more than SELECTION_Z = 2), by 1 SE at σ[1]
+    # (noise), looser above; A, the primary, listed second
+    a, b = bound_curve(sigmas, base), bound_curve(sigmas, shifted([-3, -1, 1, 1, 1]))
+    refs, how = tightest_references({"b": b, "a": a}, {"a": "upper", "b": "upper"})
     assert how == "upper only (L = 0)"
     assert b.mse[1] < a.mse[1]  # the plain minimum would take B's noise at σ[1]
     assert np.allclose(refs["upper"].mse, [b.mse[0], *a.mse[1:]])
     assert np.allclose(refs["upper"].attrs["errors"][1], base[1])
+    # without per-image errors the values alone decide: B's noise at σ[1] is taken
+    plain = {name: curve.copy() for name, curve in (("a", a), ("b", b))}
+    for curve in plain.values():
+        curve.attrs.clear()
+    refs, _ = tightest_references(plain, {"a": "upper", "b": "upper"})
+    assert np.allclose(refs["upper"].mse, [*b.mse[:2], *a.mse[2:]])
+    assert "errors" not in refs["upper"].attrs and "errors" not in refs["lower"].attrs
+    with pytest.raises(ValueError, match="no MSE .NaN. at σ = 0.4"):
+        tightest_references({"a": a.assign(mse=[1, 1, np.nan, 1, 1]), "b": b},
+                            {"a": "upper", "b": "upper"})
     # the same rule for lower bounds: higher by more than SELECTION_Z SE
     low_a = bound_curve(sigmas, base * 0.5)
-    low_b = bound_curve(sigmas, base * 0.5 - (shifted([-5, -1, 1, 1, 1]) - base))
+    low_b = bound_curve(sigmas, base * 0.5 - (shifted([-3, -1, 1, 1, 1]) - base))
     refs, how = tightest_references({"u": a, "la": low_a, "lb": low_b},
                                     {"u": "upper", "la": "lower", "lb": "lower"})
     assert how == "bracket"

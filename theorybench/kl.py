@@ -217,7 +217,7 @@ def _clipped_spread(gap: np.ndarray, se: np.ndarray) -> np.ndarray:
     step = (gap >= 0).astype(float)
     ok = np.isfinite(se) & (se > 0) & np.isfinite(gap)
     z = np.divide(gap, se, out=np.zeros_like(step), where=ok)
-    inner = np.clip(z, -8.0, 8.0)  # beyond, 0 and 1 to double precision
+    inner = np.clip(z, -8.0, 8.0)  # beyond, within 1e-8 of 0 and 1
     cdf, pdf = ndtr(inner), np.exp(-0.5 * inner**2) / math.sqrt(2 * math.pi)
     var = (1 + inner**2) * cdf + inner * pdf - (inner * cdf + pdf) ** 2
     share = np.where(z < -8.0, 0.0, np.where(z > 8.0, 1.0, np.sqrt(np.clip(var, 0.0, 1.0))))
@@ -266,9 +266,11 @@ def kl_bound(network: pd.DataFrame, references: dict[str, pd.DataFrame], sigma0=
     -------
     KLResult. With paired per-image errors the standard errors are those of the per-image
     integrals (exact for the linear estimator), each σ's term scaled by
-    ``sd(max(0, X))/se`` for its gap ``X ~ N(gap, se²)`` (the clipping's share, exact per
-    σ; across σ the per-image gaps' correlation is kept): a σ clipped by many standard
-    errors adds nothing to them, one within noise of 0 about a third of its variance;
+    ``sd(max(0, X))/se`` for its gap ``X ~ N(gap, se²)`` at the measured gap (a plug-in:
+    the clipping's share of that σ's standard error; scaling each σ's per-image gaps by it
+    keeps their correlation across σ, an approximation, conservative for positively
+    correlated gaps): a σ clipped by many standard errors adds nothing to them, one within
+    noise of 0 about a third of its variance;
     otherwise the curves' standard errors are combined assuming full correlation across σ
     (conservative).
 
@@ -405,18 +407,25 @@ def _pick(curves: list[pd.DataFrame], side: str) -> pd.DataFrame:
     The primary curve is the tightest at the most σ (the first on ties); at each σ another
     replaces it only where it is tighter by more than ``SELECTION_Z`` standard errors of
     their paired difference (per-image errors on the same images and noise), and then the
-    tightest of those does. Taking the plain minimum of several noisy estimates of nearly
-    equal bounds would bias it by their noise (the winner's curse). A primary value that is
-    not finite (no bound at that σ) gives way to any finite one; curves without per-image
-    errors of at least 2 images are compared by their values alone.
+    tightest of those does (among several that each beat the primary, a smaller selection
+    of noise remains). Taking the plain minimum of several noisy estimates of nearly equal
+    bounds would bias it by their noise (the winner's curse). A primary value that is not
+    finite (no bound at that σ) gives way to any finite one. Curves without per-image errors
+    (``attrs["errors"]``, σ × images, at least 2 images) are compared by their values alone,
+    and the result then has no per-image errors either.
     """
     sign = 1.0 if side == "upper" else -1.0
     mse = sign * np.stack([c["mse"].to_numpy(dtype=float) for c in curves])  # lower: −L
-    errors = np.stack([np.asarray(c.attrs["errors"], dtype=float) for c in curves])
+    if np.isnan(mse).any():
+        raise ValueError(f"tightest_references: a {side} curve has no MSE (NaN) at σ = "
+                         f"{curves[0]['sigma'].to_numpy()[np.isnan(mse).any(0)][0]:.4g}")
     cols = np.arange(mse.shape[1])
     primary = int(np.bincount(np.argmin(mse, axis=0), minlength=len(curves)).argmax())
+    stored = [c.attrs.get("errors") for c in curves]
+    errors = (np.stack([np.asarray(e, dtype=float) for e in stored])
+              if all(e is not None for e in stored) else None)
     allowed = np.ones_like(mse, dtype=bool)
-    if errors.ndim == 3 and errors.shape[2] >= 2:
+    if errors is not None and errors.ndim == 3 and errors.shape[2] >= 2:
         with np.errstate(invalid="ignore"):  # inf − inf: NaN, never significant
             diff = sign * (errors[primary] - errors)  # (curves, σ, images): > 0 where tighter
             gain = diff.mean(axis=2)
@@ -426,9 +435,11 @@ def _pick(curves: list[pd.DataFrame], side: str) -> pd.DataFrame:
         allowed[primary] = True
     choice = np.argmin(np.where(allowed, mse, np.inf), axis=0)
     out = curves[0].copy()
+    out.attrs.pop("errors", None)
     out["mse"] = sign * mse[choice, cols]
     out["se"] = np.stack([c["se"].to_numpy() for c in curves])[choice, cols]
-    out.attrs["errors"] = errors[choice, cols]
+    if errors is not None:
+        out.attrs["errors"] = errors[choice, cols]
     return out
 
 
@@ -466,7 +477,8 @@ def tightest_references(frames: dict[str, pd.DataFrame],
         return {"lower": _pick(lowers, "lower"), "upper": upper}, "bracket"
     zero = upper.copy()
     zero["mse"], zero["se"] = 0.0, 0.0
-    zero.attrs["errors"] = np.zeros_like(upper.attrs["errors"])
+    if "errors" in upper.attrs:
+        zero.attrs["errors"] = np.zeros_like(upper.attrs["errors"])
     return {"lower": zero, "upper": upper}, "upper only (L = 0)"
 
 
