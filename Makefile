@@ -15,5 +15,5 @@ test: install
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet torch==2.13.0
-	@$(PYTHON) -c "import importlib.metadata as m; m.version('theorybench'); import pytest, ray" \
+	@$(PYTHON) -c "import importlib.metadata as m; m.version('theorybench'); import pytest, xdist, ray" \
 		2>/dev/null || $(PYTHON) -m pip install --quiet -e '.[test,ray]'

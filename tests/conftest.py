@@ -1,5 +1,6 @@
 """Shared fixtures: one torch thread, a small folder of images for ``faces-folder``, one
-full smoke run for the end-to-end tests."""
+full smoke run for the end-to-end tests (kept in one test process: see
+:func:`pytest_collection_modifyitems`)."""
 
 import json
 
@@ -8,6 +9,16 @@ import pytest
 
 from theorybench.cli import main
 from theorybench.executors import torch_threads
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """The tests that use the session's smoke run go to one pytest-xdist worker (group
+    ``smoke``, with ``--dist loadgroup``), which then computes that run once, not once per
+    worker (about a minute each on 2 cores)."""
+    for item in items:
+        if "smoke_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke"))
 
 
 @pytest.fixture(autouse=True, scope="session")
