@@ -19,6 +19,9 @@ from conftest import entry_lines
 from theorybench.cli import main
 
 ray = pytest.importorskip("ray")
+# one local ray cluster at a time: every test of this module in the pytest-xdist worker of
+# the smoke-run tests (conftest)
+pytestmark = pytest.mark.xdist_group("smoke")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = "gaussian,faces"  # 20 cells: reference, networks and Jacobian analyses of each
