@@ -99,8 +99,11 @@ if [ "$DEVICE" != cpu ]; then
     fi
     tail -n 1 "$OUT/run.log"
     # the tests that need CUDA (skipped on the CPU machines): generators drawing on the GPU
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_calpha.py \
-        tests/test_disks.py tests/test_distributions.py -k cuda > /tmp/cuda_tests.log 2>&1
+    # (in one process: setup.cfg's -n auto would start a worker per core, and needs
+    # pytest-xdist, which the device's image may lack)
+    timeout 90 python3 -m pytest -q -p no:cacheprovider -o addopts='-m "not heavy"' \
+        tests/test_calpha.py tests/test_disks.py tests/test_distributions.py -k cuda \
+        > /tmp/cuda_tests.log 2>&1
     tests=$?
     tail -n 5 /tmp/cuda_tests.log | tee -a "$OUT/run.log"
     [ "$tests" -eq 0 ] || stop "the CUDA tests (exit status $tests)"

@@ -642,3 +642,29 @@ def test_tightest_references_do_not_select_noise():
     refs, _ = tightest_references({"a": bound_curve(sigmas, missing), "b": loose},
                                   {"a": "upper", "b": "upper"})
     assert np.allclose(refs["upper"].mse, [*a.mse[:4], loose.mse[4]])
+
+
+def test_bracket_flags_a_value_from_another_sigma_where_it_is_kept_over_noise():
+    """U from a coarse reference (its σ = 0.4 value at 0.2) stays where a reference measured
+    at 0.2 is lower only by noise (0.5 SE of the paired difference): the bound there is
+    still a value from another σ, and flagged so (the KL's quadrature estimate is `–` there)."""
+    from theorybench.report.common import bracket
+
+    sigmas = [0.1, 0.2, 0.4, 0.8]
+    rng = np.random.default_rng(3)
+    per_image = rng.gamma(4.0, 0.5, size=(4, 100))
+    noise = rng.normal(0.0, 0.05, size=100)
+    noise -= noise.mean()
+    coarse_errors = per_image[[0, 2]]  # stored at 0.1 and 0.4
+    measured = per_image + 10.0  # far looser at every σ ...
+    # ... but at 0.2 just below the coarse curve's 0.4 value, by 0.5 SE
+    measured[1] = coarse_errors[1] + noise - 0.5 * noise.std(ddof=1) / 10
+    curves = {"c": {"kind": "upper", "sigma": [0.1, 0.4], "mse": coarse_errors.mean(1).tolist(),
+                    "se": [0.0, 0.0], "d": 4, "errors": coarse_errors.tolist()},
+              "m": {"kind": "upper", "sigma": sigmas, "mse": measured.mean(1).tolist(),
+                    "se": [0.0] * 4, "d": 4, "errors": measured.tolist()}}
+    refs, _ = bracket(curves)
+    upper = refs["upper"]
+    assert upper["mse"][1] == pytest.approx(coarse_errors[1].mean())  # kept over the noise
+    assert upper["mse"][1] > measured[1].mean()
+    assert upper.attrs["extended"].tolist() == [False, True, False, False]  # 0.8: m's own

@@ -411,8 +411,11 @@ def _pick(curves: list[pd.DataFrame], side: str) -> pd.DataFrame:
     of noise remains). Taking the plain minimum of several noisy estimates of nearly equal
     bounds would bias it by their noise (the winner's curse). A primary value that is not
     finite (no bound at that σ) gives way to any finite one. Curves without per-image errors
-    (``attrs["errors"]``, σ × images, at least 2 images) are compared by their values alone,
-    and the result then has no per-image errors either.
+    (``attrs["errors"]``, σ × images) are compared by their values alone, and the result
+    then has no per-image errors either; with a single image, by their values too. Per-σ
+    flags ``attrs["extended"]`` (a value taken from another σ of a coarser grid, see
+    ``report.common.extend_monotone``) follow the chosen curve (a curve without them
+    counts as measured at every σ).
     """
     sign = 1.0 if side == "upper" else -1.0
     mse = sign * np.stack([c["mse"].to_numpy(dtype=float) for c in curves])  # lower: −L
@@ -440,6 +443,9 @@ def _pick(curves: list[pd.DataFrame], side: str) -> pd.DataFrame:
     out["se"] = np.stack([c["se"].to_numpy() for c in curves])[choice, cols]
     if errors is not None:
         out.attrs["errors"] = errors[choice, cols]
+    if any("extended" in c.attrs for c in curves):  # a curve without them: measured
+        out.attrs["extended"] = np.stack([np.asarray(c.attrs.get("extended", np.zeros(
+            len(c), dtype=bool)), dtype=bool) for c in curves])[choice, cols]
     return out
 
 
@@ -477,6 +483,7 @@ def tightest_references(frames: dict[str, pd.DataFrame],
         return {"lower": _pick(lowers, "lower"), "upper": upper}, "bracket"
     zero = upper.copy()
     zero["mse"], zero["se"] = 0.0, 0.0
+    zero.attrs.pop("extended", None)  # measured nowhere
     if "errors" in upper.attrs:
         zero.attrs["errors"] = np.zeros_like(upper.attrs["errors"])
     return {"lower": zero, "upper": upper}, "upper only (L = 0)"

@@ -202,28 +202,11 @@ def bracket(ref_curves: dict) -> tuple[dict, str]:
                 raise ValueError(f"bracket: two reference curves named {key!r}")
             frames[key] = extend_monotone(frame, grid, "lower" if side == "lower" else "upper")
             kinds[key] = side
-    refs, how = tightest_references(frames, kinds)
-    for side in ("lower", "upper"):
-        if side in refs:
-            refs[side].attrs["extended"] = _measured_elsewhere(frames, kinds, side, refs[side])
+    refs, how = tightest_references(frames, kinds)  # "extended" follows the chosen curves
+    for curve in refs.values():
+        curve.attrs["extended"] = flag(curve, "extended")  # all False where none was
     return {side: curve if side == "exact" else monotone_envelope(curve, side)
             for side, curve in refs.items()}, how
-
-
-def _measured_elsewhere(frames: dict, kinds: dict, side: str, bound: pd.DataFrame):
-    """Bool per σ: the tightest bound on ``side`` (``bound``) is better there than every
-    bound of that side measured at σ itself, so it is a value :func:`extend_monotone` took
-    from another σ (ties count as measured at σ; no bound, U = ∞ or L = 0, as neither)."""
-    mine = [frame for name, frame in frames.items() if kinds[name] == side]
-    values = bound["mse"].to_numpy(dtype=float)
-    if not mine:
-        return np.zeros(len(values), dtype=bool)
-    fill = np.inf if side == "upper" else -np.inf  # σ where no bound was measured
-    measured = np.stack([np.where(flag(frame, "extended"), fill, frame["mse"].to_numpy())
-                         for frame in mine])
-    if side == "upper":
-        return np.isfinite(values) & (values < measured.min(axis=0))
-    return (values > 0) & (values > measured.max(axis=0))
 
 
 def objective_law(t: dict) -> str:
