@@ -417,6 +417,16 @@ def test_paired_standard_errors_from_mse_curves():
     assert table.se_low[0] == pytest.approx(per_image.std(ddof=1) / math.sqrt(300), rel=1e-9)
 
 
+def bound_curve(sigmas, errors, d=1):
+    """A curve from per-image errors (σ, images), per pixel, over ``d`` pixels."""
+    errors = np.asarray(errors, dtype=float)
+    with np.errstate(invalid="ignore"):  # a row of ∞ (no bound there): its SE NaN
+        se = errors.std(1, ddof=1) / math.sqrt(errors.shape[1])
+    curve = pd.DataFrame({"sigma": sigmas, "mse": errors.mean(1), "se": se, "d": d})
+    curve.attrs["errors"] = errors
+    return curve
+
+
 def clipped_sd(mean, se):
     """sd(max(0, X))/se for X ~ N(mean, se²): a mixture of 0 (probability 1 − Φ(z)) and the
     normal truncated to (0, ∞) (probability Φ(z)), z = mean/se."""
@@ -447,12 +457,9 @@ def test_standard_error_of_a_clipped_gap_is_continuous_in_the_gap():
         return errors
 
     def se_low(shift_at_1):
-        curves = []
-        for e in (errors_with(shift_at_1), ref):
-            curves.append(pd.DataFrame({"sigma": sigmas, "mse": e.mean(1), "se": e.std(1) / 20,
-                                        "d": d}))
-            curves[-1].attrs["errors"] = e
-        return kl_bound(curves[0], {"exact": curves[1]}, sigma0=[0.1]).table.se_low[0]
+        network = bound_curve(sigmas, errors_with(shift_at_1), d)
+        return kl_bound(network, {"exact": bound_curve(sigmas, ref, d)},
+                        sigma0=[0.1]).table.se_low[0]
 
     def expected(shift_at_1, share):  # the per-image integrals with σ[1]'s term scaled
         gap = (errors_with(shift_at_1) - ref) * d
@@ -582,16 +589,6 @@ def test_monotone_envelope_tightens_both_ends_with_their_errors():
     assert how == "exact" and refs["exact"]["mse"].tolist() == [1.0, 1.2, 2.0, 2.2]
     with pytest.raises(ValueError, match="two reference curves named 'c .upper.'"):
         bracket({"c (upper)": stored("upper", [1.0] * 4), "c": exact_coarse})
-
-
-def bound_curve(sigmas, errors):
-    """A reference curve from per-image errors (σ, images), per pixel, d = 1."""
-    errors = np.asarray(errors, dtype=float)
-    with np.errstate(invalid="ignore"):  # a row of ∞ (no bound there): its SE NaN
-        se = errors.std(1, ddof=1) / math.sqrt(errors.shape[1])
-    curve = pd.DataFrame({"sigma": sigmas, "mse": errors.mean(1), "se": se, "d": 1})
-    curve.attrs["errors"] = errors
-    return curve
 
 
 def test_tightest_references_do_not_select_noise():

@@ -817,6 +817,7 @@ def test_a_run_records_the_commit_it_started_with(monkeypatch, tmp_path):
                  "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
     assert json.loads((out / "run.json").read_text())["commit"] == "started"
 
+
 def test_readme_explains_the_shared_tables_once_and_names_the_image_sizes(smoke):
     """The legends of the entry sections' tables sit in one section between At a glance and
     the first entry; every entry section points to it; the header gives each entry's size."""

@@ -400,6 +400,15 @@ def gaussian_kl(lam_p: torch.Tensor, lam_q: torch.Tensor, sigma0: float) -> floa
 SELECTION_Z = 2.0  # one Monte Carlo bound replaces another only where better by this many SE
 
 
+def beyond_noise(diff: np.ndarray) -> np.ndarray:
+    """Whether paired per-image differences (images on the last axis) have a mean above
+    ``SELECTION_Z`` standard errors of that mean: a gain that is not Monte Carlo noise.
+    NaN differences (inf − inf) are never significant."""
+    with np.errstate(invalid="ignore"):
+        se = diff.std(axis=-1, ddof=1) / math.sqrt(diff.shape[-1])
+        return diff.mean(axis=-1) > SELECTION_Z * se
+
+
 def _pick(curves: list[pd.DataFrame], side: str) -> pd.DataFrame:
     """Per σ, the tightest of several bounds on one side (``"upper"``: the lowest, ``"lower"``:
     the highest) without selecting Monte Carlo noise, errors included.
@@ -431,10 +440,7 @@ def _pick(curves: list[pd.DataFrame], side: str) -> pd.DataFrame:
     if errors is not None and errors.ndim == 3 and errors.shape[2] >= 2:
         with np.errstate(invalid="ignore"):  # inf − inf: NaN, never significant
             diff = sign * (errors[primary] - errors)  # (curves, σ, images): > 0 where tighter
-            gain = diff.mean(axis=2)
-            significant = gain > SELECTION_Z * diff.std(axis=2, ddof=1) / math.sqrt(
-                errors.shape[2])
-        allowed = significant | (~np.isfinite(mse[primary]) & np.isfinite(mse))
+        allowed = beyond_noise(diff) | (~np.isfinite(mse[primary]) & np.isfinite(mse))
         allowed[primary] = True
     choice = np.argmin(np.where(allowed, mse, np.inf), axis=0)
     out = curves[0].copy()

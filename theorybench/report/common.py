@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..cache import atomic_write_bytes
 from ..experiments.keys import entry_label
-from ..kl import SELECTION_Z, tightest_references
+from ..kl import beyond_noise, tightest_references
 
 
 def slug(label: str) -> str:
@@ -123,8 +123,7 @@ def monotone_envelope(frame: pd.DataFrame, side: str) -> pd.DataFrame:
         return out
     with np.errstate(invalid="ignore"):  # inf − inf beyond a coarse grid: NaN, never taken
         diff = errors[:, None, :] - errors[None, :, :]  # [i, j]: e(σ_i) − e(σ_j), per image
-        gain = diff.mean(axis=2) if side == "upper" else -diff.mean(axis=2)
-        significant = gain > SELECTION_Z * diff.std(axis=2, ddof=1) / math.sqrt(errors.shape[1])
+    significant = beyond_noise(diff if side == "upper" else -diff)
     i, j = np.indices((len(mse), len(mse)))
     if side == "upper":
         allowed = (j == i) | ((j > i) & significant)
