@@ -53,6 +53,8 @@ from .summary import missing_entries, summary_section
 from .training import training_section
 
 NETWORKS = ("per-sigma", "universal")
+# the MSE figure's baselines, one line style each (all grey: they frame the bracket)
+BASELINE_STYLES = {"identity": ":", "mean-image": "-.", "wavelet": (0, (5, 2))}
 
 # The legends of the tables every entry section repeats, written once (section "How to read
 # the entries"), each with the key of the table it explains.
@@ -350,15 +352,16 @@ def _figure_mse(study: StudyData, refs: dict):
         lo, up = refs["lower"], refs["upper"]
         ax.fill_between(up.sigma, np.maximum(lo.mse, 1e-12), up.mse, color="0.8",
                         label="MMSE bracket [L, U]")
-        ax.plot(up.sigma, up.mse, "k-", lw=1)
+        ax.plot(up.sigma, up.mse, "k-", lw=1, label="U (tightest upper reference)")
         if lo.mse.max() > 0:
-            ax.plot(lo.sigma, lo.mse, "k--", lw=1)
+            ax.plot(lo.sigma, lo.mse, "k--", lw=1, label="L (tightest lower reference)")
     for name, curve in study.reference["result"]["curves"].items():
-        if curve["kind"] == "upper" and name in ("identity", "mean-image", "wavelet"):
-            ax.plot(curve["sigma"], curve["mse"], ":", color="0.4", lw=1, label=name)
+        if curve["kind"] == "upper" and name in BASELINE_STYLES:
+            ax.plot(curve["sigma"], curve["mse"], linestyle=BASELINE_STYLES[name], color="0.45",
+                    lw=1, label=name)
         elif curve["kind"] == "blind":
-            ax.plot(curve["sigma"], curve["mse"], "--", color="0.2", lw=1.2,
-                    label=f"{name} (optimal without σ)")
+            ax.plot(curve["sigma"], curve["mse"], linestyle=(0, (3, 1, 1, 1, 1, 1)), color="0.2",
+                    lw=1.2, label=f"{name} (optimal without σ)")
     for i, net in enumerate(NETWORKS):
         frame = study.networks[net]
         if frame is not None:
