@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import norm
 
 import datasets_synth
 from theorybench.memorization import (
@@ -133,6 +134,16 @@ def test_float64_resolves_tiny_distances():
 def test_wilson_interval():
     lo_w, hi_w = wilson_interval(6, 20)
     assert lo_w < 0.3 < hi_w and wilson_interval(0, 20)[1] > 0.1  # not degenerate at 0
+
+    def closed_form(k, n, level):  # Wilson (1927): (p + z²/2n ± z√(p(1−p)/n + z²/4n²))/(1 + z²/n)
+        z = norm.ppf(0.5 + level / 2)
+        p, shrink = k / n, 1 + z**2 / n
+        half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+        return (p + z**2 / (2 * n) - half) / shrink, (p + z**2 / (2 * n) + half) / shrink
+
+    for k, n, level in ((6, 20, 0.95), (6, 20, 0.9), (0, 20, 0.95), (64, 64, 0.95)):
+        assert wilson_interval(k, n, level) == pytest.approx(closed_form(k, n, level), abs=1e-12)
+    assert wilson_interval(6, 20) == pytest.approx((0.1455, 0.5190), abs=5e-5)
 
 
 def test_summarize():

@@ -21,6 +21,7 @@ from theorybench.report.memorization import (
     generalizes,
     memorization_section,
     stays_down_to,
+    summary_row,
     verdict,
 )
 from theorybench.report.training import training_section
@@ -383,6 +384,34 @@ def test_verdict_states_both_criteria():
     assert "Caveat" in flat
 
 
+def test_verdict_reads_the_lower_network_and_a_missing_one_as_not_met():
+    one = {**_row(1, 1.0, 0.99, 0.5), "mem S2": 0.8, "cos_c S2": 0.95}
+    text = verdict(pd.DataFrame([one, _row(1000, 0.0, 0.8, 0.9)]))
+    assert "Memorization at N = 1 (" in text and "**not met** (80%)" in text
+    assert "N = 1: 80% memorized (held-out images: 0%), median centred cosine 0.950" in text
+    for missing in ({"mem S2": math.nan}, {"mem S1": math.nan}):  # either order
+        text = verdict(pd.DataFrame([{**_row(1, 1.0, 0.99, 0.5), **missing}]))
+        assert "Memorization at N = 1 (" in text and "**not met** (—)" in text
+
+
+def _family(on_s1, on_s2):
+    """A largest-N row with the images-of-the-family measures (held-out clean and noisy
+    apart, to tell them apart in the text)."""
+    return {**_row(1000, 0.0, 0.8, 0.9), "K": 64, "n held": 20, "on S1": on_s1, "on S2": on_s2,
+            "sigma_last": 0.01, "on held": 0.83, "on held noisy": 0.81, "flat S1": 0.1,
+            "flat S2": 0.2, "flat held": 0.17}
+
+
+def test_verdict_on_images_of_the_family_needs_both_networks():
+    met = verdict(pd.DataFrame([_family(0.9, 0.85)]))
+    assert "90% of S1 and 85% of S2 samples (real held-out images: 83% clean, 81% at " \
+        "σ_last); ≥ 80% for both networks: **met**" in met
+    assert "Memorized: 0% of the 64 S1 samples against 0% of the 20 real held-out" in met
+    for on_s1, on_s2 in ((0.9, 0.5), (0.5, 0.9), (0.9, math.nan)):
+        text = verdict(pd.DataFrame([_family(on_s1, on_s2)]))
+        assert "≥ 80% for both networks: **not met**" in text
+
+
 def test_training_section_lists_every_network(sweep, tmp_path):
     """The sweep's two networks per cell get rows, flags and a figure beside the main
     study's networks; a side study's unconverged network is named under its study."""
@@ -407,3 +436,19 @@ def test_training_section_lists_every_network(sweep, tmp_path):
     assert "- memorization: not converged: " in text
     assert (tmp_path / "training_memorization-sweep-disks.png").exists()
     assert (tmp_path / "training_dimension-study.png").exists()
+
+
+def test_summary_row_keeps_the_held_out_measures_apart():
+    """Clean and noisy held-out images, their count and copy interval, each in its column."""
+    record = {"spec": {"dataset": "disks", "params": {}, "N": 10, "n_samples": 64,
+                       "sigmas": [0.01, 0.1, 1.0]},
+              "result": {"baseline": {
+                  "summary": {"memorized_fraction": 0.05, "memorized_ci_wilson": [0.01, 0.2],
+                              "n": 20, "median_copy_cos": 0.7, "median_cos_nn": 0.9},
+                  "manifold": {"clean": {"on_manifold_fraction": 0.83, "flat_fraction": 0.17},
+                               "noisy": {"on_manifold_fraction": 0.81}}}}}
+    row = summary_row(record)
+    assert (row["on held"], row["on held noisy"], row["flat held"]) == (0.83, 0.81, 0.17)
+    assert (row["mem held"], row["mem held lo"], row["mem held hi"], row["n held"]) == (
+        0.05, 0.01, 0.2, 20)
+    assert row["K"] == 64 and math.isnan(row["mem S1"]) and math.isnan(row["on S1"])

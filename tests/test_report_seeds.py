@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theorybench.report.common import write_csv
+from theorybench.report.common import all_converged, write_csv
 from theorybench.report.seeds import (
     check_compare,
     dimension_seed_rows,
@@ -102,8 +102,48 @@ def test_non_finite_ratios_and_errors_are_left_out(two_runs):
     this["ratio"].loc[0, "se(MSE/U)"] = 0.0
     (per, _), z = seed_rows([this, other], (0.05,))
     assert per["worst MSE/U, σ ≤ 1"].startswith("1.1 ± 0.1 at σ = 1 / ")
-    assert z[z["network"] == "per-sigma"]["sigma"].tolist() == [1.0, 2.0]
+    mine = z[z["network"] == "per-sigma"]
+    assert mine["sigma"].tolist() == pytest.approx(SIGMA, rel=1e-5)  # every σ, NaN kept
+    assert mine.dropna(subset=["z"])["sigma"].tolist() == [1.0, 2.0]
     assert per["RMS z"] == "0.00" and per["largest z"] == "+0.00 at σ = 1"
+    # the count says what was left out: 2 of per-sigma's 4 σ, none of universal's
+    assert z_summary(z).endswith("; 2 of its 8 σ without a z (a σ one run lacks, or no "
+                                 "finite standard error)")
+
+
+def test_z_matches_sigma_to_the_csv_digits_and_refuses_a_sigma_twice(two_runs):
+    a, b = two_runs
+    this, other = run_tables(a), run_tables(b)
+    other["ratio"]["sigma"] *= 1 + 3e-6  # another float format: the same σ to 6 digits
+    _, z = seed_rows([this, other], (0.05,))
+    assert z["z"].notna().all() and len(z) == 8
+    other["ratio"]["sigma"] *= 1 + 1e-3  # another grid: no σ in common
+    _, z = seed_rows([this, other], (0.05,))
+    assert z["z"].isna().all() and z_summary(z) == "seed 1: no finite z (8 σ)"
+    twice = run_tables(b)
+    twice["ratio"] = pd.concat([twice["ratio"], twice["ratio"].iloc[[2]]], ignore_index=True)
+    with pytest.raises(ValueError, match="the other run lists one network's MSE/U twice at σ"):
+        seed_rows([this, twice], (0.05,))
+
+
+def test_summary_names_the_entry_that_carries_most_of_the_z():
+    z = pd.DataFrame({"seed": [1] * 4, "entry": ["gaussian", "gaussian", "disks", "disks"],
+                      "sigma": [0.1, 1.0, 0.1, 1.0], "z": [3.0, 1.0, 1.0, 1.0]})
+    # Σz² = 10 + 2: gaussian 10/12 from 2 of 4 z
+    assert z_summary(z).endswith("RMS 1.73, a training spread of about 1.41 quoted standard "
+                                 "errors (gaussian: 83% of Σz² from 2 of the 4 z)")
+
+
+def test_a_flagged_network_is_not_hidden_by_an_unmonitored_one(two_runs):
+    a, b = two_runs
+    this = run_tables(a)
+    this["training"] = _training([("per-sigma", False), ("per-sigma", None),
+                                  ("universal", True), ("universal", None)])
+    rows, _ = seed_rows([this, run_tables(b)], (0.05,))
+    assert rows[0]["converged"].startswith("False / ")  # a known False, not "–"
+    assert rows[1]["converged"].startswith("– / ")  # unmonitored, none flagged: unknown
+    assert [all_converged(f) for f in ([False, None], [True, None], [True, True], [],
+                                       [True, np.nan])] == [False, None, True, None, None]
 
 
 def test_section_writes_the_z_names_the_runs_and_clears_a_stale_file(two_runs, tmp_path):

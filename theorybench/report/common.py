@@ -235,6 +235,16 @@ def preconditioned(result: dict) -> bool:
     return result.get("output_scales", [1.0])[0] != 1.0
 
 
+def all_converged(flags) -> bool | None:
+    """Whether every network of a group passed the convergence check: False where one is
+    flagged, else None where one was not monitored (its flag None or NaN) or the group is
+    empty, else True. A known False is never hidden by a missing flag."""
+    flags = [None if pd.isna(f) else bool(f) for f in flags]
+    if False in flags:
+        return False
+    return None if not flags or None in flags else True
+
+
 def largest(values: np.ndarray, among: np.ndarray) -> int | None:
     """The index of the largest of ``values`` where the mask ``among`` holds (None where it
     holds nowhere)."""

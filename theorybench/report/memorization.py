@@ -122,6 +122,9 @@ def summary_row(record: dict, reference: dict | None = None) -> dict:
             s.get("on_manifold_ci") or (math.nan, math.nan))
     base = (res.get("baseline") or {}).get("summary", {})
     row["mem held"] = _num(base.get("memorized_fraction"))
+    row["mem held lo"], row["mem held hi"] = base.get("memorized_ci_wilson") or (math.nan,
+                                                                                 math.nan)
+    row["n held"] = _num(base.get("n"))
     row["cos_c held"] = _num(base.get("median_copy_cos"))
     row["cos_nn held"] = _num(base.get("median_cos_nn"))
     manifold = (res.get("baseline") or {}).get("manifold", {})
@@ -174,7 +177,10 @@ def _table(frame: pd.DataFrame) -> str:
         "memorized S1 net [95% CI]": [_ci(r["mem S1"], r["mem S1 lo"], r["mem S1 hi"])
                                       for _, r in frame.iterrows()],
         "memorized S2 net": frame["mem S2"],
-        "memorized held-out (baseline)": frame["mem held"],
+        "memorized held-out (baseline) [95% CI], images": [
+            f"{_ci(r['mem held'], r['mem held lo'], r['mem held hi'])}, "
+            f"{'—' if math.isnan(r['n held']) else int(r['n held'])}"
+            for _, r in frame.iterrows()],
         "centred cos nearest (S1 net)": frame["cos_c S1"],
         "centred cos nearest (S2 net)": frame["cos_c S2"],
         "centred cos nearest (held-out)": frame["cos_c held"],
@@ -392,6 +398,11 @@ def _figure_histograms(records: list[dict], label: str):
     return fig
 
 
+def _count(n) -> str:
+    """``"the n "`` for a known count of images, ``""`` for NaN (an older record)."""
+    return "" if n is None or math.isnan(n) else f"the {int(n)} "
+
+
 def percent(value) -> str:
     """A fraction as a whole percentage (``—`` for None or NaN)."""
     return "—" if value is None or math.isnan(value) else f"{value:.0%}"
@@ -440,8 +451,9 @@ def verdict(frame: pd.DataFrame) -> str:
     if small.empty:
         parts.append(f"No N ≤ {SMALL_N} was run, so the memorization regime is not checked.")
     else:
-        mem = small[["mem S1", "mem S2"]].min(axis=1)
-        cos = small[["cos_c S1", "cos_c S2"]].min(axis=1)
+        # the lower of the two networks', NaN (not met) where one is missing
+        mem = small[["mem S1", "mem S2"]].min(axis=1, skipna=False)
+        cos = small[["cos_c S1", "cos_c S2"]].min(axis=1, skipna=False)
         held = small["mem held"] if "mem held" in small else pd.Series(math.nan, small.index)
         listing = "; ".join(f"N = {n}: {percent(m)} memorized (held-out images: {percent(h)}), "
                             f"median centred cosine {c:.3f}"
@@ -467,9 +479,11 @@ def verdict(frame: pd.DataFrame) -> str:
                  f"dominated by the shared mean: {last['cross']:.6f} against "
                  f"{nearest_text(last, 'cos_nn', 6)}, "
                  f"{'met' if gen_raw else 'not met'}). Memorized: {percent(last['mem S1'])} of "
-                 f"S1 samples against {percent(last['mem held'])} of real held-out images.")
+                 f"{_count(last.get('K', math.nan))}S1 samples against "
+                 f"{percent(last['mem held'])} of {_count(last.get('n held', math.nan))}real "
+                 f"held-out images.")
     if not math.isnan(last.get("on S1", math.nan)):
-        on = min(last["on S1"], last["on S2"])
+        on = np.min([last["on S1"], last["on S2"]])  # NaN (not met) where one is missing
         parts.append(f"Images of the family at N = {last['N']} (best fit of the family's "
                      f"parameters within {ON_MANIFOLD_FACTOR:g}σ_last² per pixel, σ_last = "
                      f"{last['sigma_last']:g}, and not flat): {percent(last['on S1'])} of S1 "
@@ -594,7 +608,10 @@ def memorization_section(records: list[dict], out_dir) -> tuple[list[str], pd.Da
              f"bias-free network reproduces a training image only up to a scale): all constant "
              f"images are then one image, and images of low contrast nearly so, so such images "
              f"count as copies of each other (on disks, whose real images include near-constant "
-             f"ones, part of the held-out baseline). Fractions carry Wilson 95% intervals. "
+             f"ones, part of the held-out baseline). Fractions carry Wilson 95% intervals "
+             f"(in the table for the S1 network's and the held-out images', with the "
+             f"held-out count, which can differ from the samples'; all in "
+             f"`memorization.csv`). "
              f"Baseline: "
              f"the same measures for the cell's real held-out images against S1 (their "
              f"novelty is the data's own; each is centred on the mean of the *other* "

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import largest, markdown_table, ratio_at, write_csv
+from .common import all_converged, largest, markdown_table, ratio_at, write_csv
 from .memorization import finished, generalizes, percent
 from .summary import kl_text
 
@@ -90,13 +90,24 @@ def check_compare(here: dict, folders, out: Path) -> None:
 
 
 def z_scores(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Per σ where both runs have a finite z for one network (``ratio`` rows of
-    :func:`run_tables` restricted to that network): σ and ``z = (r_b − r_a)/√(se_a² +
-    se_b²)``."""
-    both = a.merge(b, on="sigma", suffixes=("_a", "_b"))
-    z = _z(both["MSE/U_a"], both["se(MSE/U)_a"], both["MSE/U_b"], both["se(MSE/U)_b"])
-    keep = np.isfinite(z)
-    return pd.DataFrame({"sigma": both["sigma"].to_numpy()[keep], "z": z[keep]})
+    """Per σ of ``a`` (``ratio`` rows of :func:`run_tables` restricted to one network): σ
+    and ``z = (r_b − r_a)/√(se_a² + se_b²)`` against ``b``'s row at that σ (to a relative
+    1e-5, the CSVs' 6 digits); z is NaN where ``b`` has no such row or z is not finite (no
+    error, or a value missing). ValueError (one line) for a σ listed twice in either."""
+    sigma = {}
+    for name, run in (("this", a), ("the other", b)):
+        sigma[name] = run["sigma"].to_numpy(dtype=float)
+        close = np.isclose(sigma[name][:, None], sigma[name][None, :], rtol=1e-5, atol=0)
+        twice = close.sum(axis=1) > 1
+        if twice.any():
+            raise ValueError(f"{name} run lists one network's MSE/U twice at σ = "
+                             f"{sigma[name][twice][0]:g} (rates.csv)")
+    if not len(b):  # the other run lacks this network
+        return pd.DataFrame({"sigma": sigma["this"], "z": np.full(len(a), np.nan)})
+    match = np.isclose(sigma["this"][:, None], sigma["the other"][None, :], rtol=1e-5, atol=0)
+    found, j = match.any(axis=1), match.argmax(axis=1)
+    z = _z(a["MSE/U"], a["se(MSE/U)"], b["MSE/U"].to_numpy()[j], b["se(MSE/U)"].to_numpy()[j])
+    return pd.DataFrame({"sigma": sigma["this"], "z": np.where(found, z, np.nan)})
 
 
 def _worst_small(part: pd.DataFrame) -> str:
@@ -124,12 +135,13 @@ def _flag_text(value) -> str:
 
 def _converged(training: pd.DataFrame, entry: str, network: str) -> str:
     """Whether every network of the main study behind ``entry``/``network`` passed the
-    convergence check (``"–"`` where none was monitored)."""
+    convergence check (:func:`~.common.all_converged`, as At a glance reads it: ``"–"``
+    where one was not monitored and none is flagged)."""
     if "converged" not in training:
         return "–"
     mine = training[(training["study"] == "main") & (training["entry"] == entry)
-                    & (training["network"] == network)]["converged"].dropna()
-    return _flag_text(mine.astype(bool).all() if len(mine) else None)
+                    & (training["network"] == network)]["converged"]
+    return _flag_text(all_converged(mine))
 
 
 def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
@@ -146,7 +158,8 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
         each run, the RMS of z over the σ where both runs have a finite one and the
         largest |z| (each other run against the first), the KL bound at each σ0 and the
         convergence flag of each run; values of several runs joined by ``" / "``.
-    z : DataFrame (entry, network, seed, sigma, z) of every other run against the first.
+    z : DataFrame (entry, network, seed, sigma, z) of every other run against the first,
+        at every σ of the first run's rows (z NaN where :func:`z_scores` has none).
     """
     rows, zs = [], []
     for (entry, network), part in runs[0]["ratio"].groupby(["entry", "network"], sort=False):
@@ -158,6 +171,7 @@ def seed_rows(runs: list[dict], sigma0s) -> tuple[list[dict], pd.DataFrame]:
         for run, other in zip(runs[1:], parts[1:], strict=True):
             z = z_scores(part, other)
             zs.append(z.assign(entry=entry, network=network, seed=run["meta"].get("seed", 0)))
+            z = z.dropna(subset=["z"])
             values = z["z"].to_numpy()
             k = int(np.argmax(np.abs(values))) if len(values) else None
             rms.append("–" if k is None else f"{np.sqrt(np.mean(values**2)):.2f}")
@@ -322,16 +336,31 @@ def z_summary(z: pd.DataFrame) -> str:
     """The z of :func:`seed_rows`, per other run (seed): how many, how many beyond ±2
     against the count N(0, 1) gives (4.55 %), their RMS and the training spread it implies,
     τ ≈ √(RMS² − 1) quoted standard errors (``E[z²] ≈ 1 + 2τ²/(se_a² + se_b²)`` with the
-    two runs' errors alike; none seen where RMS ≤ 1); runs joined by ``"; "``."""
+    two runs' errors alike; none seen where RMS ≤ 1), the entry with the largest share of
+    Σz² where there are several, and how many σ had no z (NaN); runs joined by ``"; "``."""
     parts = []
     for seed, part in z.groupby("seed", sort=False):
-        values = part["z"].to_numpy(dtype=float)
+        finite = part.dropna(subset=["z"])
+        values = finite["z"].to_numpy(dtype=float)
+        if not len(values):
+            parts.append(f"seed {seed}: no finite z ({len(part)} σ)")
+            continue
         rms = float(np.sqrt(np.mean(values**2)))
         spread = (f"a training spread of about {np.sqrt(rms**2 - 1):.2f} quoted standard "
                   f"errors" if rms > 1 else "no training spread seen beyond the quoted errors")
-        parts.append(f"seed {seed}: {int(np.sum(np.abs(values) > 2))} of {len(values)} z "
-                     f"beyond ±2 (N(0, 1): about {0.0455 * len(values):.1f}), RMS {rms:.2f}, "
-                     f"{spread}")
+        text = (f"seed {seed}: {int(np.sum(np.abs(values) > 2))} of {len(values)} z "
+                f"beyond ±2 (N(0, 1): about {0.0455 * len(values):.1f}), RMS {rms:.2f}, "
+                f"{spread}")
+        if "entry" in finite and finite["entry"].nunique() > 1 and np.any(values != 0):
+            share = (finite["z"] ** 2).groupby(finite["entry"], sort=False).sum()
+            top = share.idxmax()
+            text += (f" ({top}: {share[top] / share.sum():.0%} of Σz² from "
+                     f"{int((finite['entry'] == top).sum())} of the {len(values)} z)")
+        missing = len(part) - len(values)
+        if missing:
+            text += (f"; {missing} of its {len(part)} σ without a z (a σ one run lacks, or "
+                     f"no finite standard error)")
+        parts.append(text)
     return "; ".join(parts)
 
 
@@ -361,10 +390,13 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
     except ValueError as exc:
         return head + [f"Not compared: {exc}.", ""], None
     runs = [run_tables(out, run_meta)] + [run_tables(folder) for folder in others]
-    rows, z = seed_rows(runs, sigma0s)
+    try:  # a rates.csv with one σ twice: said, not raised
+        rows, z = seed_rows(runs, sigma0s)
+    except ValueError as exc:
+        return head + [f"Not compared: {exc}.", ""], None
     if not rows:
         return head + ["Not compared: this run has no network's MSE/U (`rates.csv`).", ""], None
-    write_csv(z, out / "seeds.csv")
+    write_csv(z.dropna(subset=["z"]), out / "seeds.csv")
     summary = z_summary(z) if len(z) else None
     seeds = " / ".join(str(r["meta"].get("seed", 0)) for r in runs)
     described = "; ".join(f"seed {r['meta'].get('seed', 0)}: `{r['folder']}`, commit "
@@ -390,10 +422,11 @@ def seeds_section(out: Path, run_meta: dict, others: list[Path],
         "largest magnitude, with the σ (`seeds.csv`: every z). Runs that differed by "
         "their test images and noise alone would give z about N(0, 1) at each σ; a "
         "training spread τ per run adds to it, E[z²] ≈ 1 + 2τ²/(se_a² + se_b²), so that "
-        "√(RMS² − 1) is about τ in units of the quoted error (below the table, per run; an "
-        "upper estimate: standard "
+        "√(RMS² − 1) is about τ in units of the quoted error (below the table, per run, "
+        "pooled over every network: one entry can carry most of it, named there; standard "
         "errors from 20–64 images are themselves noisy, which alone puts E[z²] a little "
-        "above 1). The z of one network at several σ, and of an entry's two networks, are "
+        "above 1, and the fixed test images below pull it down). The z of one network at "
+        "several σ, and of an entry's two networks, are "
         "correlated (the same images and noise): their RMS varies more than that of "
         "independent ones. Faces and shuffled faces keep the same 20 test images at every "
         "seed (the fixed split): the images' own spread, part of each standard error, "
