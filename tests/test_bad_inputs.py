@@ -66,13 +66,22 @@ PLUGINS = textwrap.dedent('''
             check_float("alpha", alpha, low=0.0, low_open=True)
             super().__init__()
 
+    class NoSuperInit(_Plain):
+        def __init__(self):  # forgets super().__init__(**params): no self.params
+            self.shape = (1, 16, 16)
+
+    class TensorLatents(_Plain):
+        def _draw(self, generator, count):
+            return torch.rand(count, 1, 16, 16, generator=generator), torch.zeros(count)
+
     def not_a_distribution(**params):
         return [1, 2, 3]
 ''')
 ENTRY_POINTS = {
     "wrong-shape": "WrongShape", "wrong-dtype": "WrongDtype", "nan-values": "NanValues",
     "out-of-range": "OutOfRange", "global-random": "GlobalRandom", "bad-default": "BadDefault",
-    "not-a-distribution": "not_a_distribution",
+    "not-a-distribution": "not_a_distribution", "no-super-init": "NoSuperInit",
+    "tensor-latents": "TensorLatents",
 }
 
 
@@ -140,6 +149,15 @@ CLI_CASES = [
     ("plugin-not-a-distribution", ["--datasets", "not-a-distribution"], "not a Distribution"),
     ("plugin-fails-to-import", ["--datasets", "missing-module"],
      "failed to import.*tb_bad_not_installed"),
+    ("plugin-without-super-init", ["--datasets", "no-super-init"],
+     "'no-super-init' breaks the Distribution contract .AttributeError.*must call "
+     r"super\(\).__init__\(\*\*params\)"),
+    ("plugin-tensor-latents", ["--datasets", "tensor-latents"],
+     "'tensor-latents' breaks the Distribution contract .*latents a dict"),
+    ("override-string-unquoted", ["--override", "precision=fp32"],
+     "is not JSON .*a string is quoted, e.g. --override 'precision=\"fp32\"'"),
+    ("out-is-a-file", ["--out", "{file}"], "--out .*file is a file; give a folder"),
+    ("out-under-a-file", ["--out", "{file}/out"], "--out .*file/out: .*file is a file"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append(("cuda-unavailable", ["--device", "cuda"], "CUDA is not available"))
@@ -174,6 +192,25 @@ def test_command_line_refuses(case, tmp_path, capsys, monkeypatch, request):
     expect_usage_error(defaults + args, capsys, match)
     assert not out.exists() and not cache.exists()
     assert snapshot(work) == before
+
+
+def test_list_names_a_family_that_breaks_the_contract(plugins, capsys):
+    assert main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    broken = [line for line in lines if line.startswith("no-super-init")]
+    assert broken and "(breaks the Distribution contract: AttributeError:" in broken[0]
+    assert any(line.startswith("gaussian") for line in lines)  # the others still listed
+
+
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path):
+    """Reports and cache records are shared: not mkstemp's private 0600."""
+    from theorybench.cache import atomic_write_bytes
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_write_bytes(tmp_path / "a.json", b"{}")
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary left
 
 
 def test_report_only_with_an_empty_cache_changes_nothing(tmp_path, capsys):

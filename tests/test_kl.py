@@ -480,9 +480,10 @@ def test_bad_inputs():
         kl_bound(curve, {"lower": curve})
     with pytest.raises(ValueError, match="sigma0"):
         kl_bound(curve, {"exact": curve}, sigma0=[5.0])
-    with pytest.raises(ValueError, match="grid"):
+    with pytest.raises(ValueError, match="grid .σ = 0.2 where the network has 0.1.; measure"):
         kl_bound(curve, {"exact": curve.assign(sigma=sigmas * 2)})
-    with pytest.raises(ValueError, match="grid"):
+    with pytest.raises(ValueError, match="grid .3 σ from 0.1 to 0.4642 against 4 σ from 0.1 "
+                                         "to 1.; measure both with mse_curve on the same"):
         kl_bound(curve, {"exact": curve.iloc[:3]})
     with pytest.raises(ValueError, match="the upper curve has no MSE .NaN. at σ = 0.2154"):
         kl_bound(curve, {"lower": curve.assign(mse=0.0),

@@ -795,6 +795,9 @@ def test_the_rerun_command_names_a_report_folder_other_than_the_default():
     assert rerun_command("default", meta, ["reports"], Path("reports/seed-1")) == (
         "python run_all.py --preset default --out reports/seed-1 --seed 1 "
         "--override 'precision=\"fp32\"' --compare reports")
+    # a study of a plugin's family needs its --plugin to be run again
+    assert rerun_command("smoke", {"plugins": ["edges_plugin"], "datasets": "edges"}) == (
+        "python run_all.py --preset smoke --plugin edges_plugin --datasets edges")
 
 
 def test_a_run_records_the_commit_it_started_with(monkeypatch, tmp_path):

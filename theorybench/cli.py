@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproduce theorybench's tables and figures: MMSE brackets, networks "
                     "trained at each σ, KL bounds, rates.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="study size: smoke (<1 min), default (2-core CPU with bfloat16 "
-                             "units, 21–32 min), gpu (one GPU, ~6 min), paper (one GPU, days)")
+                        help="study size: smoke (1–2 min), default (2-core CPU: 21–32 min "
+                             "with bfloat16 units, about 1 h 45 min without), gpu (one GPU, "
+                             "~6 min), paper (one GPU, days)")
     parser.add_argument("--override", action="append", default=[], metavar="FIELD=JSON",
                         help="replace one preset field, e.g. universal_steps=50 or "
                              "'net={\"arch\": \"unet\", \"channels\": 8}' (repeatable)")
@@ -128,7 +129,9 @@ def apply_overrides(preset, overrides: list[str]):
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--override {key}: {raw!r} is not JSON ({exc.msg})") from exc
+            hint = (f"; a string is quoted, e.g. --override '{key}=\"{raw}\"'"
+                    if raw and raw[0] not in "\"[{" else "")
+            raise ValueError(f"--override {key}: {raw!r} is not JSON ({exc.msg}){hint}") from exc
         want = _json_kind(getattr(preset, key))
         if want != "null" and _json_kind(value) != want:
             raise ValueError(f"--override {key} must be {want} (as the preset's "
@@ -146,12 +149,17 @@ def apply_overrides(preset, overrides: list[str]):
 
 
 def list_distributions() -> str:
+    """One line per registered distribution (:meth:`Distribution.describe`), or why it
+    cannot be built or described."""
     lines = []
     for name in datasets_synth.names():
         try:
             lines.append(datasets_synth.get(name).describe())
         except ValueError as exc:
             lines.append(f"{name:14s} ({exc})")
+        except (AttributeError, TypeError) as exc:  # a subclass that skipped super().__init__
+            lines.append(f"{name:14s} (breaks the Distribution contract: "
+                         f"{type(exc).__name__}: {exc})")
     return "\n".join(lines)
 
 
@@ -177,12 +185,38 @@ def study_entries(preset, datasets: str | None) -> list[tuple[str, dict]]:
 
 
 def check_entries(entries) -> None:
-    """Build and conformance-check every entry before computing anything."""
+    """Build and conformance-check every entry before computing anything. A family that
+    breaks the contract in a way the check does not name (an error inside the base class,
+    e.g. a subclass ``__init__`` that skips ``super().__init__(**params)``, or latents that
+    are not a dict) is refused in one line too, with the error it raised."""
     for name, params in entries:
         try:
-            datasets_synth.check_distribution(datasets_synth.get(name, **params))
+            dist = datasets_synth.get(name, **params)
+            datasets_synth.check_distribution(dist)
+            dist.describe()  # the report's line for it: needs the base class's attributes
         except ValueError as exc:
             raise ValueError(f"distribution {name!r}: {exc}") from exc
+        except (AttributeError, TypeError, IndexError, KeyError) as exc:
+            raise ValueError(f"distribution {name!r} breaks the Distribution contract "
+                             f"({type(exc).__name__}: {exc}); its __init__ must call "
+                             f"super().__init__(**params) and _draw return (images, latents) "
+                             f"with latents a dict (README: Add a distribution)") from exc
+
+
+def check_out(out: Path) -> None:
+    """ValueError (one line) unless the report folder ``out`` is a writable folder or can
+    be made one (its nearest existing parent is): checked before any cell, not after the
+    run; nothing is created."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the report")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file; give a folder for the report")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} cannot be written ({existing}); give a folder you "
+                         f"can write")
 
 
 def git_commit() -> str:
@@ -235,15 +269,15 @@ def record_devices(records: list[dict]) -> str:
 
 def stored_run_meta(preset, args, records: list[dict], meta_path: Path) -> dict:
     """The run metadata of a ``--report-only`` rebuild: the ``run.json`` in the output
-    folder when it is that of a run of the same preset, overrides, seed and datasets (a
-    run.json without a seed is seed 0's), else what the stored cells say (a run cut short
-    writes none): the study's options, the devices and hosts of the cells, the date of
-    the last one; no wall time."""
+    folder when it is that of a run of the same preset, overrides, seed, datasets and
+    plugins (a run.json without a seed is seed 0's, one without plugins imported none),
+    else what the stored cells say (a run cut short writes none): the study's options, the
+    devices and hosts of the cells, the date of the last one; no wall time."""
     study = study_options(preset, args)
+    unset = {"seed": 0, "plugins": []}  # what a run.json written before the field meant
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if all(meta.get(name, 0 if name == "seed" else None) == value
-               for name, value in study.items()):
+        if all(meta.get(name, unset.get(name)) == value for name, value in study.items()):
             return {**meta, **study}
     last = max((r.get("meta", {}).get("date", "") for r in records), default="")
     return {**study, "commit": git_commit(), "device": record_devices(records),
@@ -299,9 +333,10 @@ def rebuild_overrides(args, meta_path: Path) -> list[str]:
 
 def study_options(preset, args) -> dict:
     """What names the study a run computed, for its run.json and the report's command
-    line: the preset, its overrides, the seed and the chosen datasets (None: all)."""
+    line: the preset, its overrides, the seed, the chosen datasets (None: all) and the
+    ``--plugin`` modules it imported."""
     return {"preset": preset.name, "overrides": args.override, "seed": args.seed,
-            "datasets": args.datasets}
+            "datasets": args.datasets, "plugins": args.plugin}
 
 
 def main(argv=None) -> int:
@@ -346,6 +381,10 @@ def main(argv=None) -> int:
             if args.executor == "ray":
                 raise ValueError("distributions added with register() exist only in this "
                                  "process; Ray workers need an installed entry-point plugin")
+            if args.jobs > 1:
+                print("note: a distribution added with register() exists only in this "
+                      "process: its cells run one at a time (--jobs 1); an installed "
+                      "entry-point plugin runs in parallel", file=sys.stderr)
             args.jobs = 1  # register()ed factories exist only in this process
         cells = study_cells(preset, entries, args.datasets, args.seed)
         study_size = len(cells)
@@ -355,6 +394,7 @@ def main(argv=None) -> int:
         if args.report_only and not Path(args.cache).is_dir():
             raise ValueError(f"--report-only: no cache folder {args.cache!r}; run without "
                              f"--report-only first")
+        check_out(Path(args.out))
         cache = Cache(args.cache)
         if args.compare:  # checked before a long run, not after it
             from .report.seeds import check_compare

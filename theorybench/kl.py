@@ -224,10 +224,23 @@ def _clipped_spread(gap: np.ndarray, se: np.ndarray) -> np.ndarray:
     return np.where(ok, share, step)
 
 
+def _grid_text(sigmas: np.ndarray) -> str:
+    """A σ grid in a few words: its size and ends."""
+    if not len(sigmas):
+        return "no σ"
+    return f"{len(sigmas)} σ from {sigmas.min():.4g} to {sigmas.max():.4g}"
+
+
 def _checked(curve: pd.DataFrame, sigmas: np.ndarray, label: str) -> pd.DataFrame:
     grid = curve["sigma"].to_numpy()
     if grid.shape != sigmas.shape or not np.allclose(grid, sigmas):
-        raise ValueError(f"kl_bound: the {label} curve is not on the network's σ grid")
+        if grid.shape == sigmas.shape:
+            i = int(np.argmax(~np.isclose(grid, sigmas)))
+            where = f"σ = {grid[i]:.4g} where the network has {sigmas[i]:.4g}"
+        else:
+            where = f"{_grid_text(grid)} against {_grid_text(sigmas)}"
+        raise ValueError(f"kl_bound: the {label} curve is not on the network's σ grid "
+                         f"({where}); measure both with mse_curve on the same sigmas")
     nan = np.isnan(curve["mse"].to_numpy(dtype=float))
     if nan.any():
         raise ValueError(f"kl_bound: the {label} curve has no MSE (NaN) at σ = {grid[nan][0]:.4g}")

@@ -24,6 +24,7 @@ from ..experiments.keys import entry_label
 from ..figures import PALETTE, Panel, cached_figure, image_mosaic, plt
 from ..kl import kl_bound, trapezoid_error_weights, trapezoid_weights
 from .common import (
+    all_converged,
     architectures,
     bracket,
     closing_inputs,
@@ -283,8 +284,7 @@ class StudyData:
                          if r["spec"]["train"]["mode"] == "per-sigma"]
         flags = {mode: [r["result"].get("converged") for r in nets
                         if r["spec"]["train"]["mode"] == mode] for mode in NETWORKS}
-        self.converged = {mode: None if not f or None in f else all(f)
-                          for mode, f in flags.items()}
+        self.converged = {mode: all_converged(f) for mode, f in flags.items()}
         self.recipes = {mode: [_recipe(r) for r in nets if r["spec"]["train"]["mode"] == mode]
                         for mode in NETWORKS}
 
@@ -975,11 +975,14 @@ def shuffled_kl_rows(studies: list[StudyData], sigma0s) -> list[dict]:
 
 def rerun_command(preset_name: str, run_meta: dict, compare=(), out: Path | None = None) -> str:
     """The ``run_all.py`` command line of the study that ``run_meta`` describes: its preset,
-    seed (when not 0), datasets (when chosen) and overrides, its report folder ``out``
+    ``--plugin`` modules, seed (when not 0), datasets (when chosen) and overrides, its
+    report folder ``out``
     (unless ``reports``, run_all.py's default, so that rerunning one seed's report does not
     overwrite another's) and the report folders it was compared with (``compare``),
     shell-quoted."""
     words = ["python", "run_all.py", "--preset", preset_name]
+    for module in run_meta.get("plugins") or []:
+        words += ["--plugin", module]
     if out is not None and Path(out).as_posix() != "reports":
         words += ["--out", str(out)]
     if run_meta.get("seed"):
